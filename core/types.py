@@ -66,7 +66,8 @@ class RestartPolicy(StrEnum):
 
 
 class PackState(StrEnum):
-    PENDING = "pending"    # accepted, no node could take it yet (reason says why)
+    CREATED = "created"    # known to the cluster, not asked to run yet (``pack create``)
+    PENDING = "pending"    # asked to run, no node could take it yet (reason says why)
     PLACED = "placed"      # assigned to a node, not yet reported running
     RUNNING = "running"
     STOPPING = "stopping"
