@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import typer
@@ -18,10 +19,18 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+# Shown unexpanded in help and the man page; expanded where it is read or written.
+DEFAULT_CONFIG_PATH = "~/.config/canidae/config.toml"
+
+
 class _Globals:
     """Options given before the noun (``canidae --json pack list``) apply to every command."""
 
     json: bool = False
+    # Agent API addresses (host:port) from --addr / CANIDAE_ADDR; empty means "use the config file".
+    addr: tuple[str, ...] = ()
+    token: str | None = None
+    config_path: Path = Path(DEFAULT_CONFIG_PATH).expanduser()
 
 
 GLOBALS = _Globals()
@@ -46,3 +55,22 @@ def emit(data: Any, json_flag: bool, human: Callable[[], None] | None = None) ->
 
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+# Parameters shared by commands. An argument or option naming a pack, a node or a zone uses the
+# matching metavar: the generated shell completions (scripts/gen_docs.py) complete live names for
+# exactly these metavars.
+PACK_METAVAR = "PACK"
+NODE_METAVAR = "NODE"
+ZONE_METAVAR = "ZONE"
+
+StaleOption = Annotated[
+    bool,
+    typer.Option("--stale", help="Read the contacted agent's local copy of the state: cheap, may lag the leader."),
+]
+WaitOption = Annotated[
+    bool, typer.Option("--wait/--no-wait", help="Wait until the work is done, or return once it is accepted.")
+]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", metavar="SECONDS", min=0, help="Give up waiting after this many seconds.")
+]

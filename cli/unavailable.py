@@ -1,0 +1,737 @@
+"""Nouns of the ``canidae`` command whose real module is not written yet.
+
+Each noun here is a real typer sub-app with the verbs, arguments and options the command-line
+contract (DESIGN.md) asks for, so ``--help``, the shell completions and the man page are right
+before the work behind them exists. Every command raises
+:class:`~canidae.core.errors.NotImplementedYet` naming itself; none prints anything, because
+invented output would be worse than an honest error.
+
+When a noun gets its real module (``cli/pack.py`` exposing ``app``), its entry in
+``canidae.cli.main.NOUNS`` points there and its sub-app here is deleted. Keep verbs, arguments
+and options compatible when moving them, or regenerate the completions and man page.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from canidae.cli.output import (
+    NODE_METAVAR,
+    PACK_METAVAR,
+    ZONE_METAVAR,
+    JsonOption,
+    StaleOption,
+    TimeoutOption,
+    WaitOption,
+)
+from canidae.core.errors import NotImplementedYet
+from canidae.core.types import Driver, RestartPolicy
+
+__all__ = [
+    "agent", "audit", "autoscale", "cluster", "drill", "events", "fleet", "history", "keys",
+    "metrics", "node", "pack", "policy", "scale_test", "token", "top", "yip",
+]
+
+
+def _unavailable(command: str) -> NoReturn:
+    raise NotImplementedYet(f"{command} is not available yet")
+
+
+def _noun(help_text: str) -> typer.Typer:
+    # no_args_is_help: a noun without a verb prints its help (a usage error, exit 2; see main.py).
+    return typer.Typer(help=help_text, no_args_is_help=True, add_completion=False)
+
+
+class SpreadLevel(str, Enum):
+    ZONE = "zone"
+    REGION = "region"
+    CELL = "cell"
+
+
+class KillSignal(str, Enum):
+    TERM = "term"
+    KILL = "kill"
+    INT = "int"
+    HUP = "hup"
+
+
+class TopSort(str, Enum):
+    CPU = "cpu"
+    MEM = "mem"
+    PACKS = "packs"
+    NAME = "name"
+
+
+# Arguments and options repeated across verbs.
+PackArg = Annotated[str, typer.Argument(metavar=PACK_METAVAR, help="Name of the pack.", show_default=False)]
+NodeArg = Annotated[str, typer.Argument(metavar=NODE_METAVAR, help="Name of the node.", show_default=False)]
+ZoneOpt = Annotated[str | None, typer.Option("--zone", metavar=ZONE_METAVAR, help="Only this zone.")]
+NodeOpt = Annotated[str | None, typer.Option("--node", metavar=NODE_METAVAR, help="Only this node.")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", metavar="DIR", help="Where state, logs and events are kept.")
+]
+
+# What a pack is made of, shared by `pack create` and `pack spawn`.
+NewPackArg = Annotated[str, typer.Argument(metavar="NAME", help="Name of the new pack.", show_default=False)]
+CommandArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="COMMAND", help="Member command and its arguments, after '--' (exec driver).", show_default=False
+    ),
+]
+SpecFileOpt = Annotated[
+    Path | None,
+    typer.Option("--file", "-f", metavar="FILE", help="Read the pack spec from a TOML file; options override it."),
+]
+DriverOpt = Annotated[Driver, typer.Option("--driver", help="How members run: real processes or state only.")]
+CpuOpt = Annotated[int, typer.Option("--cpu", metavar="MILLICORES", min=0, help="CPU reserved per pack.")]
+MemOpt = Annotated[int, typer.Option("--mem", metavar="MIB", min=0, help="Memory reserved per pack, in MiB.")]
+MembersOpt = Annotated[
+    int, typer.Option("--members", metavar="N", min=1, max=64, help="Member processes running the command.")
+]
+PinZoneOpt = Annotated[str | None, typer.Option("--zone", metavar=ZONE_METAVAR, help="Place only in this zone.")]
+PinRegionOpt = Annotated[str | None, typer.Option("--region", help="Place only in this region.")]
+PinCellOpt = Annotated[str | None, typer.Option("--cell", help="Place only in this cell.")]
+PinNodeOpt = Annotated[
+    str | None, typer.Option("--node", metavar=NODE_METAVAR, help="Place only on this node.")
+]
+SpreadOpt = Annotated[
+    SpreadLevel | None, typer.Option("--spread", help="Spread packs of the same --group across this level.")
+]
+GroupOpt = Annotated[str | None, typer.Option("--group", help="Group of packs spread together.")]
+RestartOpt = Annotated[RestartPolicy, typer.Option("--restart", help="When a member that exits is restarted.")]
+EnvOpt = Annotated[
+    list[str] | None, typer.Option("--env", "-e", metavar="KEY=VALUE", help="Environment of members; repeatable.")
+]
+
+# How an agent sits in the fleet, shared by `agent init` and `agent run`.
+ListenOpt = Annotated[str | None, typer.Option("--listen", metavar="HOST:PORT", help="Address of the agent API.")]
+JoinOpt = Annotated[
+    list[str] | None,
+    typer.Option("--join", metavar="HOST:PORT", help="A server agent to join; repeatable."),
+]
+ServerOpt = Annotated[
+    bool, typer.Option("--server/--client", help="Be a Raft voter holding cluster state, or only run packs.")
+]
+NodeNameOpt = Annotated[str | None, typer.Option("--name", help="Name of this node (default: the host name).")]
+AgentZoneOpt = Annotated[str | None, typer.Option("--zone", metavar=ZONE_METAVAR, help="Zone of this node.")]
+AgentRegionOpt = Annotated[str | None, typer.Option("--region", help="Region of this node, within its zone.")]
+AgentCellOpt = Annotated[str | None, typer.Option("--cell", help="Cell of this node, within its region.")]
+CapCpuOpt = Annotated[
+    int | None, typer.Option("--cpu", metavar="MILLICORES", min=1, help="CPU offered to packs (default: all).")
+]
+CapMemOpt = Annotated[
+    int | None, typer.Option("--mem", metavar="MIB", min=1, help="Memory offered to packs (default: all).")
+]
+AgentConfigOpt = Annotated[
+    Path | None, typer.Option("--agent-config", metavar="FILE", help="Agent config written by 'agent init'.")
+]
+
+
+# ---------------------------------------------------------------------------------------------
+cluster = _noun("Start, stop and inspect a local cluster of agents.")
+
+
+@cluster.command("up")
+def cluster_up(
+    servers: Annotated[int, typer.Option("--servers", min=1, help="Server agents (Raft voters): 3 or 5.")] = 3,
+    clients: Annotated[int, typer.Option("--clients", min=0, help="Client agents that only run packs.")] = 0,
+    data_dir: DataDirOpt = None,
+    base_port: Annotated[
+        int | None, typer.Option("--base-port", metavar="PORT", help="First API port (default: free ports).")
+    ] = None,
+    driver: DriverOpt = Driver.EXEC,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 30.0,
+    json: JsonOption = False,
+) -> None:
+    """Start agents on this host and write the client config (mode 0600)."""
+    _unavailable("cluster up")
+
+
+@cluster.command("down")
+def cluster_down(
+    data_dir: DataDirOpt = None,
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete the agents' data.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Stop the agents started by 'cluster up'."""
+    _unavailable("cluster down")
+
+
+@cluster.command("status")
+def cluster_status(stale: StaleOption = False, json: JsonOption = False) -> None:
+    """Show the servers, the leader, its term and the health of the cluster."""
+    _unavailable("cluster status")
+
+
+# ---------------------------------------------------------------------------------------------
+agent = _noun("Run, set up and check the agent daemon of this host.")
+
+
+@agent.command("run")
+def agent_run(
+    agent_config: AgentConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    listen: ListenOpt = None,
+    join: JoinOpt = None,
+    server: ServerOpt = False,
+    name: NodeNameOpt = None,
+    zone: AgentZoneOpt = None,
+    region: AgentRegionOpt = None,
+    cell: AgentCellOpt = None,
+    cpu: CapCpuOpt = None,
+    mem: CapMemOpt = None,
+) -> None:
+    """Run the agent in the foreground until it is stopped."""
+    _unavailable("agent run")
+
+
+@agent.command("init")
+def agent_init(
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="Where to write the config.")] = Path(
+        "agent.toml"
+    ),
+    data_dir: DataDirOpt = None,
+    listen: ListenOpt = None,
+    join: JoinOpt = None,
+    server: ServerOpt = False,
+    name: NodeNameOpt = None,
+    zone: AgentZoneOpt = None,
+    region: AgentRegionOpt = None,
+    cell: AgentCellOpt = None,
+    cpu: CapCpuOpt = None,
+    mem: CapMemOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Write an agent config file for this host."""
+    _unavailable("agent init")
+
+
+@agent.command("doctor")
+def agent_doctor(agent_config: AgentConfigOpt = None, json: JsonOption = False) -> None:
+    """Check that this host can run an agent: cgroups, limits, ports, disk, clock."""
+    _unavailable("agent doctor")
+
+
+# ---------------------------------------------------------------------------------------------
+node = _noun("List and inspect nodes; drain or cordon them for maintenance.")
+
+
+@node.command("list")
+def node_list(zone: ZoneOpt = None, stale: StaleOption = False, json: JsonOption = False) -> None:
+    """List nodes with their location, state, capacity and load."""
+    _unavailable("node list")
+
+
+@node.command("show")
+def node_show(node_name: NodeArg, stale: StaleOption = False, json: JsonOption = False) -> None:
+    """Show one node and the packs it runs."""
+    _unavailable("node show")
+
+
+@node.command("drain")
+def node_drain(
+    node_name: NodeArg, wait: WaitOption = True, timeout: TimeoutOption = 60.0, json: JsonOption = False
+) -> None:
+    """Move every pack off a node and stop placing new ones there."""
+    _unavailable("node drain")
+
+
+@node.command("cordon")
+def node_cordon(node_name: NodeArg, json: JsonOption = False) -> None:
+    """Stop placing new packs on a node; its packs keep running."""
+    _unavailable("node cordon")
+
+
+@node.command("uncordon")
+def node_uncordon(node_name: NodeArg, json: JsonOption = False) -> None:
+    """Let a cordoned or drained node take new packs again."""
+    _unavailable("node uncordon")
+
+
+# ---------------------------------------------------------------------------------------------
+pack = _noun("Create, place, run, move and stop packs.")
+
+
+@pack.command("create")
+def pack_create(
+    name: NewPackArg,
+    command: CommandArg = None,
+    file: SpecFileOpt = None,
+    driver: DriverOpt = Driver.VIRTUAL,
+    cpu: CpuOpt = 100,
+    mem: MemOpt = 64,
+    members: MembersOpt = 1,
+    zone: PinZoneOpt = None,
+    region: PinRegionOpt = None,
+    cell: PinCellOpt = None,
+    node_name: PinNodeOpt = None,
+    spread: SpreadOpt = None,
+    group: GroupOpt = None,
+    restart: RestartOpt = RestartPolicy.ON_FAILURE,
+    env: EnvOpt = None,
+    json: JsonOption = False,
+) -> None:
+    """Record a pack in the cluster without running it ('pack place' runs it)."""
+    _unavailable("pack create")
+
+
+@pack.command("place")
+def pack_place(
+    pack_name: PackArg,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show where it would go; change nothing.")] = False,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 30.0,
+    json: JsonOption = False,
+) -> None:
+    """Place a created pack on a node and start it."""
+    _unavailable("pack place")
+
+
+@pack.command("spawn")
+def pack_spawn(
+    name: NewPackArg,
+    command: CommandArg = None,
+    file: SpecFileOpt = None,
+    driver: DriverOpt = Driver.VIRTUAL,
+    cpu: CpuOpt = 100,
+    mem: MemOpt = 64,
+    members: MembersOpt = 1,
+    zone: PinZoneOpt = None,
+    region: PinRegionOpt = None,
+    cell: PinCellOpt = None,
+    node_name: PinNodeOpt = None,
+    spread: SpreadOpt = None,
+    group: GroupOpt = None,
+    restart: RestartOpt = RestartPolicy.ON_FAILURE,
+    env: EnvOpt = None,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 30.0,
+    json: JsonOption = False,
+) -> None:
+    """Create, place and start a pack; print where it runs and how long it took."""
+    _unavailable("pack spawn")
+
+
+@pack.command("list")
+def pack_list(
+    node_name: NodeOpt = None,
+    zone: ZoneOpt = None,
+    state: Annotated[str | None, typer.Option("--state", help="Only packs in this state.")] = None,
+    stale: StaleOption = False,
+    json: JsonOption = False,
+) -> None:
+    """List packs with their state and node."""
+    _unavailable("pack list")
+
+
+@pack.command("show")
+def pack_show(pack_name: PackArg, stale: StaleOption = False, json: JsonOption = False) -> None:
+    """Show a pack: spec, state, node, members and recent events."""
+    _unavailable("pack show")
+
+
+@pack.command("migrate")
+def pack_migrate(
+    pack_name: PackArg,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", metavar=NODE_METAVAR, help="Target node (default: the scheduler chooses)."),
+    ] = None,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 30.0,
+    json: JsonOption = False,
+) -> None:
+    """Move a running pack to another node."""
+    _unavailable("pack migrate")
+
+
+@pack.command("stop")
+def pack_stop(
+    pack_name: PackArg, wait: WaitOption = True, timeout: TimeoutOption = 30.0, json: JsonOption = False
+) -> None:
+    """Stop a pack gracefully: its members get SIGTERM, then SIGKILL."""
+    _unavailable("pack stop")
+
+
+@pack.command("kill")
+def pack_kill(
+    pack_name: PackArg,
+    signal: Annotated[KillSignal, typer.Option("--signal", "-s", help="Signal sent to the members.")] = (
+        KillSignal.KILL
+    ),
+    member: Annotated[
+        int | None, typer.Option("--member", metavar="INDEX", min=0, help="Only this member.")
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Send a signal to a pack's members (the restart policy then applies)."""
+    _unavailable("pack kill")
+
+
+@pack.command("logs")
+def pack_logs(
+    pack_name: PackArg,
+    member: Annotated[
+        int | None, typer.Option("--member", metavar="INDEX", min=0, help="Only this member.")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    tail: Annotated[int | None, typer.Option("--tail", metavar="N", min=0, help="Only the last N lines.")] = None,
+    json: JsonOption = False,
+) -> None:
+    """Print the output of a pack's members."""
+    _unavailable("pack logs")
+
+
+@pack.command("history")
+def pack_history(
+    pack_name: PackArg,
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", min=1, help="Only the last N events.")] = None,
+    json: JsonOption = False,
+) -> None:
+    """Print the events of a pack, oldest first."""
+    _unavailable("pack history")
+
+
+# ---------------------------------------------------------------------------------------------
+yip = _noun("Send messages to packs' mailboxes and read them.")
+
+
+@yip.command("send")
+def yip_send(
+    pack_name: PackArg,
+    message: Annotated[
+        str | None, typer.Argument(metavar="MESSAGE", help="Message text (or use --file).", show_default=False)
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", metavar="FILE", help="Read the message from FILE ('-': stdin).")
+    ] = None,
+    sender: Annotated[
+        str | None, typer.Option("--from", metavar=PACK_METAVAR, help="Send on behalf of this pack.")
+    ] = None,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 10.0,
+    json: JsonOption = False,
+) -> None:
+    """Send a yip to a pack's mailbox."""
+    _unavailable("yip send")
+
+
+@yip.command("recv")
+def yip_recv(
+    pack_name: PackArg,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Yips to read.")] = 1,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep reading until interrupted.")] = False,
+    timeout: TimeoutOption = 10.0,
+    json: JsonOption = False,
+) -> None:
+    """Read yips from a pack's mailbox."""
+    _unavailable("yip recv")
+
+
+# ---------------------------------------------------------------------------------------------
+drill = _noun("Inject real faults and measure the recovery.")
+
+
+@drill.command("failover")
+def drill_failover(
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Leaders to kill, one after another.")] = 1,
+    timeout: TimeoutOption = 30.0,
+    json: JsonOption = False,
+) -> None:
+    """Kill the Raft leader and time the next acknowledged write."""
+    _unavailable("drill failover")
+
+
+@drill.command("node")
+def drill_node(
+    node_name: Annotated[
+        str | None,
+        typer.Argument(metavar=NODE_METAVAR, help="Node to kill (default: one chosen with --seed).", show_default=False),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random choice.")] = 0,
+    timeout: TimeoutOption = 30.0,
+    json: JsonOption = False,
+) -> None:
+    """Kill a node and time until all its packs run elsewhere."""
+    _unavailable("drill node")
+
+
+@drill.command("zone")
+def drill_zone(
+    zone: Annotated[str, typer.Argument(metavar=ZONE_METAVAR, help="Zone to take down.", show_default=False)],
+    timeout: TimeoutOption = 60.0,
+    json: JsonOption = False,
+) -> None:
+    """Take down every node of a zone and time the recovery."""
+    _unavailable("drill zone")
+
+
+@drill.command("partition")
+def drill_partition(
+    isolate: Annotated[
+        list[str] | None,
+        typer.Option("--isolate", metavar=NODE_METAVAR, help="Node cut off from the others; repeatable."),
+    ] = None,
+    duration: Annotated[
+        float, typer.Option("--duration", metavar="SECONDS", min=0, help="How long the partition lasts.")
+    ] = 10.0,
+    timeout: TimeoutOption = 60.0,
+    json: JsonOption = False,
+) -> None:
+    """Cut nodes off the network, heal, and check that no acknowledged write was lost."""
+    _unavailable("drill partition")
+
+
+# ---------------------------------------------------------------------------------------------
+scale_test = _noun("Run scale tests (simulated or live) and report their figures.")
+
+
+@scale_test.command("run")
+def scale_test_run(
+    packs: Annotated[int, typer.Option("--packs", min=1, help="Packs to place.")] = 10_000,
+    nodes: Annotated[int, typer.Option("--nodes", min=1, help="Nodes to place them on.")] = 50,
+    zones: Annotated[int, typer.Option("--zones", min=1, help="Zones the nodes are spread over.")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    chaos: Annotated[bool, typer.Option("--chaos/--no-chaos", help="Inject faults while it runs.")] = False,
+    simulate: Annotated[
+        bool, typer.Option("--sim/--live", help="Simulate in one process, or drive the live cluster.")
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", metavar="FILE", help="Write the results to FILE.")
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Run a scale test and print its figures."""
+    _unavailable("scale-test run")
+
+
+@scale_test.command("report")
+def scale_test_report(
+    results: Annotated[Path, typer.Argument(metavar="FILE", help="Results written by 'scale-test run --out'.")],
+    json: JsonOption = False,
+) -> None:
+    """Summarise the results of a scale test."""
+    _unavailable("scale-test report")
+
+
+# ---------------------------------------------------------------------------------------------
+autoscale = _noun("See what the autoscaler would do and what it did.")
+
+
+@autoscale.command("plan")
+def autoscale_plan(stale: StaleOption = False, json: JsonOption = False) -> None:
+    """Show the scaling decision for the current load, without acting on it."""
+    _unavailable("autoscale plan")
+
+
+@autoscale.command("status")
+def autoscale_status(json: JsonOption = False) -> None:
+    """Show the autoscaler's policies and its recent decisions."""
+    _unavailable("autoscale status")
+
+
+# ---------------------------------------------------------------------------------------------
+token = _noun("Create, list and revoke API tokens.")
+
+
+@token.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Name of the token.", show_default=False)],
+    policy: Annotated[
+        list[str] | None, typer.Option("--policy", metavar="POLICY", help="Policy granted; repeatable.")
+    ] = None,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", metavar="DURATION", help="Lifetime, e.g. 12h or 30d (default: none).")
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Create a token and print its secret once."""
+    _unavailable("token create")
+
+
+@token.command("list")
+def token_list(json: JsonOption = False) -> None:
+    """List tokens (never their secrets)."""
+    _unavailable("token list")
+
+
+@token.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="TOKEN_ID", help="Id of the token.", show_default=False)],
+    json: JsonOption = False,
+) -> None:
+    """Revoke a token at once on every agent."""
+    _unavailable("token revoke")
+
+
+# ---------------------------------------------------------------------------------------------
+policy = _noun("Manage the access policies that tokens grant.")
+
+
+@policy.command("list")
+def policy_list(json: JsonOption = False) -> None:
+    """List policies."""
+    _unavailable("policy list")
+
+
+@policy.command("show")
+def policy_show(
+    name: Annotated[str, typer.Argument(metavar="POLICY", help="Name of the policy.", show_default=False)],
+    json: JsonOption = False,
+) -> None:
+    """Show the rules of a policy."""
+    _unavailable("policy show")
+
+
+@policy.command("apply")
+def policy_apply(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Policy file (TOML).", show_default=False)],
+    json: JsonOption = False,
+) -> None:
+    """Create or replace a policy from a file."""
+    _unavailable("policy apply")
+
+
+@policy.command("delete")
+def policy_delete(
+    name: Annotated[str, typer.Argument(metavar="POLICY", help="Name of the policy.", show_default=False)],
+    json: JsonOption = False,
+) -> None:
+    """Delete a policy."""
+    _unavailable("policy delete")
+
+
+# ---------------------------------------------------------------------------------------------
+keys = _noun("Inspect and rotate the cluster's signing and encryption keys.")
+
+
+@keys.command("list")
+def keys_list(json: JsonOption = False) -> None:
+    """List keys with their scope, age and state."""
+    _unavailable("keys list")
+
+
+@keys.command("rotate")
+def keys_rotate(
+    region: Annotated[str | None, typer.Option("--region", help="Only this region's keys.")] = None,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 60.0,
+    json: JsonOption = False,
+) -> None:
+    """Rotate keys; the old ones stay valid until every agent has the new ones."""
+    _unavailable("keys rotate")
+
+
+# ---------------------------------------------------------------------------------------------
+audit = _noun("Read the audit log of who did what.")
+
+
+@audit.command("list")
+def audit_list(
+    limit: Annotated[int, typer.Option("--limit", metavar="N", min=1, help="Entries to show, newest last.")] = 100,
+    json: JsonOption = False,
+) -> None:
+    """List recent audit entries."""
+    _unavailable("audit list")
+
+
+@audit.command("tail")
+def audit_tail(json: JsonOption = False) -> None:
+    """Print audit entries as they are written."""
+    _unavailable("audit tail")
+
+
+# ---------------------------------------------------------------------------------------------
+fleet = _noun("Set up agents on many hosts at once.")
+
+
+@fleet.command("bootstrap")
+def fleet_bootstrap(
+    hosts: Annotated[
+        list[str] | None, typer.Argument(metavar="HOST...", help="Hosts to set up (or use --inventory).")
+    ] = None,
+    inventory: Annotated[
+        Path | None, typer.Option("--inventory", "-i", metavar="FILE", help="Hosts and their labels (TOML).")
+    ] = None,
+    servers: Annotated[int, typer.Option("--servers", min=1, help="How many hosts become servers.")] = 3,
+    ssh_user: Annotated[str | None, typer.Option("--ssh-user", help="User to log in as.")] = None,
+    identity: Annotated[
+        Path | None, typer.Option("--identity", metavar="FILE", help="SSH private key.")
+    ] = None,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 300.0,
+    json: JsonOption = False,
+) -> None:
+    """Install and start agents over SSH, then write the client config (mode 0600)."""
+    _unavailable("fleet bootstrap")
+
+
+# ---------------------------------------------------------------------------------------------
+events = _noun("Follow the cluster's event stream.")
+
+
+@events.command("tail")
+def events_tail(
+    pack_name: Annotated[
+        str | None, typer.Option("--pack", metavar=PACK_METAVAR, help="Only events of this pack.")
+    ] = None,
+    node_name: Annotated[
+        str | None, typer.Option("--node", metavar=NODE_METAVAR, help="Only events of this node.")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Keep printing new events.")] = True,
+    json: JsonOption = False,
+) -> None:
+    """Print events as they happen."""
+    _unavailable("events tail")
+
+
+# ---------------------------------------------------------------------------------------------
+history = _noun("Check the integrity of recorded histories.")
+
+
+@history.command("verify")
+def history_verify(
+    pack_name: Annotated[
+        str | None,
+        typer.Argument(metavar=PACK_METAVAR, help="Only this pack (default: all).", show_default=False),
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Check that event histories are complete, ordered and agree across replicas."""
+    _unavailable("history verify")
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-level commands (no verb).
+
+
+def metrics(
+    node_name: NodeOpt = None,
+    zone: ZoneOpt = None,
+    prometheus: Annotated[
+        bool, typer.Option("--prometheus", help="Print the Prometheus text format.")
+    ] = False,
+    stale: StaleOption = False,
+    json: JsonOption = False,
+) -> None:
+    """Print cluster metrics aggregated by cell, region and zone."""
+    _unavailable("metrics")
+
+
+def top(
+    interval: Annotated[
+        float, typer.Option("--interval", metavar="SECONDS", min=0.1, help="Refresh period.")
+    ] = 2.0,
+    sort: Annotated[TopSort, typer.Option("--sort", help="Order of the rows.")] = TopSort.CPU,
+    once: Annotated[bool, typer.Option("--once", help="Print one screen and exit.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Show nodes and packs by resource use, refreshed live."""
+    _unavailable("top")
