@@ -1,0 +1,602 @@
+"""The consistent-hash ring of nodes: key hashing, the weighted virtual-node layout, lookups,
+preference lists, placement with bounded loads, sticky rebalancing and zone-aware replicas.
+
+This module owns where a key (a pack name) lands given only the set of node ids and their
+weights. It knows nothing else about nodes: capacity, state and constraints are the scheduler's.
+
+Layout. Every node owns ``vnode_count(node)`` points on a 64-bit circle; point ``i`` of node ``n``
+sits at ``key_hash(f"{n}#{i}")``. A key belongs to the first point at or clockwise after
+``key_hash(key)``, wrapping past the top of the circle to the first point. Points that collide
+are ordered by node id, so the layout is a function of the membership alone (never of the
+order nodes were added in, nor of PYTHONHASHSEED).
+
+Representation. Two sorted parallel lists: ``_points`` (positions) and ``_owners`` (node ids,
+plus one sentinel copy of the first owner at the end, so ``bisect_left`` returning
+``len(points)`` wraps to the first point without a modulo on the hot path). Membership changes
+are recorded at once and merged into the lists by the next read: one node is merged in
+O(points) with slice copies (no full rebuild), and many nodes added in a row cost one sort. The
+lists are replaced, never mutated in place, so a running ``preference`` walk keeps a consistent
+snapshot.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from fractions import Fraction
+from itertools import chain, repeat
+
+import xxhash
+
+from canidae.core.errors import InvalidInput, NoCapacity, NotFound
+from canidae.core.types import Migration
+
+HASH_BITS = 64
+HASH_SPACE = 1 << HASH_BITS
+DEFAULT_VNODES = 160
+DEFAULT_LOAD_FACTOR = 1.25
+# A guard against a typo in a weight turning into millions of points for one node.
+MAX_VNODES_PER_NODE = 1 << 20
+
+REASON_NODE_LEFT = "node-left"
+REASON_REBALANCE = "rebalance"
+
+_xxh64 = xxhash.xxh64_intdigest
+_encode = str.encode
+
+
+def key_hash(key: str) -> int:
+    """The 64-bit position of ``key`` on the ring: xxh64 of its UTF-8 bytes, seed 0."""
+    return _xxh64(key.encode())
+
+
+def _vnode_labels(node_id: str, count: int) -> list[str]:
+    # The decimal index after the last '#' makes labels of different nodes distinct even when
+    # node ids themselves contain '#'.
+    return [f"{node_id}#{i}" for i in range(count)]
+
+
+def vnode_positions(node_id: str, count: int) -> list[int]:
+    """The ring positions of the first ``count`` virtual nodes of ``node_id``."""
+    return list(map(_xxh64, map(_encode, _vnode_labels(node_id, count))))
+
+
+def _check_weight(node_id: str, weight: object) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise InvalidInput(f"node {node_id!r}: weight must be a positive number, got {weight!r}")
+    w = float(weight)
+    if not (w > 0 and math.isfinite(w)):
+        raise InvalidInput(f"node {node_id!r}: weight must be a positive finite number, got {weight!r}")
+    return w
+
+
+def _check_load_factor(load_factor: object) -> Fraction:
+    if isinstance(load_factor, bool) or not isinstance(load_factor, (int, float)):
+        raise InvalidInput(f"load factor must be a number greater than 1, got {load_factor!r}")
+    if not (math.isfinite(load_factor) and load_factor > 1):
+        raise InvalidInput(f"load factor must be greater than 1, got {load_factor!r}")
+    # The decimal the user wrote (1.1 is 11/10), not the binary float just above it: with the
+    # float, ceil(1.1 * 100) would be 111.
+    return Fraction(repr(float(load_factor)))
+
+
+class HashRing:
+    """A consistent-hash ring of weighted nodes with ``vnodes`` points per unit of weight."""
+
+    __slots__ = ("_vnodes", "_weights", "_counts", "_merged", "_pending", "_removed", "_stale",
+                 "_points", "_owners")
+
+    def __init__(self, vnodes: int = DEFAULT_VNODES) -> None:
+        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
+            raise InvalidInput(f"vnodes must be an integer >= 1, got {vnodes!r}")
+        self._vnodes = vnodes
+        self._weights: dict[str, float] = {}   # current membership
+        self._counts: dict[str, int] = {}      # current vnode count per node
+        self._merged: dict[str, int] = {}      # nodes present in the lists, with their point count
+        self._pending: dict[str, int] = {}     # added since the last merge
+        self._removed: set[str] = set()        # in the lists but no longer members
+        self._stale = False
+        self._points: list[int] = []
+        self._owners: list[str] = []           # len(points) + 1 entries (sentinel) when not empty
+
+    # -- membership -------------------------------------------------------------------------
+
+    @property
+    def vnodes(self) -> int:
+        return self._vnodes
+
+    def add_node(self, node_id: str, weight: float = 1.0) -> None:
+        """Add ``node_id`` with ``weight``; its points are merged in at the next read."""
+        if not isinstance(node_id, str) or not node_id:
+            raise InvalidInput(f"node id must be a non-empty string, got {node_id!r}")
+        w = _check_weight(node_id, weight)
+        if node_id in self._weights:
+            raise InvalidInput(f"node {node_id!r} is already on the ring")
+        count = max(1, round(self._vnodes * w))
+        if count > MAX_VNODES_PER_NODE:
+            raise InvalidInput(
+                f"node {node_id!r}: weight {weight!r} needs {count} virtual nodes "
+                f"(limit {MAX_VNODES_PER_NODE})"
+            )
+        self._weights[node_id] = w
+        self._counts[node_id] = count
+        self._pending[node_id] = count
+        self._stale = True
+
+    def remove_node(self, node_id: str) -> None:
+        """Remove ``node_id``; its points leave the lists at the next read."""
+        if not isinstance(node_id, str) or node_id not in self._weights:
+            raise NotFound(f"node {node_id!r} is not on the ring")
+        del self._weights[node_id]
+        del self._counts[node_id]
+        if node_id in self._pending:
+            # Added and removed again between two reads: its points never reached the lists
+            # (an older copy of it may have, and is then already in _removed).
+            del self._pending[node_id]
+        else:
+            self._removed.add(node_id)
+        self._stale = bool(self._pending or self._removed)
+
+    def __len__(self) -> int:
+        return len(self._weights)
+
+    def __contains__(self, node_id: object) -> bool:
+        return isinstance(node_id, str) and node_id in self._weights
+
+    def __repr__(self) -> str:
+        return f"HashRing(nodes={len(self._weights)}, vnodes={self._vnodes})"
+
+    def nodes(self) -> list[str]:
+        """Node ids, sorted."""
+        return sorted(self._weights)
+
+    def weight(self, node_id: str) -> float:
+        try:
+            return self._weights[node_id]
+        except (KeyError, TypeError):
+            raise NotFound(f"node {node_id!r} is not on the ring") from None
+
+    def vnode_count(self, node_id: str) -> int:
+        """``round(vnodes * weight)``, at least 1."""
+        try:
+            return self._counts[node_id]
+        except (KeyError, TypeError):
+            raise NotFound(f"node {node_id!r} is not on the ring") from None
+
+    def total_weight(self) -> float:
+        # fsum is exact then rounded once, so the total does not depend on dict order.
+        return math.fsum(self._weights.values())
+
+    def point_count(self) -> int:
+        """Number of virtual nodes on the ring."""
+        return sum(self._counts.values())
+
+    # -- the sorted lists -------------------------------------------------------------------
+
+    def _arrays(self) -> tuple[list[int], list[str]]:
+        """The merged ``(points, owners)``; ``owners`` carries the wrap-around sentinel."""
+        if self._stale:
+            self._merge()
+        return self._points, self._owners
+
+    def _merge(self) -> None:
+        points = self._points
+        owners = self._owners[:-1]
+        removed_points = sum(self._merged[n] for n in self._removed)
+        pending_points = sum(self._pending.values())
+        remaining = len(points) - removed_points
+        if remaining == 0 or pending_points * 4 > remaining:
+            # Many nodes at once (a build): one sort beats merging them in one by one.
+            points, owners = self._build_all()
+        else:
+            if self._removed:
+                points, owners = self._without(points, owners)
+            if self._pending:
+                points, owners = self._with_pending(points, owners)
+        for n in self._removed:
+            del self._merged[n]
+        self._merged.update(self._pending)
+        self._pending.clear()
+        self._removed.clear()
+        if owners:
+            owners.append(owners[0])
+        self._points, self._owners = points, owners
+        self._stale = False
+
+    def _build_all(self) -> tuple[list[int], list[str]]:
+        ids = sorted(self._counts)
+        counts = [self._counts[n] for n in ids]
+        labels = list(chain.from_iterable(map(_vnode_labels, ids, counts)))
+        labelled_owners = list(chain.from_iterable(map(repeat, ids, counts)))
+        hashes = list(map(_xxh64, map(_encode, labels)))
+        # A stable sort over input ordered by node id: colliding points end up ordered by id,
+        # as the incremental merge orders them.
+        order = sorted(range(len(hashes)), key=hashes.__getitem__)
+        return list(map(hashes.__getitem__, order)), list(map(labelled_owners.__getitem__, order))
+
+    def _without(self, points: list[int], owners: list[str]) -> tuple[list[int], list[str]]:
+        drop: set[int] = set()
+        for n in sorted(self._removed):
+            for p in vnode_positions(n, self._merged[n]):
+                i = bisect_left(points, p)
+                # Colliding points (another node's, or this node's own) sit next to each other.
+                while owners[i] != n or i in drop:
+                    i += 1
+                drop.add(i)
+        new_points: list[int] = []
+        new_owners: list[str] = []
+        start = 0
+        for i in sorted(drop):
+            new_points += points[start:i]
+            new_owners += owners[start:i]
+            start = i + 1
+        new_points += points[start:]
+        new_owners += owners[start:]
+        return new_points, new_owners
+
+    def _with_pending(self, points: list[int], owners: list[str]) -> tuple[list[int], list[str]]:
+        incoming = sorted(
+            (p, n) for n in sorted(self._pending) for p in vnode_positions(n, self._pending[n])
+        )
+        new_points: list[int] = []
+        new_owners: list[str] = []
+        start = 0
+        size = len(points)
+        for p, n in incoming:
+            i = bisect_left(points, p, start)
+            while i < size and points[i] == p and owners[i] < n:
+                i += 1
+            new_points += points[start:i]
+            new_owners += owners[start:i]
+            new_points.append(p)
+            new_owners.append(n)
+            start = i
+        new_points += points[start:]
+        new_owners += owners[start:]
+        return new_points, new_owners
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def lookup(self, key: str) -> str:
+        """The owner of the first point at or clockwise after ``key_hash(key)``."""
+        if self._stale:
+            self._merge()
+        owners = self._owners
+        if not owners:
+            raise NoCapacity("the ring has no nodes")
+        return owners[bisect_left(self._points, _xxh64(key.encode()))]
+
+    def lookup_many(self, keys: Sequence[str]) -> list[str]:
+        """``[lookup(k) for k in keys]``, with hashing and bisection done in C by ``map``."""
+        points, owners = self._arrays()
+        if not owners:
+            raise NoCapacity("the ring has no nodes")
+        return list(map(owners.__getitem__,
+                        map(bisect_left, repeat(points), map(_xxh64, map(_encode, keys)))))
+
+    def slot_many(self, keys: Sequence[str]) -> list[int]:
+        """The index into the sorted points of each key's first point (``len(points)`` means 0)."""
+        points, owners = self._arrays()
+        if not owners:
+            raise NoCapacity("the ring has no nodes")
+        return list(map(bisect_left, repeat(points), map(_xxh64, map(_encode, keys))))
+
+    def preference(self, key: str) -> Iterator[str]:
+        """Distinct node ids in clockwise order from ``key``'s position, each once, all of them."""
+        points, owners = self._arrays()
+        if not owners:
+            raise NoCapacity("the ring has no nodes")
+        return _walk(points, owners, len(self._merged), bisect_left(points, key_hash(key)))
+
+    def ownership(self) -> dict[str, float]:
+        """Each node's share of the hash space (the shares sum to 1), by node id."""
+        points, owners = self._arrays()
+        if not owners:
+            return {}
+        arcs: dict[str, int] = dict.fromkeys(sorted(self._merged), 0)
+        prev = points[-1] - HASH_SPACE  # the first point also owns the arc wrapping past zero
+        for p, n in zip(points, owners):
+            arcs[n] += p - prev
+            prev = p
+        return {n: a / HASH_SPACE for n, a in arcs.items()}
+
+
+def _walk(points: list[int], owners: list[str], distinct: int, start: int) -> Iterator[str]:
+    size = len(points)
+    start %= size
+    seen: set[str] = set()
+    for i in chain(range(start, size), range(start)):
+        n = owners[i]
+        if n not in seen:
+            seen.add(n)
+            yield n
+            if len(seen) == distinct:
+                return
+
+
+# -- bounded loads ----------------------------------------------------------------------------
+
+
+def _exact_weights(ring: HashRing) -> tuple[dict[str, Fraction], Fraction]:
+    # Weights as the decimals they print as, so caps are exact and independent of summation order.
+    exact: dict[float, Fraction] = {}
+    per_node: dict[str, Fraction] = {}
+    for n in ring.nodes():
+        w = ring.weight(n)
+        f = exact.get(w)
+        if f is None:
+            f = exact[w] = Fraction(repr(w))
+        per_node[n] = f
+    total = sum((f * c for f, c in Counter(per_node.values()).items()), Fraction(0))
+    return per_node, total
+
+
+def bounded_caps(ring: HashRing, total: int, load_factor: float = DEFAULT_LOAD_FACTOR) -> dict[str, int]:
+    """Per-node cap ``ceil(load_factor * total * weight / total_weight)``, by node id."""
+    c = _check_load_factor(load_factor)
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise InvalidInput(f"total must be a non-negative integer, got {total!r}")
+    per_node, total_weight = _exact_weights(ring)
+    by_weight: dict[Fraction, int] = {}
+    caps: dict[str, int] = {}
+    for n, w in per_node.items():
+        cap = by_weight.get(w)
+        if cap is None:
+            cap = by_weight[w] = math.ceil(c * total * w / total_weight)
+        caps[n] = cap
+    return caps
+
+
+def place_bounded(
+    ring: HashRing,
+    keys: Sequence[str],
+    load_factor: float = DEFAULT_LOAD_FACTOR,
+    loads: Mapping[str, int] | None = None,
+) -> dict[str, str]:
+    """Place distinct ``keys`` with consistent hashing and bounded loads (Mirrokni et al.).
+
+    Caps are ``bounded_caps`` over the existing ``loads`` (of nodes on the ring) plus
+    ``len(keys)``. Two rounds, both in the given key order: first every node accepts the keys
+    whose first choice it is until it reaches its cap; then each key left over walks the ring
+    clockwise (its preference list) and takes the first node still under its cap. Serving first
+    choices before overflow keeps more keys on their first choice than a single pass would, and
+    lets the bulk of the work run in C; the result is deterministic for a given key order.
+    """
+    keys = keys if isinstance(keys, list) else list(keys)
+    if not keys:
+        return {}
+    points, owners = ring._arrays()
+    if not owners:
+        raise NoCapacity("the ring has no nodes")
+    base: dict[str, int] = {}
+    if loads:
+        for n in ring.nodes():
+            v = loads.get(n, 0)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InvalidInput(f"load of node {n!r} must be a non-negative integer, got {v!r}")
+            if v:
+                base[n] = v
+    caps = bounded_caps(ring, sum(base.values()) + len(keys), load_factor)
+    room = {n: cap - base.get(n, 0) for n, cap in caps.items()}
+
+    slots = list(map(bisect_left, repeat(points), map(_xxh64, map(_encode, keys))))
+    chosen = list(map(owners.__getitem__, slots))
+    demand = Counter(chosen)
+    full = {n for n, d in demand.items() if d > room[n]}
+    if full:
+        for n, d in demand.items():
+            room[n] = max(0, room[n]) if n in full else room[n] - d
+        spill: list[int] = []
+        for i in [i for i, n in enumerate(chosen) if n in full]:
+            n = chosen[i]
+            if room[n] > 0:
+                room[n] -= 1
+            else:
+                spill.append(i)
+        size = len(points)
+        for i in spill:
+            j = slots[i]
+            for _ in range(size):
+                j += 1
+                if j >= size:
+                    j -= size
+                n = owners[j]
+                if room[n] > 0:
+                    room[n] -= 1
+                    chosen[i] = n
+                    break
+            else:  # pragma: no cover - caps sum to more than the keys, so a node has room
+                raise NoCapacity("bounded loads left no room on the ring")
+    placed = dict(zip(keys, chosen))
+    if len(placed) != len(keys):
+        raise InvalidInput("place_bounded: keys must be distinct")
+    return placed
+
+
+def _first_with_room(
+    points: list[int], owners: list[str], slot: int, room: Mapping[str, int],
+    allowed: Collection[str] | None = None,
+) -> str | None:
+    """The first node clockwise from ``slot`` (inclusive) with room (and in ``allowed``)."""
+    size = len(points)
+    j = slot % size
+    for _ in range(size):
+        n = owners[j]
+        if room[n] > 0 and (allowed is None or n in allowed):
+            return n
+        j += 1
+        if j == size:
+            j = 0
+    return None
+
+
+def _comes_before(points: list[int], owners: list[str], slot: int, first: str, second: str) -> bool:
+    """Whether ``first`` appears before ``second`` clockwise from ``slot``."""
+    size = len(points)
+    j = slot % size
+    for _ in range(size):
+        n = owners[j]
+        if n == first:
+            return True
+        if n == second:
+            return False
+        j += 1
+        if j == size:
+            j = 0
+    return False
+
+
+def rebalance(
+    ring: HashRing,
+    assignment: Mapping[str, str],
+    load_factor: float = DEFAULT_LOAD_FACTOR,
+    joined: Collection[str] | None = None,
+) -> list[Migration]:
+    """The sticky moves that bring ``assignment`` (key -> node) in line with ``ring``.
+
+    * Keys on nodes no longer on the ring move (``node-left``), each to the first node clockwise
+      from it with room under its cap.
+    * Keys stay where they are unless their node is gone or over its new cap; a node over its cap
+      sheds the excess (``rebalance``), keys whose first choice is now elsewhere first.
+    * Nodes that joined (``joined``; by default the ring's nodes holding no key) are brought up to
+      their fair share ``floor(K * weight / total_weight)`` (``rebalance``), taking only keys
+      whose preference now puts the newcomer before their current node, from the most loaded
+      donors first. A newcomer whose arcs attract fewer keys stays below its share.
+
+    Keys never move between two nodes that were there before and are still there, except when a
+    node is over its cap and no newcomer has room. Caps are ``bounded_caps(ring, len(assignment),
+    load_factor)``. The result is sorted by key; each key moves at most once.
+    """
+    caps = bounded_caps(ring, len(assignment), load_factor)
+    if not assignment:
+        return []
+    points, owners = ring._arrays()
+    if not owners:
+        raise NoCapacity("the ring has no nodes")
+    # Sorted, so nothing depends on the mapping's iteration order.
+    keys = sorted(assignment)
+    current = [assignment[k] for k in keys]
+    slots = list(map(bisect_left, repeat(points), map(_xxh64, map(_encode, keys))))
+    first = list(map(owners.__getitem__, slots))
+
+    loads = Counter(current)
+    room = {n: caps[n] - loads.get(n, 0) for n in caps}
+    if joined is None:
+        newcomers = {n for n in caps if n not in loads}
+    else:
+        newcomers = {n for n in joined if n in caps}
+    moves: dict[int, Migration] = {}
+
+    def move(i: int, target: str, reason: str) -> None:
+        source = current[i]
+        if source in room:
+            room[source] += 1
+            loads[source] -= 1
+        room[target] -= 1
+        loads[target] += 1
+        moves[i] = Migration(keys[i], source, target, reason)
+        current[i] = target
+
+    # 1. Keys whose node left the ring.
+    for i, n in enumerate(current):
+        if n not in caps:
+            target = _first_with_room(points, owners, slots[i], room)
+            if target is None:  # pragma: no cover - caps sum to more than the keys
+                raise NoCapacity("bounded loads left no room on the ring")
+            move(i, target, REASON_NODE_LEFT)
+
+    # 2. Nodes over their (new) cap shed the excess, to a newcomer when one has room.
+    over = sorted(n for n in caps if room[n] < 0)
+    if over:
+        held: dict[str, list[int]] = {n: [] for n in over}
+        for i, n in enumerate(current):
+            if n in held:
+                held[n].append(i)
+        for n in over:
+            # Keys whose first choice is now another node go first; then by key.
+            ranked = sorted(held[n], key=lambda i, n=n: (first[i] == n, i))
+            for i in ranked[: -room[n]]:
+                target = None
+                if any(room[m] > 0 for m in newcomers):
+                    target = _first_with_room(points, owners, slots[i], room, newcomers)
+                if target is None:
+                    target = _first_with_room(points, owners, slots[i], room)
+                if target is None:  # pragma: no cover - caps sum to more than the keys
+                    raise NoCapacity("bounded loads left no room on the ring")
+                move(i, target, REASON_REBALANCE)
+
+    # 3. Newcomers up to their fair share, from keys that now prefer them.
+    if newcomers:
+        per_node, total_weight = _exact_weights(ring)
+        total = len(keys)
+        for y in sorted(newcomers):
+            need = min(caps[y], math.floor(total * per_node[y] / total_weight)) - loads.get(y, 0)
+            if need <= 0:
+                continue
+            tier1 = [i for i, n in enumerate(first)
+                     if n == y and i not in moves and current[i] not in newcomers]
+            need -= _take(tier1, need, y, current, loads, move)
+            if need <= 0:
+                continue
+            # Keys not on their first choice (they overflowed) that meet y before their node.
+            tier2 = [i for i, n in enumerate(current)
+                     if n != first[i] and n not in newcomers and i not in moves and first[i] != y
+                     and _comes_before(points, owners, slots[i], y, n)]
+            _take(tier2, need, y, current, loads, move)
+
+    return [moves[i] for i in sorted(moves)]
+
+
+def _take(candidates: list[int], need: int, target: str, current: list[str],
+          loads: Mapping[str, int], move: object) -> int:
+    """Move up to ``need`` of ``candidates`` to ``target``, always from the most loaded donor."""
+    if not candidates or need <= 0:
+        return 0
+    by_donor: dict[str, list[int]] = {}
+    for i in candidates:  # candidates are in key order, so each donor's list is too
+        by_donor.setdefault(current[i], []).append(i)
+    heap = [(-loads[d], d, 0) for d in by_donor]
+    heapq.heapify(heap)
+    taken = 0
+    while heap and taken < need:
+        _, d, k = heapq.heappop(heap)
+        i = by_donor[d][k]
+        move(i, target, REASON_REBALANCE)  # type: ignore[operator]
+        taken += 1
+        if k + 1 < len(by_donor[d]):
+            heapq.heappush(heap, (-loads[d], d, k + 1))
+    return taken
+
+
+# -- replicas ---------------------------------------------------------------------------------
+
+
+def replicas(ring: HashRing, key: str, n: int, zone_of: Mapping[str, str]) -> list[str]:
+    """Up to ``n`` nodes for ``key`` in preference order, at most one per zone."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidInput(f"replica count must be a non-negative integer, got {n!r}")
+    chosen: list[str] = []
+    if n == 0:
+        return chosen
+    used: set[str] = set()
+    for node in ring.preference(key):
+        zone = zone_of.get(node)
+        if zone is None:
+            raise InvalidInput(f"node {node!r} has no zone")
+        if zone in used:
+            continue
+        used.add(zone)
+        chosen.append(node)
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+__all__ = [
+    "HASH_BITS", "HASH_SPACE", "DEFAULT_VNODES", "DEFAULT_LOAD_FACTOR", "REASON_NODE_LEFT",
+    "REASON_REBALANCE", "key_hash", "vnode_positions", "HashRing", "bounded_caps", "place_bounded",
+    "rebalance", "replicas",
+]
