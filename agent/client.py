@@ -1,0 +1,200 @@
+"""The typed HTTP client of the agent API: what the CLI, benchmarks and tests use.
+
+It reuses connections, applies timeouts, fails over to the next agent when one is unreachable
+or has no leader, and turns error answers back into the typed errors of ``canidae.core.errors``
+(so the CLI exits with the documented code). Writes carry a request id that stays the same
+across failover retries, which makes a retry after an unknown outcome safe.
+
+Where to connect is resolved once, in ``resolve_target``: flags > ``CANIDAE_ADDR`` /
+``CANIDAE_TOKEN`` > ``~/.config/canidae/config.toml`` (written by ``cluster up``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tomllib
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import httpx
+
+from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, Timeout, Unavailable
+
+DEFAULT_CONFIG = os.path.join("~", ".config", "canidae", "config.toml")
+
+
+@dataclass(frozen=True)
+class Target:
+    addrs: tuple[str, ...]
+    token: str
+
+
+def config_path(explicit: str | None = None) -> str:
+    return os.path.expanduser(explicit or os.environ.get("CANIDAE_CONFIG") or DEFAULT_CONFIG)
+
+
+def read_cli_config(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInput(f"{path} is not valid TOML: {e}") from None
+
+
+def resolve_target(addr: str | None = None, token: str | None = None, config: str | None = None) -> Target:
+    cfg = read_cli_config(config_path(config))
+    raw = addr or os.environ.get("CANIDAE_ADDR") or ",".join(cfg.get("addr", []) if isinstance(
+        cfg.get("addr"), list) else [cfg.get("addr", "")])
+    addrs = tuple(a.strip().removeprefix("http://") for a in raw.split(",") if a.strip())
+    tok = token or os.environ.get("CANIDAE_TOKEN") or cfg.get("token", "")
+    if not addrs:
+        raise Unavailable("no cluster configured: run 'canidae cluster up', or set CANIDAE_ADDR / --addr")
+    if not tok:
+        raise NotAuthenticated("no token: set CANIDAE_TOKEN or --token (cluster up writes one to the config)")
+    return Target(addrs, str(tok))
+
+
+class Client:
+    def __init__(self, target: Target, timeout: float = 10.0) -> None:
+        self.target = target
+        self.addrs = list(target.addrs)
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=2.0),
+                                 headers={"authorization": f"Bearer {target.token}"},
+                                 limits=httpx.Limits(max_keepalive_connections=8))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+                timeout: float | None = None, retry_for: float = 0.0) -> Any:
+        """Send to the first agent that answers; on unreachable / no leader try the next ones.
+
+        ``retry_for`` keeps cycling through the agents for that many seconds (used for writes, which
+        carry a request id and so are safe to repeat).
+        """
+        deadline = time.monotonic() + retry_for
+        last: CanidaeError = Unavailable("no agent reachable")
+        while True:
+            for i, addr in enumerate(list(self.addrs)):
+                try:
+                    r = self.http.request(method, f"http://{addr}{path}", json=json, params=params,
+                                          timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
+                except httpx.TimeoutException:
+                    last = Timeout(f"agent {addr} did not answer in time")
+                    continue
+                except httpx.HTTPError as e:
+                    last = Unavailable(f"agent {addr} unreachable ({type(e).__name__})")
+                    continue
+                try:
+                    data = r.json()
+                except ValueError:
+                    last = Unavailable(f"agent {addr} answered HTTP {r.status_code} without JSON")
+                    continue
+                if r.status_code >= 400:
+                    err = CanidaeError.from_wire(data, r.status_code)
+                    if isinstance(err, Unavailable):
+                        last = err
+                        continue
+                    raise err
+                if i:  # remember who answered
+                    self.addrs.insert(0, self.addrs.pop(i))
+                return data
+            if time.monotonic() >= deadline:
+                raise last
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------ typed calls
+
+    def health(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/health")  # type: ignore[no-any-return]
+
+    def status(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/status")  # type: ignore[no-any-return]
+
+    def nodes(self, stale: bool = False) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/nodes", params={"stale": 1} if stale else None)["nodes"]  # type: ignore[no-any-return]
+
+    def node(self, node_id: str, stale: bool = False) -> dict[str, Any]:
+        return self.request("GET", f"/v1/nodes/{node_id}", params={"stale": 1} if stale else None)["node"]  # type: ignore[no-any-return]
+
+    def set_node_state(self, node_id: str, state: str, reason: str = "") -> dict[str, Any]:
+        return self.request("POST", f"/v1/nodes/{node_id}/state",  # type: ignore[no-any-return]
+                            json={"state": state, "reason": reason, "request_id": uuid.uuid4().hex},
+                            retry_for=5.0)
+
+    def create_packs(self, specs: list[dict[str, Any]], *, count: int = 0, place: bool = True,
+                     request_id: str | None = None, retry_for: float = 5.0) -> dict[str, Any]:
+        body: dict[str, Any] = {"request_id": request_id or uuid.uuid4().hex, "place": place}
+        if len(specs) == 1 and not count:
+            body["spec"] = specs[0]
+        else:
+            body["specs"] = specs
+        if count:
+            body["count"] = count
+        return self.request("POST", "/v1/packs", json=body, retry_for=retry_for)  # type: ignore[no-any-return]
+
+    def packs(self, *, node: str | None = None, state: str | None = None, after: str | None = None,
+              limit: int = 1000, stale: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if node:
+            params["node"] = node
+        if state:
+            params["state"] = state
+        if after:
+            params["after"] = after
+        if stale:
+            params["stale"] = 1
+        return self.request("GET", "/v1/packs", params=params)  # type: ignore[no-any-return]
+
+    def iter_packs(self, **kw: Any) -> Iterator[dict[str, Any]]:
+        after = None
+        while True:
+            page = self.packs(after=after, **kw)
+            yield from page["packs"]
+            after = page.get("next")
+            if not after:
+                return
+
+    def pack(self, name: str, stale: bool = False) -> dict[str, Any]:
+        return self.request("GET", f"/v1/packs/{name}", params={"stale": 1} if stale else None)["pack"]  # type: ignore[no-any-return]
+
+    def pack_action(self, name: str, action: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/packs/{name}/{action}",  # type: ignore[no-any-return]
+                            json={"request_id": uuid.uuid4().hex}, retry_for=5.0)
+
+    def pack_history(self, name: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/packs/{name}/history")  # type: ignore[no-any-return]
+
+    def ring(self, stale: bool = False) -> dict[str, Any]:
+        return self.request("GET", "/v1/ring", params={"stale": 1} if stale else None)  # type: ignore[no-any-return]
+
+    def ring_lookup(self, name: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/ring/lookup/{name}")  # type: ignore[no-any-return]
+
+    def wait_running(self, names: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+        """Poll until every named pack runs (or fails); Timeout when the deadline passes."""
+        deadline = time.monotonic() + timeout
+        left = set(names)
+        seen: dict[str, dict[str, Any]] = {}
+        while left:
+            for name in sorted(left):
+                p = self.pack(name, stale=True)
+                if p["state"] in ("running", "failed", "stopped"):
+                    seen[name] = p
+                    left.discard(name)
+            if not left:
+                break
+            if time.monotonic() >= deadline:
+                raise Timeout(f"{len(left)} pack(s) not running after {timeout:g} s (e.g. {sorted(left)[0]})")
+            time.sleep(0.01)
+        return seen

@@ -1,0 +1,234 @@
+"""Agent configuration: one typed value, read from defaults < TOML file < ``CANIDAE_*`` env < flags.
+
+Invalid configuration is refused with ``InvalidInput`` naming the key (``capacity.cpu must be a
+positive integer``). ``write_config`` writes the TOML (with tomli-w) with mode 0600, because it
+holds the API token and the cluster password.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping
+
+import tomli_w
+
+from canidae.agent.replica import RaftSettings
+from canidae.core.errors import InvalidInput
+from canidae.core.types import Location, Node, Resources, Role, validate_name
+
+
+@dataclass(frozen=True)
+class ServerPeer:
+    id: str
+    api: str
+    raft: str
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node_id: str
+    role: Role = Role.SERVER
+    api: str = "127.0.0.1:7100"
+    raft: str = ""  # servers only
+    zone: str = "z1"
+    region: str = "r1"
+    cell: str = "c1"
+    data_dir: str = "./canidae-data"
+    token: str = ""
+    cluster_password: str = ""
+    servers: tuple[ServerPeer, ...] = ()
+    capacity: Resources = Resources(4000, 8192, 1000)
+    weight: float = 1.0
+    raft_settings: RaftSettings = field(default_factory=RaftSettings)
+    heartbeat_interval_s: float = 0.3
+    heartbeat_ttl_s: float = 1.5
+    max_body_bytes: int = 8 * 1024 * 1024
+    request_timeout_s: float = 5.0
+    log_file: str = ""
+
+    @property
+    def location(self) -> Location:
+        return Location(self.zone, self.region, self.cell)
+
+    def node(self) -> Node:
+        return Node(id=self.node_id, location=self.location, capacity=self.capacity, weight=self.weight,
+                    role=self.role, address=self.api)
+
+    @property
+    def server_apis(self) -> list[str]:
+        return [s.api for s in self.servers]
+
+    def raft_peers(self) -> list[str]:
+        return [s.raft for s in self.servers if s.raft != self.raft]
+
+    def api_for_raft(self, raft_addr: str | None) -> str | None:
+        for s in self.servers:
+            if s.raft == raft_addr:
+                return s.api
+        return None
+
+
+def _addr(key: str, value: Any) -> str:
+    if not isinstance(value, str) or ":" not in value:
+        raise InvalidInput(f"{key} must be host:port, got {value!r}")
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"{key} must be host:port with a port 1-65535, got {value!r}")
+    return value
+
+
+def _pos_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInput(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _pos_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise InvalidInput(f"{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+_TOP_KEYS = {"node_id", "role", "api", "raft", "zone", "region", "cell", "data_dir", "token",
+             "cluster_password", "servers", "capacity", "weight", "raft_settings", "heartbeat",
+             "max_body_bytes", "request_timeout_s", "log_file"}
+
+
+def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
+    """Validate a parsed TOML (or merged) mapping into an ``AgentConfig``."""
+    unknown = sorted(set(d) - _TOP_KEYS)
+    if unknown:
+        raise InvalidInput(f"unknown configuration key {unknown[0]!r}")
+    if "node_id" not in d:
+        raise InvalidInput("node_id is required")
+    node_id = validate_name("node", d["node_id"])
+    try:
+        role = Role(d.get("role", "server"))
+    except ValueError:
+        raise InvalidInput(f"role must be server or client, got {d.get('role')!r}") from None
+    cap = d.get("capacity", {})
+    if not isinstance(cap, Mapping):
+        raise InvalidInput("capacity must be a table")
+    capacity = Resources(_pos_int("capacity.cpu", cap.get("cpu", 4000)),
+                         _pos_int("capacity.mem", cap.get("mem", 8192)),
+                         _pos_int("capacity.packs", cap.get("packs", 1000)))
+    servers = []
+    for i, s in enumerate(d.get("servers", [])):
+        if not isinstance(s, Mapping):
+            raise InvalidInput(f"servers[{i}] must be a table")
+        servers.append(ServerPeer(validate_name("node", s.get("id")), _addr(f"servers[{i}].api", s.get("api")),
+                                  _addr(f"servers[{i}].raft", s.get("raft"))))
+    rs = d.get("raft_settings", {})
+    defaults = RaftSettings()
+    raft_kwargs: dict[str, Any] = {}
+    for f in fields(RaftSettings):
+        if f.name in rs:
+            v = rs[f.name]
+            if f.name == "fsync":
+                if not isinstance(v, bool):
+                    raise InvalidInput(f"raft_settings.fsync must be true or false, got {v!r}")
+                raft_kwargs[f.name] = v
+            elif isinstance(getattr(defaults, f.name), int):
+                raft_kwargs[f.name] = _pos_int(f"raft_settings.{f.name}", v)
+            else:
+                raft_kwargs[f.name] = _pos_float(f"raft_settings.{f.name}", v)
+    unknown_rs = sorted(set(rs) - {f.name for f in fields(RaftSettings)})
+    if unknown_rs:
+        raise InvalidInput(f"unknown configuration key 'raft_settings.{unknown_rs[0]}'")
+    hb = d.get("heartbeat", {})
+    cfg = AgentConfig(
+        node_id=node_id, role=role,
+        api=_addr("api", d.get("api", "127.0.0.1:7100")),
+        raft=_addr("raft", d["raft"]) if d.get("raft") else "",
+        zone=validate_name("zone", d.get("zone", "z1")),
+        region=validate_name("region", d.get("region", "r1")),
+        cell=validate_name("cell", d.get("cell", "c1")),
+        data_dir=str(d.get("data_dir", "./canidae-data")),
+        token=str(d.get("token", "")), cluster_password=str(d.get("cluster_password", "")),
+        servers=tuple(servers), capacity=capacity,
+        weight=_pos_float("weight", d.get("weight", 1.0)),
+        raft_settings=replace(defaults, **raft_kwargs),
+        heartbeat_interval_s=_pos_float("heartbeat.interval_s", hb.get("interval_s", 0.3)),
+        heartbeat_ttl_s=_pos_float("heartbeat.ttl_s", hb.get("ttl_s", 1.5)),
+        max_body_bytes=_pos_int("max_body_bytes", d.get("max_body_bytes", 8 * 1024 * 1024)),
+        request_timeout_s=_pos_float("request_timeout_s", d.get("request_timeout_s", 5.0)),
+        log_file=str(d.get("log_file", "")),
+    )
+    if not cfg.token:
+        raise InvalidInput("token is required (the API's bearer token)")
+    if cfg.role is Role.SERVER:
+        if not cfg.raft:
+            raise InvalidInput("raft (host:port) is required for a server")
+        if not cfg.cluster_password:
+            raise InvalidInput("cluster_password is required for a server (the Raft port speaks pickle)")
+        if cfg.raft not in [s.raft for s in cfg.servers]:
+            raise InvalidInput("servers must list this server itself")
+    if not cfg.servers:
+        raise InvalidInput("servers must list at least one server")
+    if cfg.heartbeat_ttl_s <= cfg.heartbeat_interval_s:
+        raise InvalidInput("heartbeat.ttl_s must be greater than heartbeat.interval_s")
+    return cfg
+
+
+ENV_KEYS = {  # CANIDAE_* environment variables that override the file
+    "CANIDAE_NODE_ID": "node_id", "CANIDAE_ROLE": "role", "CANIDAE_API": "api", "CANIDAE_RAFT": "raft",
+    "CANIDAE_ZONE": "zone", "CANIDAE_REGION": "region", "CANIDAE_CELL": "cell",
+    "CANIDAE_DATA_DIR": "data_dir", "CANIDAE_AGENT_TOKEN": "token", "CANIDAE_LOG_FILE": "log_file",
+}
+
+
+def load_config(path: str | None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> AgentConfig:
+    """defaults < file < environment < flags."""
+    merged: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                merged.update(tomllib.load(f))
+        except FileNotFoundError:
+            raise InvalidInput(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidInput(f"config file {path} is not valid TOML: {e}") from None
+    for var, key in ENV_KEYS.items():
+        if env and var in env:
+            merged[key] = env[var]
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            merged[k] = v
+    return config_from_mapping(merged)
+
+
+def config_to_mapping(cfg: AgentConfig) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "node_id": cfg.node_id, "role": cfg.role.value, "api": cfg.api, "zone": cfg.zone,
+        "region": cfg.region, "cell": cfg.cell, "data_dir": cfg.data_dir, "token": cfg.token,
+        "weight": cfg.weight, "capacity": cfg.capacity.to_dict(),
+        "servers": [{"id": s.id, "api": s.api, "raft": s.raft} for s in cfg.servers],
+        "heartbeat": {"interval_s": cfg.heartbeat_interval_s, "ttl_s": cfg.heartbeat_ttl_s},
+        "raft_settings": asdict(cfg.raft_settings),
+        "max_body_bytes": cfg.max_body_bytes, "request_timeout_s": cfg.request_timeout_s,
+    }
+    if cfg.raft:
+        d["raft"] = cfg.raft
+    if cfg.cluster_password:
+        d["cluster_password"] = cfg.cluster_password
+    if cfg.log_file:
+        d["log_file"] = cfg.log_file
+    return d
+
+
+def write_config(cfg: AgentConfig, path: str) -> None:
+    """Write the TOML with mode 0600 (it holds secrets), atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        tomli_w.dump(config_to_mapping(cfg), f)
+    os.replace(tmp, path)
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)

@@ -1,0 +1,536 @@
+"""The agent daemon: wires config, the Raft replica, the HTTP API and the agent's loops.
+
+Every agent runs the same process. A *server* also holds a ``Replica`` (a Raft voter) and a
+``Proposer`` (group commit); a *client* forwards cluster requests to the servers. Loops:
+
+* registration, then a heartbeat every ``heartbeat_interval_s`` to the leader. The leader keeps
+  heartbeat times in memory only (they are not state) and, after ``heartbeat_ttl_s`` without
+  one, commits ``SetNodeState(DOWN)`` stamped with its term; apply then reschedules the node's
+  packs. A new leader gives every node a full TTL of grace before judging it.
+* reconcile: a long-poll on this node's assignments (woken by every applied change), then the
+  driver brings actual state to desired state and the agent reports it. Anything running under
+  an older placement generation is stopped first: that fences a node that comes back after
+  being declared down, so no pack runs twice.
+
+Time is read here (wall clock for ``at`` stamps, monotonic clock for deadlines), never in core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import Response
+
+from canidae.agent.api import build_app
+from canidae.agent.config import AgentConfig
+from canidae.agent.proposer import Proposer
+from canidae.agent.replica import Replica
+from canidae.core.commands import Command, CreatePacks, PackReport, PlacePacks, RegisterNode, ReportPacks, \
+    SetNodeState, StopPacks
+from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound, OperationFailed, Unavailable
+from canidae.core.state import HOLDING, ClusterState
+from canidae.core.types import Driver, Node, NodeState, PackSpec, PackState, Role
+
+log = logging.getLogger("canidae.agent")
+
+EVENTS_KEPT = 200_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _raise_if_error(result: dict[str, Any]) -> dict[str, Any]:
+    if "error" in result:
+        raise CanidaeError.from_wire(result)
+    return result
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.started = time.monotonic()
+        self.replica: Replica | None = None
+        self.proposer: Proposer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.http: httpx.AsyncClient | None = None
+        self.last_seen: dict[str, float] = {}
+        self.was_leader = False
+        self.down_in_flight: set[str] = set()
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
+        self.applied_signal: asyncio.Event | None = None
+        self.leader_hint: str | None = None
+        self.running: dict[str, int] = {}  # virtual packs running here: name -> generation
+        self.stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.applied_signal = asyncio.Event()
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.cfg.request_timeout_s, connect=1.0),
+            headers={"authorization": f"Bearer {self.cfg.token}"},
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+        if self.cfg.role is Role.SERVER:
+            os.makedirs(self.cfg.data_dir, exist_ok=True)
+            self.replica = Replica(
+                self.cfg.raft, self.cfg.raft_peers(), os.path.join(self.cfg.data_dir, "raft"),
+                self.cfg.cluster_password, self.cfg.raft_settings, ClusterState, self._on_applied)
+            self.proposer = Proposer(self.replica, self.loop, timeout_s=self.cfg.request_timeout_s)
+        self.tasks = [asyncio.create_task(self._heartbeat_loop()),
+                      asyncio.create_task(self._reconcile_loop())]
+        if self.replica is not None:
+            self.tasks.append(asyncio.create_task(self._failure_detector_loop()))
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for t in getattr(self, "tasks", []):
+            t.cancel()
+        if self.http is not None:
+            await self.http.aclose()
+        if self.replica is not None:
+            self.replica.destroy()
+
+    def _on_applied(self, events: list[dict[str, Any]]) -> None:
+        # Tick thread: hand over to the loop.
+        self.events.extend(events)
+        if self.loop is not None and self.applied_signal is not None:
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        assert self.applied_signal is not None
+        self.applied_signal.set()
+        self.applied_signal = asyncio.Event()
+
+    # ------------------------------------------------------------------ proposing and reading
+
+    def _stamp(self) -> dict[str, Any]:
+        return {"at": now_ms(), "term": self.replica.current_term() if self.replica else 0}
+
+    async def propose(self, cmd: Command) -> dict[str, Any]:
+        if self.proposer is None:
+            raise OperationFailed("this agent is not a server")
+        return _raise_if_error(await self.proposer.submit(cmd))
+
+    async def _read_state(self, stale: bool) -> ClusterState:
+        assert self.replica is not None and self.proposer is not None
+        if not stale:
+            await self.proposer.barrier(now_ms())
+        return self.replica.state
+
+    # ------------------------------------------------------------------ API operations
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ok": True, "node": self.cfg.node_id, "role": self.cfg.role.value,
+                               "api": self.cfg.api, "uptime_s": round(time.monotonic() - self.started, 3),
+                               "pid": os.getpid()}
+        if self.replica is not None:
+            st = self.replica.raft_status()
+            out["raft"] = {k: st[k] for k in ("state", "leader", "term", "commit_index", "has_quorum")}
+            out["leader_api"] = self.cfg.api_for_raft(st["leader"])
+        return out
+
+    async def cluster_status(self) -> dict[str, Any]:
+        assert self.replica is not None
+        st = self.replica.raft_status()
+        with self.replica.lock:
+            state = self.replica.state
+            counts = state.counts()
+            n_nodes = len(state.nodes)
+            down = sum(1 for n in state.nodes.values() if n.state is NodeState.DOWN)
+        peers = []
+        for s in self.cfg.servers:
+            if s.raft == self.cfg.raft:
+                peers.append({"id": s.id, "api": s.api, "raft": s.raft, "connected": True, "self": True})
+            else:
+                peers.append({"id": s.id, "api": s.api, "raft": s.raft,
+                              "connected": st["peers"].get(s.raft, False), "self": False})
+        return {"node": self.cfg.node_id, "leader": st["leader"], "leader_api": self.cfg.api_for_raft(st["leader"]),
+                "raft_state": st["state"], "term": st["term"], "commit_index": st["commit_index"],
+                "last_applied": st["last_applied"], "has_quorum": st["has_quorum"], "peers": peers,
+                "nodes": n_nodes, "nodes_down": down, "packs": sum(counts.values()), "pack_states": counts,
+                "group_commit": {"batches": self.proposer.batches if self.proposer else 0,
+                                 "commands": self.proposer.commands if self.proposer else 0}}
+
+    def state_digest(self) -> dict[str, Any]:
+        if self.replica is None:
+            raise NotFound("a client agent holds no replicated state")
+        with self.replica.lock:
+            st = self.replica.state
+            return {"node": self.cfg.node_id, "digest": st.digest(), "applied": st.applied,
+                    "packs": len(st.packs), "event_seq": st.event_seq}
+
+    def _node_view(self, state: ClusterState, node: Node) -> dict[str, Any]:
+        used = state.node_usage(node.id)
+        d = node.to_dict()
+        seen = self.last_seen.get(node.id)
+        d.update(used=used.to_dict(), packs=len([1 for r in state.packs_on(node.id) if r.state in HOLDING]),
+                 last_heartbeat_s_ago=None if seen is None or not self.replica or not self.replica.is_leader()
+                 else round(time.monotonic() - seen, 3))
+        return d
+
+    async def list_nodes(self, stale: bool) -> dict[str, Any]:
+        state = await self._read_state(stale)
+        with self.replica.lock:  # type: ignore[union-attr]
+            return {"nodes": [self._node_view(state, n) for n in state.iter_nodes()]}
+
+    async def show_node(self, node_id: str, stale: bool) -> dict[str, Any]:
+        state = await self._read_state(stale)
+        with self.replica.lock:  # type: ignore[union-attr]
+            return {"node": self._node_view(state, state.get_node(node_id))}
+
+    async def register_node(self, node: Any, rid: str) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            raise InvalidInput("node must be an object")
+        try:
+            parsed = Node.from_dict(node)
+        except KeyError as e:
+            raise InvalidInput(f"node is missing {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise InvalidInput(f"invalid node: {e}") from None
+        return await self.propose(RegisterNode(id=rid, **self._stamp(), node=parsed))
+
+    async def set_node_state(self, node_id: str, state: NodeState, reason: str, rid: str) -> dict[str, Any]:
+        return await self.propose(SetNodeState(id=rid, **self._stamp(), node_id=node_id, state=state,
+                                               reason=reason or "operator", by="operator"))
+
+    async def create_packs(self, specs: list[PackSpec], count: int, place: bool, rid: str) -> dict[str, Any]:
+        if count and len(specs) != 1:
+            raise InvalidInput("count needs exactly one spec")
+        t0 = time.perf_counter()
+        cmd = CreatePacks(id=rid, **self._stamp(), specs=tuple(specs), place=place, count=count, by="api")
+        result = await self.propose(cmd)
+        result["commit_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return result
+
+    async def list_packs(self, *, node: str | None, state: PackState | None, after: str | None, limit: int,
+                         stale: bool) -> dict[str, Any]:
+        st = await self._read_state(stale)
+        with self.replica.lock:  # type: ignore[union-attr]
+            page, cursor = st.list_packs(node=node, state=state, after=after, limit=limit)
+            return {"packs": [r.view() for r in page], "next": cursor, "total": len(st.packs)}
+
+    async def show_pack(self, name: str, stale: bool) -> dict[str, Any]:
+        st = await self._read_state(stale)
+        with self.replica.lock:  # type: ignore[union-attr]
+            return {"pack": st.get_pack(name).view()}
+
+    async def pack_action(self, name: str, action: str, rid: str) -> dict[str, Any]:
+        if action == "stop":
+            return await self.propose(StopPacks(id=rid, **self._stamp(), names=(name,), by="api"))
+        return await self.propose(PlacePacks(id=rid, **self._stamp(), names=(name,), by="api"))
+
+    async def pack_history(self, name: str) -> dict[str, Any]:
+        st = await self._read_state(False)
+        with self.replica.lock:  # type: ignore[union-attr]
+            st.get_pack(name)
+        return {"pack": name, "events": [e for e in list(self.events) if e.get("pack") == name]}
+
+    async def ring_view(self, stale: bool) -> dict[str, Any]:
+        st = await self._read_state(stale)
+        with self.replica.lock:  # type: ignore[union-attr]
+            return st.scheduler.ring_view() if hasattr(st.scheduler, "ring_view") else _ring_view(st)
+
+    async def ring_lookup(self, name: str, stale: bool) -> dict[str, Any]:
+        st = await self._read_state(stale)
+        with self.replica.lock:  # type: ignore[union-attr]
+            placed = st.packs.get(name)
+            plan = _dry_place(st, name)
+        return {"name": name, "ring_node": plan, "placed_on": placed.node if placed else None}
+
+    # ------------------------------------------------------------------ heartbeats and failure detection
+
+    async def heartbeat(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.replica is not None
+        if not self.replica.is_leader():
+            leader = self.cfg.api_for_raft(self.replica.leader_address())
+            if leader is None:
+                raise NoLeader("no leader to take heartbeats")
+            return await self._post(leader, f"/v1/nodes/{node_id}/heartbeat", body)
+        with self.replica.lock:
+            node = self.replica.state.nodes.get(node_id)
+            rev = self.replica.state.node_rev.get(node_id, 0)
+        if node is None:
+            raise NotFound(f"no node {node_id!r}: register first")
+        self.last_seen[node_id] = time.monotonic()
+        return {"state": node.state.value, "rev": rev, "leader_api": self.cfg.api}
+
+    async def _failure_detector_loop(self) -> None:
+        assert self.replica is not None
+        ttl = self.cfg.heartbeat_ttl_s
+        while not self.stopping:
+            await asyncio.sleep(min(0.1, ttl / 5))
+            try:
+                leader = self.replica.is_leader()
+                now = time.monotonic()
+                if leader and not self.was_leader:
+                    # Grace: a new leader has no heartbeat history yet.
+                    self.last_seen = {}
+                self.was_leader = leader
+                if not leader:
+                    continue
+                with self.replica.lock:
+                    live = [n.id for n in self.replica.state.nodes.values() if n.state is not NodeState.DOWN]
+                for node_id in live:
+                    seen = self.last_seen.setdefault(node_id, now)
+                    if now - seen > ttl and node_id not in self.down_in_flight:
+                        self.down_in_flight.add(node_id)
+                        asyncio.create_task(self._declare_down(node_id, now - seen))
+            except Exception:
+                log.exception("failure detector")
+
+    async def _declare_down(self, node_id: str, silent_s: float) -> None:
+        try:
+            cmd = SetNodeState(id=f"down-{node_id}-{uuid.uuid4().hex[:12]}", **self._stamp(), node_id=node_id,
+                               state=NodeState.DOWN, reason=f"no heartbeat for {silent_s:.2f} s",
+                               by=f"leader:{self.cfg.node_id}")
+            result = await self.propose(cmd)
+            log.warning("node %s declared down; %d packs moved", node_id, len(result.get("moved", [])))
+        except CanidaeError as e:
+            log.warning("could not declare %s down: %s", node_id, e.message)
+        finally:
+            self.down_in_flight.discard(node_id)
+
+    # ------------------------------------------------------------------ talking to servers (as any agent)
+
+    def _server_order(self) -> list[str]:
+        apis = self.cfg.server_apis
+        if self.leader_hint in apis:
+            apis = [self.leader_hint] + [a for a in apis if a != self.leader_hint]
+        return apis
+
+    async def _post(self, api: str, path: str, body: Any) -> dict[str, Any]:
+        assert self.http is not None
+        try:
+            r = await self.http.post(f"http://{api}{path}", json=body)
+        except httpx.HTTPError as e:
+            raise Unavailable(f"agent {api} unreachable: {type(e).__name__}") from None
+        data = r.json()
+        if r.status_code >= 400:
+            raise CanidaeError.from_wire(data, r.status_code)
+        return data  # type: ignore[no-any-return]
+
+    async def _call_servers(self, method: str, path: str, body: Any = None,
+                            params: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Ask the servers (leader hint first); move on when one is unreachable or has no leader."""
+        assert self.http is not None
+        last: CanidaeError = Unavailable("no server reachable")
+        for api in self._server_order():
+            try:
+                r = await self.http.request(method, f"http://{api}{path}", json=body, params=params,
+                                            timeout=timeout or self.cfg.request_timeout_s)
+            except httpx.HTTPError as e:
+                last = Unavailable(f"server {api} unreachable: {type(e).__name__}")
+                continue
+            try:
+                data = r.json()
+            except ValueError:
+                last = Unavailable(f"server {api} answered HTTP {r.status_code} without JSON")
+                continue
+            if r.status_code >= 400:
+                err = CanidaeError.from_wire(data, r.status_code)
+                if isinstance(err, Unavailable):
+                    last = err
+                    continue
+                raise err
+            if isinstance(data, dict) and data.get("leader_api"):
+                self.leader_hint = data["leader_api"]
+            return data  # type: ignore[no-any-return]
+        raise last
+
+    async def forward(self, request: Request, limit: int) -> Response:
+        """A client agent passes cluster requests on to a server, unchanged."""
+        from canidae.agent.api import read_json
+        body = await read_json(request, limit) if request.method == "POST" else None
+        assert self.http is not None
+        last: CanidaeError = Unavailable("no server reachable")
+        for api in self._server_order():
+            try:
+                r = await self.http.request(request.method, f"http://{api}{request.url.path}",
+                                            params=dict(request.query_params), json=body)
+            except httpx.HTTPError as e:
+                last = Unavailable(f"server {api} unreachable: {type(e).__name__}")
+                continue
+            if r.status_code == 503:
+                continue
+            return Response(r.content, status_code=r.status_code, media_type="application/json")
+        from canidae.agent.api import error_response
+        return error_response(last)
+
+    async def _heartbeat_loop(self) -> None:
+        registered = False
+        interval = self.cfg.heartbeat_interval_s
+        while not self.stopping:
+            try:
+                if not registered:
+                    await self._call_servers("POST", "/v1/nodes", {"node": self.cfg.node().to_dict(),
+                                                                   "request_id": f"reg-{self.cfg.node_id}-{uuid.uuid4().hex[:8]}"})
+                    registered = True
+                    log.info("registered node %s", self.cfg.node_id)
+                reply = await self._call_servers("POST", f"/v1/nodes/{self.cfg.node_id}/heartbeat", {},
+                                                 timeout=max(interval, 0.5))
+                if reply.get("state") == NodeState.DOWN.value:
+                    log.warning("this node was declared down; re-registering")
+                    registered = False
+                    continue
+            except NotFound:
+                registered = False
+                continue
+            except CanidaeError as e:
+                log.debug("heartbeat: %s", e.message)
+            except Exception:
+                log.exception("heartbeat loop")
+            await asyncio.sleep(interval)
+
+    # ------------------------------------------------------------------ reconcile (virtual driver)
+
+    async def assignments(self, node_id: str, after: int, wait: float) -> dict[str, Any]:
+        assert self.replica is not None
+        deadline = time.monotonic() + wait
+        while True:
+            with self.replica.lock:
+                st = self.replica.state
+                rev = st.node_rev.get(node_id)
+                if rev is None:
+                    raise NotFound(f"no node {node_id!r}")
+                if rev > after or time.monotonic() >= deadline:
+                    packs = [{"name": r.spec.name, "generation": r.generation, "state": r.state.value,
+                              "driver": r.spec.driver.value}
+                             for r in st.packs_on(node_id) if r.state in HOLDING]
+                    return {"rev": rev, "node_state": st.nodes[node_id].state.value, "packs": packs}
+            assert self.applied_signal is not None
+            try:
+                await asyncio.wait_for(self.applied_signal.wait(), timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+
+    async def report_packs(self, node_id: str, reports: Any, rid: str) -> dict[str, Any]:
+        if not isinstance(reports, list) or not reports or len(reports) > 100_000:
+            raise InvalidInput("reports must be a non-empty list")
+        parsed = []
+        for r in reports:
+            if not isinstance(r, list) or len(r) != 4:
+                raise InvalidInput("each report is [name, generation, state, reason]")
+            try:
+                parsed.append(PackReport(r[0], int(r[1]), PackState(r[2]), str(r[3])))
+            except (ValueError, TypeError) as e:
+                raise InvalidInput(f"invalid report: {e}") from None
+        return await self.propose(ReportPacks(id=rid, **self._stamp(), node_id=node_id, reports=tuple(parsed),
+                                              by=f"agent:{node_id}"))
+
+    async def _reconcile_loop(self) -> None:
+        rev = 0
+        while not self.stopping:
+            try:
+                data = await self._call_servers("GET", f"/v1/nodes/{self.cfg.node_id}/assignments",
+                                                params={"after": rev, "wait": 10}, timeout=15.0)
+                rev = data["rev"]
+                await self._reconcile(data["packs"])
+            except NotFound:
+                await asyncio.sleep(self.cfg.heartbeat_interval_s)
+            except CanidaeError as e:
+                log.debug("reconcile: %s", e.message)
+                await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile loop")
+                await asyncio.sleep(0.5)
+
+    async def _reconcile(self, packs: list[dict[str, Any]]) -> None:
+        desired = {p["name"]: p for p in packs}
+        # Fence first: whatever runs here under a placement we no longer hold is stopped.
+        for name, gen in list(self.running.items()):
+            p = desired.get(name)
+            if p is None or p["generation"] != gen:
+                del self.running[name]
+        reports = []
+        for name, p in desired.items():
+            if p["driver"] != Driver.VIRTUAL.value:
+                continue
+            if p["state"] == PackState.STOPPING.value:
+                self.running.pop(name, None)
+                reports.append([name, p["generation"], PackState.STOPPED.value, "stopped on request"])
+            elif p["state"] == PackState.PLACED.value:
+                self.running[name] = p["generation"]
+                reports.append([name, p["generation"], PackState.RUNNING.value, ""])
+        if reports:
+            await self._call_servers("POST", f"/v1/nodes/{self.cfg.node_id}/reports",
+                                     {"reports": reports, "request_id": f"rep-{uuid.uuid4().hex}"})
+
+
+def _ring_view(st: ClusterState) -> dict[str, Any]:
+    nodes = []
+    for n in st.iter_nodes():
+        used = st.node_usage(n.id)
+        nodes.append({"id": n.id, "zone": n.location.zone, "region": n.location.region, "cell": n.location.cell,
+                      "state": n.state.value, "weight": n.weight, "packs": used.packs,
+                      "max_packs": n.capacity.packs})
+    return {"nodes": nodes}
+
+
+def _dry_place(st: ClusterState, name: str) -> str | None:
+    from canidae.core.ring import HashRing
+    ring = HashRing(vnodes=st.vnodes)
+    for n in st.iter_nodes():
+        if n.state is NodeState.READY:
+            ring.add_node(n.id, n.weight)
+    return ring.lookup(name) if len(ring) else None
+
+
+def _setup_logging(cfg: AgentConfig) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if cfg.log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.log_file)), exist_ok=True)
+        handlers.append(logging.FileHandler(cfg.log_file))
+    logging.basicConfig(level=os.environ.get("CANIDAE_LOG_LEVEL", "INFO"), handlers=handlers, force=True,
+                        format=f"%(asctime)s {cfg.node_id} %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def run_agent(cfg: AgentConfig) -> int:
+    """Run in the foreground until SIGTERM/SIGINT; returns the process exit code."""
+    _setup_logging(cfg)
+    host, _, port = cfg.api.rpartition(":")
+    agent = Agent(cfg)
+
+    async def main() -> None:
+        app = build_app(agent)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning",
+                                               access_log=False, lifespan="off", loop="asyncio",
+                                               timeout_graceful_shutdown=2))
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await agent.start()
+        serve = asyncio.create_task(server.serve())
+        log.info("agent %s (%s) serving the API on %s", cfg.node_id, cfg.role.value, cfg.api)
+        done, _ = await asyncio.wait([serve, asyncio.create_task(stop.wait())],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if serve in done and serve.exception() is not None:
+            raise serve.exception()  # type: ignore[misc]
+        server.should_exit = True
+        await agent.stop()
+        await serve
+        log.info("agent %s stopped", cfg.node_id)
+
+    try:
+        import uvloop
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+    return 0

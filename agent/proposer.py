@@ -1,0 +1,124 @@
+"""Group commit: many concurrent requests become one Raft log entry.
+
+Requests arrive on the agent's asyncio loop and wait in ``pending``. A flush takes everything
+pending (up to ``max_batch`` commands) into one canonical batch and hands it to pysyncobj. At
+most ``max_in_flight`` batches are outstanding; while they are, new requests accumulate, so the
+batch size grows with load by itself: one command per entry (about 1 ms) when idle, thousands
+per entry under a burst.
+
+pysyncobj's callbacks can be lost under leader churn and have no timeout, so every batch has a
+deadline of our own; a request that passes it fails with ``Timeout`` (exit 3). Its outcome is
+then unknown, which is why every command carries a request id: retrying with the same id is
+safe, the state machine answers the first outcome again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any, Sequence
+
+from pysyncobj import FAIL_REASON
+
+from canidae.agent.replica import Replica, encode_entry
+from canidae.core.commands import Command, Noop, encode_batch
+from canidae.core.errors import CanidaeError, NoLeader, Timeout, Unavailable
+
+_FAIL_MESSAGES = {
+    FAIL_REASON.QUEUE_FULL: "the Raft queue is full",
+    FAIL_REASON.MISSING_LEADER: "no Raft leader",
+    FAIL_REASON.DISCARDED: "the command was discarded by a leader change",
+    FAIL_REASON.NOT_LEADER: "this agent lost leadership",
+    FAIL_REASON.LEADER_CHANGED: "the leader changed before the command committed",
+    FAIL_REASON.REQUEST_DENIED: "the request was denied",
+    FAIL_REASON.UNKNOWN_OUTCOME: "the outcome is unknown",
+}
+
+
+class Proposer:
+    def __init__(self, replica: Replica, loop: asyncio.AbstractEventLoop, *, max_in_flight: int = 4,
+                 max_batch: int = 4000, timeout_s: float = 5.0) -> None:
+        self.replica = replica
+        self.loop = loop
+        self.max_in_flight = max_in_flight
+        self.max_batch = max_batch
+        self.timeout_s = timeout_s
+        self.pending: list[tuple[Command, asyncio.Future[dict[str, Any]]]] = []
+        self.in_flight: dict[int, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._ids = itertools.count(1)
+        self._flush_scheduled = False
+        self.batches = 0
+        self.commands = 0
+
+    async def submit(self, cmd: Command) -> dict[str, Any]:
+        """Propose one command and wait for its answer (raises on Raft-level failure)."""
+        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self.pending.append((cmd, fut))
+        self._schedule_flush()
+        return await fut
+
+    async def submit_many(self, cmds: Sequence[Command]) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self.submit(c) for c in cmds)))
+
+    async def barrier(self, at: int) -> None:
+        """Wait until everything committed before now is applied locally (linearizable reads)."""
+        await self.submit(Noop(id=f"barrier-{next(self._ids)}", at=at))
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and len(self.in_flight) < self.max_in_flight:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self.pending and len(self.in_flight) < self.max_in_flight:
+            batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch:]
+            batch_id = next(self._ids)
+            futs = [f for _, f in batch]
+            self.in_flight[batch_id] = futs
+            self.batches += 1
+            self.commands += len(batch)
+            try:
+                data = encode_entry(encode_batch([c for c, _ in batch]))
+            except Exception as e:  # cannot happen for validated commands; never leave callers hanging
+                self._finish(batch_id, None, e)
+                continue
+            handle = self.loop.call_later(self.timeout_s, self._expire, batch_id)
+
+            def callback(result: Any, error: int, _bid: int = batch_id, _h: asyncio.TimerHandle = handle
+                         ) -> None:
+                # Runs on pysyncobj's tick thread.
+                self.loop.call_soon_threadsafe(self._on_done, _bid, _h, result, error)
+
+            self.replica.apply_entry(data, callback=callback)
+
+    def _on_done(self, batch_id: int, handle: asyncio.TimerHandle, result: Any, error: int) -> None:
+        handle.cancel()
+        if error == FAIL_REASON.SUCCESS:
+            self._finish(batch_id, result, None)
+        elif error == FAIL_REASON.MISSING_LEADER:
+            self._finish(batch_id, None, NoLeader("no Raft leader: the cluster has no quorum"))
+        else:
+            self._finish(batch_id, None, Unavailable(
+                f"{_FAIL_MESSAGES.get(error, 'Raft failure')}; retrying with the same request id is safe"))
+
+    def _expire(self, batch_id: int) -> None:
+        self._finish(batch_id, None, Timeout(
+            f"no commit within {self.timeout_s:g} s; the outcome is unknown, retrying with the same "
+            "request id is safe"))
+
+    def _finish(self, batch_id: int, results: Any, error: BaseException | None) -> None:
+        futs = self.in_flight.pop(batch_id, None)
+        if futs is None:
+            return  # already expired; a late callback changes nothing for the caller
+        for i, fut in enumerate(futs):
+            if fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(error if isinstance(error, CanidaeError) else Unavailable(str(error)))
+            elif not isinstance(results, list) or i >= len(results):
+                fut.set_exception(Unavailable("malformed answer from the state machine"))
+            else:
+                fut.set_result(results[i])
+        if self.pending:
+            self._schedule_flush()

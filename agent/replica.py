@@ -1,0 +1,277 @@
+"""The pysyncobj replica: the Raft log that carries canidae's command batches.
+
+What this module owns, and why it is shaped as it is:
+
+* One ``@replicated`` method, ``apply_entry(data)``. pysyncobj identifies replicated methods by
+  sorted name, so keeping exactly one keeps the log format stable. ``data`` is one canonical,
+  optionally zstd-compressed batch of commands (``canidae.core.commands``); applying it goes
+  through ``ClusterState.apply`` and nothing else.
+* Snapshots use our own serializer: canonical JSON of ``ClusterState.to_snapshot()``,
+  zstd-compressed, written by a forked child so that compaction never blocks the tick thread
+  (pysyncobj only forks for its own pickle serializer). pysyncobj's own bookkeeping (the last
+  two log entries and the member set) is pickled beside it: those are its objects, not ours.
+* Durability pysyncobj lacks. It never fsyncs: its journal is an mmap and its term/vote file a
+  plain write-and-rename. With ``fsync`` on (the default) every journal append is msync'ed
+  before the entry can be acknowledged (the leader counts itself only after ``add`` returns and
+  followers answer only after it) and the term/vote file is fsync'ed with its directory, so an
+  acknowledged write survives a machine crash, not only a process crash. Group commit amortises
+  the cost: one entry carries many commands.
+* The cluster password is always set: pysyncobj's wire format is pickle, so without it anyone
+  reaching the Raft port could run code in the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import zstandard
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import journal as _journal
+from pysyncobj import syncobj as _syncobj
+from pysyncobj.config import SERIALIZER_STATE
+
+from canidae.core.commands import decode_batch
+from canidae.core.errors import OperationFailed
+from canidae.core.state import ClusterState
+
+log = logging.getLogger("canidae.replica")
+
+SNAPSHOT_MAGIC = b"CNDSNAP1"
+COMPRESSED = b"Z"  # first byte of a compressed entry; plain entries start with "{"
+COMPRESS_OVER = 2048
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _FsyncFileJournal(_journal.FileJournal):
+    """pysyncobj's file journal, made durable: every append is msync'ed before it returns."""
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        super().add(command, idx, term)
+        self.flush()
+
+    def clear(self) -> None:
+        super().clear()
+        self.flush()
+
+
+class _FsyncMetaStorer(_journal.MetaStorer):
+    """Term and vote stored with fsync of the file and its directory before the rename counts."""
+
+    def storeMeta(self, meta: dict[str, Any]) -> None:  # noqa: N802 (pysyncobj's name)
+        path = self.getPath()
+        with open(path + ".tmp", "wb") as f:
+            f.write(_journal.dumps(meta))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+        _fsync_dir(path)
+
+
+_FSYNC_JOURNALS: set[str] = set()
+
+
+def _create_journal(journal_file: str | None = None) -> _journal.Journal:
+    if journal_file is None:
+        return _journal.MemoryJournal()
+    if os.path.abspath(journal_file) in _FSYNC_JOURNALS:
+        j = _FsyncFileJournal(journal_file)
+        # Swap the meta storer for the fsync'ing one (same file, same format).
+        j._FileJournal__metaStorer = _FsyncMetaStorer(journal_file + ".meta")  # type: ignore[attr-defined]
+        return j
+    return _journal.FileJournal(journal_file)
+
+
+# pysyncobj looks the factory up in its own module namespace when a SyncObj is built.
+_syncobj.createJournal = _create_journal
+
+
+@dataclass(frozen=True)
+class RaftSettings:
+    """Raft timing and durability settings (see the README's design notes for the measurements)."""
+
+    election_min_s: float = 0.25
+    election_max_s: float = 0.5
+    heartbeat_s: float = 0.05
+    tick_s: float = 0.02
+    leader_fallback_s: float = 0.9   # a cut-off leader steps down after this (pysyncobj default: 30 s)
+    fsync: bool = True
+    compaction_min_entries: int = 20_000
+    compaction_min_time_s: float = 300.0
+
+
+class _ForkingSnapshotWriter:
+    """pysyncobj's custom serializer protocol, made asynchronous by forking."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.pid = 0
+
+    def serialize(self, tmp_file: str, raft_data: Any) -> None:
+        final = tmp_file[: -len(".tmp")] if tmp_file.endswith(".tmp") else tmp_file
+        ours = final + ".canidae-tmp"
+        pid = os.fork()
+        if pid != 0:
+            self.pid = pid
+            return
+        # Child: runs alone with a copy of the state as of the last applied entry. No logging
+        # (a lock held by another thread at fork time would deadlock it), only the write.
+        try:
+            blob = self.replica.encode_snapshot(raft_data)
+            with open(ours, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(ours, final)
+            _fsync_dir(final)
+            os._exit(0)
+        except BaseException:  # the child must never return into the parent's code
+            os._exit(1)
+
+    def check(self) -> int:
+        if self.pid == 0:
+            return SERIALIZER_STATE.NOT_SERIALIZING
+        try:
+            rpid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            self.pid = 0
+            return SERIALIZER_STATE.FAILED
+        if rpid == 0:
+            return SERIALIZER_STATE.SERIALIZING
+        self.pid = 0
+        return SERIALIZER_STATE.SUCCESS if status == 0 else SERIALIZER_STATE.FAILED
+
+    def deserialize(self, file_name: str) -> Any:
+        with open(file_name, "rb") as f:
+            blob = f.read()
+        return self.replica.load_snapshot(blob)
+
+
+def encode_entry(data: bytes) -> bytes:
+    if len(data) > COMPRESS_OVER:
+        return COMPRESSED + zstandard.ZstdCompressor(level=1).compress(data)
+    return data
+
+
+def decode_entry(data: bytes) -> bytes:
+    if data[:1] == COMPRESSED:
+        return zstandard.ZstdDecompressor().decompress(data[1:])
+    return data
+
+
+class Replica(SyncObj):  # type: ignore[misc]
+    """One Raft member holding a ``ClusterState``. Reads from other threads take ``self.lock``."""
+
+    def __init__(self, self_addr: str, peer_addrs: list[str], data_dir: str, password: str,
+                 settings: RaftSettings, state_factory: Callable[[], ClusterState],
+                 on_applied: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+        os.makedirs(data_dir, exist_ok=True)
+        journal = os.path.join(data_dir, "raft.journal")
+        if settings.fsync:
+            _FSYNC_JOURNALS.add(os.path.abspath(journal))
+        self.lock = threading.RLock()
+        self.state = state_factory()
+        self._state_factory = state_factory
+        self._on_applied = on_applied
+        self._writer = _ForkingSnapshotWriter(self)
+        conf = SyncObjConf(
+            password=password,
+            journalFile=journal,
+            fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
+            serializer=self._writer.serialize,
+            deserializer=self._writer.deserialize,
+            serializeChecker=self._writer.check,
+            appendEntriesUseBatch=False,  # our own group commit batches; this keeps latency ~1 ms
+            raftMinTimeout=settings.election_min_s,
+            raftMaxTimeout=settings.election_max_s,
+            appendEntriesPeriod=settings.heartbeat_s,
+            autoTickPeriod=settings.tick_s,
+            leaderFallbackTimeout=settings.leader_fallback_s,
+            logCompactionMinEntries=settings.compaction_min_entries,
+            logCompactionMinTime=settings.compaction_min_time_s,
+            dynamicMembershipChange=False,
+            connectionTimeout=1.0,
+            connectionRetryTime=0.5,
+            commandsQueueSize=200_000,
+        )
+        super().__init__(self_addr, peer_addrs, conf)
+
+    # The one replicated entry point. Runs on pysyncobj's tick thread, in log order.
+    @replicated
+    def apply_entry(self, data: bytes) -> list[dict[str, Any]]:
+        try:
+            cmds = decode_batch(decode_entry(data))
+        except Exception as e:  # a malformed entry must not stop the replica: answer an error
+            err = OperationFailed(f"undecodable log entry: {e}").to_wire()
+            return [err]
+        with self.lock:
+            results = self.state.apply_batch(cmds)
+            events = self.state.drain_events()
+        if self._on_applied is not None and events:
+            try:
+                self._on_applied(events)
+            except Exception:
+                log.exception("event sink failed")
+        return results
+
+    # ----------------------------------------------------------- snapshots
+
+    def encode_snapshot(self, raft_data: Any) -> bytes:
+        import json
+        doc = json.dumps(self.state.to_snapshot(), sort_keys=True, separators=(",", ":")).encode()
+        raft = pickle.dumps(raft_data, protocol=pickle.HIGHEST_PROTOCOL)
+        body = zstandard.ZstdCompressor(level=3).compress(doc)
+        return SNAPSHOT_MAGIC + struct.pack("<II", len(raft), len(body)) + raft + body
+
+    def load_snapshot(self, blob: bytes) -> Any:
+        import json
+        if blob[:8] != SNAPSHOT_MAGIC:
+            raise ValueError("not a canidae snapshot")
+        raft_len, body_len = struct.unpack("<II", blob[8:16])
+        raft = pickle.loads(blob[16:16 + raft_len])
+        body = blob[16 + raft_len:16 + raft_len + body_len]
+        doc = json.loads(zstandard.ZstdDecompressor().decompress(body))
+        state = ClusterState.from_snapshot(doc)
+        with self.lock:
+            self.state = state
+        return raft
+
+    # ----------------------------------------------------------- status
+
+    def raft_status(self) -> dict[str, Any]:
+        st = self.getStatus()
+        leader = st.get("leader")
+        return {
+            "state": {0: "follower", 1: "candidate", 2: "leader"}.get(st.get("state"), "unknown"),
+            "leader": getattr(leader, "address", None) if leader is not None else None,
+            "term": st.get("raft_term"),
+            "commit_index": st.get("commit_idx"),
+            "last_applied": st.get("last_applied"),
+            "log_len": st.get("log_len"),
+            "has_quorum": st.get("has_quorum"),
+            "partner_nodes_count": st.get("partner_nodes_count"),
+            "peers": {k[len("partner_node_status_server_"):]: bool(v) for k, v in st.items()
+                      if k.startswith("partner_node_status_server_")},
+        }
+
+    def is_leader(self) -> bool:
+        return bool(self._isLeader())
+
+    def leader_address(self) -> str | None:
+        leader = self._getLeader()
+        return getattr(leader, "address", None) if leader is not None else None
+
+    def current_term(self) -> int:
+        return int(self.raftCurrentTerm)

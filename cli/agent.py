@@ -1,0 +1,108 @@
+"""``canidae agent run|init|doctor``: the agent daemon of this host and its config file."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from canidae.agent.config import AgentConfig, ServerPeer, config_to_mapping, load_config, new_secret, write_config
+from canidae.cli.output import JsonOption, console, emit
+from canidae.cli.params import (
+    AgentCellOpt, AgentRegionOpt, AgentZoneOpt, CapCpuOpt, CapMemOpt, DataDirOpt, ListenOpt, NodeNameOpt,
+)
+from canidae.core.errors import AlreadyExists, InvalidInput, NotImplementedYet
+from canidae.core.types import Resources, Role
+
+app = typer.Typer(help="Run, set up and check the agent daemon of this host.", no_args_is_help=True,
+                  add_completion=False)
+
+ConfigFileOpt = Annotated[Path, typer.Option("--config", "-c", metavar="FILE", help="The agent's TOML config.")]
+RaftOpt = Annotated[str | None, typer.Option("--raft", metavar="HOST:PORT", help="Raft address (servers).")]
+PeerOpt = Annotated[list[str] | None, typer.Option(
+    "--peer", metavar="ID=API,RAFT",
+    help="A server of the cluster, e.g. s1=10.0.0.1:7100,10.0.0.1:7200; repeatable; include this one.")]
+
+
+@app.command("run")
+def agent_run(
+    config: ConfigFileOpt = Path("agent.toml"),
+    data_dir: DataDirOpt = None,
+    listen: ListenOpt = None,
+    name: NodeNameOpt = None,
+) -> None:
+    """Run the agent in the foreground until SIGTERM or SIGINT (systemd-friendly; logs to stderr and a file).
+
+    Settings come from defaults < the config file < CANIDAE_* environment < these flags.
+    """
+    from canidae.agent.daemon import run_agent
+    cfg = load_config(str(config), env=os.environ,
+                      overrides={"data_dir": str(data_dir) if data_dir else None, "api": listen, "node_id": name})
+    raise typer.Exit(run_agent(cfg))
+
+
+def _parse_peer(text: str) -> ServerPeer:
+    ident, sep, rest = text.partition("=")
+    api, sep2, raft = rest.partition(",")
+    if not sep or not sep2:
+        raise InvalidInput(f"--peer {text!r}: expected ID=API_HOST:PORT,RAFT_HOST:PORT")
+    return ServerPeer(ident, api, raft)
+
+
+@app.command("init")
+def agent_init(
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="Where to write the config.")] = Path(
+        "agent.toml"),
+    data_dir: DataDirOpt = None,
+    listen: ListenOpt = None,
+    raft: RaftOpt = None,
+    peer: PeerOpt = None,
+    server: Annotated[bool, typer.Option("--server/--client",
+                                         help="Be a Raft voter holding cluster state, or only run packs.")] = True,
+    name: NodeNameOpt = None,
+    zone: AgentZoneOpt = None,
+    region: AgentRegionOpt = None,
+    cell: AgentCellOpt = None,
+    cpu: CapCpuOpt = None,
+    mem: CapMemOpt = None,
+    max_packs: Annotated[int, typer.Option("--max-packs", min=1, help="Packs this node takes at most.")] = 1000,
+    token: Annotated[str | None, typer.Option("--agent-token", help="API token (default: a new random one).")] = None,
+    password: Annotated[str | None, typer.Option(
+        "--cluster-password", help="Raft password shared by the servers (default: a new random one).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Write an agent config (TOML, mode 0600) for this host. Secrets are generated when not given."""
+    if out.exists() and not force:
+        raise AlreadyExists(f"{out} exists (use --force to overwrite)")
+    node_id = name or socket.gethostname().split(".")[0]
+    api = listen or "127.0.0.1:7100"
+    role = Role.SERVER if server else Role.CLIENT
+    peers = tuple(_parse_peer(p) for p in (peer or []))
+    raft_addr = raft or ("127.0.0.1:7200" if server else "")
+    if server and not any(p.raft == raft_addr for p in peers):
+        peers = peers + (ServerPeer(node_id, api, raft_addr),)
+    ncpu = (os.cpu_count() or 1) * 1000
+    mem_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    cfg = AgentConfig(node_id=node_id, role=role, api=api, raft=raft_addr if server else "",
+                      zone=zone or "z1", region=region or "r1", cell=cell or "c1",
+                      data_dir=str(data_dir or Path("canidae-data").absolute()),
+                      token=token or new_secret(), cluster_password=(password or new_secret()) if server else "",
+                      servers=peers, capacity=Resources(cpu or ncpu, mem or mem_mib, max_packs))
+    # Validate exactly as 'agent run' will, so a written file always starts.
+    from canidae.agent.config import config_from_mapping
+    config_from_mapping(config_to_mapping(cfg))
+    write_config(cfg, str(out))
+    shown: dict[str, Any] = {k: v for k, v in config_to_mapping(cfg).items()
+                             if k not in ("token", "cluster_password")}
+    emit({"written": str(out), "config": shown}, json,
+         lambda: console.print(f"wrote {out} (mode 0600) for {role.value} {node_id}"))
+
+
+@app.command("doctor")
+def agent_doctor(json: JsonOption = False) -> None:
+    """Check that this host can run an agent: cgroups, limits, ports, disk, clock."""
+    raise NotImplementedYet("agent doctor is not available yet (it comes with the exec driver)")

@@ -1,0 +1,82 @@
+"""``canidae node list|show|cordon|uncordon|drain``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from canidae.cli.connect import client
+from canidae.cli.output import JsonOption, StaleOption, TimeoutOption, WaitOption, console, emit
+from canidae.cli.params import NodeArg, ZoneOpt
+from canidae.core.errors import NotImplementedYet
+
+app = typer.Typer(help="List and inspect nodes; drain or cordon them for maintenance.", no_args_is_help=True,
+                  add_completion=False)
+
+
+def _row(n: dict[str, Any]) -> list[str]:
+    cap, used = n["capacity"], n["used"]
+    hb = n.get("last_heartbeat_s_ago")
+    state = n["state"] if n["state"] == "ready" else f"[yellow]{n['state']}[/]"
+    return [n["id"], n["role"], f"{n['zone']}/{n['region']}/{n['cell']}", state,
+            f"{used['cpu']}/{cap['cpu']}", f"{used['mem']}/{cap['mem']}", f"{n['packs']}/{cap['packs']}",
+            "-" if hb is None else f"{hb:.1f}s ago"]
+
+
+@app.command("list")
+def node_list(zone: ZoneOpt = None, stale: StaleOption = False, json: JsonOption = False) -> None:
+    """List nodes: id, role, zone/region/cell, state, cpu and memory used/capacity, packs, last heartbeat."""
+    with client() as c:
+        nodes = [n for n in c.nodes(stale=stale) if zone is None or n["zone"] == zone]
+
+    def human() -> None:
+        t = Table("node", "role", "location", "state", "cpu (m)", "mem (MiB)", "packs", "heartbeat")
+        for n in nodes:
+            t.add_row(*_row(n))
+        console.print(t)
+    emit({"nodes": nodes}, json, human)
+
+
+@app.command("show")
+def node_show(node_name: NodeArg, stale: StaleOption = False, json: JsonOption = False) -> None:
+    """Show one node and the packs it runs."""
+    with client() as c:
+        n = c.node(node_name, stale=stale)
+        packs = list(c.iter_packs(node=node_name, stale=stale))
+    n["pack_names"] = [p["name"] for p in packs if p["state"] in ("placed", "running", "stopping")]
+
+    def human() -> None:
+        t = Table("node", "role", "location", "state", "cpu (m)", "mem (MiB)", "packs", "heartbeat")
+        t.add_row(*_row(n))
+        console.print(t)
+        shown = n["pack_names"][:50]
+        more = len(n["pack_names"]) - len(shown)
+        console.print("packs: " + (", ".join(shown) or "none") + (f" and {more} more" if more > 0 else ""))
+    emit({"node": n}, json, human)
+
+
+def _set_state(node_name: str, state: str, json: bool) -> None:
+    with client() as c:
+        result = c.set_node_state(node_name, state)
+    emit(result, json, lambda: console.print(f"node {node_name} is {result['node']['state']}"))
+
+
+@app.command("cordon")
+def node_cordon(node_name: NodeArg, json: JsonOption = False) -> None:
+    """Stop placing new packs on a node; its packs keep running."""
+    _set_state(node_name, "cordoned", json)
+
+
+@app.command("uncordon")
+def node_uncordon(node_name: NodeArg, json: JsonOption = False) -> None:
+    """Let a cordoned node take new packs again."""
+    _set_state(node_name, "ready", json)
+
+
+@app.command("drain")
+def node_drain(node_name: NodeArg, wait: WaitOption = True, timeout: TimeoutOption = 60.0,
+               json: JsonOption = False) -> None:
+    """Move every pack off a node and stop placing new ones there."""
+    raise NotImplementedYet("node drain is not available yet (it comes with migrations)")

@@ -1,0 +1,256 @@
+"""``canidae pack create|place|spawn|list|show|stop|history`` (and the verbs still to come)."""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from canidae.cli.connect import client
+from canidae.cli.output import JsonOption, StaleOption, TimeoutOption, WaitOption, console, emit, err_console
+from canidae.cli.params import (
+    CommandArg, CpuOpt, DriverOpt, EnvOpt, GroupOpt, KillSignal, MemOpt, MembersOpt, NewPackArg, NodeOpt, PackArg,
+    PinCellOpt, PinNodeOpt, PinRegionOpt, PinZoneOpt, RestartOpt, SpecFileOpt, SpreadOpt, ZoneOpt,
+)
+from canidae.core.errors import InvalidInput, NotImplementedYet, Timeout
+from canidae.core.types import Driver, RestartPolicy
+
+app = typer.Typer(help="Create, place, run, move and stop packs.", no_args_is_help=True, add_completion=False)
+
+CountOpt = Annotated[int, typer.Option("--count", "-n", min=0, max=100_000,
+                                       help="Spawn NAME-0 .. NAME-(N-1) in one bulk request.")]
+
+
+def build_spec(name: str, command: list[str] | None, file: Path | None, driver: Driver, cpu: int, mem: int,
+               members: int, zone: str | None, region: str | None, cell: str | None, node_name: str | None,
+               spread: Any, group: str | None, restart: RestartPolicy, env: list[str] | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if file is not None:
+        try:
+            with open(file, "rb") as f:
+                spec.update(tomllib.load(f))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise InvalidInput(f"cannot read pack spec {file}: {e}") from None
+    spec.update(name=name, driver=driver.value, cpu=cpu, mem=mem, members=members, restart=restart.value)
+    if command:
+        spec["command"] = list(command)
+    constraints = {k: v for k, v in (("zone", zone), ("region", region), ("cell", cell), ("node", node_name),
+                                     ("spread", spread.value if spread else None), ("group", group)) if v}
+    if constraints:
+        spec["constraints"] = constraints
+    if env:
+        pairs = {}
+        for item in env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise InvalidInput(f"--env {item!r}: expected KEY=VALUE")
+            pairs[key] = value
+        spec["env"] = pairs
+    return spec
+
+
+def _placements_table(placements: list[dict[str, Any]]) -> Table:
+    t = Table("pack", "node", "generation / reason")
+    for p in placements[:200]:
+        t.add_row(p["name"], p["node"] or "[yellow]pending[/]", str(p.get("generation") or p.get("pending", "")))
+    return t
+
+
+@app.command("create")
+def pack_create(
+    name: NewPackArg, command: CommandArg = None, file: SpecFileOpt = None, driver: DriverOpt = Driver.VIRTUAL,
+    cpu: CpuOpt = 100, mem: MemOpt = 64, members: MembersOpt = 1, zone: PinZoneOpt = None,
+    region: PinRegionOpt = None, cell: PinCellOpt = None, node_name: PinNodeOpt = None, spread: SpreadOpt = None,
+    group: GroupOpt = None, restart: RestartOpt = RestartPolicy.ON_FAILURE, env: EnvOpt = None,
+    count: CountOpt = 0, json: JsonOption = False,
+) -> None:
+    """Record a pack in the cluster without running it ('pack place' runs it)."""
+    spec = build_spec(name, command, file, driver, cpu, mem, members, zone, region, cell, node_name, spread, group,
+                      restart, env)
+    with client() as c:
+        result = c.create_packs([spec], count=count, place=False)
+    emit(result, json, lambda: console.print(f"created {len(result['created'])} pack(s)"))
+
+
+@app.command("place")
+def pack_place(pack_name: PackArg, wait: WaitOption = True, timeout: TimeoutOption = 30.0,
+               json: JsonOption = False) -> None:
+    """Place a created (or stopped) pack on a node and start it."""
+    with client() as c:
+        result = c.pack_action(pack_name, "place")
+        if wait and result["placements"] and result["placements"][0]["node"]:
+            c.wait_running([pack_name], timeout)
+    emit(result, json, lambda: console.print(_placements_table(result["placements"])))
+
+
+@app.command("spawn")
+def pack_spawn(
+    name: NewPackArg, command: CommandArg = None, file: SpecFileOpt = None, driver: DriverOpt = Driver.VIRTUAL,
+    cpu: CpuOpt = 100, mem: MemOpt = 64, members: MembersOpt = 1, zone: PinZoneOpt = None,
+    region: PinRegionOpt = None, cell: PinCellOpt = None, node_name: PinNodeOpt = None, spread: SpreadOpt = None,
+    group: GroupOpt = None, restart: RestartOpt = RestartPolicy.ON_FAILURE, env: EnvOpt = None,
+    count: CountOpt = 0, wait: WaitOption = True, timeout: TimeoutOption = 30.0, json: JsonOption = False,
+) -> None:
+    """Create, place and start packs; print where they run and how long it took.
+
+    With --count N, NAME-0 .. NAME-(N-1) go in one bulk request (one log entry).
+    """
+    spec = build_spec(name, command, file, driver, cpu, mem, members, zone, region, cell, node_name, spread, group,
+                      restart, env)
+    t0 = time.perf_counter()
+    with client() as c:
+        result = c.create_packs([spec], count=count, place=True)
+        placed_s = time.perf_counter() - t0
+        placements = result["placements"]
+        placed = [p["name"] for p in placements if p["node"]]
+        pending = [p for p in placements if not p["node"]]
+        running_s = None
+        if wait and placed:
+            c.wait_running(placed, timeout) if len(placed) <= 50 else _wait_bulk(c, name, len(placed), timeout)
+            running_s = time.perf_counter() - t0
+    out = {"packs": len(placements), "placed": len(placed), "pending": len(pending),
+           "placements": placements if len(placements) <= 1000 else placements[:1000],
+           "placed_ms": round(placed_s * 1000, 3),
+           "running_ms": None if running_s is None else round(running_s * 1000, 3)}
+
+    def human() -> None:
+        if len(placements) == 1:
+            p = placements[0]
+            if p["node"]:
+                took = f"running in {running_s * 1000:.1f} ms" if running_s else f"placed in {placed_s * 1000:.1f} ms"
+                console.print(f"pack [bold]{p['name']}[/] on node [bold]{p['node']}[/]: {took}")
+            else:
+                err_console.print(f"pack {p['name']} is pending: {p['pending']}")
+        else:
+            nodes = sorted({p["node"] for p in placements if p["node"]})
+            took = f"running in {running_s:.2f} s" if running_s else f"placed in {placed_s:.2f} s"
+            console.print(f"{len(placed)} pack(s) on {len(nodes)} node(s), {len(pending)} pending: {took}")
+    emit(out, json, human)
+    if placements and not placed:
+        from canidae.core.errors import NoCapacity
+        raise NoCapacity(f"no node can take {name}: {pending[0]['pending']}")
+
+
+def _wait_bulk(c: Any, prefix: str, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        page = c.packs(state="placed", limit=1, stale=True)
+        if not page["packs"]:
+            return
+        if time.monotonic() > deadline:
+            raise Timeout(f"packs of {prefix} still not running after {timeout:g} s")
+        time.sleep(0.05)
+
+
+@app.command("list")
+def pack_list(
+    node_name: NodeOpt = None, zone: ZoneOpt = None,
+    state: Annotated[str | None, typer.Option("--state", help="Only packs in this state.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many packs.")] = 1000,
+    after: Annotated[str | None, typer.Option("--after", metavar="PACK", help="Start after this name (paging).")]
+    = None,
+    stale: StaleOption = False, json: JsonOption = False,
+) -> None:
+    """List packs sorted by name, with state and node (paged: --limit, --after)."""
+    with client() as c:
+        packs: list[dict[str, Any]] = []
+        cursor = after
+        total = 0
+        while len(packs) < limit:
+            page = c.packs(node=node_name, state=state, after=cursor, limit=min(10_000, limit - len(packs)),
+                           stale=stale)
+            total = page["total"]
+            packs.extend(page["packs"])
+            cursor = page["next"]
+            if not cursor:
+                break
+    if zone:
+        with client() as c:
+            in_zone = {n["id"] for n in c.nodes(stale=True) if n["zone"] == zone}
+        packs = [p for p in packs if p["node"] in in_zone]
+
+    def human() -> None:
+        t = Table("pack", "state", "node", "cpu", "mem", "gen", "reason")
+        for p in packs:
+            t.add_row(p["name"], p["state"], p["node"] or "-", str(p["cpu"]), str(p["mem"]), str(p["generation"]),
+                      p["reason"][:60])
+        console.print(t)
+        if cursor:
+            err_console.print(f"more packs after {cursor} (use --after {cursor})")
+    emit({"packs": packs, "next": cursor, "total": total}, json, human)
+
+
+@app.command("show")
+def pack_show(pack_name: PackArg, stale: StaleOption = False, json: JsonOption = False) -> None:
+    """Show a pack: spec, state, node and placement generation."""
+    with client() as c:
+        p = c.pack(pack_name, stale=stale)
+
+    def human() -> None:
+        t = Table(show_header=False)
+        for k, v in p.items():
+            t.add_row(k, str(v))
+        console.print(t)
+    emit({"pack": p}, json, human)
+
+
+@app.command("stop")
+def pack_stop(pack_name: PackArg, wait: WaitOption = True, timeout: TimeoutOption = 30.0,
+              json: JsonOption = False) -> None:
+    """Stop a pack (desired state: stopped); with --wait, until its node reports it stopped."""
+    with client() as c:
+        result = c.pack_action(pack_name, "stop")
+        if wait:
+            c.wait_running([pack_name], timeout)  # returns on running, stopped or failed
+            deadline = time.monotonic() + timeout
+            while c.pack(pack_name, stale=True)["state"] not in ("stopped", "failed"):
+                if time.monotonic() > deadline:
+                    raise Timeout(f"pack {pack_name} not stopped after {timeout:g} s")
+                time.sleep(0.02)
+    emit(result, json, lambda: console.print(f"pack {pack_name} stopped" if wait else f"pack {pack_name} stopping"))
+
+
+@app.command("history")
+def pack_history(
+    pack_name: PackArg,
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", min=1, help="Only the last N events.")] = None,
+    json: JsonOption = False,
+) -> None:
+    """Print the events of a pack that the contacted server holds in memory, oldest first."""
+    with client() as c:
+        data = c.pack_history(pack_name)
+    events = data["events"][-limit:] if limit else data["events"]
+
+    def human() -> None:
+        t = Table("seq", "at (ms)", "+ms", "event", "node", "detail")
+        prev = None
+        for e in events:
+            t.add_row(str(e["seq"]), str(e["at"]), "" if prev is None else str(e["at"] - prev), e["type"],
+                      e.get("node", ""), str(e.get("detail", "")))
+            prev = e["at"]
+        console.print(t)
+    emit({"pack": pack_name, "events": events}, json, human)
+
+
+@app.command("migrate")
+def pack_migrate(pack_name: PackArg, json: JsonOption = False) -> None:
+    """Move a running pack to another node."""
+    raise NotImplementedYet("pack migrate is not available yet")
+
+
+@app.command("kill")
+def pack_kill(pack_name: PackArg,
+              signal: Annotated[KillSignal, typer.Option("--signal", "-s", help="Signal sent to the members.")] = (
+                  KillSignal.KILL), json: JsonOption = False) -> None:
+    """Send a signal to a pack's members (exec driver)."""
+    raise NotImplementedYet("pack kill is not available yet (it comes with the exec driver)")
+
+
+@app.command("logs")
+def pack_logs(pack_name: PackArg, json: JsonOption = False) -> None:
+    """Print the output of a pack's members (exec driver)."""
+    raise NotImplementedYet("pack logs is not available yet (it comes with the exec driver)")

@@ -1,0 +1,247 @@
+"""Typed, versioned commands: the only things that change the replicated cluster state.
+
+Every command carries an envelope stamped by the agent that proposes it: ``id`` (a request id,
+used to make retries idempotent), ``at`` (milliseconds since the epoch, taken at the API so that
+apply never reads a clock), ``term`` (the Raft term of the proposing leader, so that apply can
+reject a deposed leader's decisions) and ``by`` (the principal, for history and audit).
+
+Commands travel in batches (group commit: one Raft log entry carries many commands). The wire
+form is canonical JSON, ``{"v": 1, "cmds": [{"t": "CreatePacks", ...}, ...]}``, with sorted keys
+and no whitespace, so the same batch always encodes to the same bytes. Never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Mapping, Sequence
+
+from canidae.core.errors import InvalidInput
+from canidae.core.types import Node, NodeState, PackSpec, PackState, validate_name
+
+WIRE_VERSION = 1
+MAX_SERIES = 100_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Command:
+    """Envelope common to every command."""
+
+    TYPE: ClassVar[str] = ""
+    LEADER_ONLY: ClassVar[bool] = False  # decisions only the current leader may take (term-checked)
+
+    id: str
+    at: int
+    term: int = 0
+    by: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        return {}
+
+    def to_wire(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"t": self.TYPE, "id": self.id, "at": self.at}
+        if self.term:
+            d["term"] = self.term
+        if self.by:
+            d["by"] = self.by
+        d.update(self.payload())
+        return d
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Noop(Command):
+    """Changes nothing. Used as a read barrier: once it is applied, a local read is linearizable."""
+
+    TYPE = "Noop"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisterNode(Command):
+    """A node joins, or re-registers with new capacity or address. A DOWN node returning is READY again."""
+
+    TYPE = "RegisterNode"
+    node: Node
+
+    def payload(self) -> dict[str, Any]:
+        return {"node": self.node.to_dict()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetNodeState(Command):
+    """Cordon, uncordon, drain, or declare a node down (the leader's failure detector)."""
+
+    TYPE = "SetNodeState"
+    LEADER_ONLY = True
+    node_id: str
+    state: NodeState
+    reason: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "state": self.state.value, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoveNode(Command):
+    TYPE = "RemoveNode"
+    node_id: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"node_id": self.node_id}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreatePacks(Command):
+    """Create packs; with ``place`` the scheduler places them in the same step (``pack spawn``)."""
+
+    TYPE = "CreatePacks"
+    specs: tuple[PackSpec, ...]
+    place: bool = True
+    count: int = 0  # > 0: one template spec NAME expands to NAME-0 .. NAME-(count-1) (a tiny log entry)
+
+    def payload(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"specs": [s.to_dict() for s in self.specs], "place": self.place}
+        if self.count:
+            d["count"] = self.count
+        return d
+
+    def expanded(self) -> tuple[PackSpec, ...]:
+        if not self.count:
+            return self.specs
+        from dataclasses import replace
+        t = self.specs[0]
+        return tuple(replace(t, name=f"{t.name}-{i}") for i in range(self.count))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacePacks(Command):
+    """Ask the scheduler to place created (or pending) packs."""
+
+    TYPE = "PlacePacks"
+    names: tuple[str, ...]
+
+    def payload(self) -> dict[str, Any]:
+        return {"names": list(self.names)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopPacks(Command):
+    """Desired state becomes stopped; the node's agent stops the members and reports."""
+
+    TYPE = "StopPacks"
+    names: tuple[str, ...]
+
+    def payload(self) -> dict[str, Any]:
+        return {"names": list(self.names)}
+
+
+@dataclass(frozen=True, slots=True)
+class PackReport:
+    """What a node's agent observed of one pack at one placement generation."""
+
+    name: str
+    generation: int
+    state: PackState
+    reason: str = ""
+
+    def to_wire(self) -> list[Any]:
+        return [self.name, self.generation, self.state.value, self.reason]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportPacks(Command):
+    """A node's agent reports started / failed / stopped packs. Stale generations are ignored."""
+
+    TYPE = "ReportPacks"
+    node_id: str
+    reports: tuple[PackReport, ...]
+
+    def payload(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "reports": [r.to_wire() for r in self.reports]}
+
+
+COMMAND_TYPES: dict[str, type[Command]] = {
+    c.TYPE: c for c in (Noop, RegisterNode, SetNodeState, RemoveNode, CreatePacks, PlacePacks,
+                        StopPacks, ReportPacks)
+}
+
+
+def _str_tuple(kind: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise InvalidInput(f"{kind} must be a list of names")
+    return tuple(validate_name(kind, v) for v in value)
+
+
+def command_from_wire(d: Mapping[str, Any]) -> Command:
+    """Rebuild a typed command from its wire dict; raises ``InvalidInput`` on anything malformed."""
+    if not isinstance(d, Mapping):
+        raise InvalidInput("a command must be an object")
+    cls = COMMAND_TYPES.get(d.get("t"))  # type: ignore[arg-type]
+    if cls is None:
+        raise InvalidInput(f"unknown command type {d.get('t')!r}")
+    env = {"id": d.get("id"), "at": d.get("at"), "term": d.get("term", 0), "by": d.get("by", "")}
+    if not isinstance(env["id"], str) or not env["id"] or len(env["id"]) > 128:
+        raise InvalidInput("command id must be a non-empty string of at most 128 characters")
+    if isinstance(env["at"], bool) or not isinstance(env["at"], int):
+        raise InvalidInput("command 'at' must be an integer (ms)")
+    try:
+        if cls is Noop:
+            return Noop(**env)
+        if cls is RegisterNode:
+            return RegisterNode(**env, node=Node.from_dict(d["node"]))
+        if cls is SetNodeState:
+            return SetNodeState(**env, node_id=validate_name("node", d["node_id"]),
+                                state=NodeState(d["state"]), reason=str(d.get("reason", "")))
+        if cls is RemoveNode:
+            return RemoveNode(**env, node_id=validate_name("node", d["node_id"]))
+        if cls is CreatePacks:
+            specs = d["specs"]
+            if not isinstance(specs, list):
+                raise InvalidInput("specs must be a list")
+            count = d.get("count", 0)
+            if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_SERIES:
+                raise InvalidInput(f"count must be an integer 0..{MAX_SERIES}")
+            if count and len(specs) != 1:
+                raise InvalidInput("count needs exactly one template spec")
+            parsed = tuple(PackSpec.from_dict(s) for s in specs)
+            if count:
+                # Every expanded name must itself be valid (NAME-<count-1> within 63 characters).
+                PackSpec.from_dict({**specs[0], "name": f"{parsed[0].name}-{count - 1}"})
+            return CreatePacks(**env, specs=parsed, place=bool(d.get("place", True)), count=count)
+        if cls is PlacePacks:
+            return PlacePacks(**env, names=_str_tuple("pack", d["names"]))
+        if cls is StopPacks:
+            return StopPacks(**env, names=_str_tuple("pack", d["names"]))
+        if cls is ReportPacks:
+            reports = tuple(PackReport(validate_name("pack", r[0]), int(r[1]), PackState(r[2]), str(r[3]))
+                            for r in d["reports"])
+            return ReportPacks(**env, node_id=validate_name("node", d["node_id"]), reports=reports)
+    except KeyError as e:
+        raise InvalidInput(f"{cls.TYPE} is missing {e.args[0]!r}") from None
+    except (TypeError, ValueError, IndexError) as e:
+        raise InvalidInput(f"malformed {cls.TYPE}: {e}") from None
+    raise AssertionError(cls)  # every registered type is handled above
+
+
+def encode_batch(cmds: Sequence[Command]) -> bytes:
+    """Canonical bytes of a batch (sorted keys, no whitespace)."""
+    return json.dumps({"v": WIRE_VERSION, "cmds": [c.to_wire() for c in cmds]},
+                      sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_batch(data: bytes) -> list[Command]:
+    doc = json.loads(data)
+    if doc.get("v") != WIRE_VERSION:
+        raise InvalidInput(f"unsupported command batch version {doc.get('v')!r}")
+    return [command_from_wire(c) for c in doc["cmds"]]
+
+
+def command_fields(cls: type[Command]) -> list[str]:
+    """The payload field names of a command type (used by docs and tests)."""
+    return [f.name for f in fields(cls) if f.name not in ("id", "at", "term", "by")]
+
+
+__all__ = [
+    "WIRE_VERSION", "Command", "Noop", "RegisterNode", "SetNodeState", "RemoveNode", "CreatePacks",
+    "PlacePacks", "StopPacks", "PackReport", "ReportPacks", "COMMAND_TYPES", "command_from_wire",
+    "encode_batch", "decode_batch", "command_fields",
+]

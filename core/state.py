@@ -1,0 +1,494 @@
+"""The replicated cluster state and its one entry point, ``ClusterState.apply``.
+
+Theory of operation. Every Raft replica holds one ``ClusterState`` and applies the same batches
+of commands in the same order; ``apply`` dispatches on the command type to one small
+``_apply_x`` method per command. Nothing here reads a clock, a random source, the environment or
+anything local to one replica: time comes in the command's ``at``, randomness is seeded from the
+command's ``id``, and every iteration runs over insertion-ordered dicts (whose order is itself
+fixed by the log) or sorted keys. So all replicas reach byte-identical states, which
+``digest()`` lets tests compare.
+
+Placement happens inside apply, through the long-lived scheduler: the leader does not need to
+track in-flight reservations, and two concurrent spawns can never both take the last slot of a
+node. Pack placements carry a generation that increases on every move; reports from an agent
+about an older generation are ignored, which is what fences a node that comes back after being
+declared down.
+
+Apply never raises for a bad command: it answers ``{"error": {...}}`` for that command and
+changes nothing (a bulk command is all-or-nothing). Commands seen before (same ``id``) return
+their first answer again, which makes client retries after a leader change idempotent.
+Commands that only a leader may issue (``LEADER_ONLY``) are rejected when stamped with a term
+older than one already applied: a deposed leader cannot act.
+
+Applying also yields events (``drain_events``): the history of packs and nodes, numbered by a
+replicated sequence so every replica numbers them alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from typing import Any, Callable, Iterable, Iterator
+
+import xxhash
+
+from canidae.core.commands import (
+    Command, CreatePacks, Noop, PlacePacks, RegisterNode, RemoveNode, ReportPacks, SetNodeState, StopPacks,
+)
+from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NotFound, WrongState
+from canidae.core.scheduler import Scheduler
+from canidae.core.types import Node, NodeState, PackSpec, PackState, Resources
+
+DEDUP_WINDOW = 20_000       # request ids remembered for idempotent retries
+PENDING_RETRY_LIMIT = 5_000  # pending packs retried per capacity change (bounds apply time)
+MAX_BATCH_SPECS = 100_000
+
+# Packs in these states hold a reservation on their node.
+HOLDING = frozenset({PackState.PLACED, PackState.RUNNING, PackState.STOPPING})
+
+
+class PackRecord:
+    """One pack in the replicated state. Slotted: 100,000 of these must stay small."""
+
+    __slots__ = ("spec", "state", "node", "generation", "reason", "created_at", "updated_at")
+
+    def __init__(self, spec: PackSpec, state: PackState, at: int) -> None:
+        self.spec = spec
+        self.state = state
+        self.node: str | None = None
+        self.generation = 0
+        self.reason = ""
+        self.created_at = at
+        self.updated_at = at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "state": self.state.value, "node": self.node,
+                "generation": self.generation, "reason": self.reason,
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> PackRecord:
+        r = PackRecord(PackSpec.from_dict(d["spec"]), PackState(d["state"]), d["created_at"])
+        r.node, r.generation, r.reason, r.updated_at = d["node"], d["generation"], d["reason"], d["updated_at"]
+        return r
+
+    def view(self) -> dict[str, Any]:
+        """The JSON shape the API shows for a pack."""
+        d = self.spec.to_dict()
+        d.update(state=self.state.value, node=self.node, generation=self.generation,
+                 reason=self.reason, created_at=self.created_at, updated_at=self.updated_at)
+        return d
+
+
+def _seed(cmd: Command) -> int:
+    return xxhash.xxh64_intdigest(cmd.id.encode())
+
+
+class ClusterState:
+    """Nodes, packs and the scheduler's view of them; changed only by ``apply``."""
+
+    def __init__(self, load_factor: float = 1.25, vnodes: int = 160) -> None:
+        self.load_factor = load_factor
+        self.vnodes = vnodes
+        self.nodes: dict[str, Node] = {}
+        self.packs: dict[str, PackRecord] = {}
+        self.by_node: dict[str, dict[str, None]] = {}
+        self.pending: dict[str, None] = {}
+        self.scheduler = Scheduler(load_factor=load_factor, vnodes=vnodes)
+        self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.max_term = 0
+        self.event_seq = 0
+        self.node_rev: dict[str, int] = {}  # bumped whenever a node's assignments change
+        self.applied = 0  # commands applied (not log entries)
+        self._events: list[dict[str, Any]] = []
+        self._sorted_names: list[str] | None = None
+        self._handlers: dict[type[Command], Callable[[Any], dict[str, Any]]] = {
+            Noop: self._apply_noop, RegisterNode: self._apply_register_node,
+            SetNodeState: self._apply_set_node_state, RemoveNode: self._apply_remove_node,
+            CreatePacks: self._apply_create_packs, PlacePacks: self._apply_place_packs,
+            StopPacks: self._apply_stop_packs, ReportPacks: self._apply_report_packs,
+        }
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, cmd: Command) -> dict[str, Any]:
+        """Apply one command; return its answer (``{"ok": ...}`` or ``{"error": {...}}``)."""
+        seen = self.recent.get(cmd.id)
+        if seen is not None:
+            return {**seen, "duplicate": True}
+        self.applied += 1
+        if cmd.term > self.max_term:
+            self.max_term = cmd.term
+        if cmd.LEADER_ONLY and cmd.term < self.max_term:
+            result: dict[str, Any] = WrongState(
+                f"{cmd.TYPE} from a deposed leader (term {cmd.term} < {self.max_term}) rejected"
+            ).to_wire()
+        else:
+            try:
+                result = self._handlers[type(cmd)](cmd)
+            except CanidaeError as e:
+                result = e.to_wire()
+        if not isinstance(cmd, Noop):
+            self.recent[cmd.id] = result
+            if len(self.recent) > DEDUP_WINDOW:
+                self.recent.popitem(last=False)
+        return result
+
+    def apply_batch(self, cmds: Iterable[Command]) -> list[dict[str, Any]]:
+        return [self.apply(c) for c in cmds]
+
+    # ------------------------------------------------------------- node commands
+
+    def _apply_noop(self, cmd: Noop) -> dict[str, Any]:
+        return {"ok": True}
+
+    def _apply_register_node(self, cmd: RegisterNode) -> dict[str, Any]:
+        node = cmd.node
+        old = self.nodes.get(node.id)
+        if old is None:
+            if node.state is not NodeState.READY:
+                node = _with_state(node, NodeState.READY)
+            self.nodes[node.id] = node
+            self.by_node[node.id] = {}
+            self.node_rev[node.id] = 1
+            self.scheduler.add_node(node)
+            self._event(cmd, "NodeJoined", node=node.id, detail=node.to_dict())
+        else:
+            # A node that returns after being declared down is READY again; a cordoned or
+            # draining node keeps that state across agent restarts.
+            state = NodeState.READY if old.state is NodeState.DOWN else old.state
+            node = _with_state(node, state)
+            self.nodes[node.id] = node
+            self.scheduler.update_node(node)
+            self._touch(node.id)
+            if old.state is NodeState.DOWN:
+                self._event(cmd, "NodeReturned", node=node.id)
+        self._retry_pending(cmd)
+        return {"ok": True, "node": node.to_dict()}
+
+    def _apply_set_node_state(self, cmd: SetNodeState) -> dict[str, Any]:
+        node = self._node(cmd.node_id)
+        if node.state is cmd.state:
+            return {"ok": True, "node": node.to_dict(), "moved": []}
+        node = _with_state(node, cmd.state)
+        self.nodes[node.id] = node
+        self.scheduler.update_node(node)
+        self._touch(node.id)
+        moved: list[dict[str, Any]] = []
+        if cmd.state is NodeState.DOWN:
+            self._event(cmd, "NodeDown", node=node.id, detail={"reason": cmd.reason})
+            moved = self._evacuate(cmd, node.id, why=f"node {node.id} down")
+        else:
+            self._event(cmd, "NodeStateChanged", node=node.id,
+                        detail={"state": cmd.state.value, "reason": cmd.reason})
+            if cmd.state is NodeState.READY:
+                self._retry_pending(cmd)
+        return {"ok": True, "node": node.to_dict(), "moved": moved}
+
+    def _apply_remove_node(self, cmd: RemoveNode) -> dict[str, Any]:
+        self._node(cmd.node_id)
+        moved = self._evacuate(cmd, cmd.node_id, why=f"node {cmd.node_id} removed")
+        for name in list(self.by_node[cmd.node_id]):
+            # Only packs that could not move and are not holding anything remain; detach them.
+            self.packs[name].node = None
+        del self.by_node[cmd.node_id]
+        self.node_rev.pop(cmd.node_id, None)
+        del self.nodes[cmd.node_id]
+        self.scheduler.remove_node(cmd.node_id)
+        self._event(cmd, "NodeRemoved", node=cmd.node_id)
+        return {"ok": True, "moved": moved}
+
+    def _evacuate(self, cmd: Command, node_id: str, why: str) -> list[dict[str, Any]]:
+        """Move every pack holding a reservation on ``node_id`` elsewhere (or to pending)."""
+        to_place: list[PackRecord] = []
+        for name in list(self.by_node[node_id]):
+            rec = self.packs[name]
+            if rec.state not in HOLDING:
+                continue
+            self._release(rec)
+            if rec.state is PackState.STOPPING:
+                rec.state, rec.updated_at = PackState.STOPPED, cmd.at
+                self._event(cmd, "PackStopped", pack=name, node=node_id, detail={"reason": why})
+            else:
+                to_place.append(rec)
+        return self._place(cmd, to_place, exclude=frozenset({node_id}), why=why)
+
+    # ------------------------------------------------------------- pack commands
+
+    def _apply_create_packs(self, cmd: CreatePacks) -> dict[str, Any]:
+        specs = cmd.expanded()
+        if not specs:
+            raise InvalidInput("no packs given")
+        if len(specs) > MAX_BATCH_SPECS:
+            raise InvalidInput(f"at most {MAX_BATCH_SPECS} packs per request")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise InvalidInput("the same pack name appears twice in one request")
+        taken = [n for n in names if n in self.packs]
+        if taken:
+            shown = ", ".join(taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
+            raise AlreadyExists(f"pack {shown} already exists", {"names": taken[:100]})
+        for n in specs:
+            if n.constraints.node is not None and n.constraints.node not in self.nodes:
+                raise NotFound(f"pack {n.name}: no node {n.constraints.node!r}")
+        recs = []
+        for spec in specs:
+            rec = PackRecord(spec, PackState.CREATED, cmd.at)
+            self.packs[spec.name] = rec
+            recs.append(rec)
+            self._event(cmd, "PackCreated", pack=spec.name)
+        self._sorted_names = None
+        if not cmd.place:
+            return {"ok": True, "created": names}
+        placed = self._place(cmd, recs, exclude=frozenset(), why="")
+        return {"ok": True, "placements": placed}
+
+    def _apply_place_packs(self, cmd: PlacePacks) -> dict[str, Any]:
+        recs = [self._pack(n) for n in cmd.names]
+        wrong = [r.spec.name for r in recs if r.state not in (PackState.CREATED, PackState.PENDING,
+                                                               PackState.STOPPED, PackState.FAILED)]
+        if wrong:
+            raise WrongState(f"pack {wrong[0]} is already placed ({self.packs[wrong[0]].state.value})")
+        return {"ok": True, "placements": self._place(cmd, recs, exclude=frozenset(), why="")}
+
+    def _apply_stop_packs(self, cmd: StopPacks) -> dict[str, Any]:
+        recs = [self._pack(n) for n in cmd.names]
+        out = []
+        for rec in recs:
+            if rec.state in (PackState.PLACED, PackState.RUNNING):
+                rec.state, rec.updated_at = PackState.STOPPING, cmd.at
+                self._touch(rec.node)
+                self._event(cmd, "PackStopping", pack=rec.spec.name, node=rec.node)
+            elif rec.state in (PackState.CREATED, PackState.PENDING):
+                self.pending.pop(rec.spec.name, None)
+                rec.state, rec.updated_at = PackState.STOPPED, cmd.at
+                self._event(cmd, "PackStopped", pack=rec.spec.name)
+            out.append({"name": rec.spec.name, "state": rec.state.value, "node": rec.node})
+        return {"ok": True, "packs": out}
+
+    def _apply_report_packs(self, cmd: ReportPacks) -> dict[str, Any]:
+        self._node(cmd.node_id)
+        accepted, stale = 0, []
+        freed = False
+        self._touch(cmd.node_id)
+        for rep in cmd.reports:
+            rec = self.packs.get(rep.name)
+            if rec is None or rec.node != cmd.node_id or rec.generation != rep.generation \
+                    or rec.state not in HOLDING:
+                stale.append(rep.name)
+                continue
+            accepted += 1
+            if rep.state is PackState.RUNNING:
+                if rec.state is PackState.PLACED:
+                    rec.state, rec.updated_at = PackState.RUNNING, cmd.at
+                    self._event(cmd, "PackStarted", pack=rep.name, node=cmd.node_id,
+                                detail={"generation": rep.generation})
+            elif rep.state in (PackState.STOPPED, PackState.FAILED):
+                self._release(rec)
+                freed = True
+                # A pack that exits on its own while meant to run, with restarts exhausted, failed.
+                final = PackState.STOPPED if rec.state is PackState.STOPPING and rep.state is PackState.STOPPED \
+                    else rep.state
+                rec.state, rec.reason, rec.updated_at = final, rep.reason, cmd.at
+                self._event(cmd, "PackFailed" if final is PackState.FAILED else "PackStopped",
+                            pack=rep.name, node=cmd.node_id, detail={"reason": rep.reason})
+            else:
+                raise InvalidInput(f"agents report running, stopped or failed, not {rep.state.value}")
+        if freed:
+            self._retry_pending(cmd)
+        return {"ok": True, "accepted": accepted, "stale": stale}
+
+    # ------------------------------------------------------------- placement
+
+    def _place(self, cmd: Command, recs: list[PackRecord], exclude: frozenset[str], why: str
+               ) -> list[dict[str, Any]]:
+        if not recs:
+            return []
+        plan = self.scheduler.place([r.spec for r in recs], seed=_seed(cmd), exclude=exclude)
+        out: list[dict[str, Any]] = []
+        for p in plan.placements:
+            rec = self.packs[p.pack]
+            source = rec.node
+            if source is not None and source in self.by_node:
+                self.by_node[source].pop(p.pack, None)
+                self._touch(source)
+            rec.node, rec.generation = p.node, rec.generation + 1
+            self._touch(p.node)
+            rec.state, rec.reason, rec.updated_at = PackState.PLACED, why, cmd.at
+            self.by_node[p.node][p.pack] = None
+            self.pending.pop(p.pack, None)
+            detail: dict[str, Any] = {"generation": rec.generation}
+            if source is not None and source != p.node:
+                detail.update(source=source, reason=why)
+            self._event(cmd, "PackPlaced", pack=p.pack, node=p.node, detail=detail)
+            out.append({"name": p.pack, "node": p.node, "generation": rec.generation})
+        for u in plan.unplaced:
+            rec = self.packs[u.pack]
+            if rec.node is not None and rec.node in self.by_node:
+                self.by_node[rec.node].pop(u.pack, None)
+            rec.node = None
+            rec.state, rec.updated_at = PackState.PENDING, cmd.at
+            rec.reason = f"{why}: {u.reason}" if why else u.reason
+            self.pending[u.pack] = None
+            self._event(cmd, "PackPending", pack=u.pack, detail={"reason": rec.reason})
+            out.append({"name": u.pack, "node": None, "pending": rec.reason})
+        return out
+
+    def _retry_pending(self, cmd: Command) -> None:
+        if not self.pending:
+            return
+        names = list(self.pending)[:PENDING_RETRY_LIMIT]
+        recs = [self.packs[n] for n in names]
+        plan = self.scheduler.place([r.spec for r in recs], seed=_seed(cmd))
+        for p in plan.placements:
+            rec = self.packs[p.pack]
+            rec.node, rec.generation = p.node, rec.generation + 1
+            self._touch(p.node)
+            rec.state, rec.reason, rec.updated_at = PackState.PLACED, "", cmd.at
+            self.by_node[p.node][p.pack] = None
+            del self.pending[p.pack]
+            self._event(cmd, "PackPlaced", pack=p.pack, node=p.node,
+                        detail={"generation": rec.generation, "reason": "capacity returned"})
+
+    def _touch(self, node_id: str | None) -> None:
+        if node_id is not None and node_id in self.node_rev:
+            self.node_rev[node_id] += 1
+
+    def _release(self, rec: PackRecord) -> None:
+        if rec.node is not None and rec.state in HOLDING and rec.node in self.nodes:
+            self.scheduler.release(rec.node, rec.spec.resources, rec.spec)
+
+    # ------------------------------------------------------------- reads
+
+    def _node(self, node_id: str) -> Node:
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"no node {node_id!r}")
+        return node
+
+    def _pack(self, name: str) -> PackRecord:
+        rec = self.packs.get(name)
+        if rec is None:
+            raise NotFound(f"no pack {name!r}")
+        return rec
+
+    def get_pack(self, name: str) -> PackRecord:
+        return self._pack(name)
+
+    def get_node(self, node_id: str) -> Node:
+        return self._node(node_id)
+
+    def packs_on(self, node_id: str) -> list[PackRecord]:
+        return [self.packs[n] for n in self.by_node.get(node_id, {})]
+
+    def node_usage(self, node_id: str) -> Resources:
+        return self.scheduler.usage(node_id)
+
+    def sorted_pack_names(self) -> list[str]:
+        if self._sorted_names is None:
+            self._sorted_names = sorted(self.packs)
+        return self._sorted_names
+
+    def list_packs(self, *, node: str | None = None, state: PackState | None = None,
+                   after: str | None = None, limit: int = 1000) -> tuple[list[PackRecord], str | None]:
+        """A page of packs sorted by name, after ``after``; returns the page and the next cursor."""
+        import bisect
+        if node is not None:
+            names: list[str] = sorted(self.by_node.get(node, {}))
+        else:
+            names = self.sorted_pack_names()
+        start = bisect.bisect_right(names, after) if after else 0
+        page: list[PackRecord] = []
+        i = start
+        while i < len(names) and len(page) < limit:
+            rec = self.packs[names[i]]
+            if state is None or rec.state is state:
+                page.append(rec)
+            i += 1
+        next_cursor = page[-1].spec.name if page and i < len(names) else None
+        return page, next_cursor
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for rec in self.packs.values():
+            out[rec.state.value] = out.get(rec.state.value, 0) + 1
+        return out
+
+    # ------------------------------------------------------------- events
+
+    def _event(self, cmd: Command, kind: str, *, pack: str | None = None, node: str | None = None,
+               detail: dict[str, Any] | None = None) -> None:
+        self.event_seq += 1
+        ev: dict[str, Any] = {"seq": self.event_seq, "at": cmd.at, "type": kind, "cause": cmd.id}
+        if pack is not None:
+            ev["pack"] = pack
+        if node is not None:
+            ev["node"] = node
+        if cmd.by:
+            ev["by"] = cmd.by
+        if detail:
+            ev["detail"] = detail
+        self._events.append(ev)
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        """Events produced since the last call (not replicated state: each replica yields its own copy)."""
+        out, self._events = self._events, []
+        return out
+
+    # ------------------------------------------------------------- snapshots
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """Canonical JSON-able form of the whole replicated state."""
+        return {
+            "version": 1, "load_factor": self.load_factor, "vnodes": self.vnodes,
+            "nodes": [self.nodes[k].to_dict() for k in sorted(self.nodes)],
+            "packs": [self.packs[k].to_dict() for k in sorted(self.packs)],
+            "placement_order": {k: list(v) for k, v in sorted(self.by_node.items())},
+            "pending": list(self.pending),
+            "recent": [[k, v] for k, v in self.recent.items()],
+            "max_term": self.max_term, "event_seq": self.event_seq, "applied": self.applied,
+            "node_rev": dict(sorted(self.node_rev.items())),
+        }
+
+    @staticmethod
+    def from_snapshot(d: dict[str, Any]) -> ClusterState:
+        if d.get("version") != 1:
+            raise InvalidInput(f"unsupported snapshot version {d.get('version')!r}")
+        st = ClusterState(load_factor=d["load_factor"], vnodes=d["vnodes"])
+        for nd in d["nodes"]:
+            node = Node.from_dict(nd)
+            st.nodes[node.id] = node
+            st.by_node[node.id] = {}
+            st.scheduler.add_node(node)
+        for pd in d["packs"]:
+            rec = PackRecord.from_dict(pd)
+            st.packs[rec.spec.name] = rec
+        for node_id, names in d["placement_order"].items():
+            st.by_node[node_id] = dict.fromkeys(names)
+            for name in names:
+                rec = st.packs[name]
+                if rec.state in HOLDING:
+                    st.scheduler.reserve(node_id, rec.spec.resources, rec.spec)
+        st.pending = dict.fromkeys(d["pending"])
+        st.recent = OrderedDict((k, v) for k, v in d["recent"])
+        st.max_term, st.event_seq, st.applied = d["max_term"], d["event_seq"], d["applied"]
+        st.node_rev = dict(d["node_rev"])
+        return st
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical snapshot: equal on every replica that applied the same log."""
+        doc = self.to_snapshot()
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def iter_nodes(self) -> Iterator[Node]:
+        for k in sorted(self.nodes):
+            yield self.nodes[k]
+
+
+def _with_state(node: Node, state: NodeState) -> Node:
+    from dataclasses import replace
+    return replace(node, state=state)
+
+
+__all__ = ["ClusterState", "PackRecord", "HOLDING", "DEDUP_WINDOW"]

@@ -1,0 +1,6 @@
+"""Shared test setup: make the integration harness importable as ``harness``."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "integration"))
