@@ -36,17 +36,18 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.main
+from canidae.cli.output import DEFAULT_CONFIG_PATH, GLOBALS, JsonOption
+from canidae.core.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_USAGE, CanidaeError
 from typer.core import TyperGroup
 
 from canidae import __version__
-from canidae.cli.output import DEFAULT_CONFIG_PATH, GLOBALS, JsonOption
-from canidae.core.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_USAGE, CanidaeError
 
 try:
     # typer >= 0.22 carries its own copy of click; its exceptions are not the click package's.
     from typer import _click as _typer_click
 except ImportError:  # pragma: no cover - older typer builds on the click package itself
-    import click as _typer_click
+    import click as _typer_click  # type: ignore[no-redef]
 
 PROG = "canidae"
 EXIT_INTERRUPTED = 130
@@ -55,10 +56,10 @@ DEBUG_ENV = "CANIDAE_DEBUG"
 # The command tree: (name, "module:attribute"). A typer app becomes a noun with verbs, a function
 # a command of its own. A noun moves to its real module by changing its target here.
 NOUNS: tuple[tuple[str, str], ...] = (
-    ("cluster", "canidae.cli.unavailable:cluster"),
-    ("agent", "canidae.cli.unavailable:agent"),
-    ("node", "canidae.cli.unavailable:node"),
-    ("pack", "canidae.cli.unavailable:pack"),
+    ("cluster", "canidae.cli.cluster:app"),
+    ("agent", "canidae.cli.agent:app"),
+    ("node", "canidae.cli.node:app"),
+    ("pack", "canidae.cli.pack:app"),
     ("place", "canidae.cli.place:place"),
     ("yip", "canidae.cli.unavailable:yip"),
     ("ring", "canidae.cli.ring:app"),
@@ -196,6 +197,12 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
+def _message(exc: BaseException) -> str:
+    """The message of a click-style exception (with its suggestions), else ``str(exc)``."""
+    format_message = getattr(exc, "format_message", None)
+    return str(format_message()) if callable(format_message) else str(exc)
+
+
 def _debug() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
@@ -225,8 +232,25 @@ _USAGE_ERRORS = _exception_classes("UsageError")
 _CLICK_ERRORS = _exception_classes("ClickException")
 
 
-def report_failure(exc: BaseException) -> int:
+def _command_path(argv: Sequence[str]) -> str:
+    """The command that ``argv`` names, for errors raised without a context (an option's value
+    missing). Words that are not subcommands are skipped, so it is a best guess."""
+    try:
+        command = typer.main.get_command(app)
+        path = [PROG]
+        for word in argv:
+            sub = getattr(command, "commands", {}).get(word)
+            if sub is not None:
+                command, path = sub, path + [word]
+        return " ".join(path)
+    except Exception:  # noqa: BLE001 - a hint must never turn into a second failure
+        return ""
+
+
+def report_failure(exc: BaseException, argv: Sequence[str] | None = None) -> int:
     """Print the one line that explains ``exc`` on stderr and return the exit code for it.
+
+    ``argv`` (the command line) only sharpens the hint of a usage error that carries no context.
 
     The only place where exceptions become exit codes: typed errors keep their code, usage
     errors exit 2, interrupts 130, anything unexpected 1 (with a traceback only under
@@ -242,13 +266,14 @@ def report_failure(exc: BaseException) -> int:
     if isinstance(exc, _NO_ARGS_HELP):
         # typer's rich help was printed on stdout as the error was built; plain click's help is
         # the message. Either way help goes to stdout, like --help, but the exit says "no command".
-        if exc.format_message().strip():
-            sys.stdout.write(exc.format_message().rstrip("\n") + "\n")
+        if _message(exc).strip():
+            sys.stdout.write(_message(exc).rstrip("\n") + "\n")
         return EXIT_USAGE
     if isinstance(exc, _USAGE_ERRORS):
         ctx = getattr(exc, "ctx", None)
-        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        _say(f"{PROG}: error: {_one_line(exc.format_message())}{hint}")
+        path = ctx.command_path if ctx is not None else _command_path(argv) if argv is not None else ""
+        hint = f" (see '{path} --help')" if path else ""
+        _say(f"{PROG}: error: {_one_line(_message(exc))}{hint}")
         return EXIT_USAGE
     if isinstance(exc, CanidaeError):
         if _debug():
@@ -256,7 +281,7 @@ def report_failure(exc: BaseException) -> int:
         _say(f"{PROG}: error: {_one_line(exc.message) or exc.code}")
         return exc.exit_code
     if isinstance(exc, _CLICK_ERRORS):
-        _say(f"{PROG}: error: {_one_line(exc.format_message())}")
+        _say(f"{PROG}: error: {_one_line(_message(exc))}")
         return int(getattr(exc, "exit_code", EXIT_FAILED))
     if isinstance(exc, (KeyboardInterrupt, *_ABORTS)):
         _say(f"{PROG}: interrupted")
@@ -272,10 +297,11 @@ def report_failure(exc: BaseException) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line on ``argv`` (default: ``sys.argv[1:]``); return its exit code, never raise."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        result = app(args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False)
+        result = app(args=args, prog_name=PROG, standalone_mode=False)
     except BaseException as exc:  # noqa: BLE001 - this is the one place failures are mapped
-        return report_failure(exc)
+        return report_failure(exc, args)
     if result == EXIT_INTERRUPTED:
         # typer turns Ctrl-C inside a command into a silent Exit(130); say why we stopped.
         _say(f"{PROG}: interrupted")
