@@ -211,8 +211,8 @@ class Agent:
             raise InvalidInput("count needs exactly one spec")
         t0 = time.perf_counter()
         cmd = CreatePacks(id=rid, **self._stamp(), specs=tuple(specs), place=place, count=count, by="api")
-        result = await self.propose(cmd)
-        result["commit_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        # The answer is the very dict the state machine keeps for idempotent retries: copy, never mutate.
+        result = {**await self.propose(cmd), "commit_ms": round((time.perf_counter() - t0) * 1000, 3)}
         return result
 
     async def list_packs(self, *, node: str | None, state: PackState | None, after: str | None, limit: int,
@@ -498,6 +498,7 @@ def _setup_logging(cfg: AgentConfig) -> None:
     logging.basicConfig(level=os.environ.get("CANIDAE_LOG_LEVEL", "INFO"), handlers=handlers, force=True,
                         format=f"%(asctime)s {cfg.node_id} %(levelname)s %(name)s: %(message)s")
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def run_agent(cfg: AgentConfig) -> int:
