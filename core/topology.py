@@ -15,8 +15,9 @@ and usage count every node. Nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from canidae.core.errors import InvalidInput, NotFound
 from canidae.core.types import Level, Location, Node, NodeState, Resources
@@ -45,8 +46,19 @@ class GroupStats:
 class _Acc:
     """A mutable accumulator used while building; frozen into ``GroupStats`` at the end."""
 
-    __slots__ = ("nodes", "ready", "cap_cpu", "cap_mem", "cap_packs", "used_cpu", "used_mem",
-                 "used_packs", "free_cpu", "free_mem", "free_packs")
+    __slots__ = (
+        "cap_cpu",
+        "cap_mem",
+        "cap_packs",
+        "free_cpu",
+        "free_mem",
+        "free_packs",
+        "nodes",
+        "ready",
+        "used_cpu",
+        "used_mem",
+        "used_packs",
+    )
 
     def __init__(self) -> None:
         self.nodes = self.ready = 0
@@ -87,7 +99,7 @@ class Topology:
     Raises ``InvalidInput`` for no nodes or a duplicate node id.
     """
 
-    __slots__ = ("_nodes", "_used", "_children", "_members", "_stats", "_fleet")
+    __slots__ = ("_children", "_fleet", "_members", "_nodes", "_stats", "_used")
 
     def __init__(self, nodes: Iterable[Node], usage: Mapping[str, Resources] | None = None) -> None:
         usage = usage or {}
