@@ -27,7 +27,8 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from fractions import Fraction
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
+from operator import add, is_, rshift
 
 import xxhash
 
@@ -87,7 +88,7 @@ class HashRing:
     """A consistent-hash ring of weighted nodes with ``vnodes`` points per unit of weight."""
 
     __slots__ = ("_vnodes", "_weights", "_counts", "_merged", "_pending", "_removed", "_stale",
-                 "_points", "_owners")
+                 "_points", "_owners", "_table", "_shift", "_span", "_padded")
 
     def __init__(self, vnodes: int = DEFAULT_VNODES) -> None:
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
@@ -101,6 +102,11 @@ class HashRing:
         self._stale = False
         self._points: list[int] = []
         self._owners: list[str] = []           # len(points) + 1 entries (sentinel) when not empty
+        # The bucket index for bulk lookups (see _index), rebuilt lazily after a membership change.
+        self._table: list[str | int] | None = None
+        self._shift = 64
+        self._span = 0
+        self._padded: list[int] = []           # _points plus _span positions past any hash
 
     # -- membership -------------------------------------------------------------------------
 
@@ -204,6 +210,7 @@ class HashRing:
         if owners:
             owners.append(owners[0])
         self._points, self._owners = points, owners
+        self._table = None
         self._stale = False
 
     def _build_all(self) -> tuple[list[int], list[str]]:
@@ -212,10 +219,66 @@ class HashRing:
         labels = list(chain.from_iterable(map(_vnode_labels, ids, counts)))
         labelled_owners = list(chain.from_iterable(map(repeat, ids, counts)))
         hashes = list(map(_xxh64, map(_encode, labels)))
-        # A stable sort over input ordered by node id: colliding points end up ordered by id,
-        # as the incremental merge orders them.
-        order = sorted(range(len(hashes)), key=hashes.__getitem__)
+        # Sorting by float is about twice as fast as by 64-bit int, and exact when the floats are
+        # distinct (float() is monotonic); else sort by the ints. Either sort is stable over input
+        # ordered by node id, so colliding points end up ordered by id, as the merge orders them.
+        floats = list(map(float, hashes))
+        key = floats.__getitem__ if len(set(floats)) == len(floats) else hashes.__getitem__
+        order = sorted(range(len(hashes)), key=key)
         return list(map(hashes.__getitem__, order)), list(map(labelled_owners.__getitem__, order))
+
+    def _index(self) -> list[str | int]:
+        """The bucket index: one entry per ``1 << shift`` slice of the circle (4 to 8 per point).
+
+        An entry is the owner's id when no point falls inside the slice (every key hashing there
+        has that owner: the next point clockwise), else the index of the slice's first point, from
+        which a bisection over at most ``_span`` points finishes the lookup. Most keys are thus
+        answered by one list access, and the rest by a short bisection, all in C via ``map``.
+        """
+        table = self._table
+        if table is not None:
+            return table
+        points, owners = self._points, self._owners
+        size = len(points)
+        shift = HASH_BITS - max(1, (4 * size - 1).bit_length())
+        buckets = list(map(rshift, points, repeat(shift)))
+        last = dict(zip(buckets, range(size)))          # bucket -> its last point (ascending keys)
+        used = list(last)
+        lasts = list(last.values())
+        firsts = list(map((1).__add__, chain((-1,), lasts[:-1])))
+        self._span = max(map(int.__sub__, lasts, firsts)) + 1
+        run_lengths = map(int.__sub__, used, map((1).__add__, chain((-1,), used[:-1])))
+        run_owners = map(owners.__getitem__, firsts)
+        # For each bucket holding points: the empty buckets before it (owned by its first point),
+        # then its own entry (the index of that first point).
+        table = list(chain.from_iterable(map(chain, map(repeat, run_owners, run_lengths), zip(firsts))))
+        # Empty buckets past the last point wrap around to the first point.
+        table.extend(repeat(owners[0], (1 << (HASH_BITS - shift)) - len(table)))
+        # Bisecting [first, first + span) of this list needs no clamp at the end of the circle:
+        # the padding is above every hash, and owners[len(points)] is the wrap-around sentinel.
+        self._padded = points + [HASH_SPACE] * self._span
+        self._table, self._shift = table, shift
+        return table
+
+    def _owners_of(self, hashes: list[int]) -> list[str]:
+        """The owner of each hash (a bulk ``lookup``); the ring must not be empty."""
+        points, owners = self._points, self._owners
+        table = self._table
+        if table is None and len(hashes) * 4 < len(points):
+            # Too few keys to pay for building the index: bisect the whole circle.
+            return list(map(owners.__getitem__, map(bisect_left, repeat(points), hashes)))
+        table = self._index()
+        out: list = list(map(table.__getitem__, map(rshift, hashes, repeat(self._shift))))
+        miss = list(compress(range(len(out)), map(is_, map(type, out), repeat(int))))
+        if miss:
+            los = list(map(out.__getitem__, miss))
+            # A bucket holds at most _span points, so the answer lies in [first, first + span].
+            his = map(add, los, repeat(self._span))
+            found = map(owners.__getitem__,
+                        map(bisect_left, repeat(self._padded), map(hashes.__getitem__, miss), los, his))
+            for i, owner in zip(miss, found):
+                out[i] = owner
+        return out
 
     def _without(self, points: list[int], owners: list[str]) -> tuple[list[int], list[str]]:
         drop: set[int] = set()
@@ -267,22 +330,34 @@ class HashRing:
         owners = self._owners
         if not owners:
             raise NoCapacity("the ring has no nodes")
-        return owners[bisect_left(self._points, _xxh64(key.encode()))]
+        h = _xxh64(key.encode())
+        table = self._table
+        if table is not None:
+            hit = table[h >> self._shift]
+            if hit.__class__ is str:
+                return hit  # type: ignore[return-value]
+            return owners[bisect_left(self._padded, h, hit, hit + self._span)]
+        return owners[bisect_left(self._points, h)]
+
+    def lookup_hash(self, h: int) -> str:
+        """The owner of ring position ``h`` (``lookup`` of a key whose hash is known)."""
+        points, owners = self._arrays()
+        if not owners:
+            raise NoCapacity("the ring has no nodes")
+        return owners[bisect_left(points, h)]
 
     def lookup_many(self, keys: Sequence[str]) -> list[str]:
         """``[lookup(k) for k in keys]``, with hashing and bisection done in C by ``map``."""
         points, owners = self._arrays()
         if not owners:
             raise NoCapacity("the ring has no nodes")
-        return list(map(owners.__getitem__,
-                        map(bisect_left, repeat(points), map(_xxh64, map(_encode, keys)))))
+        return self._owners_of(list(map(_xxh64, map(_encode, keys))))
 
-    def slot_many(self, keys: Sequence[str]) -> list[int]:
-        """The index into the sorted points of each key's first point (``len(points)`` means 0)."""
+    def build_index(self) -> None:
+        """Merge pending changes and build the bulk-lookup index now rather than at first use."""
         points, owners = self._arrays()
-        if not owners:
-            raise NoCapacity("the ring has no nodes")
-        return list(map(bisect_left, repeat(points), map(_xxh64, map(_encode, keys))))
+        if owners:
+            self._index()
 
     def preference(self, key: str) -> Iterator[str]:
         """Distinct node ids in clockwise order from ``key``'s position, each once, all of them."""
@@ -382,34 +457,26 @@ def place_bounded(
     caps = bounded_caps(ring, sum(base.values()) + len(keys), load_factor)
     room = {n: cap - base.get(n, 0) for n, cap in caps.items()}
 
-    slots = list(map(bisect_left, repeat(points), map(_xxh64, map(_encode, keys))))
-    chosen = list(map(owners.__getitem__, slots))
+    hashes = list(map(_xxh64, map(_encode, keys)))
+    chosen = ring._owners_of(hashes)
     demand = Counter(chosen)
     full = {n for n, d in demand.items() if d > room[n]}
     if full:
         for n, d in demand.items():
             room[n] = max(0, room[n]) if n in full else room[n] - d
         spill: list[int] = []
-        for i in [i for i, n in enumerate(chosen) if n in full]:
+        for i in compress(range(len(chosen)), map(full.__contains__, chosen)):
             n = chosen[i]
             if room[n] > 0:
                 room[n] -= 1
             else:
                 spill.append(i)
-        size = len(points)
         for i in spill:
-            j = slots[i]
-            for _ in range(size):
-                j += 1
-                if j >= size:
-                    j -= size
-                n = owners[j]
-                if room[n] > 0:
-                    room[n] -= 1
-                    chosen[i] = n
-                    break
-            else:  # pragma: no cover - caps sum to more than the keys, so a node has room
+            n = _first_with_room(points, owners, bisect_left(points, hashes[i]), room)
+            if n is None:  # pragma: no cover - caps sum to more than the keys, so a node has room
                 raise NoCapacity("bounded loads left no room on the ring")
+            room[n] -= 1
+            chosen[i] = n
     placed = dict(zip(keys, chosen))
     if len(placed) != len(keys):
         raise InvalidInput("place_bounded: keys must be distinct")
@@ -479,8 +546,8 @@ def rebalance(
     # Sorted, so nothing depends on the mapping's iteration order.
     keys = sorted(assignment)
     current = [assignment[k] for k in keys]
-    slots = list(map(bisect_left, repeat(points), map(_xxh64, map(_encode, keys))))
-    first = list(map(owners.__getitem__, slots))
+    hashes = list(map(_xxh64, map(_encode, keys)))
+    first = ring._owners_of(hashes)
 
     loads = Counter(current)
     room = {n: caps[n] - loads.get(n, 0) for n in caps}
@@ -503,7 +570,7 @@ def rebalance(
     # 1. Keys whose node left the ring.
     for i, n in enumerate(current):
         if n not in caps:
-            target = _first_with_room(points, owners, slots[i], room)
+            target = _first_with_room(points, owners, bisect_left(points, hashes[i]), room)
             if target is None:  # pragma: no cover - caps sum to more than the keys
                 raise NoCapacity("bounded loads left no room on the ring")
             move(i, target, REASON_NODE_LEFT)
@@ -521,9 +588,9 @@ def rebalance(
             for i in ranked[: -room[n]]:
                 target = None
                 if any(room[m] > 0 for m in newcomers):
-                    target = _first_with_room(points, owners, slots[i], room, newcomers)
+                    target = _first_with_room(points, owners, bisect_left(points, hashes[i]), room, newcomers)
                 if target is None:
-                    target = _first_with_room(points, owners, slots[i], room)
+                    target = _first_with_room(points, owners, bisect_left(points, hashes[i]), room)
                 if target is None:  # pragma: no cover - caps sum to more than the keys
                     raise NoCapacity("bounded loads left no room on the ring")
                 move(i, target, REASON_REBALANCE)
@@ -544,7 +611,7 @@ def rebalance(
             # Keys not on their first choice (they overflowed) that meet y before their node.
             tier2 = [i for i, n in enumerate(current)
                      if n != first[i] and n not in newcomers and i not in moves and first[i] != y
-                     and _comes_before(points, owners, slots[i], y, n)]
+                     and _comes_before(points, owners, bisect_left(points, hashes[i]), y, n)]
             _take(tier2, need, y, current, loads, move)
 
     return [moves[i] for i in sorted(moves)]
