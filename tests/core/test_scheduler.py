@@ -6,7 +6,6 @@ import math
 from collections import Counter
 
 import pytest
-
 from canidae.core.errors import InvalidInput, NoCapacity, NotFound
 from canidae.core.scheduler import Scheduler, require_placed
 from canidae.core.topology import build_nodes
@@ -344,7 +343,7 @@ def test_snapshot_restore_decides_like_the_original() -> None:
 
 
 def test_rebalance_moves_only_onto_newcomers_about_their_share() -> None:
-    sched, nodes = fleet(zones=2, regions=2, cells=2, nodes=40)
+    sched, _ = fleet(zones=2, regions=2, cells=2, nodes=40)
     work = {s.name: s for s in specs(4000)}
     plan = sched.place(list(work.values()), seed=1)
     assignment = {p.pack: p.node for p in plan.placements}
@@ -367,7 +366,7 @@ def test_rebalance_moves_only_onto_newcomers_about_their_share() -> None:
 
 
 def test_rebalance_keeps_constraints() -> None:
-    sched, nodes = fleet(zones=2, regions=1, cells=1, nodes=4)
+    sched, _ = fleet(zones=2, regions=1, cells=1, nodes=4)
     work = {s.name: s for s in specs(40, "z", zone="z1") + specs(40, "n", node="n2")}
     plan = sched.place(list(work.values()), seed=1)
     assignment = {p.pack: p.node for p in plan.placements}

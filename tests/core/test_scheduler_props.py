@@ -9,11 +9,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from canidae.core.scheduler import Scheduler
 from canidae.core.types import Constraints, Level, Location, Node, NodeState, PackSpec, Resources
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ZONES, REGIONS, CELLS = ["z1", "z2", "z3"], ["r1", "r2"], ["c1", "c2"]
 

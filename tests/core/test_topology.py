@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from canidae.core.errors import InvalidInput, NotFound
 from canidae.core.topology import Topology, build_nodes
 from canidae.core.types import Level, Location, Node, NodeState, Resources
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 CAP = Resources(1000, 4096, 10)
 
