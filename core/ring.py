@@ -25,13 +25,12 @@ import heapq
 import math
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from fractions import Fraction
 from itertools import chain, compress, repeat
 from operator import add, is_, rshift
 
 import xxhash
-
 from canidae.core.errors import InvalidInput, NoCapacity, NotFound
 from canidae.core.types import Migration
 
@@ -41,6 +40,10 @@ DEFAULT_VNODES = 160
 DEFAULT_LOAD_FACTOR = 1.25
 # A guard against a typo in a weight turning into millions of points for one node.
 MAX_VNODES_PER_NODE = 1 << 20
+
+# Buckets of the bulk-lookup index per point, rounded up to a power of two (so 4 to 8): with
+# more, fewer keys need a bisection but the table leaves the CPU caches.
+_BUCKETS_PER_POINT = 4
 
 REASON_NODE_LEFT = "node-left"
 REASON_REBALANCE = "rebalance"
@@ -54,15 +57,22 @@ def key_hash(key: str) -> int:
     return _xxh64(key.encode())
 
 
-def _vnode_labels(node_id: str, count: int) -> list[str]:
-    # The decimal index after the last '#' makes labels of different nodes distinct even when
-    # node ids themselves contain '#'.
-    return [f"{node_id}#{i}" for i in range(count)]
+# b"#0", b"#1", ...: the decimal index after the last '#' makes the labels of different nodes
+# distinct even when node ids themselves contain '#'. Kept and grown on demand, so building
+# labels is one bytes concatenation each (the cache is the same for every ring and every run).
+_SUFFIXES: list[bytes] = []
+
+
+def _suffixes(count: int) -> list[bytes]:
+    if len(_SUFFIXES) < count:
+        _SUFFIXES.extend(f"#{i}".encode() for i in range(len(_SUFFIXES), count))
+    return _SUFFIXES if len(_SUFFIXES) == count else _SUFFIXES[:count]
 
 
 def vnode_positions(node_id: str, count: int) -> list[int]:
-    """The ring positions of the first ``count`` virtual nodes of ``node_id``."""
-    return list(map(_xxh64, map(_encode, _vnode_labels(node_id, count))))
+    """The ring positions of the first ``count`` virtual nodes of ``node_id``:
+    ``key_hash(f"{node_id}#{i}")`` for ``i`` in ``range(count)``."""
+    return list(map(_xxh64, map(node_id.encode().__add__, _suffixes(count))))
 
 
 def _check_weight(node_id: str, weight: object) -> float:
@@ -87,8 +97,21 @@ def _check_load_factor(load_factor: object) -> Fraction:
 class HashRing:
     """A consistent-hash ring of weighted nodes with ``vnodes`` points per unit of weight."""
 
-    __slots__ = ("_vnodes", "_weights", "_counts", "_merged", "_pending", "_removed", "_stale",
-                 "_points", "_owners", "_table", "_shift", "_span", "_padded")
+    __slots__ = (
+        "_counts",
+        "_merged",
+        "_owners",
+        "_padded",
+        "_pending",
+        "_points",
+        "_removed",
+        "_shift",
+        "_span",
+        "_stale",
+        "_table",
+        "_vnodes",
+        "_weights",
+    )
 
     def __init__(self, vnodes: int = DEFAULT_VNODES) -> None:
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
@@ -216,16 +239,16 @@ class HashRing:
     def _build_all(self) -> tuple[list[int], list[str]]:
         ids = sorted(self._counts)
         counts = [self._counts[n] for n in ids]
-        labels = list(chain.from_iterable(map(_vnode_labels, ids, counts)))
         labelled_owners = list(chain.from_iterable(map(repeat, ids, counts)))
-        hashes = list(map(_xxh64, map(_encode, labels)))
+        hashes = list(chain.from_iterable(map(vnode_positions, ids, counts)))
         # Sorting by float is about twice as fast as by 64-bit int, and exact when the floats are
         # distinct (float() is monotonic); else sort by the ints. Either sort is stable over input
         # ordered by node id, so colliding points end up ordered by id, as the merge orders them.
         floats = list(map(float, hashes))
         key = floats.__getitem__ if len(set(floats)) == len(floats) else hashes.__getitem__
         order = sorted(range(len(hashes)), key=key)
-        return list(map(hashes.__getitem__, order)), list(map(labelled_owners.__getitem__, order))
+        points = list(map(hashes.__getitem__, order))
+        return points, list(map(labelled_owners.__getitem__, order))
 
     def _index(self) -> list[str | int]:
         """The bucket index: one entry per ``1 << shift`` slice of the circle (4 to 8 per point).
@@ -235,28 +258,35 @@ class HashRing:
         which a bisection over at most ``_span`` points finishes the lookup. Most keys are thus
         answered by one list access, and the rest by a short bisection, all in C via ``map``.
         """
-        table = self._table
-        if table is not None:
-            return table
+        if self._table is not None:
+            return self._table
         points, owners = self._points, self._owners
         size = len(points)
-        shift = HASH_BITS - max(1, (4 * size - 1).bit_length())
-        buckets = list(map(rshift, points, repeat(shift)))
-        last = dict(zip(buckets, range(size)))          # bucket -> its last point (ascending keys)
-        used = list(last)
-        lasts = list(last.values())
-        firsts = list(map((1).__add__, chain((-1,), lasts[:-1])))
-        self._span = max(map(int.__sub__, lasts, firsts)) + 1
-        run_lengths = map(int.__sub__, used, map((1).__add__, chain((-1,), used[:-1])))
-        run_owners = map(owners.__getitem__, firsts)
-        # For each bucket holding points: the empty buckets before it (owned by its first point),
-        # then its own entry (the index of that first point).
-        table = list(chain.from_iterable(map(chain, map(repeat, run_owners, run_lengths), zip(firsts))))
+        shift = HASH_BITS - max(1, (_BUCKETS_PER_POINT * size - 1).bit_length())
+        table: list[str | int] = []
+        extend, append = table.extend, table.append
+        prev = -1    # the last bucket holding a point
+        first = 0    # the index of its first point
+        span = 1
+        # A fresh copy of the points, allocated in ring order: the short bisections below then
+        # read neighbouring memory instead of ints scattered in the order they were hashed.
+        padded = list(map(add, points, repeat(0)))
+        for i, b in enumerate(map(rshift, padded, repeat(shift))):
+            if b == prev:
+                continue
+            span = max(span, i - first)
+            # The empty buckets before b belong to b's first point; b's own entry is its index.
+            if b - prev > 1:
+                extend(repeat(owners[i], b - prev - 1))
+            append(i)
+            prev, first = b, i
+        self._span = max(span, size - first)
         # Empty buckets past the last point wrap around to the first point.
         table.extend(repeat(owners[0], (1 << (HASH_BITS - shift)) - len(table)))
         # Bisecting [first, first + span) of this list needs no clamp at the end of the circle:
         # the padding is above every hash, and owners[len(points)] is the wrap-around sentinel.
-        self._padded = points + [HASH_SPACE] * self._span
+        padded.extend(repeat(HASH_SPACE, self._span))
+        self._padded = padded
         self._table, self._shift = table, shift
         return table
 
@@ -334,8 +364,8 @@ class HashRing:
         table = self._table
         if table is not None:
             hit = table[h >> self._shift]
-            if hit.__class__ is str:
-                return hit  # type: ignore[return-value]
+            if isinstance(hit, str):
+                return hit
             return owners[bisect_left(self._padded, h, hit, hit + self._span)]
         return owners[bisect_left(self._points, h)]
 
@@ -348,14 +378,14 @@ class HashRing:
 
     def lookup_many(self, keys: Sequence[str]) -> list[str]:
         """``[lookup(k) for k in keys]``, with hashing and bisection done in C by ``map``."""
-        points, owners = self._arrays()
+        _, owners = self._arrays()
         if not owners:
             raise NoCapacity("the ring has no nodes")
         return self._owners_of(list(map(_xxh64, map(_encode, keys))))
 
     def build_index(self) -> None:
         """Merge pending changes and build the bulk-lookup index now rather than at first use."""
-        points, owners = self._arrays()
+        _, owners = self._arrays()
         if owners:
             self._index()
 
@@ -472,11 +502,11 @@ def place_bounded(
             else:
                 spill.append(i)
         for i in spill:
-            n = _first_with_room(points, owners, bisect_left(points, hashes[i]), room)
-            if n is None:  # pragma: no cover - caps sum to more than the keys, so a node has room
+            target = _first_with_room(points, owners, bisect_left(points, hashes[i]), room)
+            if target is None:  # pragma: no cover - caps sum to more than the keys, so a node has room
                 raise NoCapacity("bounded loads left no room on the ring")
-            room[n] -= 1
-            chosen[i] = n
+            room[target] -= 1
+            chosen[i] = target
     placed = dict(zip(keys, chosen))
     if len(placed) != len(keys):
         raise InvalidInput("place_bounded: keys must be distinct")
@@ -500,20 +530,22 @@ def _first_with_room(
     return None
 
 
-def _comes_before(points: list[int], owners: list[str], slot: int, first: str, second: str) -> bool:
-    """Whether ``first`` appears before ``second`` clockwise from ``slot``."""
+def _met_before(points: list[int], owners: list[str], slot: int, stop: str,
+                wanted: Collection[str]) -> list[str]:
+    """Nodes of ``wanted`` met clockwise from ``slot`` before ``stop``, in that order."""
     size = len(points)
     j = slot % size
+    met: list[str] = []
     for _ in range(size):
         n = owners[j]
-        if n == first:
-            return True
-        if n == second:
-            return False
+        if n == stop:
+            break
+        if n in wanted and n not in met:
+            met.append(n)
         j += 1
         if j == size:
             j = 0
-    return False
+    return met
 
 
 def rebalance(
@@ -527,7 +559,8 @@ def rebalance(
     * Keys on nodes no longer on the ring move (``node-left``), each to the first node clockwise
       from it with room under its cap.
     * Keys stay where they are unless their node is gone or over its new cap; a node over its cap
-      sheds the excess (``rebalance``), keys whose first choice is now elsewhere first.
+      sheds the excess (``rebalance``), keys whose first choice is now elsewhere first, to the
+      first newcomer with room clockwise from each key.
     * Nodes that joined (``joined``; by default the ring's nodes holding no key) are brought up to
       their fair share ``floor(K * weight / total_weight)`` (``rebalance``), taking only keys
       whose preference now puts the newcomer before their current node, from the most loaded
@@ -535,7 +568,8 @@ def rebalance(
 
     Keys never move between two nodes that were there before and are still there, except when a
     node is over its cap and no newcomer has room. Caps are ``bounded_caps(ring, len(assignment),
-    load_factor)``. The result is sorted by key; each key moves at most once.
+    load_factor)``. Keys are considered in sorted order, so the result does not depend on the
+    mapping's order; it is sorted by key and each key moves at most once.
     """
     caps = bounded_caps(ring, len(assignment), load_factor)
     if not assignment:
@@ -543,11 +577,11 @@ def rebalance(
     points, owners = ring._arrays()
     if not owners:
         raise NoCapacity("the ring has no nodes")
-    # Sorted, so nothing depends on the mapping's iteration order.
     keys = sorted(assignment)
-    current = [assignment[k] for k in keys]
+    current = list(map(assignment.__getitem__, keys))
     hashes = list(map(_xxh64, map(_encode, keys)))
     first = ring._owners_of(hashes)
+    everyone = range(len(keys))
 
     loads = Counter(current)
     room = {n: caps[n] - loads.get(n, 0) for n in caps}
@@ -567,71 +601,73 @@ def rebalance(
         moves[i] = Migration(keys[i], source, target, reason)
         current[i] = target
 
+    def place(i: int, allowed: Collection[str] | None, reason: str) -> None:
+        target = _first_with_room(points, owners, bisect_left(points, hashes[i]), room, allowed)
+        if target is None:  # pragma: no cover - caps sum to more than the keys, so a node has room
+            raise NoCapacity("bounded loads left no room on the ring")
+        move(i, target, reason)
+
     # 1. Keys whose node left the ring.
-    for i, n in enumerate(current):
-        if n not in caps:
-            target = _first_with_room(points, owners, bisect_left(points, hashes[i]), room)
-            if target is None:  # pragma: no cover - caps sum to more than the keys
-                raise NoCapacity("bounded loads left no room on the ring")
-            move(i, target, REASON_NODE_LEFT)
+    for i in [i for i in everyone if current[i] not in caps]:
+        place(i, None, REASON_NODE_LEFT)
 
     # 2. Nodes over their (new) cap shed the excess, to a newcomer when one has room.
     over = sorted(n for n in caps if room[n] < 0)
     if over:
         held: dict[str, list[int]] = {n: [] for n in over}
-        for i, n in enumerate(current):
-            if n in held:
-                held[n].append(i)
+        for i in compress(everyone, map(held.__contains__, current)):
+            held[current[i]].append(i)
         for n in over:
             # Keys whose first choice is now another node go first; then by key.
-            ranked = sorted(held[n], key=lambda i, n=n: (first[i] == n, i))
+            stays_first = [first[i] == n for i in held[n]]
+            ranked = [i for _, i in sorted(zip(stays_first, held[n]))]
             for i in ranked[: -room[n]]:
-                target = None
-                if any(room[m] > 0 for m in newcomers):
-                    target = _first_with_room(points, owners, bisect_left(points, hashes[i]), room, newcomers)
-                if target is None:
-                    target = _first_with_room(points, owners, bisect_left(points, hashes[i]), room)
-                if target is None:  # pragma: no cover - caps sum to more than the keys
-                    raise NoCapacity("bounded loads left no room on the ring")
-                move(i, target, REASON_REBALANCE)
+                fits = [m for m in newcomers if room[m] > 0]
+                place(i, fits or None, REASON_REBALANCE)
 
     # 3. Newcomers up to their fair share, from keys that now prefer them.
-    if newcomers:
-        per_node, total_weight = _exact_weights(ring)
-        total = len(keys)
-        for y in sorted(newcomers):
-            need = min(caps[y], math.floor(total * per_node[y] / total_weight)) - loads.get(y, 0)
-            if need <= 0:
+    per_node, total_weight = _exact_weights(ring)
+    need = {y: min(caps[y], math.floor(len(keys) * per_node[y] / total_weight)) - loads.get(y, 0)
+            for y in newcomers}
+    hungry = {y for y, k in need.items() if k > 0}
+    if hungry:
+        # Tier 1: keys whose first choice is now the newcomer.
+        tier1: dict[str, list[int]] = {y: [] for y in hungry}
+        for i in compress(everyone, map(hungry.__contains__, first)):
+            if i not in moves and current[i] not in newcomers:
+                tier1[first[i]].append(i)
+        for y in sorted(hungry):
+            need[y] -= _take(tier1[y], need[y], y, current, loads, moves, move)
+        hungry = {y for y in hungry if need[y] > 0}
+    if hungry:
+        # Tier 2: keys that overflowed past their first choice and meet the newcomer before
+        # the node they are on.
+        tier2: dict[str, list[int]] = {y: [] for y in hungry}
+        for i in compress(everyone, map(str.__ne__, current, first)):
+            n = current[i]
+            if i in moves or n in newcomers:
                 continue
-            tier1 = [i for i, n in enumerate(first)
-                     if n == y and i not in moves and current[i] not in newcomers]
-            need -= _take(tier1, need, y, current, loads, move)
-            if need <= 0:
-                continue
-            # Keys not on their first choice (they overflowed) that meet y before their node.
-            tier2 = [i for i, n in enumerate(current)
-                     if n != first[i] and n not in newcomers and i not in moves and first[i] != y
-                     and _comes_before(points, owners, bisect_left(points, hashes[i]), y, n)]
-            _take(tier2, need, y, current, loads, move)
+            for y in _met_before(points, owners, bisect_left(points, hashes[i]), n, hungry):
+                tier2[y].append(i)
+        for y in sorted(hungry):
+            _take(tier2[y], need[y], y, current, loads, moves, move)
 
     return [moves[i] for i in sorted(moves)]
 
 
-def _take(candidates: list[int], need: int, target: str, current: list[str],
-          loads: Mapping[str, int], move: object) -> int:
+def _take(candidates: list[int], need: int, target: str, current: list[str], loads: Mapping[str, int],
+          moves: Mapping[int, Migration], move: Callable[[int, str, str], None]) -> int:
     """Move up to ``need`` of ``candidates`` to ``target``, always from the most loaded donor."""
-    if not candidates or need <= 0:
-        return 0
     by_donor: dict[str, list[int]] = {}
-    for i in candidates:  # candidates are in key order, so each donor's list is too
-        by_donor.setdefault(current[i], []).append(i)
+    for i in candidates:  # in key order, so each donor's list is too
+        if i not in moves:
+            by_donor.setdefault(current[i], []).append(i)
     heap = [(-loads[d], d, 0) for d in by_donor]
     heapq.heapify(heap)
     taken = 0
     while heap and taken < need:
         _, d, k = heapq.heappop(heap)
-        i = by_donor[d][k]
-        move(i, target, REASON_REBALANCE)  # type: ignore[operator]
+        move(by_donor[d][k], target, REASON_REBALANCE)
         taken += 1
         if k + 1 < len(by_donor[d]):
             heapq.heappush(heap, (-loads[d], d, k + 1))
@@ -663,7 +699,17 @@ def replicas(ring: HashRing, key: str, n: int, zone_of: Mapping[str, str]) -> li
 
 
 __all__ = [
-    "HASH_BITS", "HASH_SPACE", "DEFAULT_VNODES", "DEFAULT_LOAD_FACTOR", "REASON_NODE_LEFT",
-    "REASON_REBALANCE", "key_hash", "vnode_positions", "HashRing", "bounded_caps", "place_bounded",
-    "rebalance", "replicas",
+    "DEFAULT_LOAD_FACTOR",
+    "DEFAULT_VNODES",
+    "HASH_BITS",
+    "HASH_SPACE",
+    "REASON_NODE_LEFT",
+    "REASON_REBALANCE",
+    "HashRing",
+    "bounded_caps",
+    "key_hash",
+    "place_bounded",
+    "rebalance",
+    "replicas",
+    "vnode_positions",
 ]

@@ -1,0 +1,199 @@
+"""``canidae ring``: inspect and simulate the consistent-hash ring.
+
+``simulate`` runs entirely in memory on ``canidae.core.ring``: it builds a ring of made-up nodes,
+places made-up packs with bounded loads, then measures balance and how many packs move when
+nodes join or leave. It is the one place that times ring work for users (core never reads a
+clock). ``show`` and ``lookup`` need a running cluster and are not available yet.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Annotated, Any
+
+import typer
+from canidae.cli.output import PACK_METAVAR, JsonOption, console, emit
+from canidae.core.errors import InvalidInput, NotImplementedYet
+from canidae.core.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES, HashRing, place_bounded, rebalance
+from canidae.core.ringstats import balance, load_counts, movement
+from rich.table import Table
+
+app = typer.Typer(help="Inspect and simulate the consistent-hash ring", no_args_is_help=True,
+                  add_completion=False)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def _check(nodes: int, packs: int, vnodes: int, load_factor: float, zones: int, add: int,
+           remove: int) -> None:
+    if nodes <= 0:
+        raise InvalidInput(f"--nodes must be at least 1, got {nodes}")
+    if packs <= 0:
+        raise InvalidInput(f"--packs must be at least 1, got {packs}")
+    if vnodes < 1:
+        raise InvalidInput(f"--vnodes must be at least 1, got {vnodes}")
+    if not load_factor > 1:  # also rejects nan
+        raise InvalidInput(f"--load-factor must be greater than 1, got {load_factor}")
+    if zones < 1:
+        raise InvalidInput(f"--zones must be at least 1, got {zones}")
+    if add < 0:
+        raise InvalidInput(f"--add must not be negative, got {add}")
+    if remove < 0:
+        raise InvalidInput(f"--remove must not be negative, got {remove}")
+    if remove >= nodes:
+        raise InvalidInput(f"--remove must be less than --nodes ({nodes}), got {remove}")
+
+
+def simulate_ring(nodes: int, packs: int, vnodes: int = DEFAULT_VNODES,
+                  load_factor: float = DEFAULT_LOAD_FACTOR, zones: int = 1, add: int = 0,
+                  remove: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Run the simulation and return its report (the ``--json`` document)."""
+    _check(nodes, packs, vnodes, load_factor, zones, add, remove)
+    width = max(4, len(str(nodes + add - 1)))
+    ids = [f"n{i:0{width}d}" for i in range(nodes + add)]
+    zone_of = {n: f"z{i % zones}" for i, n in enumerate(ids)}
+    original, joining = ids[:nodes], ids[nodes:]
+    rng = random.Random(seed)
+    # Distinct pack names drawn from the seed.
+    names = [f"pack-{x:012x}" for x in rng.sample(range(1 << 48), packs)]
+    leaving = sorted(random.Random(seed).sample(original, remove))
+
+    t0 = time.perf_counter()
+    ring = HashRing(vnodes)
+    for n in original:
+        ring.add_node(n)
+    ring.build_index()
+    t1 = time.perf_counter()
+    placed = place_bounded(ring, names, load_factor)
+    t2 = time.perf_counter()
+
+    # Nodes join: rebalance, then take them out again to get back the original ring.
+    t3 = time.perf_counter()
+    for n in joining:
+        ring.add_node(n)
+    add_moves = rebalance(ring, placed, load_factor) if joining else []
+    t4 = time.perf_counter()
+    after_add = dict(placed)
+    for m in add_moves:
+        after_add[m.pack] = m.target
+    add_balance = balance(load_counts(after_add, ring.nodes()))
+    for n in joining:
+        ring.remove_node(n)
+
+    # Nodes leave (from the original ring, separately).
+    t5 = time.perf_counter()
+    for n in leaving:
+        ring.remove_node(n)
+    remove_moves = rebalance(ring, placed, load_factor) if leaving else []
+    t6 = time.perf_counter()
+    after_remove = dict(placed)
+    for m in remove_moves:
+        after_remove[m.pack] = m.target
+    remove_balance = balance(load_counts(after_remove, ring.nodes()))
+
+    gone = set(leaving)
+    add_move = movement(placed, after_add, set(original), packs * add / (nodes + add))
+    remove_move = movement(placed, after_remove, set(original) - gone,
+                           float(sum(1 for n in placed.values() if n in gone)))
+    loads = load_counts(placed, original)
+    zone_packs: dict[str, int] = {}
+    zone_nodes: dict[str, int] = {}
+    for n in original:
+        z = zone_of[n]
+        zone_packs[z] = zone_packs.get(z, 0) + loads[n]
+        zone_nodes[z] = zone_nodes.get(z, 0) + 1
+    return {
+        "nodes": nodes, "packs": packs, "vnodes": vnodes, "load_factor": load_factor,
+        "zones": zones, "seed": seed,
+        "balance": balance(loads).to_dict(),
+        "max_load": max(loads.values()), "min_load": min(loads.values()),
+        "per_zone": [{"zone": z, "nodes": zone_nodes[z], "packs": zone_packs[z]}
+                     for z in sorted(zone_nodes, key=lambda z: int(z[1:]))],
+        "add": {"nodes": add, **add_move.to_dict(), "balance": add_balance.to_dict()},
+        "remove": {"nodes": remove, "removed": leaving, **remove_move.to_dict(),
+                   "balance": remove_balance.to_dict()},
+        "timings_ms": {"build": _ms(t1 - t0), "place": _ms(t2 - t1),
+                       "rebalance": _ms((t4 - t3) + (t6 - t5)),
+                       "rebalance_add": _ms(t4 - t3), "rebalance_remove": _ms(t6 - t5)},
+    }
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _render(report: dict[str, Any]) -> None:
+    head = Table(title=(f"ring simulate: {report['nodes']} nodes, {report['packs']} packs, "
+                        f"{report['vnodes']} vnodes, c={report['load_factor']}, "
+                        f"{report['zones']} zone(s), seed {report['seed']}"))
+    for col in ("", "max/mean", "min/mean", "stddev/mean"):
+        head.add_column(col, justify="right" if col else "left")
+    for label, b in (("placed", report["balance"]), (f"after +{report['add']['nodes']} nodes",
+                                                     report["add"]["balance"]),
+                     (f"after -{report['remove']['nodes']} nodes", report["remove"]["balance"])):
+        head.add_row(label, f"{b['max_over_mean']:.3f}", f"{b['min_over_mean']:.3f}",
+                     f"{b['stddev_over_mean']:.3f}")
+    console.print(head)
+
+    moves = Table(title="movement")
+    for col in ("", "nodes", "moved", "optimum", "ratio", "between survivors"):
+        moves.add_column(col, justify="right" if col else "left")
+    for label in ("add", "remove"):
+        m = report[label]
+        moves.add_row(label, str(m["nodes"]), str(m["moved"]), f"{m['optimum']:.1f}", _ratio(m["ratio"]),
+                      str(m["between_survivors"]))
+    console.print(moves)
+
+    t = report["timings_ms"]
+    times = Table(title="timings (ms)")
+    for col in ("build", "place", "rebalance (add)", "rebalance (remove)"):
+        times.add_column(col, justify="right")
+    times.add_row(f"{t['build']:.1f}", f"{t['place']:.1f}", f"{t['rebalance_add']:.1f}",
+                  f"{t['rebalance_remove']:.1f}")
+    console.print(times)
+    if report["zones"] > 1:
+        zt = Table(title="packs per zone")
+        for col in ("zone", "nodes", "packs"):
+            zt.add_column(col, justify="right")
+        for z in report["per_zone"]:
+            zt.add_row(z["zone"], str(z["nodes"]), str(z["packs"]))
+        console.print(zt)
+
+
+@app.command("simulate")
+def simulate(
+    nodes: Annotated[int, typer.Option("--nodes", metavar="N", help="Nodes on the ring (ids n0000...).")],
+    packs: Annotated[int, typer.Option("--packs", metavar="K", help="Packs to place (names drawn from the seed).")],
+    vnodes: Annotated[int, typer.Option("--vnodes", metavar="V", help="Virtual nodes per node.")] = DEFAULT_VNODES,
+    load_factor: Annotated[
+        float, typer.Option("--load-factor", metavar="C", help="Bounded loads: no node above C times its fair share.")
+    ] = DEFAULT_LOAD_FACTOR,
+    zones: Annotated[int, typer.Option("--zones", metavar="Z", help="Zones (z0...), nodes dealt round-robin.")] = 1,
+    add: Annotated[int, typer.Option("--add", metavar="A", help="Nodes joining after placement.")] = 0,
+    remove: Annotated[
+        int, typer.Option("--remove", metavar="R", help="Nodes leaving (chosen from the seed), separately from --add.")
+    ] = 0,
+    seed: Annotated[int, typer.Option("--seed", metavar="S", help="Seed for pack names and leaving nodes.")] = 0,
+    json: JsonOption = False,
+) -> None:
+    """Place packs on an in-memory ring, then report balance, movement on join/leave, and timings."""
+    report = simulate_ring(nodes, packs, vnodes, load_factor, zones, add, remove, seed)
+    emit(report, json, lambda: _render(report))
+
+
+@app.command("show")
+def show(json: JsonOption = False) -> None:
+    """Show the cluster's ring: nodes, weights and shares of the hash space."""
+    raise NotImplementedYet("ring show needs a running cluster; not available yet")
+
+
+@app.command("lookup")
+def lookup(
+    name: Annotated[str, typer.Argument(metavar=PACK_METAVAR, help="Pack name to look up.")],
+    json: JsonOption = False,
+) -> None:
+    """Show where NAME lands on the cluster's ring, and its preference list."""
+    raise NotImplementedYet("ring lookup needs a running cluster; not available yet")
