@@ -47,7 +47,7 @@ def fresh(nodes: list[Node]) -> Scheduler:
 def place_all(sched: Scheduler, specs: list[PackSpec], batch: int) -> dict[str, str]:
     where: dict[str, str] = {}
     for i in range(0, len(specs), batch):
-        plan = sched.place(specs[i:i + batch], seed=i)
+        plan = sched.place(specs[i : i + batch], seed=i)
         if plan.unplaced:
             raise SystemExit(f"unexpected unplaced pack: {plan.unplaced[0]}")
         where.update((p.pack, p.node) for p in plan.placements)
@@ -104,10 +104,13 @@ def run_size(n_nodes: int, repeat: int) -> dict[str, Any]:
             runs.append(time.perf_counter() - t)
         counts = Counter(where.values())
         mean = PACKS / n_nodes
-        out[label] = {"best_s": round(min(runs), 4), "median_s": round(statistics.median(runs), 4),
-                      "us_per_pack": round(min(runs) / PACKS * 1e6, 2),
-                      "max_over_mean": round(max(counts.values()) / mean, 4),
-                      "min_over_mean": round(min(counts.get(n.id, 0) for n in nodes) / mean, 4)}
+        out[label] = {
+            "best_s": round(min(runs), 4),
+            "median_s": round(statistics.median(runs), 4),
+            "us_per_pack": round(min(runs) / PACKS * 1e6, 2),
+            "max_over_mean": round(max(counts.values()) / mean, 4),
+            "min_over_mean": round(min(counts.get(n.id, 0) for n in nodes) / mean, 4),
+        }
 
     # Failures and joins, each from a freshly filled fleet.
     def one_node() -> tuple[int, float]:
@@ -135,12 +138,18 @@ def run_size(n_nodes: int, repeat: int) -> dict[str, Any]:
         return len(moves), time.perf_counter() - t
 
     steps: tuple[tuple[str, Callable[[], tuple[int, float]]], ...] = (
-        ("node_failure", one_node), ("zone_failure", one_zone), ("join_20_rebalance", join))
+        ("node_failure", one_node),
+        ("zone_failure", one_zone),
+        ("join_20_rebalance", join),
+    )
     for label, fn in steps:
         results = [fn() for _ in range(repeat)]
         times = [r[1] for r in results]
-        out[label] = {"packs_moved": results[-1][0], "best_s": round(min(times), 4),
-                      "median_s": round(statistics.median(times), 4)}
+        out[label] = {
+            "packs_moved": results[-1][0],
+            "best_s": round(min(times), 4),
+            "median_s": round(statistics.median(times), 4),
+        }
     return out
 
 
@@ -164,23 +173,39 @@ def main() -> None:
     if args.profile:
         profile(2000)
         return
-    report: dict[str, Any] = {"python": sys.version.split()[0], "load_factor": 1.25, "vnodes": 160, "batch": BATCH,
-              "sizes": [run_size(n, args.repeat) for n in (1000, 2000)]}
+    report: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "load_factor": 1.25,
+        "vnodes": 160,
+        "batch": BATCH,
+        "sizes": [run_size(n, args.repeat) for n in (1000, 2000)],
+    }
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"scheduler bench: {PACKS:,} packs of 100m/64MiB, load factor 1.25, 160 vnodes, "
-          f"best (median) of {args.repeat}, Python {report['python']}")
+    print(
+        f"scheduler bench: {PACKS:,} packs of 100m/64MiB, load factor 1.25, 160 vnodes, "
+        f"best (median) of {args.repeat}, Python {report['python']}"
+    )
     for r in report["sizes"]:
         print(f"\n{r['nodes']:,} nodes (3 zones x 4 regions x 10 cells)")
-        print(f"  setup (add nodes, lay out rings)   {r['setup_s']['best']:.3f} s ({r['setup_s']['median']:.3f})")
-        for label, name in (("batches_of_1000", "place, 100 calls of 1,000"), ("one_call", "place, 1 call of 100,000")):
+        print(
+            f"  setup (add nodes, lay out rings)   {r['setup_s']['best']:.3f} s ({r['setup_s']['median']:.3f})"
+        )
+        for label, name in (
+            ("batches_of_1000", "place, 100 calls of 1,000"),
+            ("one_call", "place, 1 call of 100,000"),
+        ):
             x = r[label]
-            print(f"  {name:<34} {x['best_s']:.3f} s ({x['median_s']:.3f})  {x['us_per_pack']:.1f} us/pack  "
-                  f"max/mean {x['max_over_mean']:.3f}  min/mean {x['min_over_mean']:.3f}")
-        for label, name in (("node_failure", "re-place 1 failed node's packs"),
-                            ("zone_failure", "re-place a failed zone's packs"),
-                            ("join_20_rebalance", "join 20 nodes + rebalance_plan")):
+            print(
+                f"  {name:<34} {x['best_s']:.3f} s ({x['median_s']:.3f})  {x['us_per_pack']:.1f} us/pack  "
+                f"max/mean {x['max_over_mean']:.3f}  min/mean {x['min_over_mean']:.3f}"
+            )
+        for label, name in (
+            ("node_failure", "re-place 1 failed node's packs"),
+            ("zone_failure", "re-place a failed zone's packs"),
+            ("join_20_rebalance", "join 20 nodes + rebalance_plan"),
+        ):
             x = r[label]
             print(f"  {name:<34} {x['best_s']:.3f} s ({x['median_s']:.3f})  {x['packs_moved']:,} packs moved")
 

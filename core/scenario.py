@@ -44,24 +44,36 @@ EXPECT_KEYS = ("placed", "unplaced", "packs", "nodes", "ready", "down", "cordone
 
 # Per operation: the options it accepts, whether it takes a positional count, and its required options.
 _OPS: dict[str, tuple[frozenset[str], bool, frozenset[str]]] = {
-    "topology": (frozenset({"zones", "regions", "cells", "nodes", "cpu", "mem", "packs", "load", "vnodes"}),
-                 False, frozenset({"zones", "regions", "cells", "nodes", "cpu", "mem", "packs"})),
-    "spawn": (frozenset({"cpu", "mem", "prefix", "zone", "region", "cell", "node", "spread", "group", "over",
-                         "batch"}), True, frozenset()),
+    "topology": (
+        frozenset({"zones", "regions", "cells", "nodes", "cpu", "mem", "packs", "load", "vnodes"}),
+        False,
+        frozenset({"zones", "regions", "cells", "nodes", "cpu", "mem", "packs"}),
+    ),
+    "spawn": (
+        frozenset(
+            {"cpu", "mem", "prefix", "zone", "region", "cell", "node", "spread", "group", "over", "batch"}
+        ),
+        True,
+        frozenset(),
+    ),
     "kill": (frozenset({"node", "count", "zone", "region", "cell"}), False, frozenset()),
     "revive": (frozenset({"node", "zone"}), False, frozenset()),
     "cordon": (frozenset({"node", "count"}), False, frozenset({"node"})),
     "uncordon": (frozenset({"node"}), False, frozenset({"node"})),
-    "join": (frozenset({"nodes", "zone", "region", "cell", "cpu", "mem", "packs", "weight"}), False,
-             frozenset({"nodes"})),
+    "join": (
+        frozenset({"nodes", "zone", "region", "cell", "cpu", "mem", "packs", "weight"}),
+        False,
+        frozenset({"nodes"}),
+    ),
     "stop": (frozenset({"count"}), False, frozenset({"count"})),
     "advance": (frozenset(), True, frozenset()),
     "check": (frozenset(), False, frozenset()),
     "expect": (frozenset(EXPECT_KEYS), False, frozenset()),
 }
 
-_INT_KEYS = frozenset({"zones", "regions", "cells", "nodes", "cpu", "mem", "packs", "vnodes", "count", "over",
-                       "batch"})
+_INT_KEYS = frozenset(
+    {"zones", "regions", "cells", "nodes", "cpu", "mem", "packs", "vnodes", "count", "over", "batch"}
+)
 _FLOAT_KEYS = frozenset({"load", "weight"})
 _NAME_KEYS = frozenset({"prefix", "zone", "group"})
 
@@ -92,7 +104,9 @@ def parse_scenario(text: str) -> list[Step]:
     if not steps:
         raise InvalidInput("the scenario is empty: it needs at least a topology line")
     if steps[0].op != "topology":
-        raise InvalidInput(f"line {steps[0].line}: the scenario must start with a topology line, not {steps[0].op}")
+        raise InvalidInput(
+            f"line {steps[0].line}: the scenario must start with a topology line, not {steps[0].op}"
+        )
     for s in steps[1:]:
         if s.op == "topology":
             raise InvalidInput(f"line {s.line}: only one topology line is allowed")
@@ -105,7 +119,9 @@ def parse_line(line: str, number: int = 0) -> Step:
     words = line.split()
     op = words[0].lower()
     if op not in _OPS:
-        raise InvalidInput(f"{where}unknown operation {words[0]!r} (expected one of {', '.join(sorted(_OPS))})")
+        raise InvalidInput(
+            f"{where}unknown operation {words[0]!r} (expected one of {', '.join(sorted(_OPS))})"
+        )
     allowed, positional, required = _OPS[op]
     count: int | None = None
     args: dict[str, Any] = {}
@@ -127,7 +143,9 @@ def parse_line(line: str, number: int = 0) -> Step:
             raise InvalidInput(f"{where}expected key=value, got {word!r}")
         key, _, value = word.partition("=")
         if key not in allowed:
-            raise InvalidInput(f"{where}{op} takes no option {key!r} (it takes {', '.join(sorted(allowed)) or 'none'})")
+            raise InvalidInput(
+                f"{where}{op} takes no option {key!r} (it takes {', '.join(sorted(allowed)) or 'none'})"
+            )
         if key in args:
             raise InvalidInput(f"{where}{key} is given twice")
         args[key] = _value(key, value, where)
@@ -223,9 +241,12 @@ def _check_step(op: str, args: Mapping[str, Any], expect: Mapping[str, Any], whe
             raise InvalidInput(f"{where}join nodes must be at least 1")
         if "weight" in args and not args["weight"] > 0:
             raise InvalidInput(f"{where}weight must be positive")
-        if ("region" in args or "cell" in args) and not ("zone" in args and "region" in args and "cell" in args):
-            raise InvalidInput(f"{where}join places new nodes in zone=, region= and cell= together (or zone= "
-                               "alone, or none)")
+        if ("region" in args or "cell" in args) and not (
+            "zone" in args and "region" in args and "cell" in args
+        ):
+            raise InvalidInput(
+                f"{where}join places new nodes in zone=, region= and cell= together (or zone= alone, or none)"
+            )
     elif op == "expect" and not expect:
         raise InvalidInput(f"{where}expect needs at least one key=value")
 

@@ -57,6 +57,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from fractions import Fraction
 from itertools import chain
+from typing import Any
 
 import xxhash
 from canidae.core.errors import InvalidInput, NoCapacity, NotFound
@@ -136,8 +137,11 @@ class _Slot:
         """Free capacity counted into group aggregates: only READY nodes offer any."""
         if not self.ready:
             return (0, 0, 0)
-        return (max(0, self.cap_cpu - self.used_cpu), max(0, self.cap_mem - self.used_mem),
-                max(0, self.cap_packs - self.used_packs))
+        return (
+            max(0, self.cap_cpu - self.used_cpu),
+            max(0, self.cap_mem - self.used_mem),
+            max(0, self.cap_packs - self.used_packs),
+        )
 
 
 class _Group:
@@ -175,7 +179,9 @@ class _Group:
         self.is_cell = level == "cell"
         self.depth: int = 0 if parent is None else parent.depth + 1  # which of the key's hashes to use
         self.parent = parent
-        self.children: dict[str, _Group | _Slot] = {}
+        # Groups under the fleet, zones and regions; slots (nodes) in a cell. Any, not a union:
+        # the hot path knows which one it holds from ``is_cell`` and must not pay for isinstance.
+        self.children: dict[str, Any] = {}
         self.ring = HashRing(vnodes=vnodes if level == "cell" else vnodes * GROUP_VNODE_FACTOR)
         self.on_ring: dict[str, float] = {}  # child name -> its weight on the ring
         # The ring's sorted points and owners, read once per change rather than once per walk.
@@ -221,8 +227,12 @@ class Scheduler:
     """Long-lived, incrementally updated placement over the fleet (see the module docstring)."""
 
     def __init__(self, load_factor: float = 1.25, vnodes: int = 160) -> None:
-        if isinstance(load_factor, bool) or not isinstance(load_factor, (int, float)) \
-                or not math.isfinite(load_factor) or load_factor <= 1.0:
+        if (
+            isinstance(load_factor, bool)
+            or not isinstance(load_factor, (int, float))
+            or not math.isfinite(load_factor)
+            or load_factor <= 1.0
+        ):
             raise InvalidInput(f"load factor must be a number above 1.0, got {load_factor!r}")
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
             raise InvalidInput(f"vnodes must be a positive integer, got {vnodes!r}")
@@ -232,10 +242,10 @@ class Scheduler:
         self._cn, self._cd = c.numerator, c.denominator
         self.vnodes = vnodes
         self._root = _Group("", "", "fleet", None, vnodes)
-        self._groups: dict[str, _Group] = {}   # scoped id -> zone, region or cell
+        self._groups: dict[str, _Group] = {}  # scoped id -> zone, region or cell
         self._slots: dict[str, _Slot] = {}
-        self._stale: dict[str, _Group] = {}    # groups whose ring lags their children's weights
-        self._reread: dict[str, _Group] = {}   # groups whose ring changed since pts/own were read
+        self._stale: dict[str, _Group] = {}  # groups whose ring lags their children's weights
+        self._reread: dict[str, _Group] = {}  # groups whose ring changed since pts/own were read
         # Spread accounting: (spread level, spread group) -> level group id -> packs placed there.
         self._spread: dict[tuple[str, str], dict[str, int]] = {}
 
@@ -342,8 +352,10 @@ class Scheduler:
 
     def topology(self) -> Topology:
         """An immutable view of the fleet with the current usage (``InvalidInput`` with no nodes)."""
-        return Topology((s.node for s in self._slots.values()),
-                        {k: Resources(s.used_cpu, s.used_mem, s.used_packs) for k, s in self._slots.items()})
+        return Topology(
+            (s.node for s in self._slots.values()),
+            {k: Resources(s.used_cpu, s.used_mem, s.used_packs) for k, s in self._slots.items()},
+        )
 
     def spread_counts(self, level: Level, group: str | None) -> dict[str, int]:
         """Packs of a spread group per group of ``level`` (sorted ids), as reservations told us."""
@@ -376,8 +388,9 @@ class Scheduler:
                 if shape in failed:
                     unplaced.append(Unplaced(spec.name, failed[shape]))
                     continue
-            if c is NO_CONSTRAINTS or (c.zone is None and c.region is None and c.cell is None
-                                       and c.node is None and c.spread is None):
+            if c is NO_CONSTRAINTS or (
+                c.zone is None and c.region is None and c.cell is None and c.node is None and c.spread is None
+            ):
                 hs = _hashes(spec.name)
                 slot = None
                 if root.wq:
@@ -407,8 +420,9 @@ class Scheduler:
             placements.append(Placement(spec.name, slot.id))
         return Plan(tuple(placements), tuple(unplaced))
 
-    def _first_choice(self, hs: _Hashes, cpu: int, mem: int, exclude: frozenset[str], kn: int, kd: int
-                      ) -> _Slot | None:
+    def _first_choice(
+        self, hs: _Hashes, cpu: int, mem: int, exclude: frozenset[str], kn: int, kd: int
+    ) -> _Slot | None:
         """The fast path of the first pass: every level's first choice, if all of them qualify."""
         g = self._root
         for depth in (0, 1, 2):
@@ -416,22 +430,31 @@ class Scheduler:
             if not points:
                 return None
             child = g.children[owners[bisect_left(points, hs[depth])]]
-            if (child.free_cpu < cpu or child.free_mem < mem or child.free_packs < 1  # type: ignore[union-attr]
-                    or child.packs * kd >= kn * child.wq):  # type: ignore[union-attr]
+            if (
+                child.free_cpu < cpu
+                or child.free_mem < mem
+                or child.free_packs < 1
+                or child.packs * kd >= kn * child.wq
+            ):
                 return None
-            g = child  # type: ignore[assignment]
+            g = child
         points, owners = g.pts, g.own
         if not points:
             return None
         s = g.children[owners[bisect_left(points, hs[3])]]
-        if (s.used_packs * kd < kn * s.wq and cpu <= s.cap_cpu - s.used_cpu  # type: ignore[union-attr]
-                and mem <= s.cap_mem - s.used_mem and s.used_packs < s.cap_packs  # type: ignore[union-attr]
-                and s.id not in exclude):
-            return s  # type: ignore[return-value]
+        if (
+            s.used_packs * kd < kn * s.wq
+            and cpu <= s.cap_cpu - s.used_cpu
+            and mem <= s.cap_mem - s.used_mem
+            and s.used_packs < s.cap_packs
+            and s.id not in exclude
+        ):
+            return s
         return None
 
-    def _choose_constrained(self, spec: PackSpec, exclude: frozenset[str],
-                            scopes: dict[_ScopeKey, list[_Group] | None]) -> _Slot | None:
+    def _choose_constrained(
+        self, spec: PackSpec, exclude: frozenset[str], scopes: dict[_ScopeKey, list[_Group] | None]
+    ) -> _Slot | None:
         c = spec.constraints
         res = spec.resources
         if c.node is not None:
@@ -450,8 +473,9 @@ class Scheduler:
             return self._choose_spread(spec, hs, scope, exclude)
         return self._choose_in(hs, res.cpu, res.mem, self._rank(scope, hs), exclude)
 
-    def _choose_in(self, hs: _Hashes, cpu: int, mem: int, roots: list[_Group], exclude: frozenset[str]
-                   ) -> _Slot | None:
+    def _choose_in(
+        self, hs: _Hashes, cpu: int, mem: int, roots: list[_Group], exclude: frozenset[str]
+    ) -> _Slot | None:
         """The three passes over ``roots`` (in ring order; see the module docstring)."""
         wq = 0
         packs = 0
@@ -481,8 +505,17 @@ class Scheduler:
                     best = slot
         return best
 
-    def _walk(self, g: _Group, hs: _Hashes, cpu: int, mem: int, exclude: frozenset[str], kn: int, kd: int,
-              group_bound: bool) -> _Slot | None:
+    def _walk(
+        self,
+        g: _Group,
+        hs: _Hashes,
+        cpu: int,
+        mem: int,
+        exclude: frozenset[str],
+        kn: int,
+        kd: int,
+        group_bound: bool,
+    ) -> _Slot | None:
         """The first node under ``g``, depth first in ring order, that fits and is under its bound."""
         points, owners = g.pts, g.own
         if not points:
@@ -492,36 +525,54 @@ class Scheduler:
         if g.is_cell:
             # The common case: the first choice takes it. Only then is a preference walk built.
             s = children[first]
-            if (s.used_packs * kd < kn * s.wq and cpu <= s.cap_cpu - s.used_cpu  # type: ignore[union-attr]
-                    and mem <= s.cap_mem - s.used_mem and s.used_packs < s.cap_packs  # type: ignore[union-attr]
-                    and s.id not in exclude):
-                return s  # type: ignore[return-value]
+            if (
+                s.used_packs * kd < kn * s.wq
+                and cpu <= s.cap_cpu - s.used_cpu
+                and mem <= s.cap_mem - s.used_mem
+                and s.used_packs < s.cap_packs
+                and s.id not in exclude
+            ):
+                return s
             for nid in _prefer(g, hs[g.depth]):
                 s = children[nid]
-                if (s.used_packs * kd < kn * s.wq and cpu <= s.cap_cpu - s.used_cpu  # type: ignore[union-attr]
-                        and mem <= s.cap_mem - s.used_mem and s.used_packs < s.cap_packs  # type: ignore[union-attr]
-                        and s.id not in exclude):
-                    return s  # type: ignore[return-value]
+                if (
+                    s.used_packs * kd < kn * s.wq
+                    and cpu <= s.cap_cpu - s.used_cpu
+                    and mem <= s.cap_mem - s.used_mem
+                    and s.used_packs < s.cap_packs
+                    and s.id not in exclude
+                ):
+                    return s
             return None
         child = children[first]
-        if (child.free_cpu >= cpu and child.free_mem >= mem and child.free_packs >= 1  # type: ignore[union-attr]
-                and (not group_bound or child.packs * kd < kn * child.wq)):  # type: ignore[union-attr]
-            slot = self._walk(child, hs, cpu, mem, exclude, kn, kd, group_bound)  # type: ignore[arg-type]
+        if (
+            child.free_cpu >= cpu
+            and child.free_mem >= mem
+            and child.free_packs >= 1
+            and (not group_bound or child.packs * kd < kn * child.wq)
+        ):
+            slot = self._walk(child, hs, cpu, mem, exclude, kn, kd, group_bound)
             if slot is not None:
                 return slot
         for cid in _prefer(g, hs[g.depth]):
             if cid == first:
                 continue
             child = children[cid]
-            if (child.free_cpu < cpu or child.free_mem < mem or child.free_packs < 1  # type: ignore[union-attr]
-                    or (group_bound and child.packs * kd >= kn * child.wq)):  # type: ignore[union-attr]
+            if (
+                child.free_cpu < cpu
+                or child.free_mem < mem
+                or child.free_packs < 1
+                or (group_bound and child.packs * kd >= kn * child.wq)
+            ):
                 continue
-            slot = self._walk(child, hs, cpu, mem, exclude, kn, kd, group_bound)  # type: ignore[arg-type]
+            slot = self._walk(child, hs, cpu, mem, exclude, kn, kd, group_bound)
             if slot is not None:
                 return slot
         return None
 
-    def _feasible(self, g: _Group, hs: _Hashes, cpu: int, mem: int, exclude: frozenset[str]) -> Iterator[_Slot]:
+    def _feasible(
+        self, g: _Group, hs: _Hashes, cpu: int, mem: int, exclude: frozenset[str]
+    ) -> Iterator[_Slot]:
         """Every node under ``g`` that fits, in ring order."""
         for cid in _prefer(g, hs[g.depth]):
             child = g.children[cid]
@@ -531,8 +582,9 @@ class Scheduler:
             elif child.free_cpu >= cpu and child.free_mem >= mem and child.free_packs >= 1:
                 yield from self._feasible(child, hs, cpu, mem, exclude)
 
-    def _choose_spread(self, spec: PackSpec, hs: _Hashes, scope: list[_Group], exclude: frozenset[str]
-                       ) -> _Slot | None:
+    def _choose_spread(
+        self, spec: PackSpec, hs: _Hashes, scope: list[_Group], exclude: frozenset[str]
+    ) -> _Slot | None:
         c = spec.constraints
         assert c.spread is not None
         level = c.spread.value
@@ -571,16 +623,21 @@ class Scheduler:
             return scope
         orders: dict[str, dict[str, int]] = {}
 
-        def rank_in(parent: _Group, name: str) -> int:
+        def rank_in(g: _Group) -> int:
+            parent, name = g.parent, g.name
+            assert parent is not None  # path() holds no root
             order = orders.get(parent.id)
             if order is None:
                 order = orders[parent.id] = {
-                    cid: i for i, cid in enumerate(_prefer(parent, hs[parent.depth]))}
+                    cid: i for i, cid in enumerate(_prefer(parent, hs[parent.depth]))
+                }
             # A group with no READY node is on no ring: it goes last, it cannot take anything.
             return order.get(name, len(parent.children) + 1)
 
-        return sorted(scope, key=lambda g: [rank_in(a.parent, a.name) for a in g.path()  # type: ignore[arg-type]
-                                            ] + [0])
+        return sorted(
+            scope,
+            key=lambda g: [rank_in(a) for a in g.path()],
+        )
 
     def _scope(self, c: Constraints) -> list[_Group] | None:
         """The groups a pack is pinned under (``[root]`` when unpinned); None when none matches.
@@ -622,8 +679,10 @@ class Scheduler:
             if not _in_scope(slot, c):
                 return (f"node {c.node} is in {slot.node.location.at(Level.CELL)}, outside {_pins(c)}",)
             lacks = _lack_list(slot, res.cpu, res.mem, exclude)
-            return (f"node {c.node}: " + (", ".join(w.replace("were ", "is ") for w in lacks)
-                                         if lacks else "has room"),)
+            return (
+                f"node {c.node}: "
+                + (", ".join(w.replace("were ", "is ") for w in lacks) if lacks else "has room"),
+            )
         scope = self._scope(c)
         if scope is None:
             narrowest = "cell" if c.cell is not None else "region" if c.region is not None else "zone"
@@ -637,15 +696,21 @@ class Scheduler:
         out: list[str] = []
         for zone in sorted(by_zone):
             tally = by_zone[zone]
-            parts = [f"{n} {'node' if n == 1 else 'nodes'} {why}"
-                     for why, n in sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))]
+            parts = [
+                f"{n} {'node' if n == 1 else 'nodes'} {why}"
+                for why, n in sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
+            ]
             out.append(f"zone {zone}: " + (", ".join(parts) if parts else "every node had room"))
         return tuple(out)
 
     # ------------------------------------------------------------------ rebalancing
 
-    def rebalance_plan(self, assignment: Mapping[str, str], specs: Mapping[str, PackSpec],
-                       newcomers: Iterable[str] | None = None) -> list[Migration]:
+    def rebalance_plan(
+        self,
+        assignment: Mapping[str, str],
+        specs: Mapping[str, PackSpec],
+        newcomers: Iterable[str] | None = None,
+    ) -> list[Migration]:
         """Moves that fill newcomers up to their fair share; nothing moves between other nodes.
 
         ``assignment`` maps pack name -> node id (packs holding a reservation), ``specs`` pack
@@ -695,8 +760,11 @@ class Scheduler:
             if not _fits(target, spec.resources.cpu, spec.resources.mem, frozenset()):
                 continue
             src = self._slots.get(source)
-            if c.spread is not None and src is not None and \
-                    src.node.location.at(c.spread) != target.node.location.at(c.spread):
+            if (
+                c.spread is not None
+                and src is not None
+                and src.node.location.at(c.spread) != target.node.location.at(c.spread)
+            ):
                 continue
             if src is not None:
                 self.release(source, spec.resources, spec)
@@ -828,12 +896,12 @@ class Scheduler:
 
 
 def _sorted_groups(g: _Group) -> list[_Group]:
-    return [g.children[k] for k in sorted(g.children)]  # type: ignore[misc]
+    return [g.children[k] for k in sorted(g.children)]
 
 
 def _slots_under(g: _Group) -> list[_Slot]:
     if g.is_cell:
-        return [g.children[k] for k in sorted(g.children)]  # type: ignore[misc]
+        return [g.children[k] for k in sorted(g.children)]
     out: list[_Slot] = []
     for child in _sorted_groups(g):
         out.extend(_slots_under(child))
@@ -841,14 +909,22 @@ def _slots_under(g: _Group) -> list[_Slot]:
 
 
 def _fits(s: _Slot, cpu: int, mem: int, exclude: frozenset[str]) -> bool:
-    return (s.ready and cpu <= s.cap_cpu - s.used_cpu and mem <= s.cap_mem - s.used_mem
-            and s.used_packs < s.cap_packs and s.id not in exclude)
+    return (
+        s.ready
+        and cpu <= s.cap_cpu - s.used_cpu
+        and mem <= s.cap_mem - s.used_mem
+        and s.used_packs < s.cap_packs
+        and s.id not in exclude
+    )
 
 
 def _in_scope(slot: _Slot, c: Constraints) -> bool:
     loc = slot.node.location
-    return ((c.zone is None or loc.zone == c.zone) and (c.region is None or loc.region == c.region)
-            and (c.cell is None or loc.cell == c.cell))
+    return (
+        (c.zone is None or loc.zone == c.zone)
+        and (c.region is None or loc.region == c.region)
+        and (c.cell is None or loc.cell == c.cell)
+    )
 
 
 def _lack_list(s: _Slot, cpu: int, mem: int, exclude: frozenset[str]) -> list[str]:
@@ -867,7 +943,9 @@ def _lack_list(s: _Slot, cpu: int, mem: int, exclude: frozenset[str]) -> list[st
 
 
 def _pins(c: Constraints) -> str:
-    return " ".join(f"{k}={v}" for k in ("zone", "region", "cell", "node") if (v := getattr(c, k)) is not None)
+    return " ".join(
+        f"{k}={v}" for k in ("zone", "region", "cell", "node") if (v := getattr(c, k)) is not None
+    )
 
 
 def require_placed(plan: Plan) -> Plan:
@@ -875,8 +953,10 @@ def require_placed(plan: Plan) -> Plan:
     if plan.unplaced:
         first = plan.unplaced[0]
         more = f" (and {len(plan.unplaced) - 1} more)" if len(plan.unplaced) > 1 else ""
-        raise NoCapacity(f"pack {first.pack} fits nowhere: {first.reason}{more}",
-                         {"levels": {u.pack: list(u.reasons) for u in plan.unplaced}})
+        raise NoCapacity(
+            f"pack {first.pack} fits nowhere: {first.reason}{more}",
+            {"levels": {u.pack: list(u.reasons) for u in plan.unplaced}},
+        )
     return plan
 
 

@@ -53,9 +53,16 @@ class StepLog:
     violations: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "step": self.step, "at_ms": self.at_ms, "detail": self.detail,
-                "placed": self.placed, "unplaced": self.unplaced, "moved": self.moved,
-                "violations": self.violations}
+        return {
+            "line": self.line,
+            "step": self.step,
+            "at_ms": self.at_ms,
+            "detail": self.detail,
+            "placed": self.placed,
+            "unplaced": self.unplaced,
+            "moved": self.moved,
+            "violations": self.violations,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +89,23 @@ class SimResult:
         return not self.violations
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "clock_ms": self.clock_ms, "nodes": self.nodes, "ready": self.ready,
-                "down": self.down, "packs": self.packs, "placed": self.placed, "unplaced": self.unplaced,
-                "moves": self.moves, "balance": self.balance, "ok": self.ok,
-                "violations": list(self.violations), "unplaced_reasons": dict(self.unplaced_reasons),
-                "log": [s.to_dict() for s in self.log], "digest": self.digest}
+        return {
+            "seed": self.seed,
+            "clock_ms": self.clock_ms,
+            "nodes": self.nodes,
+            "ready": self.ready,
+            "down": self.down,
+            "packs": self.packs,
+            "placed": self.placed,
+            "unplaced": self.unplaced,
+            "moves": self.moves,
+            "balance": self.balance,
+            "ok": self.ok,
+            "violations": list(self.violations),
+            "unplaced_reasons": dict(self.unplaced_reasons),
+            "log": [s.to_dict() for s in self.log],
+            "digest": self.digest,
+        }
 
 
 class Simulation:
@@ -99,9 +118,9 @@ class Simulation:
         self.scheduler: Scheduler | None = None
         self.nodes: dict[str, Node] = {}
         self.specs: dict[str, PackSpec] = {}
-        self.where: dict[str, str] = {}           # placed pack -> node
-        self.unplaced: dict[str, str] = {}        # unplaced pack -> reason
-        self.capacity = Resources(1, 1, 1)        # default for joins, from the topology line
+        self.where: dict[str, str] = {}  # placed pack -> node
+        self.unplaced: dict[str, str] = {}  # unplaced pack -> reason
+        self.capacity = Resources(1, 1, 1)  # default for joins, from the topology line
         self.moves = 0
         self.violations: list[str] = []
         self.log: list[StepLog] = []
@@ -130,8 +149,18 @@ class Simulation:
         where = f"line {step.line} ({step.text or step.op})"
         self.violations.extend(f"{where}: {v}" for v in found)
         self.moves += moved
-        self.log.append(StepLog(step.line, step.text or step.op, self.clock_ms, detail, len(self.where),
-                                len(self.unplaced), moved, len(found)))
+        self.log.append(
+            StepLog(
+                step.line,
+                step.text or step.op,
+                self.clock_ms,
+                detail,
+                len(self.where),
+                len(self.unplaced),
+                moved,
+                len(found),
+            )
+        )
 
     def result(self) -> SimResult:
         counts = self._state_counts()
@@ -139,10 +168,19 @@ class Simulation:
         for r in self.unplaced.values():
             reasons[r] = reasons.get(r, 0) + 1
         return SimResult(
-            seed=self.seed, clock_ms=self.clock_ms, nodes=len(self.nodes), ready=counts[NodeState.READY],
-            down=counts[NodeState.DOWN], packs=len(self.specs), placed=len(self.where),
-            unplaced=len(self.unplaced), moves=self.moves, balance=self.balance(),
-            violations=tuple(self.violations), log=tuple(self.log), digest=self.digest(),
+            seed=self.seed,
+            clock_ms=self.clock_ms,
+            nodes=len(self.nodes),
+            ready=counts[NodeState.READY],
+            down=counts[NodeState.DOWN],
+            packs=len(self.specs),
+            placed=len(self.where),
+            unplaced=len(self.unplaced),
+            moves=self.moves,
+            balance=self.balance(),
+            violations=tuple(self.violations),
+            log=tuple(self.log),
+            digest=self.digest(),
             unplaced_reasons={k: reasons[k] for k in sorted(reasons)},
         )
 
@@ -163,8 +201,14 @@ class Simulation:
         a = step.args
         total = step.count or 0
         spread = Level(a["spread"]) if "spread" in a else None
-        constraints = Constraints(zone=a.get("zone"), region=a.get("region"), cell=a.get("cell"),
-                                  node=a.get("node"), spread=spread, group=a.get("group"))
+        constraints = Constraints(
+            zone=a.get("zone"),
+            region=a.get("region"),
+            cell=a.get("cell"),
+            node=a.get("node"),
+            spread=spread,
+            group=a.get("group"),
+        )
         res = Resources(a.get("cpu", 100), a.get("mem", 64), 1)
         prefix = a.get("prefix", "p")
         batch = a.get("batch", 1000)
@@ -182,7 +226,7 @@ class Simulation:
         for b, i in enumerate(range(0, total, batch)):
             # A ramp: batch b arrives at start + over * b / batches on the virtual clock.
             self.clock_ms = start + over * b // batches
-            chunk = new[i:i + batch]
+            chunk = new[i : i + batch]
             for spec in chunk:
                 self.specs[spec.name] = spec
             placed += self._place(chunk)
@@ -212,8 +256,10 @@ class Simulation:
             spec = self.specs[name]
             self.scheduler.release(self.where.pop(name), spec.resources, spec)
         placed = self._place([self.specs[n] for n in orphans], exclude=frozenset(down))
-        return (f"killed {len(victims)} nodes: {len(orphans)} packs re-placed, {len(orphans) - placed} unplaced",
-                (set(orphans), None))
+        return (
+            f"killed {len(victims)} nodes: {len(orphans)} packs re-placed, {len(orphans) - placed} unplaced",
+            (set(orphans), None),
+        )
 
     def _op_revive(self, step: Step) -> tuple[str, Any]:
         a = step.args
@@ -230,8 +276,10 @@ class Simulation:
         # A node that comes back is empty (its packs moved away when it went down): it is a
         # newcomer, and only moves onto it are allowed.
         moved = self._rebalance(ids)
-        return (f"revived {len(ids)} nodes: {placed} pending packs placed, {moved} packs moved onto them",
-                (None, set(ids)))
+        return (
+            f"revived {len(ids)} nodes: {placed} pending packs placed, {moved} packs moved onto them",
+            (None, set(ids)),
+        )
 
     def _op_cordon(self, step: Step) -> tuple[str, Any]:
         a = step.args
@@ -260,8 +308,11 @@ class Simulation:
     def _op_join(self, step: Step) -> tuple[str, Any]:
         a = step.args
         assert self.scheduler is not None
-        cap = Resources(a.get("cpu", self.capacity.cpu), a.get("mem", self.capacity.mem),
-                        a.get("packs", self.capacity.packs))
+        cap = Resources(
+            a.get("cpu", self.capacity.cpu),
+            a.get("mem", self.capacity.mem),
+            a.get("packs", self.capacity.packs),
+        )
         if "cell" in a:
             homes = [Location(a["zone"], a["region"], a["cell"])]
         else:
@@ -279,8 +330,10 @@ class Simulation:
         # Capacity arrived: pending packs first (they have nowhere to run), then the rebalance.
         placed = self._retry()
         moved = self._rebalance(new_ids)
-        return (f"joined {len(new_ids)} nodes: {placed} pending packs placed, {moved} packs moved onto them",
-                (None, set(new_ids)))
+        return (
+            f"joined {len(new_ids)} nodes: {placed} pending packs placed, {moved} packs moved onto them",
+            (None, set(new_ids)),
+        )
 
     def _op_stop(self, step: Step) -> tuple[str, Any]:
         assert self.scheduler is not None
@@ -300,7 +353,10 @@ class Simulation:
         return f"clock at {self.clock_ms} ms", None
 
     def _op_check(self, step: Step) -> tuple[str, Any]:
-        return (f"{len(self.where)} placed, {len(self.unplaced)} unplaced, balance {self.balance():.3f}", None)
+        return (
+            f"{len(self.where)} placed, {len(self.unplaced)} unplaced, balance {self.balance():.3f}",
+            None,
+        )
 
     def _op_expect(self, step: Step) -> tuple[str, Any]:
         return "expectations", None
@@ -390,8 +446,10 @@ class Simulation:
             if name in self.unplaced:
                 found.append(f"pack {name} is both on node {node_id} and unplaced")
             if not _honours(node, spec.constraints):
-                found.append(f"pack {name} is on node {node_id} ({node.location.at(Level.CELL)}), "
-                             f"against its constraints {spec.constraints.to_dict()}")
+                found.append(
+                    f"pack {name} is on node {node_id} ({node.location.at(Level.CELL)}), "
+                    f"against its constraints {spec.constraints.to_dict()}"
+                )
             u = used[node_id]
             u[0] += spec.resources.cpu
             u[1] += spec.resources.mem
@@ -408,12 +466,16 @@ class Simulation:
             cap = self.nodes[node_id].capacity
             cpu, mem, packs = used[node_id]
             if cpu > cap.cpu or mem > cap.mem or packs > cap.packs:
-                found.append(f"node {node_id} over capacity: cpu {cpu}/{cap.cpu}, mem {mem}/{cap.mem}, "
-                             f"packs {packs}/{cap.packs}")
+                found.append(
+                    f"node {node_id} over capacity: cpu {cpu}/{cap.cpu}, mem {mem}/{cap.mem}, "
+                    f"packs {packs}/{cap.packs}"
+                )
             seen = self.scheduler.usage(node_id)
             if (seen.cpu, seen.mem, seen.packs) != (cpu, mem, packs):
-                found.append(f"node {node_id}: the scheduler counts cpu={seen.cpu} mem={seen.mem} "
-                             f"packs={seen.packs}, its packs add up to cpu={cpu} mem={mem} packs={packs}")
+                found.append(
+                    f"node {node_id}: the scheduler counts cpu={seen.cpu} mem={seen.mem} "
+                    f"packs={seen.packs}, its packs add up to cpu={cpu} mem={mem} packs={packs}"
+                )
         return found
 
     def _movement(self, before: Mapping[str, str], allowed: Any, step: Step) -> tuple[int, list[str]]:
@@ -429,8 +491,10 @@ class Simulation:
                 continue  # stopped
             moved += now is not None
             if may_move is not None and name not in may_move:
-                found.append(f"pack {name} moved from {node} to {now or 'unplaced'}, but {step.op} "
-                             f"may only move the packs it displaced")
+                found.append(
+                    f"pack {name} moved from {node} to {now or 'unplaced'}, but {step.op} "
+                    f"may only move the packs it displaced"
+                )
             elif targets is not None and now not in targets:
                 found.append(f"pack {name} moved from {node} to {now or 'unplaced'}, not onto a newcomer")
         return moved, found[:20] + ([f"... and {len(found) - 20} more moves"] if len(found) > 20 else [])
@@ -438,9 +502,15 @@ class Simulation:
     def _expect(self, step: Step, moved: int) -> list[str]:
         counts = self._state_counts()
         actual: dict[str, float] = {
-            "placed": len(self.where), "unplaced": len(self.unplaced), "packs": len(self.specs),
-            "nodes": len(self.nodes), "ready": counts[NodeState.READY], "down": counts[NodeState.DOWN],
-            "cordoned": counts[NodeState.CORDONED], "moved": moved, "balance": self.balance(),
+            "placed": len(self.where),
+            "unplaced": len(self.unplaced),
+            "packs": len(self.specs),
+            "nodes": len(self.nodes),
+            "ready": counts[NodeState.READY],
+            "down": counts[NodeState.DOWN],
+            "cordoned": counts[NodeState.CORDONED],
+            "moved": moved,
+            "balance": self.balance(),
         }
         found = []
         for key, (cmp, value) in step.expect.items():
@@ -463,8 +533,12 @@ class Simulation:
 
 def _honours(node: Node, c: Constraints) -> bool:
     loc = node.location
-    return ((c.zone is None or loc.zone == c.zone) and (c.region is None or loc.region == c.region)
-            and (c.cell is None or loc.cell == c.cell) and (c.node is None or node.id == c.node))
+    return (
+        (c.zone is None or loc.zone == c.zone)
+        and (c.region is None or loc.region == c.region)
+        and (c.cell is None or loc.cell == c.cell)
+        and (c.node is None or node.id == c.node)
+    )
 
 
 def run_scenario(text_or_steps: str | Sequence[Step], seed: int) -> SimResult:

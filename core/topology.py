@@ -29,18 +29,23 @@ ZERO = Resources()
 class GroupStats:
     """Counts and capacity of one group (a zone, a region, a cell, or the whole fleet)."""
 
-    level: str           # "fleet", "zone", "region" or "cell"
-    id: str              # scoped id ("z1/r1" for a region); "" for the fleet
-    nodes: int           # every node in the group, whatever its state
-    ready: int           # nodes that take new packs
+    level: str  # "fleet", "zone", "region" or "cell"
+    id: str  # scoped id ("z1/r1" for a region); "" for the fleet
+    nodes: int  # every node in the group, whatever its state
+    ready: int  # nodes that take new packs
     capacity: Resources  # installed on every node
-    used: Resources      # reserved on every node
-    free: Resources      # left on READY nodes
+    used: Resources  # reserved on every node
+    free: Resources  # left on READY nodes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "nodes": self.nodes, "ready": self.ready,
-                "capacity": self.capacity.to_dict(), "used": self.used.to_dict(),
-                "free": self.free.to_dict()}
+        return {
+            "id": self.id,
+            "nodes": self.nodes,
+            "ready": self.ready,
+            "capacity": self.capacity.to_dict(),
+            "used": self.used.to_dict(),
+            "free": self.free.to_dict(),
+        }
 
 
 class _Acc:
@@ -85,7 +90,10 @@ class _Acc:
 
     def freeze(self, level: str, gid: str) -> GroupStats:
         return GroupStats(
-            level, gid, self.nodes, self.ready,
+            level,
+            gid,
+            self.nodes,
+            self.ready,
             Resources(self.cap_cpu, self.cap_mem, self.cap_packs),
             Resources(self.used_cpu, self.used_mem, self.used_packs),
             Resources(self.free_cpu, self.free_mem, self.free_packs),
@@ -200,13 +208,15 @@ class Topology:
             node = self.node(group)
             used = self._used[group]
             ready = node.state is NodeState.READY
-            return GroupStats("node", group, 1, int(ready), node.capacity, used,
-                              node.capacity - used if ready else ZERO)
+            return GroupStats(
+                "node", group, 1, int(ready), node.capacity, used, node.capacity - used if ready else ZERO
+            )
         self._require(level, group)
         return self._stats[(level.value, group)]
 
-    def match(self, level: Level, zone: str | None = None, region: str | None = None,
-              cell: str | None = None) -> list[str]:
+    def match(
+        self, level: Level, zone: str | None = None, region: str | None = None, cell: str | None = None
+    ) -> list[str]:
         """Scoped ids of the groups at ``level`` that lie under the given (unscoped) names.
 
         ``match(Level.CELL, region="r1")`` finds every cell of every region called ``r1``, in
@@ -246,14 +256,18 @@ class Topology:
         for z in self._children[""]:
             regions: list[dict[str, Any]] = []
             for r in self._children[z]:
-                rd: dict[str, Any] = {**self._stats[("region", r)].to_dict(),
-                                      "cells": len(self._children[r])}
+                rd: dict[str, Any] = {**self._stats[("region", r)].to_dict(), "cells": len(self._children[r])}
                 if cells:
                     rd["cell_list"] = [self._stats[("cell", c)].to_dict() for c in self._children[r]]
                 regions.append(rd)
-            zones.append({**self._stats[("zone", z)].to_dict(), "regions": len(self._children[z]),
-                          "cells": sum(len(self._children[r]) for r in self._children[z]),
-                          "region_list": regions})
+            zones.append(
+                {
+                    **self._stats[("zone", z)].to_dict(),
+                    "regions": len(self._children[z]),
+                    "cells": sum(len(self._children[r]) for r in self._children[z]),
+                    "region_list": regions,
+                }
+            )
         return {
             "zones": len(self._children[""]),
             "regions": sum(len(self._children[z]) for z in self._children[""]),
@@ -267,8 +281,9 @@ class Topology:
         }
 
 
-def build_nodes(zones: int, regions: int, cells: int, nodes: int, capacity: Resources,
-                prefix: str = "n") -> list[Node]:
+def build_nodes(
+    zones: int, regions: int, cells: int, nodes: int, capacity: Resources, prefix: str = "n"
+) -> list[Node]:
     """A regular fleet: ``nodes`` nodes dealt round-robin over zones x regions x cells.
 
     Zone ``z{i}``, region ``r{j}``, cell ``c{k}`` (1-based), node ids zero-padded so they sort
@@ -279,13 +294,18 @@ def build_nodes(zones: int, regions: int, cells: int, nodes: int, capacity: Reso
             raise InvalidInput(f"{what} must be a positive integer, got {n!r}")
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
         raise InvalidInput(f"a topology needs at least one node, got nodes={nodes!r}")
-    groups = [Location(f"z{z}", f"r{r}", f"c{c}")
-              for z in range(1, zones + 1) for r in range(1, regions + 1) for c in range(1, cells + 1)]
+    groups = [
+        Location(f"z{z}", f"r{r}", f"c{c}")
+        for z in range(1, zones + 1)
+        for r in range(1, regions + 1)
+        for c in range(1, cells + 1)
+    ]
     width = len(str(nodes))
     # Deal zone-first so that every zone gets a share even when nodes < zones x regions x cells.
     order = sorted(range(len(groups)), key=lambda i: (i % (regions * cells), i // (regions * cells)))
-    return [Node(f"{prefix}{i + 1:0{width}d}", groups[order[i % len(groups)]], capacity)
-            for i in range(nodes)]
+    return [
+        Node(f"{prefix}{i + 1:0{width}d}", groups[order[i % len(groups)]], capacity) for i in range(nodes)
+    ]
 
 
 __all__ = ["GroupStats", "Topology", "build_nodes"]

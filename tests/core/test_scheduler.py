@@ -14,8 +14,14 @@ from canidae.core.types import Constraints, Level, Location, Node, NodeState, Pa
 BIG = Resources(16_000, 65_536, 110)
 
 
-def fleet(zones: int = 3, regions: int = 2, cells: int = 2, nodes: int = 36, cap: Resources = BIG,
-          load_factor: float = 1.25) -> tuple[Scheduler, dict[str, Node]]:
+def fleet(
+    zones: int = 3,
+    regions: int = 2,
+    cells: int = 2,
+    nodes: int = 36,
+    cap: Resources = BIG,
+    load_factor: float = 1.25,
+) -> tuple[Scheduler, dict[str, Node]]:
     sched = Scheduler(load_factor=load_factor)
     built = build_nodes(zones, regions, cells, nodes, cap)
     for n in built:
@@ -50,9 +56,13 @@ def test_duplicate_and_unknown_nodes() -> None:
     sched, nodes = fleet(nodes=3)
     with pytest.raises(InvalidInput, match="already known"):
         sched.add_node(nodes["n1"])
-    for call in (lambda: sched.usage("nope"), lambda: sched.free("nope"), lambda: sched.remove_node("nope"),
-                 lambda: sched.reserve("nope", Resources(1, 1, 1)),
-                 lambda: sched.update_node(Node("nope", Location("z1", "r1", "c1"), BIG))):
+    for call in (
+        lambda: sched.usage("nope"),
+        lambda: sched.free("nope"),
+        lambda: sched.remove_node("nope"),
+        lambda: sched.reserve("nope", Resources(1, 1, 1)),
+        lambda: sched.update_node(Node("nope", Location("z1", "r1", "c1"), BIG)),
+    ):
         with pytest.raises(NotFound, match="no node 'nope'"):
             call()
 
@@ -97,7 +107,10 @@ def test_capacity_is_never_exceeded_and_the_rest_is_unplaced_with_reasons() -> N
     assert len(plan.placements) == 24
     assert all(sched.usage(n).cpu <= 1000 for n in sched.topology().node_ids())
     assert len(plan.unplaced) == 76
-    assert plan.unplaced[0].reasons == ("zone z1: 4 nodes lacked 300m cpu", "zone z2: 4 nodes lacked 300m cpu")
+    assert plan.unplaced[0].reasons == (
+        "zone z1: 4 nodes lacked 300m cpu",
+        "zone z2: 4 nodes lacked 300m cpu",
+    )
 
 
 def test_reasons_count_nodes_per_zone_and_per_shortage() -> None:
@@ -132,13 +145,16 @@ def test_require_placed_raises_no_capacity_with_levels() -> None:
 
 def test_unknown_pins_are_reported_per_level() -> None:
     sched, _ = fleet(nodes=12)
-    plan = sched.place([
-        PackSpec("a", constraints=Constraints(zone="z9")),
-        PackSpec("b", constraints=Constraints(region="r9")),
-        PackSpec("c", constraints=Constraints(zone="z1", region="r1", cell="c9")),
-        PackSpec("d", constraints=Constraints(node="n99")),
-        PackSpec("e", constraints=Constraints(zone="z2", node="n01")),
-    ], seed=1)
+    plan = sched.place(
+        [
+            PackSpec("a", constraints=Constraints(zone="z9")),
+            PackSpec("b", constraints=Constraints(region="r9")),
+            PackSpec("c", constraints=Constraints(zone="z1", region="r1", cell="c9")),
+            PackSpec("d", constraints=Constraints(node="n99")),
+            PackSpec("e", constraints=Constraints(zone="z2", node="n01")),
+        ],
+        seed=1,
+    )
     assert [u.reason for u in plan.unplaced] == [
         "no zone matches zone=z9",
         "no region matches region=r9",
@@ -153,8 +169,13 @@ def test_unknown_pins_are_reported_per_level() -> None:
 
 def test_pins_are_honoured() -> None:
     sched, nodes = fleet(nodes=36)
-    plan = sched.place(specs(30, "z", zone="z2") + specs(30, "r", region="r2") +
-                       specs(30, "c", zone="z3", region="r1", cell="c2") + specs(5, "n", node="n07"), seed=3)
+    plan = sched.place(
+        specs(30, "z", zone="z2")
+        + specs(30, "r", region="r2")
+        + specs(30, "c", zone="z3", region="r1", cell="c2")
+        + specs(5, "n", node="n07"),
+        seed=3,
+    )
     assert not plan.unplaced
     where = {p.pack: nodes[p.node].location for p in plan.placements}
     assert {where[f"z{i:05d}"].zone for i in range(30)} == {"z2"}
@@ -214,8 +235,14 @@ def test_bounded_load_caps_every_node(c: float) -> None:
 def test_heavier_nodes_take_more() -> None:
     sched = Scheduler()
     for i in range(10):
-        sched.add_node(Node(f"n{i}", Location("z1", "r1", "c1"), Resources(100_000, 100_000, 1000),
-                            weight=3.0 if i < 2 else 1.0))
+        sched.add_node(
+            Node(
+                f"n{i}",
+                Location("z1", "r1", "c1"),
+                Resources(100_000, 100_000, 1000),
+                weight=3.0 if i < 2 else 1.0,
+            )
+        )
     plan = sched.place(specs(1400), seed=1)
     counts = Counter(p.node for p in plan.placements)
     heavy = (counts["n0"] + counts["n1"]) / 2
@@ -322,7 +349,7 @@ def test_batches_place_like_one_call() -> None:
     one, _ = fleet(nodes=30)
     many, _ = fleet(nodes=30)
     whole = one.place(work, seed=1)
-    parts = [p for i in range(0, len(work), 7) for p in many.place(work[i:i + 7], seed=i).placements]
+    parts = [p for i in range(0, len(work), 7) for p in many.place(work[i : i + 7], seed=i).placements]
     assert list(whole.placements) == parts
 
 

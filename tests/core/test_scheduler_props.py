@@ -22,12 +22,16 @@ def nodes_st(draw: st.DrawFn, min_size: int = 1, max_size: int = 12, ample: bool
     n = draw(st.integers(min_size, max_size))
     out = []
     for i in range(n):
-        loc = Location(draw(st.sampled_from(ZONES)), draw(st.sampled_from(REGIONS)), draw(st.sampled_from(CELLS)))
+        loc = Location(
+            draw(st.sampled_from(ZONES)), draw(st.sampled_from(REGIONS)), draw(st.sampled_from(CELLS))
+        )
         if ample:
             cap = Resources(1_000_000, 1_000_000, 10_000)
             weight, state = 1.0, NodeState.READY
         else:
-            cap = Resources(draw(st.integers(100, 3000)), draw(st.integers(64, 4096)), draw(st.integers(1, 8)))
+            cap = Resources(
+                draw(st.integers(100, 3000)), draw(st.integers(64, 4096)), draw(st.integers(1, 8))
+            )
             weight = draw(st.sampled_from([0.5, 1.0, 1.0, 2.0]))
             state = draw(st.sampled_from([NodeState.READY] * 4 + [NodeState.DOWN, NodeState.CORDONED]))
         out.append(Node(f"n{i}", loc, cap, weight, state))
@@ -40,22 +44,32 @@ def constraints_st(draw: st.DrawFn) -> Constraints:
     if kind == "zone":
         return Constraints(zone=draw(st.sampled_from([*ZONES, "z9"])))
     if kind == "region":
-        return Constraints(zone=draw(st.none() | st.sampled_from(ZONES)), region=draw(st.sampled_from(REGIONS)))
+        return Constraints(
+            zone=draw(st.none() | st.sampled_from(ZONES)), region=draw(st.sampled_from(REGIONS))
+        )
     if kind == "cell":
         return Constraints(region=draw(st.sampled_from(REGIONS)), cell=draw(st.sampled_from([*CELLS, "c9"])))
     if kind == "node":
         return Constraints(node=f"n{draw(st.integers(0, 13))}")
     if kind == "spread":
-        return Constraints(spread=draw(st.sampled_from([Level.ZONE, Level.REGION, Level.CELL])),
-                           group=draw(st.sampled_from(["a", "b"])))
+        return Constraints(
+            spread=draw(st.sampled_from([Level.ZONE, Level.REGION, Level.CELL])),
+            group=draw(st.sampled_from(["a", "b"])),
+        )
     return Constraints()
 
 
 @st.composite
 def specs_st(draw: st.DrawFn, max_size: int = 40) -> list[PackSpec]:
     n = draw(st.integers(0, max_size))
-    return [PackSpec(f"p{i}", resources=Resources(draw(st.integers(0, 900)), draw(st.integers(0, 1200)), 1),
-                     constraints=draw(constraints_st())) for i in range(n)]
+    return [
+        PackSpec(
+            f"p{i}",
+            resources=Resources(draw(st.integers(0, 900)), draw(st.integers(0, 1200)), 1),
+            constraints=draw(constraints_st()),
+        )
+        for i in range(n)
+    ]
 
 
 def build(nodes: list[Node], load_factor: float = 1.25) -> Scheduler:
@@ -67,8 +81,12 @@ def build(nodes: list[Node], load_factor: float = 1.25) -> Scheduler:
 
 def in_scope(node: Node, c: Constraints) -> bool:
     loc = node.location
-    return ((c.zone is None or loc.zone == c.zone) and (c.region is None or loc.region == c.region)
-            and (c.cell is None or loc.cell == c.cell) and (c.node is None or node.id == c.node))
+    return (
+        (c.zone is None or loc.zone == c.zone)
+        and (c.region is None or loc.region == c.region)
+        and (c.cell is None or loc.cell == c.cell)
+        and (c.node is None or node.id == c.node)
+    )
 
 
 def fits(node: Node, used: Resources, res: Resources) -> bool:
@@ -78,7 +96,8 @@ def fits(node: Node, used: Resources, res: Resources) -> bool:
 @settings(max_examples=150, deadline=None)
 @given(nodes_st(), specs_st(), st.sets(st.sampled_from([f"n{i}" for i in range(12)]), max_size=3))
 def test_placements_respect_capacity_state_pins_and_exclusions(
-        nodes: list[Node], specs: list[PackSpec], exclude: set[str]) -> None:
+    nodes: list[Node], specs: list[PackSpec], exclude: set[str]
+) -> None:
     by_id = {n.id: n for n in nodes}
     sched = build(nodes)
     used = {n.id: Resources() for n in nodes}
@@ -94,8 +113,10 @@ def test_placements_respect_capacity_state_pins_and_exclusions(
             used[nid] = used[nid] + spec.resources
         else:
             assert plan.unplaced[0].reasons
-            assert not any(fits(n, used[n.id], spec.resources) and in_scope(n, spec.constraints)
-                           and n.id not in exclude for n in nodes), spec
+            assert not any(
+                fits(n, used[n.id], spec.resources) and in_scope(n, spec.constraints) and n.id not in exclude
+                for n in nodes
+            ), spec
     for nid, u in used.items():
         assert sched.usage(nid) == u
 
@@ -113,15 +134,17 @@ def test_one_batch_equals_one_call_per_spec(nodes: list[Node], specs: list[PackS
 @settings(max_examples=80, deadline=None)
 @given(nodes_st(), specs_st(), st.randoms(use_true_random=False))
 def test_deterministic_whatever_the_order_nodes_joined(
-        nodes: list[Node], specs: list[PackSpec], rnd: object) -> None:
+    nodes: list[Node], specs: list[PackSpec], rnd: object
+) -> None:
     shuffled = list(nodes)
     rnd.shuffle(shuffled)  # type: ignore[attr-defined]
     assert build(nodes).place(specs, seed=3) == build(shuffled).place(specs, seed=4)
 
 
 @settings(max_examples=60, deadline=None)
-@given(nodes_st(min_size=2, max_size=12, ample=True), st.integers(1, 300),
-       st.sampled_from([1.1, 1.25, 1.5, 2.0]))
+@given(
+    nodes_st(min_size=2, max_size=12, ample=True), st.integers(1, 300), st.sampled_from([1.1, 1.25, 1.5, 2.0])
+)
 def test_bounded_load_when_capacity_is_ample(nodes: list[Node], total: int, c: float) -> None:
     sched = build(nodes, load_factor=c)
     plan = sched.place([PackSpec(f"p{i}") for i in range(total)], seed=0)
@@ -131,9 +154,14 @@ def test_bounded_load_when_capacity_is_ample(nodes: list[Node], total: int, c: f
 
 
 @settings(max_examples=60, deadline=None)
-@given(nodes_st(min_size=2, max_size=12, ample=True), st.integers(1, 60),
-       st.sampled_from([Level.ZONE, Level.REGION, Level.CELL]))
-def test_spread_is_even_within_one_when_capacity_is_ample(nodes: list[Node], total: int, level: Level) -> None:
+@given(
+    nodes_st(min_size=2, max_size=12, ample=True),
+    st.integers(1, 60),
+    st.sampled_from([Level.ZONE, Level.REGION, Level.CELL]),
+)
+def test_spread_is_even_within_one_when_capacity_is_ample(
+    nodes: list[Node], total: int, level: Level
+) -> None:
     sched = build(nodes)
     work = [PackSpec(f"s{i}", constraints=Constraints(spread=level, group="g")) for i in range(total)]
     plan = sched.place(work, seed=0)
@@ -146,8 +174,9 @@ def test_spread_is_even_within_one_when_capacity_is_ample(nodes: list[Node], tot
 
 @settings(max_examples=60, deadline=None)
 @given(nodes_st(min_size=2), specs_st(), st.data())
-def test_node_down_moves_nothing_but_its_own_packs(nodes: list[Node], specs: list[PackSpec],
-                                                   data: st.DataObject) -> None:
+def test_node_down_moves_nothing_but_its_own_packs(
+    nodes: list[Node], specs: list[PackSpec], data: st.DataObject
+) -> None:
     sched = build(nodes)
     plan = sched.place(specs, seed=0)
     where = {p.pack: p.node for p in plan.placements}

@@ -14,8 +14,14 @@ from hypothesis import strategies as st
 CAP = Resources(1000, 4096, 10)
 
 
-def node(nid: str, zone: str = "z1", region: str = "r1", cell: str = "c1",
-         state: NodeState = NodeState.READY, cap: Resources = CAP) -> Node:
+def node(
+    nid: str,
+    zone: str = "z1",
+    region: str = "r1",
+    cell: str = "c1",
+    state: NodeState = NodeState.READY,
+    cap: Resources = CAP,
+) -> Node:
     return Node(nid, Location(zone, region, cell), cap, state=state)
 
 
@@ -54,8 +60,13 @@ def test_region_and_cell_ids_are_scoped_by_their_parent() -> None:
 
 
 def test_counts_and_free_capacity_per_level() -> None:
-    nodes = [node("a"), node("b", cell="c2"), node("c", region="r2"),
-             node("d", zone="z2", state=NodeState.DOWN), node("e", zone="z2", state=NodeState.CORDONED)]
+    nodes = [
+        node("a"),
+        node("b", cell="c2"),
+        node("c", region="r2"),
+        node("d", zone="z2", state=NodeState.DOWN),
+        node("e", zone="z2", state=NodeState.CORDONED),
+    ]
     usage = {"a": Resources(100, 1000, 2), "d": Resources(500, 500, 5), "e": Resources(1, 1, 1)}
     topo = Topology(nodes, usage)
     z1 = topo.stats(Level.ZONE, "z1")
@@ -113,8 +124,13 @@ names = st.sampled_from(["a", "b", "c"])
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(names, names, names, st.integers(0, 1000), st.sampled_from(list(NodeState))),
-                min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.tuples(names, names, names, st.integers(0, 1000), st.sampled_from(list(NodeState))),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_levels_add_up(rows: list[tuple[str, str, str, int, NodeState]]) -> None:
     nodes = [node(f"n{i}", z, r, c, state=s) for i, (z, r, c, _, s) in enumerate(rows)]
     usage = {f"n{i}": Resources(u, u, u % 11) for i, (_, _, _, u, _) in enumerate(rows)}

@@ -46,18 +46,23 @@ def test_result_counts_and_log() -> None:
 
 
 def test_unplaced_packs_carry_reasons() -> None:
-    result = run_scenario("topology zones=2 regions=1 cells=1 nodes=4 cpu=1000 mem=1024 packs=10\n"
-                          "spawn 20 cpu=300 mem=10\n", seed=1)
+    result = run_scenario(
+        "topology zones=2 regions=1 cells=1 nodes=4 cpu=1000 mem=1024 packs=10\nspawn 20 cpu=300 mem=10\n",
+        seed=1,
+    )
     assert (result.placed, result.unplaced) == (12, 8)
     assert result.unplaced_reasons == {
-        "zone z1: 2 nodes lacked 300m cpu; zone z2: 2 nodes lacked 300m cpu": 8}
+        "zone z1: 2 nodes lacked 300m cpu; zone z2: 2 nodes lacked 300m cpu": 8
+    }
     assert result.ok
 
 
 def test_ramp_advances_the_virtual_clock() -> None:
     sim = Simulation(seed=1)
-    for step in parse_scenario("topology zones=1 regions=1 cells=1 nodes=2 cpu=9000 mem=9000 packs=100\n"
-                               "spawn 10 over=1000 batch=3\nadvance 250\n"):
+    for step in parse_scenario(
+        "topology zones=1 regions=1 cells=1 nodes=2 cpu=9000 mem=9000 packs=100\n"
+        "spawn 10 over=1000 batch=3\nadvance 250\n"
+    ):
         sim.apply(step)
     assert sim.clock_ms == 1250
     assert [s.at_ms for s in sim.log] == [0, 1000, 1250]
@@ -73,13 +78,21 @@ def test_same_seed_same_digest_other_seed_other_digest() -> None:
 
 
 def test_digest_is_the_same_in_processes_with_different_hash_seeds() -> None:
-    code = ("import sys; from canidae.core.sim import run_scenario; "
-            "print(run_scenario(open(sys.argv[1]).read(), seed=5).digest)")
+    code = (
+        "import sys; from canidae.core.sim import run_scenario; "
+        "print(run_scenario(open(sys.argv[1]).read(), seed=5).digest)"
+    )
     digests = []
     for hash_seed in ("0", "4242"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        out = subprocess.run([sys.executable, "-c", code, str(SCENARIOS / "constraints.txt")],
-                             env=env, capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(SCENARIOS / "constraints.txt")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         digests.append(out.stdout.strip())
     assert digests[0] == digests[1]
     assert digests[0] == run_scenario((SCENARIOS / "constraints.txt").read_text(), seed=5).digest
@@ -90,8 +103,9 @@ def test_digest_is_the_same_in_processes_with_different_hash_seeds() -> None:
 
 def small_world() -> Simulation:
     sim = Simulation(seed=1)
-    for step in parse_scenario("topology zones=2 regions=1 cells=2 nodes=8 cpu=1000 mem=1000 packs=10\n"
-                               "spawn 40 cpu=100 mem=100\n"):
+    for step in parse_scenario(
+        "topology zones=2 regions=1 cells=2 nodes=8 cpu=1000 mem=1000 packs=10\nspawn 40 cpu=100 mem=100\n"
+    ):
         sim.apply(step)
     assert sim.check() == []
     return sim
@@ -147,8 +161,11 @@ def test_checker_sees_needless_moves() -> None:
 
 
 def test_failed_expectations_are_violations() -> None:
-    result = run_scenario("topology zones=1 regions=1 cells=1 nodes=2 cpu=1000 mem=1000 packs=10\n"
-                          "spawn 5\nexpect placed=6 balance<=1.0 unplaced>=1\n", seed=1)
+    result = run_scenario(
+        "topology zones=1 regions=1 cells=1 nodes=2 cpu=1000 mem=1000 packs=10\n"
+        "spawn 5\nexpect placed=6 balance<=1.0 unplaced>=1\n",
+        seed=1,
+    )
     assert not result.ok
     assert result.violations[0].startswith("line 3 (expect placed=6")
     assert "expected placed=6, got 5" in result.violations[0]
@@ -158,32 +175,66 @@ def test_failed_expectations_are_violations() -> None:
 # ---------------------------------------------------------------------- the language
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "empty"),
-    ("spawn 5", "line 1: the scenario must start with a topology line"),
-    ("topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nexplode now", "line 2: unknown operation"),
-    ("# c\ntopology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1", "line 2: topology needs packs="),
-    ("topology zones=x regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1", "line 1: zones must be an integer"),
-    ("topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1 load=1", "line 1: load (the load factor)"),
-    ("topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\n\nspawn", "line 3: spawn needs a count"),
-    ("topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nspawn 5 colour=red",
-     "line 2: spawn takes no option 'colour'"),
-    ("topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nspawn 5 spread=rack",
-     "line 2: spread must be zone, region or cell"),
-    ("topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nkill zone=z1 node=n1",
-     "line 2: kill needs exactly one of"),
-    ("topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nkill region=r1",
-     "line 2: region must be a scoped id"),
-    ("topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nkill node=n1 count=2",
-     "line 2: count= goes with node=random"),
-    ("topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nexpect happiness=1",
-     "line 2: expect knows no 'happiness'"),
-    ("topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nspawn 1 zone=bad/zone",
-     "line 2: invalid zone name"),
-    ("topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\n" * 2, "line 2: only one topology line"),
-    ("topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\njoin nodes=2 cell=c1",
-     "line 2: join places new nodes"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty"),
+        ("spawn 5", "line 1: the scenario must start with a topology line"),
+        (
+            "topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nexplode now",
+            "line 2: unknown operation",
+        ),
+        ("# c\ntopology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1", "line 2: topology needs packs="),
+        (
+            "topology zones=x regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1",
+            "line 1: zones must be an integer",
+        ),
+        (
+            "topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1 load=1",
+            "line 1: load (the load factor)",
+        ),
+        (
+            "topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\n\nspawn",
+            "line 3: spawn needs a count",
+        ),
+        (
+            "topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nspawn 5 colour=red",
+            "line 2: spawn takes no option 'colour'",
+        ),
+        (
+            "topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nspawn 5 spread=rack",
+            "line 2: spread must be zone, region or cell",
+        ),
+        (
+            "topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nkill zone=z1 node=n1",
+            "line 2: kill needs exactly one of",
+        ),
+        (
+            "topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nkill region=r1",
+            "line 2: region must be a scoped id",
+        ),
+        (
+            "topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nkill node=n1 count=2",
+            "line 2: count= goes with node=random",
+        ),
+        (
+            "topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nexpect happiness=1",
+            "line 2: expect knows no 'happiness'",
+        ),
+        (
+            "topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\nspawn 1 zone=bad/zone",
+            "line 2: invalid zone name",
+        ),
+        (
+            "topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\n" * 2,
+            "line 2: only one topology line",
+        ),
+        (
+            "topology zones=1 regions=1 cells=1 nodes=1 cpu=1 mem=1 packs=1\njoin nodes=2 cell=c1",
+            "line 2: join places new nodes",
+        ),
+    ],
+)
 def test_bad_lines_name_their_line(text: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_scenario(text)
@@ -197,7 +248,9 @@ def test_unknown_names_at_run_time_name_their_line() -> None:
 
 
 def test_comments_blank_lines_and_underscores() -> None:
-    steps = parse_scenario("# header\n\ntopology zones=1 regions=1 cells=1 nodes=1_000 cpu=1 mem=1 packs=1"
-                           "  # trailing\nspawn 10_000\n")
+    steps = parse_scenario(
+        "# header\n\ntopology zones=1 regions=1 cells=1 nodes=1_000 cpu=1 mem=1 packs=1"
+        "  # trailing\nspawn 10_000\n"
+    )
     assert [s.line for s in steps] == [3, 4]
     assert steps[0].args["nodes"] == 1000 and steps[1].count == 10_000
