@@ -215,21 +215,26 @@ def place(
         typer.Option(
             "--topology",
             metavar="FILE.toml",
-            help="Read the fleet from a TOML file of node tables (see below).",
+            help=(
+                "Read the fleet from a TOML file: one [[ node ]] table per node with id, zone, region, "
+                "cell, cpu, mem, max_packs and optionally weight and state (example below)."
+            ),
             show_default=False,
         ),
     ] = None,
     zones: Annotated[
-        int | None, typer.Option("--zones", min=1, help="Zones of a made-up fleet.", show_default="3")
+        int | None,
+        typer.Option("--zones", metavar="Z", min=1, help="Zones of a made-up fleet.", show_default="3"),
     ] = None,
     regions: Annotated[
-        int | None, typer.Option("--regions", min=1, help="Regions per zone.", show_default="2")
+        int | None, typer.Option("--regions", metavar="R", min=1, help="Regions per zone.", show_default="2")
     ] = None,
     cells: Annotated[
-        int | None, typer.Option("--cells", min=1, help="Cells per region.", show_default="2")
+        int | None, typer.Option("--cells", metavar="C", min=1, help="Cells per region.", show_default="2")
     ] = None,
     nodes: Annotated[
-        int | None, typer.Option("--nodes", min=1, help="Nodes, dealt over the cells.", show_default="12")
+        int | None,
+        typer.Option("--nodes", metavar="N", min=1, help="Nodes, dealt over the cells.", show_default="12"),
     ] = None,
     cpu: Annotated[
         int | None,

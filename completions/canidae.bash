@@ -5,7 +5,7 @@
 # Subcommands of a command path.
 _canidae_children() {
     case "$1" in
-        "canidae") echo "agent audit autoscale cluster drill events fleet history keys metrics node pack policy scale-test token top yip" ;;
+        "canidae") echo "agent audit autoscale cluster drill events fleet history keys metrics node pack place policy ring scale-test token top yip" ;;
         "canidae agent") echo "doctor init run" ;;
         "canidae audit") echo "list tail" ;;
         "canidae autoscale") echo "plan status" ;;
@@ -18,6 +18,7 @@ _canidae_children() {
         "canidae node") echo "cordon drain list show uncordon" ;;
         "canidae pack") echo "create history kill list logs migrate place show spawn stop" ;;
         "canidae policy") echo "apply delete list show" ;;
+        "canidae ring") echo "lookup show simulate" ;;
         "canidae scale-test") echo "report run" ;;
         "canidae token") echo "create list revoke" ;;
         "canidae yip") echo "recv send" ;;
@@ -74,11 +75,16 @@ _canidae_options() {
         "canidae pack show") echo "--help --json --stale -h" ;;
         "canidae pack spawn") echo "--cell --count --cpu --driver --env --file --group --help --json --mem --members --no-wait --node --region --restart --spread --timeout --wait --zone -e -f -h -n" ;;
         "canidae pack stop") echo "--help --json --no-wait --timeout --wait -h" ;;
+        "canidae place") echo "--cell --cells --count --cpu --cpu-per-pack --group --help --json --load-factor --max-packs --mem --mem-per-pack --node --nodes --pack --prefix --region --regions --seed --spread --topology --zone --zones -h" ;;
         "canidae policy") echo "--help -h" ;;
         "canidae policy apply") echo "--help --json -h" ;;
         "canidae policy delete") echo "--help --json -h" ;;
         "canidae policy list") echo "--help --json -h" ;;
         "canidae policy show") echo "--help --json -h" ;;
+        "canidae ring") echo "--help -h" ;;
+        "canidae ring lookup") echo "--help --json -h" ;;
+        "canidae ring show") echo "--help --json -h" ;;
+        "canidae ring simulate") echo "--add --help --json --load-factor --nodes --packs --remove --seed --vnodes --zones -h" ;;
         "canidae scale-test") echo "--help -h" ;;
         "canidae scale-test report") echo "--help --json -h" ;;
         "canidae scale-test run") echo "--chaos --help --json --live --no-chaos --nodes --out --packs --seed --sim --zones -h -o" ;;
@@ -199,6 +205,35 @@ _canidae_option_value() {
         "canidae pack spawn --timeout") echo "none" ;;
         "canidae pack spawn --zone") echo "zone" ;;
         "canidae pack stop --timeout") echo "none" ;;
+        "canidae place --cell") echo "none" ;;
+        "canidae place --cells") echo "none" ;;
+        "canidae place --count") echo "none" ;;
+        "canidae place --cpu") echo "none" ;;
+        "canidae place --cpu-per-pack") echo "none" ;;
+        "canidae place --group") echo "none" ;;
+        "canidae place --load-factor") echo "none" ;;
+        "canidae place --max-packs") echo "none" ;;
+        "canidae place --mem") echo "none" ;;
+        "canidae place --mem-per-pack") echo "none" ;;
+        "canidae place --node") echo "node" ;;
+        "canidae place --nodes") echo "none" ;;
+        "canidae place --pack") echo "none" ;;
+        "canidae place --prefix") echo "none" ;;
+        "canidae place --region") echo "none" ;;
+        "canidae place --regions") echo "none" ;;
+        "canidae place --seed") echo "none" ;;
+        "canidae place --spread") echo "choice:zone region cell" ;;
+        "canidae place --topology") echo "file" ;;
+        "canidae place --zone") echo "zone" ;;
+        "canidae place --zones") echo "none" ;;
+        "canidae ring simulate --add") echo "none" ;;
+        "canidae ring simulate --load-factor") echo "none" ;;
+        "canidae ring simulate --nodes") echo "none" ;;
+        "canidae ring simulate --packs") echo "none" ;;
+        "canidae ring simulate --remove") echo "none" ;;
+        "canidae ring simulate --seed") echo "none" ;;
+        "canidae ring simulate --vnodes") echo "none" ;;
+        "canidae ring simulate --zones") echo "none" ;;
         "canidae scale-test run --nodes") echo "none" ;;
         "canidae scale-test run --out") echo "file" ;;
         "canidae scale-test run -o") echo "file" ;;
@@ -248,6 +283,7 @@ _canidae_argument() {
         "canidae policy apply 0") echo "file" ;;
         "canidae policy delete 0") echo "none" ;;
         "canidae policy show 0") echo "none" ;;
+        "canidae ring lookup 0") echo "pack" ;;
         "canidae scale-test report 0") echo "file" ;;
         "canidae token create 0") echo "none" ;;
         "canidae token revoke 0") echo "none" ;;

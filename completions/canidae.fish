@@ -5,7 +5,7 @@
 function __canidae_children
     switch $argv[1]
         case 'canidae'
-            printf '%s\n' agent audit autoscale cluster drill events fleet history keys metrics node pack policy scale-test token top yip
+            printf '%s\n' agent audit autoscale cluster drill events fleet history keys metrics node pack place policy ring scale-test token top yip
         case 'canidae agent'
             printf '%s\n' doctor init run
         case 'canidae audit'
@@ -30,6 +30,8 @@ function __canidae_children
             printf '%s\n' create history kill list logs migrate place show spawn stop
         case 'canidae policy'
             printf '%s\n' apply delete list show
+        case 'canidae ring'
+            printf '%s\n' lookup show simulate
         case 'canidae scale-test'
             printf '%s\n' report run
         case 'canidae token'
@@ -88,6 +90,10 @@ function __canidae_valued
             printf '%s\n' -- --cell --count --cpu --driver --env --file --group --mem --members --node --region --restart --spread --timeout --zone -e -f -n
         case 'canidae pack stop'
             printf '%s\n' -- --timeout
+        case 'canidae place'
+            printf '%s\n' -- --cell --cells --count --cpu --cpu-per-pack --group --load-factor --max-packs --mem --mem-per-pack --node --nodes --pack --prefix --region --regions --seed --spread --topology --zone --zones
+        case 'canidae ring simulate'
+            printf '%s\n' -- --add --load-factor --nodes --packs --remove --seed --vnodes --zones
         case 'canidae scale-test run'
             printf '%s\n' -- --nodes --out --packs --seed --zones -o
         case 'canidae token create'
@@ -177,7 +183,9 @@ complete -c canidae -n '__canidae_at \'canidae\'' -a keys -d 'Inspect and rotate
 complete -c canidae -n '__canidae_at \'canidae\'' -a metrics -d 'Print cluster metrics aggregated by cell, region and zone'
 complete -c canidae -n '__canidae_at \'canidae\'' -a node -d 'List and inspect nodes'
 complete -c canidae -n '__canidae_at \'canidae\'' -a pack -d 'Create, place, run, move and stop packs'
+complete -c canidae -n '__canidae_at \'canidae\'' -a place -d 'Dry-run the scheduler offline'
 complete -c canidae -n '__canidae_at \'canidae\'' -a policy -d 'Manage the access policies that tokens grant'
+complete -c canidae -n '__canidae_at \'canidae\'' -a ring -d 'Inspect and simulate the consistent-hash ring'
 complete -c canidae -n '__canidae_at \'canidae\'' -a scale-test -d 'Run scale tests (simulated or live) and report their figures'
 complete -c canidae -n '__canidae_at \'canidae\'' -a token -d 'Create, list and revoke API tokens'
 complete -c canidae -n '__canidae_at \'canidae\'' -a top -d 'Show nodes and packs by resource use, refreshed live'
@@ -521,6 +529,31 @@ complete -c canidae -n '__canidae_at \'canidae pack stop\'' -l timeout -x -d 'Gi
 complete -c canidae -n '__canidae_at \'canidae pack stop\'' -l wait -d 'Wait until the work is done, or return once it is accepted'
 complete -c canidae -n '__canidae_at \'canidae pack stop\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
 
+# canidae place
+complete -c canidae -n '__canidae_at \'canidae place\'' -l cell -x -d 'Pin to cells of this name (within --zone/--region, if given)'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l cells -x -d 'Cells per region'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l count -x -d 'Also place K packs named PREFIX-1 '
+complete -c canidae -n '__canidae_at \'canidae place\'' -l cpu -x -d 'CPU of each made-up node'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l cpu-per-pack -x -d 'CPU reserved by each pack'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l group -x -d 'Spread group of the packs'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l load-factor -x -d 'Bounded-load factor'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l max-packs -x -d 'Pack slots of each made-up node'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l mem -x -d 'Memory of each made-up node'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l mem-per-pack -x -d 'Memory reserved by each pack, in MiB'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l node -x -a '(__canidae_names node)' -d 'Pin the packs to this node'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l nodes -x -d 'Nodes, dealt over the cells'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l pack -x -d 'A pack to place, by name (repeatable)'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l prefix -x -d 'Name prefix for --count packs'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l region -x -d 'Pin to regions of this name (within --zone, if given)'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l regions -x -d 'Regions per zone'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l seed -x -d 'Seed handed to the scheduler'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l spread -x -a 'zone region cell' -d 'Spread the packs evenly across the zones, regions or cells'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l topology -r -F -d 'Read the fleet from a TOML file'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l zone -x -a '(__canidae_names zone)' -d 'Pin the packs to this zone'
+complete -c canidae -n '__canidae_at \'canidae place\'' -l zones -x -d 'Zones of a made-up fleet'
+
 # canidae policy
 complete -c canidae -n '__canidae_at \'canidae policy\'' -a apply -d 'Create or replace a policy from a file'
 complete -c canidae -n '__canidae_at \'canidae policy\'' -a delete -d 'Delete a policy'
@@ -544,6 +577,33 @@ complete -c canidae -n '__canidae_at \'canidae policy list\'' -l json -d 'Print 
 # canidae policy show
 complete -c canidae -n '__canidae_at \'canidae policy show\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae policy show\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae ring
+complete -c canidae -n '__canidae_at \'canidae ring\'' -a lookup -d 'Show where NAME lands on the cluster\'s ring, and its preference list'
+complete -c canidae -n '__canidae_at \'canidae ring\'' -a show -d 'Show the cluster\'s ring'
+complete -c canidae -n '__canidae_at \'canidae ring\'' -a simulate -d 'Place packs on an in-memory ring, then report balance, movement on join/leave, and timings'
+complete -c canidae -n '__canidae_at \'canidae ring\'' -l help -s h -d 'Show this message and exit'
+
+# canidae ring lookup
+complete -c canidae -n '__canidae_at \'canidae ring lookup\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae ring lookup\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae ring lookup\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
+
+# canidae ring show
+complete -c canidae -n '__canidae_at \'canidae ring show\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae ring show\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae ring simulate
+complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l add -x -d 'Nodes joining after placement'
+complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l load-factor -x -d 'Bounded loads'
+complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l nodes -x -d 'Nodes on the ring (ids n0000...)'
+complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l packs -x -d 'Packs to place (names drawn from the seed)'
+complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l remove -x -d 'Nodes leaving (chosen from the seed), separately from --add'
+complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l seed -x -d 'Seed for pack names and leaving nodes'
+complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l vnodes -x -d 'Virtual nodes per node'
+complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l zones -x -d 'Zones (z0...), nodes dealt round-robin'
 
 # canidae scale-test
 complete -c canidae -n '__canidae_at \'canidae scale-test\'' -a report -d 'Summarise the results of a scale test'
