@@ -172,12 +172,7 @@ def build_app() -> typer.Typer:
     )
     root.callback()(global_options)
     for name, target in NOUNS:
-        try:
-            entry = _load(target)
-        except ModuleNotFoundError as exc:
-            if exc.name != target.partition(":")[0]:
-                raise
-            continue  # TEMPORARY: cli/ring.py and cli/place.py are being written
+        entry = _load(target)
         if isinstance(entry, typer.Typer):
             root.add_typer(entry, name=name)
         else:
