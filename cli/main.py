@@ -37,11 +37,11 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 import typer.main
-from canidae.cli.output import DEFAULT_CONFIG_PATH, GLOBALS, JsonOption
-from canidae.core.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_USAGE, CanidaeError
 from typer.core import TyperGroup
 
 from canidae import __version__
+from canidae.cli.output import DEFAULT_CONFIG_PATH, GLOBALS, JsonOption
+from canidae.core.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_USAGE, CanidaeError
 
 try:
     # typer >= 0.22 carries its own copy of click; its exceptions are not the click package's.

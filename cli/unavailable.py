@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+
 from canidae.cli.output import (
     NODE_METAVAR,
     PACK_METAVAR,

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import typer.main
+
+from canidae import __version__
 from canidae.cli import main as cli_main
 from canidae.cli.output import DEFAULT_CONFIG_PATH, NODE_METAVAR, PACK_METAVAR, ZONE_METAVAR
 from canidae.core import errors
-
-from canidae import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 PROG = cli_main.PROG

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
 from canidae.core import errors
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,12 +13,12 @@ from typing import Annotated, Any
 import pytest
 import typer
 import typer.main
+
+from canidae import __version__
 from canidae.cli import main as cli_main
 from canidae.cli.output import GLOBALS
 from canidae.core import errors
 from canidae.core.types import Driver
-
-from canidae import __version__
 
 CONTRACT_NOUNS = {
     "cluster": {"up", "down", "status"},
