@@ -79,6 +79,7 @@ from canidae.core.types import (
 
 WEIGHT_UNIT = 1_000_000  # node weights are summed in millionths: integer sums have no order
 LEVELS = (Level.ZONE, Level.REGION, Level.CELL)
+LEVEL_DEPTH = {"fleet": 0, "zone": 1, "region": 2, "cell": 3}
 REASON_REBALANCE = "rebalance onto a new node"
 # Group rings have few members (3 zones, 4 regions, 10 cells) and the error of each level's
 # shares multiplies into the next: more points per member keep a node's overall share within
@@ -593,8 +594,9 @@ class Scheduler:
         ranked: list[_Group] = []
         for g in self._rank(scope, hs):
             ranked.extend(self._groups_at(g, level, hs))
-        # ...then the least loaded first (stable sort: ties keep ring order).
-        ranked.sort(key=lambda g: counts.get(g.id, 0))
+        # ...then the least loaded first (stable sort: ties keep ring order). A pack pinned below
+        # its spread level (a cell, spread by zone) ranks its pinned groups by their ancestor's count.
+        ranked.sort(key=lambda g: counts.get(_ancestor_at(g, level).id, 0))
         res = spec.resources
         for g in ranked:
             if g.free_cpu < res.cpu or g.free_mem < res.mem or g.free_packs < 1:
@@ -605,8 +607,11 @@ class Scheduler:
         return None
 
     def _groups_at(self, g: _Group, level: str, hs: _Hashes) -> list[_Group]:
-        """The groups of ``level`` at or under ``g``, in ring order (only those with READY nodes)."""
-        if g.level == level:
+        """The groups of ``level`` at or under ``g``, in ring order (only those with READY nodes).
+
+        ``g`` itself when it is at or below ``level``.
+        """
+        if g.depth >= LEVEL_DEPTH[level]:
             return [g]
         out: list[_Group] = []
         if g.is_cell:
@@ -893,6 +898,14 @@ class Scheduler:
         counts = self._spread.setdefault((c.spread.value, c.group or ""), {})
         gid = slot.node.location.at(c.spread)
         counts[gid] = counts.get(gid, 0) + sign
+
+
+def _ancestor_at(g: _Group, level: str) -> _Group:
+    """``g`` or its ancestor at ``level`` (``g`` itself when it is above it)."""
+    a: _Group | None = g
+    while a is not None and a.level != level:
+        a = a.parent
+    return a if a is not None else g
 
 
 def _sorted_groups(g: _Group) -> list[_Group]:

@@ -219,6 +219,15 @@ def test_spread_in_a_pinned_zone() -> None:
     assert max(counts.values()) - min(counts.values()) <= 1
 
 
+def test_spread_above_the_pinned_level_still_places() -> None:
+    sched, nodes = fleet(zones=3, regions=2, cells=2, nodes=36)
+    plan = sched.place(specs(6, cell="c1", spread=Level.ZONE, group="g"), seed=1)
+    assert not plan.unplaced
+    counts = Counter(nodes[p.node].location.zone for p in plan.placements)
+    assert counts == {"z1": 2, "z2": 2, "z3": 2}
+    assert {nodes[p.node].location.cell for p in plan.placements} == {"c1"}
+
+
 # ---------------------------------------------------------------------- bounded loads
 
 
@@ -364,6 +373,30 @@ def test_snapshot_restore_decides_like_the_original() -> None:
         restored.reserve(p.node, Resources(100, 64, 1))
     more = specs(200, "m")
     assert sched.place(more, seed=5) == restored.place(more, seed=5)
+
+
+def test_restore_with_specs_keeps_spread_decisions_and_history_does_not_matter() -> None:
+    # A replica that replayed joins, failures and stops must decide like one restored from a
+    # snapshot of the result, provided reservations are restored with their specs.
+    sched, nodes = fleet(zones=3, regions=2, cells=2, nodes=36)
+    work = {s.name: s for s in specs(120, "s", spread=Level.CELL, group="g") + specs(300)}
+    plan = sched.place(list(work.values()), seed=1)
+    where = {p.pack: p.node for p in plan.placements}
+    victim = sorted(nodes)[3]
+    sched.update_node(with_state(nodes[victim], NodeState.DOWN))
+    orphans = [work[k] for k in sorted(where) if where[k] == victim]
+    for s in orphans:
+        sched.release(victim, s.resources, s)
+    where.update((p.pack, p.node) for p in sched.place(orphans, seed=2).placements)
+    for name in sorted(where)[::7]:
+        sched.release(where.pop(name), work[name].resources, work[name])
+    restored = Scheduler()
+    for nid in sorted(nodes, reverse=True):
+        restored.add_node(sched.node(nid))
+    for name in sorted(where):
+        restored.reserve(where[name], work[name].resources, work[name])
+    more = specs(60, "t", spread=Level.CELL, group="g") + specs(100, "u")
+    assert sched.place(more, seed=9) == restored.place(more, seed=9)
 
 
 # ---------------------------------------------------------------------- rebalancing

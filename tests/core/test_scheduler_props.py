@@ -52,7 +52,13 @@ def constraints_st(draw: st.DrawFn) -> Constraints:
     if kind == "node":
         return Constraints(node=f"n{draw(st.integers(0, 13))}")
     if kind == "spread":
+        pins = draw(
+            st.sampled_from(
+                [{}, {"zone": "z1"}, {"region": "r2"}, {"zone": "z2", "region": "r1", "cell": "c1"}]
+            )
+        )
         return Constraints(
+            **pins,
             spread=draw(st.sampled_from([Level.ZONE, Level.REGION, Level.CELL])),
             group=draw(st.sampled_from(["a", "b"])),
         )
@@ -93,7 +99,7 @@ def fits(node: Node, used: Resources, res: Resources) -> bool:
     return node.state is NodeState.READY and (used + res).fits_in(node.capacity)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(nodes_st(), specs_st(), st.sets(st.sampled_from([f"n{i}" for i in range(12)]), max_size=3))
 def test_placements_respect_capacity_state_pins_and_exclusions(
     nodes: list[Node], specs: list[PackSpec], exclude: set[str]
@@ -121,7 +127,7 @@ def test_placements_respect_capacity_state_pins_and_exclusions(
         assert sched.usage(nid) == u
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(nodes_st(), specs_st())
 def test_one_batch_equals_one_call_per_spec(nodes: list[Node], specs: list[PackSpec]) -> None:
     whole = build(nodes).place(specs, seed=1)
@@ -131,7 +137,7 @@ def test_one_batch_equals_one_call_per_spec(nodes: list[Node], specs: list[PackS
     assert list(whole.unplaced) == [u for plan in plans for u in plan.unplaced]
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(nodes_st(), specs_st(), st.randoms(use_true_random=False))
 def test_deterministic_whatever_the_order_nodes_joined(
     nodes: list[Node], specs: list[PackSpec], rnd: object
