@@ -265,7 +265,13 @@ class Scheduler:
         self._sync_cell_ring(slot)
 
     def update_node(self, node: Node) -> None:
-        """Apply a change of state, capacity, weight or location; the node's usage is kept."""
+        """Apply a change of state, capacity, weight or location; the node's usage is kept.
+
+        Only READY nodes take new packs; a node that is not READY keeps its usage (a cordoned
+        node's packs stay put) but counts toward no ring, bound or free capacity. A node that
+        moves to another location keeps its usage, but packs reserved on it with a spread
+        ``spec`` stay counted in their old group until released.
+        """
         slot = self._slot(node.id)
         if slot.node.location != node.location:
             used = Resources(slot.used_cpu, slot.used_mem, slot.used_packs)
