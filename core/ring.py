@@ -102,6 +102,7 @@ class HashRing:
         "_merged",
         "_owners",
         "_padded",
+        "_padded_owners",
         "_pending",
         "_points",
         "_removed",
@@ -125,11 +126,13 @@ class HashRing:
         self._stale = False
         self._points: list[int] = []
         self._owners: list[str] = []           # len(points) + 1 entries (sentinel) when not empty
-        # The bucket index for bulk lookups (see _index), rebuilt lazily after a membership change.
+        # The bucket index for lookups (see _index): built at the first bulk call, then patched
+        # by each merge.
         self._table: list[str | int] | None = None
         self._shift = 64
         self._span = 0
-        self._padded: list[int] = []           # _points plus _span positions past any hash
+        self._padded: list[int] = []           # the index's sorted runs of points, see _index
+        self._padded_owners: list[str] = []    # their owners, aligned
 
     # -- membership -------------------------------------------------------------------------
 
@@ -217,14 +220,17 @@ class HashRing:
         removed_points = sum(self._merged[n] for n in self._removed)
         pending_points = sum(self._pending.values())
         remaining = len(points) - removed_points
+        changed: list[int] = []   # positions of points that left or arrived
+        old_first = (points[0], owners[0]) if points else None
         if remaining == 0 or pending_points * 4 > remaining:
             # Many nodes at once (a build): one sort beats merging them in one by one.
             points, owners = self._build_all()
+            self._table = None
         else:
             if self._removed:
-                points, owners = self._without(points, owners)
+                points, owners = self._without(points, owners, changed)
             if self._pending:
-                points, owners = self._with_pending(points, owners)
+                points, owners = self._with_pending(points, owners, changed)
         for n in self._removed:
             del self._merged[n]
         self._merged.update(self._pending)
@@ -233,8 +239,9 @@ class HashRing:
         if owners:
             owners.append(owners[0])
         self._points, self._owners = points, owners
-        self._table = None
         self._stale = False
+        if self._table is not None and not self._patch(changed, old_first):
+            self._table = None
 
     def _build_all(self) -> tuple[list[int], list[str]]:
         ids = sorted(self._counts)
@@ -254,9 +261,14 @@ class HashRing:
         """The bucket index: one entry per ``1 << shift`` slice of the circle (4 to 8 per point).
 
         An entry is the owner's id when no point falls inside the slice (every key hashing there
-        has that owner: the next point clockwise), else the index of the slice's first point, from
-        which a bisection over at most ``_span`` points finishes the lookup. Most keys are thus
-        answered by one list access, and the rest by a short bisection, all in C via ``map``.
+        has that owner: the next point clockwise), else an offset into ``_padded``, a run of
+        positions in which a bisection over ``_span`` entries finds the answer, whose owner sits
+        at the same offset of ``_padded_owners``. Most keys are thus answered by one list access,
+        the rest by a short bisection, all in C via ``map``.
+
+        When built, ``_padded`` is a copy of the points and each entry the index of its slice's
+        first point. A merge then patches only the slices whose points changed (and the slices
+        around them), appending fresh runs for them to ``_padded``; see ``_patch``.
         """
         if self._table is not None:
             return self._table
@@ -268,8 +280,8 @@ class HashRing:
         prev = -1    # the last bucket holding a point
         first = 0    # the index of its first point
         span = 1
-        # A fresh copy of the points, allocated in ring order: the short bisections below then
-        # read neighbouring memory instead of ints scattered in the order they were hashed.
+        # A fresh copy of the points, allocated in ring order: the short bisections then read
+        # neighbouring memory instead of ints scattered in the order they were hashed.
         padded = list(map(add, points, repeat(0)))
         for i, b in enumerate(map(rshift, padded, repeat(shift))):
             if b == prev:
@@ -280,15 +292,73 @@ class HashRing:
                 extend(repeat(owners[i], b - prev - 1))
             append(i)
             prev, first = b, i
-        self._span = max(span, size - first)
+        # One spare slot so that runs patched in later may grow by a point without a rebuild.
+        span = max(span, size - first) + 1
         # Empty buckets past the last point wrap around to the first point.
-        table.extend(repeat(owners[0], (1 << (HASH_BITS - shift)) - len(table)))
-        # Bisecting [first, first + span) of this list needs no clamp at the end of the circle:
-        # the padding is above every hash, and owners[len(points)] is the wrap-around sentinel.
-        padded.extend(repeat(HASH_SPACE, self._span))
+        extend(repeat(owners[0], (1 << (HASH_BITS - shift)) - len(table)))
+        # A bisection over [first, first + span) never needs a clamp: the padding is above every
+        # hash, and its owner is the first point's (the wrap-around).
+        padded.extend(repeat(HASH_SPACE, span + 1))
         self._padded = padded
-        self._table, self._shift = table, shift
+        self._padded_owners = owners[:size] + [owners[0]] * (span + 1)
+        self._table, self._shift, self._span = table, shift, span
         return table
+
+    def _patch(self, changed: list[int], old_first: tuple[int, str] | None) -> bool:
+        """Bring the index up to date after a merge that added or removed ``changed`` points.
+
+        False when a rebuild is due instead: the ring grew or shrank too far from the size the
+        index was built for, a slice outgrew ``_span``, or patched runs have piled up.
+        """
+        table = self._table
+        assert table is not None
+        points, owners = self._points, self._owners
+        size = len(points)
+        if not size or not 2 * size <= len(table) <= 32 * size or len(self._padded) > 3 * size + 64:
+            return False
+        shift, span = self._shift, self._span
+        padded, padded_owners = self._padded, self._padded_owners
+
+        def run(b: int) -> tuple[int, int]:
+            """Indices of bucket b's first point and of the first point after it."""
+            i = bisect_left(points, b << shift)
+            return i, bisect_left(points, (b + 1) << shift, i)
+
+        def rewrite(b: int) -> bool:
+            i, j = run(b)
+            if j - i > span:
+                return False
+            if j > i:
+                # A fresh run: the bucket's points, then padding owned by the next point.
+                table[b] = len(padded)
+                padded.extend(points[i:j])
+                padded.extend(repeat(HASH_SPACE, span + 1 - (j - i)))
+                padded_owners.extend(owners[i:j])
+                padded_owners.extend(repeat(owners[j], span + 1 - (j - i)))
+            else:
+                table[b] = owners[i]  # empty now: the next point's (the sentinel past the end)
+            return True
+
+        buckets = sorted({p >> shift for p in changed})
+        for b in buckets:
+            i, _ = run(b)
+            # The empty buckets between the previous point's bucket and b now lead to point i.
+            before = (points[i - 1] >> shift) if i else -1
+            if b - before > 1:
+                table[before + 1:b] = [owners[i]] * (b - before - 1)
+            if not rewrite(b):
+                return False
+            # The previous non-empty bucket's run ends with the point after it, which may be new.
+            if before >= 0 and before not in buckets and not rewrite(before):
+                return False
+        if (points[0], owners[0]) != old_first:
+            # A new first point: the empty buckets past the last point and the last point's run
+            # wrap around to it.
+            last = points[-1] >> shift
+            table[last + 1:] = [owners[0]] * (len(table) - last - 1)
+            if not rewrite(last):
+                return False
+        return True
 
     def _owners_of(self, hashes: list[int]) -> list[str]:
         """The owner of each hash (a bulk ``lookup``); the ring must not be empty."""
@@ -304,13 +374,14 @@ class HashRing:
             los = list(map(out.__getitem__, miss))
             # A bucket holds at most _span points, so the answer lies in [first, first + span].
             his = map(add, los, repeat(self._span))
-            found = map(owners.__getitem__,
+            found = map(self._padded_owners.__getitem__,
                         map(bisect_left, repeat(self._padded), map(hashes.__getitem__, miss), los, his))
             for i, owner in zip(miss, found):
                 out[i] = owner
         return out
 
-    def _without(self, points: list[int], owners: list[str]) -> tuple[list[int], list[str]]:
+    def _without(self, points: list[int], owners: list[str],
+                 changed: list[int]) -> tuple[list[int], list[str]]:
         drop: set[int] = set()
         for n in sorted(self._removed):
             for p in vnode_positions(n, self._merged[n]):
@@ -319,6 +390,7 @@ class HashRing:
                 while owners[i] != n or i in drop:
                     i += 1
                 drop.add(i)
+                changed.append(p)
         new_points: list[int] = []
         new_owners: list[str] = []
         start = 0
@@ -330,10 +402,12 @@ class HashRing:
         new_owners += owners[start:]
         return new_points, new_owners
 
-    def _with_pending(self, points: list[int], owners: list[str]) -> tuple[list[int], list[str]]:
+    def _with_pending(self, points: list[int], owners: list[str],
+                      changed: list[int]) -> tuple[list[int], list[str]]:
         incoming = sorted(
             (p, n) for n in sorted(self._pending) for p in vnode_positions(n, self._pending[n])
         )
+        changed.extend(p for p, _ in incoming)
         new_points: list[int] = []
         new_owners: list[str] = []
         start = 0
@@ -366,7 +440,7 @@ class HashRing:
             hit = table[h >> self._shift]
             if isinstance(hit, str):
                 return hit
-            return owners[bisect_left(self._padded, h, hit, hit + self._span)]
+            return self._padded_owners[bisect_left(self._padded, h, hit, hit + self._span)]
         return owners[bisect_left(self._points, h)]
 
     def lookup_hash(self, h: int) -> str:
@@ -577,19 +651,23 @@ def rebalance(
     points, owners = ring._arrays()
     if not owners:
         raise NoCapacity("the ring has no nodes")
-    keys = sorted(assignment)
-    current = list(map(assignment.__getitem__, keys))
+    # Keys are handled by position in the mapping's order, which may be anything; wherever the
+    # order matters (who moves first, who is taken), candidates are sorted by key.
+    keys = list(assignment)
+    by_key = keys.__getitem__
+    current = list(assignment.values())
     hashes = list(map(_xxh64, map(_encode, keys)))
     first = ring._owners_of(hashes)
     everyone = range(len(keys))
 
-    loads = Counter(current)
-    room = {n: caps[n] - loads.get(n, 0) for n in caps}
+    counted = Counter(current)
+    loads = {n: counted.get(n, 0) for n in caps}
+    room = {n: caps[n] - loads[n] for n in caps}
     if joined is None:
-        newcomers = {n for n in caps if n not in loads}
+        newcomers = {n for n in caps if n not in counted}
     else:
         newcomers = {n for n in joined if n in caps}
-    moves: dict[int, Migration] = {}
+    moves: dict[int, tuple[str, str, str]] = {}
 
     def move(i: int, target: str, reason: str) -> None:
         source = current[i]
@@ -598,7 +676,7 @@ def rebalance(
             loads[source] -= 1
         room[target] -= 1
         loads[target] += 1
-        moves[i] = Migration(keys[i], source, target, reason)
+        moves[i] = (source, target, reason)
         current[i] = target
 
     def place(i: int, allowed: Collection[str] | None, reason: str) -> None:
@@ -608,7 +686,7 @@ def rebalance(
         move(i, target, reason)
 
     # 1. Keys whose node left the ring.
-    for i in [i for i in everyone if current[i] not in caps]:
+    for i in sorted([i for i in everyone if current[i] not in caps], key=by_key):
         place(i, None, REASON_NODE_LEFT)
 
     # 2. Nodes over their (new) cap shed the excess, to a newcomer when one has room.
@@ -620,14 +698,14 @@ def rebalance(
         for n in over:
             # Keys whose first choice is now another node go first; then by key.
             stays_first = [first[i] == n for i in held[n]]
-            ranked = [i for _, i in sorted(zip(stays_first, held[n]))]
+            ranked = [i for _, _, i in sorted(zip(stays_first, map(by_key, held[n]), held[n]))]
             for i in ranked[: -room[n]]:
                 fits = [m for m in newcomers if room[m] > 0]
                 place(i, fits or None, REASON_REBALANCE)
 
     # 3. Newcomers up to their fair share, from keys that now prefer them.
     per_node, total_weight = _exact_weights(ring)
-    need = {y: min(caps[y], math.floor(len(keys) * per_node[y] / total_weight)) - loads.get(y, 0)
+    need = {y: min(caps[y], math.floor(len(keys) * per_node[y] / total_weight)) - loads[y]
             for y in newcomers}
     hungry = {y for y, k in need.items() if k > 0}
     if hungry:
@@ -637,6 +715,7 @@ def rebalance(
             if i not in moves and current[i] not in newcomers:
                 tier1[first[i]].append(i)
         for y in sorted(hungry):
+            tier1[y].sort(key=by_key)
             need[y] -= _take(tier1[y], need[y], y, current, loads, moves, move)
         hungry = {y for y in hungry if need[y] > 0}
     if hungry:
@@ -650,13 +729,14 @@ def rebalance(
             for y in _met_before(points, owners, bisect_left(points, hashes[i]), n, hungry):
                 tier2[y].append(i)
         for y in sorted(hungry):
+            tier2[y].sort(key=by_key)
             _take(tier2[y], need[y], y, current, loads, moves, move)
 
-    return [moves[i] for i in sorted(moves)]
+    return [Migration(keys[i], *moves[i]) for i in sorted(moves, key=by_key)]
 
 
 def _take(candidates: list[int], need: int, target: str, current: list[str], loads: Mapping[str, int],
-          moves: Mapping[int, Migration], move: Callable[[int, str, str], None]) -> int:
+          moves: Mapping[int, object], move: Callable[[int, str, str], None]) -> int:
     """Move up to ``need`` of ``candidates`` to ``target``, always from the most loaded donor."""
     by_donor: dict[str, list[int]] = {}
     for i in candidates:  # in key order, so each donor's list is too

@@ -153,6 +153,91 @@ def test_bucket_index_agrees_with_bisection_at_edges(seed: int, n: int, vnodes: 
     assert r._owners_of(probes) == [model_lookup(pts, h) for h in probes]
 
 
+index_ops = st.lists(
+    st.tuples(st.sampled_from(["add", "add", "remove", "read", "bulk"]), st.integers(0, 40),
+              st.sampled_from([0.1, 0.5, 1.0, 2.0])),
+    min_size=1, max_size=50,
+)
+
+
+def probes_for(r: HashRing, rnd: random.Random) -> list[int]:
+    points = r._arrays()[0]
+    probes = points + [p + 1 for p in points] + [p - 1 for p in points if p]
+    return probes + [0, HASH_SPACE - 1] + [rnd.randrange(HASH_SPACE) for _ in range(100)]
+
+
+def check_index(r: HashRing, rnd: random.Random) -> None:
+    points, owners = r._arrays()
+    pts = [(p, owners[i]) for i, p in enumerate(points)]
+    probes = probes_for(r, rnd)
+    want = [model_lookup(pts, h) for h in probes]
+    if r._table is None:
+        r.build_index()
+    assert r._owners_of(probes) == want
+    keys = [f"key{i}" for i in range(200)]
+    assert [r.lookup(k) for k in keys] == [model_lookup(pts, key_hash(k)) for k in keys]
+
+
+@given(script=index_ops, vnodes=st.sampled_from([1, 3, 20]), seed=st.integers(0, 1000))
+@FAST
+def test_index_patched_by_merges_agrees_with_bisection(script, vnodes: int, seed: int) -> None:
+    rnd = random.Random(seed)
+    r = HashRing(vnodes)
+    for i in range(12):
+        r.add_node(f"base-{i}")
+    r.build_index()
+    members = {f"base-{i}" for i in range(12)}
+    for op, i, w in script:
+        n = f"node-{i}"
+        if op == "add" and n not in members:
+            r.add_node(n, w)
+            members.add(n)
+        elif op == "remove" and members - {n} and n in members:
+            r.remove_node(n)
+            members.discard(n)
+        elif op == "read":
+            r.lookup("probe")  # merges, patching the index when there is one
+        elif op == "bulk":
+            check_index(r, rnd)
+    check_index(r, rnd)
+
+
+def test_index_patch_with_colliding_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ring_mod, "_xxh64", lambda b: xxhash.xxh64_intdigest(b) % 5000)
+    rnd = random.Random(3)
+    r = HashRing(8)
+    for i in range(30):
+        r.add_node(f"c{i}")
+    r.build_index()
+    for step in range(40):
+        n = f"c{rnd.randrange(40)}"
+        if n in r and len(r) > 1:
+            r.remove_node(n)
+        elif n not in r:
+            r.add_node(n)
+        r.lookup("x")
+        points, owners = r._arrays()
+        pts = [(p, owners[i]) for i, p in enumerate(points)]
+        probes = list(range(0, 5001, 7)) + points
+        assert r._owners_of(probes) == [model_lookup(pts, h) for h in probes], step
+
+
+def test_index_survives_one_node_in_and_out_at_scale() -> None:
+    r = build(200, vnodes=40)
+    r.build_index()
+    before = r.lookup_many(KEYS)
+    table = r._table
+    r.add_node("extra")
+    with_extra = r.lookup_many(KEYS)
+    assert r._table is table  # patched, not rebuilt
+    fresh = build_with(r.nodes(), 40)
+    fresh.build_index()
+    assert with_extra == fresh.lookup_many(KEYS)
+    r.remove_node("extra")
+    assert r.lookup_many(KEYS) == before
+    assert r._table is table
+
+
 def test_vnode_counts_and_accessors() -> None:
     r = HashRing(vnodes=10)
     r.add_node("a", 1.0)
