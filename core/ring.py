@@ -266,7 +266,7 @@ class HashRing:
         at the same offset of ``_padded_owners``. Most keys are thus answered by one list access,
         the rest by a short bisection, all in C via ``map``.
 
-        When built, ``_padded`` is a copy of the points and each entry the index of its slice's
+        When built, ``_padded`` is the points (sharing their ints) and each entry the index of its slice's
         first point. A merge then patches only the slices whose points changed (and the slices
         around them), appending fresh runs for them to ``_padded``; see ``_patch``.
         """
@@ -280,10 +280,7 @@ class HashRing:
         prev = -1    # the last bucket holding a point
         first = 0    # the index of its first point
         span = 1
-        # A fresh copy of the points, allocated in ring order: the short bisections then read
-        # neighbouring memory instead of ints scattered in the order they were hashed.
-        padded = list(map(add, points, repeat(0)))
-        for i, b in enumerate(map(rshift, padded, repeat(shift))):
+        for i, b in enumerate(map(rshift, points, repeat(shift))):
             if b == prev:
                 continue
             span = max(span, i - first)
@@ -298,8 +295,7 @@ class HashRing:
         extend(repeat(owners[0], (1 << (HASH_BITS - shift)) - len(table)))
         # A bisection over [first, first + span) never needs a clamp: the padding is above every
         # hash, and its owner is the first point's (the wrap-around).
-        padded.extend(repeat(HASH_SPACE, span + 1))
-        self._padded = padded
+        self._padded = points + [HASH_SPACE] * (span + 1)
         self._padded_owners = owners[:size] + [owners[0]] * (span + 1)
         self._table, self._shift, self._span = table, shift, span
         return table
