@@ -16,7 +16,13 @@ plus one sentinel copy of the first owner at the end, so ``bisect_left`` returni
 are recorded at once and merged into the lists by the next read: one node is merged in
 O(points) with slice copies (no full rebuild), and many nodes added in a row cost one sort. The
 lists are replaced, never mutated in place, so a running ``preference`` walk keeps a consistent
-snapshot.
+snapshot. Bulk lookups (and single ones, once it exists) go through a bucket index over the
+circle (``HashRing._index``): built by the first bulk call, then patched by each merge.
+
+Bounded loads. ``place_bounded`` and ``rebalance`` cap every node at
+``ceil(load_factor * total * weight / total_weight)`` keys (Mirrokni, Thorup, Zadimoghaddam,
+"Consistent Hashing with Bounded Loads"); a key on a full node walks clockwise to the next
+node with room.
 """
 
 from __future__ import annotations
@@ -209,7 +215,11 @@ class HashRing:
     # -- the sorted lists -------------------------------------------------------------------
 
     def _arrays(self) -> tuple[list[int], list[str]]:
-        """The merged ``(points, owners)``; ``owners`` carries the wrap-around sentinel."""
+        """The merged ``(points, owners)``; ``owners`` carries the wrap-around sentinel.
+
+        ``core.scheduler`` walks these directly: both lists are sorted by (position, node id),
+        ``len(owners) == len(points) + 1``, and they are replaced, never mutated, by a change.
+        """
         if self._stale:
             self._merge()
         return self._points, self._owners
