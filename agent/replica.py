@@ -56,14 +56,43 @@ def _fsync_dir(path: str) -> None:
 
 
 class _FsyncFileJournal(_journal.FileJournal):
-    """pysyncobj's file journal, made durable: every append is msync'ed before it returns."""
+    """pysyncobj's file journal, made durable: every append is msync'ed before it returns.
+
+    A pysyncobj follower truncates its log and re-adds the same entries whenever the leader
+    resends them (it does not skip entries it already holds, as Raft allows). Re-adding an entry
+    identical to the one already durable at that position needs no msync: ``_durable`` mirrors
+    what is on disk, so only new or different entries pay for a flush.
+    """
+
+    def __init__(self, journal_file: str) -> None:
+        super().__init__(journal_file)
+        self._durable: list[tuple[bytes, int, int]] = [self[i] for i in range(len(self))]
+        self._bulk = False
 
     def add(self, command: bytes, idx: int, term: int) -> None:
+        pos = len(self)
         super().add(command, idx, term)
-        self.flush()
+        entry = (command, idx, term)
+        if pos < len(self._durable) and self._durable[pos] == entry:
+            return
+        del self._durable[pos:]
+        self._durable.append(entry)
+        if not self._bulk:
+            self.flush()
 
     def clear(self) -> None:
         super().clear()
+        self._durable = []
+        if not self._bulk:
+            self.flush()
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802 (pysyncobj's name)
+        # Compaction rewrites the whole file: one msync at the end instead of one per entry.
+        self._bulk = True
+        try:
+            super().deleteEntriesTo(entryTo)
+        finally:
+            self._bulk = False
         self.flush()
 
 
@@ -207,6 +236,35 @@ class Replica(SyncObj):  # type: ignore[misc]
             commandsQueueSize=200_000,
         )
         super().__init__(self_addr, peer_addrs, conf)
+        self._keep_next_index_monotonic()
+
+    def _keep_next_index_monotonic(self) -> None:
+        """Stop pysyncobj's leader from rewinding a follower's next index on a success answer.
+
+        pysyncobj pipelines append-entries (next index moves forward as it sends), but on each
+        success answer it sets next index to what that answer acknowledged, even when later
+        entries are already on the wire. Under load every late answer rewinds it, the same
+        entries are sent again and again, and the follower truncates and rewrites its journal
+        each time: throughput collapsed from ~300 to ~60 requests/s at 64 concurrent clients
+        here. Raft only needs a success answer to move match index forward; next index may keep
+        its place. A failure answer still resets it.
+        """
+        transport = self._SyncObj__transport
+        next_index = self._SyncObj__raftNextIndex
+        original = transport._onMessageReceivedCallback
+
+        def on_message(node: Any, message: Any) -> None:
+            if isinstance(message, dict) and message.get("type") == "next_node_idx" \
+                    and message.get("success") and not message.get("reset"):
+                before = next_index.get(node)
+                original(node, message)
+                after = next_index.get(node)
+                if before is not None and after is not None and after < before:
+                    next_index[node] = before
+                return
+            original(node, message)
+
+        transport.setOnMessageReceivedCallback(on_message)
 
     # The one replicated entry point. Runs on pysyncobj's tick thread, in log order.
     @replicated

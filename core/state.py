@@ -100,6 +100,11 @@ class ClusterState:
         self.max_term = 0
         self.event_seq = 0
         self.node_rev: dict[str, int] = {}  # bumped whenever a node's assignments change
+        # Per node, the packs whose assignment changed, oldest first, with the rev of the change:
+        # lets an agent fetch only what changed since the rev it has (``changes_since``). Derived
+        # data, not part of snapshots; ``horizon`` is the oldest rev it can answer from.
+        self.node_log: dict[str, dict[str, int]] = {}
+        self.horizon: dict[str, int] = {}
         self.applied = 0  # commands applied (not log entries)
         self._events: list[dict[str, Any]] = []
         self._sorted_names: list[str] | None = None
@@ -152,6 +157,8 @@ class ClusterState:
             self.nodes[node.id] = node
             self.by_node[node.id] = {}
             self.node_rev[node.id] = 1
+            self.node_log[node.id] = {}
+            self.horizon[node.id] = 0
             self.scheduler.add_node(node)
             self._event(cmd, "NodeJoined", node=node.id, detail=node.to_dict())
         else:
@@ -194,6 +201,8 @@ class ClusterState:
             self.packs[name].node = None
         del self.by_node[cmd.node_id]
         self.node_rev.pop(cmd.node_id, None)
+        self.node_log.pop(cmd.node_id, None)
+        self.horizon.pop(cmd.node_id, None)
         del self.nodes[cmd.node_id]
         self.scheduler.remove_node(cmd.node_id)
         self._event(cmd, "NodeRemoved", node=cmd.node_id)
@@ -258,7 +267,7 @@ class ClusterState:
         for rec in recs:
             if rec.state in (PackState.PLACED, PackState.RUNNING):
                 rec.state, rec.updated_at = PackState.STOPPING, cmd.at
-                self._touch(rec.node)
+                self._touch(rec.node, rec.spec.name)
                 self._event(cmd, "PackStopping", pack=rec.spec.name, node=rec.node)
             elif rec.state in (PackState.CREATED, PackState.PENDING):
                 self.pending.pop(rec.spec.name, None)
@@ -271,7 +280,6 @@ class ClusterState:
         self._node(cmd.node_id)
         accepted, stale = 0, []
         freed = False
-        self._touch(cmd.node_id)
         for rep in cmd.reports:
             rec = self.packs.get(rep.name)
             if rec is None or rec.node != cmd.node_id or rec.generation != rep.generation \
@@ -312,9 +320,9 @@ class ClusterState:
             source = rec.node
             if source is not None and source in self.by_node:
                 self.by_node[source].pop(p.pack, None)
-                self._touch(source)
+                self._touch(source, p.pack)
             rec.node, rec.generation = p.node, rec.generation + 1
-            self._touch(p.node)
+            self._touch(p.node, p.pack)
             rec.state, rec.reason, rec.updated_at = PackState.PLACED, why, cmd.at
             self.by_node[p.node][p.pack] = None
             self.pending.pop(p.pack, None)
@@ -344,16 +352,44 @@ class ClusterState:
         for p in plan.placements:
             rec = self.packs[p.pack]
             rec.node, rec.generation = p.node, rec.generation + 1
-            self._touch(p.node)
+            self._touch(p.node, p.pack)
             rec.state, rec.reason, rec.updated_at = PackState.PLACED, "", cmd.at
             self.by_node[p.node][p.pack] = None
             del self.pending[p.pack]
             self._event(cmd, "PackPlaced", pack=p.pack, node=p.node,
                         detail={"generation": rec.generation, "reason": "capacity returned"})
 
-    def _touch(self, node_id: str | None) -> None:
-        if node_id is not None and node_id in self.node_rev:
-            self.node_rev[node_id] += 1
+    def _touch(self, node_id: str | None, pack: str | None = None) -> None:
+        if node_id is None or node_id not in self.node_rev:
+            return
+        rev = self.node_rev[node_id] = self.node_rev[node_id] + 1
+        if pack is not None:
+            log = self.node_log[node_id]
+            log.pop(pack, None)
+            log[pack] = rev
+            if len(log) > 2 * len(self.by_node[node_id]) + 1024:
+                # Forget the older half; agents behind the horizon get a full list instead.
+                for name in list(log)[: len(log) // 2]:
+                    self.horizon[node_id] = max(self.horizon[node_id], log.pop(name))
+
+    def changes_since(self, node_id: str, after: int) -> tuple[bool, list[PackRecord | str]]:
+        """What an agent at rev ``after`` must learn: (full, items).
+
+        ``full`` means: here is every pack this node should hold, drop anything else. Otherwise
+        items are the packs (records) whose assignment changed since ``after``; a name (str) is a
+        pack that no longer belongs to this node.
+        """
+        self._node(node_id)
+        if after <= 0 or after < self.horizon[node_id] or after > self.node_rev[node_id]:
+            return True, [r for r in self.packs_on(node_id) if r.state in HOLDING]
+        out: list[PackRecord | str] = []
+        for name in reversed(self.node_log[node_id]):
+            if self.node_log[node_id][name] <= after:
+                break
+            rec = self.packs.get(name)
+            out.append(rec if rec is not None and rec.node == node_id and rec.state in HOLDING else name)
+        out.reverse()
+        return False, out
 
     def _release(self, rec: PackRecord) -> None:
         if rec.node is not None and rec.state in HOLDING and rec.node in self.nodes:
@@ -474,6 +510,8 @@ class ClusterState:
         st.recent = OrderedDict((k, v) for k, v in d["recent"])
         st.max_term, st.event_seq, st.applied = d["max_term"], d["event_seq"], d["applied"]
         st.node_rev = dict(d["node_rev"])
+        st.node_log = {n: {} for n in st.node_rev}
+        st.horizon = dict(st.node_rev)
         return st
 
     def digest(self) -> str:
