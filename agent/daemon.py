@@ -182,12 +182,32 @@ class Agent:
                  else round(time.monotonic() - seen, 3))
         return d
 
+    async def _from_leader(self, path: str) -> dict[str, Any] | None:
+        """Heartbeat times live on the leader only: node views are read there when possible."""
+        assert self.replica is not None and self.http is not None
+        if self.replica.is_leader():
+            return None
+        leader = self.cfg.api_for_raft(self.replica.leader_address())
+        if leader is None:
+            return None
+        try:
+            r = await self.http.get(f"http://{leader}{path}", timeout=2.0)
+        except httpx.HTTPError:
+            return None
+        if r.status_code >= 400:
+            raise CanidaeError.from_wire(r.json(), r.status_code)
+        return r.json()  # type: ignore[no-any-return]
+
     async def list_nodes(self, stale: bool) -> dict[str, Any]:
+        if not stale and (forwarded := await self._from_leader("/v1/nodes")) is not None:
+            return forwarded
         state = await self._read_state(stale)
         with self.replica.lock:  # type: ignore[union-attr]
             return {"nodes": [self._node_view(state, n) for n in state.iter_nodes()]}
 
     async def show_node(self, node_id: str, stale: bool) -> dict[str, Any]:
+        if not stale and (forwarded := await self._from_leader(f"/v1/nodes/{node_id}")) is not None:
+            return forwarded
         state = await self._read_state(stale)
         with self.replica.lock:  # type: ignore[union-attr]
             return {"node": self._node_view(state, state.get_node(node_id))}
