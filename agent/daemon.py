@@ -7,10 +7,8 @@ Every agent runs the same process. A *server* also holds a ``Replica`` (a Raft v
   heartbeat times in memory only (they are not state) and, after ``heartbeat_ttl_s`` without
   one, commits ``SetNodeState(DOWN)`` stamped with its term; apply then reschedules the node's
   packs. A new leader gives every node a full TTL of grace before judging it.
-* reconcile: a long-poll on this node's assignments (woken by every applied change), then the
-  driver brings actual state to desired state and the agent reports it. Anything running under
-  an older placement generation is stopped first: that fences a node that comes back after
-  being declared down, so no pack runs twice.
+* reconcile (``canidae.agent.reconcile``): a long-poll on this node's assignments, woken by
+  every applied change; drivers bring actual state to desired state and the agent reports it.
 
 Time is read here (wall clock for ``at`` stamps, monotonic clock for deadlines), never in core.
 """
@@ -34,13 +32,15 @@ from starlette.responses import Response
 
 from canidae.agent.api import build_app
 from canidae.agent.config import AgentConfig
+from canidae.agent.drivers import VirtualDriver
 from canidae.agent.proposer import Proposer
+from canidae.agent.reconcile import Reconciler
 from canidae.agent.replica import Replica
 from canidae.core.commands import Command, CreatePacks, PackReport, PlacePacks, RegisterNode, ReportPacks, \
     SetNodeState, StopPacks
 from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound, OperationFailed, Unavailable
 from canidae.core.state import HOLDING, ClusterState
-from canidae.core.types import Driver, Node, NodeState, PackSpec, PackState, Role
+from canidae.core.types import Node, NodeState, PackSpec, PackState, Role
 
 log = logging.getLogger("canidae.agent")
 
@@ -71,8 +71,8 @@ class Agent:
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
         self.applied_signal: asyncio.Event | None = None
         self.leader_hint: str | None = None
-        self.running: dict[str, int] = {}  # virtual packs running here: name -> generation
-        self.desired: dict[str, dict[str, Any]] = {}  # what the cluster wants of this node
+        self.reconciler = Reconciler(self._fetch_assignments, self._send_reports)
+        self.reconciler.add_driver(VirtualDriver(self.reconciler.report))
         self.stopping = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -91,12 +91,13 @@ class Agent:
                 self.cfg.cluster_password, self.cfg.raft_settings, ClusterState, self._on_applied)
             self.proposer = Proposer(self.replica, self.loop, timeout_s=self.cfg.request_timeout_s)
         self.tasks = [asyncio.create_task(self._heartbeat_loop()),
-                      asyncio.create_task(self._reconcile_loop())]
+                      asyncio.create_task(self.reconciler.run())]
         if self.replica is not None:
             self.tasks.append(asyncio.create_task(self._failure_detector_loop()))
 
     async def stop(self) -> None:
         self.stopping = True
+        await self.reconciler.close()
         for t in getattr(self, "tasks", []):
             t.cancel()
         if self.http is not None:
@@ -429,7 +430,8 @@ class Agent:
                 if rev != after or time.monotonic() >= deadline:
                     full, items = st.changes_since(node_id, after)
                     packs = [{"name": r.spec.name, "generation": r.generation, "state": r.state.value,
-                              "driver": r.spec.driver.value} for r in items if not isinstance(r, str)]
+                              "driver": r.spec.driver.value, "spec": r.spec.to_dict()}
+                             for r in items if not isinstance(r, str)]
                     gone = [r for r in items if isinstance(r, str)]
                     return {"rev": rev, "full": full, "node_state": st.nodes[node_id].state.value,
                             "packs": packs, "gone": gone}
@@ -453,56 +455,13 @@ class Agent:
         return await self.propose(ReportPacks(id=rid, **self._stamp(), node_id=node_id, reports=tuple(parsed),
                                               by=f"agent:{node_id}"))
 
-    async def _reconcile_loop(self) -> None:
-        rev = 0
-        while not self.stopping:
-            try:
-                data = await self._call_servers("GET", f"/v1/nodes/{self.cfg.node_id}/assignments",
-                                                params={"after": rev, "wait": 10}, timeout=15.0)
-                rev = data["rev"]
-                if data["full"]:
-                    self.desired = {p["name"]: p for p in data["packs"]}
-                    changed = list(self.desired)
-                else:
-                    for name in data["gone"]:
-                        self.desired.pop(name, None)
-                    self.desired.update((p["name"], p) for p in data["packs"])
-                    changed = data["gone"] + [p["name"] for p in data["packs"]]
-                await self._reconcile(changed, full=data["full"])
-            except NotFound:
-                await asyncio.sleep(self.cfg.heartbeat_interval_s)
-            except CanidaeError as e:
-                log.debug("reconcile: %s", e.message)
-                await asyncio.sleep(0.1)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("reconcile loop")
-                await asyncio.sleep(0.5)
+    async def _fetch_assignments(self, after: int) -> dict[str, Any]:
+        return await self._call_servers("GET", f"/v1/nodes/{self.cfg.node_id}/assignments",
+                                        params={"after": after, "wait": 10}, timeout=15.0)
 
-    async def _reconcile(self, changed: list[str], full: bool) -> None:
-        """Bring what runs here to ``self.desired`` for the packs in ``changed`` (all of them if full)."""
-        desired = self.desired
-        # Fence first: whatever runs here under a placement we no longer hold is stopped.
-        for name in list(self.running) if full else changed:
-            gen = self.running.get(name)
-            p = desired.get(name)
-            if gen is not None and (p is None or p["generation"] != gen):
-                del self.running[name]
-        reports = []
-        for name in changed:
-            p = desired.get(name)
-            if p is None or p["driver"] != Driver.VIRTUAL.value:
-                continue
-            if p["state"] == PackState.STOPPING.value:
-                self.running.pop(name, None)
-                reports.append([name, p["generation"], PackState.STOPPED.value, "stopped on request"])
-            elif p["state"] == PackState.PLACED.value:
-                self.running[name] = p["generation"]
-                reports.append([name, p["generation"], PackState.RUNNING.value, ""])
-        if reports:
-            await self._call_servers("POST", f"/v1/nodes/{self.cfg.node_id}/reports",
-                                     {"reports": reports, "request_id": f"rep-{uuid.uuid4().hex}"})
+    async def _send_reports(self, reports: list[list[Any]]) -> None:
+        await self._call_servers("POST", f"/v1/nodes/{self.cfg.node_id}/reports",
+                                 {"reports": reports, "request_id": f"rep-{uuid.uuid4().hex}"})
 
 
 def _ring_view(st: ClusterState) -> dict[str, Any]:

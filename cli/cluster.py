@@ -11,7 +11,7 @@ from rich.table import Table
 
 from canidae.agent import localcluster
 from canidae.cli.connect import client
-from canidae.cli.output import GLOBALS, JsonOption, StaleOption, TimeoutOption, console, emit
+from canidae.cli.output import GLOBALS, JsonOption, TimeoutOption, console, emit
 from canidae.cli.params import DataDirOpt
 from canidae.core.types import Resources
 
