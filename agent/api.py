@@ -116,7 +116,9 @@ def request_id(request: Request, body: Mapping[str, Any] | None = None) -> str:
     return rid
 
 
-def build_app(agent: Agent) -> Starlette:
+def build_app(agent: Agent, extra_routes: Callable[[Any], list[Route]] | None = None) -> Starlette:
+    """The agent's Starlette app. ``extra_routes(endpoint)`` adds routes of other modules (drivers,
+    mailboxes, the event store), wrapped by the same ``endpoint`` (auth, errors, forwarding)."""
     token = agent.cfg.token.encode()
     limit = agent.cfg.max_body_bytes
 
@@ -263,6 +265,9 @@ def build_app(agent: Agent) -> Starlette:
         Route("/v1/ring", endpoint(ring), methods=["GET"]),
         Route("/v1/ring/lookup/{name}", endpoint(ring_lookup), methods=["GET"]),
     ]
+
+    if extra_routes is not None:
+        routes.extend(extra_routes(endpoint))
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(NotFound(f"no route {request.method} {request.url.path}"))

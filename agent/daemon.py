@@ -71,6 +71,8 @@ class Agent:
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
         self.applied_signal: asyncio.Event | None = None
         self.leader_hint: str | None = None
+        # Modules that add API routes: callables (agent, endpoint) -> list of starlette Routes.
+        self.route_providers: list[Any] = []
         self.reconciler = Reconciler(self._fetch_assignments, self._send_reports)
         self.reconciler.add_driver(VirtualDriver(self.reconciler.report))
         self.stopping = False
@@ -104,6 +106,13 @@ class Agent:
             await self.http.aclose()
         if self.replica is not None:
             self.replica.destroy()
+
+    def extra_routes(self, endpoint: Any) -> list[Any]:
+        """Routes contributed by other agent modules (exec driver, mailboxes, event store)."""
+        routes: list[Any] = []
+        for contribute in self.route_providers:
+            routes.extend(contribute(self, endpoint))
+        return routes
 
     def _on_applied(self, events: list[dict[str, Any]]) -> None:
         # Tick thread: hand over to the loop.
@@ -505,7 +514,7 @@ def run_agent(cfg: AgentConfig) -> int:
     agent = Agent(cfg)
 
     async def main() -> None:
-        app = build_app(agent)
+        app = build_app(agent, agent.extra_routes)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning",
                                                access_log=False, lifespan="off", loop="asyncio",
                                                timeout_graceful_shutdown=2))
