@@ -186,7 +186,7 @@ def simulate(
 
 @app.command("show")
 def show(json: JsonOption = False) -> None:
-    """Show the cluster's ring: nodes, weights and shares of the hash space."""
+    """Show the cluster's ring: nodes, weights and shares of the hash space (not available yet)."""
     raise NotImplementedYet("ring show needs a running cluster; not available yet")
 
 
@@ -195,5 +195,5 @@ def lookup(
     name: Annotated[str, typer.Argument(metavar=PACK_METAVAR, help="Pack name to look up.")],
     json: JsonOption = False,
 ) -> None:
-    """Show where NAME lands on the cluster's ring, and its preference list."""
+    """Show where PACK lands on the cluster's ring, and its preference list (not available yet)."""
     raise NotImplementedYet("ring lookup needs a running cluster; not available yet")
