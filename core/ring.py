@@ -345,8 +345,8 @@ class HashRing:
                 table[b] = owners[i]  # empty now: the next point's (the sentinel past the end)
             return True
 
-        buckets = sorted({p >> shift for p in changed})
-        for b in buckets:
+        buckets = {p >> shift for p in changed}
+        for b in sorted(buckets):
             i, _ = run(b)
             # The empty buckets between the previous point's bucket and b now lead to point i.
             before = (points[i - 1] >> shift) if i else -1
