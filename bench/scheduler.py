@@ -3,8 +3,8 @@
 in one call of 100,000; re-placing a failed node's and a failed zone's packs; rebalancing onto
 20 newcomers. One thread. Prints a table, or one JSON document with ``--json``.
 
-"setup" is building the scheduler: adding the nodes and the first read of every ring (the
-rings are laid out lazily, on the first ``place``); it is timed apart from placement. Timings
+"setup" is building the scheduler: adding the nodes and the first read of every ring and its
+bucket index (both are built lazily, on the first ``place``), timed apart from placement. Timings
 are the best of ``--repeat`` runs (the machine may be shared) with the median alongside.
 ``--profile`` prints the top of a cProfile of one bulk placement instead.
 

@@ -53,10 +53,12 @@ home), so two calls with different seeds place alike.
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from fractions import Fraction
-from itertools import chain
+from itertools import accumulate, chain, repeat
+from operator import rshift
 from typing import Any
 
 import xxhash
@@ -169,7 +171,9 @@ class _Group:
         "parent",
         "pts",
         "ring",
+        "shift",
         "size",
+        "tab",
         "wq",
     )
 
@@ -188,6 +192,8 @@ class _Group:
         # The ring's sorted points and owners, read once per change rather than once per walk.
         self.pts: list[int] = []
         self.own: list[str] = []
+        self.tab: array[int] = array("I")  # bucket index over pts, see _bucket_index
+        self.shift = 64
         self.wq = 0
         self.packs = 0
         self.free_cpu = self.free_mem = self.free_packs = 0
@@ -206,6 +212,36 @@ class _Group:
         return out
 
 
+def _bucket_index(points: list[int]) -> tuple[array[int], int]:
+    """A table of where each ``1 << shift`` slice of the circle starts in ``points`` (2 slices per point).
+
+    ``tab[b]`` is the index of the first point at or after slice ``b``'s start, so the first
+    point at or after ``h`` lies in ``[tab[b], tab[b + 1]]`` with ``b = h >> shift``: most
+    lookups need no bisection, the rest bisect over a point or two. A bisection over the whole
+    list costs a cache miss per step once there are a few hundred rings; this is the hot path.
+    """
+    size = len(points)
+    if not size:
+        return array("I"), 64
+    bits = max(1, (2 * size - 1).bit_length())
+    shift = 64 - bits
+    # Points per slice, then running sums: one pass over the points, no bisection per slice.
+    per_slice = [0] * (1 << bits)
+    for b in map(rshift, points, repeat(shift)):
+        per_slice[b] += 1
+    tab = array("I", [0])
+    tab.extend(accumulate(per_slice))
+    return tab, shift
+
+
+def _slot_of(g: _Group, h: int) -> int:
+    """Index of the first point of ``g``'s ring at or after ``h`` (``len`` wraps to the first)."""
+    tab = g.tab
+    b = h >> g.shift
+    lo, hi = tab[b], tab[b + 1]
+    return lo if lo == hi else bisect_left(g.pts, h, lo, hi)
+
+
 def _prefer(g: _Group, h: int) -> Iterator[str]:
     """Distinct children on ``g``'s ring clockwise from position ``h`` (``HashRing.preference`` by hash)."""
     points, owners = g.pts, g.own
@@ -213,7 +249,7 @@ def _prefer(g: _Group, h: int) -> Iterator[str]:
     if not size:
         return
     distinct = len(g.on_ring)
-    start = bisect_left(points, h) % size
+    start = _slot_of(g, h) % size
     seen: set[str] = set()
     for i in chain(range(start, size), range(start)):
         n = owners[i]
@@ -433,10 +469,14 @@ class Scheduler:
         """The fast path of the first pass: every level's first choice, if all of them qualify."""
         g = self._root
         for depth in (0, 1, 2):
-            points, owners = g.pts, g.own
+            points = g.pts
             if not points:
                 return None
-            child = g.children[owners[bisect_left(points, hs[depth])]]
+            h = hs[depth]
+            tab = g.tab
+            b = h >> g.shift
+            lo, hi = tab[b], tab[b + 1]
+            child = g.children[g.own[lo if lo == hi else bisect_left(points, h, lo, hi)]]
             if (
                 child.free_cpu < cpu
                 or child.free_mem < mem
@@ -445,10 +485,14 @@ class Scheduler:
             ):
                 return None
             g = child
-        points, owners = g.pts, g.own
+        points = g.pts
         if not points:
             return None
-        s = g.children[owners[bisect_left(points, hs[3])]]
+        h = hs[3]
+        tab = g.tab
+        b = h >> g.shift
+        lo, hi = tab[b], tab[b + 1]
+        s = g.children[g.own[lo if lo == hi else bisect_left(points, h, lo, hi)]]
         if (
             s.used_packs * kd < kn * s.wq
             and cpu <= s.cap_cpu - s.used_cpu
@@ -528,7 +572,7 @@ class Scheduler:
         if not points:
             return None
         children = g.children
-        first = owners[bisect_left(points, hs[g.depth])]
+        first = owners[_slot_of(g, hs[g.depth])]
         if g.is_cell:
             # The common case: the first choice takes it. Only then is a preference walk built.
             s = children[first]
@@ -789,7 +833,7 @@ class Scheduler:
             points, owners = g.pts, g.own
             if not points:
                 return None
-            child = g.children[owners[bisect_left(points, hs[g.depth])]]
+            child = g.children[owners[_slot_of(g, hs[g.depth])]]
             if isinstance(child, _Slot):
                 return child
             g = child
@@ -895,6 +939,7 @@ class Scheduler:
         self._stale.clear()
         for g in self._reread.values():
             g.pts, g.own = g.ring._arrays()
+            g.tab, g.shift = _bucket_index(g.pts)
         self._reread.clear()
 
     def _count_spread(self, spec: PackSpec, slot: _Slot, sign: int) -> None:
