@@ -163,13 +163,16 @@ def build_app(agent: Agent, extra_routes: Callable[[Any], list[Route]] | None = 
         return await agent.register_node(body["node"], request_id(request, body))
 
     async def set_node_state(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit), {"state", "reason", "request_id"}, {"state"})
+        body = expect_object(await read_json(request, limit), {"state", "reason", "request_id", "plan"}, {"state"})
         try:
             state = NodeState(body["state"])
         except ValueError:
             raise InvalidInput("state must be ready, cordoned, draining or down") from None
+        if not isinstance(body.get("plan", False), bool):
+            raise InvalidInput("plan must be true or false")
         return await agent.set_node_state(validate_name("node", request.path_params["node"]), state,
-                                          str(body.get("reason", "")), request_id(request, body))
+                                          str(body.get("reason", "")), request_id(request, body),
+                                          plan=bool(body.get("plan", False)))
 
     async def heartbeat(request: Request) -> Any:
         body = expect_object(await read_json(request, limit), {"rev", "running"})
@@ -224,10 +227,21 @@ def build_app(agent: Agent, extra_routes: Callable[[Any], list[Route]] | None = 
     async def pack_action(request: Request) -> Any:
         name = validate_name("pack", request.path_params["name"])
         action = request.path_params["action"]
-        body = expect_object(await read_json(request, limit), {"request_id"})
-        if action not in ("stop", "place"):
+        if action not in ("stop", "place", "migrate"):
             raise NotFound(f"no action {action!r} for packs")
+        body = expect_object(await read_json(request, limit), {"request_id", "to"} if action == "migrate"
+                             else {"request_id"})
+        if action == "migrate":
+            to = body.get("to")
+            return await agent.migrate_pack(name, validate_name("node", to) if to is not None else None,
+                                            request_id(request, body))
         return await agent.pack_action(name, action, request_id(request, body))
+
+    async def rebalance(request: Request) -> Any:
+        body = expect_object(await read_json(request, limit), {"plan", "request_id"})
+        if not isinstance(body.get("plan", False), bool):
+            raise InvalidInput("plan must be true or false")
+        return await agent.rebalance(bool(body.get("plan", False)), request_id(request, body))
 
     async def pack_history(request: Request) -> Any:
         return await agent.pack_history(validate_name("pack", request.path_params["name"]))
@@ -263,6 +277,7 @@ def build_app(agent: Agent, extra_routes: Callable[[Any], list[Route]] | None = 
         Route("/v1/packs/{name}/history", endpoint(pack_history), methods=["GET"]),
         Route("/v1/packs/{name}/{action}", endpoint(pack_action), methods=["POST"]),
         Route("/v1/ring", endpoint(ring), methods=["GET"]),
+        Route("/v1/rebalance", endpoint(rebalance), methods=["POST"]),
         Route("/v1/ring/lookup/{name}", endpoint(ring_lookup), methods=["GET"]),
     ]
 
@@ -341,7 +356,8 @@ def openapi_document() -> dict[str, Any]:
             "/v1/packs": {"get": op("list packs (paged)"), "post": op("create, place or spawn packs", "CreatePacks")},
             "/v1/packs/{name}": {"get": op("show a pack", params=["name"])},
             "/v1/packs/{name}/history": {"get": op("a pack's events", params=["name"])},
-            "/v1/packs/{name}/{action}": {"post": op("stop or place a pack", params=["name", "action"])},
+            "/v1/packs/{name}/{action}": {"post": op("stop, place or migrate a pack", params=["name", "action"])},
+            "/v1/rebalance": {"post": op("plan or run the minimal moves onto joined nodes")},
             "/v1/ring": {"get": op("the live ring: share, vnodes, load per node")},
             "/v1/ring/lookup/{name}": {"get": op("where the ring puts a name", params=["name"])},
         },

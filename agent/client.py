@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import httpx
 
-from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, Timeout, Unavailable
+from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, Timeout, Unavailable
 
 DEFAULT_CONFIG = os.path.join("~", ".config", "canidae", "config.toml")
 
@@ -132,6 +132,19 @@ class Client:
                             json={"state": state, "reason": reason, "request_id": uuid.uuid4().hex},
                             retry_for=5.0)
 
+    def drain(self, node_id: str, plan: bool = False) -> dict[str, Any]:
+        return self.request("POST", f"/v1/nodes/{node_id}/state",  # type: ignore[no-any-return]
+                            json={"state": "draining", "reason": "drain", "plan": plan,
+                                  "request_id": uuid.uuid4().hex}, retry_for=5.0)
+
+    def migrate(self, name: str, to: str | None = None) -> dict[str, Any]:
+        return self.request("POST", f"/v1/packs/{name}/migrate",  # type: ignore[no-any-return]
+                            json={"to": to, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+
+    def rebalance(self, plan: bool = False) -> dict[str, Any]:
+        return self.request("POST", "/v1/rebalance",  # type: ignore[no-any-return]
+                            json={"plan": plan, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+
     def create_packs(self, specs: list[dict[str, Any]], *, count: int = 0, place: bool = True,
                      request_id: str | None = None, retry_for: float = 5.0) -> dict[str, Any]:
         body: dict[str, Any] = {"request_id": request_id or uuid.uuid4().hex, "place": place}
@@ -181,14 +194,24 @@ class Client:
     def ring_lookup(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/ring/lookup/{name}")  # type: ignore[no-any-return]
 
-    def wait_running(self, names: list[str], timeout: float) -> dict[str, dict[str, Any]]:
-        """Poll until every named pack runs (or fails); Timeout when the deadline passes."""
+    def wait_running(self, names: list[str], timeout: float,
+                     generations: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+        """Poll until every named pack runs (or fails); Timeout when the deadline passes.
+
+        Reads are cheap local reads of whichever agent answers, which may lag the leader by a
+        moment: a pack not there yet, or still at an older placement ``generation``, is waited for.
+        """
         deadline = time.monotonic() + timeout
         left = set(names)
         seen: dict[str, dict[str, Any]] = {}
         while left:
             for name in sorted(left):
-                p = self.pack(name, stale=True)
+                try:
+                    p = self.pack(name, stale=True)
+                except NotFound:
+                    continue
+                if generations and p["generation"] < generations.get(name, 0):
+                    continue
                 if p["state"] in ("running", "failed", "stopped"):
                     seen[name] = p
                     left.discard(name)

@@ -36,8 +36,8 @@ from canidae.agent.drivers import VirtualDriver
 from canidae.agent.proposer import Proposer
 from canidae.agent.reconcile import Reconciler
 from canidae.agent.replica import Replica
-from canidae.core.commands import Command, CreatePacks, PackReport, PlacePacks, RegisterNode, ReportPacks, \
-    SetNodeState, StopPacks
+from canidae.core.commands import Command, CreatePacks, MigratePacks, PackReport, PlacePacks, Rebalance, \
+    RegisterNode, ReportPacks, SetNodeState, StopPacks
 from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound, OperationFailed, Unavailable
 from canidae.core.state import HOLDING, ClusterState
 from canidae.core.types import Node, NodeState, PackSpec, PackState, Role
@@ -66,6 +66,7 @@ class Agent:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.http: httpx.AsyncClient | None = None
         self.last_seen: dict[str, float] = {}
+        self.running_on: dict[str, int] = {}  # what each agent says it runs (from heartbeats)
         self.was_leader = False
         self.down_in_flight: set[str] = set()
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
@@ -189,7 +190,8 @@ class Agent:
         seen = self.last_seen.get(node.id)
         d.update(used=used.to_dict(), packs=len([1 for r in state.packs_on(node.id) if r.state in HOLDING]),
                  last_heartbeat_s_ago=None if seen is None or not self.replica or not self.replica.is_leader()
-                 else round(time.monotonic() - seen, 3))
+                 else round(time.monotonic() - seen, 3),
+                 running_here=self.running_on.get(node.id))
         return d
 
     async def _from_leader(self, path: str) -> dict[str, Any] | None:
@@ -233,9 +235,20 @@ class Agent:
             raise InvalidInput(f"invalid node: {e}") from None
         return await self.propose(RegisterNode(id=rid, **self._stamp(), node=parsed))
 
-    async def set_node_state(self, node_id: str, state: NodeState, reason: str, rid: str) -> dict[str, Any]:
-        return await self.propose(SetNodeState(id=rid, **self._stamp(), node_id=node_id, state=state,
-                                               reason=reason or "operator", by="operator"))
+    async def set_node_state(self, node_id: str, state: NodeState, reason: str, rid: str,
+                             plan: bool = False) -> dict[str, Any]:
+        cmd = SetNodeState(id=rid, **self._stamp(), node_id=node_id, state=state, reason=reason or "operator",
+                           by="operator")
+        if plan:
+            return await self._plan(cmd)
+        return await self.propose(cmd)
+
+    async def _plan(self, cmd: Command) -> dict[str, Any]:
+        """What ``cmd`` would do, computed by applying it to a copy of the current state."""
+        st = await self._read_state(False)
+        with self.replica.lock:  # type: ignore[union-attr]
+            copy = ClusterState.from_snapshot(st.to_snapshot())
+        return {**_raise_if_error(copy.apply(cmd)), "plan": True}
 
     async def create_packs(self, specs: list[PackSpec], count: int, place: bool, rid: str) -> dict[str, Any]:
         if count and len(specs) != 1:
@@ -262,6 +275,14 @@ class Agent:
         if action == "stop":
             return await self.propose(StopPacks(id=rid, **self._stamp(), names=(name,), by="api"))
         return await self.propose(PlacePacks(id=rid, **self._stamp(), names=(name,), by="api"))
+
+    async def migrate_pack(self, name: str, to: str | None, rid: str) -> dict[str, Any]:
+        return await self.propose(MigratePacks(id=rid, **self._stamp(), moves=((name, to),), by="api",
+                                               reason=f"migrate to {to}" if to else "migrate"))
+
+    async def rebalance(self, plan: bool, rid: str) -> dict[str, Any]:
+        cmd = Rebalance(id=rid, **self._stamp(), by="api")
+        return await (self._plan(cmd) if plan else self.propose(cmd))
 
     async def pack_history(self, name: str) -> dict[str, Any]:
         st = await self._read_state(False)
@@ -296,6 +317,8 @@ class Agent:
         if node is None:
             raise NotFound(f"no node {node_id!r}: register first")
         self.last_seen[node_id] = time.monotonic()
+        if isinstance(body.get("running"), int):
+            self.running_on[node_id] = body["running"]
         return {"state": node.state.value, "rev": rev, "leader_api": self.cfg.api}
 
     async def _failure_detector_loop(self) -> None:
@@ -410,7 +433,9 @@ class Agent:
                                                                    "request_id": f"reg-{self.cfg.node_id}-{uuid.uuid4().hex[:8]}"})
                     registered = True
                     log.info("registered node %s", self.cfg.node_id)
-                reply = await self._call_servers("POST", f"/v1/nodes/{self.cfg.node_id}/heartbeat", {},
+                running = sum(len(d.running()) for d in self.reconciler.drivers.values())
+                reply = await self._call_servers("POST", f"/v1/nodes/{self.cfg.node_id}/heartbeat",
+                                                 {"running": running},
                                                  timeout=max(interval, 0.5))
                 if reply.get("state") == NodeState.DOWN.value:
                     log.warning("this node was declared down; re-registering")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -10,7 +10,7 @@ from rich.table import Table
 from canidae.cli.connect import client
 from canidae.cli.output import JsonOption, StaleOption, TimeoutOption, WaitOption, console, emit
 from canidae.cli.params import NodeArg, ZoneOpt
-from canidae.core.errors import NotImplementedYet
+from canidae.cli.plans import PlanOption, YesOption, confirm, moves_table, predict_seconds, wait_until
 
 app = typer.Typer(help="List and inspect nodes; drain or cordon them for maintenance.", no_args_is_help=True,
                   add_completion=False)
@@ -76,7 +76,40 @@ def node_uncordon(node_name: NodeArg, json: JsonOption = False) -> None:
 
 
 @app.command("drain")
-def node_drain(node_name: NodeArg, wait: WaitOption = True, timeout: TimeoutOption = 60.0,
-               json: JsonOption = False) -> None:
-    """Move every pack off a node and stop placing new ones there."""
-    raise NotImplementedYet("node drain is not available yet (it comes with migrations)")
+def node_drain(node_name: NodeArg, wait: WaitOption = True,
+               deadline: Annotated[float, typer.Option("--deadline", "--timeout", metavar="SECONDS", min=0,
+                                                       help="Give up waiting after this many seconds.")] = 60.0,
+               plan: PlanOption = False, yes: YesOption = False, json: JsonOption = False) -> None:
+    """Move every pack off a node and stop placing new ones there.
+
+    The moves are decided in one replicated step (they survive a leader change); agents start
+    their share in parallel. With --wait (default) it returns only when every moved pack runs on
+    its new node and the drained node's agent runs nothing.
+    """
+    with client() as c:
+        preview = c.drain(node_name, plan=True)
+        moves = [m for m in preview["moved"]]
+        predicted = predict_seconds(moves)
+        if plan:
+            emit({"node": node_name, "moves": moves, "predicted_s": predicted}, json, lambda: (
+                console.print(moves_table(moves)),
+                console.print(f"drain {node_name}: {len(moves)} move(s), predicted {predicted:.2f} s")))
+            return
+        confirm(f"Drain node {node_name}: move {len(moves)} pack(s)?", yes)
+        result = c.drain(node_name)
+        moved = result["moved"]
+        took = None
+        if wait:
+            names = [m["name"] for m in moved if m.get("node")]
+
+            def progress() -> tuple[int, int]:
+                running = sum(1 for n in names if c.pack(n, stale=True)["state"] == "running")
+                node = c.node(node_name)
+                left_here = node["packs"] + (node.get("running_here") or 0)
+                return running + (1 if left_here == 0 else 0), len(names) + 1
+            took = wait_until(progress, deadline, f"draining {node_name}")
+    out = {"node": node_name, "moved": moved, "pending": [m["name"] for m in moved if not m.get("node")],
+           "seconds": None if took is None else round(took, 3)}
+    emit(out, json, lambda: console.print(
+        f"node {node_name} drained: {len(moved)} pack(s) moved" + (f" in {took:.2f} s" if took else "")
+        + (f", {len(out['pending'])} pending" if out["pending"] else "")))

@@ -237,9 +237,25 @@ def pack_history(
 
 
 @app.command("migrate")
-def pack_migrate(pack_name: PackArg, json: JsonOption = False) -> None:
-    """Move a running pack to another node."""
-    raise NotImplementedYet("pack migrate is not available yet")
+def pack_migrate(
+    pack_name: PackArg,
+    to: Annotated[str | None, typer.Option("--to", metavar="NODE",
+                                           help="Target node (default: the scheduler chooses).")] = None,
+    wait: WaitOption = True, timeout: TimeoutOption = 30.0, json: JsonOption = False,
+) -> None:
+    """Move a running pack to another node: its new placement starts there, the old one stops."""
+    t0 = time.perf_counter()
+    with client() as c:
+        result = c.migrate(pack_name, to)
+        m = result["migrations"][0]
+        if not m["moved"]:
+            from canidae.core.errors import NoCapacity
+            raise NoCapacity(f"pack {pack_name} cannot move: {m['reason']}")
+        if wait:
+            c.wait_running([pack_name], timeout, {pack_name: m["generation"]})
+    took = time.perf_counter() - t0
+    emit({**m, "seconds": round(took, 3)}, json,
+         lambda: console.print(f"pack {pack_name} moved {m['source']} -> {m['node']} in {took * 1000:.1f} ms"))
 
 
 @app.command("kill")

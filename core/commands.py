@@ -134,6 +134,27 @@ class StopPacks(Command):
         return {"names": list(self.names)}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigratePacks(Command):
+    """Move running packs: each to its named target, or (target None) wherever the scheduler says,
+    never back onto the node it leaves. A pack that fits nowhere stays where it is."""
+
+    TYPE = "MigratePacks"
+    moves: tuple[tuple[str, str | None], ...]
+    reason: str = "migrate"
+
+    def payload(self) -> dict[str, Any]:
+        return {"moves": [list(m) for m in self.moves], "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rebalance(Command):
+    """Minimal moves onto nodes that joined (core's sticky bounded-load rebalance)."""
+
+    TYPE = "Rebalance"
+    LEADER_ONLY = True
+
+
 @dataclass(frozen=True, slots=True)
 class PackReport:
     """What a node's agent observed of one pack at one placement generation."""
@@ -161,7 +182,7 @@ class ReportPacks(Command):
 
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.TYPE: c for c in (Noop, RegisterNode, SetNodeState, RemoveNode, CreatePacks, PlacePacks,
-                        StopPacks, ReportPacks)
+                        StopPacks, ReportPacks, MigratePacks, Rebalance)
 }
 
 
@@ -211,6 +232,15 @@ def command_from_wire(d: Mapping[str, Any]) -> Command:
             return PlacePacks(**env, names=_str_tuple("pack", d["names"]))
         if cls is StopPacks:
             return StopPacks(**env, names=_str_tuple("pack", d["names"]))
+        if cls is MigratePacks:
+            moves = d["moves"]
+            if not isinstance(moves, list) or not moves:
+                raise InvalidInput("moves must be a non-empty list")
+            parsed_moves = tuple((validate_name("pack", m[0]), None if m[1] is None else validate_name("node", m[1]))
+                                 for m in moves)
+            return MigratePacks(**env, moves=parsed_moves, reason=str(d.get("reason", "migrate")))
+        if cls is Rebalance:
+            return Rebalance(**env)
         if cls is ReportPacks:
             reports = tuple(PackReport(validate_name("pack", r[0]), int(r[1]), PackState(r[2]), str(r[3]))
                             for r in d["reports"])
@@ -242,6 +272,6 @@ def command_fields(cls: type[Command]) -> list[str]:
 
 __all__ = [
     "WIRE_VERSION", "Command", "Noop", "RegisterNode", "SetNodeState", "RemoveNode", "CreatePacks",
-    "PlacePacks", "StopPacks", "PackReport", "ReportPacks", "COMMAND_TYPES", "command_from_wire",
+    "PlacePacks", "StopPacks", "PackReport", "ReportPacks", "MigratePacks", "Rebalance", "COMMAND_TYPES", "command_from_wire",
     "encode_batch", "decode_batch", "command_fields",
 ]

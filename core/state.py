@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterable, Iterator
 import xxhash
 
 from canidae.core.commands import (
-    Command, CreatePacks, Noop, PlacePacks, RegisterNode, RemoveNode, ReportPacks, SetNodeState, StopPacks,
+    Command, CreatePacks, MigratePacks, Noop, PlacePacks, Rebalance, RegisterNode, RemoveNode, ReportPacks,
+    SetNodeState, StopPacks,
 )
 from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NotFound, WrongState
 from canidae.core.scheduler import Scheduler
@@ -113,6 +114,7 @@ class ClusterState:
             SetNodeState: self._apply_set_node_state, RemoveNode: self._apply_remove_node,
             CreatePacks: self._apply_create_packs, PlacePacks: self._apply_place_packs,
             StopPacks: self._apply_stop_packs, ReportPacks: self._apply_report_packs,
+            MigratePacks: self._apply_migrate_packs, Rebalance: self._apply_rebalance,
         }
 
     # ------------------------------------------------------------------ apply
@@ -186,6 +188,11 @@ class ClusterState:
         if cmd.state is NodeState.DOWN:
             self._event(cmd, "NodeDown", node=node.id, detail={"reason": cmd.reason})
             moved = self._evacuate(cmd, node.id, why=f"node {node.id} down")
+        elif cmd.state is NodeState.DRAINING:
+            # A drain moves every pack away in this one step (it survives any leader change);
+            # the node stays up, takes nothing new, and its agent stops what it no longer holds.
+            self._event(cmd, "NodeDraining", node=node.id, detail={"reason": cmd.reason})
+            moved = self._evacuate(cmd, node.id, why=f"node {node.id} draining")
         else:
             self._event(cmd, "NodeStateChanged", node=node.id,
                         detail={"state": cmd.state.value, "reason": cmd.reason})
@@ -307,6 +314,66 @@ class ClusterState:
             self._retry_pending(cmd)
         return {"ok": True, "accepted": accepted, "stale": stale}
 
+    def _apply_migrate_packs(self, cmd: MigratePacks) -> dict[str, Any]:
+        from dataclasses import replace
+        recs = []
+        for name, target in cmd.moves:
+            rec = self._pack(name)
+            if rec.state not in (PackState.PLACED, PackState.RUNNING):
+                raise WrongState(f"pack {name} is {rec.state.value}; only placed or running packs migrate")
+            if target is not None:
+                tnode = self._node(target)
+                if target == rec.node:
+                    raise InvalidInput(f"pack {name} already runs on {target}")
+                if not tnode.schedulable:
+                    raise WrongState(f"node {target} is {tnode.state.value} and takes no packs")
+            recs.append((rec, target))
+        out: list[dict[str, Any]] = []
+        for rec, target in recs:
+            source = rec.node
+            assert source is not None
+            self._release(rec)
+            spec = rec.spec if target is None else replace(
+                rec.spec, constraints=replace(rec.spec.constraints, node=target))
+            plan = self.scheduler.place([spec], seed=_seed(cmd), exclude=frozenset({source}))
+            if not plan.placements:
+                # Fits nowhere else: it stays where it runs, untouched.
+                self.scheduler.reserve(source, rec.spec.resources, rec.spec)
+                out.append({"name": rec.spec.name, "node": source, "moved": False,
+                            "reason": plan.unplaced[0].reason if plan.unplaced else "no target"})
+                continue
+            dest = plan.placements[0].node
+            self.by_node[source].pop(rec.spec.name, None)
+            self._touch(source, rec.spec.name)
+            rec.node, rec.generation = dest, rec.generation + 1
+            rec.state, rec.reason, rec.updated_at = PackState.PLACED, cmd.reason, cmd.at
+            self.by_node[dest][rec.spec.name] = None
+            self._touch(dest, rec.spec.name)
+            self._event(cmd, "PackMigrating", pack=rec.spec.name, node=dest,
+                        detail={"source": source, "generation": rec.generation, "reason": cmd.reason})
+            out.append({"name": rec.spec.name, "source": source, "node": dest, "moved": True,
+                        "generation": rec.generation})
+        return {"ok": True, "migrations": out}
+
+    def _apply_rebalance(self, cmd: Rebalance) -> dict[str, Any]:
+        assignment = {name: rec.node for name, rec in self.packs.items()
+                      if rec.state in HOLDING and rec.node is not None}
+        specs = {name: self.packs[name].spec for name in assignment}
+        moves = self.scheduler.rebalance_plan(assignment, specs)
+        out = []
+        for m in moves:  # the scheduler has already moved the reservations
+            rec = self.packs[m.pack]
+            self.by_node[m.source].pop(m.pack, None)
+            self._touch(m.source, m.pack)
+            rec.node, rec.generation = m.target, rec.generation + 1
+            rec.state, rec.reason, rec.updated_at = PackState.PLACED, "rebalance", cmd.at
+            self.by_node[m.target][m.pack] = None
+            self._touch(m.target, m.pack)
+            self._event(cmd, "PackMigrating", pack=m.pack, node=m.target,
+                        detail={"source": m.source, "generation": rec.generation, "reason": m.reason})
+            out.append({"name": m.pack, "source": m.source, "node": m.target, "generation": rec.generation})
+        return {"ok": True, "migrations": out}
+
     # ------------------------------------------------------------- placement
 
     def _place(self, cmd: Command, recs: list[PackRecord], exclude: frozenset[str], why: str
@@ -330,17 +397,23 @@ class ClusterState:
             if source is not None and source != p.node:
                 detail.update(source=source, reason=why)
             self._event(cmd, "PackPlaced", pack=p.pack, node=p.node, detail=detail)
-            out.append({"name": p.pack, "node": p.node, "generation": rec.generation})
+            moved = {"name": p.pack, "node": p.node, "generation": rec.generation}
+            if source is not None:
+                moved["source"] = source
+            out.append(moved)
         for u in plan.unplaced:
             rec = self.packs[u.pack]
-            if rec.node is not None and rec.node in self.by_node:
-                self.by_node[rec.node].pop(u.pack, None)
+            source = rec.node
+            if source is not None and source in self.by_node:
+                self.by_node[source].pop(u.pack, None)
+                self._touch(source, u.pack)
             rec.node = None
             rec.state, rec.updated_at = PackState.PENDING, cmd.at
             rec.reason = f"{why}: {u.reason}" if why else u.reason
             self.pending[u.pack] = None
             self._event(cmd, "PackPending", pack=u.pack, detail={"reason": rec.reason})
-            out.append({"name": u.pack, "node": None, "pending": rec.reason})
+            out.append({"name": u.pack, "node": None, "pending": rec.reason,
+                        **({"source": source} if source is not None else {})})
         return out
 
     def _retry_pending(self, cmd: Command) -> None:

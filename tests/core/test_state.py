@@ -130,3 +130,42 @@ def test_events_are_numbered():
     evs = st.drain_events()
     assert [e["type"] for e in evs] == ["PackCreated", "PackPlaced"]
     assert evs[1]["seq"] == evs[0]["seq"] + 1
+
+
+def test_migrate_to_named_target_and_back_refused_when_full():
+    from canidae.core.commands import MigratePacks
+    st, ids = _cluster(n_nodes=3, packs=2)
+    st.apply(CreatePacks(**ids(), specs=(PackSpec("a"),)))
+    src = st.packs["a"].node
+    target = next(n for n in ("n0", "n1", "n2") if n != src)
+    res = st.apply(MigratePacks(**ids(), moves=(("a", target),)))
+    assert res["migrations"][0]["moved"] and st.packs["a"].node == target and st.packs["a"].generation == 2
+    assert st.node_usage(src).packs == 0 and st.node_usage(target).packs == 1
+    # fill every other node, then ask to move: it stays put, nothing half-applied
+    st.apply(CreatePacks(**ids(), specs=(PackSpec("f"),), count=5))
+    res = st.apply(MigratePacks(**ids(), moves=(("a", None),)))
+    assert res["migrations"][0]["moved"] is False and st.packs["a"].node == target
+    assert sum(st.node_usage(n).packs for n in ("n0", "n1", "n2")) == 6
+
+
+def test_drain_evacuates_and_takes_nothing_new():
+    st, ids = _cluster()
+    st.apply(CreatePacks(**ids(), specs=(PackSpec("p"),), count=9))
+    res = st.apply(SetNodeState(**ids(), node_id="n1", state=NodeState.DRAINING))
+    assert res["moved"] and all(r.node != "n1" for r in st.packs.values())
+    st.apply(CreatePacks(**ids(), specs=(PackSpec("q"),), count=6))
+    assert all(r.node != "n1" for r in st.packs.values())
+
+
+def test_rebalance_moves_only_onto_newcomers():
+    from canidae.core.commands import Rebalance
+    st, ids = _cluster(n_nodes=3, packs=100)
+    st.apply(CreatePacks(**ids(), specs=(PackSpec("p"),), count=90))
+    before = {n: r.node for n, r in st.packs.items()}
+    st.apply(RegisterNode(**ids(), node=Node("n9", Location("z0", "r1", "c1"), Resources(10_000, 10_000, 100))))
+    res = st.apply(Rebalance(**ids()))
+    assert res["migrations"]
+    for m in res["migrations"]:
+        assert m["node"] == "n9" and before[m["name"]] == m["source"]
+    moved = {m["name"] for m in res["migrations"]}
+    assert all(st.packs[n].node == before[n] for n in before if n not in moved)
