@@ -293,14 +293,14 @@ class Agent:
     async def ring_view(self, stale: bool) -> dict[str, Any]:
         st = await self._read_state(stale)
         with self.replica.lock:  # type: ignore[union-attr]
-            return st.scheduler.ring_view() if hasattr(st.scheduler, "ring_view") else _ring_view(st)
+            return _ring_view(st)
 
     async def ring_lookup(self, name: str, stale: bool) -> dict[str, Any]:
         st = await self._read_state(stale)
         with self.replica.lock:  # type: ignore[union-attr]
             placed = st.packs.get(name)
-            plan = _dry_place(st, name)
-        return {"name": name, "ring_node": plan, "placed_on": placed.node if placed else None}
+            first, pref = _dry_place(st, name)
+        return {"name": name, "ring_node": first, "preference": pref, "placed_on": placed.node if placed else None}
 
     # ------------------------------------------------------------------ heartbeats and failure detection
 
@@ -498,23 +498,41 @@ class Agent:
                                  {"reports": reports, "request_id": f"rep-{uuid.uuid4().hex}"})
 
 
-def _ring_view(st: ClusterState) -> dict[str, Any]:
-    nodes = []
-    for n in st.iter_nodes():
-        used = st.node_usage(n.id)
-        nodes.append({"id": n.id, "zone": n.location.zone, "region": n.location.region, "cell": n.location.cell,
-                      "state": n.state.value, "weight": n.weight, "packs": used.packs,
-                      "max_packs": n.capacity.packs})
-    return {"nodes": nodes}
-
-
-def _dry_place(st: ClusterState, name: str) -> str | None:
+def _live_ring(st: ClusterState) -> Any:
     from canidae.core.ring import HashRing
     ring = HashRing(vnodes=st.vnodes)
     for n in st.iter_nodes():
         if n.state is NodeState.READY:
             ring.add_node(n.id, n.weight)
-    return ring.lookup(name) if len(ring) else None
+    return ring
+
+
+def _ring_view(st: ClusterState) -> dict[str, Any]:
+    """The ring of READY nodes: share of the hash space, virtual nodes, packs against the bounded cap."""
+    from canidae.core.ring import bounded_caps
+    ring = _live_ring(st)
+    total = sum(st.node_usage(n).packs for n in st.nodes)
+    share = ring.ownership() if len(ring) else {}
+    caps = bounded_caps(ring, max(total, 1), st.load_factor) if len(ring) else {}
+    nodes = []
+    for n in st.iter_nodes():
+        nodes.append({"id": n.id, "zone": n.location.zone, "region": n.location.region, "cell": n.location.cell,
+                      "state": n.state.value, "weight": n.weight,
+                      "vnodes": ring.vnode_count(n.id) if n.id in ring else 0, "share": round(share.get(n.id, 0.0), 6),
+                      "packs": st.node_usage(n.id).packs, "cap": caps.get(n.id), "max_packs": n.capacity.packs})
+    return {"nodes": nodes, "packs": total, "load_factor": st.load_factor, "vnodes_per_weight": st.vnodes}
+
+
+def _dry_place(st: ClusterState, name: str) -> tuple[str | None, list[str]]:
+    ring = _live_ring(st)
+    if not len(ring):
+        return None, []
+    pref = []
+    for node in ring.preference(name):
+        pref.append(node)
+        if len(pref) >= 10:
+            break
+    return ring.lookup(name), pref
 
 
 def _setup_logging(cfg: AgentConfig) -> None:

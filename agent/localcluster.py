@@ -56,6 +56,19 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def find_base_port(servers: int, clients: int, lo: int = 20_000, hi: int = 60_000, seed: int | None = None) -> int:
+    """A base port whose whole layout (API +i, Raft +100+i, clients +200+j) is free right now."""
+    import random
+    rng = random.Random(seed if seed is not None else os.getpid() ^ time.monotonic_ns())
+    for _ in range(500):
+        base = rng.randrange(lo, hi - 400, 10)
+        ports = [base + i for i in range(servers)] + [base + 100 + i for i in range(servers)] + \
+                [base + 200 + j for j in range(clients)]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise AlreadyExists("no free port range on 127.0.0.1")
+
+
 def _pid_alive(pid: int, marker: str) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -63,7 +63,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("place", "canidae.cli.place:place"),
     ("yip", "canidae.cli.unavailable:yip"),
     ("ring", "canidae.cli.ring:app"),
-    ("drill", "canidae.cli.unavailable:drill"),
+    ("drill", "canidae.cli.drill:app"),
     ("scale-test", "canidae.cli.unavailable:scale_test"),
     ("autoscale", "canidae.cli.unavailable:autoscale"),
     ("metrics", "canidae.cli.unavailable:metrics"),

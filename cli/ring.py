@@ -3,7 +3,7 @@
 ``simulate`` runs entirely in memory on ``canidae.core.ring``: it builds a ring of made-up nodes,
 places made-up packs with bounded loads, then measures balance and how many packs move when
 nodes join or leave. It is the one place that times ring work for users (core never reads a
-clock). ``show`` and ``lookup`` need a running cluster and are not available yet.
+clock). ``show``, ``lookup`` and ``rebalance`` ask a running cluster.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import time
 from typing import Annotated, Any
 
 import typer
-from canidae.cli.output import PACK_METAVAR, JsonOption, console, emit
-from canidae.core.errors import InvalidInput, NotImplementedYet
+from canidae.cli.connect import client
+from canidae.cli.output import PACK_METAVAR, JsonOption, StaleOption, console, emit
+from canidae.cli.plans import PlanOption, YesOption, confirm, moves_table, predict_seconds
+from canidae.core.errors import InvalidInput
 from canidae.core.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES, HashRing, place_bounded, rebalance
 from canidae.core.ringstats import balance, load_counts, movement
 from rich.table import Table
@@ -185,9 +187,48 @@ def simulate(
 
 
 @app.command("show")
-def show(json: JsonOption = False) -> None:
-    """Show the cluster's ring: nodes, weights and shares of the hash space (not available yet)."""
-    raise NotImplementedYet("ring show needs a running cluster; not available yet")
+def show(stale: StaleOption = False, json: JsonOption = False) -> None:
+    """Show the cluster's ring: per node its weight, virtual nodes, share of the hash space, and
+    its pack count against the bounded-load cap."""
+    with client() as c:
+        view = c.ring(stale=stale)
+
+    def human() -> None:
+        t = Table("node", "zone/region/cell", "state", "weight", "vnodes", "share", "packs", "cap", "load/cap")
+        for n in view["nodes"]:
+            cap = n.get("cap")
+            t.add_row(n["id"], f"{n['zone']}/{n['region']}/{n['cell']}", n["state"], f"{n['weight']:g}",
+                      str(n.get("vnodes", "-")), f"{n.get('share', 0) * 100:.1f}%", str(n["packs"]),
+                      "-" if cap is None else str(cap), "-" if not cap else f"{n['packs'] / cap:.2f}")
+        console.print(t)
+        console.print(f"{view['packs']} pack(s) held, load factor {view['load_factor']}, "
+                      f"{view['vnodes_per_weight']} virtual nodes per unit of weight")
+    emit(view, json, human)
+
+
+@app.command("rebalance")
+def rebalance_cmd(plan: PlanOption = False, yes: YesOption = False, json: JsonOption = False) -> None:
+    """Move the minimal set of packs onto nodes that joined (sticky bounded-load rebalance).
+
+    Nothing moves on its own when nodes join: this command is how packs reach the newcomers.
+    """
+    with client() as c:
+        preview = c.rebalance(plan=True)["migrations"]
+        predicted = predict_seconds(preview)
+        if plan:
+            emit({"migrations": preview, "predicted_s": predicted}, json, lambda: (
+                console.print(moves_table(preview)),
+                console.print(f"rebalance: {len(preview)} move(s), predicted {predicted:.2f} s")))
+            return
+        if not preview:
+            emit({"migrations": []}, json, lambda: console.print("nothing to move"))
+            return
+        confirm(f"Rebalance: move {len(preview)} pack(s)?", yes)
+        done = c.rebalance()["migrations"]
+        gens = {m["name"]: m["generation"] for m in done}
+        if done:
+            c.wait_running(list(gens), 60, gens)
+    emit({"migrations": done}, json, lambda: console.print(f"moved {len(done)} pack(s)"))
 
 
 @app.command("lookup")
@@ -195,5 +236,10 @@ def lookup(
     name: Annotated[str, typer.Argument(metavar=PACK_METAVAR, help="Pack name to look up.")],
     json: JsonOption = False,
 ) -> None:
-    """Show where PACK lands on the cluster's ring, and its preference list (not available yet)."""
-    raise NotImplementedYet("ring lookup needs a running cluster; not available yet")
+    """Show where NAME lands on the cluster's ring (first choice of the ring of ready nodes), its
+    preference list, and where the pack runs now if it exists."""
+    with client() as c:
+        res = c.ring_lookup(name)
+    emit(res, json, lambda: console.print(
+        f"{name}: ring first choice {res['ring_node']}; preference {', '.join(res['preference'][:5])}"
+        + (f"; placed on {res['placed_on']}" if res["placed_on"] else "; not placed")))

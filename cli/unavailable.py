@@ -31,7 +31,7 @@ from canidae.cli.params import NodeOpt, PackArg, TopSort, ZoneOpt
 from canidae.core.errors import NotImplementedYet
 
 __all__ = [
-    "audit", "autoscale", "drill", "events", "fleet", "history", "keys", "metrics", "policy",
+    "audit", "autoscale", "events", "fleet", "history", "keys", "metrics", "policy",
     "scale_test", "token", "top", "yip",
 ]
 
@@ -82,59 +82,6 @@ def yip_recv(
 
 
 # ---------------------------------------------------------------------------------------------
-drill = _noun("Inject real faults and measure the recovery.")
-
-
-@drill.command("failover")
-def drill_failover(
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Leaders to kill, one after another.")] = 1,
-    timeout: TimeoutOption = 30.0,
-    json: JsonOption = False,
-) -> None:
-    """Kill the Raft leader and time the next acknowledged write."""
-    _unavailable("drill failover")
-
-
-@drill.command("node")
-def drill_node(
-    node_name: Annotated[
-        str | None,
-        typer.Argument(metavar=NODE_METAVAR, help="Node to kill (default: one chosen with --seed).", show_default=False),
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random choice.")] = 0,
-    timeout: TimeoutOption = 30.0,
-    json: JsonOption = False,
-) -> None:
-    """Kill a node and time until all its packs run elsewhere."""
-    _unavailable("drill node")
-
-
-@drill.command("zone")
-def drill_zone(
-    zone: Annotated[str, typer.Argument(metavar=ZONE_METAVAR, help="Zone to take down.", show_default=False)],
-    timeout: TimeoutOption = 60.0,
-    json: JsonOption = False,
-) -> None:
-    """Take down every node of a zone and time the recovery."""
-    _unavailable("drill zone")
-
-
-@drill.command("partition")
-def drill_partition(
-    isolate: Annotated[
-        list[str] | None,
-        typer.Option("--isolate", metavar=NODE_METAVAR, help="Node cut off from the others; repeatable."),
-    ] = None,
-    duration: Annotated[
-        float, typer.Option("--duration", metavar="SECONDS", min=0, help="How long the partition lasts.")
-    ] = 10.0,
-    timeout: TimeoutOption = 60.0,
-    json: JsonOption = False,
-) -> None:
-    """Cut nodes off the network, heal, and check that no acknowledged write was lost."""
-    _unavailable("drill partition")
-
-
 # ---------------------------------------------------------------------------------------------
 scale_test = _noun("Run scale tests (simulated or live) and report their figures.")
 

@@ -18,7 +18,7 @@ _canidae_children() {
         "canidae node") echo "cordon drain list show uncordon" ;;
         "canidae pack") echo "create history kill list logs migrate place show spawn stop" ;;
         "canidae policy") echo "apply delete list show" ;;
-        "canidae ring") echo "lookup show simulate" ;;
+        "canidae ring") echo "lookup rebalance show simulate" ;;
         "canidae scale-test") echo "report run" ;;
         "canidae token") echo "create list revoke" ;;
         "canidae yip") echo "recv send" ;;
@@ -44,10 +44,10 @@ _canidae_options() {
         "canidae cluster status") echo "--help --json -h" ;;
         "canidae cluster up") echo "--agents --base-port --clients --cpu --data-dir --help --json --max-packs --mem --servers --timeout --zones -h" ;;
         "canidae drill") echo "--help -h" ;;
-        "canidae drill failover") echo "--help --json --rounds --timeout -h" ;;
-        "canidae drill node") echo "--help --json --seed --timeout -h" ;;
-        "canidae drill partition") echo "--duration --help --isolate --json --timeout -h" ;;
-        "canidae drill zone") echo "--help --json --timeout -h" ;;
+        "canidae drill failover") echo "--clients --data-dir --expect-failover --help --json --kill --packs --rounds --seed --timeout --yes -h -y" ;;
+        "canidae drill node") echo "--clients --data-dir --expect-failover --help --json --packs --rounds --seed --timeout --yes -h -y" ;;
+        "canidae drill partition") echo "--data-dir --expect-failover --help --json --packs --rounds --seed --timeout --yes -h -y" ;;
+        "canidae drill zone") echo "--clients --data-dir --expect-failover --help --json --packs --seed --timeout --yes -h -y" ;;
         "canidae events") echo "--help -h" ;;
         "canidae events tail") echo "--follow --help --json --no-follow --node --pack -h" ;;
         "canidae fleet") echo "--help -h" ;;
@@ -60,7 +60,7 @@ _canidae_options() {
         "canidae metrics") echo "--help --json --node --prometheus --stale --zone -h" ;;
         "canidae node") echo "--help -h" ;;
         "canidae node cordon") echo "--help --json -h" ;;
-        "canidae node drain") echo "--help --json --no-wait --timeout --wait -h" ;;
+        "canidae node drain") echo "--deadline --help --json --no-wait --plan --timeout --wait --yes -h -y" ;;
         "canidae node list") echo "--help --json --stale --zone -h" ;;
         "canidae node show") echo "--help --json --stale -h" ;;
         "canidae node uncordon") echo "--help --json -h" ;;
@@ -70,7 +70,7 @@ _canidae_options() {
         "canidae pack kill") echo "--help --json --signal -h -s" ;;
         "canidae pack list") echo "--after --help --json --limit --node --stale --state --zone -h" ;;
         "canidae pack logs") echo "--help --json -h" ;;
-        "canidae pack migrate") echo "--help --json -h" ;;
+        "canidae pack migrate") echo "--help --json --no-wait --timeout --to --wait -h" ;;
         "canidae pack place") echo "--help --json --no-wait --timeout --wait -h" ;;
         "canidae pack show") echo "--help --json --stale -h" ;;
         "canidae pack spawn") echo "--cell --count --cpu --driver --env --file --group --help --json --mem --members --no-wait --node --region --restart --spread --timeout --wait --zone -e -f -h -n" ;;
@@ -83,7 +83,8 @@ _canidae_options() {
         "canidae policy show") echo "--help --json -h" ;;
         "canidae ring") echo "--help -h" ;;
         "canidae ring lookup") echo "--help --json -h" ;;
-        "canidae ring show") echo "--help --json -h" ;;
+        "canidae ring rebalance") echo "--help --json --plan --yes -h -y" ;;
+        "canidae ring show") echo "--help --json --stale -h" ;;
         "canidae ring simulate") echo "--add --help --json --load-factor --nodes --packs --remove --seed --vnodes --zones -h" ;;
         "canidae scale-test") echo "--help -h" ;;
         "canidae scale-test report") echo "--help --json -h" ;;
@@ -138,13 +139,32 @@ _canidae_option_value() {
         "canidae cluster up --servers") echo "none" ;;
         "canidae cluster up --timeout") echo "none" ;;
         "canidae cluster up --zones") echo "none" ;;
+        "canidae drill failover --clients") echo "none" ;;
+        "canidae drill failover --data-dir") echo "file" ;;
+        "canidae drill failover --expect-failover") echo "none" ;;
+        "canidae drill failover --kill") echo "none" ;;
+        "canidae drill failover --packs") echo "none" ;;
         "canidae drill failover --rounds") echo "none" ;;
+        "canidae drill failover --seed") echo "none" ;;
         "canidae drill failover --timeout") echo "none" ;;
+        "canidae drill node --clients") echo "none" ;;
+        "canidae drill node --data-dir") echo "file" ;;
+        "canidae drill node --expect-failover") echo "none" ;;
+        "canidae drill node --packs") echo "none" ;;
+        "canidae drill node --rounds") echo "none" ;;
         "canidae drill node --seed") echo "none" ;;
         "canidae drill node --timeout") echo "none" ;;
-        "canidae drill partition --duration") echo "none" ;;
-        "canidae drill partition --isolate") echo "node" ;;
+        "canidae drill partition --data-dir") echo "file" ;;
+        "canidae drill partition --expect-failover") echo "none" ;;
+        "canidae drill partition --packs") echo "none" ;;
+        "canidae drill partition --rounds") echo "none" ;;
+        "canidae drill partition --seed") echo "none" ;;
         "canidae drill partition --timeout") echo "none" ;;
+        "canidae drill zone --clients") echo "none" ;;
+        "canidae drill zone --data-dir") echo "file" ;;
+        "canidae drill zone --expect-failover") echo "none" ;;
+        "canidae drill zone --packs") echo "none" ;;
+        "canidae drill zone --seed") echo "none" ;;
         "canidae drill zone --timeout") echo "none" ;;
         "canidae events tail --node") echo "node" ;;
         "canidae events tail --pack") echo "pack" ;;
@@ -158,6 +178,7 @@ _canidae_option_value() {
         "canidae keys rotate --timeout") echo "none" ;;
         "canidae metrics --node") echo "node" ;;
         "canidae metrics --zone") echo "zone" ;;
+        "canidae node drain --deadline") echo "none" ;;
         "canidae node drain --timeout") echo "none" ;;
         "canidae node list --zone") echo "zone" ;;
         "canidae pack create --cell") echo "none" ;;
@@ -185,6 +206,8 @@ _canidae_option_value() {
         "canidae pack list --node") echo "node" ;;
         "canidae pack list --state") echo "none" ;;
         "canidae pack list --zone") echo "zone" ;;
+        "canidae pack migrate --timeout") echo "none" ;;
+        "canidae pack migrate --to") echo "node" ;;
         "canidae pack place --timeout") echo "none" ;;
         "canidae pack spawn --cell") echo "none" ;;
         "canidae pack spawn --count") echo "none" ;;
@@ -258,7 +281,6 @@ _canidae_option_value() {
 # How the positional argument at index $2 (from 0) of a command path completes.
 _canidae_argument() {
     case "$1 $2" in
-        "canidae drill node 0") echo "node" ;;
         "canidae drill zone 0") echo "zone" ;;
         "canidae fleet bootstrap 0") echo "none" ;;
         "canidae fleet bootstrap "*) echo "none" ;;

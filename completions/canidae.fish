@@ -31,7 +31,7 @@ function __canidae_children
         case 'canidae policy'
             printf '%s\n' apply delete list show
         case 'canidae ring'
-            printf '%s\n' lookup show simulate
+            printf '%s\n' lookup rebalance show simulate
         case 'canidae scale-test'
             printf '%s\n' report run
         case 'canidae token'
@@ -57,13 +57,13 @@ function __canidae_valued
         case 'canidae cluster up'
             printf '%s\n' -- --agents --base-port --clients --cpu --data-dir --max-packs --mem --servers --timeout --zones
         case 'canidae drill failover'
-            printf '%s\n' -- --rounds --timeout
+            printf '%s\n' -- --clients --data-dir --expect-failover --kill --packs --rounds --seed --timeout
         case 'canidae drill node'
-            printf '%s\n' -- --seed --timeout
+            printf '%s\n' -- --clients --data-dir --expect-failover --packs --rounds --seed --timeout
         case 'canidae drill partition'
-            printf '%s\n' -- --duration --isolate --timeout
+            printf '%s\n' -- --data-dir --expect-failover --packs --rounds --seed --timeout
         case 'canidae drill zone'
-            printf '%s\n' -- --timeout
+            printf '%s\n' -- --clients --data-dir --expect-failover --packs --seed --timeout
         case 'canidae events tail'
             printf '%s\n' -- --node --pack
         case 'canidae fleet bootstrap'
@@ -73,7 +73,7 @@ function __canidae_valued
         case 'canidae metrics'
             printf '%s\n' -- --node --zone
         case 'canidae node drain'
-            printf '%s\n' -- --timeout
+            printf '%s\n' -- --deadline --timeout
         case 'canidae node list'
             printf '%s\n' -- --zone
         case 'canidae pack create'
@@ -84,6 +84,8 @@ function __canidae_valued
             printf '%s\n' -- --signal -s
         case 'canidae pack list'
             printf '%s\n' -- --after --limit --node --state --zone
+        case 'canidae pack migrate'
+            printf '%s\n' -- --timeout --to
         case 'canidae pack place'
             printf '%s\n' -- --timeout
         case 'canidae pack spawn'
@@ -175,7 +177,7 @@ complete -c canidae -n '__canidae_at \'canidae\'' -a agent -d 'Run, set up and c
 complete -c canidae -n '__canidae_at \'canidae\'' -a audit -d 'Read the audit log of who did what'
 complete -c canidae -n '__canidae_at \'canidae\'' -a autoscale -d 'See what the autoscaler would do and what it did'
 complete -c canidae -n '__canidae_at \'canidae\'' -a cluster -d 'Start, stop and inspect a local cluster of agents'
-complete -c canidae -n '__canidae_at \'canidae\'' -a drill -d 'Inject real faults and measure the recovery'
+complete -c canidae -n '__canidae_at \'canidae\'' -a drill -d 'Inject real faults (SIGKILL, SIGSTOP) and measure the recovery'
 complete -c canidae -n '__canidae_at \'canidae\'' -a events -d 'Follow the cluster\'s event stream'
 complete -c canidae -n '__canidae_at \'canidae\'' -a fleet -d 'Set up agents on many hosts at once'
 complete -c canidae -n '__canidae_at \'canidae\'' -a history -d 'Check the integrity of recorded histories'
@@ -292,36 +294,58 @@ complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l timeout -x -d 'G
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l zones -x -d 'Spread the agents over this many zones'
 
 # canidae drill
-complete -c canidae -n '__canidae_at \'canidae drill\'' -a failover -d 'Kill the Raft leader and time the next acknowledged write'
-complete -c canidae -n '__canidae_at \'canidae drill\'' -a node -d 'Kill a node and time until all its packs run elsewhere'
-complete -c canidae -n '__canidae_at \'canidae drill\'' -a partition -d 'Cut nodes off the network, heal, and check that no acknowledged write was lost'
-complete -c canidae -n '__canidae_at \'canidae drill\'' -a zone -d 'Take down every node of a zone and time the recovery'
+complete -c canidae -n '__canidae_at \'canidae drill\'' -a failover -d 'SIGKILL the leader (or a node), time the new leader, the next write and the packs\' recovery'
+complete -c canidae -n '__canidae_at \'canidae drill\'' -a node -d 'SIGKILL a node (a client agent when there is one) and time until all its packs run elsewhere'
+complete -c canidae -n '__canidae_at \'canidae drill\'' -a partition -d 'Cut the leader off by pausing it (SIGSTOP)'
+complete -c canidae -n '__canidae_at \'canidae drill\'' -a zone -d 'SIGKILL every agent of a zone (refused when it holds a majority of the servers)'
 complete -c canidae -n '__canidae_at \'canidae drill\'' -l help -s h -d 'Show this message and exit'
 
 # canidae drill failover
+complete -c canidae -n '__canidae_at \'canidae drill failover\'' -l clients -x -d 'Client agents of the throwaway cluster'
+complete -c canidae -n '__canidae_at \'canidae drill failover\'' -l data-dir -r -F -d 'A cluster started by \'cluster up\' (default'
+complete -c canidae -n '__canidae_at \'canidae drill failover\'' -l expect-failover -x -d 'Exit 1 when any round takes longer than this to recover (new leader, next write, packs moved)'
 complete -c canidae -n '__canidae_at \'canidae drill failover\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae drill failover\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae drill failover\'' -l rounds -x -d 'Leaders to kill, one after another'
+complete -c canidae -n '__canidae_at \'canidae drill failover\'' -l kill -x -d 'What to SIGKILL'
+complete -c canidae -n '__canidae_at \'canidae drill failover\'' -l packs -x -d 'Virtual packs running during the drill'
+complete -c canidae -n '__canidae_at \'canidae drill failover\'' -l rounds -x -d 'Faults to inject, one after another'
+complete -c canidae -n '__canidae_at \'canidae drill failover\'' -l seed -x -d 'Seed of the random choices'
 complete -c canidae -n '__canidae_at \'canidae drill failover\'' -l timeout -x -d 'Give up waiting after this many seconds'
+complete -c canidae -n '__canidae_at \'canidae drill failover\'' -l yes -s y -d 'Act without asking (for scripts)'
 
 # canidae drill node
+complete -c canidae -n '__canidae_at \'canidae drill node\'' -l clients -x -d 'Client agents of the throwaway cluster'
+complete -c canidae -n '__canidae_at \'canidae drill node\'' -l data-dir -r -F -d 'A cluster started by \'cluster up\' (default'
+complete -c canidae -n '__canidae_at \'canidae drill node\'' -l expect-failover -x -d 'Exit 1 when any round takes longer than this to recover (new leader, next write, packs moved)'
 complete -c canidae -n '__canidae_at \'canidae drill node\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae drill node\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae drill node\'' -l seed -x -d 'Seed of the random choice'
+complete -c canidae -n '__canidae_at \'canidae drill node\'' -l packs -x -d 'Virtual packs running during the drill'
+complete -c canidae -n '__canidae_at \'canidae drill node\'' -l rounds -x -d 'Faults to inject, one after another'
+complete -c canidae -n '__canidae_at \'canidae drill node\'' -l seed -x -d 'Seed of the random choices'
 complete -c canidae -n '__canidae_at \'canidae drill node\'' -l timeout -x -d 'Give up waiting after this many seconds'
-complete -c canidae -n '__canidae_at \'canidae drill node\' 0' -x -a '(__canidae_names node)' -d 'NODE'
+complete -c canidae -n '__canidae_at \'canidae drill node\'' -l yes -s y -d 'Act without asking (for scripts)'
 
 # canidae drill partition
-complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l duration -x -d 'How long the partition lasts'
+complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l data-dir -r -F -d 'A cluster started by \'cluster up\' (default'
+complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l expect-failover -x -d 'Exit 1 when any round takes longer than this to recover (new leader, next write, packs moved)'
 complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l isolate -x -a '(__canidae_names node)' -d 'Node cut off from the others'
 complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l packs -x -d 'Virtual packs running during the drill'
+complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l rounds -x -d 'Faults to inject, one after another'
+complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l seed -x -d 'Seed of the random choices'
 complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l timeout -x -d 'Give up waiting after this many seconds'
+complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l yes -s y -d 'Act without asking (for scripts)'
 
 # canidae drill zone
+complete -c canidae -n '__canidae_at \'canidae drill zone\'' -l clients -x -d 'Client agents of the throwaway cluster'
+complete -c canidae -n '__canidae_at \'canidae drill zone\'' -l data-dir -r -F -d 'A cluster started by \'cluster up\' (default'
+complete -c canidae -n '__canidae_at \'canidae drill zone\'' -l expect-failover -x -d 'Exit 1 when any round takes longer than this to recover (new leader, next write, packs moved)'
 complete -c canidae -n '__canidae_at \'canidae drill zone\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae drill zone\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae drill zone\'' -l packs -x -d 'Virtual packs running during the drill'
+complete -c canidae -n '__canidae_at \'canidae drill zone\'' -l seed -x -d 'Seed of the random choices'
 complete -c canidae -n '__canidae_at \'canidae drill zone\'' -l timeout -x -d 'Give up waiting after this many seconds'
+complete -c canidae -n '__canidae_at \'canidae drill zone\'' -l yes -s y -d 'Act without asking (for scripts)'
 complete -c canidae -n '__canidae_at \'canidae drill zone\' 0' -x -a '(__canidae_names zone)' -d 'ZONE'
 
 # canidae events
@@ -399,11 +423,13 @@ complete -c canidae -n '__canidae_at \'canidae node cordon\'' -l json -d 'Print 
 complete -c canidae -n '__canidae_at \'canidae node cordon\' 0' -x -a '(__canidae_names node)' -d 'NODE'
 
 # canidae node drain
+complete -c canidae -n '__canidae_at \'canidae node drain\'' -l deadline -l timeout -x -d 'Give up waiting after this many seconds'
 complete -c canidae -n '__canidae_at \'canidae node drain\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae node drain\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae node drain\'' -l no-wait -d 'Wait until the work is done, or return once it is accepted'
-complete -c canidae -n '__canidae_at \'canidae node drain\'' -l timeout -x -d 'Give up waiting after this many seconds'
+complete -c canidae -n '__canidae_at \'canidae node drain\'' -l plan -d 'Print the exact moves and the predicted duration'
 complete -c canidae -n '__canidae_at \'canidae node drain\'' -l wait -d 'Wait until the work is done, or return once it is accepted'
+complete -c canidae -n '__canidae_at \'canidae node drain\'' -l yes -s y -d 'Act without asking (for scripts)'
 complete -c canidae -n '__canidae_at \'canidae node drain\' 0' -x -a '(__canidae_names node)' -d 'NODE'
 
 # canidae node list
@@ -484,6 +510,10 @@ complete -c canidae -n '__canidae_at \'canidae pack logs\' 0' -x -a '(__canidae_
 # canidae pack migrate
 complete -c canidae -n '__canidae_at \'canidae pack migrate\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae pack migrate\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae pack migrate\'' -l no-wait -d 'Wait until the work is done, or return once it is accepted'
+complete -c canidae -n '__canidae_at \'canidae pack migrate\'' -l timeout -x -d 'Give up waiting after this many seconds'
+complete -c canidae -n '__canidae_at \'canidae pack migrate\'' -l to -x -a '(__canidae_names node)' -d 'Target node (default'
+complete -c canidae -n '__canidae_at \'canidae pack migrate\'' -l wait -d 'Wait until the work is done, or return once it is accepted'
 complete -c canidae -n '__canidae_at \'canidae pack migrate\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
 
 # canidae pack place
@@ -579,7 +609,8 @@ complete -c canidae -n '__canidae_at \'canidae policy show\'' -l help -s h -d 'S
 complete -c canidae -n '__canidae_at \'canidae policy show\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 
 # canidae ring
-complete -c canidae -n '__canidae_at \'canidae ring\'' -a lookup -d 'Show where NAME lands on the cluster\'s ring, and its preference list'
+complete -c canidae -n '__canidae_at \'canidae ring\'' -a lookup -d 'Show where NAME lands on the cluster\'s ring (first choice of the ring of ready nodes), its preference list, and where the pack runs now if it exists'
+complete -c canidae -n '__canidae_at \'canidae ring\'' -a rebalance -d 'Move the minimal set of packs onto nodes that joined (sticky bounded-load rebalance)'
 complete -c canidae -n '__canidae_at \'canidae ring\'' -a show -d 'Show the cluster\'s ring'
 complete -c canidae -n '__canidae_at \'canidae ring\'' -a simulate -d 'Place packs on an in-memory ring, then report balance, movement on join/leave, and timings'
 complete -c canidae -n '__canidae_at \'canidae ring\'' -l help -s h -d 'Show this message and exit'
@@ -589,9 +620,16 @@ complete -c canidae -n '__canidae_at \'canidae ring lookup\'' -l help -s h -d 'S
 complete -c canidae -n '__canidae_at \'canidae ring lookup\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae ring lookup\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
 
+# canidae ring rebalance
+complete -c canidae -n '__canidae_at \'canidae ring rebalance\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae ring rebalance\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae ring rebalance\'' -l plan -d 'Print the exact moves and the predicted duration'
+complete -c canidae -n '__canidae_at \'canidae ring rebalance\'' -l yes -s y -d 'Act without asking (for scripts)'
+
 # canidae ring show
 complete -c canidae -n '__canidae_at \'canidae ring show\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae ring show\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae ring show\'' -l stale -d 'Read the contacted agent\'s local copy of the state'
 
 # canidae ring simulate
 complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l add -x -d 'Nodes joining after placement'

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from canidae.cli.ring import app, simulate_ring
-from canidae.core.errors import InvalidInput, NotImplementedYet
+from canidae.core.errors import InvalidInput
 from typer.testing import CliRunner
 
 runner = CliRunner()
@@ -101,9 +101,14 @@ def test_bad_input_exits_2_from_the_installed_command() -> None:
     assert "--remove" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("args", [["show"], ["lookup", "web"], ["show", "--json"]])
-def test_show_and_lookup_are_not_available_yet(args: list[str]) -> None:
+@pytest.mark.parametrize("args", [["show"], ["lookup", "web"], ["rebalance", "--plan"]])
+def test_cluster_commands_without_a_cluster_say_so(args: list[str], tmp_path, monkeypatch) -> None:
+    from canidae.cli.output import GLOBALS
+    from canidae.core.errors import Unavailable
+    monkeypatch.delenv("CANIDAE_ADDR", raising=False)
+    monkeypatch.setattr(GLOBALS, "addr", ())
+    monkeypatch.setattr(GLOBALS, "config_path", tmp_path / "missing.toml")
     result = runner.invoke(app, args)
     assert result.exit_code != 0
-    assert isinstance(result.exception, NotImplementedYet)
-    assert "needs a running cluster" in result.exception.message
+    assert isinstance(result.exception, Unavailable)
+    assert "no cluster configured" in result.exception.message

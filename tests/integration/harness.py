@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -17,27 +15,11 @@ from canidae.agent.client import Client, Target
 from canidae.core.types import Resources
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def pick_base_port(servers: int, clients: int) -> int:
-    """A base port whose whole layout (api +i, raft +100+i, clients +200+j) is free right now."""
+    """Free ports for a layout, in a range of this xdist worker's own so workers never race."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     slot = int(worker[2:]) if worker[2:].isdigit() else 0
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(200):
-        base = 20_000 + slot * 4_000 + rng.randrange(0, 3_400, 10)
-        ports = [base + i for i in range(servers)] + [base + 100 + i for i in range(servers)] + \
-                [base + 200 + j for j in range(clients)]
-        if all(_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range on loopback")
+    return localcluster.find_base_port(servers, clients, lo=20_000 + slot * 4_000, hi=24_000 + slot * 4_000)
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:

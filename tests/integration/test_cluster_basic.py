@@ -44,6 +44,11 @@ def test_bulk_spawn_list_paging_and_stop(cluster):
                 by_node[p["node"]] = by_node.get(p["node"], 0) + 1
         assert sum(by_node.values()) == 249
         assert len(by_node) == 4  # bounded load spreads over every node
+        ring = c.ring()
+        assert abs(sum(n["share"] for n in ring["nodes"]) - 1) < 1e-3
+        assert all(n["vnodes"] == 160 and n["packs"] <= n["cap"] for n in ring["nodes"])
+        look = c.ring_lookup("w-3")
+        assert look["ring_node"] == look["preference"][0] and look["placed_on"] == c.pack("w-3")["node"]
 
 
 def test_writes_through_any_agent_including_a_client(cluster):
