@@ -553,6 +553,10 @@ def run_agent(cfg: AgentConfig) -> int:
     # interval every hand-over between them can cost up to 5 ms of request latency; 0.5 ms keeps
     # the ping-pong cheap (measured: see the README's figures).
     sys.setswitchinterval(0.0005)
+    # The replicated state is hundreds of thousands of long-lived objects; the default young-
+    # generation threshold (700) makes the collector walk them far too often under load.
+    import gc
+    gc.set_threshold(50_000, 20, 50)
     host, _, port = cfg.api.rpartition(":")
     agent = Agent(cfg)
 

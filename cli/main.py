@@ -134,7 +134,8 @@ def global_options(
     config: Annotated[
         Path,
         typer.Option(
-            "--config", metavar="PATH", help="Client config: addresses and token, when not given above.",
+            "--config", metavar="PATH", envvar="CANIDAE_CONFIG",
+            help="Client config: addresses and token, when not given above.",
         ),
     ] = Path(DEFAULT_CONFIG_PATH),
     version: Annotated[
