@@ -244,7 +244,8 @@ def build_app(agent: Agent, extra_routes: Callable[[Any], list[Route]] | None = 
         return await agent.rebalance(bool(body.get("plan", False)), request_id(request, body))
 
     async def pack_history(request: Request) -> Any:
-        return await agent.pack_history(validate_name("pack", request.path_params["name"]))
+        since = query_int(request, "since", 0, 0, 1 << 62)  # ms since the epoch; 0: everything
+        return await agent.pack_history(validate_name("pack", request.path_params["name"]), since_ms=since or None)
 
     async def ring(request: Request) -> Any:
         return await agent.ring_view(stale=query_bool(request, "stale"))
@@ -355,10 +356,15 @@ def openapi_document() -> dict[str, Any]:
             "/v1/nodes/{node}/reports": {"post": op("an agent reports pack states", params=["node"])},
             "/v1/packs": {"get": op("list packs (paged)"), "post": op("create, place or spawn packs", "CreatePacks")},
             "/v1/packs/{name}": {"get": op("show a pack", params=["name"])},
-            "/v1/packs/{name}/history": {"get": op("a pack's events", params=["name"])},
+            "/v1/packs/{name}/history": {"get": op("a pack's events (since=MS: from that time)", params=["name"])},
             "/v1/packs/{name}/{action}": {"post": op("stop, place or migrate a pack", params=["name", "action"])},
             "/v1/rebalance": {"post": op("plan or run the minimal moves onto joined nodes")},
             "/v1/ring": {"get": op("the live ring: share, vnodes, load per node")},
             "/v1/ring/lookup/{name}": {"get": op("where the ring puts a name", params=["name"])},
+            "/v1/events": {"get": op("durable events after=SEQ or the last=N, filtered by pack, node, type; "
+                                     "wait=S long-polls")},
+            "/v1/history/verify": {"get": op("rebuild the projections from the event log (full=1: from the "
+                                             "first event) and compare them with the live state")},
+            "/v1/history/stats": {"get": op("this server's event store: segments, sizes, gaps, snapshots")},
         },
     }

@@ -16,7 +16,6 @@ Time is read here (wall clock for ``at`` stamps, monotonic clock for deadlines),
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import signal
@@ -30,9 +29,11 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 
+from canidae.agent import history
 from canidae.agent.api import build_app
 from canidae.agent.config import AgentConfig
 from canidae.agent.drivers import VirtualDriver
+from canidae.agent.eventstore import EventStore
 from canidae.agent.proposer import Proposer
 from canidae.agent.reconcile import Reconciler
 from canidae.agent.replica import Replica
@@ -43,8 +44,6 @@ from canidae.core.state import HOLDING, ClusterState
 from canidae.core.types import Node, NodeState, PackSpec, PackState, Role
 
 log = logging.getLogger("canidae.agent")
-
-EVENTS_KEPT = 200_000
 
 
 def now_ms() -> int:
@@ -69,11 +68,13 @@ class Agent:
         self.running_on: dict[str, int] = {}  # what each agent says it runs (from heartbeats)
         self.was_leader = False
         self.down_in_flight: set[str] = set()
-        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
+        self.store: EventStore | None = None  # servers: the cluster's event history (canidae.agent.history)
         self.applied_signal: asyncio.Event | None = None
         self.leader_hint: str | None = None
         # Modules that add API routes: callables (agent, endpoint) -> list of starlette Routes.
         self.route_providers: list[Any] = []
+        if cfg.role is Role.SERVER:
+            self.route_providers.append(history.routes)
         self.reconciler = Reconciler(self._fetch_assignments, self._send_reports)
         self.reconciler.add_driver(VirtualDriver(self.reconciler.report))
         self.stopping = False
@@ -89,6 +90,7 @@ class Agent:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
         if self.cfg.role is Role.SERVER:
             os.makedirs(self.cfg.data_dir, exist_ok=True)
+            self.store = history.open_store(self)  # before the replica: it may replay its journal at once
             self.replica = Replica(
                 self.cfg.raft, self.cfg.raft_peers(), os.path.join(self.cfg.data_dir, "raft"),
                 self.cfg.cluster_password, self.cfg.raft_settings, ClusterState, self._on_applied)
@@ -107,6 +109,8 @@ class Agent:
             await self.http.aclose()
         if self.replica is not None:
             self.replica.destroy()
+        if self.store is not None:
+            history.close_store(self.store)
 
     def extra_routes(self, endpoint: Any) -> list[Any]:
         """Routes contributed by other agent modules (exec driver, mailboxes, event store)."""
@@ -116,8 +120,9 @@ class Agent:
         return routes
 
     def _on_applied(self, events: list[dict[str, Any]]) -> None:
-        # Tick thread: hand over to the loop.
-        self.events.extend(events)
+        # Tick thread: the store only buffers (its writer thread does the I/O); hand over to the loop.
+        if self.store is not None:
+            self.store.append(events, live=lambda: history.live_view(self))
         if self.loop is not None and self.applied_signal is not None:
             self.loop.call_soon_threadsafe(self._wake)
 
@@ -284,11 +289,8 @@ class Agent:
         cmd = Rebalance(id=rid, **self._stamp(), by="api")
         return await (self._plan(cmd) if plan else self.propose(cmd))
 
-    async def pack_history(self, name: str) -> dict[str, Any]:
-        st = await self._read_state(False)
-        with self.replica.lock:  # type: ignore[union-attr]
-            st.get_pack(name)
-        return {"pack": name, "events": [e for e in list(self.events) if e.get("pack") == name]}
+    async def pack_history(self, name: str, since_ms: int | None = None) -> dict[str, Any]:
+        return await history.pack_history(self, name, since_ms)
 
     async def ring_view(self, stale: bool) -> dict[str, Any]:
         st = await self._read_state(stale)
