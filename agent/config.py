@@ -43,7 +43,7 @@ class AgentConfig:
     capacity: Resources = Resources(4000, 8192, 1000)
     weight: float = 1.0
     raft_settings: RaftSettings = field(default_factory=RaftSettings)
-    heartbeat_interval_s: float = 0.3
+    heartbeat_interval_s: float = 0.5
     heartbeat_ttl_s: float = 1.5
     max_body_bytes: int = 8 * 1024 * 1024
     request_timeout_s: float = 5.0
@@ -151,7 +151,7 @@ def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
         servers=tuple(servers), capacity=capacity,
         weight=_pos_float("weight", d.get("weight", 1.0)),
         raft_settings=replace(defaults, **raft_kwargs),
-        heartbeat_interval_s=_pos_float("heartbeat.interval_s", hb.get("interval_s", 0.3)),
+        heartbeat_interval_s=_pos_float("heartbeat.interval_s", hb.get("interval_s", 0.5)),
         heartbeat_ttl_s=_pos_float("heartbeat.ttl_s", hb.get("ttl_s", 1.5)),
         max_body_bytes=_pos_int("max_body_bytes", d.get("max_body_bytes", 8 * 1024 * 1024)),
         request_timeout_s=_pos_float("request_timeout_s", d.get("request_timeout_s", 5.0)),

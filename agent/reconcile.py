@@ -24,6 +24,7 @@ Fetch = Callable[[int], Awaitable[dict[str, Any]]]
 Send = Callable[[list[list[Any]]], Awaitable[None]]
 
 HOLD = ("placed", "running")
+REPORT_WINDOW_S = 0.01
 
 
 class Reconciler:
@@ -101,6 +102,9 @@ class Reconciler:
     async def _send_loop(self) -> None:
         while True:
             await self._outbox_ready.wait()
+            # A short window lets reports of a burst travel as one command (one Raft entry),
+            # instead of one each competing with the requests that caused them.
+            await asyncio.sleep(REPORT_WINDOW_S)
             self._outbox_ready.clear()
             batch, self._outbox = self._outbox, []
             if not batch:
