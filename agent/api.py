@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, PayloadTooLarge
-from canidae.core.types import Driver, NodeState, PackSpec, PackState, validate_name
+from canidae.core.types import NodeState, PackSpec, PackState, validate_name
 
 if TYPE_CHECKING:
     from canidae.agent.daemon import Agent
@@ -88,11 +88,7 @@ def parse_spec(d: Any) -> PackSpec:
         raise InvalidInput("env must be an object of strings")
     if "constraints" in spec:
         expect_object(spec["constraints"], {"zone", "region", "cell", "node", "spread", "group"})
-    parsed = PackSpec.from_dict(spec)
-    if parsed.driver is Driver.EXEC:
-        from canidae.core.errors import NotImplementedYet
-        raise NotImplementedYet("the exec driver is not available yet; use --driver virtual")
-    return parsed
+    return PackSpec.from_dict(spec)
 
 
 def query_bool(request: Request, key: str) -> bool:

@@ -221,3 +221,30 @@ class Client:
                 raise Timeout(f"{len(left)} pack(s) not running after {timeout:g} s (e.g. {sorted(left)[0]})")
             time.sleep(0.01)
         return seen
+
+    # ------------------------------------------------------------ event history
+
+    def pack_events(self, name: str, since_ms: int | None = None) -> dict[str, Any]:
+        """A pack's history from the contacted server's event store (``since_ms``: from that time)."""
+        return self.request("GET", f"/v1/packs/{name}/history",  # type: ignore[no-any-return]
+                            params={"since": since_ms} if since_ms else None)
+
+    def events(self, *, after: int = 0, last: int | None = None, pack: str | None = None,
+               node: str | None = None, type: str | None = None, limit: int = 1000,
+               wait: float = 0.0) -> dict[str, Any]:
+        """Durable events after ``after`` (or the ``last`` N) matching the filters; ``wait`` long-polls."""
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        for key, value in (("last", last), ("pack", pack), ("node", node), ("type", type)):
+            if value is not None:
+                params[key] = value
+        if wait:
+            params["wait"] = wait
+        return self.request("GET", "/v1/events", params=params,  # type: ignore[no-any-return]
+                            timeout=wait + 10.0 if wait else None)
+
+    def history_verify(self, *, full: bool = False, pack: str | None = None) -> dict[str, Any]:
+        """Rebuild the contacted server's projections from its event log and compare them with the state."""
+        params: dict[str, Any] = {"full": 1} if full else {}
+        if pack:
+            params["pack"] = pack
+        return self.request("GET", "/v1/history/verify", params=params, timeout=120.0)  # type: ignore[no-any-return]

@@ -77,6 +77,15 @@ class Agent:
             self.route_providers.append(history.routes)
         self.reconciler = Reconciler(self._fetch_assignments, self._send_reports)
         self.reconciler.add_driver(VirtualDriver(self.reconciler.report))
+        # Real processes (exec driver), their API and the mailboxes of the packs on this node.
+        from canidae.agent import exec_api, yips
+        from canidae.agent.exec_driver import ExecDriver
+        from canidae.agent.mailbox import MailboxStore
+        self.exec_driver = ExecDriver(self.reconciler.report, data_dir=cfg.data_dir, node_id=cfg.node_id,
+                                      token=cfg.token, api=cfg.api)
+        self.reconciler.add_driver(self.exec_driver)
+        self.mailboxes = MailboxStore()
+        self.route_providers += [exec_api.routes, yips.routes]
         self.stopping = False
 
     # ------------------------------------------------------------------ lifecycle

@@ -217,23 +217,52 @@ def pack_stop(pack_name: PackArg, wait: WaitOption = True, timeout: TimeoutOptio
 @app.command("history")
 def pack_history(
     pack_name: PackArg,
+    since: Annotated[str | None, typer.Option("--since", metavar="T",
+                                              help="Only events from T on: a duration back from now (90s, 15m, "
+                                                   "2h, 7d), a UTC time (2025-06-01T12:00:00) or epoch ms.")]
+    = None,
     limit: Annotated[int | None, typer.Option("--limit", metavar="N", min=1, help="Only the last N events.")] = None,
     json: JsonOption = False,
 ) -> None:
-    """Print the events of a pack that the contacted server holds in memory, oldest first."""
+    """Print a pack's timeline, oldest first, with the time each step took.
+
+    Each change of the pack is an event (created, placed, started, failed, migrating, stopped).
+    Times are those the commands were proposed at. An unknown pack exits 5.
+    """
+    from canidae.cli.history import describe, fmt_delta, fmt_time, parse_since, warn_gaps
+
+    since_ms = parse_since(since) if since is not None else None
     with client() as c:
-        data = c.pack_history(pack_name)
+        data = c.pack_events(pack_name, since_ms)
     events = data["events"][-limit:] if limit else data["events"]
+    prev = None
+    for e in events:
+        e["step_ms"] = None if prev is None else e["at"] - prev
+        prev = e["at"]
+    first = events[0]["at"] if events else None
+    removed = bool(events) and data.get("retained_from", 1) > 1 and events[0]["type"] != "PackCreated" \
+        and since_ms is None and not limit
 
     def human() -> None:
-        t = Table("seq", "at (ms)", "+ms", "event", "node", "detail")
-        prev = None
+        t = Table("seq", "time (UTC)", "step", "elapsed", "event", "node", "detail")
+        t.columns[1].no_wrap = True
+        day = None
         for e in events:
-            t.add_row(str(e["seq"]), str(e["at"]), "" if prev is None else str(e["at"] - prev), e["type"],
-                      e.get("node", ""), str(e.get("detail", "")))
-            prev = e["at"]
+            t.add_row(str(e["seq"]), fmt_time(e["at"], day), fmt_delta(e["step_ms"]) if e["step_ms"] is not None
+                      else "", fmt_delta(e["at"] - first) if first is not None else "", e["type"],
+                      e.get("node") or "", describe(e))
+            day = e["at"]
         console.print(t)
-    emit({"pack": pack_name, "events": events}, json, human)
+        if events:
+            console.print(f"{len(events)} event(s) over {fmt_delta(events[-1]['at'] - events[0]['at'])}; "
+                          f"last: {events[-1]['type']}")
+        else:
+            console.print(f"no events of pack {pack_name}" + (" since then" if since_ms is not None else ""))
+        if removed:
+            err_console.print(f"note: events before seq {data['retained_from']} were removed by retention")
+        warn_gaps([g for g in data.get("gaps", []) if not events or g[1] >= events[0]["seq"]])
+    emit({"pack": pack_name, "events": events, "retained_from": data.get("retained_from", 1),
+          "gaps": data.get("gaps", [])}, json, human)
 
 
 @app.command("migrate")

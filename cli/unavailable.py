@@ -19,7 +19,6 @@ from typing import Annotated, NoReturn
 import typer
 
 from canidae.cli.output import (
-    NODE_METAVAR,
     PACK_METAVAR,
     ZONE_METAVAR,
     JsonOption,
@@ -31,7 +30,7 @@ from canidae.cli.params import NodeOpt, PackArg, TopSort, ZoneOpt
 from canidae.core.errors import NotImplementedYet
 
 __all__ = [
-    "audit", "autoscale", "events", "fleet", "history", "keys", "metrics", "policy",
+    "audit", "autoscale", "fleet", "keys", "metrics", "policy",
     "scale_test", "token", "top", "yip",
 ]
 
@@ -264,41 +263,6 @@ def fleet_bootstrap(
 ) -> None:
     """Install and start agents over SSH, then write the client config (mode 0600)."""
     _unavailable("fleet bootstrap")
-
-
-# ---------------------------------------------------------------------------------------------
-events = _noun("Follow the cluster's event stream.")
-
-
-@events.command("tail")
-def events_tail(
-    pack_name: Annotated[
-        str | None, typer.Option("--pack", metavar=PACK_METAVAR, help="Only events of this pack.")
-    ] = None,
-    node_name: Annotated[
-        str | None, typer.Option("--node", metavar=NODE_METAVAR, help="Only events of this node.")
-    ] = None,
-    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Keep printing new events.")] = True,
-    json: JsonOption = False,
-) -> None:
-    """Print events as they happen."""
-    _unavailable("events tail")
-
-
-# ---------------------------------------------------------------------------------------------
-history = _noun("Check the integrity of recorded histories.")
-
-
-@history.command("verify")
-def history_verify(
-    pack_name: Annotated[
-        str | None,
-        typer.Argument(metavar=PACK_METAVAR, help="Only this pack (default: all).", show_default=False),
-    ] = None,
-    json: JsonOption = False,
-) -> None:
-    """Check that event histories are complete, ordered and agree across replicas."""
-    _unavailable("history verify")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,11 +49,11 @@ _canidae_options() {
         "canidae drill partition") echo "--data-dir --expect-failover --help --json --packs --rounds --seed --timeout --yes -h -y" ;;
         "canidae drill zone") echo "--clients --data-dir --expect-failover --help --json --packs --seed --timeout --yes -h -y" ;;
         "canidae events") echo "--help -h" ;;
-        "canidae events tail") echo "--follow --help --json --no-follow --node --pack -h" ;;
+        "canidae events tail") echo "--after --count --follow --help --json --lines --node --pack --type -f -h -n" ;;
         "canidae fleet") echo "--help -h" ;;
         "canidae fleet bootstrap") echo "--help --identity --inventory --json --no-wait --servers --ssh-user --timeout --wait -h -i" ;;
         "canidae history") echo "--help -h" ;;
-        "canidae history verify") echo "--help --json -h" ;;
+        "canidae history verify") echo "--full --help --json -h" ;;
         "canidae keys") echo "--help -h" ;;
         "canidae keys list") echo "--help --json -h" ;;
         "canidae keys rotate") echo "--help --json --no-wait --region --timeout --wait -h" ;;
@@ -66,7 +66,7 @@ _canidae_options() {
         "canidae node uncordon") echo "--help --json -h" ;;
         "canidae pack") echo "--help -h" ;;
         "canidae pack create") echo "--cell --count --cpu --driver --env --file --group --help --json --mem --members --node --region --restart --spread --zone -e -f -h -n" ;;
-        "canidae pack history") echo "--help --json --limit -h" ;;
+        "canidae pack history") echo "--help --json --limit --since -h" ;;
         "canidae pack kill") echo "--help --json --signal -h -s" ;;
         "canidae pack list") echo "--after --help --json --limit --node --stale --state --zone -h" ;;
         "canidae pack logs") echo "--help --json -h" ;;
@@ -166,8 +166,13 @@ _canidae_option_value() {
         "canidae drill zone --packs") echo "none" ;;
         "canidae drill zone --seed") echo "none" ;;
         "canidae drill zone --timeout") echo "none" ;;
+        "canidae events tail --after") echo "none" ;;
+        "canidae events tail --count") echo "none" ;;
+        "canidae events tail --lines") echo "none" ;;
+        "canidae events tail -n") echo "none" ;;
         "canidae events tail --node") echo "node" ;;
         "canidae events tail --pack") echo "pack" ;;
+        "canidae events tail --type") echo "none" ;;
         "canidae fleet bootstrap --identity") echo "file" ;;
         "canidae fleet bootstrap --inventory") echo "file" ;;
         "canidae fleet bootstrap -i") echo "file" ;;
@@ -199,6 +204,7 @@ _canidae_option_value() {
         "canidae pack create --spread") echo "choice:zone region cell" ;;
         "canidae pack create --zone") echo "zone" ;;
         "canidae pack history --limit") echo "none" ;;
+        "canidae pack history --since") echo "none" ;;
         "canidae pack kill --signal") echo "choice:term kill int hup" ;;
         "canidae pack kill -s") echo "choice:term kill int hup" ;;
         "canidae pack list --after") echo "pack" ;;

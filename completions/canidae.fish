@@ -65,7 +65,7 @@ function __canidae_valued
         case 'canidae drill zone'
             printf '%s\n' -- --clients --data-dir --expect-failover --packs --seed --timeout
         case 'canidae events tail'
-            printf '%s\n' -- --node --pack
+            printf '%s\n' -- --after --count --lines --node --pack --type -n
         case 'canidae fleet bootstrap'
             printf '%s\n' -- --identity --inventory --servers --ssh-user --timeout -i
         case 'canidae keys rotate'
@@ -79,7 +79,7 @@ function __canidae_valued
         case 'canidae pack create'
             printf '%s\n' -- --cell --count --cpu --driver --env --file --group --mem --members --node --region --restart --spread --zone -e -f -n
         case 'canidae pack history'
-            printf '%s\n' -- --limit
+            printf '%s\n' -- --limit --since
         case 'canidae pack kill'
             printf '%s\n' -- --signal -s
         case 'canidae pack list'
@@ -180,7 +180,7 @@ complete -c canidae -n '__canidae_at \'canidae\'' -a cluster -d 'Start, stop and
 complete -c canidae -n '__canidae_at \'canidae\'' -a drill -d 'Inject real faults (SIGKILL, SIGSTOP) and measure the recovery'
 complete -c canidae -n '__canidae_at \'canidae\'' -a events -d 'Follow the cluster\'s event stream'
 complete -c canidae -n '__canidae_at \'canidae\'' -a fleet -d 'Set up agents on many hosts at once'
-complete -c canidae -n '__canidae_at \'canidae\'' -a history -d 'Check the integrity of recorded histories'
+complete -c canidae -n '__canidae_at \'canidae\'' -a history -d 'Check the recorded event history against the live cluster state'
 complete -c canidae -n '__canidae_at \'canidae\'' -a keys -d 'Inspect and rotate the cluster\'s signing and encryption keys'
 complete -c canidae -n '__canidae_at \'canidae\'' -a metrics -d 'Print cluster metrics aggregated by cell, region and zone'
 complete -c canidae -n '__canidae_at \'canidae\'' -a node -d 'List and inspect nodes'
@@ -349,16 +349,19 @@ complete -c canidae -n '__canidae_at \'canidae drill zone\'' -l yes -s y -d 'Act
 complete -c canidae -n '__canidae_at \'canidae drill zone\' 0' -x -a '(__canidae_names zone)' -d 'ZONE'
 
 # canidae events
-complete -c canidae -n '__canidae_at \'canidae events\'' -a tail -d 'Print events as they happen'
+complete -c canidae -n '__canidae_at \'canidae events\'' -a tail -d 'Print the cluster\'s events, oldest first'
 complete -c canidae -n '__canidae_at \'canidae events\'' -l help -s h -d 'Show this message and exit'
 
 # canidae events tail
-complete -c canidae -n '__canidae_at \'canidae events tail\'' -l follow -d 'Keep printing new events'
+complete -c canidae -n '__canidae_at \'canidae events tail\'' -l after -x -d 'Start after this sequence number instead (every event since)'
+complete -c canidae -n '__canidae_at \'canidae events tail\'' -l count -x -d 'Stop after printing N events'
+complete -c canidae -n '__canidae_at \'canidae events tail\'' -l follow -s f -d 'Keep printing new events until interrupted'
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae events tail\'' -l no-follow -d 'Keep printing new events'
-complete -c canidae -n '__canidae_at \'canidae events tail\'' -l node -x -a '(__canidae_names node)' -d 'Only events of this node'
+complete -c canidae -n '__canidae_at \'canidae events tail\'' -l lines -s n -x -d 'Start with the last N matching events'
+complete -c canidae -n '__canidae_at \'canidae events tail\'' -l node -x -a '(__canidae_names node)' -d 'Only events on this node (moves away from it included)'
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l pack -x -a '(__canidae_names pack)' -d 'Only events of this pack'
+complete -c canidae -n '__canidae_at \'canidae events tail\'' -l type -x -d 'Only these event types (PackStarted, PackFailed, NodeDown, ...)'
 
 # canidae fleet
 complete -c canidae -n '__canidae_at \'canidae fleet\'' -a bootstrap -d 'Install and start agents over SSH, then write the client config (mode 0600)'
@@ -376,10 +379,11 @@ complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l timeout -x 
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l wait -d 'Wait until the work is done, or return once it is accepted'
 
 # canidae history
-complete -c canidae -n '__canidae_at \'canidae history\'' -a verify -d 'Check that event histories are complete, ordered and agree across replicas'
+complete -c canidae -n '__canidae_at \'canidae history\'' -a verify -d 'Rebuild the projections from each server\'s event log and compare them with the live state'
 complete -c canidae -n '__canidae_at \'canidae history\'' -l help -s h -d 'Show this message and exit'
 
 # canidae history verify
+complete -c canidae -n '__canidae_at \'canidae history verify\'' -l full -d 'Replay from the first event instead of the newest snapshot (slower'
 complete -c canidae -n '__canidae_at \'canidae history verify\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae history verify\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae history verify\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
@@ -451,7 +455,7 @@ complete -c canidae -n '__canidae_at \'canidae node uncordon\' 0' -x -a '(__cani
 
 # canidae pack
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a create -d 'Record a pack in the cluster without running it (\'pack place\' runs it)'
-complete -c canidae -n '__canidae_at \'canidae pack\'' -a history -d 'Print the events of a pack that the contacted server holds in memory, oldest first'
+complete -c canidae -n '__canidae_at \'canidae pack\'' -a history -d 'Print a pack\'s timeline, oldest first, with the time each step took'
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a kill -d 'Send a signal to a pack\'s members (exec driver)'
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a list -d 'List packs sorted by name, with state and node (paged'
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a logs -d 'Print the output of a pack\'s members (exec driver)'
@@ -484,6 +488,7 @@ complete -c canidae -n '__canidae_at \'canidae pack create\'' -l zone -x -a '(__
 complete -c canidae -n '__canidae_at \'canidae pack history\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae pack history\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae pack history\'' -l limit -x -d 'Only the last N events'
+complete -c canidae -n '__canidae_at \'canidae pack history\'' -l since -x -d 'Only events from T on'
 complete -c canidae -n '__canidae_at \'canidae pack history\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
 
 # canidae pack kill

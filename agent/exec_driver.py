@@ -1,0 +1,883 @@
+"""The exec driver: runs a pack's members as real processes on this node and supervises them.
+
+What it owns, per pack generation placed here (a *run*):
+
+* a directory ``<data_dir>/exec/packs/<pack>/`` with ``work/`` (the members' working directory),
+  ``logs/`` (one size-rotated log per member, ``canidae.agent.packlogs``) and ``run.json`` (the
+  run record: pids, process start times, generation, restarts, final state);
+* where the agent runs as root, a user of its own (uid = a per-node base + a slot), so that a pack
+  cannot signal, trace or read the processes and files of another pack, and ``RLIMIT_NPROC``
+  bounds its processes; a cgroup with its CPU, memory and process limits
+  (``canidae.agent.isolation``); rlimits on open files;
+* a scrubbed environment: ``PATH``, ``HOME``, ``LANG``, the spec's ``env`` and the ``CANIDAE_*``
+  variables (pack, member index, node, generation, agent address, mailbox URL, pack token).
+
+Starting a member: it is spawned as ``/bin/sh`` waiting on a pipe (a *gate*), in a new session,
+under the pack's user and working directory. While it waits, the agent moves it into the pack's
+cgroup and sets its rlimits, writes the run record, and only then opens the gate: the shell execs
+the command (same pid). So a member never runs a single instruction outside its limits, and an
+agent that dies before recording a member leaves no orphan: the gate sees end-of-file and exits.
+
+Supervision: each member is watched through a pidfd on the event loop (no thread, no pipe per
+member). Exits go through the restart policy: ``always`` restarts, ``on-failure`` restarts on a
+non-zero exit or a signal, ``never`` does not; restarts back off exponentially up to a cap, and
+after ``max_restarts`` failed runs in a row (a run longer than ``stable_s`` resets the count) the
+pack fails. The cluster only hears ``running`` (all members started), ``stopped`` (stopped on
+request, or every member exited 0 under ``never``/``on-failure``) and ``failed`` (with the reason:
+exit code or signal, the memory limit, a command that cannot start).
+
+After an agent restart, the run records are read back: members whose pid still names the same
+process (same start time in ``/proc/<pid>/stat``) are adopted and watched again; cgroups and
+per-pack-user processes that no record claims are killed. The reconciler then stops whatever the
+cluster no longer assigns here. An adopted member is not a child of the new agent, so its exit
+status cannot be read: it counts as a failure. A graceful agent stop stops every pack (SIGTERM,
+then SIGKILL) without reporting, so that the restarted agent starts them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from canidae.agent import packlogs
+from canidae.agent.drivers import Report
+from canidae.agent.isolation import Isolation, Limits, Sandbox
+from canidae.agent.packtoken import pack_token
+from canidae.core.errors import InvalidInput, NotFound
+
+log = logging.getLogger("canidae.exec")
+
+SH = "/bin/sh"
+# The gate: set the member's own rlimits (lowering needs no privilege, so this works where the
+# agent lacks CAP_SYS_RESOURCE to set them from outside), wait for the agent's "go" on stdin
+# (end-of-file: the agent died, never run), then become the command.
+GATE = '{ulimits} || exit 112; read -r _ || exit 111; exec {become}"$@" </dev/null'
+# Dropping to the pack's user in the gate (rather than in the forked child) lets the agent spawn
+# with vfork: a fork of a large agent costs ~10 ms, a vfork ~0.2 ms.
+SETPRIV = shutil.which("setpriv") or ""
+GATE_ABORTED = 111
+GATE_LIMITS = 112
+RLIMIT_OF = {"nofile": resource.RLIMIT_NOFILE, "core": resource.RLIMIT_CORE, "nproc": resource.RLIMIT_NPROC,
+             "as": resource.RLIMIT_AS}
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+UID_BASE = 1 << 30
+UID_SLOTS = 1 << 14
+CANNOT_RUN = {126: "is not executable", 127: "was not found"}
+
+
+@dataclass(frozen=True)
+class ExecSettings:
+    """Knobs of the exec driver; ``from_env`` reads ``CANIDAE_EXEC_<NAME>`` overrides."""
+
+    grace_s: float = 5.0          # SIGTERM -> SIGKILL on stop
+    close_grace_s: float = 2.0    # the same when the agent itself stops
+    backoff_s: float = 0.2        # first restart delay; doubles per failed run in a row
+    backoff_cap_s: float = 30.0
+    max_restarts: int = 10        # failed runs in a row before the pack fails
+    stable_s: float = 10.0        # a run this long resets the count
+    log_max_bytes: int = 8 << 20
+    log_keep: int = 2
+    log_check_s: float = 1.0
+    max_procs: int = 512          # processes per pack
+    max_files: int = 1024         # open files per member
+    isolation: str = "auto"       # auto | cgroup2 | cgroup1 | rlimits
+    pack_users: str = "auto"      # auto (when root) | on | off
+
+    @staticmethod
+    def from_env(env: Mapping[str, str]) -> ExecSettings:
+        kw: dict[str, Any] = {}
+        for f in fields(ExecSettings):
+            raw = env.get(f"CANIDAE_EXEC_{f.name.upper()}")
+            if raw is None:
+                continue
+            kind = type(getattr(ExecSettings(), f.name))
+            try:
+                kw[f.name] = kind(raw)
+            except ValueError:
+                raise InvalidInput(f"CANIDAE_EXEC_{f.name.upper()} must be a {kind.__name__}, got {raw!r}") from None
+        return ExecSettings(**kw)
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """The start time of a live process (clock ticks since boot); None if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            rest = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    if not rest or rest[0] == b"Z":
+        return None
+    return int(rest[19])
+
+
+def describe_exit(rc: int | None) -> str:
+    if rc is None:
+        return "exited (status unknown: the agent restarted meanwhile)"
+    if rc < 0:
+        try:
+            return f"killed by signal {signal.Signals(-rc).name.removeprefix('SIG')}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exited {rc}"
+
+
+def _can_exec(path: str, uid: int | None, gid: int | None) -> bool:
+    """Whether ``uid`` may execute ``path`` (the file and every directory above it), by mode bits."""
+    if uid is None:
+        return os.access(path, os.X_OK)
+
+    def allowed(st: os.stat_result) -> bool:
+        if st.st_uid == uid:
+            return bool(st.st_mode & stat.S_IXUSR)
+        if st.st_gid == gid:
+            return bool(st.st_mode & stat.S_IXGRP)
+        return bool(st.st_mode & stat.S_IXOTH)
+
+    path = os.path.abspath(path)
+    d = os.path.dirname(path)
+    while True:
+        try:
+            if not allowed(os.stat(d)):
+                return False
+        except OSError:
+            return False
+        if d == "/":
+            break
+        d = os.path.dirname(d)
+    try:
+        return allowed(os.stat(path))
+    except OSError:
+        return False
+
+
+class CannotStart(Exception):
+    """The command of a pack cannot run here: a clear reason, no restart."""
+
+
+class Member:
+    __slots__ = ("index", "pid", "start_ticks", "proc", "pidfd", "started", "restarts", "failures",
+                 "last_exit", "timer", "alive")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid = 0
+        self.start_ticks: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # None: adopted, not our child
+        self.pidfd = -1
+        self.started = 0.0
+        self.restarts = 0
+        self.failures = 0
+        self.last_exit = ""
+        self.timer: asyncio.TimerHandle | None = None
+        self.alive = False
+
+    def record(self) -> dict[str, Any]:
+        return {"index": self.index, "pid": self.pid, "start_ticks": self.start_ticks, "restarts": self.restarts,
+                "last_exit": self.last_exit}
+
+
+class Run:
+    """One generation of one pack on this node."""
+
+    __slots__ = ("name", "generation", "spec", "slot", "uid", "gid", "dir", "work", "logs", "sandbox", "limits",
+                 "rlimits", "members", "state", "reason", "oom_seen", "all_exited", "started_at")
+
+    def __init__(self, name: str, generation: int, spec: dict[str, Any], pack_dir: str) -> None:
+        self.name, self.generation, self.spec = name, generation, spec
+        self.slot = -1
+        self.uid: int | None = None
+        self.gid: int | None = None
+        self.dir = pack_dir
+        self.work = os.path.join(pack_dir, "work")
+        self.logs = os.path.join(pack_dir, "logs")
+        self.sandbox = Sandbox(name)
+        self.limits = Limits()
+        self.rlimits: list[tuple[int, int]] = []
+        self.members = [Member(i) for i in range(int(spec.get("members", 1)))]
+        self.state = "running"  # running | stopping | done
+        self.reason = ""
+        self.oom_seen = 0
+        self.all_exited: asyncio.Event | None = None
+        self.started_at = time.time()
+
+    @property
+    def policy(self) -> str:
+        return str(self.spec.get("restart", "on-failure"))
+
+
+class ExecDriver:
+    """Runs exec packs; see the module docstring for the whole story."""
+
+    name = "exec"
+
+    def __init__(self, report: Report, *, data_dir: str, node_id: str, token: str, api: str,
+                 settings: ExecSettings | None = None) -> None:
+        self._report = report
+        self.node_id, self.token, self.api = node_id, token, api
+        self.settings = settings or ExecSettings.from_env(os.environ)
+        self.root = os.path.join(os.path.abspath(data_dir), "exec", "packs")
+        self.data_dir = os.path.abspath(data_dir)
+        self.runs: dict[str, Run] = {}
+        self.finished: dict[str, tuple[int, str, str]] = {}  # name -> (generation, state, reason)
+        self.isolation: Isolation | None = None
+        self.pack_users = False
+        self.uid_base = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending_start: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._housekeeping: asyncio.Task[Any] | None = None
+        self._ulimit_flags: dict[str, str] = {}
+        self.closed = False
+
+    # ------------------------------------------------------------------ opening: isolation and adoption
+
+    def open(self) -> None:
+        """Choose the isolation mechanism, adopt live runs and kill what no record claims (once)."""
+        if self.loop is not None:
+            return
+        self.loop = asyncio.get_running_loop()
+        s = self.settings
+        want_users = s.pack_users == "on" or (s.pack_users == "auto" and os.geteuid() == 0)
+        self.pack_users = want_users and os.geteuid() == 0
+        key = hashlib.sha256(f"{self.node_id}\0{self.data_dir}".encode()).digest()
+        self.uid_base = UID_BASE + (int.from_bytes(key[:2], "big") * UID_SLOTS)
+        try:
+            self.isolation = Isolation.detect(self.node_id, self.data_dir, s.isolation)
+        except ValueError as e:
+            log.error("%s; falling back on rlimits", e)
+            self.isolation = Isolation("rlimits", {}, str(e))
+        log.info("exec driver: isolation %s (%s); per-pack users %s", self.isolation.mechanism,
+                 self.isolation.detail, "on" if self.pack_users else "off")
+        # Traversable (not listable) by pack users, so that a member can name its own directory.
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        os.chmod(os.path.dirname(self.root), 0o711)
+        os.chmod(self.root, 0o711)
+        self._ulimit_flags = _probe_ulimit_flags()
+        self._adopt()
+        self._housekeeping = self._spawn_task(self._housekeeping_loop())
+
+    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    def _adopt(self) -> None:
+        assert self.isolation is not None
+        for name in sorted(os.listdir(self.root)):
+            rec = self._read_record(name)
+            if rec is None:
+                continue
+            if rec.get("state") == "exited":
+                self.finished[name] = (rec["generation"], rec["final"], rec["reason"])
+                continue
+            if rec.get("state") != "running":
+                continue
+            run = Run(name, rec["generation"], rec["spec"], os.path.join(self.root, name))
+            run.slot, run.uid, run.gid = rec.get("slot", -1), rec.get("uid"), rec.get("gid")
+            run.sandbox = self.isolation.sandbox_of(name)
+            run.limits = self._limits(run.spec)
+            run.rlimits = self.isolation.rlimits(run.limits, run.uid is not None)
+            run.oom_seen = self.isolation.oom_kills(run.sandbox)
+            run.all_exited = asyncio.Event()
+            alive = 0
+            for mrec in rec.get("members", []):
+                if mrec["index"] >= len(run.members):
+                    continue
+                m = run.members[mrec["index"]]
+                m.restarts, m.last_exit = mrec.get("restarts", 0), mrec.get("last_exit", "")
+                m.pid, m.start_ticks = mrec.get("pid", 0), mrec.get("start_ticks")
+                if m.pid and m.start_ticks is not None and proc_start_ticks(m.pid) == m.start_ticks:
+                    try:
+                        m.pidfd = os.pidfd_open(m.pid)
+                    except OSError:
+                        continue
+                    m.alive, m.started = True, time.monotonic()
+                    assert self.loop is not None
+                    self.loop.add_reader(m.pidfd, self._on_exit, run, m)
+                    alive += 1
+            if not alive:
+                # Nothing of it survived: clean up; the reconciler starts it again if still assigned.
+                self._kill_sandbox_now(run)
+                self._write_record(run, "lost")
+                continue
+            log.info("adopted pack %s generation %d (%d of %d members alive)", name, run.generation, alive,
+                     len(run.members))
+            self.runs[name] = run
+            for m in run.members:
+                if not m.alive:
+                    self._member_exited(run, m, None)
+        # Anything in our cgroups or running as one of our pack users that no run claims is an orphan.
+        for name in self.isolation.leftovers():
+            if name not in self.runs:
+                self._kill_sandbox_now(Run(name, 0, {}, os.path.join(self.root, name)))
+        if self.pack_users:
+            claimed = {r.uid for r in self.runs.values()}
+            for pid, uid in _processes_by_uid(self.uid_base, self.uid_base + UID_SLOTS):
+                if uid not in claimed:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
+    def _kill_sandbox_now(self, run: Run) -> None:
+        assert self.isolation is not None
+        sb = self.isolation.sandbox_of(run.name)
+        for _ in range(50):
+            if not self.isolation.signal_all(sb, signal.SIGKILL):
+                break
+            time.sleep(0.01)
+        for _ in range(50):
+            if self.isolation.remove(sb):
+                break
+            time.sleep(0.01)
+
+    # ------------------------------------------------------------------ PackDriver
+
+    def running(self) -> dict[str, int]:
+        self.open()
+        return {name: run.generation for name, run in self.runs.items()}
+
+    async def start(self, pack: str, generation: int, spec: dict[str, Any]) -> None:
+        self.open()
+        run = self.runs.get(pack)
+        if run is not None:
+            if run.generation == generation:
+                if run.state == "running":
+                    await self._report(pack, generation, "running", "")
+                return
+            # An older generation still runs here: start once it is gone (the reconciler stops it).
+            self._pending_start[pack] = (generation, spec)
+            if run.state == "running":
+                await self.stop(pack, run.generation, "replaced by a new placement")
+            return
+        done = self.finished.get(pack)
+        if done is not None and done[0] >= generation:
+            if done[0] == generation:
+                await self._report(pack, generation, done[1], done[2])
+            return
+        await self._launch(pack, generation, spec)
+
+    async def stop(self, pack: str, generation: int, reason: str) -> None:
+        self.open()
+        run = self.runs.get(pack)
+        if run is None or run.generation != generation:
+            if self._pending_start.get(pack, (None,))[0] == generation:
+                del self._pending_start[pack]
+            await self._report(pack, generation, "stopped", reason)
+            return
+        if run.state != "running":
+            return
+        run.state = "stopping"
+        self._spawn_task(self._stop(run, reason, self.settings.grace_s, report=True))
+
+    async def close(self) -> None:
+        """The agent stops: stop every pack (without reporting) and remove the isolation parents."""
+        if self.loop is None or self.closed:
+            self.closed = True
+            return
+        self.closed = True
+        stops = []
+        for run in list(self.runs.values()):
+            if run.state == "running":
+                run.state = "stopping"
+                stops.append(self._stop(run, "agent stopped", self.settings.close_grace_s, report=False))
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        await asyncio.gather(*stops, return_exceptions=True)
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.close_grace_s + 1)
+        assert self.isolation is not None
+        self.isolation.close()
+
+    # ------------------------------------------------------------------ operations for the API
+
+    def kill(self, pack: str, sig: int) -> dict[str, Any]:
+        """Send ``sig`` to every live member's process group; the restart policy sees the exits."""
+        self.open()
+        run = self.runs.get(pack)
+        if run is None:
+            raise NotFound(f"pack {pack} runs no process on node {self.node_id}")
+        sent = []
+        for m in run.members:
+            if m.alive:
+                try:
+                    os.killpg(m.pid, sig)
+                except ProcessLookupError:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(m.pid, sig)
+                sent.append(m.index)
+        return {"pack": pack, "node": self.node_id, "signal": signal.Signals(sig).name.removeprefix("SIG"),
+                "members": sent}
+
+    def status(self, pack: str) -> dict[str, Any]:
+        self.open()
+        assert self.isolation is not None
+        run = self.runs.get(pack)
+        if run is None:
+            rec = self._read_record(pack)
+            if rec is None:
+                raise NotFound(f"pack {pack} has never run on node {self.node_id}")
+            return {"pack": pack, "node": self.node_id, "generation": rec["generation"],
+                    "state": rec.get("final") or rec.get("state"), "reason": rec.get("reason", ""),
+                    "uid": rec.get("uid"), "members": rec.get("members", []), "isolation": self.isolation.mechanism,
+                    "logs": run_logs_dir(self.root, pack)}
+        return {"pack": pack, "node": self.node_id, "generation": run.generation, "state": run.state,
+                "reason": run.reason, "uid": run.uid, "restart": run.policy, "isolation": self.isolation.mechanism,
+                "cgroups": dict(run.sandbox.dirs), "memory_bytes": self.isolation.memory_bytes(run.sandbox),
+                "limits": {"cpu": run.limits.cpu_milli, "mem": run.limits.mem_mib, "procs": run.limits.max_procs,
+                           "files": run.limits.max_files},
+                "members": [{**m.record(), "running": m.alive} for m in run.members], "logs": run.logs}
+
+    def describe(self) -> dict[str, Any]:
+        self.open()
+        assert self.isolation is not None
+        return {**self.isolation.describe(), "pack_users": self.pack_users,
+                "uid_range": [self.uid_base, self.uid_base + UID_SLOTS - 1] if self.pack_users else None,
+                "packs": len(self.runs), "settings": {f.name: getattr(self.settings, f.name)
+                                                      for f in fields(ExecSettings)}}
+
+    # ------------------------------------------------------------------ launching
+
+    def _limits(self, spec: dict[str, Any]) -> Limits:
+        return Limits(cpu_milli=int(spec.get("cpu", 0)), mem_mib=int(spec.get("mem", 0)),
+                      max_procs=self.settings.max_procs, max_files=self.settings.max_files)
+
+    def _ulimits(self, run: Run) -> str:
+        parts = []
+        for name, value in run.rlimits:
+            flag = self._ulimit_flags.get(name)
+            if flag is None:
+                continue
+            hard = resource.getrlimit(RLIMIT_OF[name])[1]
+            if hard != resource.RLIM_INFINITY:
+                value = min(value, hard)  # raising a limit would need a privilege the member lacks
+            if name == "as":
+                value //= 1024  # kilobytes
+            parts.append(f"ulimit {flag} {value}")
+        return " && ".join(parts) or "true"
+
+    def _alloc_slot(self, name: str) -> int:
+        used = {r.slot for r in self.runs.values()}
+        rec = self._read_record(name)
+        if rec is not None and isinstance(rec.get("slot"), int) and rec["slot"] not in used:
+            return int(rec["slot"])
+        for slot in range(UID_SLOTS):
+            if slot not in used:
+                return slot
+        raise CannotStart(f"node {self.node_id} has no free pack user (at most {UID_SLOTS} exec packs)")
+
+    def _env(self, run: Run, index: int) -> dict[str, str]:
+        env = {"PATH": f"{DEFAULT_PATH}:{os.path.dirname(sys.executable)}", "HOME": run.work, "LANG": "C.UTF-8"}
+        env.update(run.spec.get("env") or {})
+        token = pack_token(self.token, run.name)
+        env.update(CANIDAE_PACK=run.name, CANIDAE_MEMBER=str(index), CANIDAE_MEMBERS=str(len(run.members)),
+                   CANIDAE_NODE=self.node_id, CANIDAE_GENERATION=str(run.generation), CANIDAE_ADDR=self.api,
+                   CANIDAE_MAILBOX=f"http://{self.api}/v1/yips/{run.name}", CANIDAE_TOKEN=token,
+                   CANIDAE_PACK_TOKEN=token, CANIDAE_CONFIG=os.path.join(run.work, ".canidae.toml"))
+        return env
+
+    def _prepare(self, run: Run) -> None:
+        """Working and log directories, owned by the pack's user; CannotStart with the reason."""
+        try:
+            os.makedirs(run.dir, mode=0o711, exist_ok=True)
+            os.makedirs(run.logs, mode=0o700, exist_ok=True)
+            if os.path.lexists(run.work) and not os.path.isdir(run.work):
+                raise CannotStart(f"working directory {run.work} exists and is not a directory")
+            os.makedirs(run.work, mode=0o700, exist_ok=True)
+            if run.uid is not None:
+                st = os.lstat(run.work)
+                if st.st_uid != run.uid:  # a slot of a former run: hand its files over
+                    for top, dirs, files in os.walk(run.work):
+                        for n in dirs + files:
+                            os.lchown(os.path.join(top, n), run.uid, run.gid)
+                    os.chown(run.work, run.uid, run.gid)
+        except CannotStart:
+            raise
+        except OSError as e:
+            raise CannotStart(f"cannot prepare working directory {run.work}: {e.strerror}") from None
+
+    def _resolve(self, run: Run, env: dict[str, str]) -> str:
+        """The executable the command names, checked as the pack's user would see it."""
+        argv = run.spec.get("command") or []
+        if not argv:
+            raise CannotStart("the exec driver needs a command")
+        prog = argv[0]
+        if "/" in prog:
+            path = prog if os.path.isabs(prog) else os.path.join(run.work, prog)
+            if not os.path.exists(path):
+                raise CannotStart(f"command {prog!r} not found")
+        else:
+            path = ""
+            for d in env.get("PATH", "").split(":"):
+                cand = os.path.join(d or ".", prog)
+                if os.path.isfile(cand) and _can_exec(cand, run.uid, run.gid):
+                    path = cand
+                    break
+            if not path:
+                raise CannotStart(f"command {prog!r} not found in PATH ({env.get('PATH', '')})")
+        if os.path.isdir(path) or not os.path.isfile(path):
+            raise CannotStart(f"command {prog!r} is not a file")
+        if not _can_exec(path, run.uid, run.gid):
+            who = f" by the pack's user (uid {run.uid})" if run.uid is not None else ""
+            raise CannotStart(f"command {prog!r} is not executable{who}")
+        return path
+
+    async def _launch(self, name: str, generation: int, spec: dict[str, Any]) -> None:
+        assert self.isolation is not None
+        t0 = time.perf_counter()
+        self.finished.pop(name, None)
+        run = Run(name, generation, spec, os.path.join(self.root, name))
+        run.all_exited = asyncio.Event()
+        run.limits = self._limits(spec)
+        try:
+            if self.pack_users:
+                run.slot = self._alloc_slot(name)
+                run.uid = run.gid = self.uid_base + run.slot
+            run.rlimits = self.isolation.rlimits(run.limits, run.uid is not None)
+            self._prepare(run)
+            self._resolve(run, self._env(run, 0))
+            try:
+                run.sandbox = self.isolation.create(name, run.limits)
+            except OSError as e:
+                raise CannotStart(f"cannot create the pack's cgroup: {e.strerror}") from None
+            run.oom_seen = self.isolation.oom_kills(run.sandbox)
+            self.runs[name] = run
+            gates = []
+            try:
+                for m in run.members:
+                    gates.append(self._spawn(run, m))
+            except CannotStart:
+                for g in gates:
+                    os.close(g)
+                raise
+            self._write_record(run, "running")
+            for g in gates:
+                _open_gate(g)
+        except CannotStart as e:
+            self.runs.pop(name, None)
+            await self._fail_to_start(run, str(e))
+            return
+        log.debug("pack %s generation %d: %d member(s) started in %.1f ms", name, generation, len(run.members),
+                  (time.perf_counter() - t0) * 1000)
+        await self._report(name, generation, "running", "")
+
+    def _spawn(self, run: Run, m: Member) -> int:
+        """Start one member behind its gate; returns the gate's write end (write b"go" to run it)."""
+        assert self.isolation is not None and self.loop is not None
+        env = self._env(run, m.index)
+        creds: dict[str, Any] = {}
+        become = ""
+        if run.uid is not None:
+            if SETPRIV:
+                become = f"{SETPRIV} --reuid={run.uid} --regid={run.gid} --clear-groups -- "
+            else:
+                creds = {"user": run.uid, "group": run.gid, "extra_groups": []}
+        argv = [SH, "-c", GATE.format(ulimits=self._ulimits(run), become=become), "canidae-gate",
+                *run.spec["command"]]
+        r, w = os.pipe()
+        try:
+            out = packlogs.open_for_member(run.logs, m.index)
+        except OSError as e:
+            os.close(r)
+            os.close(w)
+            raise CannotStart(f"cannot open the log of member {m.index}: {e.strerror}") from None
+        try:
+            proc = subprocess.Popen(argv, stdin=r, stdout=out, stderr=out, cwd=run.work, env=env,
+                                    start_new_session=True, close_fds=True, **creds)
+        except OSError as e:
+            os.close(w)
+            raise CannotStart(f"cannot start member {m.index}: {e.strerror}") from None
+        finally:
+            os.close(r)
+            os.close(out)
+        try:
+            self.isolation.attach(run.sandbox, proc.pid)
+            m.pidfd = os.pidfd_open(proc.pid)
+        except OSError as e:
+            os.close(w)  # the gate sees end-of-file: the member never runs
+            proc.wait()
+            raise CannotStart(f"cannot confine member {m.index}: {e.strerror}") from None
+        m.proc, m.pid, m.alive, m.started = proc, proc.pid, True, time.monotonic()
+        m.start_ticks = proc_start_ticks(proc.pid)
+        self.loop.add_reader(m.pidfd, self._on_exit, run, m)
+        return w
+
+    async def _fail_to_start(self, run: Run, reason: str) -> None:
+        assert self.isolation is not None
+        log.warning("pack %s cannot start: %s", run.name, reason)
+        run.state, run.reason = "done", reason
+        for m in run.members:
+            self._unwatch(m)
+        if run.sandbox.dirs:
+            await self._kill_all(run)
+        self.finished[run.name] = (run.generation, "failed", reason)
+        with contextlib.suppress(OSError):
+            self._write_record(run, "exited", final="failed")
+        await self._report(run.name, run.generation, "failed", reason)
+
+    # ------------------------------------------------------------------ supervision
+
+    def _unwatch(self, m: Member) -> None:
+        if m.pidfd >= 0:
+            if self.loop is not None:
+                self.loop.remove_reader(m.pidfd)
+            os.close(m.pidfd)
+            m.pidfd = -1
+        if m.timer is not None:
+            m.timer.cancel()
+            m.timer = None
+
+    def _on_exit(self, run: Run, m: Member) -> None:
+        """The member's pidfd is readable: it exited. Read its status (when ours) and decide."""
+        rc: int | None = None
+        if m.proc is not None:
+            # Whatever the member left in its process group goes with it. Before reaping: until
+            # then the pid (and so the group id) cannot be reused by another process.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(m.pid, signal.SIGKILL)
+            rc = m.proc.poll()
+            if rc is None:  # not reaped yet (cannot happen for a readable pidfd); look again later
+                return
+        self._unwatch(m)
+        m.alive, m.proc = False, None
+        self._member_exited(run, m, rc)
+
+    def _member_exited(self, run: Run, m: Member, rc: int | None) -> None:
+        assert self.isolation is not None
+        m.last_exit = describe_exit(rc)
+        ran = time.monotonic() - m.started
+        if run.state != "running":
+            if run.all_exited is not None and not any(x.alive for x in run.members):
+                run.all_exited.set()
+            return
+        oom = self.isolation.oom_kills(run.sandbox)
+        if oom > run.oom_seen:
+            self._finish(run, "failed", f"memory limit {run.limits.mem_mib} MiB exceeded (OOM kill)"
+                         f" of member {m.index}")
+            return
+        if rc in CANNOT_RUN and m.restarts == 0 and ran < 2.0:
+            self._finish(run, "failed", f"member {m.index}: command {run.spec['command'][0]!r} "
+                                        f"{CANNOT_RUN[rc]} ({describe_exit(rc)})")
+            return
+        if rc in (GATE_ABORTED, GATE_LIMITS) and ran < 2.0 and m.restarts == 0:
+            self._finish(run, "failed", f"member {m.index} could not be started" +
+                         (" (its rlimits could not be set)" if rc == GATE_LIMITS else ""))
+            return
+        failed = rc != 0
+        if ran >= self.settings.stable_s:
+            m.failures = 0
+        policy = run.policy
+        if not failed and policy != "always":
+            self._persist(run)
+            if not any(x.alive or x.timer is not None for x in run.members) \
+                    and all(x.last_exit == "exited 0" for x in run.members):
+                self._finish(run, "stopped", "exited 0")
+            return
+        if failed and policy == "never":
+            self._finish(run, "failed", f"member {m.index} {m.last_exit}")
+            return
+        if failed:
+            m.failures += 1
+            if m.failures > self.settings.max_restarts:
+                self._finish(run, "failed", f"gave up after {m.restarts} restarts: member {m.index} {m.last_exit}")
+                return
+        delay = min(self.settings.backoff_cap_s, self.settings.backoff_s * (2 ** max(0, m.failures - 1)))
+        assert self.loop is not None
+        m.timer = self.loop.call_later(delay, self._restart_member, run, m)
+        self._persist(run)
+
+    def _restart_member(self, run: Run, m: Member) -> None:
+        m.timer = None
+        if run.state != "running" or self.runs.get(run.name) is not run:
+            return
+        m.restarts += 1
+        try:
+            gate = self._spawn(run, m)
+        except CannotStart as e:
+            self._finish(run, "failed", str(e))
+            return
+        self._persist(run)
+        _open_gate(gate)
+
+    def _persist(self, run: Run) -> None:
+        try:
+            self._write_record(run, "running")
+        except OSError as e:
+            log.warning("cannot write the run record of %s: %s", run.name, e)
+
+    def _finish(self, run: Run, state: str, reason: str) -> None:
+        """The pack ends on its own (all exited, failure, OOM): kill what is left, then report."""
+        if run.state != "running":
+            return
+        run.state = "stopping"
+        self._spawn_task(self._end(run, state, reason, report=True))
+
+    async def _stop(self, run: Run, reason: str, grace: float, report: bool) -> None:
+        for m in run.members:
+            if m.timer is not None:
+                m.timer.cancel()
+                m.timer = None
+            if m.alive:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(m.pid, signal.SIGTERM)
+        assert self.isolation is not None and run.all_exited is not None
+        self.isolation.signal_all(run.sandbox, signal.SIGTERM)
+        if any(m.alive for m in run.members):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(run.all_exited.wait(), grace)
+        exits = "; ".join(f"member {m.index} {m.last_exit}" for m in run.members if m.last_exit)
+        await self._end(run, "stopped", f"{reason} ({exits})" if exits else reason, report)
+
+    async def _end(self, run: Run, state: str, reason: str, report: bool) -> None:
+        run.reason = reason
+        await self._kill_all(run)
+        run.state = "done"
+        if self.runs.get(run.name) is run:
+            del self.runs[run.name]
+        if report:
+            self.finished[run.name] = (run.generation, state, reason)
+            with contextlib.suppress(OSError):
+                self._write_record(run, "exited", final=state)
+        else:
+            with contextlib.suppress(OSError):
+                self._write_record(run, "closed")
+        if report:
+            await self._report(run.name, run.generation, state, reason)
+        nxt = self._pending_start.pop(run.name, None)
+        if nxt is not None and not self.closed:
+            await self.start(run.name, nxt[0], nxt[1])
+
+    async def _kill_all(self, run: Run) -> None:
+        """SIGKILL every member and every process in the pack's cgroup until none is left."""
+        assert self.isolation is not None
+        for m in run.members:
+            if m.alive:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(m.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(m.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            left = self.isolation.signal_all(run.sandbox, signal.SIGKILL)
+            if run.uid is not None and self.isolation.mechanism == "rlimits":
+                for pid, _ in _processes_by_uid(run.uid, run.uid + 1):
+                    left += 1
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            for m in run.members:
+                if m.alive and m.proc is not None and m.proc.poll() is not None:
+                    self._unwatch(m)
+                    m.alive = False
+                    m.last_exit = m.last_exit or describe_exit(m.proc.returncode)
+            if not left and not any(m.alive for m in run.members):
+                break
+            await asyncio.sleep(0.005)
+        for m in run.members:
+            self._unwatch(m)
+            m.alive = False
+        for _ in range(200):
+            if self.isolation.remove(run.sandbox):
+                break
+            await asyncio.sleep(0.005)
+
+    # ------------------------------------------------------------------ records and logs
+
+    def _record_path(self, name: str) -> str:
+        return os.path.join(self.root, name, "run.json")
+
+    def _read_record(self, name: str) -> dict[str, Any] | None:
+        try:
+            with open(self._record_path(name)) as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) and isinstance(rec.get("generation"), int) else None
+
+    def _write_record(self, run: Run, state: str, final: str | None = None) -> None:
+        rec = {"pack": run.name, "generation": run.generation, "state": state, "final": final,
+               "reason": run.reason, "spec": run.spec, "slot": run.slot, "uid": run.uid, "gid": run.gid,
+               "node": self.node_id, "members": [m.record() for m in run.members]}
+        path = self._record_path(run.name)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(rec, f, separators=(",", ":"))
+        os.replace(tmp, path)
+
+    async def _housekeeping_loop(self) -> None:
+        """Rotate logs; fail packs whose cgroup saw an OOM kill that no member exit revealed."""
+        s = self.settings
+        assert self.isolation is not None
+        while True:
+            await asyncio.sleep(s.log_check_s)
+            for run in list(self.runs.values()):
+                if run.state == "running" and self.isolation.oom_kills(run.sandbox) > run.oom_seen:
+                    self._finish(run, "failed", f"memory limit {run.limits.mem_mib} MiB exceeded (OOM kill)")
+                    continue
+                for m in run.members:
+                    try:
+                        packlogs.rotate_if_needed(run.logs, m.index, s.log_max_bytes, s.log_keep)
+                    except OSError as e:
+                        log.warning("cannot rotate the log of %s member %d: %s", run.name, m.index, e)
+
+    def logs_dir(self, pack: str) -> str:
+        d = run_logs_dir(self.root, pack)
+        if not os.path.isdir(d):
+            raise NotFound(f"pack {pack} has no logs on node {self.node_id}")
+        return d
+
+
+def run_logs_dir(root: str, pack: str) -> str:
+    return os.path.join(root, pack, "logs")
+
+
+def _probe_ulimit_flags() -> dict[str, str]:
+    """The ``ulimit`` flags of this host's /bin/sh: the process count is ``-u`` in bash, ``-p`` in dash."""
+    flags = {"nofile": "-n", "core": "-c", "as": "-v"}
+    for flag in ("-u", "-p"):
+        try:
+            r = subprocess.run([SH, "-c", f"ulimit {flag}"], capture_output=True, timeout=5, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            break
+        out = r.stdout.strip()
+        if r.returncode == 0 and not r.stderr and (out.isdigit() or out == b"unlimited"):
+            flags["nproc"] = flag
+            break
+    return flags
+
+
+def _open_gate(w: int) -> None:
+    try:
+        os.write(w, b"go\n")
+    finally:
+        os.close(w)
+
+
+def _processes_by_uid(lo: int, hi: int) -> list[tuple[int, int]]:
+    """(pid, uid) of the processes whose real uid is in [lo, hi)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            uid = os.stat(f"/proc/{entry}").st_uid
+        except OSError:
+            continue
+        if lo <= uid < hi:
+            out.append((int(entry), uid))
+    return out
+
+
+__all__ = ["ExecDriver", "ExecSettings", "describe_exit", "proc_start_ticks", "run_logs_dir"]

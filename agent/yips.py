@@ -1,0 +1,122 @@
+"""The yip API: send to a pack's mailbox through any agent, receive (long-poll) and acknowledge.
+
+    POST /v1/yips/{pack}          {"text": ...} | {"data": ...} [, "id"]  or  {"yips": [...]}
+    GET  /v1/yips/{pack}?after=SEQ&ack=SEQ&wait=S&max=N   yips after SEQ (waits up to S s for one)
+    POST /v1/yips/{pack}/ack      {"through": SEQ}
+
+Who may do what is decided here, not by the API's admin-token check: the admin token may do
+everything; a pack token (``canidae.agent.packtoken``) may send to any pack (the yip is marked
+``from`` that pack) and may receive from and acknowledge *its own* mailbox only. Requests are
+served by the node that holds the pack (``canidae.agent.packroute`` takes them there); the
+mailbox itself is ``canidae.agent.mailbox``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from canidae.agent.api import expect_object, query_int, read_json
+from canidae.agent.mailbox import MailboxStore, parse_body
+from canidae.agent.packroute import PackRouter
+from canidae.agent.packtoken import verify
+from canidae.core.errors import InvalidInput, NotAuthenticated, NotFound, PermissionDenied
+from canidae.core.types import validate_name
+
+if TYPE_CHECKING:
+    from canidae.agent.daemon import Agent
+
+ADMIN = "admin"
+MAX_WAIT_S = 60
+GC_EVERY_S = 5.0
+
+
+def routes(agent: Agent, endpoint: Callable[..., Any]) -> list[Route]:
+    router = PackRouter(agent)
+    store: MailboxStore = agent.mailboxes
+    admin = agent.cfg.token.encode()
+    limit = agent.cfg.max_body_bytes
+    last_gc = [time.monotonic()]
+
+    def principal(request: Request) -> tuple[str, str]:
+        """(who, the raw Authorization header): ``admin`` or the pack whose token it is."""
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        if given and hmac.compare_digest(given.encode(), admin):
+            return ADMIN, header
+        pack = verify(agent.cfg.token, given) if given else None
+        if pack is None:
+            raise NotAuthenticated("missing or wrong bearer token (the admin token or a pack token)")
+        return pack, header
+
+    def may_read(who: str, pack: str) -> None:
+        if who != ADMIN and who != pack:
+            raise PermissionDenied(f"the token of pack {who} may not read the mailbox of pack {pack}")
+
+    def mailbox(pack: str) -> Any:
+        if not router.assigned_here(pack):
+            store.drop(pack)
+            raise NotFound(f"pack {pack} is not on node {router.me}")
+        now = time.monotonic()
+        if pack not in store.boxes and now - last_gc[0] > GC_EVERY_S:
+            last_gc[0] = now
+            for name in [n for n in store.boxes if not router.assigned_here(n)]:
+                store.drop(name)
+        return store.get(pack)
+
+    async def send(request: Request) -> Any:
+        pack = validate_name("pack", request.path_params["pack"])
+        who, auth = principal(request)
+        body = await read_json(request, limit)
+        items = parse_body(body)
+
+        async def local() -> Any:
+            box = mailbox(pack)
+            out = [box.append(who, item, yid) for item, yid in items]
+            return {"pack": pack, "node": router.me, "yips": [{"id": y["id"], "seq": y["seq"]} for y in out]}
+        return await router.route(request, pack, local, method="POST", path=f"/v1/yips/{pack}", json=body,
+                                  auth=auth)
+
+    async def receive(request: Request) -> Any:
+        pack = validate_name("pack", request.path_params["pack"])
+        who, auth = principal(request)
+        may_read(who, pack)
+        after = query_int(request, "after", 0, 0, 2**62)
+        ack = query_int(request, "ack", 0, 0, 2**62)
+        wait = query_int(request, "wait", 0, 0, MAX_WAIT_S)
+        most = query_int(request, "max", 100, 1, 1000)
+
+        async def local() -> Any:
+            box = mailbox(pack)
+            if ack:
+                box.ack(ack)
+            got = await box.wait(after, most, float(wait))
+            return {"pack": pack, "node": router.me, "yips": got, "unread": len(box.items),
+                    "next": got[-1]["seq"] if got else after}
+        return await router.route(request, pack, local, method="GET", path=f"/v1/yips/{pack}",
+                                  params=dict(request.query_params), auth=auth, timeout=wait + 5.0)
+
+    async def acknowledge(request: Request) -> Any:
+        pack = validate_name("pack", request.path_params["pack"])
+        who, auth = principal(request)
+        may_read(who, pack)
+        body = expect_object(await read_json(request, limit), {"through"}, {"through"})
+        through = body["through"]
+        if isinstance(through, bool) or not isinstance(through, int) or through < 0:
+            raise InvalidInput("through must be a non-negative integer (a yip's seq)")
+
+        async def local() -> Any:
+            box = mailbox(pack)
+            return {"pack": pack, "node": router.me, "acknowledged": box.ack(through), "unread": len(box.items)}
+        return await router.route(request, pack, local, method="POST", path=f"/v1/yips/{pack}/ack", json=body,
+                                  auth=auth)
+
+    return [
+        Route("/v1/yips/{pack}", endpoint(send, auth=False, forward=False), methods=["POST"]),
+        Route("/v1/yips/{pack}", endpoint(receive, auth=False, forward=False), methods=["GET"]),
+        Route("/v1/yips/{pack}/ack", endpoint(acknowledge, auth=False, forward=False), methods=["POST"]),
+    ]
