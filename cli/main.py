@@ -64,7 +64,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("yip", "canidae.cli.unavailable:yip"),
     ("ring", "canidae.cli.ring:app"),
     ("drill", "canidae.cli.drill:app"),
-    ("scale-test", "canidae.cli.unavailable:scale_test"),
+    ("scale-test", "canidae.cli.scale_test:app"),
     ("autoscale", "canidae.cli.unavailable:autoscale"),
     ("metrics", "canidae.cli.unavailable:metrics"),
     ("top", "canidae.cli.unavailable:top"),

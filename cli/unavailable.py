@@ -31,7 +31,7 @@ from canidae.core.errors import NotImplementedYet
 
 __all__ = [
     "audit", "autoscale", "fleet", "keys", "metrics", "policy",
-    "scale_test", "token", "top", "yip",
+    "token", "top", "yip",
 ]
 
 
@@ -81,38 +81,6 @@ def yip_recv(
 
 
 # ---------------------------------------------------------------------------------------------
-# ---------------------------------------------------------------------------------------------
-scale_test = _noun("Run scale tests (simulated or live) and report their figures.")
-
-
-@scale_test.command("run")
-def scale_test_run(
-    packs: Annotated[int, typer.Option("--packs", min=1, help="Packs to place.")] = 10_000,
-    nodes: Annotated[int, typer.Option("--nodes", min=1, help="Nodes to place them on.")] = 50,
-    zones: Annotated[int, typer.Option("--zones", min=1, help="Zones the nodes are spread over.")] = 3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
-    chaos: Annotated[bool, typer.Option("--chaos/--no-chaos", help="Inject faults while it runs.")] = False,
-    simulate: Annotated[
-        bool, typer.Option("--sim/--live", help="Simulate in one process, or drive the live cluster.")
-    ] = True,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", metavar="FILE", help="Write the results to FILE.")
-    ] = None,
-    json: JsonOption = False,
-) -> None:
-    """Run a scale test and print its figures."""
-    _unavailable("scale-test run")
-
-
-@scale_test.command("report")
-def scale_test_report(
-    results: Annotated[Path, typer.Argument(metavar="FILE", help="Results written by 'scale-test run --out'.")],
-    json: JsonOption = False,
-) -> None:
-    """Summarise the results of a scale test."""
-    _unavailable("scale-test report")
-
-
 # ---------------------------------------------------------------------------------------------
 autoscale = _noun("See what the autoscaler would do and what it did.")
 

@@ -96,8 +96,10 @@ function __canidae_valued
             printf '%s\n' -- --cell --cells --count --cpu --cpu-per-pack --group --load-factor --max-packs --mem --mem-per-pack --node --nodes --pack --prefix --region --regions --seed --spread --topology --zone --zones
         case 'canidae ring simulate'
             printf '%s\n' -- --add --load-factor --nodes --packs --remove --seed --vnodes --zones
+        case 'canidae scale-test report'
+            printf '%s\n' -- --out -o
         case 'canidae scale-test run'
-            printf '%s\n' -- --nodes --out --packs --seed --zones -o
+            printf '%s\n' -- --base-port --batch --data-dir --duration --kill --mode --node-packs --nodes --out --packs --plan --rate --rounds --seed --servers --timeout --zones -o
         case 'canidae token create'
             printf '%s\n' -- --policy --ttl
         case 'canidae top'
@@ -649,27 +651,42 @@ complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l vnodes -x -d 
 complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l zones -x -d 'Zones (z0...), nodes dealt round-robin'
 
 # canidae scale-test
-complete -c canidae -n '__canidae_at \'canidae scale-test\'' -a report -d 'Summarise the results of a scale test'
-complete -c canidae -n '__canidae_at \'canidae scale-test\'' -a run -d 'Run a scale test and print its figures'
+complete -c canidae -n '__canidae_at \'canidae scale-test\'' -a report -d 'Summarise a saved scale test run'
+complete -c canidae -n '__canidae_at \'canidae scale-test\'' -a run -d 'Run a scale test and print the seed\'s table with what was measured'
 complete -c canidae -n '__canidae_at \'canidae scale-test\'' -l help -s h -d 'Show this message and exit'
 
 # canidae scale-test report
 complete -c canidae -n '__canidae_at \'canidae scale-test report\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae scale-test report\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae scale-test report\' 0' -r -F -d 'FILE'
+complete -c canidae -n '__canidae_at \'canidae scale-test report\'' -l out -s o -r -F -d 'Draw latency percentiles over time and the packs-per-node histogram to this SVG file'
+complete -c canidae -n '__canidae_at \'canidae scale-test report\' 0' -r -F -d 'RUN.json'
 
 # canidae scale-test run
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l chaos -d 'Inject faults while it runs'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l base-port -x -d 'live'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l batch -x -d 'Packs per placement call (sim, default 1,000) or bulk request (live, default 100)'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l chaos -d 'sim'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l data-dir -r -F -d 'live'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l duration -x -d 'sim'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l full -d 'The seed\'s full duration (24 h, 72 h, 1 week) instead of one scaled to this machine'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l live -d 'Simulate in one process, or drive the live cluster'
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l no-chaos -d 'Inject faults while it runs'
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l nodes -x -d 'Nodes to place them on'
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l out -s o -r -F -d 'Write the results to FILE'
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l packs -x -d 'Packs to place'
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l seed -x -d 'Seed of every random choice'
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l sim -d 'Simulate in one process, or drive the live cluster'
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l zones -x -d 'Zones the nodes are spread over'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l kill -x -d 'live'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l mode -x -a 'sim live' -d 'sim'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l no-chaos -d 'sim'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l no-ramp -d 'Grow to K packs gradually over the run instead of all at first (default'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l node-packs -x -d 'Packs one node can hold (sim default 110'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l nodes -x -d 'sim'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l out -s o -r -F -d 'Save the run to this file'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l packs -x -d 'Packs to run (default'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l plan -x -a '1k 10k 100k' -d 'The seed\'s scale testing plan'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l ramp -d 'Grow to K packs gradually over the run instead of all at first (default'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l rate -x -d 'live'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l rounds -x -d 'sim'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l seed -x -d 'Seed of every random choice (the sim repeats exactly)'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l servers -x -d 'live'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l timeout -x -d 'live'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l yes -s y -d 'Act without asking (for scripts)'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l zones -x -d 'Zones the nodes are dealt over'
 
 # canidae token
 complete -c canidae -n '__canidae_at \'canidae token\'' -a create -d 'Create a token and print its secret once'
