@@ -23,7 +23,10 @@ def test_wheel_holds_only_the_canidae_namespace(tmp_path):
 
 
 def test_installed_distribution_records_no_top_level_core_agent_or_cli():
-    from importlib.metadata import files
-    recorded = files("canidae") or []
-    tops = {str(f).split("/")[0] for f in recorded}
-    assert not tops & {"core", "agent", "cli"}
+    from importlib.metadata import distributions
+    # The installed copy's record, not the egg-info a build may leave in the source tree.
+    installed = [d for d in distributions(name="canidae") if "site-packages" in str(d.locate_file(""))]
+    assert installed, "canidae is not installed"
+    for dist in installed:
+        tops = {str(f).split("/")[0] for f in dist.files or []}
+        assert not tops & {"core", "agent", "cli"}
