@@ -344,6 +344,7 @@ class EventStore:
         self._pending: list[Any] = []
         self._accepted = 0
         self.durable_seq = 0
+        self._settled_seq = 0  # durable, and the sealing and snapshot it caused are done
         self._closing = False
         self._stopped = False
         self.error: str | None = None
@@ -360,7 +361,7 @@ class EventStore:
         t0 = time.perf_counter()
         self._open()
         self.open_stats["open_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-        self._accepted = self.durable_seq
+        self._accepted = self._settled_seq = self.durable_seq
         self._writer = threading.Thread(target=self._run, name="eventstore-writer", daemon=True)
         self._writer.start()
 
@@ -414,6 +415,18 @@ class EventStore:
                     return False
                 self._cond.wait(left)
             return self.durable_seq >= seq
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """``flush``, then wait until the sealing and snapshots that the writes caused are done too."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._accepted
+            while self._settled_seq < target and not self._stopped:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return self._settled_seq >= target
 
     def last_seq(self) -> int:
         """The last durable event's sequence number (0 when empty)."""
@@ -495,6 +508,13 @@ class EventStore:
                 time.sleep(0.5)
         self.error = None
         last = self._publish(batch, chunks)
+        if self._snap_due:
+            # A re-base is only as good as its snapshot: write it before acknowledging the batch.
+            with self._maint:
+                self._write_snapshot()
+        with self._cond:
+            self.durable_seq = last
+            self._cond.notify_all()
         if self.on_durable is not None:
             try:
                 self.on_durable(last)
@@ -505,6 +525,9 @@ class EventStore:
                 self._seal(seg)
             if self._snap_due or self._proj.seq - self._snap_seq >= self.snapshot_every:
                 self._write_snapshot()
+        with self._cond:
+            self._settled_seq = last
+            self._cond.notify_all()
 
     def _write(self, batch: list[Any]) -> list[tuple[_Segment, list[int], int]]:
         """Encode and write the events of ``batch``, rolling segments at ``segment_bytes``.
@@ -562,9 +585,6 @@ class EventStore:
                 self._proj.apply(item)
             for seg, _, end in chunks:
                 seg.size = seg.disk_bytes = end
-        with self._cond:
-            self.durable_seq = last
-            self._cond.notify_all()
         return last
 
     @staticmethod
