@@ -58,6 +58,17 @@ def resolve_target(addr: str | None = None, token: str | None = None, config: st
     return Target(addrs, str(tok))
 
 
+def decode_answer(addr: str, r: httpx.Response) -> Any:
+    """The JSON of an answer, or its typed error. ``Unavailable`` means: try another agent."""
+    try:
+        data = r.json()
+    except ValueError:
+        raise Unavailable(f"agent {addr} answered HTTP {r.status_code} without JSON") from None
+    if r.status_code >= 400:
+        raise CanidaeError.from_wire(data, r.status_code)
+    return data
+
+
 class Client:
     def __init__(self, target: Target, timeout: float = 10.0) -> None:
         self.target = target
@@ -96,16 +107,10 @@ class Client:
                     last = Unavailable(f"agent {addr} unreachable ({type(e).__name__})")
                     continue
                 try:
-                    data = r.json()
-                except ValueError:
-                    last = Unavailable(f"agent {addr} answered HTTP {r.status_code} without JSON")
+                    data = decode_answer(addr, r)
+                except Unavailable as e:
+                    last = e
                     continue
-                if r.status_code >= 400:
-                    err = CanidaeError.from_wire(data, r.status_code)
-                    if isinstance(err, Unavailable):
-                        last = err
-                        continue
-                    raise err
                 if i:  # remember who answered
                     self.addrs.insert(0, self.addrs.pop(i))
                 return data

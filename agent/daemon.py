@@ -31,6 +31,7 @@ from starlette.responses import Response
 
 from canidae.agent import history
 from canidae.agent.api import build_app
+from canidae.agent.client import decode_answer
 from canidae.agent.config import AgentConfig
 from canidae.agent.drivers import VirtualDriver
 from canidae.agent.eventstore import EventStore
@@ -400,16 +401,10 @@ class Agent:
                 last = Unavailable(f"server {api} unreachable: {type(e).__name__}")
                 continue
             try:
-                data = r.json()
-            except ValueError:
-                last = Unavailable(f"server {api} answered HTTP {r.status_code} without JSON")
+                data = decode_answer(api, r)
+            except Unavailable as e:
+                last = e
                 continue
-            if r.status_code >= 400:
-                err = CanidaeError.from_wire(data, r.status_code)
-                if isinstance(err, Unavailable):
-                    last = err
-                    continue
-                raise err
             if isinstance(data, dict) and data.get("leader_api"):
                 self.leader_hint = data["leader_api"]
             return data  # type: ignore[no-any-return]
