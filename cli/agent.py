@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from canidae.agent.config import AgentConfig, ServerPeer, config_to_mapping, load_config, new_secret, write_config
 from canidae.cli.output import JsonOption, console, emit
 from canidae.cli.params import (
     AgentCellOpt, AgentRegionOpt, AgentZoneOpt, CapCpuOpt, CapMemOpt, DataDirOpt, ListenOpt, NodeNameOpt,
 )
-from canidae.core.errors import AlreadyExists, InvalidInput, NotImplementedYet
+from canidae.core.errors import AlreadyExists, InvalidInput
 from canidae.core.types import Resources, Role
 
 app = typer.Typer(help="Run, set up and check the agent daemon of this host.", no_args_is_help=True,
@@ -102,7 +103,23 @@ def agent_init(
          lambda: console.print(f"wrote {out} (mode 0600) for {role.value} {node_id}"))
 
 
-@app.command("doctor")
-def agent_doctor(json: JsonOption = False) -> None:
-    """Check that this host can run an agent: cgroups, limits, ports, disk, clock."""
-    raise NotImplementedYet("agent doctor is not available yet (it comes with the exec driver)")
+@app.command("doctor", help=(
+    "Check that this host can run its agent: pack isolation (cgroup v2, cgroup v1 or rlimits), per-pack "
+    "users, rlimits, ports, the data dir, the clock and the peers.\n\n"
+    "With the agent running, it reports the isolation the agent chose at start; otherwise the one it would "
+    "choose. Exits 1 when a check fails (warnings do not)."))
+def agent_doctor(config: ConfigFileOpt = Path("agent.toml"), json: JsonOption = False) -> None:
+    from canidae.agent.doctor import run_checks
+    cfg = load_config(str(config), env=os.environ)
+    checks = run_checks(cfg, str(config))
+    failed = [c for c in checks if c["status"] == "fail"]
+
+    def human() -> None:
+        t = Table("check", "status", "detail")
+        style = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for c in checks:
+            t.add_row(c["check"], f"[{style[c['status']]}]{c['status']}[/]", c["detail"])
+        console.print(t)
+    emit({"node": cfg.node_id, "ok": not failed, "checks": checks}, json, human)
+    if failed:
+        raise typer.Exit(1)

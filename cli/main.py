@@ -61,7 +61,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("node", "canidae.cli.node:app"),
     ("pack", "canidae.cli.pack:app"),
     ("place", "canidae.cli.place:place"),
-    ("yip", "canidae.cli.unavailable:yip"),
+    ("yip", "canidae.cli.yip:app"),
     ("ring", "canidae.cli.ring:app"),
     ("drill", "canidae.cli.drill:app"),
     ("scale-test", "canidae.cli.scale_test:app"),

@@ -1,7 +1,9 @@
-"""``canidae pack create|place|spawn|list|show|stop|history`` (and the verbs still to come)."""
+"""``canidae pack create|place|spawn|list|show|stop|history|migrate|kill|logs``."""
 
 from __future__ import annotations
 
+import json as jsonlib
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -10,17 +12,23 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from canidae.agent.execclient import pack_kill as pack_kill_call
+from canidae.agent.execclient import pack_logs as pack_logs_call
 from canidae.cli.connect import client
-from canidae.cli.output import JsonOption, StaleOption, TimeoutOption, WaitOption, console, emit, err_console
+from canidae.cli.output import (
+    JsonOption, StaleOption, TimeoutOption, WaitOption, console, emit, err_console, wants_json,
+)
 from canidae.cli.params import (
     CommandArg, CpuOpt, DriverOpt, EnvOpt, GroupOpt, KillSignal, MemOpt, MembersOpt, NewPackArg, NodeOpt, PackArg,
     PinCellOpt, PinNodeOpt, PinRegionOpt, PinZoneOpt, RestartOpt, SpecFileOpt, SpreadOpt, ZoneOpt,
 )
-from canidae.core.errors import InvalidInput, NotImplementedYet, Timeout
+from canidae.core.errors import InvalidInput, Timeout
 from canidae.core.types import Driver, RestartPolicy
 
 app = typer.Typer(help="Create, place, run, move and stop packs.", no_args_is_help=True, add_completion=False)
 
+SpawnDriverOpt = Annotated[Driver | None, typer.Option(
+    "--driver", help="How members run: real processes or state only (default: exec with a COMMAND, else virtual).")]
 CountOpt = Annotated[int, typer.Option("--count", "-n", min=0, max=100_000,
                                        help="Spawn NAME-0 .. NAME-(N-1) in one bulk request.")]
 
@@ -87,21 +95,30 @@ def pack_place(pack_name: PackArg, wait: WaitOption = True, timeout: TimeoutOpti
     emit(result, json, lambda: console.print(_placements_table(result["placements"])))
 
 
-@app.command("spawn")
+SPAWN_HELP = (
+    "Create, place and start packs; print where they run and how long it took.\n\n"
+    # One line per paragraph: help keeps the text's line breaks, so wrapping is left to the terminal.
+    "Waits (unless --no-wait) until every member of every pack runs: for the exec driver, until the node has "
+    "started every member process. A pack that cannot start (a command that is missing, say) makes this exit 1 "
+    "with the reason; a pack that fits on no node, exit 6.\n\n"
+    "With --count N, NAME-0 .. NAME-(N-1) go in one bulk request (one log entry)."
+)
+
+
+@app.command("spawn", help=SPAWN_HELP)
 def pack_spawn(
-    name: NewPackArg, command: CommandArg = None, file: SpecFileOpt = None, driver: DriverOpt = Driver.VIRTUAL,
+    name: NewPackArg, command: CommandArg = None, file: SpecFileOpt = None, driver: SpawnDriverOpt = None,
     cpu: CpuOpt = 100, mem: MemOpt = 64, members: MembersOpt = 1, zone: PinZoneOpt = None,
     region: PinRegionOpt = None, cell: PinCellOpt = None, node_name: PinNodeOpt = None, spread: SpreadOpt = None,
     group: GroupOpt = None, restart: RestartOpt = RestartPolicy.ON_FAILURE, env: EnvOpt = None,
     count: CountOpt = 0, wait: WaitOption = True, timeout: TimeoutOption = 30.0, json: JsonOption = False,
 ) -> None:
-    """Create, place and start packs; print where they run and how long it took.
-
-    With --count N, NAME-0 .. NAME-(N-1) go in one bulk request (one log entry).
-    """
+    if driver is None:
+        driver = Driver.EXEC if command else Driver.VIRTUAL
     spec = build_spec(name, command, file, driver, cpu, mem, members, zone, region, cell, node_name, spread, group,
                       restart, env)
     t0 = time.perf_counter()
+    ended: dict[str, dict[str, Any]] = {}
     with client() as c:
         result = c.create_packs([spec], count=count, place=True)
         placed_s = time.perf_counter() - t0
@@ -110,18 +127,34 @@ def pack_spawn(
         pending = [p for p in placements if not p["node"]]
         running_s = None
         if wait and placed:
-            c.wait_running(placed, timeout) if len(placed) <= 50 else _wait_bulk(c, name, len(placed), timeout)
+            if len(placed) <= 50:
+                ended = _wait_started(c, placed, timeout)
+            else:
+                _wait_bulk(c, name, len(placed), timeout)
             running_s = time.perf_counter() - t0
+    failed = [p for p in ended.values() if p["state"] == "failed"]
+    if failed:
+        from canidae.core.errors import OperationFailed
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise OperationFailed(f"pack {failed[0]['name']} failed on node {failed[0]['node']}: "
+                              f"{failed[0]['reason']}{more}")
     out = {"packs": len(placements), "placed": len(placed), "pending": len(pending),
            "placements": placements if len(placements) <= 1000 else placements[:1000],
            "placed_ms": round(placed_s * 1000, 3),
            "running_ms": None if running_s is None else round(running_s * 1000, 3)}
+    if len(ended) == 1:
+        only = next(iter(ended.values()))
+        out["state"] = only["state"]
+        # Cluster time from the spawn's commit to the node's report that every member runs.
+        out["started_ms"] = only["updated_at"] - only["created_at"]
 
     def human() -> None:
         if len(placements) == 1:
             p = placements[0]
             if p["node"]:
                 took = f"running in {running_s * 1000:.1f} ms" if running_s else f"placed in {placed_s * 1000:.1f} ms"
+                if out.get("state") == "stopped":
+                    took = f"ran and {ended[p['name']]['reason']} within {running_s * 1000:.1f} ms"  # type: ignore[operator]
                 console.print(f"pack [bold]{p['name']}[/] on node [bold]{p['node']}[/]: {took}")
             else:
                 err_console.print(f"pack {p['name']} is pending: {p['pending']}")
@@ -133,6 +166,27 @@ def pack_spawn(
     if placements and not placed:
         from canidae.core.errors import NoCapacity
         raise NoCapacity(f"no node can take {name}: {pending[0]['pending']}")
+
+
+def _wait_started(c: Any, names: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+    """Poll until every pack runs, failed or already ended; a short interval first, so that the
+    startup time printed is the pack's, not the poll's."""
+    t0 = time.monotonic()
+    left = set(names)
+    seen: dict[str, dict[str, Any]] = {}
+    while left:
+        for n in sorted(left):
+            p = c.pack(n, stale=True)
+            if p["state"] in ("running", "failed", "stopped"):
+                seen[n] = p
+                left.discard(n)
+        if not left:
+            break
+        waited = time.monotonic() - t0
+        if waited >= timeout:
+            raise Timeout(f"{len(left)} pack(s) not running after {timeout:g} s (e.g. {sorted(left)[0]})")
+        time.sleep(0.002 if waited < 0.5 else 0.02)
+    return seen
 
 
 def _wait_bulk(c: Any, prefix: str, n: int, timeout: float) -> None:
@@ -287,15 +341,65 @@ def pack_migrate(
          lambda: console.print(f"pack {pack_name} moved {m['source']} -> {m['node']} in {took * 1000:.1f} ms"))
 
 
-@app.command("kill")
+@app.command("kill", help=(
+    "Send a signal to every member of a pack (exec driver), on whichever node it runs.\n\n"
+    "Members that exit then go through the pack's restart policy (so 'kill -s hup' can ask for a reload, and a "
+    "killed member of an 'always' pack comes back); 'pack stop' stops a pack."))
 def pack_kill(pack_name: PackArg,
               signal: Annotated[KillSignal, typer.Option("--signal", "-s", help="Signal sent to the members.")] = (
                   KillSignal.KILL), json: JsonOption = False) -> None:
-    """Send a signal to a pack's members (exec driver)."""
-    raise NotImplementedYet("pack kill is not available yet (it comes with the exec driver)")
+    with client() as c:
+        result = pack_kill_call(c, pack_name, signal.value.upper())
+    emit(result, json, lambda: console.print(
+        f"sent {result['signal']} to {len(result['members'])} member(s) of pack {pack_name} on node {result['node']}"))
 
 
-@app.command("logs")
-def pack_logs(pack_name: PackArg, json: JsonOption = False) -> None:
-    """Print the output of a pack's members (exec driver)."""
-    raise NotImplementedYet("pack logs is not available yet (it comes with the exec driver)")
+TailOpt = Annotated[int | None, typer.Option("--tail", "-n", metavar="N", min=0,
+                                             help="Only the last N lines of each member.")]
+
+
+@app.command("logs", help=(
+    "Print the output (stdout and stderr, interleaved) of a pack's members (exec driver).\n\n"
+    "Works through any agent: the request goes to the pack's node. With several members, each line starts with "
+    "[I]. With --json, one JSON document (one per chunk with --follow)."))
+def pack_logs(
+    pack_name: PackArg,
+    member: Annotated[int | None, typer.Option("--member", "-m", metavar="I", min=0,
+                                               help="Only member I (0, 1, ...).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output until the pack ends "
+                                                               "or you interrupt.")] = False,
+    tail: TailOpt = None,
+    json: JsonOption = False,
+) -> None:
+    as_json = wants_json(json)
+    with client() as c:
+        got = pack_logs_call(c, pack_name, member=member, tail=tail)
+        _print_logs(got, as_json)
+        if not follow:
+            return
+        cursors = {m["member"]: m["cursor"] for m in got["members"]}
+        while True:
+            got = pack_logs_call(c, pack_name, member=member, cursors=cursors, wait=5)
+            if any(m["text"] for m in got["members"]):
+                _print_logs(got, as_json)
+            cursors.update({m["member"]: m["cursor"] for m in got["members"]})
+            if not any(m["text"] for m in got["members"]) and \
+                    c.pack(pack_name, stale=True)["state"] in ("stopped", "failed"):
+                return
+
+
+def _print_logs(got: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(jsonlib.dumps(got) + "\n")
+        sys.stdout.flush()
+        return
+    several = len(got["members"]) > 1
+    for m in got["members"]:
+        if m["lost"]:
+            err_console.print(f"[{m['member']}] ({m['lost']} bytes rotated away before this point)")
+        text = m["text"]
+        if several and text:
+            lines = text.splitlines(keepends=True)
+            text = "".join(f"[{m['member']}] {line}" for line in lines)
+        sys.stdout.write(text)
+    sys.stdout.flush()

@@ -19,19 +19,18 @@ from typing import Annotated, NoReturn
 import typer
 
 from canidae.cli.output import (
-    PACK_METAVAR,
     ZONE_METAVAR,
     JsonOption,
     StaleOption,
     TimeoutOption,
     WaitOption,
 )
-from canidae.cli.params import NodeOpt, PackArg, TopSort, ZoneOpt
+from canidae.cli.params import NodeOpt, TopSort, ZoneOpt
 from canidae.core.errors import NotImplementedYet
 
 __all__ = [
     "audit", "autoscale", "fleet", "keys", "metrics", "policy",
-    "token", "top", "yip",
+    "token", "top",
 ]
 
 
@@ -42,42 +41,6 @@ def _unavailable(command: str) -> NoReturn:
 def _noun(help_text: str) -> typer.Typer:
     # no_args_is_help: a noun without a verb prints its help (a usage error, exit 2; see main.py).
     return typer.Typer(help=help_text, no_args_is_help=True, add_completion=False)
-
-
-# ---------------------------------------------------------------------------------------------
-yip = _noun("Send messages to packs' mailboxes and read them.")
-
-
-@yip.command("send")
-def yip_send(
-    pack_name: PackArg,
-    message: Annotated[
-        str | None, typer.Argument(metavar="MESSAGE", help="Message text (or use --file).", show_default=False)
-    ] = None,
-    file: Annotated[
-        Path | None, typer.Option("--file", "-f", metavar="FILE", help="Read the message from FILE ('-': stdin).")
-    ] = None,
-    sender: Annotated[
-        str | None, typer.Option("--from", metavar=PACK_METAVAR, help="Send on behalf of this pack.")
-    ] = None,
-    wait: WaitOption = True,
-    timeout: TimeoutOption = 10.0,
-    json: JsonOption = False,
-) -> None:
-    """Send a yip to a pack's mailbox."""
-    _unavailable("yip send")
-
-
-@yip.command("recv")
-def yip_recv(
-    pack_name: PackArg,
-    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Yips to read.")] = 1,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep reading until interrupted.")] = False,
-    timeout: TimeoutOption = 10.0,
-    json: JsonOption = False,
-) -> None:
-    """Read yips from a pack's mailbox."""
-    _unavailable("yip recv")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ _canidae_options() {
     case "$1" in
         "canidae") echo "--addr --config --help --json --token --version -h" ;;
         "canidae agent") echo "--help -h" ;;
-        "canidae agent doctor") echo "--help --json -h" ;;
+        "canidae agent doctor") echo "--config --help --json -c -h" ;;
         "canidae agent init") echo "--agent-token --cell --client --cluster-password --cpu --data-dir --force --help --json --listen --max-packs --mem --name --out --peer --raft --region --server --zone -h -o" ;;
         "canidae agent run") echo "--config --data-dir --help --listen --name -c -h" ;;
         "canidae audit") echo "--help -h" ;;
@@ -69,7 +69,7 @@ _canidae_options() {
         "canidae pack history") echo "--help --json --limit --since -h" ;;
         "canidae pack kill") echo "--help --json --signal -h -s" ;;
         "canidae pack list") echo "--after --help --json --limit --node --stale --state --zone -h" ;;
-        "canidae pack logs") echo "--help --json -h" ;;
+        "canidae pack logs") echo "--follow --help --json --member --tail -f -h -m -n" ;;
         "canidae pack migrate") echo "--help --json --no-wait --timeout --to --wait -h" ;;
         "canidae pack place") echo "--help --json --no-wait --timeout --wait -h" ;;
         "canidae pack show") echo "--help --json --stale -h" ;;
@@ -95,8 +95,8 @@ _canidae_options() {
         "canidae token revoke") echo "--help --json -h" ;;
         "canidae top") echo "--help --interval --json --once --sort -h" ;;
         "canidae yip") echo "--help -h" ;;
-        "canidae yip recv") echo "--count --follow --help --json --timeout -f -h -n" ;;
-        "canidae yip send") echo "--file --from --help --json --no-wait --timeout --wait -f -h" ;;
+        "canidae yip recv") echo "--follow --help --json --max --pack --wait -f -h -n -p -w" ;;
+        "canidae yip send") echo "--file --help --id --json --timeout -f -h" ;;
     esac
 }
 
@@ -107,6 +107,8 @@ _canidae_option_value() {
         "canidae --addr") echo "none" ;;
         "canidae --config") echo "file" ;;
         "canidae --token") echo "none" ;;
+        "canidae agent doctor --config") echo "file" ;;
+        "canidae agent doctor -c") echo "file" ;;
         "canidae agent init --agent-token") echo "none" ;;
         "canidae agent init --cell") echo "none" ;;
         "canidae agent init --cluster-password") echo "none" ;;
@@ -212,6 +214,10 @@ _canidae_option_value() {
         "canidae pack list --node") echo "node" ;;
         "canidae pack list --state") echo "none" ;;
         "canidae pack list --zone") echo "zone" ;;
+        "canidae pack logs --member") echo "none" ;;
+        "canidae pack logs -m") echo "none" ;;
+        "canidae pack logs --tail") echo "none" ;;
+        "canidae pack logs -n") echo "none" ;;
         "canidae pack migrate --timeout") echo "none" ;;
         "canidae pack migrate --to") echo "node" ;;
         "canidae pack place --timeout") echo "none" ;;
@@ -287,12 +293,16 @@ _canidae_option_value() {
         "canidae token create --ttl") echo "none" ;;
         "canidae top --interval") echo "none" ;;
         "canidae top --sort") echo "choice:cpu mem packs name" ;;
-        "canidae yip recv --count") echo "none" ;;
+        "canidae yip recv --max") echo "none" ;;
         "canidae yip recv -n") echo "none" ;;
-        "canidae yip recv --timeout") echo "none" ;;
+        "canidae yip recv --pack") echo "pack" ;;
+        "canidae yip recv -p") echo "pack" ;;
+        "canidae yip recv --wait") echo "none" ;;
+        "canidae yip recv -w") echo "none" ;;
         "canidae yip send --file") echo "file" ;;
         "canidae yip send -f") echo "file" ;;
-        "canidae yip send --from") echo "pack" ;;
+        "canidae yip send --id") echo "none" ;;
+        "canidae yip send --json") echo "none" ;;
         "canidae yip send --timeout") echo "none" ;;
         *) return 1 ;;
     esac
@@ -329,7 +339,6 @@ _canidae_argument() {
         "canidae scale-test report 0") echo "file" ;;
         "canidae token create 0") echo "none" ;;
         "canidae token revoke 0") echo "none" ;;
-        "canidae yip recv 0") echo "pack" ;;
         "canidae yip send 0") echo "pack" ;;
         "canidae yip send 1") echo "none" ;;
         *) return 1 ;;

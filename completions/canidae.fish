@@ -46,6 +46,8 @@ function __canidae_valued
     switch $argv[1]
         case 'canidae'
             printf '%s\n' -- --addr --config --token
+        case 'canidae agent doctor'
+            printf '%s\n' -- --config -c
         case 'canidae agent init'
             printf '%s\n' -- --agent-token --cell --cluster-password --cpu --data-dir --listen --max-packs --mem --name --out --peer --raft --region --zone -o
         case 'canidae agent run'
@@ -84,6 +86,8 @@ function __canidae_valued
             printf '%s\n' -- --signal -s
         case 'canidae pack list'
             printf '%s\n' -- --after --limit --node --state --zone
+        case 'canidae pack logs'
+            printf '%s\n' -- --member --tail -m -n
         case 'canidae pack migrate'
             printf '%s\n' -- --timeout --to
         case 'canidae pack place'
@@ -105,9 +109,9 @@ function __canidae_valued
         case 'canidae top'
             printf '%s\n' -- --interval --sort
         case 'canidae yip recv'
-            printf '%s\n' -- --count --timeout -n
+            printf '%s\n' -- --max --pack --wait -n -p -w
         case 'canidae yip send'
-            printf '%s\n' -- --file --from --timeout -f
+            printf '%s\n' -- --file --id --json --timeout -f
     end
 end
 
@@ -193,7 +197,7 @@ complete -c canidae -n '__canidae_at \'canidae\'' -a ring -d 'Inspect and simula
 complete -c canidae -n '__canidae_at \'canidae\'' -a scale-test -d 'Run scale tests (simulated or live) and report their figures'
 complete -c canidae -n '__canidae_at \'canidae\'' -a token -d 'Create, list and revoke API tokens'
 complete -c canidae -n '__canidae_at \'canidae\'' -a top -d 'Show nodes and packs by resource use, refreshed live'
-complete -c canidae -n '__canidae_at \'canidae\'' -a yip -d 'Send messages to packs\' mailboxes and read them'
+complete -c canidae -n '__canidae_at \'canidae\'' -a yip -d 'Send messages (yips) to packs\' mailboxes and receive them'
 complete -c canidae -n '__canidae_at \'canidae\'' -l addr -x -d 'Agent API address(es), comma-separated'
 complete -c canidae -n '__canidae_at \'canidae\'' -l config -r -F -d 'Client config'
 complete -c canidae -n '__canidae_at \'canidae\'' -l help -s h -d 'Show this message and exit'
@@ -202,12 +206,13 @@ complete -c canidae -n '__canidae_at \'canidae\'' -l token -x -d 'API token (bea
 complete -c canidae -n '__canidae_at \'canidae\'' -l version -d 'Print the version and exit'
 
 # canidae agent
-complete -c canidae -n '__canidae_at \'canidae agent\'' -a doctor -d 'Check that this host can run an agent'
+complete -c canidae -n '__canidae_at \'canidae agent\'' -a doctor -d 'Check that this host can run its agent'
 complete -c canidae -n '__canidae_at \'canidae agent\'' -a init -d 'Write an agent config (TOML, mode 0600) for this host'
 complete -c canidae -n '__canidae_at \'canidae agent\'' -a run -d 'Run the agent in the foreground until SIGTERM or SIGINT (systemd-friendly'
 complete -c canidae -n '__canidae_at \'canidae agent\'' -l help -s h -d 'Show this message and exit'
 
 # canidae agent doctor
+complete -c canidae -n '__canidae_at \'canidae agent doctor\'' -l config -s c -r -F -d 'The agent\'s TOML config'
 complete -c canidae -n '__canidae_at \'canidae agent doctor\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae agent doctor\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 
@@ -458,9 +463,9 @@ complete -c canidae -n '__canidae_at \'canidae node uncordon\' 0' -x -a '(__cani
 # canidae pack
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a create -d 'Record a pack in the cluster without running it (\'pack place\' runs it)'
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a history -d 'Print a pack\'s timeline, oldest first, with the time each step took'
-complete -c canidae -n '__canidae_at \'canidae pack\'' -a kill -d 'Send a signal to a pack\'s members (exec driver)'
+complete -c canidae -n '__canidae_at \'canidae pack\'' -a kill -d 'Send a signal to every member of a pack (exec driver), on whichever node it runs'
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a list -d 'List packs sorted by name, with state and node (paged'
-complete -c canidae -n '__canidae_at \'canidae pack\'' -a logs -d 'Print the output of a pack\'s members (exec driver)'
+complete -c canidae -n '__canidae_at \'canidae pack\'' -a logs -d 'Print the output (stdout and stderr, interleaved) of a pack\'s members (exec driver)'
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a migrate -d 'Move a running pack to another node'
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a place -d 'Place a created (or stopped) pack on a node and start it'
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a show -d 'Show a pack'
@@ -510,8 +515,11 @@ complete -c canidae -n '__canidae_at \'canidae pack list\'' -l state -x -d 'Only
 complete -c canidae -n '__canidae_at \'canidae pack list\'' -l zone -x -a '(__canidae_names zone)' -d 'Only this zone'
 
 # canidae pack logs
+complete -c canidae -n '__canidae_at \'canidae pack logs\'' -l follow -s f -d 'Keep printing new output until the pack ends or you interrupt'
 complete -c canidae -n '__canidae_at \'canidae pack logs\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae pack logs\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae pack logs\'' -l member -s m -x -d 'Only member I (0, 1, ...)'
+complete -c canidae -n '__canidae_at \'canidae pack logs\'' -l tail -s n -x -d 'Only the last N lines of each member'
 complete -c canidae -n '__canidae_at \'canidae pack logs\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
 
 # canidae pack migrate
@@ -716,24 +724,22 @@ complete -c canidae -n '__canidae_at \'canidae top\'' -l once -d 'Print one scre
 complete -c canidae -n '__canidae_at \'canidae top\'' -l sort -x -a 'cpu mem packs name' -d 'Order of the rows'
 
 # canidae yip
-complete -c canidae -n '__canidae_at \'canidae yip\'' -a recv -d 'Read yips from a pack\'s mailbox'
-complete -c canidae -n '__canidae_at \'canidae yip\'' -a send -d 'Send a yip to a pack\'s mailbox'
+complete -c canidae -n '__canidae_at \'canidae yip\'' -a recv -d 'Receive yips from a pack\'s mailbox and acknowledge them'
+complete -c canidae -n '__canidae_at \'canidae yip\'' -a send -d 'Send a yip to a pack\'s mailbox, on whichever node the pack runs'
 complete -c canidae -n '__canidae_at \'canidae yip\'' -l help -s h -d 'Show this message and exit'
 
 # canidae yip recv
-complete -c canidae -n '__canidae_at \'canidae yip recv\'' -l count -s n -x -d 'Yips to read'
-complete -c canidae -n '__canidae_at \'canidae yip recv\'' -l follow -s f -d 'Keep reading until interrupted'
+complete -c canidae -n '__canidae_at \'canidae yip recv\'' -l follow -s f -d 'Keep receiving until interrupted'
 complete -c canidae -n '__canidae_at \'canidae yip recv\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae yip recv\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae yip recv\'' -l timeout -x -d 'Give up waiting after this many seconds'
-complete -c canidae -n '__canidae_at \'canidae yip recv\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
+complete -c canidae -n '__canidae_at \'canidae yip recv\'' -l max -s n -x -d 'Receive at most this many yips'
+complete -c canidae -n '__canidae_at \'canidae yip recv\'' -l pack -s p -x -a '(__canidae_names pack)' -d 'Whose mailbox (default'
+complete -c canidae -n '__canidae_at \'canidae yip recv\'' -l wait -s w -x -d 'Wait this long for a first yip when the mailbox is empty'
 
 # canidae yip send
-complete -c canidae -n '__canidae_at \'canidae yip send\'' -l file -s f -r -F -d 'Read the message from FILE (\'-\''
-complete -c canidae -n '__canidae_at \'canidae yip send\'' -l from -x -a '(__canidae_names pack)' -d 'Send on behalf of this pack'
+complete -c canidae -n '__canidae_at \'canidae yip send\'' -l file -s f -r -F -d 'Read the message text from FILE (\'-\''
 complete -c canidae -n '__canidae_at \'canidae yip send\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae yip send\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae yip send\'' -l no-wait -d 'Wait until the work is done, or return once it is accepted'
+complete -c canidae -n '__canidae_at \'canidae yip send\'' -l id -x -d 'Id of the yip (default'
+complete -c canidae -n '__canidae_at \'canidae yip send\'' -l json -x -d 'Send this JSON value instead of text'
 complete -c canidae -n '__canidae_at \'canidae yip send\'' -l timeout -x -d 'Give up waiting after this many seconds'
-complete -c canidae -n '__canidae_at \'canidae yip send\'' -l wait -d 'Wait until the work is done, or return once it is accepted'
 complete -c canidae -n '__canidae_at \'canidae yip send\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
