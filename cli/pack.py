@@ -298,9 +298,11 @@ def pack_history(
         and since_ms is None and not limit
 
     def human() -> None:
-        t = Table("seq", "time (UTC)", "step", "elapsed", "event", "node", "detail")
-        t.columns[1].no_wrap = True
-        day = None
+        t = Table("seq", "time (UTC)", "step", "elapsed", "event", "node", "detail",
+                  title=f"pack {pack_name}" + (f", {fmt_time(events[0]['at'])[:10]}" if events else ""))
+        for column in t.columns[:6]:
+            column.no_wrap = True
+        day = events[0]["at"] if events else None
         for e in events:
             t.add_row(str(e["seq"]), fmt_time(e["at"], day), fmt_delta(e["step_ms"]) if e["step_ms"] is not None
                       else "", fmt_delta(e["at"] - first) if first is not None else "", e["type"],

@@ -1,0 +1,264 @@
+"""Benchmark of the event store (canidae.agent.eventstore) on this machine's disk.
+
+Events are realistic: produced by ``canidae.core.state.ClusterState`` applying a mix of commands
+like a live cluster's (nodes joining, single and bulk spawns, coalesced agent reports, stops,
+failures and restarts, migrations, a node down and back now and then), with random request ids as
+causes, as the API stamps them.
+
+Figures:
+
+* append: events/s through ``append`` (batches sized like Raft log entries) until ``flush``
+  returns, with the writer's grouped fdatasync on (the store's default), sealing included;
+* pack history: latency of ``pack_history`` for random packs in a store of N events, warm, then
+  after a reopen (index loaded from the .idx files plus a scan of the active segment; block cache
+  cold, page cache warm);
+* compression: raw bytes of the sealed segments over their .zst files (and with their .idx).
+
+    python bench/events.py [--events N] [--dir DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+from canidae.agent.eventstore import EventStore
+from canidae.core.commands import (
+    CreatePacks, MigratePacks, PackReport, PlacePacks, RegisterNode, ReportPacks, SetNodeState, StopPacks,
+)
+from canidae.core.state import ClusterState
+from canidae.core.types import Location, Node, NodeState, PackSpec, PackState, Resources
+
+T0 = 1_760_000_000_000
+
+
+class _Bag:
+    """A set with O(1) add, remove and random choice."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.pos: dict[str, int] = {}
+
+    def add(self, x: str) -> None:
+        if x not in self.pos:
+            self.pos[x] = len(self.items)
+            self.items.append(x)
+
+    def discard(self, x: str) -> None:
+        i = self.pos.pop(x, None)
+        if i is None:
+            return
+        last = self.items.pop()
+        if last != x:
+            self.items[i] = last
+            self.pos[last] = i
+
+    def pick(self, rng: random.Random) -> str:
+        return self.items[rng.randrange(len(self.items))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def realistic_events(n: int, seed: int = 1, nodes: int = 60) -> list[dict[str, Any]]:
+    """``n`` events from a ClusterState driven like a busy cluster."""
+    rng = random.Random(seed)
+    st = ClusterState()
+    out: list[dict[str, Any]] = []
+    at = T0
+    placed: dict[str, dict[str, None]] = {}  # node -> packs placed there, not reported running yet
+    running = _Bag()
+
+    def rid() -> str:
+        return uuid.UUID(int=rng.getrandbits(128)).hex
+
+    def run(cmd: Any) -> dict[str, Any]:
+        res = st.apply(cmd)
+        out.extend(st.drain_events())
+        return res
+
+    def track(moves: list[dict[str, Any]]) -> None:
+        for m in moves:
+            running.discard(m["name"])
+            for d in placed.values():
+                d.pop(m["name"], None)
+            if m.get("node") and m.get("moved", True):
+                placed.setdefault(m["node"], {})[m["name"]] = None
+
+    def node(i: int) -> Node:
+        return Node(id=f"node-{i:03d}", location=Location(f"z{i % 3}", f"z{i % 3}-r{i % 6}", f"c{i % 12}"),
+                    capacity=Resources(256_000, 1_048_576, 100_000), address=f"10.0.{i // 200}.{i % 200}:7100")
+
+    for i in range(nodes):
+        at += rng.randrange(1, 40)
+        run(RegisterNode(id=f"reg-node-{i:03d}-{rid()[:8]}", at=at, node=node(i)))
+    k = 0
+    while len(out) < n:
+        at += rng.randrange(1, 25)
+        r = rng.random()
+        if r < 0.3 or (len(running) < 50 and not placed):
+            if rng.random() < 0.1:  # a bulk spawn: one command, many packs
+                spec = PackSpec(name=f"batch{k}", resources=Resources(100, 64, 1))
+                res = run(CreatePacks(id=rid(), at=at, by="api", count=rng.randrange(5, 40), specs=(spec,)))
+            else:
+                spec = PackSpec(name=f"{rng.choice(['web', 'api', 'worker', 'cron', 'cache'])}-{k}",
+                                resources=Resources(rng.choice([100, 250, 500, 1000]),
+                                                    rng.choice([64, 128, 256, 512]), 1))
+                res = run(CreatePacks(id=rid(), at=at, by="api", specs=(spec,)))
+            k += 1
+            track(res.get("placements", []))
+        elif r < 0.55 and placed:
+            # An agent reports what it started since its last report (coalesced, like the reconciler).
+            nid = rng.choice(sorted(placed))
+            names = placed.pop(nid)
+            reps = tuple(PackReport(nm, st.packs[nm].generation, PackState.RUNNING, "") for nm in names
+                         if st.packs[nm].node == nid and st.packs[nm].state is PackState.PLACED)
+            if reps:
+                at += rng.randrange(5, 60)
+                run(ReportPacks(id=f"rep-{rid()}", at=at, by=f"agent:{nid}", node_id=nid, reports=reps))
+                for rp in reps:
+                    running.add(rp.name)
+        elif r < 0.68 and running:
+            name = running.pick(rng)
+            running.discard(name)
+            rec = st.packs[name]
+            run(StopPacks(id=rid(), at=at, by="api", names=(name,)))
+            at += rng.randrange(5, 80)
+            run(ReportPacks(id=f"rep-{rid()}", at=at, by=f"agent:{rec.node}", node_id=rec.node,
+                            reports=(PackReport(name, rec.generation, PackState.STOPPED, "stopped on request"),)))
+        elif r < 0.82 and running:
+            name = running.pick(rng)
+            running.discard(name)
+            rec = st.packs[name]
+            run(ReportPacks(id=f"rep-{rid()}", at=at, by=f"agent:{rec.node}", node_id=rec.node,
+                            reports=(PackReport(name, rec.generation, PackState.FAILED,
+                                                rng.choice(["exit status 1", "killed by signal 9",
+                                                            "out of memory"])),)))
+            at += rng.randrange(100, 2000)
+            track(run(PlacePacks(id=rid(), at=at, by="api", names=(name,))).get("placements", []))
+        elif r < 0.998 and running:
+            name = running.pick(rng)
+            track(run(MigratePacks(id=rid(), at=at, by="api", moves=((name, None),),
+                                   reason="migrate")).get("migrations", []))
+        else:
+            nid = f"node-{rng.randrange(nodes):03d}"
+            if st.nodes[nid].state is NodeState.READY:
+                res = run(SetNodeState(id=f"down-{nid}-{rid()[:12]}", at=at, by="leader:s1", node_id=nid,
+                                       state=NodeState.DOWN, reason="no heartbeat for 1.52 s"))
+                placed.pop(nid, None)
+                track(res.get("moved", []))
+                at += rng.randrange(1000, 5000)
+                run(RegisterNode(id=f"reg-{nid}-{rid()[:8]}", at=at, node=node(int(nid[5:]))))
+    return out[:n]
+
+
+def batches(events: list[dict[str, Any]], seed: int = 2) -> list[list[dict[str, Any]]]:
+    """Cut the stream like Raft entries: group commit puts 1..~200 commands' events in one entry."""
+    rng = random.Random(seed)
+    out, i = [], 0
+    while i < len(events):
+        size = min(len(events) - i, int(rng.expovariate(1 / 40)) + 1)
+        out.append(events[i:i + size])
+        i += size
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def lookups(store: EventStore, names: list[str]) -> dict[str, float]:
+    times, sizes = [], []
+    for name in names:
+        t = time.perf_counter()
+        h = store.pack_history(name)
+        times.append((time.perf_counter() - t) * 1000)
+        sizes.append(len(h))
+    return {"p50_ms": round(statistics.median(times), 3), "p99_ms": round(pct(times, 0.99), 3),
+            "max_ms": round(max(times), 3), "events_per_pack_mean": round(statistics.mean(sizes), 1),
+            "events_per_pack_max": max(sizes)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--dir", default=None, help="where to put the store (default: a temporary directory)")
+    ap.add_argument("--lookups", type=int, default=300)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    t = time.perf_counter()
+    events = realistic_events(args.events)
+    gen_s = time.perf_counter() - t
+    print(f"generated {len(events):,} events in {gen_s:.1f} s", file=sys.stderr)
+    parts = batches(events)
+
+    base = tempfile.mkdtemp(prefix="canidae-bench-events-", dir=args.dir)
+    try:
+        store = EventStore(base)
+        t = time.perf_counter()
+        for part in parts:
+            store.append(part)
+        store.flush()
+        append_s = time.perf_counter() - t
+        store.settle()
+        st = store.stats()
+        rng = random.Random(3)
+        with_history = sorted({e["pack"] for e in events if "pack" in e})
+        names = rng.sample(with_history, min(args.lookups, len(with_history)))
+        warm = lookups(store, names)
+        store.close()
+
+        t = time.perf_counter()
+        store = EventStore(base)
+        open_s = time.perf_counter() - t
+        cold = lookups(store, rng.sample(with_history, min(args.lookups, len(with_history))))
+        sealed = [s for s in st["segment_list"] if s["sealed"]]
+        raw = sum(s["raw_bytes"] for s in sealed)
+        zst = sum(os.path.getsize(os.path.join(base, f"seg-{s['no']:08d}.zst")) for s in sealed)
+        idx = sum(os.path.getsize(os.path.join(base, f"seg-{s['no']:08d}.idx")) for s in sealed)
+        store.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    result = {
+        "events": len(events), "packs": len(with_history), "generate_s": round(gen_s, 1),
+        "json_bytes_per_event": round(st["raw_bytes"] / len(events), 1),
+        "append": {"events_per_s": round(len(events) / append_s), "seconds": round(append_s, 2),
+                   "group_commits": st["commits"], "entries": len(parts),
+                   "events_per_commit": round(len(events) / max(1, st["commits"]), 1)},
+        "pack_history_warm": warm, "pack_history_after_reopen": cold, "reopen_s": round(open_s, 2),
+        "sealed": {"segments": len(sealed), "raw_bytes": raw, "zst_bytes": zst, "idx_bytes": idx,
+                   "ratio": round(raw / zst, 2) if zst else None,
+                   "ratio_with_index": round(raw / (zst + idx), 2) if zst else None},
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    a, s = result["append"], result["sealed"]
+    print(f"events: {len(events):,} realistic events over {len(with_history):,} packs "
+          f"({result['json_bytes_per_event']} B each as a record)")
+    print(f"append with grouped fdatasync: {a['events_per_s']:,} events/s ({len(events):,} in {a['seconds']} s; "
+          f"{a['group_commits']:,} group commits for {a['entries']:,} appends, {a['events_per_commit']} events "
+          f"per commit)   target >= 50,000/s")
+    for label, r in (("warm", warm), (f"after reopen ({open_s:.2f} s to open)", cold)):
+        print(f"one pack's history among {len(events):,} events, {label}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+              f"max {r['max_ms']} ms ({len(names)} random packs, {r['events_per_pack_mean']} events each on "
+              f"average, up to {r['events_per_pack_max']})   target <= 10 ms")
+    print(f"sealed segments: {s['segments']} x 16 MiB, {s['raw_bytes'] / 1e6:.1f} MB raw -> {s['zst_bytes'] / 1e6:.1f} MB "
+          f"zstd: {s['ratio']}x ({s['ratio_with_index']}x counting their .idx)   target >= 4x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
