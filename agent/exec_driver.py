@@ -665,8 +665,7 @@ class ExecDriver:
             return
         oom = self.isolation.oom_kills(run.sandbox)
         if oom > run.oom_seen:
-            self._finish(run, "failed", f"memory limit {run.limits.mem_mib} MiB exceeded (OOM kill)"
-                         f" of member {m.index}")
+            self._finish(run, "failed", f"memory limit {run.limits.mem_mib} MiB exceeded (OOM kill)")
             return
         if rc in CANNOT_RUN and m.restarts == 0 and ran < 2.0:
             self._finish(run, "failed", f"member {m.index}: command {run.spec['command'][0]!r} "
@@ -738,12 +737,14 @@ class ExecDriver:
         if any(m.alive for m in run.members):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(run.all_exited.wait(), grace)
-        exits = "; ".join(f"member {m.index} {m.last_exit}" for m in run.members if m.last_exit)
-        await self._end(run, "stopped", f"{reason} ({exits})" if exits else reason, report)
+        await self._end(run, "stopped", reason, report, with_exits=True)
 
-    async def _end(self, run: Run, state: str, reason: str, report: bool) -> None:
-        run.reason = reason
+    async def _end(self, run: Run, state: str, reason: str, report: bool, with_exits: bool = False) -> None:
         await self._kill_all(run)
+        if with_exits:  # how each member went: on SIGTERM, or on SIGKILL after the grace period
+            exits = "; ".join(f"member {m.index} {m.last_exit}" for m in run.members if m.last_exit)
+            reason = f"{reason} ({exits})" if exits else reason
+        run.reason = reason
         run.state = "done"
         if self.runs.get(run.name) is run:
             del self.runs[run.name]
@@ -781,7 +782,7 @@ class ExecDriver:
                 if m.alive and m.proc is not None and m.proc.poll() is not None:
                     self._unwatch(m)
                     m.alive = False
-                    m.last_exit = m.last_exit or describe_exit(m.proc.returncode)
+                    m.last_exit = describe_exit(m.proc.returncode)
             if not left and not any(m.alive for m in run.members):
                 break
             await asyncio.sleep(0.005)
