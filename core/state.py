@@ -299,6 +299,10 @@ class ClusterState:
                     rec.state, rec.updated_at = PackState.RUNNING, cmd.at
                     self._event(cmd, "PackStarted", pack=rep.name, node=cmd.node_id,
                                 detail={"generation": rep.generation})
+                    if rec.reason:
+                        # Only a move (migration, rebalance, evacuation) places with a reason: it is done.
+                        self._event(cmd, "PackMigrated", pack=rep.name, node=cmd.node_id,
+                                    detail={"generation": rep.generation, "reason": rec.reason})
             elif rep.state in (PackState.STOPPED, PackState.FAILED):
                 self._release(rec)
                 freed = True

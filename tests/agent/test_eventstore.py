@@ -320,7 +320,7 @@ def live_of(st: ClusterState) -> tuple[dict[str, dict[str, Any]], dict[str, str]
 def test_replay_of_the_log_equals_the_live_state(tmp_path, seed) -> None:
     st, events = drive_cluster(seed, 1500)
     kinds = {e["type"] for e in events}
-    assert {"PackMigrating", "PackFailed", "NodeDown", "PackPending", "PackStopped"} <= kinds
+    assert {"PackMigrating", "PackMigrated", "PackFailed", "NodeDown", "PackPending", "PackStopped"} <= kinds
     live, nodes = live_of(st)
     with open_store(tmp_path, segment_bytes=16384, snapshot_every=700) as s:
         fill(s, events)
@@ -339,6 +339,30 @@ def test_replay_of_the_log_equals_the_live_state(tmp_path, seed) -> None:
         report = s.verify_report(live, nodes)
         assert report["ok"] and report["base"].startswith("snapshot"), report
         assert s.verify_report(live, nodes, full=True)["base"] == "the first event"
+
+
+def test_a_migration_ends_with_pack_migrated_once_the_target_runs_it() -> None:
+    st = ClusterState()
+    for i in range(3):
+        st.apply(RegisterNode(id=f"join-{i}", at=T0, node=_node(i)))
+    st.apply(CreatePacks(id="c", at=T0 + 1, by="api", specs=(PackSpec(name="web"),)))
+    src = st.packs["web"].node
+    assert src is not None
+    st.apply(ReportPacks(id="r", at=T0 + 2, by=f"agent:{src}", node_id=src,
+                         reports=(PackReport("web", 1, PackState.RUNNING, ""),)))
+    st.drain_events()
+    st.apply(MigratePacks(id="m", at=T0 + 3, by="api", moves=(("web", None),), reason="migrate"))
+    dest = st.packs["web"].node
+    st.apply(ReportPacks(id="r2", at=T0 + 9, by=f"agent:{dest}", node_id=dest,
+                         reports=(PackReport("web", 2, PackState.RUNNING, ""),)))
+    events = st.drain_events()
+    assert [(e["type"], e["node"]) for e in events] == [
+        ("PackMigrating", dest), ("PackStarted", dest), ("PackMigrated", dest)]
+    assert events[0]["detail"]["source"] == src and events[2]["detail"] == {"generation": 2, "reason": "migrate"}
+    p = Projections()
+    for e in events:
+        p.apply(e)
+    assert p.packs["web"] == ["running", dest]
 
 
 def test_verify_reports_each_difference(tmp_path) -> None:
