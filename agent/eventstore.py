@@ -326,7 +326,8 @@ class EventStore:
     """A segmented, checksummed, indexed event log with projections. Thread-safe.
 
     ``on_durable(seq)`` (optional) is called on the writer thread after each group commit.
-    Retention runs every ``retention_every_s`` on the writer thread and on ``apply_retention``.
+    Sealing and snapshots run on a maintenance thread after commits; retention runs there every
+    ``retention_every_s`` and on ``apply_retention``.
     """
 
     def __init__(self, directory: str, *, segment_bytes: int = 16 << 20, snapshot_every: int = 50_000,
@@ -374,8 +375,14 @@ class EventStore:
         self._open()
         self.open_stats["open_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         self._accepted = self._settled_seq = self.durable_seq
+        self._maint_cond = threading.Condition(threading.Lock())
+        self._maint_wanted = False
+        self._maint_stop = False
         self._writer = threading.Thread(target=self._run, name="eventstore-writer", daemon=True)
         self._writer.start()
+        self._maintainer = threading.Thread(target=self._maintain_loop, name="eventstore-maintenance",
+                                            daemon=True)
+        self._maintainer.start()
 
     # ------------------------------------------------------------------ appending (any thread)
 
@@ -445,13 +452,17 @@ class EventStore:
         return self.durable_seq
 
     def close(self) -> None:
-        """Write what is buffered, snapshot the projections, close the files."""
+        """Write what is buffered, finish sealing, snapshot the projections, close the files."""
         with self._cond:
             if self._closing:
                 return
             self._closing = True
             self._cond.notify_all()
         self._writer.join()
+        with self._maint_cond:
+            self._maint_stop = True
+            self._maint_cond.notify_all()
+        self._maintainer.join()
         with self._maint:
             if self._proj.seq > self._snap_seq:
                 try:
@@ -474,11 +485,10 @@ class EventStore:
     # ------------------------------------------------------------------ the writer thread
 
     def _run(self) -> None:
-        next_retention = time.monotonic() + self.retention_every_s
         while True:
             with self._cond:
-                while not self._pending and not self._closing and time.monotonic() < next_retention:
-                    self._cond.wait(timeout=max(0.01, next_retention - time.monotonic()))
+                while not self._pending and not self._closing:
+                    self._cond.wait()
                 batch, self._pending = self._pending, []
                 closing = self._closing
             if batch:
@@ -490,16 +500,9 @@ class EventStore:
                 with self._cond:
                     if not self._pending:
                         return
-                continue
-            if time.monotonic() >= next_retention:
-                next_retention = time.monotonic() + self.retention_every_s
-                try:
-                    self.apply_retention()
-                except Exception:
-                    log.exception("event store: retention failed")
 
     def _commit(self, batch: list[Any]) -> None:
-        """Write ``batch`` durably (retrying on I/O errors), publish it, then seal and snapshot."""
+        """Write ``batch`` durably (retrying on I/O errors), publish it, acknowledge it."""
         while True:
             try:
                 chunks = self._write(batch)
@@ -533,14 +536,43 @@ class EventStore:
                 self.on_durable(last)
             except Exception:
                 log.exception("event store: on_durable callback failed")
-        with self._maint:
-            for seg in [s for s in self._segments[:-1] if not s.sealed]:
-                self._seal(seg)
-            if self._snap_due or self._proj.seq - self._snap_seq >= self.snapshot_every:
-                self._write_snapshot()
-        with self._cond:
-            self._settled_seq = last
-            self._cond.notify_all()
+        with self._maint_cond:
+            self._maint_wanted = True
+            self._maint_cond.notify_all()
+
+    # ------------------------------------------------------------------ the maintenance thread
+
+    def _maintain_loop(self) -> None:
+        """Seal full segments, write snapshots, apply retention: off the writer's path, so that a
+        16 MiB compression never delays an acknowledgment (zstd runs without the GIL)."""
+        next_retention = time.monotonic() + self.retention_every_s
+        while True:
+            with self._maint_cond:
+                while not self._maint_wanted and not self._maint_stop and time.monotonic() < next_retention:
+                    self._maint_cond.wait(timeout=max(0.01, next_retention - time.monotonic()))
+                wanted, self._maint_wanted = self._maint_wanted, False
+                stop = self._maint_stop
+            if wanted or stop:
+                target = self.durable_seq
+                try:
+                    with self._maint:
+                        for seg in [s for s in self._segments[:-1] if not s.sealed]:
+                            self._seal(seg)
+                        if self._proj.seq - self._snap_seq >= self.snapshot_every:
+                            self._write_snapshot()
+                except Exception:
+                    log.exception("event store: sealing or snapshot failed")
+                with self._cond:
+                    self._settled_seq = max(self._settled_seq, target)
+                    self._cond.notify_all()
+            if stop:
+                return
+            if time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + self.retention_every_s
+                try:
+                    self.apply_retention()
+                except Exception:
+                    log.exception("event store: retention failed")
 
     def _write(self, batch: list[Any]) -> list[tuple[_Segment, list[int], int]]:
         """Encode and write the events of ``batch``, rolling segments at ``segment_bytes``.
