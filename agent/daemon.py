@@ -74,8 +74,8 @@ class Agent:
         self.leader_hint: str | None = None
         # Modules that add API routes: callables (agent, endpoint) -> list of starlette Routes.
         self.route_providers: list[Any] = []
-        if cfg.role is Role.SERVER:
-            self.route_providers.append(history.routes)
+        # Every agent serves the event store's routes: a client agent forwards them to a server.
+        self.route_providers.append(history.routes)
         self.reconciler = Reconciler(self._fetch_assignments, self._send_reports)
         self.reconciler.add_driver(VirtualDriver(self.reconciler.report))
         # Real processes (exec driver), their API and the mailboxes of the packs on this node.

@@ -451,6 +451,11 @@ class EventStore:
         """The last durable event's sequence number (0 when empty)."""
         return self.durable_seq
 
+    def accepted_seq(self) -> int:
+        """The last event handed to ``append`` (durable or still buffered)."""
+        with self._cond:
+            return self._accepted
+
     def close(self) -> None:
         """Write what is buffered, finish sealing, snapshot the projections, close the files."""
         with self._cond:
@@ -1123,11 +1128,15 @@ class EventStore:
         prev = 0
         with self._lock:
             plan = [(s.no, s.size, s.sealed, len(s.block_raw)) for s in self._segments]
+        vanished = False
         for no, end, sealed, nblocks in plan:
             for i in range(nblocks):
                 with self._lock:
                     seg = self._by_no.get(no)
-                    if seg is None or seg.block_raw[i] >= end:
+                    if seg is None:
+                        vanished = True  # removed by retention while we read
+                        break
+                    if seg.block_raw[i] >= end:
                         break
                     try:
                         data = self._block(seg, i, end)
@@ -1153,9 +1162,12 @@ class EventStore:
                             replayed += 1
                 except CorruptRecord as e:
                     differences.append(f"segment {no} block {i}: {e}")
+        ends = {no: end for no, end, _, _ in plan}
         with self._lock:
-            for name in set(per_pack) | set(self._index):
-                held = len(self._index.get(name, ()))
+            # Only positions inside what was scanned: the writer may have appended since.
+            for name in [] if vanished else set(per_pack) | set(self._index):
+                held = sum(1 for pos in self._index.get(name, ())
+                           if (pos & OFFSET_MASK) < ends.get(pos >> OFFSET_BITS, -1))
                 if held != per_pack.get(name, 0):
                     differences.append(f"index of pack {name}: {held} positions, the log has "
                                        f"{per_pack.get(name, 0)} records")

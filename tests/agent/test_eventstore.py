@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import uuid
 from typing import Any
 
@@ -396,6 +397,34 @@ def test_verify_up_to_a_sequence_number(tmp_path) -> None:
         live = {n: {"state": r[0], "node": r[1]} for n, r in p.packs.items()}
         assert s.verify(live, dict(p.nodes), upto_seq=cut) == []
         assert s.verify(live, dict(p.nodes)) != []
+
+
+def test_verify_while_the_writer_appends_reports_nothing_false(tmp_path) -> None:
+    events = many(12_000, packs=200)
+    cut = 2000
+    p = Projections()
+    for e in events[:cut]:
+        p.apply(e)
+    live = {n: {"state": r[0], "node": r[1]} for n, r in p.packs.items()}
+    with open_store(tmp_path, segment_bytes=16384) as s:
+        fill(s, events[:cut])
+        done = threading.Event()
+
+        def writer() -> None:
+            for i in range(cut, len(events), 25):
+                s.append(events[i:i + 25])
+            done.set()
+
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            rounds = 0
+            while not done.is_set() or rounds < 3:
+                assert s.verify(live, upto_seq=cut) == []
+                rounds += 1
+        finally:
+            t.join(timeout=30)
+        assert s.flush(timeout=30) and s.last_seq() == len(events)
 
 
 # ------------------------------------------------------------------------------- gaps
