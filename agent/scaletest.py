@@ -46,6 +46,7 @@ import httpx
 
 from canidae.agent import localcluster
 from canidae.agent.client import Client, Target
+from canidae.agent.packtoken import pack_token
 from canidae.core import scaleplan
 from canidae.core.errors import CanidaeError, InvalidInput, NotFound, Timeout
 from canidae.core.scaleplan import SimPlan, percentile, windows
@@ -93,13 +94,30 @@ def cpu_ticks(pid: int) -> int:
 HZ = os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_ticks() -> int:
+    """CPU ticks every core of the machine spent busy (not idle, not waiting for I/O) since boot."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0
+    return sum(fields) - fields[3] - fields[4]
+
+
+def own_ticks() -> int:
+    """CPU ticks of this process and of its waited-for children (wrk)."""
+    t = os.times()
+    return round((t.user + t.system + t.children_user + t.children_system) * HZ)
+
+
 @dataclass
 class Usage:
-    """CPU (percent of one core) and memory of each agent over a window."""
+    """CPU (percent of one core) and memory of each agent over a window, and what else ran then."""
 
     seconds: float
     cpu_percent: dict[str, float]
     rss_bytes: dict[str, int]
+    others_percent: float  # CPU of every other process of the machine, percent of one core
 
     @property
     def cpu_total(self) -> float:
@@ -110,19 +128,65 @@ class Usage:
         return sum(self.rss_bytes.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seconds": round(self.seconds, 3), "cpu_percent_total": self.cpu_total,
-                "rss_bytes_total": self.rss_total, "cpu_percent": self.cpu_percent, "rss_bytes": self.rss_bytes}
+        return {
+            "seconds": round(self.seconds, 3),
+            "cpu_percent_total": self.cpu_total,
+            "rss_bytes_total": self.rss_total,
+            "others_cpu_percent": self.others_percent,
+            "cpu_percent": self.cpu_percent,
+            "rss_bytes": self.rss_bytes,
+        }
 
 
 def measure_usage(pids: dict[str, int], seconds: float) -> Usage:
     """Sample every agent's CPU ticks at both ends of a window of ``seconds``; memory at its end."""
     t0 = time.monotonic()
+    busy0, own0 = machine_busy_ticks(), own_ticks()
     before = {k: cpu_ticks(p) for k, p in pids.items()}
     time.sleep(seconds)  # the measuring window itself: nothing to wait for, time is what we measure
-    elapsed = time.monotonic() - t0
     after = {k: cpu_ticks(p) for k, p in pids.items()}
-    return Usage(elapsed, {k: round((after[k] - before[k]) / HZ / elapsed * 100, 3) for k in pids},
-                 {k: rss_bytes(p) for k, p in pids.items()})
+    busy1, own1 = machine_busy_ticks(), own_ticks()
+    elapsed = max(time.monotonic() - t0, 1e-9)
+    agents = sum(after.values()) - sum(before.values())
+    others = max(0, (busy1 - busy0) - agents - (own1 - own0))
+    return Usage(
+        elapsed,
+        {k: round((after[k] - before[k]) / HZ / elapsed * 100, 3) for k in pids},
+        {k: rss_bytes(p) for k, p in pids.items()},
+        round(others / HZ / elapsed * 100, 1) if seconds else 0.0,
+    )
+
+
+def machine(pids: dict[str, int] | None = None) -> dict[str, Any]:
+    """Cores, load average and CPU ticks (the machine's busy ones, ours): see ``others_cpu``."""
+    ours = own_ticks() + sum(cpu_ticks(p) for p in (pids or {}).values())
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "busy_ticks": machine_busy_ticks(),
+        "our_ticks": ours,
+        "t": time.monotonic(),
+    }
+
+
+def others_cpu(before: dict[str, Any], after: dict[str, Any]) -> float:
+    """Percent of one core that other processes used between two ``machine`` samples (approximate:
+    a process of ours that died in between takes its ticks with it)."""
+    elapsed = max(after["t"] - before["t"], 1e-9)
+    others = (after["busy_ticks"] - before["busy_ticks"]) - (after["our_ticks"] - before["our_ticks"])
+    return round(max(0, others) / HZ / elapsed * 100, 1)
+
+
+BUSY_PERCENT = 20.0  # other processes above this share of one core: the figures say so
+
+
+def busy_note(others: float, cpus: int | None, when: str) -> list[str]:
+    if others > BUSY_PERCENT:
+        return [
+            f"the machine was busy: other processes used {others:.0f}% of one core ({cpus} cores) {when}; "
+            "they competed with the measured ones"
+        ]
+    return []
 
 
 # ------------------------------------------------------------------ the table
@@ -146,25 +210,49 @@ def fmt_rate(n: float | None) -> str:
     return f"{n:.0f}"
 
 
-def measured_row(packs: int, nodes: int, *, memory: float | None, memory_note: str, cpu: float | None,
-                 cpu_note: str, yips: float | None, yips_note: str, p99: float | None, p99_note: str,
-                 cpu_text: str | None = None) -> dict[str, Any]:
+def measured_row(
+    packs: int,
+    nodes: int,
+    *,
+    memory: float | None,
+    memory_note: str,
+    cpu: float | None,
+    cpu_note: str,
+    yips: float | None,
+    yips_note: str,
+    p99: float | None,
+    p99_note: str,
+    cpu_text: str | None = None,
+) -> dict[str, Any]:
     """The measured row of the seed's table: raw values, the cells as shown, and what each one is."""
     return {
-        "packs": packs, "nodes": nodes, "memory_bytes": memory, "cpu_percent": cpu, "yips": yips, "p99_ms": p99,
+        "packs": packs,
+        "nodes": nodes,
+        "memory_bytes": memory,
+        "cpu_percent": cpu,
+        "yips": yips,
+        "p99_ms": p99,
         "cells": {
-            "packs": f"{packs:,}", "nodes": f"{nodes:,}", "memory_per_pack": fmt_bytes(memory),
+            "packs": f"{packs:,}",
+            "nodes": f"{nodes:,}",
+            "memory_per_pack": fmt_bytes(memory),
             "cpu_per_pack": cpu_text if cpu_text is not None else ("n/a" if cpu is None else f"{cpu:.3g}%"),
-            "yips_per_s": fmt_rate(yips), "p99_latency": "n/a" if p99 is None else f"{p99:.3g}ms",
+            "yips_per_s": fmt_rate(yips),
+            "p99_latency": "n/a" if p99 is None else f"{p99:.3g}ms",
         },
-        "notes": {"memory_per_pack": memory_note, "cpu_per_pack": cpu_note, "yips_per_s": yips_note,
-                  "p99_latency": p99_note},
+        "notes": {
+            "memory_per_pack": memory_note,
+            "cpu_per_pack": cpu_note,
+            "yips_per_s": yips_note,
+            "p99_latency": p99_note,
+        },
     }
 
 
 def table_doc(measured: dict[str, Any]) -> dict[str, Any]:
     return {
-        "columns": list(scaleplan.SEED_COLUMNS), "headers": list(scaleplan.SEED_HEADERS),
+        "columns": list(scaleplan.SEED_COLUMNS),
+        "headers": list(scaleplan.SEED_HEADERS),
         "expected": [{k: row[k] for k in scaleplan.SEED_COLUMNS} for row in scaleplan.SEED_TABLE],
         "nearest": scaleplan.nearest_seed_row(measured["packs"]),
         "measured": measured,
@@ -191,6 +279,7 @@ def run_sim(plan: SimPlan, progress: Progress = _no_progress) -> dict[str, Any]:
     samples: list[tuple[float, float]] = []
     rebalances: list[tuple[float, float]] = []
     decisions = {"place": 0, "rebalance": 0, "packs_decided": 0}
+    host0 = machine()
     rss0 = rss_bytes(os.getpid())
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -202,6 +291,7 @@ def run_sim(plan: SimPlan, progress: Progress = _no_progress) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     rss1 = rss_bytes(os.getpid())
+    host1 = machine()
     result = sim.result()
     chaos = scaleplan.chaos_counts(steps)
     live_nodes = [k for k, n in sim.nodes.items() if n.state is not NodeState.DOWN]
@@ -209,44 +299,73 @@ def run_sim(plan: SimPlan, progress: Progress = _no_progress) -> dict[str, Any]:
     decided = max(1, decisions["packs_decided"])
     p99 = percentile([ms for _, ms in samples], 99) if samples else None
     measured = measured_row(
-        result.packs, result.nodes,
+        result.packs,
+        result.nodes,
         memory=growth / max(1, result.packs),
         memory_note="growth of the simulating process's RSS over the run, per pack (the scheduler's "
-                    "and the simulator's records of every pack and node)",
-        cpu=None, cpu_text=f"{cpu / decided * 1e6:.3g} µs",
+        "and the simulator's records of every pack and node)",
+        cpu=None,
+        cpu_text=f"{cpu / decided * 1e6:.3g} µs",
         cpu_note="a simulation runs no pack, so there is no CPU per running pack: this is the CPU time of "
-                 "the whole run (placements, re-placements, rebalancing, invariant checks) per pack decided",
-        yips=None, yips_note="not simulated: the simulator models placement, not messages",
-        p99=p99, p99_note=f"p99 wall time of one placement decision of the scheduler (a batch of up to "
-                          f"{plan.batch:,} packs, or the re-placement of a failed node's or zone's packs), "
-                          f"{len(samples):,} decisions; rebalances onto joined or revived nodes apart: p99 "
-                          f"{_fmt_ms(percentile([ms for _, ms in rebalances], 99))} over {len(rebalances)}",
+        "the whole run (placements, re-placements, rebalancing, invariant checks) per pack decided",
+        yips=None,
+        yips_note="not simulated: the simulator models placement, not messages",
+        p99=p99,
+        p99_note=f"p99 wall time of one placement decision of the scheduler (a batch of up to "
+        f"{plan.batch:,} packs, or the re-placement of a failed node's or zone's packs), "
+        f"{len(samples):,} decisions; rebalances onto joined or revived nodes apart: p99 "
+        f"{_fmt_ms(percentile([ms for _, ms in rebalances], 99))} over {len(rebalances)}",
     )
     problems = list(result.violations)
     return {
-        "kind": DOC_KIND, "version": DOC_VERSION, "mode": "sim",
+        "kind": DOC_KIND,
+        "version": DOC_VERSION,
+        "mode": "sim",
         "params": plan.to_dict(),
-        "ok": result.ok, "problems": problems,
+        "ok": result.ok,
+        "problems": problems,
         "summary": {
-            "packs": result.packs, "placed": result.placed, "unplaced": result.unplaced, "nodes": result.nodes,
-            "node_failures": chaos["node_failures"], "zone_failures": chaos["zone_failures"],
-            "joined_nodes": chaos["joined_nodes"], "moves": result.moves, "balance": result.balance,
-            "steps": len(steps), "violations": len(result.violations), "virtual_s": result.clock_ms / 1000,
-            "wall_s": round(wall, 3), "digest": result.digest,
+            "packs": result.packs,
+            "placed": result.placed,
+            "unplaced": result.unplaced,
+            "nodes": result.nodes,
+            "node_failures": chaos["node_failures"],
+            "zone_failures": chaos["zone_failures"],
+            "joined_nodes": chaos["joined_nodes"],
+            "moves": result.moves,
+            "balance": result.balance,
+            "steps": len(steps),
+            "violations": len(result.violations),
+            "virtual_s": result.clock_ms / 1000,
+            "wall_s": round(wall, 3),
+            "digest": result.digest,
         },
         "table": table_doc(measured),
         "series": {
-            "latency": {"what": "scheduler decisions (ms): placements, rebalances", "x": "virtual time (s)",
-                        "windows": [dict(w, phase="placements") for w in windows(samples)]
-                        + [dict(w, phase="rebalances") for w in windows(rebalances)]},
+            "latency": {
+                "what": "scheduler decisions (ms): placements, rebalances",
+                "x": "virtual time (s)",
+                "windows": [dict(w, phase="placements") for w in windows(samples)]
+                + [dict(w, phase="rebalances") for w in windows(rebalances)],
+            },
             "packs_per_node": _counts(sim.where, live_nodes),
         },
         "sim": {**result.to_dict(), "chaos": chaos, "scenario": text},
-        "timing": {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "rss_before_bytes": rss0,
-                   "rss_after_bytes": rss1, "decisions": decisions,
-                   "placement_ms": _pcts([ms for _, ms in samples]),
-                   "rebalance_ms": _pcts([ms for _, ms in rebalances])},
-        "notes": [],
+        "timing": {
+            "wall_s": round(wall, 3),
+            "cpu_s": round(cpu, 3),
+            "rss_before_bytes": rss0,
+            "rss_after_bytes": rss1,
+            "decisions": decisions,
+            "placement_ms": _pcts([ms for _, ms in samples]),
+            "rebalance_ms": _pcts([ms for _, ms in rebalances]),
+            "machine": {
+                "cpus": host0["cpus"],
+                "loadavg": host1["loadavg"],
+                "others_cpu_percent": others_cpu(host0, host1),
+            },
+        },
+        "notes": busy_note(others_cpu(host0, host1), host0["cpus"], "during the run"),
     }
 
 
@@ -260,8 +379,12 @@ def _fmt_ms(x: float) -> str:
     return f"{x:,.0f} ms" if x >= 100 else f"{x:.3g} ms"
 
 
-def _time_decisions(sim: Simulation, samples: list[tuple[float, float]], rebalances: list[tuple[float, float]],
-                    counts: dict[str, int]) -> None:
+def _time_decisions(
+    sim: Simulation,
+    samples: list[tuple[float, float]],
+    rebalances: list[tuple[float, float]],
+    counts: dict[str, int],
+) -> None:
     """Time every placement and rebalance the scheduler decides, by wrapping its two entry points.
 
     The wrappers only read the clock around the pure calls: the decisions, and so the run's
@@ -343,7 +466,9 @@ class LivePlan:
             if self.servers not in (1, 3, 5, 7):
                 raise InvalidInput(f"--servers must be 1, 3, 5 or 7 (an odd Raft group), got {self.servers}")
             if self.clients > 200:
-                raise InvalidInput(f"--nodes (client agents) must be at most 200 on one machine, got {self.clients}")
+                raise InvalidInput(
+                    f"--nodes (client agents) must be at most 200 on one machine, got {self.clients}"
+                )
             if self.zones < 1:
                 raise InvalidInput(f"--zones must be at least 1, got {self.zones}")
             scaleplan.check_capacity(self.packs, self.servers + self.clients, self.node_packs)
@@ -379,8 +504,12 @@ class LiveCluster:
         try:
             base = plan.base_port or localcluster.find_base_port(plan.servers, plan.clients)
             layout = localcluster.ClusterLayout(
-                servers=plan.servers, clients=plan.clients, base_port=base, zones=plan.zones,
-                capacity=Resources(1_000_000, 1_048_576, plan.node_packs))
+                servers=plan.servers,
+                clients=plan.clients,
+                base_port=base,
+                zones=plan.zones,
+                capacity=Resources(1_000_000, 1_048_576, plan.node_packs),
+            )
             # Every agent imports and starts on the same cores: allow time in proportion.
             timeout = max(plan.timeout_s, 30.0 + 1.0 * (plan.servers + plan.clients))
             info = localcluster.up(layout, tmp, os.path.join(tmp, "cli.toml"), timeout=timeout)
@@ -412,6 +541,7 @@ class LiveCluster:
     def _save(self) -> None:
         # Restarted agents have new pids: keep cluster.json true so 'cluster down' stops them.
         import json
+
         st = localcluster.read_cluster_state(self.data_dir)
         if st is None:
             return
@@ -449,7 +579,9 @@ class LiveCluster:
 
     def restart(self, a: dict[str, Any]) -> None:
         if not self.alive(a):
-            a["pid"] = localcluster.start_agent(a["config"], os.path.join(os.path.dirname(a["config"]), "stdout.log"))
+            a["pid"] = localcluster.start_agent(
+                a["config"], os.path.join(os.path.dirname(a["config"]), "stdout.log")
+            )
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> float:
@@ -466,51 +598,109 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
         time.sleep(interval)
 
 
-def yip_api(cluster: LiveCluster) -> str | None:
-    """The path of the agents' yip route when they have one (from their OpenAPI document)."""
+def has_yip_api(c: Client, pack: str) -> bool:
+    """Whether the agents take yips: one probe yip to ``pack`` (a missing route answers "no route")."""
     try:
-        with cluster.client(timeout=5.0) as c:
-            doc = c.request("GET", "/v1/openapi.json")
-    except CanidaeError:
-        return None
-    for path in sorted(doc.get("paths", {})):
-        if "yip" in path or "mailbox" in path:
-            return str(path)
-    return None
+        c.request("POST", f"/v1/yips/{pack}", json={"text": "scale-test probe"})
+    except NotFound as e:
+        if e.message.startswith("no route"):
+            return False
+        raise
+    return True
 
 
-_WRK_SCRIPT = """
--- Generated by canidae scale-test: GET a random pack of the run, stale (local) reads.
+# wrk scripts: requests to random packs of the run (``prefix<batch>-<i>``), figures printed by done().
+_WRK_COMMON = """
 local prefix = "{prefix}"
 local total = {total}
 local batch = {batch}
-wrk.headers["Authorization"] = "Bearer {token}"
 math.randomseed({seed})
-request = function()
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("CANIDAE_WRK_TOKEN")
+local function pack()
   local n = math.random(0, total - 1)
-  return wrk.format("GET", "/v1/packs/" .. prefix .. math.floor(n / batch) .. "-" .. (n % batch) .. "?stale=1")
+  return prefix .. math.floor(n / batch) .. "-" .. (n % batch)
 end
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("CANIDAE-WRK %d %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+  io.write(string.format("CANIDAE-WRK %d %d %d %d\\n", summary.requests, summary.duration,
     e.connect + e.read + e.write + e.timeout, e.status))
+  -- The whole latency histogram (microseconds, count), so that windows merge exactly.
+  for i = 1, #latency do
+    local v, c = latency(i)
+    io.write(string.format("CANIDAE-H %d %d\\n", v, c))
+  end
 end
 """
+_WRK_READ = (
+    _WRK_COMMON
+    + """
+request = function()
+  return wrk.format("GET", "/v1/packs/" .. pack() .. "?stale=1")
+end
+"""
+)
+_WRK_YIP = (
+    _WRK_COMMON
+    + """
+wrk.headers["Content-Type"] = "application/json"
+local body = '{{"text":"yip from the scale test"}}'
+request = function()
+  return wrk.format("POST", "/v1/yips/" .. pack(), nil, body)
+end
+"""
+)
 
 
-def run_wrk(api: str, script: str, seconds: float, connections: int) -> dict[str, Any]:
-    """One wrk run against ``api``; its figures (latencies in ms). Raises Timeout if wrk hangs."""
+def run_wrk(api: str, script: str, seconds: float, connections: int, token: str) -> dict[str, Any]:
+    """One wrk run against ``api``: requests, errors and the latency histogram (µs -> count)."""
     secs = max(1, round(seconds))
     cmd = [WRK, "-t1", f"-c{connections}", f"-d{secs}s", "--timeout", "5s", "-s", script, f"http://{api}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30, check=False)
-    m = re.search(r"CANIDAE-WRK (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)", out.stdout)
+    # The token goes through the environment: a command line is visible to every user of the machine.
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=secs + 30,
+        check=False,
+        env={**os.environ, "CANIDAE_WRK_TOKEN": token},
+    )
+    m = re.search(r"CANIDAE-WRK (\d+) (\d+) (\d+) (\d+)", out.stdout)
     if not m:
         raise Timeout(f"wrk gave no figures (exit {out.returncode}): {out.stderr.strip()[:200]}")
-    req, dur_us, p50, p90, p99, mx, sock_err, status_err = (int(x) for x in m.groups())
-    return {"requests": req, "seconds": dur_us / 1e6, "per_s": req / (dur_us / 1e6) if dur_us else 0.0,
-            "p50_ms": p50 / 1000, "p90_ms": p90 / 1000, "p99_ms": p99 / 1000, "max_ms": mx / 1000,
-            "socket_errors": sock_err, "status_errors": status_err}
+    req, dur_us, sock_err, status_err = (int(x) for x in m.groups())
+    hist: dict[int, int] = {}
+    for v, n in re.findall(r"CANIDAE-H (\d+) (\d+)", out.stdout):
+        hist[int(v)] = hist.get(int(v), 0) + int(n)
+    return {
+        "requests": req,
+        "seconds": dur_us / 1e6,
+        "per_s": req / (dur_us / 1e6) if dur_us else 0.0,
+        "socket_errors": sock_err,
+        "status_errors": status_err,
+        "hist": hist,
+        **hist_pcts(hist),
+    }
+
+
+def hist_pcts(hist: dict[int, int]) -> dict[str, float | None]:
+    """p50, p90, p99 and max in ms of a latency histogram in µs (nearest rank)."""
+    total = sum(hist.values())
+    out: dict[str, float | None] = {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
+    if not total:
+        return out
+    keys = sorted(hist)
+    ranks = {
+        name: max(1, math.ceil(p / 100 * total))
+        for name, p in (("p50_ms", 50), ("p90_ms", 90), ("p99_ms", 99))
+    }
+    seen = 0
+    for v in keys:
+        seen += hist[v]
+        for name, rank in ranks.items():
+            if out[name] is None and seen >= rank:
+                out[name] = v / 1000
+    out["max_ms"] = keys[-1] / 1000
+    return out
 
 
 def run_live(plan: LivePlan, progress: Progress = _no_progress) -> dict[str, Any]:
@@ -528,6 +718,7 @@ def run_live(plan: LivePlan, progress: Progress = _no_progress) -> dict[str, Any
 
 def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progress) -> dict[str, Any]:
     rng = random.Random(plan.seed)
+    host0 = machine(cluster.pids())
     notes: list[str] = []
     problems: list[str] = []
     phases: dict[str, Any] = {"start_s": round(time.monotonic() - t_start, 3)}
@@ -546,7 +737,9 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
             ready = [n for n in nodes if n["state"] == NodeState.READY.value]
             free = sum(n["capacity"]["packs"] - n.get("packs", 0) for n in ready)
             if plan.packs > free:
-                raise scaleplan.NoCapacity(f"{plan.packs:,} packs do not fit: the cluster has room for {free:,}")
+                raise scaleplan.NoCapacity(
+                    f"{plan.packs:,} packs do not fit: the cluster has room for {free:,}"
+                )
 
         # 2. idle
         progress("live: idle CPU and memory", 0, 1)
@@ -560,8 +753,10 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
         batches = -(-plan.packs // plan.batch)
         rate = plan.spawn_rate
         t_spawn = time.monotonic()
-        mark(f"spawn: {plan.packs:,} packs in {batches:,} requests of up to {plan.batch}"
-             + (f", paced at {rate:,.0f} packs/s" if rate else ", as fast as the cluster answers"))
+        mark(
+            f"spawn: {plan.packs:,} packs in {batches:,} requests of up to {plan.batch}"
+            + (f", paced at {rate:,.0f} packs/s" if rate else ", as fast as the cluster answers")
+        )
         done = 0
         for k in range(batches):
             n = min(plan.batch, plan.packs - done)
@@ -583,10 +778,14 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
         spawn_s = time.monotonic() - t_spawn
         lat = [ms for _, ms in spawn_samples]
         phases["spawn"] = {
-            "packs": plan.packs, "requests": batches, "batch": plan.batch, "seconds": round(spawn_s, 3),
+            "packs": plan.packs,
+            "requests": batches,
+            "batch": plan.batch,
+            "seconds": round(spawn_s, 3),
             "packs_per_s": round(plan.packs / spawn_s, 1) if spawn_s else None,
             "paced_packs_per_s": rate or None,
-            "latency_ms": _pcts(lat), "server_commit_ms": _pcts(commit_ms),
+            "latency_ms": _pcts(lat),
+            "server_commit_ms": _pcts(commit_ms),
         }
         mark(f"spawn acknowledged: p99 {percentile(lat, 99):.1f} ms over {batches} requests")
 
@@ -597,21 +796,79 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
         mark(f"all {plan.packs:,} packs running, {settle_s:.2f} s after the last acknowledgement")
         progress("live: steady CPU and memory", 0, 1)
         steady = measure_usage(cluster.pids(), plan.steady_s)
+        # A cluster of 'cluster up' may hold packs of its own: the per-pack figures count them all.
+        held = sum(1 for p in c.iter_packs(state="running", stale=True)) if plan.data_dir else plan.packs
         mark(f"steady: agents use {steady.cpu_total:.1f}% CPU, {fmt_bytes(steady.rss_total)} RSS")
 
-        # 5. load: yips if the agents can, else reads
-        yip_path = yip_api(cluster)
-        load: dict[str, Any]
+        # 5. load: yips between random packs (when the agents take yips), then reads
         load_samples: list[dict[str, Any]] = []
-        if yip_path is not None:
-            notes.append(f"the agents have a yip route ({yip_path}) this driver does not speak yet: "
-                         "yip figures are not measured; reads are measured instead")
+        where0 = {p["name"]: p["node"] for p in c.iter_packs(stale=True) if p["state"] == "running"}
+        addresses = {n["id"]: n["address"] for n in nodes}
+        yips: dict[str, Any] | None = None
+        yips1: dict[str, Any] | None = None
+        reads: dict[str, Any] = {"requests": 0}
+        load_s = plan.load_s
+        if not os.access(WRK, os.X_OK):
+            notes.append(f"no yip or read load: {WRK} is not installed")
+        elif has_yip_api(c, sorted(where0)[0]):
+            # Under load (the throughput), then one at a time (the latency without queueing).
+            yips = _wrk_load(
+                "yips",
+                plan,
+                cluster,
+                prefix,
+                t_start,
+                progress,
+                load_samples,
+                rng,
+                max(1, round(load_s / 2)),
+                plan.load_connections,
+                (where0, addresses),
+            )
+            mark(
+                f"yips: {yips['ok_per_s']:,.0f}/s acknowledged with {plan.load_connections} connections, "
+                f"p50 {yips['p50_ms']:.2f} ms, p99 {yips['p99_ms']:.2f} ms, {yips['errors']} errors"
+            )
+            yips1 = _wrk_load(
+                "yips",
+                plan,
+                cluster,
+                prefix,
+                t_start,
+                progress,
+                load_samples,
+                rng,
+                max(1, round(load_s / 4)),
+                1,
+                (where0, addresses),
+            )
+            mark(
+                f"yips one at a time: {yips1['ok_per_s']:,.0f}/s, p50 {yips1['p50_ms']:.2f} ms, "
+                f"p99 {yips1['p99_ms']:.2f} ms"
+            )
+            load_s /= 4
         else:
-            notes.append("yip figures are not available yet: the agents have no yip API, so no yip was sent; "
-                         "the load phase measures stale reads of random packs instead")
-        load = _read_load(plan, cluster, prefix, t_start, progress, load_samples, notes)
-        if load.get("requests"):
-            mark(f"reads: {load['per_s']:,.0f}/s, p99 {load['p99_ms']:.2f} ms (worst window)")
+            notes.append(
+                "yip figures are not available yet: the agents have no yip API, so no yip was sent; "
+                "the load phase measures stale reads of random packs instead"
+            )
+        if os.access(WRK, os.X_OK):
+            reads = _wrk_load(
+                "reads",
+                plan,
+                cluster,
+                prefix,
+                t_start,
+                progress,
+                load_samples,
+                rng,
+                max(1, round(load_s)),
+                plan.load_connections,
+            )
+            mark(
+                f"reads: {reads['ok_per_s']:,.0f}/s, p50 {reads['p50_ms']:.2f} ms, "
+                f"p99 {reads['p99_ms']:.2f} ms"
+            )
 
         # 6. chaos
         chaos: dict[str, Any] | None = None
@@ -620,49 +877,93 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
 
         # the end: where the packs are
         progress("live: counting packs per node", 0, 1)
-        where = {p["name"]: p["node"] for p in c.iter_packs(stale=False) if p["state"] == "running"}
+        where = {
+            p["name"]: p["node"]
+            for p in c.iter_packs(stale=False)
+            if p["state"] == "running" and p["name"].startswith(prefix)
+        }
         node_ids = [n["id"] for n in c.nodes() if n["state"] != NodeState.DOWN.value]
         final = measure_usage(cluster.pids(), 0.0)
 
+    host1 = machine(cluster.pids())
+    others = {"idle": idle.others_percent, "steady": steady.others_percent, "run": others_cpu(host0, host1)}
+    worst = max(others, key=lambda k: others[k])
+    notes += busy_note(
+        others[worst], host0["cpus"], "during the run" if worst == "run" else f"while measuring {worst}"
+    )
     packs_running = len(where)
     if packs_running < plan.packs:
         problems.append(f"only {packs_running:,} of {plan.packs:,} packs were running at the end")
     n_nodes = len(cluster.agents) if not plan.data_dir else len(nodes)
     total_rss = steady.rss_total
     cpu_total = steady.cpu_total
-    reads_per_s = load.get("per_s")
-    spawn_p99 = phases["spawn"]["latency_ms"]["p99"]
-    measured = measured_row(
-        plan.packs, n_nodes,
-        memory=total_rss / plan.packs,
-        memory_note=f"RSS of all {len(steady.rss_bytes)} agent processes with every pack running "
-                    f"({fmt_bytes(total_rss)}), per pack; growth since idle "
-                    f"{fmt_bytes(max(0, total_rss - idle.rss_total) / plan.packs)} per pack. Virtual packs: "
-                    "an agent's own memory, no workload's",
-        cpu=cpu_total / plan.packs,
-        cpu_note=f"CPU of all agents with every pack running, idle otherwise ({cpu_total:.1f}% of one core "
-                 f"over {steady.seconds:.1f} s), per pack; idle before any pack: {idle.cpu_total:.1f}%",
-        yips=None,
-        yips_note="not available yet: the agents have no yip API" + (
-            f" (stale reads of random packs instead: {reads_per_s:,.0f}/s, p99 {load['p99_ms']:.2f} ms)"
-            if reads_per_s else ""),
-        p99=spawn_p99,
-        p99_note=f"p99 of a bulk spawn request ({plan.batch} packs) acknowledged, client side, over "
-                 f"{phases['spawn']['requests']:,} requests; not a yip latency (no yip API yet)",
+    spawn = phases["spawn"]["latency_ms"]
+    read_text = (
+        f"stale reads of random packs: {reads['ok_per_s']:,.0f}/s, p99 {reads['p99_ms']:.2f} ms"
+        if reads.get("requests")
+        else ""
     )
-    if plan.data_dir is None and plan.clients + plan.servers < 53 and plan.packs >= 10_000:
+    if yips is not None and yips1 is not None:
+        yips_value, p99_value = yips["ok_per_s"], yips["p99_ms"]
+        yips_note = (
+            f"yips acknowledged per second: POST /v1/yips/B with the token of pack A to the agent of A, "
+            f"which routes it to the agent of B; B random, A random per one-second window; wrk with "
+            f"{plan.load_connections} connections, on the same cores as the agents "
+            f"({yips['requests']:,} yips in {yips['seconds']:.0f} s, {yips['errors']} errors)"
+        )
+        p99_note = (
+            f"p99 of a yip acknowledged (it is in the receiver's mailbox), client side, at that rate "
+            f"(p50 {yips['p50_ms']:.2f} ms). One yip at a time: p50 {yips1['p50_ms']:.2f} ms, p99 "
+            f"{yips1['p99_ms']:.2f} ms. Spawn requests of {plan.batch} packs: p99 {spawn['p99']} ms"
+        )
+    else:
+        yips_value = None
+        yips_note = "not available yet: the agents have no yip API" + (f" ({read_text})" if read_text else "")
+        p99_value = spawn["p99"]
+        p99_note = (
+            f"p99 of a bulk spawn request ({plan.batch} packs) acknowledged, client side, over "
+            f"{phases['spawn']['requests']:,} requests; not a yip latency (no yip API yet)"
+        )
+    measured = measured_row(
+        plan.packs,
+        n_nodes,
+        memory=total_rss / held,
+        memory_note=f"RSS of all {len(steady.rss_bytes)} agent processes with every pack running "
+        f"({fmt_bytes(total_rss)}), per running pack ({held:,}); growth since before this run's packs "
+        f"{fmt_bytes(max(0, total_rss - idle.rss_total) / plan.packs)} per pack. Virtual packs: "
+        "the agents' own memory, no workload's",
+        cpu=cpu_total / held,
+        cpu_note=f"CPU of all agents with every pack running and no load ({cpu_total:.1f}% of one core "
+        f"over {steady.seconds:.1f} s), per running pack; before this run's packs: {idle.cpu_total:.1f}%",
+        yips=yips_value,
+        yips_note=yips_note,
+        p99=p99_value,
+        p99_note=p99_note,
+    )
+    if plan.data_dir is None and plan.packs >= 10_000 and plan.clients < 50:
         notes.append(f"ran with {plan.clients} client agents, not the 50 of the target layout")
     series_lat = [dict(w, phase="spawn") for w in windows(spawn_samples)] + load_samples
     return {
-        "kind": DOC_KIND, "version": DOC_VERSION, "mode": "live",
+        "kind": DOC_KIND,
+        "version": DOC_VERSION,
+        "mode": "live",
         "params": plan.to_dict(),
-        "ok": not problems, "problems": problems,
+        "ok": not problems,
+        "problems": problems,
         "summary": {
-            "packs": plan.packs, "running": packs_running, "servers": len(cluster.servers()),
-            "clients": len(cluster.clients()), "spawn_p99_ms": spawn_p99,
-            "spawn_p50_ms": phases["spawn"]["latency_ms"]["p50"],
-            "reads_per_s": _r(reads_per_s, 1), "read_p99_ms": load.get("p99_ms"),
-            "yips": "not available: no yip API",
+            "packs": plan.packs,
+            "running": packs_running,
+            "servers": len(cluster.servers()),
+            "clients": len(cluster.clients()),
+            "spawn_p50_ms": spawn["p50"],
+            "spawn_p99_ms": spawn["p99"],
+            "yips_per_s": _r(yips["ok_per_s"], 1) if yips else None,
+            "yip_p50_ms": yips["p50_ms"] if yips else None,
+            "yip_p99_ms": yips["p99_ms"] if yips else None,
+            "yip_one_at_a_time_p99_ms": yips1["p99_ms"] if yips1 else None,
+            "yips": "measured" if yips else "not available: no yip API",
+            "reads_per_s": _r(reads.get("ok_per_s"), 1),
+            "read_p99_ms": reads.get("p99_ms"),
             "killed": len(chaos["victims"]) if chaos else 0,
             "packs_moved": chaos["affected_packs"] if chaos else 0,
             "recovery_s": chaos["all_running_elsewhere_s"] if chaos else None,
@@ -671,63 +972,137 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
         },
         "table": table_doc(measured),
         "series": {
-            "latency": {"what": "client-side latency (ms): spawn requests, then reads", "x": "time (s)",
-                        "windows": series_lat},
+            "latency": {
+                "what": "client-side latency (ms): spawn requests, then "
+                + ("yips and reads" if yips else "reads"),
+                "x": "time (s)",
+                "windows": series_lat,
+            },
             "packs_per_node": _counts(where, node_ids),
         },
-        "live": {"phases": {**phases, "load": load, "chaos": chaos}, "idle": idle.to_dict(),
-                 "steady": steady.to_dict(), "final_rss_bytes": final.rss_total, "timeline": timeline,
-                 "spawn_samples_ms": [[round(t, 3), round(ms, 3)] for t, ms in spawn_samples]},
+        "live": {
+            "phases": {**phases, "yips": yips, "yips_one_at_a_time": yips1, "reads": reads, "chaos": chaos},
+            "idle": idle.to_dict(),
+            "steady": steady.to_dict(),
+            "final_rss_bytes": final.rss_total,
+            "timeline": timeline,
+            "spawn_samples_ms": [[round(t, 3), round(ms, 3)] for t, ms in spawn_samples],
+            "machine": {"cpus": host0["cpus"], "loadavg": host1["loadavg"], "others_cpu_percent": others},
+            "cluster": {
+                "data_dir": cluster.data_dir,
+                "throwaway": cluster.throwaway,
+                "agents": [{k: a[k] for k in ("id", "role", "api", "pid", "config")} for a in cluster.agents],
+            },
+        },
         "notes": notes,
     }
 
 
 def _pcts(values: list[float]) -> dict[str, float | None]:
-    return {"n": len(values), "p50": _r(percentile(values, 50)), "p90": _r(percentile(values, 90)),
-            "p99": _r(percentile(values, 99)), "max": _r(max(values, default=math.nan))}
+    return {
+        "n": len(values),
+        "p50": _r(percentile(values, 50)),
+        "p90": _r(percentile(values, 90)),
+        "p99": _r(percentile(values, 99)),
+        "max": _r(max(values, default=math.nan)),
+    }
 
 
 def _none_waiting(c: Client) -> bool:
     return not any(c.packs(state=s, limit=1)["packs"] for s in ("placed", "pending"))
 
 
-def _read_load(plan: LivePlan, cluster: LiveCluster, prefix: str, t_start: float, progress: Progress,
-               windows_out: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
-    """Stale reads of random packs with wrk, in one-second windows rotating over the servers."""
-    if not os.access(WRK, os.X_OK):
-        notes.append(f"no read load: {WRK} is not installed")
-        return {"what": "stale reads", "requests": 0}
+def _wrk_load(
+    kind: str,
+    plan: LivePlan,
+    cluster: LiveCluster,
+    prefix: str,
+    t_start: float,
+    progress: Progress,
+    windows_out: list[dict[str, Any]],
+    rng: random.Random,
+    chunks: int,
+    connections: int,
+    senders: tuple[dict[str, str], dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Yips or stale reads to random packs with wrk, in one-second windows; percentiles of them all.
+
+    Reads rotate over the servers with the admin token. Yips are sent as a pack would: with the
+    token of a random sender pack, to the agent that runs it (a new sender every window).
+    """
     fd, script = tempfile.mkstemp(prefix="canidae-wrk-", suffix=".lua")
+    runs: list[dict[str, Any]] = []
+    merged: dict[int, int] = {}
+    label = f"{kind} x{connections}"
     try:
-        with os.fdopen(fd, "w") as f:  # mode 0600: it holds the token
-            f.write(_WRK_SCRIPT.format(prefix=prefix, total=plan.packs, batch=plan.batch, token=cluster.token,
-                                       seed=plan.seed))
+        with os.fdopen(fd, "w") as f:
+            f.write(
+                (_WRK_YIP if kind == "yips" else _WRK_READ).format(
+                    prefix=prefix, total=plan.packs, batch=plan.batch, seed=plan.seed
+                )
+            )
         apis = [a["api"] for a in cluster.servers() if cluster.alive(a)]
-        chunks = max(1, round(plan.load_s))
-        runs = []
+        running = sorted(senders[0]) if senders else []
         for i in range(chunks):
-            progress("live: reads", i, chunks)
-            r = run_wrk(apis[i % len(apis)], script, 1.0, plan.load_connections)
+            progress(f"live: {label}", i, chunks)
+            if senders:
+                sender = rng.choice(running)
+                api, token = senders[1][senders[0][sender]], pack_token(cluster.token, sender)
+            else:
+                api, token = apis[i % len(apis)], cluster.token
+            r = run_wrk(api, script, 1.0, connections, token)
+            for v, n in r.pop("hist").items():
+                merged[v] = merged.get(v, 0) + n
             r["t"] = round(time.monotonic() - t_start, 3)
+            r["via"] = api
+            if senders:
+                r["sender"], r["sender_node"] = sender, senders[0][sender]
             runs.append(r)
-            windows_out.append({"t": r["t"], "n": r["requests"], "p50": r["p50_ms"], "p90": r["p90_ms"],
-                                "p99": r["p99_ms"], "max": r["max_ms"], "phase": "reads"})
-        progress("live: reads", chunks, chunks)
+            windows_out.append(
+                {
+                    "t": r["t"],
+                    "n": r["requests"],
+                    "p50": r["p50_ms"],
+                    "p90": r["p90_ms"],
+                    "p99": r["p99_ms"],
+                    "max": r["max_ms"],
+                    "phase": label,
+                }
+            )
+        progress(f"live: {label}", chunks, chunks)
     finally:
         os.unlink(script)
     total = sum(r["requests"] for r in runs)
-    secs = sum(r["seconds"] for r in runs)
     errors = sum(r["socket_errors"] + r["status_errors"] for r in runs)
-    return {"what": "stale reads: GET /v1/packs/NAME?stale=1 of random packs, wrk, "
-                    f"{plan.load_connections} connections, one server at a time",
-            "requests": total, "seconds": round(secs, 3), "per_s": round(total / secs, 1) if secs else None,
-            "p50_ms": max(r["p50_ms"] for r in runs), "p99_ms": max(r["p99_ms"] for r in runs),
-            "max_ms": max(r["max_ms"] for r in runs), "errors": errors,
-            "note": "p50 and p99 are the worst of the one-second windows"}
+    secs = sum(r["seconds"] for r in runs)
+    what = (
+        "yips: POST /v1/yips/B (B random) with the token of a sender pack A, to A's agent"
+        if kind == "yips"
+        else "stale reads: GET /v1/packs/NAME?stale=1 of random packs, servers in turn"
+    )
+    return {
+        "what": what,
+        "connections": connections,
+        "windows": len(runs),
+        "requests": total,
+        "errors": errors,
+        "seconds": round(secs, 3),
+        "per_s": round(total / secs, 1) if secs else None,
+        "ok_per_s": round((total - errors) / secs, 1) if secs else 0.0,
+        **hist_pcts(merged),
+        "runs": runs,
+    }
 
 
-def _chaos(plan: LivePlan, cluster: LiveCluster, c: Client, rng: random.Random, progress: Progress,
-           mark: Callable[[str], None], problems: list[str]) -> dict[str, Any]:
+def _chaos(
+    plan: LivePlan,
+    cluster: LiveCluster,
+    c: Client,
+    rng: random.Random,
+    progress: Progress,
+    mark: Callable[[str], None],
+    problems: list[str],
+) -> dict[str, Any]:
     """SIGKILL client agents at once; time until all their packs run elsewhere; bring them back."""
     import signal
 
@@ -759,8 +1134,10 @@ def _chaos(plan: LivePlan, cluster: LiveCluster, c: Client, rng: random.Random, 
         down_s = wait_until(declared_down, plan.timeout_s, "the victims declared down")
         wait_until(elsewhere, plan.timeout_s, "the victims' packs running elsewhere")
         moved_s = time.monotonic() - t0
-        mark(f"chaos: {len(affected):,} packs running elsewhere {moved_s:.2f} s after the kill "
-             f"(declared down after {down_s:.2f} s)")
+        mark(
+            f"chaos: {len(affected):,} packs running elsewhere {moved_s:.2f} s after the kill "
+            f"(declared down after {down_s:.2f} s)"
+        )
     except Timeout as e:
         problems.append(str(e))
         mark(f"chaos: {e}")
@@ -774,13 +1151,17 @@ def _chaos(plan: LivePlan, cluster: LiveCluster, c: Client, rng: random.Random, 
         cluster.restart(a)
     duplicated = None
     try:
+
         def settled() -> bool:
             nodes = {n["id"]: n for n in c.nodes()}
             if any(nodes[v]["state"] != NodeState.READY.value for v in ids if v in nodes):
                 return False
             runs = sum(1 for p in c.iter_packs() if p["state"] == "running")
             return sum(n.get("running_here") or 0 for n in nodes.values()) == runs
-        back_s = wait_until(settled, plan.timeout_s, "the killed agents back and every pack running once", 0.1)
+
+        back_s = wait_until(
+            settled, plan.timeout_s, "the killed agents back and every pack running once", 0.1
+        )
         duplicated = 0
         mark(f"chaos: victims back, every pack runs exactly once ({back_s:.2f} s after the restart)")
     except Timeout as e:
@@ -789,9 +1170,15 @@ def _chaos(plan: LivePlan, cluster: LiveCluster, c: Client, rng: random.Random, 
         duplicated = max(0, sum(n.get("running_here") or 0 for n in nodes) - runs)
         problems.append(f"{e} ({duplicated} more running than the state says)")
     progress("live: chaos", 1, 1)
-    return {"victims": sorted(ids), "affected_packs": len(affected), "signal": "SIGKILL",
-            "declared_down_s": _r(down_s), "all_running_elsewhere_s": _r(moved_s), "lost": len(lost),
-            "duplicated": duplicated}
+    return {
+        "victims": sorted(ids),
+        "affected_packs": len(affected),
+        "signal": "SIGKILL",
+        "declared_down_s": _r(down_s),
+        "all_running_elsewhere_s": _r(moved_s),
+        "lost": len(lost),
+        "duplicated": duplicated,
+    }
 
 
 __all__ = ["LiveCluster", "LivePlan", "Usage", "measure_usage", "run_live", "run_sim", "run_wrk"]

@@ -29,8 +29,11 @@ from canidae.cli.plans import YesOption, confirm
 from canidae.core import scaleplan
 from canidae.core.errors import InvalidInput, NotFound, OperationFailed
 
-app = typer.Typer(help="Run scale tests (simulated or live) and report their figures.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="Run scale tests (simulated or live) and report their figures.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 class Mode(StrEnum):
@@ -48,8 +51,15 @@ class PlanName(StrEnum):
 
 
 def _progress() -> tuple[Progress, Any]:
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                   console=err_console, transient=True, disable=not stdout_is_terminal())
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not stdout_is_terminal(),
+    )
     task = bar.add_task("scale test", total=1)
 
     def update(phase: str, done: float, total: float) -> None:
@@ -70,54 +80,134 @@ def _write(doc: dict[str, Any], out: Path) -> None:
 
 @app.command("run")
 def run(
-    mode: Annotated[Mode, typer.Option("--mode", help="sim: the simulator, no sockets; live: real agents.")] = Mode.SIM,
-    plan: Annotated[PlanName | None, typer.Option(
-        "--plan", help="The seed's scale testing plan: 1k; 10k (with chaos); 100k (with a ramp, sim only). "
-                       "Other options override its values.")] = None,
-    full: Annotated[bool, typer.Option(
-        "--full", help="The seed's full duration (24 h, 72 h, 1 week) instead of one scaled to this machine.")] = False,
-    packs: Annotated[int | None, typer.Option("--packs", metavar="K", help="Packs to run (default: the plan's, 1,000).")
-                     ] = None,
-    nodes: Annotated[int | None, typer.Option(
-        "--nodes", metavar="N",
-        help="sim: simulated nodes (default: the plan's, from the seed's table). live: client agents, the "
-             "--servers come on top (default: the plan's).")] = None,
+    mode: Annotated[
+        Mode, typer.Option("--mode", help="sim: the simulator, no sockets; live: real agents.")
+    ] = Mode.SIM,
+    plan: Annotated[
+        PlanName | None,
+        typer.Option(
+            "--plan",
+            help="The seed's scale testing plan: 1k; 10k (with chaos); 100k (with a ramp, sim only). "
+            "Other options override its values.",
+        ),
+    ] = None,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="The seed's full duration (24 h, 72 h, 1 week) instead of one scaled to this machine.",
+        ),
+    ] = False,
+    packs: Annotated[
+        int | None, typer.Option("--packs", metavar="K", help="Packs to run (default: the plan's, 1,000).")
+    ] = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            "--nodes",
+            metavar="N",
+            help="sim: simulated nodes (default: the plan's, from the seed's table). "
+            "live: client agents, the --servers come on top (default: the plan's).",
+        ),
+    ] = None,
     zones: Annotated[int, typer.Option("--zones", metavar="Z", help="Zones the nodes are dealt over.")] = 3,
-    chaos: Annotated[bool | None, typer.Option(
-        "--chaos/--no-chaos", help="sim: node and zone failures, joins, cordons. live: SIGKILL --kill client "
-                                   "agents (default: the plan's).")] = None,
-    ramp: Annotated[bool | None, typer.Option(
-        "--ramp/--no-ramp", help="Grow to K packs gradually over the run instead of all at first "
-                                 "(default: the plan's).")] = None,
-    duration: Annotated[float | None, typer.Option(
-        "--duration", metavar="SECONDS",
-        help="sim: virtual time covered. live: wall time of the spawn ramp, steady and load phases "
-             "(default: the plan's, scaled down unless --full).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice (the sim repeats exactly).")] = 0,
-    rounds: Annotated[int, typer.Option("--rounds", metavar="R", help="sim: rounds of ramp and chaos.")] = 20,
-    node_packs: Annotated[int | None, typer.Option(
-        "--node-packs", metavar="P",
-        help=f"Packs one node can hold (sim default {scaleplan.DEFAULT_NODE_PACKS}; live default 50,000).")] = None,
-    batch: Annotated[int | None, typer.Option(
-        "--batch", metavar="B", help="Packs per placement call (sim, default 1,000) or bulk request (live, "
-                                     "default 100).")] = None,
-    servers: Annotated[int, typer.Option("--servers", metavar="S", help="live: server agents (Raft voters).")] = 3,
-    kill: Annotated[int | None, typer.Option(
-        "--kill", metavar="M", help="live: client agents to SIGKILL with --chaos (default 5, or 1 with few).")] = None,
-    rate: Annotated[float | None, typer.Option(
-        "--rate", metavar="PACKS/S",
-        help="live: spawn pace (default: spread over half the duration with --ramp, else unpaced).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", metavar="DIR",
-        help="live: test the cluster started by 'cluster up' in DIR (default: a throwaway local cluster).")] = None,
-    base_port: Annotated[int | None, typer.Option(
-        "--base-port", metavar="PORT", help="live: first port of a throwaway cluster (default: a free range).")] = None,
-    timeout: Annotated[float, typer.Option(
-        "--timeout", metavar="SECONDS", min=0, help="live: give up each wait (start, settle, recovery) after this.")
+    chaos: Annotated[
+        bool | None,
+        typer.Option(
+            "--chaos/--no-chaos",
+            help="sim: node and zone failures, joins, cordons. live: SIGKILL --kill client "
+            "agents (default: the plan's).",
+        ),
+    ] = None,
+    ramp: Annotated[
+        bool | None,
+        typer.Option(
+            "--ramp/--no-ramp",
+            help="Grow to K packs gradually over the run instead of all at first (default: the plan's).",
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            "--duration",
+            metavar="SECONDS",
+            help="sim: virtual time covered. live: wall time of the spawn ramp, steady and load phases "
+            "(default: the plan's, scaled down unless --full).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of every random choice (the sim repeats exactly).")
+    ] = 0,
+    rounds: Annotated[
+        int | None, typer.Option("--rounds", metavar="R", help="sim: rounds of ramp and chaos (default 20).")
+    ] = None,
+    node_packs: Annotated[
+        int | None,
+        typer.Option(
+            "--node-packs",
+            metavar="P",
+            help=f"Packs one node can hold "
+            f"(sim default {scaleplan.DEFAULT_NODE_PACKS}; live default 50,000).",
+        ),
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            "--batch",
+            metavar="B",
+            help="Packs per placement call (sim, default 1,000) or bulk request (live, default 100).",
+        ),
+    ] = None,
+    servers: Annotated[
+        int | None,
+        typer.Option("--servers", metavar="S", help="live: server agents, Raft voters (default 3)."),
+    ] = None,
+    kill: Annotated[
+        int | None,
+        typer.Option(
+            "--kill",
+            metavar="M",
+            help="live: client agents to SIGKILL with --chaos (default 5, or 1 with few).",
+        ),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate",
+            metavar="PACKS/S",
+            help="live: spawn pace (default: spread over half the duration with --ramp, else unpaced).",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            metavar="DIR",
+            help="live: test the cluster started by 'cluster up' in DIR "
+            "(default: a throwaway local cluster).",
+        ),
+    ] = None,
+    base_port: Annotated[
+        int | None,
+        typer.Option(
+            "--base-port",
+            metavar="PORT",
+            help="live: first port of a throwaway cluster (default: a free range).",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            metavar="SECONDS",
+            min=0,
+            help="live: give up each wait (start, settle, recovery) after this.",
+        ),
     ] = 120.0,
     yes: YesOption = False,
-    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="RUN.json", help="Save the run to this file.")
-                   ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", metavar="RUN.json", help="Save the run to this file.")
+    ] = None,
     json: JsonOption = False,
 ) -> None:
     """Run a scale test and print the seed's table with what was measured.
@@ -130,23 +220,60 @@ def run(
     use_chaos = preset.chaos if chaos is None else chaos
     use_ramp = preset.ramp if ramp is None else ramp
     dur = duration if duration is not None else float(preset.full_duration_s if full else preset.duration_s)
+    only = {
+        Mode.LIVE: {
+            "--servers": servers,
+            "--kill": kill,
+            "--rate": rate,
+            "--data-dir": data_dir,
+            "--base-port": base_port,
+        },
+        Mode.SIM: {"--rounds": rounds},
+    }
+    for other, options in only.items():
+        given = [name for name, value in options.items() if value is not None]
+        if other is not mode and given:
+            raise InvalidInput(f"{given[0]} is an option of --mode {other.value}, not --mode {mode.value}")
     if mode is Mode.SIM:
-        doc = _run_sim(preset, k, nodes, zones, use_chaos, use_ramp, dur, seed, rounds, node_packs, batch)
+        doc = _run_sim(
+            preset,
+            k,
+            nodes,
+            zones,
+            use_chaos,
+            use_ramp,
+            dur,
+            seed,
+            20 if rounds is None else rounds,
+            node_packs,
+            batch,
+        )
     else:
         if nodes is None and preset.live_clients is None:
             raise InvalidInput(
                 f"plan {preset.name} needs {preset.sim_nodes:,} nodes: too many agents for one machine. "
-                "Run it with --mode sim, or give --nodes (client agents) for a smaller live run")
+                "Run it with --mode sim, or give --nodes (client agents) for a smaller live run"
+            )
         clients = nodes if nodes is not None else preset.live_clients
         assert clients is not None
         from canidae.agent import scaletest
 
         live = scaletest.LivePlan(
-            packs=k, clients=clients, servers=servers, zones=zones, chaos=use_chaos,
-            kill=kill if kill is not None else min(5, max(1, clients // 10)), ramp=use_ramp, duration_s=dur,
-            seed=seed, batch=batch if batch is not None else 100, rate=rate or 0.0,
+            packs=k,
+            clients=clients,
+            servers=servers if servers is not None else 3,
+            zones=zones,
+            chaos=use_chaos,
+            kill=kill if kill is not None else min(5, max(1, clients // 10)),
+            ramp=use_ramp,
+            duration_s=dur,
+            seed=seed,
+            batch=batch if batch is not None else 100,
+            rate=rate or 0.0,
             node_packs=node_packs if node_packs is not None else 50_000,
-            data_dir=str(data_dir) if data_dir else None, base_port=base_port, timeout_s=timeout,
+            data_dir=str(data_dir) if data_dir else None,
+            base_port=base_port,
+            timeout_s=timeout,
         ).check()
         if data_dir is not None and use_chaos:
             confirm(f"SIGKILL {live.kill} client agent(s) of the cluster in {data_dir}?", yes)
@@ -166,15 +293,32 @@ def run(
         raise OperationFailed(f"the scale test found {len(problems)} problem(s): {problems[0]}")
 
 
-def _run_sim(preset: scaleplan.Preset, packs: int, nodes: int | None, zones: int, chaos: bool, ramp: bool,
-             duration: float, seed: int, rounds: int, node_packs: int | None, batch: int | None) -> dict[str, Any]:
+def _run_sim(
+    preset: scaleplan.Preset,
+    packs: int,
+    nodes: int | None,
+    zones: int,
+    chaos: bool,
+    ramp: bool,
+    duration: float,
+    seed: int,
+    rounds: int,
+    node_packs: int | None,
+    batch: int | None,
+) -> dict[str, Any]:
     from canidae.agent import scaletest
 
     if duration != int(duration):
         raise InvalidInput(f"--duration must be whole seconds in sim mode, got {duration:g}")
     sim = scaleplan.SimPlan(
-        packs=packs, nodes=nodes if nodes is not None else preset.sim_nodes, zones=zones, chaos=chaos, ramp=ramp,
-        duration_s=int(duration), rounds=rounds, seed=seed,
+        packs=packs,
+        nodes=nodes if nodes is not None else preset.sim_nodes,
+        zones=zones,
+        chaos=chaos,
+        ramp=ramp,
+        duration_s=int(duration),
+        rounds=rounds,
+        seed=seed,
         node_packs=node_packs if node_packs is not None else scaleplan.DEFAULT_NODE_PACKS,
         batch=batch if batch is not None else 1_000,
     ).check()
@@ -189,11 +333,15 @@ def _run_sim(preset: scaleplan.Preset, packs: int, nodes: int | None, zones: int
 def _render(doc: dict[str, Any], saved: Path | None = None) -> None:
     p, s = doc["params"], doc["summary"]
     if doc["mode"] == "sim":
-        what = (f"{p['packs']:,} packs on {p['nodes']:,} simulated nodes in {p['zones']} zones, "
-                f"{p['rounds']} rounds over {p['duration_s']:,} virtual s")
+        what = (
+            f"{p['packs']:,} packs on {p['nodes']:,} simulated nodes in {p['zones']} zones, "
+            f"{p['rounds']} rounds over {p['duration_s']:,} virtual s"
+        )
     else:
-        what = (f"{p['packs']:,} packs on {s['servers']} servers + {s['clients']} client agents (loopback), "
-                f"duration {p['duration_s']:g} s")
+        what = (
+            f"{p['packs']:,} packs on {s['servers']} servers + {s['clients']} client agents (loopback), "
+            f"duration {p['duration_s']:g} s"
+        )
     flags = [x for x, on in (("chaos", p["chaos"]), ("ramp", p["ramp"])) if on]
     plan = f"plan {doc['plan']}{' (full)' if doc.get('full') else ''}, " if doc.get("plan") else ""
     flags.append(f"seed {p['seed']}")
@@ -215,17 +363,30 @@ def _render(doc: dict[str, Any], saved: Path | None = None) -> None:
 def _summary_line(doc: dict[str, Any]) -> str:
     s = doc["summary"]
     if doc["mode"] == "sim":
-        return (f"placed {s['placed']:,}/{s['packs']:,} (unplaced {s['unplaced']:,}), "
-                f"{s['node_failures']} node failures, {s['zone_failures']} zone failure(s), "
-                f"{s['joined_nodes']} nodes joined, {s['moves']:,} moves, balance {s['balance']:.3f}, "
-                f"{s['steps']} steps, {s['violations']} invariant violations, {s['wall_s']:.1f} s wall, "
-                f"digest {s['digest'][:12]}")
-    line = (f"running {s['running']:,}/{s['packs']:,}; spawn p50/p99 {_ms(s['spawn_p50_ms'])}/{_ms(s['spawn_p99_ms'])}; "
-            f"reads {_n(s['reads_per_s'])}/s p99 {_ms(s['read_p99_ms'])}; yips: {s['yips']}")
+        return (
+            f"placed {s['placed']:,}/{s['packs']:,} (unplaced {s['unplaced']:,}), "
+            f"{s['node_failures']} node failures, {s['zone_failures']} zone failure(s), "
+            f"{s['joined_nodes']} nodes joined, {s['moves']:,} moves, balance {s['balance']:.3f}, "
+            f"{s['steps']} steps, {s['violations']} invariant violations, {s['wall_s']:.1f} s wall, "
+            f"digest {s['digest'][:12]}"
+        )
+    if s.get("yips_per_s") is not None:
+        yips = (
+            f"yips {_n(s['yips_per_s'])}/s p50/p99 {_ms(s['yip_p50_ms'])}/{_ms(s['yip_p99_ms'])} "
+            f"(one at a time p99 {_ms(s['yip_one_at_a_time_p99_ms'])})"
+        )
+    else:
+        yips = f"yips: {s['yips']}"
+    line = (
+        f"running {s['running']:,}/{s['packs']:,}; spawn p50/p99 {_ms(s['spawn_p50_ms'])}/"
+        f"{_ms(s['spawn_p99_ms'])}; {yips}; reads {_n(s['reads_per_s'])}/s p99 {_ms(s['read_p99_ms'])}"
+    )
     if s["killed"]:
         took = "-" if s["recovery_s"] is None else f"{s['recovery_s']:.2f} s"
-        line += (f"; SIGKILL {s['killed']} client agents: {s['packs_moved']:,} packs running elsewhere after "
-                 f"{took}, {s['duplicated']} running twice")
+        line += (
+            f"; SIGKILL {s['killed']} client agents: {s['packs_moved']:,} packs running elsewhere after "
+            f"{took}, {s['duplicated']} running twice"
+        )
     return line + f"; {s['wall_s']:.1f} s wall"
 
 
@@ -240,11 +401,17 @@ def _n(x: float | None) -> str:
 def seed_table(doc: dict[str, Any]) -> Table:
     """The seed's "Expected Performance at Scale" rows and the measured row below them."""
     t = doc["table"]
-    table = Table("", *t["headers"], title="Expected Performance at Scale (seed) and measured",
-                  caption="* the seed's row nearest in packs")
+    table = Table(
+        "",
+        *t["headers"],
+        title="Expected Performance at Scale (seed) and measured",
+        caption="* the seed's row nearest in packs",
+    )
     for i, row in enumerate(t["expected"]):
         tag = "seed*" if i == t["nearest"] else "seed"
-        table.add_row(tag, *(str(row[c]) if c not in ("packs", "nodes") else f"{row[c]:,}" for c in t["columns"]))
+        table.add_row(
+            tag, *(str(row[c]) if c not in ("packs", "nodes") else f"{row[c]:,}" for c in t["columns"])
+        )
     m = t["measured"]["cells"]
     table.add_row(f"[bold]{doc['mode']}[/]", *(f"[bold]{m[c]}[/]" for c in t["columns"]))
     return table
@@ -265,16 +432,26 @@ def load_run(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("kind") != "canidae-scale-test":
         raise InvalidInput(f"{str(path)!r} is not a run saved by 'scale-test run --out'")
     if doc.get("version") != 1:
-        raise InvalidInput(f"{str(path)!r} is a run of format version {doc.get('version')!r}; this canidae reads 1")
+        raise InvalidInput(
+            f"{str(path)!r} is a run of format version {doc.get('version')!r}; this canidae reads 1"
+        )
     return doc
 
 
 @app.command("report")
 def report(
-    results: Annotated[Path, typer.Argument(metavar="RUN.json", help="A run saved by 'scale-test run --out'.")],
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", metavar="FILE.svg",
-        help="Draw latency percentiles over time and the packs-per-node histogram to this SVG file.")] = None,
+    results: Annotated[
+        Path, typer.Argument(metavar="RUN.json", help="A run saved by 'scale-test run --out'.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="FILE.svg",
+            help="Draw latency percentiles over time and the packs-per-node histogram to this SVG file.",
+        ),
+    ] = None,
     json: JsonOption = False,
 ) -> None:
     """Summarise a saved scale test run; with --out, draw it."""
@@ -290,15 +467,25 @@ def report(
             out.write_text(render_svg(doc))
         except OSError as e:
             raise InvalidInput(f"cannot write {str(out)!r}: {e.strerror or e}") from None
-    summary = {"run": str(results), "mode": doc["mode"], "plan": doc.get("plan"), "ok": doc["ok"],
-               "problems": doc["problems"], "params": doc["params"], "summary": doc["summary"],
-               "measured": doc["table"]["measured"], "histogram": histogram(doc["series"]["packs_per_node"]),
-               "picture": str(out) if out else None}
+    summary = {
+        "run": str(results),
+        "mode": doc["mode"],
+        "plan": doc.get("plan"),
+        "ok": doc["ok"],
+        "problems": doc["problems"],
+        "params": doc["params"],
+        "summary": doc["summary"],
+        "measured": doc["table"]["measured"],
+        "histogram": histogram(doc["series"]["packs_per_node"]),
+        "picture": str(out) if out else None,
+    }
 
     def human() -> None:
         _render(doc)
         h = summary["histogram"]
-        console.print(f"packs per node: min {h['min']}, mean {h['mean']:.1f}, max {h['max']} over {h['nodes']:,} nodes")
+        console.print(
+            f"packs per node: min {h['min']}, mean {h['mean']:.1f}, max {h['max']} over {h['nodes']:,} nodes"
+        )
         if out is not None:
             console.print(f"drawn to {out}")
 
@@ -316,8 +503,15 @@ def histogram(counts: dict[str, int], bins: int = 30) -> dict[str, Any]:
     nodes = [0] * n
     for v in values:
         nodes[(v - lo) // width] += 1
-    return {"nodes": len(values), "min": lo, "max": hi, "mean": sum(values) / len(values),
-            "bins": [{"from": lo + i * width, "to": lo + (i + 1) * width - 1, "nodes": c} for i, c in enumerate(nodes)]}
+    return {
+        "nodes": len(values),
+        "min": lo,
+        "max": hi,
+        "mean": sum(values) / len(values),
+        "bins": [
+            {"from": lo + i * width, "to": lo + (i + 1) * width - 1, "nodes": c} for i, c in enumerate(nodes)
+        ],
+    }
 
 
 # ------------------------------------------------------------------ SVG
@@ -352,21 +546,48 @@ class _Svg:
     def add(self, s: str) -> None:
         self.parts.append(s)
 
-    def text(self, x: float, y: float, s: str, size: int = 12, anchor: str = "start", weight: str = "normal",
-             fill: str = "#222", rotate: float | None = None) -> None:
+    def text(
+        self,
+        x: float,
+        y: float,
+        s: str,
+        size: int = 12,
+        anchor: str = "start",
+        weight: str = "normal",
+        fill: str = "#222",
+        rotate: float | None = None,
+    ) -> None:
         tr = f' transform="rotate({rotate} {x:.1f} {y:.1f})"' if rotate is not None else ""
-        self.add(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" '
-                 f'font-weight="{weight}" fill="{fill}"{tr}>{escape(s)}</text>')
+        self.add(
+            f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" '
+            f'font-weight="{weight}" fill="{fill}"{tr}>{escape(s)}</text>'
+        )
 
-    def line(self, x1: float, y1: float, x2: float, y2: float, stroke: str = "#ccc", width: float = 1,
-             dash: str | None = None) -> None:
+    def line(
+        self,
+        x1: float,
+        y1: float,
+        x2: float,
+        y2: float,
+        stroke: str = "#ccc",
+        width: float = 1,
+        dash: str | None = None,
+    ) -> None:
         d = f' stroke-dasharray="{dash}"' if dash else ""
-        self.add(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{stroke}" '
-                 f'stroke-width="{width}"{d}/>')
+        self.add(
+            f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{stroke}" '
+            f'stroke-width="{width}"{d}/>'
+        )
 
 
-def _axes(svg: _Svg, box: tuple[float, float, float, float], xs: tuple[float, float], ys: tuple[float, float],
-          xlabel: str, ylabel: str) -> tuple[Any, Any]:
+def _axes(
+    svg: _Svg,
+    box: tuple[float, float, float, float],
+    xs: tuple[float, float],
+    ys: tuple[float, float],
+    xlabel: str,
+    ylabel: str,
+) -> tuple[Any, Any]:
     x0, y0, w, h = box
     (xlo, xhi), (ylo, yhi) = xs, ys
     xhi = xhi if xhi > xlo else xlo + 1
@@ -395,16 +616,31 @@ def render_svg(doc: dict[str, Any]) -> str:
     """The run as one SVG document: a title, latency percentiles over time, packs per node."""
     svg = _Svg()
     p, s = doc["params"], doc["summary"]
-    svg.add(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
-            'font-family="DejaVu Sans, Arial, sans-serif">')
+    svg.add(
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+        'font-family="DejaVu Sans, Arial, sans-serif">'
+    )
     svg.add(f'<rect width="{W}" height="{H}" fill="white"/>')
     flags = ", ".join(x for x, on in (("chaos", p["chaos"]), ("ramp", p["ramp"])) if on)
-    svg.text(24, 30, f"canidae scale test ({doc['mode']}): {p['packs']:,} packs"
-             + (f", {flags}" if flags else "") + f", seed {p['seed']}", 18, weight="bold")
+    svg.text(
+        24,
+        30,
+        f"canidae scale test ({doc['mode']}): {p['packs']:,} packs"
+        + (f", {flags}" if flags else "")
+        + f", seed {p['seed']}",
+        18,
+        weight="bold",
+    )
     m = doc["table"]["measured"]["cells"]
-    svg.text(24, 52, f"nodes {m['nodes']} · memory/pack {m['memory_per_pack']} · CPU/pack {m['cpu_per_pack']} · "
-             f"yips/s {m['yips_per_s']} · p99 {m['p99_latency']} · "
-             + ("ok" if doc["ok"] else f"{len(doc['problems'])} problem(s)"), 12, fill="#444")
+    svg.text(
+        24,
+        52,
+        f"nodes {m['nodes']} · memory/pack {m['memory_per_pack']} · CPU/pack {m['cpu_per_pack']} · "
+        f"yips/s {m['yips_per_s']} · p99 {m['p99_latency']} · "
+        + ("ok" if doc["ok"] else f"{len(doc['problems'])} problem(s)"),
+        12,
+        fill="#444",
+    )
 
     # Latency percentiles over time.
     lat = doc["series"]["latency"]
@@ -421,34 +657,49 @@ def render_svg(doc: dict[str, Any]) -> str:
             for key in ("p50", "p90", "p99"):
                 path = " ".join(f"{sx(w['t']):.1f},{sy(w[key]):.1f}" for w in pts)
                 dash = ' stroke-dasharray="5,3"' if phase != phases[0] else ""
-                svg.add(f'<polyline points="{path}" fill="none" stroke="{COLORS[key]}" stroke-width="2"{dash}/>')
+                svg.add(
+                    f'<polyline points="{path}" fill="none" stroke="{COLORS[key]}" stroke-width="2"{dash}/>'
+                )
                 for w in pts:
-                    svg.add(f'<circle cx="{sx(w["t"]):.1f}" cy="{sy(w[key]):.1f}" r="2.5" fill="{COLORS[key]}"/>')
+                    svg.add(
+                        f'<circle cx="{sx(w["t"]):.1f}" cy="{sy(w[key]):.1f}" r="2.5" fill="{COLORS[key]}"/>'
+                    )
         lx = box[0] + box[2] - 240
         for i, key in enumerate(("p50", "p90", "p99")):
             svg.line(lx + i * 70, box[1] + 8, lx + i * 70 + 22, box[1] + 8, COLORS[key], 3)
             svg.text(lx + i * 70 + 26, box[1] + 12, key, 11)
         if len(phases) > 1:
-            svg.text(box[0] + 8, box[1] + 12, "solid: " + phases[0] + (" · dashed: " + phases[1]), 11, fill="#555")
+            svg.text(
+                box[0] + 8, box[1] + 12, "solid: " + phases[0] + (" · dashed: " + phases[1]), 11, fill="#555"
+            )
     else:
         svg.text(box[0], box[1] + 40, "no latency samples in this run", 12, fill="#888")
 
     # Packs per node histogram.
     h = histogram(doc["series"]["packs_per_node"])
     box2 = (90, 450, W - 130, 240)
-    svg.text(24, 440, f"Packs per node at the end: {h['nodes']:,} nodes, min {h['min']}, mean {h['mean']:.1f}, "
-             f"max {h['max']}", 14, weight="bold")
+    svg.text(
+        24,
+        440,
+        f"Packs per node at the end: {h['nodes']:,} nodes, min {h['min']}, mean {h['mean']:.1f}, "
+        f"max {h['max']}",
+        14,
+        weight="bold",
+    )
     if h["bins"]:
         bins = h["bins"]
         top = max(b["nodes"] for b in bins)
-        sx, sy = _axes(svg, box2, (bins[0]["from"], bins[-1]["to"] + 1), (0.0, top * 1.1), "packs on a node",
-                       "nodes")
+        sx, sy = _axes(
+            svg, box2, (bins[0]["from"], bins[-1]["to"] + 1), (0.0, top * 1.1), "packs on a node", "nodes"
+        )
         for b in bins:
             x1, x2 = sx(b["from"]), sx(b["to"] + 1)
             y = sy(b["nodes"])
-            svg.add(f'<rect x="{x1 + 0.5:.1f}" y="{y:.1f}" width="{max(1.0, x2 - x1 - 1):.1f}" '
-                    f'height="{box2[1] + box2[3] - y:.1f}" fill="#74a9cf"><title>{b["from"]}-{b["to"]} packs: '
-                    f'{b["nodes"]} nodes</title></rect>')
+            svg.add(
+                f'<rect x="{x1 + 0.5:.1f}" y="{y:.1f}" width="{max(1.0, x2 - x1 - 1):.1f}" '
+                f'height="{box2[1] + box2[3] - y:.1f}" fill="#74a9cf"><title>{b["from"]}-{b["to"]} packs: '
+                f"{b['nodes']} nodes</title></rect>"
+            )
         mx = sx(h["mean"])
         svg.line(mx, box2[1], mx, box2[1] + box2[3], "#d7301f", 1.5, "4,3")
         svg.text(mx + 4, box2[1] + 12, "mean", 11, fill="#d7301f")

@@ -36,15 +36,54 @@ from canidae.core.errors import InvalidInput, NoCapacity
 SEED_COLUMNS = ("packs", "nodes", "memory_per_pack", "cpu_per_pack", "yips_per_s", "p99_latency")
 SEED_HEADERS = ("Packs", "Nodes", "Memory/Pack", "CPU/Pack", "Yips/sec", "p99 Latency")
 SEED_TABLE: tuple[dict[str, Any], ...] = (
-    {"packs": 100, "nodes": 3, "memory_per_pack": "500MB", "cpu_per_pack": "1%", "yips_per_s": "10K",
-     "p99_latency": "1ms", "memory_bytes": 500e6, "cpu_percent": 1.0, "yips": 10e3, "p99_ms": 1.0},
-    {"packs": 1_000, "nodes": 20, "memory_per_pack": "200MB", "cpu_per_pack": "0.5%", "yips_per_s": "100K",
-     "p99_latency": "5ms", "memory_bytes": 200e6, "cpu_percent": 0.5, "yips": 100e3, "p99_ms": 5.0},
-    {"packs": 10_000, "nodes": 200, "memory_per_pack": "100MB", "cpu_per_pack": "0.1%", "yips_per_s": "1M",
-     "p99_latency": "10ms", "memory_bytes": 100e6, "cpu_percent": 0.1, "yips": 1e6, "p99_ms": 10.0},
-    {"packs": 100_000, "nodes": 2_000, "memory_per_pack": "50MB", "cpu_per_pack": "0.01%",
-     "yips_per_s": "10M", "p99_latency": "20ms", "memory_bytes": 50e6, "cpu_percent": 0.01, "yips": 10e6,
-     "p99_ms": 20.0},
+    {
+        "packs": 100,
+        "nodes": 3,
+        "memory_per_pack": "500MB",
+        "cpu_per_pack": "1%",
+        "yips_per_s": "10K",
+        "p99_latency": "1ms",
+        "memory_bytes": 500e6,
+        "cpu_percent": 1.0,
+        "yips": 10e3,
+        "p99_ms": 1.0,
+    },
+    {
+        "packs": 1_000,
+        "nodes": 20,
+        "memory_per_pack": "200MB",
+        "cpu_per_pack": "0.5%",
+        "yips_per_s": "100K",
+        "p99_latency": "5ms",
+        "memory_bytes": 200e6,
+        "cpu_percent": 0.5,
+        "yips": 100e3,
+        "p99_ms": 5.0,
+    },
+    {
+        "packs": 10_000,
+        "nodes": 200,
+        "memory_per_pack": "100MB",
+        "cpu_per_pack": "0.1%",
+        "yips_per_s": "1M",
+        "p99_latency": "10ms",
+        "memory_bytes": 100e6,
+        "cpu_percent": 0.1,
+        "yips": 1e6,
+        "p99_ms": 10.0,
+    },
+    {
+        "packs": 100_000,
+        "nodes": 2_000,
+        "memory_per_pack": "50MB",
+        "cpu_per_pack": "0.01%",
+        "yips_per_s": "10M",
+        "p99_latency": "20ms",
+        "memory_bytes": 50e6,
+        "cpu_percent": 0.01,
+        "yips": 10e6,
+        "p99_ms": 20.0,
+    },
 )
 
 
@@ -65,8 +104,9 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "1k": Preset("1k", 1_000, 20, 20, chaos=False, ramp=False, full_duration_s=24 * 3600, duration_s=30),
     "10k": Preset("10k", 10_000, 200, 50, chaos=True, ramp=False, full_duration_s=72 * 3600, duration_s=60),
-    "100k": Preset("100k", 100_000, 2_000, None, chaos=False, ramp=True, full_duration_s=7 * 24 * 3600,
-                   duration_s=120),
+    "100k": Preset(
+        "100k", 100_000, 2_000, None, chaos=False, ramp=True, full_duration_s=7 * 24 * 3600, duration_s=120
+    ),
 }
 
 # What one simulated pack asks for and what one simulated node offers. The pack count binds
@@ -197,12 +237,22 @@ def chaos_schedule(plan: SimPlan) -> list[ChaosEvent]:
             events.append(ChaosEvent(rng.randrange(lo, hi), f"join nodes={join}", "join"))
     # One cordon, lifted two rounds later.
     cordon_at = rng.randrange(r_total)
-    events.append(ChaosEvent(cordon_at, f"cordon node=random count={max(1, math.ceil(plan.nodes * CORDON_SHARE))}",
-                             "cordon"))
+    events.append(
+        ChaosEvent(
+            cordon_at, f"cordon node=random count={max(1, math.ceil(plan.nodes * CORDON_SHARE))}", "cordon"
+        )
+    )
     events.append(ChaosEvent(min(r_total - 1, cordon_at + 2), "uncordon node=all", "uncordon"))
     # Within a round: repairs first (they make room), then joins, then faults.
-    order = {"zone_revive": 0, "revive": 1, "uncordon": 2, "join": 3, "cordon": 4, "node_failure": 5,
-             "zone_failure": 6}
+    order = {
+        "zone_revive": 0,
+        "revive": 1,
+        "uncordon": 2,
+        "join": 3,
+        "cordon": 4,
+        "node_failure": 5,
+        "zone_failure": 6,
+    }
     events.sort(key=lambda e: (e.round, order[e.kind]))
     return events
 
@@ -215,7 +265,8 @@ def build_scenario(plan: SimPlan) -> str:
     lines = [
         f"# scale test: {p.packs} packs on {p.nodes} nodes in {p.zones} zones, seed {p.seed}, "
         f"{p.rounds} rounds over {p.duration_s} s (virtual)"
-        + (", chaos" if p.chaos else "") + (", ramp" if p.ramp else ""),
+        + (", chaos" if p.chaos else "")
+        + (", ramp" if p.ramp else ""),
         (
             f"topology zones={p.zones} regions={p.regions} cells={p.cells} nodes={p.nodes} "
             f"cpu={p.node_packs * PACK_CPU * 2} mem={p.node_packs * PACK_MEM * 2} packs={p.node_packs}"
@@ -265,7 +316,9 @@ def chaos_counts(scenario_steps: Any) -> dict[str, int]:
 
 def nearest_seed_row(packs: int) -> int:
     """The index of the seed's row closest to ``packs`` (on a log scale)."""
-    return min(range(len(SEED_TABLE)), key=lambda i: abs(math.log10(SEED_TABLE[i]["packs"]) - math.log10(packs)))
+    return min(
+        range(len(SEED_TABLE)), key=lambda i: abs(math.log10(SEED_TABLE[i]["packs"]) - math.log10(packs))
+    )
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -290,14 +343,34 @@ def windows(samples: list[tuple[float, float]], count: int = 30) -> list[dict[st
     out = []
     for i in sorted(buckets):
         vals = buckets[i]
-        out.append({"t": round(t0 + (i + 0.5) * width, 3), "n": len(vals),
-                    "p50": round(percentile(vals, 50), 3), "p90": round(percentile(vals, 90), 3),
-                    "p99": round(percentile(vals, 99), 3), "max": round(max(vals), 3)})
+        out.append(
+            {
+                "t": round(t0 + (i + 0.5) * width, 3),
+                "n": len(vals),
+                "p50": round(percentile(vals, 50), 3),
+                "p90": round(percentile(vals, 90), 3),
+                "p99": round(percentile(vals, 99), 3),
+                "max": round(max(vals), 3),
+            }
+        )
     return out
 
 
 __all__ = [
-    "PRESETS", "SEED_COLUMNS", "SEED_HEADERS", "SEED_TABLE", "ChaosEvent", "Preset", "SimPlan",
-    "build_scenario", "chaos_counts", "chaos_schedule", "check_capacity", "check_counts", "from_preset",
-    "nearest_seed_row", "percentile", "windows",
+    "PRESETS",
+    "SEED_COLUMNS",
+    "SEED_HEADERS",
+    "SEED_TABLE",
+    "ChaosEvent",
+    "Preset",
+    "SimPlan",
+    "build_scenario",
+    "chaos_counts",
+    "chaos_schedule",
+    "check_capacity",
+    "check_counts",
+    "from_preset",
+    "nearest_seed_row",
+    "percentile",
+    "windows",
 ]

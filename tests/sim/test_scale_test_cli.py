@@ -22,8 +22,22 @@ from canidae.core.scaleplan import SimPlan, build_scenario, chaos_counts, chaos_
 from canidae.core.scenario import parse_scenario
 from canidae.core.sim import Simulation
 
-SMALL = ["scale-test", "run", "--mode", "sim", "--packs", "3000", "--nodes", "60", "--chaos", "--ramp",
-         "--rounds", "8", "--seed", "11"]
+SMALL = [
+    "scale-test",
+    "run",
+    "--mode",
+    "sim",
+    "--packs",
+    "3000",
+    "--nodes",
+    "60",
+    "--chaos",
+    "--ramp",
+    "--rounds",
+    "8",
+    "--seed",
+    "11",
+]
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -68,8 +82,14 @@ def test_sim_run_human_output_and_saved_file(capsys: pytest.CaptureFixture[str],
 
 def _sim_in_subprocess(hashseed: str, seed: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONHASHSEED": hashseed}
-    proc = subprocess.run([sys.executable, "-m", "canidae", *SMALL[:-1], str(seed), "--json"],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "canidae", *SMALL[:-1], str(seed), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
@@ -87,8 +107,15 @@ def test_same_seed_same_run_whatever_the_hash_seed() -> None:
 def test_the_100k_plan_has_the_chaos_the_issue_asks_for() -> None:
     # The plan alone (pure, fast): 2,000 nodes, >= 50 node failures, one zone failure, joins.
     preset = scaleplan.PRESETS["100k"]
-    plan = SimPlan(preset.packs, preset.sim_nodes, zones=3, chaos=True, ramp=preset.ramp,
-                   duration_s=preset.duration_s, seed=0).check()
+    plan = SimPlan(
+        preset.packs,
+        preset.sim_nodes,
+        zones=3,
+        chaos=True,
+        ramp=preset.ramp,
+        duration_s=preset.duration_s,
+        seed=0,
+    ).check()
     counts = chaos_counts(parse_scenario(build_scenario(plan)))
     assert counts["node_failures"] >= 50 and counts["zone_failures"] == 1 and counts["joins"] == 2
     assert chaos_schedule(plan) == chaos_schedule(plan)
@@ -117,22 +144,28 @@ def test_one_zone_has_no_zone_failure_and_no_chaos_has_no_faults() -> None:
         (["--mode", "live", "--packs", "10", "--nodes", "0"], 2, "must be at least 1"),
         (["--mode", "live", "--packs", "100", "--nodes", "2", "--node-packs", "10"], 6, "do not fit"),
         (["--mode", "live", "--packs", "100", "--nodes", "2", "--chaos", "--kill", "3"], 2, "cannot exceed"),
+        (["--kill", "3"], 2, "--kill is an option of --mode live"),
+        (["--mode", "live", "--rounds", "3"], 2, "--rounds is an option of --mode sim"),
     ],
 )
-def test_bad_parameters_are_clear_errors(capsys: pytest.CaptureFixture[str], args: list[str], code: int,
-                                         message: str) -> None:
+def test_bad_parameters_are_clear_errors(
+    capsys: pytest.CaptureFixture[str], args: list[str], code: int, message: str
+) -> None:
     got, out, err = run_cli(capsys, "scale-test", "run", *args)
     assert got == code
     assert out == ""  # nothing on stdout for a failure, no cluster started
     assert err.startswith("canidae: error: ") and message in err and err.count("\n") == 1
 
 
-def test_a_violation_is_printed_saved_and_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_violation_is_printed_saved_and_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = Simulation.check
 
     def broken(self: Simulation) -> list[str]:
-        return real(self) + (["planted violation"] if self.log and self.log[-1].step.startswith("kill") else [])
+        return real(self) + (
+            ["planted violation"] if self.log and self.log[-1].step.startswith("kill") else []
+        )
 
     monkeypatch.setattr(Simulation, "check", broken)
     out_file = tmp_path / "bad.json"
