@@ -598,15 +598,18 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
         time.sleep(interval)
 
 
-def has_yip_api(c: Client, pack: str) -> bool:
-    """Whether the agents take yips: one probe yip to ``pack`` (a missing route answers "no route")."""
+NO_YIP_API = "the agents have no yip API"
+
+
+def probe_yips(c: Client, pack: str) -> str | None:
+    """None when the agents take a probe yip to ``pack``; else why not (``NO_YIP_API``, or the error)."""
     try:
         c.request("POST", f"/v1/yips/{pack}", json={"text": "scale-test probe"})
     except NotFound as e:
-        if e.message.startswith("no route"):
-            return False
-        raise
-    return True
+        return NO_YIP_API if e.message.startswith("no route") else f"a probe yip failed: {e.message}"
+    except CanidaeError as e:
+        return f"a probe yip failed: {e.message}"
+    return None
 
 
 # wrk scripts: requests to random packs of the run (``prefix<batch>-<i>``), figures printed by done().
@@ -808,9 +811,10 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
         yips1: dict[str, Any] | None = None
         reads: dict[str, Any] = {"requests": 0}
         load_s = plan.load_s
+        no_yips = probe_yips(c, sorted(where0)[0]) if where0 else "no pack is running"
         if not os.access(WRK, os.X_OK):
             notes.append(f"no yip or read load: {WRK} is not installed")
-        elif has_yip_api(c, sorted(where0)[0]):
+        elif no_yips is None:
             # Under load (the throughput), then one at a time (the latency without queueing).
             yips = _wrk_load(
                 "yips",
@@ -821,7 +825,7 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
                 progress,
                 load_samples,
                 rng,
-                max(1, round(load_s / 2)),
+                load_s / 2,
                 plan.load_connections,
                 (where0, addresses),
             )
@@ -838,7 +842,7 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
                 progress,
                 load_samples,
                 rng,
-                max(1, round(load_s / 4)),
+                load_s / 4,
                 1,
                 (where0, addresses),
             )
@@ -847,11 +851,17 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
                 f"p99 {yips1['p99_ms']:.2f} ms"
             )
             load_s /= 4
-        else:
+        elif no_yips == NO_YIP_API:
             notes.append(
                 "yip figures are not available yet: the agents have no yip API, so no yip was sent; "
                 "the load phase measures stale reads of random packs instead"
             )
+        else:
+            problems.append(f"yips: {no_yips}")
+            notes.append(f"no yip figures: {no_yips}; the load phase measures stale reads of random packs")
+        for name, run in (("yips", yips), ("yips one at a time", yips1)):
+            if run is not None and run["errors"] > run["requests"] / 100:
+                problems.append(f"{name}: {run['errors']:,} of {run['requests']:,} failed")
         if os.access(WRK, os.X_OK):
             reads = _wrk_load(
                 "reads",
@@ -862,7 +872,7 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
                 progress,
                 load_samples,
                 rng,
-                max(1, round(load_s)),
+                load_s,
                 plan.load_connections,
             )
             mark(
@@ -907,7 +917,7 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
         yips_value, p99_value = yips["ok_per_s"], yips["p99_ms"]
         yips_note = (
             f"yips acknowledged per second: POST /v1/yips/B with the token of pack A to the agent of A, "
-            f"which routes it to the agent of B; B random, A random per one-second window; wrk with "
+            f"which routes it to the agent of B; B random, A random per window of wrk; wrk with "
             f"{plan.load_connections} connections, on the same cores as the agents "
             f"({yips['requests']:,} yips in {yips['seconds']:.0f} s, {yips['errors']} errors)"
         )
@@ -918,11 +928,16 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
         )
     else:
         yips_value = None
-        yips_note = "not available yet: the agents have no yip API" + (f" ({read_text})" if read_text else "")
+        yips_note = (
+            "not available yet: the agents have no yip API"
+            if no_yips == NO_YIP_API
+            else f"not measured: {no_yips or 'wrk is not installed'}"
+        )
+        yips_note += f" ({read_text})" if read_text else ""
         p99_value = spawn["p99"]
         p99_note = (
             f"p99 of a bulk spawn request ({plan.batch} packs) acknowledged, client side, over "
-            f"{phases['spawn']['requests']:,} requests; not a yip latency (no yip API yet)"
+            f"{phases['spawn']['requests']:,} requests; not a yip latency (no yip measured)"
         )
     measured = measured_row(
         plan.packs,
@@ -961,7 +976,7 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
             "yip_p50_ms": yips["p50_ms"] if yips else None,
             "yip_p99_ms": yips["p99_ms"] if yips else None,
             "yip_one_at_a_time_p99_ms": yips1["p99_ms"] if yips1 else None,
-            "yips": "measured" if yips else "not available: no yip API",
+            "yips": "measured" if yips else f"not measured: {no_yips or 'wrk is not installed'}",
             "reads_per_s": _r(reads.get("ok_per_s"), 1),
             "read_p99_ms": reads.get("p99_ms"),
             "killed": len(chaos["victims"]) if chaos else 0,
@@ -1021,11 +1036,11 @@ def _wrk_load(
     progress: Progress,
     windows_out: list[dict[str, Any]],
     rng: random.Random,
-    chunks: int,
+    seconds: float,
     connections: int,
     senders: tuple[dict[str, str], dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Yips or stale reads to random packs with wrk, in one-second windows; percentiles of them all.
+    """Yips or stale reads to random packs with wrk for ``seconds``, in windows; percentiles of them all.
 
     Reads rotate over the servers with the admin token. Yips are sent as a pack would: with the
     token of a random sender pack, to the agent that runs it (a new sender every window).
@@ -1043,6 +1058,9 @@ def _wrk_load(
             )
         apis = [a["api"] for a in cluster.servers() if cluster.alive(a)]
         running = sorted(senders[0]) if senders else []
+        # One-second windows; longer ones on long runs (--full), so that a run keeps ~300 windows.
+        window = max(1, round(seconds / 300))
+        chunks = max(1, round(seconds / window))
         for i in range(chunks):
             progress(f"live: {label}", i, chunks)
             if senders:
@@ -1050,7 +1068,7 @@ def _wrk_load(
                 api, token = senders[1][senders[0][sender]], pack_token(cluster.token, sender)
             else:
                 api, token = apis[i % len(apis)], cluster.token
-            r = run_wrk(api, script, 1.0, connections, token)
+            r = run_wrk(api, script, window, connections, token)
             for v, n in r.pop("hist").items():
                 merged[v] = merged.get(v, 0) + n
             r["t"] = round(time.monotonic() - t_start, 3)

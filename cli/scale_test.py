@@ -580,6 +580,16 @@ class _Svg:
         )
 
 
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    ticks = []
+    for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        for m in (1, 2, 5):
+            t = m * 10.0**k
+            if lo <= t <= hi:
+                ticks.append(t)
+    return ticks
+
+
 def _axes(
     svg: _Svg,
     box: tuple[float, float, float, float],
@@ -587,7 +597,9 @@ def _axes(
     ys: tuple[float, float],
     xlabel: str,
     ylabel: str,
+    log: bool = False,
 ) -> tuple[Any, Any]:
+    """Draw axes with ticks in ``box`` (x, y, width, height); return the value -> pixel functions."""
     x0, y0, w, h = box
     (xlo, xhi), (ylo, yhi) = xs, ys
     xhi = xhi if xhi > xlo else xlo + 1
@@ -597,9 +609,12 @@ def _axes(
         return x0 + (v - xlo) / (xhi - xlo) * w
 
     def sy(v: float) -> float:
+        if log:
+            v = max(v, ylo)
+            return y0 + h - (math.log10(v) - math.log10(ylo)) / (math.log10(yhi) - math.log10(ylo)) * h
         return y0 + h - (v - ylo) / (yhi - ylo) * h
 
-    for t in _nice_ticks(ylo, yhi):
+    for t in _log_ticks(ylo, yhi) if log else _nice_ticks(ylo, yhi):
         svg.line(x0, sy(t), x0 + w, sy(t), "#e5e5e5")
         svg.text(x0 - 6, sy(t) + 4, _fmt_tick(t), 11, "end", fill="#555")
     for t in _nice_ticks(xlo, xhi, 8):
@@ -608,8 +623,11 @@ def _axes(
     svg.line(x0, y0 + h, x0 + w, y0 + h, "#888")
     svg.line(x0, y0, x0, y0 + h, "#888")
     svg.text(x0 + w / 2, y0 + h + 34, xlabel, 12, "middle")
-    svg.text(x0 - 48, y0 + h / 2, ylabel, 12, "middle", rotate=-90)
+    svg.text(x0 - 48, y0 + h / 2, ylabel + (" (log scale)" if log else ""), 12, "middle", rotate=-90)
     return sx, sy
+
+
+DASHES = ("", "7,3", "2,3", "9,3,2,3", "4,6")
 
 
 def render_svg(doc: dict[str, Any]) -> str:
@@ -650,15 +668,24 @@ def render_svg(doc: dict[str, Any]) -> str:
     if wins:
         xs = (min(w["t"] for w in wins), max(w["t"] for w in wins))
         ymax = max(w["p99"] for w in wins)
-        sx, sy = _axes(svg, box, xs, (0.0, ymax * 1.1 if ymax > 0 else 1.0), lat["x"], "ms")
+        positive = [w[k] for w in wins for k in ("p50", "p99") if w[k] > 0]
+        # Spawn requests take hundreds of ms, a read one: a log scale shows both.
+        log = bool(positive) and max(positive) / min(positive) > 30
+        if log:
+            ys = (10.0 ** math.floor(math.log10(min(positive))), 10.0 ** math.ceil(math.log10(max(positive))))
+        else:
+            ys = (0.0, ymax * 1.1 if ymax > 0 else 1.0)
+        sx, sy = _axes(svg, box, xs, ys, lat["x"], "ms", log=log)
         phases = list(dict.fromkeys(w.get("phase", "") for w in wins))
-        for phase in phases:
+        for i, phase in enumerate(phases):
             pts = [w for w in wins if w.get("phase", "") == phase]
+            dash = DASHES[i % len(DASHES)]
+            dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
             for key in ("p50", "p90", "p99"):
                 path = " ".join(f"{sx(w['t']):.1f},{sy(w[key]):.1f}" for w in pts)
-                dash = ' stroke-dasharray="5,3"' if phase != phases[0] else ""
                 svg.add(
-                    f'<polyline points="{path}" fill="none" stroke="{COLORS[key]}" stroke-width="2"{dash}/>'
+                    f'<polyline points="{path}" fill="none" stroke="{COLORS[key]}" '
+                    f'stroke-width="2"{dash_attr}/>'
                 )
                 for w in pts:
                     svg.add(
@@ -668,10 +695,12 @@ def render_svg(doc: dict[str, Any]) -> str:
         for i, key in enumerate(("p50", "p90", "p99")):
             svg.line(lx + i * 70, box[1] + 8, lx + i * 70 + 22, box[1] + 8, COLORS[key], 3)
             svg.text(lx + i * 70 + 26, box[1] + 12, key, 11)
-        if len(phases) > 1:
-            svg.text(
-                box[0] + 8, box[1] + 12, "solid: " + phases[0] + (" · dashed: " + phases[1]), 11, fill="#555"
-            )
+        if len(phases) > 1 or phases[0]:
+            px = box[0] + 8
+            for i, phase in enumerate(phases):
+                svg.line(px, box[1] + 8, px + 26, box[1] + 8, "#555", 2, DASHES[i % len(DASHES)] or None)
+                svg.text(px + 30, box[1] + 12, phase, 11, fill="#555")
+                px += 40 + 7 * len(phase)
     else:
         svg.text(box[0], box[1] + 40, "no latency samples in this run", 12, fill="#888")
 
