@@ -11,7 +11,8 @@ Theory of operation
 ``append(events)`` runs on pysyncobj's tick thread and only buffers: a writer thread takes
 everything buffered, encodes it, writes it with one ``write`` per segment and one ``fdatasync``
 (group commit), then publishes it to readers (index, projections, ``durable_seq``). ``flush()``
-and ``wait_durable(seq)`` wait for that. Events numbered at or below the last one accepted are
+and ``wait_durable(seq)`` wait for that. Sealing, snapshots and retention run on a maintenance
+thread, so compressing a segment never delays an acknowledgment; ``settle()`` waits for them. Events numbered at or below the last one accepted are
 ignored: after a restart pysyncobj replays its journal from its last snapshot and the state
 machine emits the same events again. A jump in the numbers (a Raft snapshot was installed, or
 the store was wiped) is recorded as a *gap*, never filled with made-up events; when the caller
