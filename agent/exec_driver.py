@@ -573,6 +573,9 @@ class ExecDriver:
         log.debug("pack %s generation %d: %d member(s) started in %.1f ms", name, generation, len(run.members),
                   (time.perf_counter() - t0) * 1000)
         await self._report(name, generation, "running", "")
+        # Starting is synchronous work: let heartbeats and requests through between two packs, or a
+        # node starting hundreds of packs at once would look dead to the leader.
+        await asyncio.sleep(0)
 
     def _spawn(self, run: Run, m: Member) -> int:
         """Start one member behind its gate; returns the gate's write end (write b"go" to run it)."""

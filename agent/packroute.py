@@ -9,10 +9,12 @@ This module owns that lookup and the hop; the handlers decide what the request m
 
 from __future__ import annotations
 
+import asyncio
+import json as jsonlib
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
-import httpx
 from starlette.requests import Request
 
 from canidae.core.errors import CanidaeError, NotFound, Unavailable, WrongState
@@ -29,6 +31,7 @@ class PackRouter:
         self.agent = agent
         self._cache: dict[str, tuple[float, str, str]] = {}  # pack -> (expires, node, address)
         self._nodes: dict[str, str] = {}  # node -> API address (client agents)
+        self.pool = HopPool()
 
     @property
     def me(self) -> str:
@@ -73,21 +76,21 @@ class PackRouter:
     async def send(self, address: str, method: str, path: str, *, params: dict[str, Any] | None = None,
                    json: Any = None, auth: str | None = None, timeout: float | None = None) -> Any:
         """One hop to another agent; its error answers come back as the same typed errors."""
-        assert self.agent.http is not None
-        headers = {HOP: "1"}
-        if auth is not None:
-            headers["authorization"] = auth
+        if params:
+            path = f"{path}?{urlencode(params)}"
+        body = b"" if json is None else jsonlib.dumps(json, separators=(",", ":")).encode()
         try:
-            r = await self.agent.http.request(method, f"http://{address}{path}", params=params, json=json,
-                                              headers=headers, timeout=timeout or self.agent.cfg.request_timeout_s)
-        except httpx.HTTPError as e:
+            status, raw = await self.pool.request(address, method, path, body,
+                                                  auth or f"Bearer {self.agent.cfg.token}",
+                                                  timeout or self.agent.cfg.request_timeout_s)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             raise Unavailable(f"node at {address} unreachable: {type(e).__name__}") from None
         try:
-            data = r.json()
+            data = jsonlib.loads(raw)
         except ValueError:
-            raise Unavailable(f"node at {address} answered HTTP {r.status_code} without JSON") from None
-        if r.status_code >= 400:
-            raise CanidaeError.from_wire(data, r.status_code)
+            raise Unavailable(f"node at {address} answered HTTP {status} without JSON") from None
+        if status >= 400:
+            raise CanidaeError.from_wire(data, status)
         return data
 
     async def route(self, request: Request, pack: str, local: Any, *, method: str, path: str,
@@ -111,3 +114,73 @@ class PackRouter:
                 if attempt == 1:
                     raise
         raise AssertionError("unreachable")
+
+
+class HopPool:
+    """Kept-alive HTTP/1.1 connections to other agents, for hops on the yip path.
+
+    A hop is one small JSON request and answer; writing it on a pooled stream costs a fraction of
+    a general-purpose client's overhead, which counts when a yip crosses two agents. A connection
+    is used by one request at a time; one that fails while idle is replaced once.
+    """
+
+    MAX_IDLE = 16
+
+    def __init__(self) -> None:
+        self.idle: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+
+    async def request(self, address: str, method: str, path: str, body: bytes, auth: str,
+                      timeout: float) -> tuple[int, bytes]:
+        head = (f"{method} {path} HTTP/1.1\r\nhost: {address}\r\nauthorization: {auth}\r\n{HOP}: 1\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n").encode()
+        for attempt in (0, 1):
+            pooled = self.idle.get(address)
+            conn = pooled.pop() if pooled else None
+            fresh = conn is None
+            if conn is None:
+                host, _, port = address.rpartition(":")
+                conn = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+            reader, writer = conn
+            try:
+                writer.write(head + body)
+                status, data, keep = await asyncio.wait_for(self._answer(reader), timeout)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                writer.close()
+                if fresh or attempt:
+                    raise
+                continue  # a kept connection the other side had closed: once more on a new one
+            except BaseException:
+                writer.close()
+                raise
+            if keep and len(self.idle.setdefault(address, [])) < self.MAX_IDLE:
+                self.idle[address].append(conn)
+            else:
+                writer.close()
+            return status, data
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+        status_line = await reader.readuntil(b"\r\n")
+        status = int(status_line.split(b" ", 2)[1])
+        length, keep, chunked = 0, True, False
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            if line == b"\r\n":
+                break
+            name, _, value = line.partition(b":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value == b"close":
+                keep = False
+            elif name == b"transfer-encoding" and value == b"chunked":
+                chunked = True
+        if not chunked:
+            return status, await reader.readexactly(length), keep
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            parts.append(await reader.readexactly(size + 2))
+            if size == 0:
+                return status, b"".join(p[:-2] for p in parts), keep

@@ -162,10 +162,11 @@ def bench_memory(c: LocalCluster, n: int) -> dict[str, Any]:
         t0 = time.monotonic()
         cl.create_packs([{"name": "mem", "driver": "exec", "command": ["sleep", "600"], "cpu": 1, "mem": 8,
                           "constraints": {"node": "c1"}}], count=n)
-        wait_for(lambda: cl.packs(state="placed", limit=1, stale=True)["packs"] == [], 300, "all running",
-                 interval=0.2)
+        def running_now() -> int:
+            return sum(1 for p in cl.iter_packs(node="c1") if p["state"] == "running" and p["name"] != "warm")
+        wait_for(lambda: running_now() == n, 300, "all running", interval=0.2)
         took = time.monotonic() - t0
-        running = sum(1 for p in cl.iter_packs(node="c1", stale=True) if p["state"] == "running")
+        running = running_now()
         time.sleep(2.0)
         after = rss_kib(agent["pid"])
     return {"packs": n, "running_on_c1": running, "rss_before_kib": before, "rss_after_kib": after,
