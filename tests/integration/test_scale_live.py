@@ -1,7 +1,7 @@
 """``canidae scale-test run --mode live``: a small live run on real agents, with one SIGKILL.
 
-Three servers and five client agents on loopback, 500 virtual packs through the bulk API, yips
-(or reads), and one client agent killed for real. Only facts are asserted (every pack runs, the
+Three servers and five client agents on loopback, 500 virtual packs through the bulk API (a paced,
+open-loop ramp), yips (or reads), and one client agent killed for real. Only facts are asserted (every pack runs, the
 killed agent's packs run elsewhere, nothing lost or run twice, every process gone afterwards),
 never a timing.
 """
@@ -32,6 +32,10 @@ def test_small_live_run_with_one_kill(capsys: pytest.CaptureFixture[str], tmp_pa
             "--chaos",
             "--kill",
             "1",
+            "--batch",
+            "50",
+            "--rate",
+            "1000",
             "--duration",
             "4",
             "--seed",
@@ -58,7 +62,7 @@ def test_small_live_run_with_one_kill(capsys: pytest.CaptureFixture[str], tmp_pa
     assert len(doc["series"]["packs_per_node"]) == 8
 
     spawn = doc["live"]["phases"]["spawn"]
-    assert spawn["requests"] == 5 and spawn["latency_ms"]["n"] == 5
+    assert spawn["requests"] == 10 and spawn["latency_ms"]["n"] == 10 and spawn["open_loop"] is True
 
     chaos = doc["live"]["phases"]["chaos"]
     assert len(chaos["victims"]) == 1 and chaos["victims"][0].startswith("c")
