@@ -240,6 +240,7 @@ class ExecDriver:
         self._pending_start: dict[str, tuple[int, dict[str, Any]]] = {}
         self._housekeeping: asyncio.Task[Any] | None = None
         self._ulimit_flags: dict[str, str] = {}
+        self._resolved: dict[tuple[str, str, bool], tuple[float, str]] = {}
         self.closed = False
 
     # ------------------------------------------------------------------ opening: isolation and adoption
@@ -492,14 +493,21 @@ class ExecDriver:
     def _prepare(self, run: Run) -> None:
         """Working and log directories, owned by the pack's user; CannotStart with the reason."""
         try:
-            os.makedirs(run.dir, mode=0o711, exist_ok=True)
-            os.makedirs(run.logs, mode=0o700, exist_ok=True)
-            if os.path.lexists(run.work) and not os.path.isdir(run.work):
-                raise CannotStart(f"working directory {run.work} exists and is not a directory")
-            os.makedirs(run.work, mode=0o700, exist_ok=True)
+            try:
+                os.mkdir(run.dir, 0o711)
+                os.mkdir(run.logs, 0o700)
+                os.mkdir(run.work, 0o700)
+                fresh = True
+            except FileExistsError:  # an earlier run of this pack on this node
+                fresh = False
+                os.makedirs(run.logs, mode=0o700, exist_ok=True)
+                if os.path.lexists(run.work) and not os.path.isdir(run.work):
+                    raise CannotStart(f"working directory {run.work} exists and is not a directory") from None
+                os.makedirs(run.work, mode=0o700, exist_ok=True)
             if run.uid is not None:
-                st = os.lstat(run.work)
-                if st.st_uid != run.uid:  # a slot of a former run: hand its files over
+                if fresh:
+                    os.chown(run.work, run.uid, run.gid)
+                elif os.lstat(run.work).st_uid != run.uid:  # a former run's user: hand its files over
                     for top, dirs, files in os.walk(run.work):
                         for n in dirs + files:
                             os.lchown(os.path.join(top, n), run.uid, run.gid)
@@ -510,29 +518,42 @@ class ExecDriver:
             raise CannotStart(f"cannot prepare working directory {run.work}: {e.strerror}") from None
 
     def _resolve(self, run: Run, env: dict[str, str]) -> str:
-        """The executable the command names, checked as the pack's user would see it."""
+        """The executable the command names, checked as the pack's user would see it.
+
+        Found programs are remembered for a few seconds (per PATH and user): starting many packs
+        of one command then costs one lookup, not one walk of PATH per pack.
+        """
         argv = run.spec.get("command") or []
         if not argv:
             raise CannotStart("the exec driver needs a command")
         prog = argv[0]
+        search = env.get("PATH", "")
+        key = (prog, search if "/" not in prog else run.work, run.uid is None)
+        hit = self._resolved.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
         if "/" in prog:
             path = prog if os.path.isabs(prog) else os.path.join(run.work, prog)
             if not os.path.exists(path):
                 raise CannotStart(f"command {prog!r} not found")
         else:
             path = ""
-            for d in env.get("PATH", "").split(":"):
+            for d in search.split(":"):
                 cand = os.path.join(d or ".", prog)
                 if os.path.isfile(cand) and _can_exec(cand, run.uid, run.gid):
                     path = cand
                     break
             if not path:
-                raise CannotStart(f"command {prog!r} not found in PATH ({env.get('PATH', '')})")
-        if os.path.isdir(path) or not os.path.isfile(path):
+                raise CannotStart(f"command {prog!r} not found in PATH ({search})")
+        if not os.path.isfile(path):
             raise CannotStart(f"command {prog!r} is not a file")
         if not _can_exec(path, run.uid, run.gid):
             who = f" by the pack's user (uid {run.uid})" if run.uid is not None else ""
             raise CannotStart(f"command {prog!r} is not executable{who}")
+        if len(self._resolved) > 1000:
+            self._resolved.clear()
+        # Pack users own no file outside their work dir: what one may run, all may.
+        self._resolved[key] = (time.monotonic() + 5.0, path)
         return path
 
     async def _launch(self, name: str, generation: int, spec: dict[str, Any]) -> None:

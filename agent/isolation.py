@@ -147,12 +147,13 @@ class Isolation:
         sb = Sandbox(pack)
         if self.mechanism == "rlimits":
             return sb
+        reused = False
         for ctrl, parent in self.parents.items():
             d = os.path.join(parent, f"p-{pack}")
             try:
                 os.mkdir(d)
             except FileExistsError:
-                pass
+                reused = True
             sb.dirs[ctrl] = d
         mem = limits.mem_mib * 1024 * 1024
         if self.mechanism == "cgroup1":
@@ -162,8 +163,8 @@ class Isolation:
                     _write(os.path.join(sb.dirs["memory"], "memory.memsw.limit_in_bytes"), str(mem))
                 except OSError:
                     pass
-            if "cpu" in sb.dirs:
-                _write(os.path.join(sb.dirs["cpu"], "cpu.cfs_period_us"), str(CPU_PERIOD_US))
+            if "cpu" in sb.dirs and (limits.cpu_milli or reused):
+                # A new cgroup has the default period (100 ms) and no quota: write only what differs.
                 quota = max(1000, limits.cpu_milli * CPU_PERIOD_US // 1000) if limits.cpu_milli else -1
                 _write(os.path.join(sb.dirs["cpu"], "cpu.cfs_quota_us"), str(quota))
                 _write(os.path.join(sb.dirs["cpu"], "cpu.shares"), str(max(2, limits.cpu_milli * 1024 // 1000)))
