@@ -113,6 +113,20 @@ class Isolation:
         self.mechanism = mechanism
         self.parents = parents  # controller (or "unified") -> the canidae-owned parent dir
         self.detail = detail
+        # Parents are made on the first pack (and removed by close): an agent that never runs an
+        # exec pack leaves nothing under /sys/fs/cgroup, even when it is killed.
+        self._ready = False
+
+    def _ensure_parents(self) -> None:
+        if self._ready:
+            return
+        for ctrl, d in self.parents.items():
+            if not os.path.isdir(d):
+                os.mkdir(d)
+                if ctrl == "unified":
+                    enable = _read(os.path.join(os.path.dirname(d), "cgroup.subtree_control")).split()
+                    _write(os.path.join(d, "cgroup.subtree_control"), " ".join(f"+{c}" for c in enable))
+        self._ready = True
 
     # ------------------------------------------------------------------ choosing
 
@@ -147,6 +161,7 @@ class Isolation:
         sb = Sandbox(pack)
         if self.mechanism == "rlimits":
             return sb
+        self._ensure_parents()
         reused = False
         for ctrl, parent in self.parents.items():
             d = os.path.join(parent, f"p-{pack}")
@@ -276,6 +291,7 @@ class Isolation:
 
     def close(self) -> None:
         """Remove the canidae parent(s) when no pack cgroup is left in them."""
+        self._ready = False
         for parent in self.parents.values():
             try:
                 os.rmdir(parent)
@@ -325,7 +341,9 @@ def _try_v1(name: str, why: list[str]) -> Isolation | None:
             why.append(f"cgroup v1: cannot create {d}: {e.strerror}")
             return None
         parents[ctrl] = d
-    return Isolation("cgroup1", parents, "cgroup v1 controllers " + ", ".join(parents))
+    iso = Isolation("cgroup1", parents, "cgroup v1 controllers " + ", ".join(parents))
+    iso.close()  # it could be made: that was the probe; the first pack makes it again
+    return iso
 
 
 def _try_v2(name: str, why: list[str]) -> Isolation | None:
@@ -359,5 +377,7 @@ def _try_v2(name: str, why: list[str]) -> Isolation | None:
             except OSError:
                 pass
             continue
-        return Isolation("cgroup2", {"unified": d}, f"cgroup v2 under {base}")
+        iso = Isolation("cgroup2", {"unified": d}, f"cgroup v2 under {base}")
+        iso.close()
+        return iso
     return None

@@ -37,8 +37,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
 from harness import LocalCluster, wait_for  # noqa: E402
+from packprocs import kill_leftovers, remove_cgroups  # noqa: E402
 
 from canidae.agent.execclient import exec_info  # noqa: E402
+from canidae.agent.isolation import parent_name  # noqa: E402
 from canidae.agent.packtoken import pack_token  # noqa: E402
 
 RECEIVER = r"""
@@ -196,8 +198,13 @@ def main() -> int:
         if args.only in (None, "memory"):
             results["memory"] = bench_memory(c, args.packs)
     finally:
-        c.down()
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            c.down()
+        finally:  # an agent that had to be SIGKILLed leaves its packs: never leave them behind
+            kill_leftovers(c.data_dir)
+            for a in c.agents:
+                remove_cgroups(parent_name(a["id"], os.path.dirname(a["config"])))
+            shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=1))
         return 0

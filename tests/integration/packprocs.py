@@ -60,6 +60,29 @@ def kill_leftovers(root: str) -> list[int]:
     return found
 
 
+def remove_cgroups(name: str, root: str = "/sys/fs/cgroup", depth: int = 4) -> list[str]:
+    """Remove the empty cgroups an agent left (parent ``name`` and its pack cgroups) after a crash."""
+    removed = []
+    base = root.rstrip("/").count("/")
+    for top, dirs, _ in os.walk(root):
+        if top.count("/") - base >= depth:
+            dirs[:] = []
+            continue
+        if os.path.basename(top) == name:
+            for d in dirs:
+                try:
+                    os.rmdir(os.path.join(top, d))
+                except OSError:
+                    pass
+            try:
+                os.rmdir(top)
+                removed.append(top)
+            except OSError:
+                pass
+            dirs[:] = []
+    return removed
+
+
 def environ_of(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/environ", "rb") as f:
         raw = f.read()

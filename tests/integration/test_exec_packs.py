@@ -18,9 +18,10 @@ from canidae.agent import localcluster
 from canidae.agent.client import Client, Target
 from canidae.agent.config import new_secret, write_config
 from canidae.agent.execclient import exec_info, pack_processes
+from canidae.agent.isolation import parent_name
 from canidae.agent.packtoken import pack_token
 from harness import LocalCluster, pick_base_port, wait_for
-from packprocs import environ_of, kill_leftovers, member_python, processes_under
+from packprocs import environ_of, kill_leftovers, member_python, processes_under, remove_cgroups
 
 AGENT_ENV = {"CANIDAE_EXEC_BACKOFF_S": "0.05", "CANIDAE_EXEC_GRACE_S": "2", "CANIDAE_EXEC_LOG_CHECK_S": "0.2"}
 
@@ -69,6 +70,8 @@ def _down(c: LocalCluster) -> None:
         c.down()
     finally:
         left = kill_leftovers(c.data_dir)
+        for a in c.agents:  # what an agent that had to be SIGKILLed could not remove itself
+            remove_cgroups(parent_name(a["id"], os.path.dirname(a["config"])))
     assert not left, f"pack processes outlived the cluster: {left}"
 
 
