@@ -623,10 +623,28 @@ local function pack()
   local n = math.random(0, total - 1)
   return prefix .. math.floor(n / batch) .. "-" .. (n % batch)
 end
+-- Error answers: counted by status, the last one kept (the first 200 bytes), read back in done().
+local threads = {{}}
+setup = function(thread) table.insert(threads, thread) end
+errors = ""
+last_error = ""
+local seen = {{}}
+response = function(status, headers, body)
+  if status >= 400 then
+    seen[status] = (seen[status] or 0) + 1
+    errors = ""
+    for code, n in pairs(seen) do errors = errors .. code .. "=" .. n .. " " end
+    last_error = string.sub(body or "", 1, 200)
+  end
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("CANIDAE-WRK %d %d %d %d\\n", summary.requests, summary.duration,
     e.connect + e.read + e.write + e.timeout, e.status))
+  for _, t in ipairs(threads) do
+    io.write("CANIDAE-CODES " .. (t:get("errors") or "") .. "\\n")
+    io.write("CANIDAE-LAST " .. string.gsub(t:get("last_error") or "", "\\n", " ") .. "\\n")
+  end
   -- The whole latency histogram (microseconds, count), so that windows merge exactly.
   for i = 1, #latency do
     local v, c = latency(i)
@@ -671,6 +689,12 @@ def run_wrk(api: str, script: str, seconds: float, connections: int, token: str)
     if not m:
         raise Timeout(f"wrk gave no figures (exit {out.returncode}): {out.stderr.strip()[:200]}")
     req, dur_us, sock_err, status_err = (int(x) for x in m.groups())
+    codes: dict[str, int] = {}
+    for m_codes in re.findall(r"CANIDAE-CODES ([^\n]*)", out.stdout):
+        for item in m_codes.split():
+            code, _, n = item.partition("=")
+            codes[code] = codes.get(code, 0) + int(n)
+    last = re.search(r"CANIDAE-LAST ([^\n]*)", out.stdout)
     hist: dict[int, int] = {}
     for v, n in re.findall(r"CANIDAE-H (\d+) (\d+)", out.stdout):
         hist[int(v)] = hist.get(int(v), 0) + int(n)
@@ -680,6 +704,8 @@ def run_wrk(api: str, script: str, seconds: float, connections: int, token: str)
         "per_s": req / (dur_us / 1e6) if dur_us else 0.0,
         "socket_errors": sock_err,
         "status_errors": status_err,
+        "error_statuses": codes,
+        "last_error": last.group(1).strip() if last and codes else None,
         "hist": hist,
         **hist_pcts(hist),
     }
@@ -808,6 +834,7 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
             mark(
                 f"yips: {yips['ok_per_s']:,.0f}/s acknowledged with {plan.load_connections} connections, "
                 f"p50 {yips['p50_ms']:.2f} ms, p99 {yips['p99_ms']:.2f} ms, {yips['errors']} errors"
+                + (f" (HTTP {yips['error_statuses']}: {yips['last_error']})" if yips["errors"] else "")
             )
             yips1 = _wrk_load(
                 "yips",
@@ -1162,6 +1189,11 @@ def _wrk_load(
         os.unlink(script)
     total = sum(r["requests"] for r in runs)
     errors = sum(r["socket_errors"] + r["status_errors"] for r in runs)
+    statuses: dict[str, int] = {}
+    for r in runs:
+        for code, n in r["error_statuses"].items():
+            statuses[code] = statuses.get(code, 0) + n
+    last_error = next((r["last_error"] for r in reversed(runs) if r["last_error"]), None)
     secs = sum(r["seconds"] for r in runs)
     what = (
         "yips: POST /v1/yips/B (B random) with the token of a sender pack A, to A's agent"
@@ -1174,6 +1206,8 @@ def _wrk_load(
         "windows": len(runs),
         "requests": total,
         "errors": errors,
+        "error_statuses": statuses,
+        "last_error": last_error,
         "seconds": round(secs, 3),
         "per_s": round(total / secs, 1) if secs else None,
         "ok_per_s": round((total - errors) / secs, 1) if secs else 0.0,
