@@ -12,12 +12,13 @@ Theory of operation
 everything buffered, encodes it, writes it with one ``write`` per segment and one ``fdatasync``
 (group commit), then publishes it to readers (index, projections, ``durable_seq``). ``flush()``
 and ``wait_durable(seq)`` wait for that. Sealing, snapshots and retention run on a maintenance
-thread, so compressing a segment never delays an acknowledgment; ``settle()`` waits for them. Events numbered at or below the last one accepted are
-ignored: after a restart pysyncobj replays its journal from its last snapshot and the state
-machine emits the same events again. A jump in the numbers (a Raft snapshot was installed, or
-the store was wiped) is recorded as a *gap*, never filled with made-up events; when the caller
-can supply the live state at that point (``append(events, live=...)``) the projections are
-re-based on it and a snapshot marks the re-base.
+thread, so compressing a segment never delays an acknowledgment; ``settle()`` waits for them.
+Events numbered at or below the last one accepted are ignored: after a restart pysyncobj
+replays its journal from its last snapshot and the state machine emits the same events again.
+A jump in the numbers (a Raft snapshot was installed, or the store was wiped) is recorded as a
+*gap*, never filled with made-up events; when the caller can supply the live state at that
+point (``append(events, live=...)``) the projections are re-based on it and a snapshot marks
+the re-base.
 
 On disk (one directory)::
 
@@ -1153,7 +1154,8 @@ class EventStore:
                             differences.append(f"segment {no} block {i}: starts at seq {seq}, its index says "
                                                f"{block_seq}")
                         if seq <= prev:
-                            differences.append(f"segment {no} offset {block_start + off}: seq {seq} after {prev}")
+                            differences.append(f"segment {no} offset {block_start + off}: seq {seq} "
+                                               f"after {prev}")
                         prev = seq
                         checked += 1
                         if isinstance(ev.get("pack"), str):
@@ -1178,7 +1180,8 @@ class EventStore:
         if gaps:
             notes.append("events never received: " + ", ".join(f"{a}..{b}" for a, b in gaps[:20]))
         differences.extend(_compare(proj, live, live_nodes, pack))
-        return {"ok": not differences, "differences": differences[:1000], "difference_count": len(differences),
+        return {"ok": not differences, "differences": differences[:1000],
+                "difference_count": len(differences),
                 "seq": upto, "base": base_name, "replayed": replayed, "records_checked": checked,
                 "retained_from": retained_from, "gaps": gaps, "notes": notes,
                 "packs": len(live) if pack is None else 1}
@@ -1265,7 +1268,8 @@ def _compare(proj: Projections, live: dict[str, dict[str, Any]], live_nodes: dic
         for node in sorted(set(proj.nodes) | set(live_nodes)):
             h_state, v_state = proj.nodes.get(node), live_nodes.get(node)
             if h_state != v_state:
-                out.append(f"node {node}: history says {h_state or 'absent'}, live state says {v_state or 'absent'}")
+                out.append(f"node {node}: history says {h_state or 'absent'}, "
+                           f"live state says {v_state or 'absent'}")
     return out
 
 

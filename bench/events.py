@@ -102,7 +102,8 @@ def realistic_events(n: int, seed: int = 1, nodes: int = 60) -> list[dict[str, A
 
     def node(i: int) -> Node:
         return Node(id=f"node-{i:03d}", location=Location(f"z{i % 3}", f"z{i % 3}-r{i % 6}", f"c{i % 12}"),
-                    capacity=Resources(256_000, 1_048_576, 100_000), address=f"10.0.{i // 200}.{i % 200}:7100")
+                    capacity=Resources(256_000, 1_048_576, 100_000),
+                    address=f"10.0.{i // 200}.{i % 200}:7100")
 
     for i in range(nodes):
         at += rng.randrange(1, 40)
@@ -143,7 +144,8 @@ def realistic_events(n: int, seed: int = 1, nodes: int = 60) -> list[dict[str, A
             run(StopPacks(id=rid(), at=at, by="api", names=(name,)))
             at += rng.randrange(5, 80)
             run(ReportPacks(id=f"rep-{rid()}", at=at, by=f"agent:{rec.node}", node_id=rec.node,
-                            reports=(PackReport(name, rec.generation, PackState.STOPPED, "stopped on request"),)))
+                            reports=(PackReport(name, rec.generation, PackState.STOPPED,
+                                                "stopped on request"),)))
         elif r < 0.82 and running:
             name = running.pick(rng)
             running.discard(name)
@@ -290,7 +292,8 @@ def main() -> int:
         "append": {"events_per_s": round(len(events) / append_s), "seconds": round(append_s, 2),
                    "group_commits": st["commits"], "entries": len(parts),
                    "events_per_commit": round(len(events) / max(1, st["commits"]), 1)},
-        "paced": pacing, "pack_history_warm": warm, "pack_history_after_reopen": cold, "reopen_s": round(open_s, 2),
+        "paced": pacing, "pack_history_warm": warm, "pack_history_after_reopen": cold,
+        "reopen_s": round(open_s, 2),
         "sealed": {"segments": len(sealed), "raw_bytes": raw, "zst_bytes": zst, "idx_bytes": idx,
                    "ratio": round(raw / zst, 2) if zst else None,
                    "ratio_with_index": round(raw / (zst + idx), 2) if zst else None},
@@ -303,19 +306,21 @@ def main() -> int:
           "on the machine stretches wall times)")
     print(f"events: {len(events):,} realistic events over {len(with_history):,} packs "
           f"({result['json_bytes_per_event']} B each as a record)")
-    print(f"append with grouped fdatasync: {a['events_per_s']:,} events/s ({len(events):,} in {a['seconds']} s; "
-          f"{a['group_commits']:,} group commits for {a['entries']:,} appends, {a['events_per_commit']} events "
-          f"per commit)   target >= 50,000/s")
+    print(f"append with grouped fdatasync: {a['events_per_s']:,} events/s ({len(events):,} in "
+          f"{a['seconds']} s; {a['group_commits']:,} group commits for {a['entries']:,} appends, "
+          f"{a['events_per_commit']} events per commit)   target >= 50,000/s")
     pc = result["paced"]
     print(f"paced at {pc['offered_per_s']:,.0f} events/s offered: {pc['achieved_per_s']:,} events/s durable, "
           f"{pc['group_commits']:,} group commits ({pc['events_per_commit']} events each), append to durable "
           f"p50 {pc['durable_p50_ms']} ms, p99 {pc['durable_p99_ms']} ms")
     for label, r in (("warm", warm), (f"after reopen ({open_s:.2f} s to open)", cold)):
-        print(f"one pack's history among {len(events):,} events, {label}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-              f"max {r['max_ms']} ms, CPU p99 {r['cpu_p99_ms']} ms ({len(names)} random packs, {r['events_per_pack_mean']} events each on "
-              f"average, up to {r['events_per_pack_max']})   target <= 10 ms")
-    print(f"sealed segments: {s['segments']} x 16 MiB, {s['raw_bytes'] / 1e6:.1f} MB raw -> {s['zst_bytes'] / 1e6:.1f} MB "
-          f"zstd: {s['ratio']}x ({s['ratio_with_index']}x counting their .idx)   target >= 4x")
+        print(f"one pack's history among {len(events):,} events, {label}: p50 {r['p50_ms']} ms, "
+              f"p99 {r['p99_ms']} ms, max {r['max_ms']} ms, CPU p99 {r['cpu_p99_ms']} ms "
+              f"({len(names)} random packs, {r['events_per_pack_mean']} events each on average, "
+              f"up to {r['events_per_pack_max']})   target <= 10 ms")
+    print(f"sealed segments: {s['segments']} x 16 MiB, {s['raw_bytes'] / 1e6:.1f} MB raw -> "
+          f"{s['zst_bytes'] / 1e6:.1f} MB zstd: {s['ratio']}x ({s['ratio_with_index']}x counting their "
+          ".idx)   target >= 4x")
     return 0
 
 

@@ -29,7 +29,8 @@ def _print(ev: dict[str, Any], as_json: bool) -> None:
         sys.stdout.flush()
         return
     subject = ev.get("pack") or ""
-    console.print(f"{fmt_time(ev['at'])}  #{ev['seq']:<7} {ev['type']:<16} {subject:<20} {ev.get('node') or '-':<12} "
+    node = ev.get("node") or "-"
+    console.print(f"{fmt_time(ev['at'])}  #{ev['seq']:<7} {ev['type']:<16} {subject:<20} {node:<12} "
                   f"{describe(ev)}", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -46,8 +47,8 @@ def events_tail(
         str | None, typer.Option("--type", metavar="TYPE[,TYPE...]",
                                  help="Only these event types (PackStarted, PackFailed, NodeDown, ...).")
     ] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until interrupted.")]
-    = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f",
+                                         help="Keep printing new events until interrupted.")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", metavar="N", min=0, max=10_000,
                                        help="Start with the last N matching events.")] = 20,
     after: Annotated[int | None, typer.Option("--after", metavar="SEQ", min=0,

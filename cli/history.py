@@ -26,8 +26,8 @@ from canidae.cli.connect import client
 from canidae.cli.output import PACK_METAVAR, JsonOption, console, emit, err_console
 from canidae.core.errors import InvalidInput, OperationFailed, Unavailable
 
-app = typer.Typer(help="Check the recorded event history against the live cluster state.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(help="Check the recorded event history against the live cluster state.",
+                  no_args_is_help=True, add_completion=False)
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -119,9 +119,9 @@ def history_verify(
         typer.Argument(metavar=PACK_METAVAR, help="Only this pack (default: every pack and node).",
                        show_default=False),
     ] = None,
-    full: Annotated[bool, typer.Option("--full", help="Replay from the first event instead of the newest "
-                                                       "snapshot (slower; needs nothing removed by retention).")]
-    = False,
+    full: Annotated[bool, typer.Option(
+        "--full", help="Replay from the first event instead of the newest snapshot (slower; needs nothing "
+                       "removed by retention).")] = False,
     json: JsonOption = False,
 ) -> None:
     """Rebuild the projections from each server's event log and compare them with the live state.
@@ -150,8 +150,9 @@ def history_verify(
     def human() -> None:
         t = Table("server", "seq", "records", "replayed from", "events replayed", "gaps", "result")
         for r in reports:
+            result = "[green]ok[/]" if r["ok"] else f"[red]{r['difference_count']} differ[/]"
             t.add_row(r["server"], str(r["seq"]), str(r["records_checked"]), r["base"], str(r["replayed"]),
-                      str(len(r["gaps"])), "[green]ok[/]" if r["ok"] else f"[red]{r['difference_count']} differ[/]")
+                      str(len(r["gaps"])), result)
         console.print(t)
         for r in reports:
             for line in r["notes"]:

@@ -234,8 +234,10 @@ def test_sealed_segments_are_compressed_and_found_through_the_index(tmp_path, mo
         sealed = [g for g in st["segment_list"] if g["sealed"]]
         assert sum(g["raw_bytes"] for g in sealed) > 2 * sum(g["disk_bytes"] for g in sealed)
         # One pack's history comes from its index positions: scanning is not allowed here.
-        monkeypatch.setattr(EventStore, "_scan", lambda *a, **k: pytest.fail("pack history scanned the log"))
-        monkeypatch.setattr(EventStore, "_scan_back", lambda *a, **k: pytest.fail("pack history scanned the log"))
+        def no_scan(*a: Any, **k: Any) -> None:
+            pytest.fail("pack history scanned the log")
+        monkeypatch.setattr(EventStore, "_scan", no_scan)
+        monkeypatch.setattr(EventStore, "_scan_back", no_scan)
         for name in ("pack-0", "pack-123", "pack-299"):
             assert s.pack_history(name) == [e for e in events if e["pack"] == name]
             assert s.tail(pack=name, last=3) == [e for e in events if e["pack"] == name][-3:]
@@ -281,7 +283,8 @@ def drive_cluster(seed: int, steps: int) -> tuple[ClusterState, list[dict[str, A
             placed = [p for p in packs if p.state in (PackState.PLACED, PackState.RUNNING) and p.node]
             if placed:
                 p = rng.choice(placed)
-                state = rng.choice([PackState.RUNNING, PackState.RUNNING, PackState.FAILED, PackState.STOPPED])
+                state = rng.choice([PackState.RUNNING, PackState.RUNNING, PackState.FAILED,
+                                    PackState.STOPPED])
                 run(ReportPacks(id=rid(), at=at, by=f"agent:{p.node}", node_id=p.node,
                                 reports=(PackReport(p.spec.name, p.generation, state, "exit 1"),)))
         elif r < 0.65:
@@ -359,7 +362,8 @@ def test_a_migration_ends_with_pack_migrated_once_the_target_runs_it() -> None:
     events = st.drain_events()
     assert [(e["type"], e["node"]) for e in events] == [
         ("PackMigrating", dest), ("PackStarted", dest), ("PackMigrated", dest)]
-    assert events[0]["detail"]["source"] == src and events[2]["detail"] == {"generation": 2, "reason": "migrate"}
+    assert events[0]["detail"]["source"] == src
+    assert events[2]["detail"] == {"generation": 2, "reason": "migrate"}
     p = Projections()
     for e in events:
         p.apply(e)

@@ -85,7 +85,8 @@ def test_history_is_the_same_on_every_server_and_survives_restarts(cluster, tmp_
     assert out["events"][2]["by"].startswith("agent:")
     human = cli(cluster, home, "pack", "history", "web").stdout
     assert "PackStarted" in human and "5 event(s)" in human
-    since = cli(cluster, home, "pack", "history", "web", "--since", str(out["events"][3]["at"]), "--json").stdout
+    since = cli(cluster, home, "pack", "history", "web", "--since", str(out["events"][3]["at"]),
+                "--json").stdout
     assert types(json.loads(since)["events"]) == lifecycle[3:]
 
     # An unknown pack: exit 5, one clear line on stderr, nothing on stdout.
@@ -107,8 +108,8 @@ def test_history_is_the_same_on_every_server_and_survives_restarts(cluster, tmp_
         cursor = c.events(last=1)["last_seq"]
     env = {**os.environ, "HOME": str(home), "CANIDAE_TOKEN": cluster.token,
            "CANIDAE_ADDR": cluster.agent("s2")["api"]}
-    follower = subprocess.Popen([sys.executable, "-m", "canidae", "events", "tail", "--follow", "--json", "--after",
-                                 str(cursor), "--pack", "followed", "--count", "3"],
+    follower = subprocess.Popen([sys.executable, "-m", "canidae", "events", "tail", "--follow", "--json",
+                                 "--after", str(cursor), "--pack", "followed", "--count", "3"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         with cluster.client() as c:
