@@ -80,13 +80,44 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def bench_startup(c: LocalCluster, n: int) -> dict[str, Any]:
+def bench_driver_start(n: int) -> dict[str, Any]:
+    """The exec driver alone, in this process (no cluster): start() of a 1-member pack."""
+    from canidae.agent.exec_driver import ExecDriver
+
+    async def report(*_: Any) -> None:
+        pass
+
+    async def run(data: str) -> list[float]:
+        drv = ExecDriver(report, data_dir=data, node_id="bench", token="t", api="127.0.0.1:1")
+        drv.running()
+        out = []
+        try:
+            for i in range(n):
+                t0 = time.perf_counter()
+                await drv.start(f"d{i}", 1, {"name": f"d{i}", "command": ["sleep", "600"], "cpu": 10, "mem": 16})
+                out.append((time.perf_counter() - t0) * 1000)
+        finally:
+            await drv.close()
+        return out
+    data = tempfile.mkdtemp(prefix="canidae-bench-driver-")
+    try:
+        ms = asyncio.run(run(data))
+    finally:
+        kill_leftovers(data)
+        shutil.rmtree(data, ignore_errors=True)
+    return {"n": n, "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99)}
+
+
+def bench_startup(c: LocalCluster, n: int, driver: str = "exec") -> dict[str, Any]:
     client_ms, cluster_ms = [], []
     with c.client() as cl:
         for i in range(n):
-            name = f"st-{i}"
+            name = f"st-{driver}-{i}"
             t0 = time.perf_counter()
-            cl.create_packs([{"name": name, "driver": "exec", "command": ["sleep", "600"], "cpu": 10, "mem": 16}])
+            spec: dict[str, Any] = {"name": name, "driver": driver, "cpu": 10, "mem": 16}
+            if driver == "exec":
+                spec["command"] = ["sleep", "600"]
+            cl.create_packs([spec])
             while True:
                 p = cl.pack(name, stale=True)
                 if p["state"] != "placed":
@@ -96,7 +127,7 @@ def bench_startup(c: LocalCluster, n: int) -> dict[str, Any]:
             cluster_ms.append(float(p["updated_at"] - p["created_at"]))
             assert p["state"] == "running", p
         for i in range(n):
-            cl.pack_action(f"st-{i}", "stop")
+            cl.pack_action(f"st-{driver}-{i}", "stop")
     return {"n": n, "client_p50_ms": pct(client_ms, 50), "client_p99_ms": pct(client_ms, 99),
             "cluster_p50_ms": pct(cluster_ms, 50), "cluster_p99_ms": pct(cluster_ms, 99)}
 
@@ -111,6 +142,13 @@ def bench_yips(c: LocalCluster, n_latency: int, seconds: float) -> dict[str, Any
     ya, yb = pack_token(c.token, "ya"), pack_token(c.token, "yb")
     url_send, url_recv = f"http://{s1}/v1/yips/yb", f"http://{s2}/v1/yips/yb"
     out: dict[str, Any] = {}
+    with httpx.Client() as http:  # the floor: one plain request to one agent
+        floor = []
+        for _ in range(300):
+            t0 = time.perf_counter()
+            http.get(f"http://{s1}/v1/health")
+            floor.append((time.perf_counter() - t0) * 1000)
+    out["request_floor"] = {"p50_ms": pct(floor, 50), "p99_ms": pct(floor, 99)}
 
     def receiver() -> subprocess.Popen[str]:
         p = subprocess.Popen([sys.executable, "-c", RECEIVER, url_recv, yb], stdout=subprocess.PIPE, text=True)
@@ -193,6 +231,8 @@ def main() -> int:
             results["isolation"] = {"mechanism": info["mechanism"], "pack_users": info["pack_users"]}
         if args.only in (None, "startup"):
             results["startup"] = bench_startup(c, args.startups)
+            results["startup_virtual"] = bench_startup(c, max(20, args.startups // 2), "virtual")
+            results["driver_start"] = bench_driver_start(args.startups)
         if args.only in (None, "yips"):
             results["yips"] = bench_yips(c, args.yips, args.seconds)
         if args.only in (None, "memory"):
@@ -215,10 +255,17 @@ def main() -> int:
         print(f"  client  p50 {s['client_p50_ms']:.1f} ms  p99 {s['client_p99_ms']:.1f} ms   (target p50 <= 30, "
               f"p99 <= 100)")
         print(f"  cluster p50 {s['cluster_p50_ms']:.1f} ms  p99 {s['cluster_p99_ms']:.1f} ms   (leader stamps)")
+        v, d = results["startup_virtual"], results["driver_start"]
+        print(f"  the same path with the virtual driver (no process): client p50 {v['client_p50_ms']:.1f} ms  "
+              f"p99 {v['client_p99_ms']:.1f} ms; cluster p50 {v['cluster_p50_ms']:.1f} ms  p99 {v['cluster_p99_ms']:.1f} ms")
+        print(f"  exec driver start() alone, no cluster ({d['n']} packs): p50 {d['p50_ms']:.2f} ms  "
+              f"p99 {d['p99_ms']:.2f} ms")
     if "yips" in results:
         y = results["yips"]
         print(f"yip latency ya@s1 -> yb@s2 ({y['latency']['n']} yips): p50 {y['latency']['p50_ms']:.2f} ms  "
               f"p99 {y['latency']['p99_ms']:.2f} ms   (target p99 <= 2)")
+        print(f"  (one plain GET /v1/health to one agent, for scale: p50 {y['request_floor']['p50_ms']:.2f} ms  "
+              f"p99 {y['request_floor']['p99_ms']:.2f} ms)")
         print(f"yip throughput: single sends {y['throughput_single']['yips_per_s']}/s, batches of 100 "
               f"{y['throughput_batch100']['yips_per_s']}/s   (target >= 5000/s)")
     if "memory" in results:
