@@ -905,6 +905,12 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
         others[worst], host0["cpus"], "during the run" if worst == "run" else f"while measuring {worst}"
     )
     packs_running = len(where)
+    if chaos is not None:
+        back = sum(1 for node in where.values() if node in set(chaos["victims"]))
+        notes.append(
+            f"the {len(chaos['victims'])} restarted agents hold {back} of this run's packs at the end: "
+            "packs that moved away stay away until a rebalance"
+        )
     if packs_running < plan.packs:
         problems.append(f"only {packs_running:,} of {plan.packs:,} packs were running at the end")
     n_nodes = len(cluster.agents) if not plan.data_dir else len(nodes)

@@ -663,7 +663,7 @@ def render_svg(doc: dict[str, Any]) -> str:
     # Latency percentiles over time.
     lat = doc["series"]["latency"]
     wins = lat["windows"]
-    box = (90, 90, W - 130, 280)
+    box = (90, 112, W - 130, 258)  # legends in the band above the plot
     svg.text(24, 80, f"Latency percentiles over time: {lat['what']}", 14, weight="bold")
     if wins:
         xs = (min(w["t"] for w in wins), max(w["t"] for w in wins))
@@ -693,13 +693,13 @@ def render_svg(doc: dict[str, Any]) -> str:
                     )
         lx = box[0] + box[2] - 240
         for i, key in enumerate(("p50", "p90", "p99")):
-            svg.line(lx + i * 70, box[1] + 8, lx + i * 70 + 22, box[1] + 8, COLORS[key], 3)
-            svg.text(lx + i * 70 + 26, box[1] + 12, key, 11)
+            svg.line(lx + i * 70, box[1] - 10, lx + i * 70 + 22, box[1] - 10, COLORS[key], 3)
+            svg.text(lx + i * 70 + 26, box[1] - 6, key, 11)
         if len(phases) > 1 or phases[0]:
             px = box[0] + 8
             for i, phase in enumerate(phases):
-                svg.line(px, box[1] + 8, px + 26, box[1] + 8, "#555", 2, DASHES[i % len(DASHES)] or None)
-                svg.text(px + 30, box[1] + 12, phase, 11, fill="#555")
+                svg.line(px, box[1] - 10, px + 26, box[1] - 10, "#555", 2, DASHES[i % len(DASHES)] or None)
+                svg.text(px + 30, box[1] - 6, phase, 11, fill="#555")
                 px += 40 + 7 * len(phase)
     else:
         svg.text(box[0], box[1] + 40, "no latency samples in this run", 12, fill="#888")
