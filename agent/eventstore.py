@@ -84,6 +84,7 @@ SEG_RE = re.compile(r"^seg-(\d{8})\.(log|zst|idx)$")
 SNAP_RE = re.compile(r"^snap-(\d{20})\.zst$")
 SNAPSHOTS_KEPT = 2
 BLOCK_CACHE = 64
+MAX_GROUP = 20_000  # events per group commit at most
 
 HOLDING = frozenset({"placed", "running", "stopping"})
 
@@ -498,9 +499,11 @@ class EventStore:
                     self._cond.wait()
                 batch, self._pending = self._pending, []
                 closing = self._closing
-            if batch:
+            # Huge backlogs go in groups: each is written, fsync'ed and acknowledged in turn, which
+            # keeps the lock holds of publishing short and the memory of one write bounded.
+            for i in range(0, len(batch), MAX_GROUP):
                 try:
-                    self._commit(batch)
+                    self._commit(batch[i:i + MAX_GROUP])
                 except Exception:
                     log.exception("event store: commit failed")
             if closing:
@@ -649,14 +652,17 @@ class EventStore:
         if seq > prev + 1:
             gap = [prev + 1, seq - 1]
             seg.gaps.append(gap)
-        at = ev.get("at", 0) if isinstance(ev.get("at"), int) else 0
+        at = ev.get("at", 0)
+        if at.__class__ is not int:
+            at = 0
         if seg.count == 0:
             seg.first_seq, seg.first_at = seq, at
         if not seg.block_raw or off - seg.block_raw[-1] >= BLOCK_BYTES:
             seg.block_raw.append(off)
             seg.block_seq.append(seq)
         seg.last_seq = seq
-        seg.last_at = max(seg.last_at, at)
+        if at > seg.last_at:
+            seg.last_at = at
         seg.count += 1
         pack = ev.get("pack")
         if isinstance(pack, str):
