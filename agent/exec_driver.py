@@ -351,6 +351,8 @@ class ExecDriver:
         return {name: run.generation for name, run in self.runs.items()}
 
     async def start(self, pack: str, generation: int, spec: dict[str, Any]) -> None:
+        if self.closed:  # the agent is stopping: a start now would outlive it
+            return
         self.open()
         run = self.runs.get(pack)
         if run is not None:
