@@ -128,6 +128,29 @@ class CorruptRecord(Exception):
         self.why = why
 
 
+SLICE = 2000
+
+
+def encode_big(doc: dict[str, Any]) -> bytes:
+    """JSON of ``doc`` with its large lists and dicts encoded in slices (and not sorted as a
+    whole): one C call over a 100,000-entry document holds the GIL for tens of milliseconds, and
+    the writer thread needs the GIL to acknowledge events. Snapshots and segment indexes are
+    local files, so only their value matters, not a canonical byte order."""
+    parts = []
+    for key in sorted(doc):
+        v = doc[key]
+        if isinstance(v, list) and len(v) > SLICE:
+            text = "[" + ",".join(_dumps(v[i:i + SLICE])[1:-1] for i in range(0, len(v), SLICE)) + "]"
+        elif isinstance(v, dict) and len(v) > SLICE:
+            items = list(v.items())
+            text = "{" + ",".join(_dumps(dict(items[i:i + SLICE]))[1:-1]
+                                  for i in range(0, len(items), SLICE)) + "}"
+        else:
+            text = _dumps(v)
+        parts.append(_dumps(key) + ":" + text)
+    return ("{" + ",".join(parts) + "}").encode()
+
+
 def encode_record(event: dict[str, Any]) -> bytes:
     payload = _dumps(event).encode()
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
@@ -171,22 +194,21 @@ class Projections:
 
     def __init__(self) -> None:
         self.seq = 0
-        self.packs: dict[str, list[Any]] = {}          # name -> [state, node]
-        self.on_node: dict[str, dict[str, None]] = {}  # node -> packs whose node it is (any state)
-        self.nodes: dict[str, str] = {}                # node -> state
+        # Records are immutable tuples, replaced on change: a snapshot needs only a shallow copy
+        # of the dict under the store's lock, never a walk over every pack.
+        self.packs: dict[str, tuple[str, str | None]] = {}  # name -> (state, node)
+        self.on_node: dict[str, dict[str, None]] = {}       # node -> packs whose node it is (any state)
+        self.nodes: dict[str, str] = {}                     # node -> state
 
-    def _set_node(self, name: str, rec: list[Any], node: str | None) -> None:
-        if rec[1] == node:
-            return
-        if rec[1] is not None:
-            names = self.on_node.get(rec[1])
+    def _move(self, name: str, old: str | None, new: str | None) -> None:
+        if old is not None:
+            names = self.on_node.get(old)
             if names is not None:
                 names.pop(name, None)
                 if not names:
-                    del self.on_node[rec[1]]
-        rec[1] = node
-        if node is not None:
-            self.on_node.setdefault(node, {})[name] = None
+                    del self.on_node[old]
+        if new is not None:
+            self.on_node.setdefault(new, {})[name] = None
 
     def apply(self, ev: dict[str, Any]) -> None:
         kind = ev.get("type")
@@ -196,14 +218,17 @@ class Projections:
             tr = PACK_TRANSITIONS.get(kind)  # type: ignore[arg-type]
             if tr is None:
                 return
-            rec = self.packs.get(pack)
-            if rec is None:
-                rec = self.packs[pack] = [tr[0], None]
-            rec[0] = tr[0]
+            old = self.packs.get(pack)
+            old_node = old[1] if old is not None else None
             if tr[1] is None:
-                self._set_node(pack, rec, None)
+                node = None
             elif tr[1] and ev.get("node") is not None:
-                self._set_node(pack, rec, ev["node"])
+                node = ev["node"]
+            else:
+                node = old_node
+            self.packs[pack] = (tr[0], node)
+            if node != old_node:
+                self._move(pack, old_node, node)
             return
         node = ev.get("node")
         if node is None:
@@ -218,7 +243,8 @@ class Projections:
             # The state machine detaches the packs left on a removed node without a pack event.
             self.nodes.pop(node, None)
             for name in list(self.on_node.get(node, ())):
-                self._set_node(name, self.packs[name], None)
+                self.packs[name] = (self.packs[name][0], None)
+                self._move(name, node, None)
 
     def view(self, pack: str | None = None) -> dict[str, Any]:
         names = [pack] if pack is not None else sorted(self.packs)
@@ -230,9 +256,7 @@ class Projections:
                           for n in sorted(set(self.nodes) | set(per_node))}}
 
     def to_doc(self) -> dict[str, Any]:
-        return {"version": 1, "seq": self.seq,
-                "packs": [[n, r[0], r[1]] for n, r in sorted(self.packs.items())],
-                "nodes": [[n, s] for n, s in sorted(self.nodes.items())]}
+        return _doc(self.seq, self.packs, self.nodes)
 
     @staticmethod
     def from_doc(doc: dict[str, Any]) -> Projections:
@@ -241,8 +265,8 @@ class Projections:
         p = Projections()
         p.seq = int(doc["seq"])
         for name, state, node in doc["packs"]:
-            rec = p.packs[name] = [state, None]
-            p._set_node(name, rec, node)
+            p.packs[name] = (state, node)
+            p._move(name, None, node)
         p.nodes = {n: s for n, s in doc["nodes"]}
         return p
 
@@ -251,6 +275,12 @@ class Projections:
         return Projections.from_doc({"version": 1, "seq": seq,
                                      "packs": [[n, v["state"], v.get("node")] for n, v in packs.items()],
                                      "nodes": list(nodes.items())})
+
+
+def _doc(seq: int, packs: dict[str, tuple[str, str | None]], nodes: dict[str, str]) -> dict[str, Any]:
+    # Not sorted: one sort of 100,000 names is a single long hold of the GIL (see encode_big).
+    return {"version": 1, "seq": seq, "packs": [[n, r[0], r[1]] for n, r in packs.items()],
+            "nodes": [[n, s] for n, s in nodes.items()]}
 
 
 # ------------------------------------------------------------------------------------- segments
@@ -712,7 +742,7 @@ class EventStore:
                "first_at": seg.first_at, "last_at": seg.last_at, "count": seg.count, "raw_bytes": seg.size,
                "blocks": [[r, s, c[0], c[1]] for r, s, c in zip(seg.block_raw, seg.block_seq, comp)],
                "gaps": seg.gaps, "packs": seg.packs or {}}
-        idx_bytes = self._cctx.compress(_encoder.encode(idx).encode())
+        idx_bytes = self._cctx.compress(encode_big(idx))
         _write_file(self._path(seg.no, "idx"), idx_bytes)
         _write_file(self._path(seg.no, "zst"), b"".join(frames))
         _fsync_dir(self.dir)
@@ -734,9 +764,11 @@ class EventStore:
         return os.path.join(self.dir, f"snap-{seq:020d}.zst")
 
     def _write_snapshot(self) -> None:
-        with self._lock:
-            doc = self._proj.to_doc()
-        _write_file(self._snap_path(doc["seq"]), self._cctx.compress(_encoder.encode(doc).encode()))
+        with self._lock:  # shallow copies only: the writer waits for this lock to publish
+            proj = self._proj
+            seq, packs, nodes = proj.seq, dict(proj.packs), dict(proj.nodes)
+        doc = _doc(seq, packs, nodes)
+        _write_file(self._snap_path(doc["seq"]), self._cctx.compress(encode_big(doc)))
         _fsync_dir(self.dir)
         self._snap_seq = doc["seq"]
         self._snap_due = False
@@ -885,7 +917,7 @@ class EventStore:
         doc = {"version": 1, "no": no, "first_seq": seg.first_seq, "last_seq": seg.last_seq,
                "first_at": seg.first_at, "last_at": seg.last_at, "count": seg.count, "raw_bytes": raw_off,
                "blocks": blocks, "gaps": seg.gaps, "packs": seg.packs or {}}
-        _write_file(self._path(no, "idx"), self._cctx.compress(_encoder.encode(doc).encode()))
+        _write_file(self._path(no, "idx"), self._cctx.compress(encode_big(doc)))
         _fsync_dir(self.dir)
         return doc
 

@@ -3,6 +3,7 @@ retention, gaps, idempotent replays, and projections rebuilt from the log equal 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -75,6 +76,12 @@ def test_record_roundtrip_and_checks() -> None:
         decode_record(rec[:-1], 0)
     with pytest.raises(eventstore.CorruptRecord, match="torn header"):
         decode_record(rec[:5], 0)
+
+
+def test_large_documents_are_encoded_in_slices_to_the_same_value() -> None:
+    doc = {"version": 1, "seq": 9, "packs": [[f"p{i}", "running", f"n{i % 7}"] for i in range(5003)],
+           "nodes": [], "idx": {f"p{i}": [i, i + 1] for i in range(4500, 0, -1)}, "small": {"b": 1, "a": [2]}}
+    assert json.loads(eventstore.encode_big(doc)) == doc
 
 
 def test_append_read_back_and_reopen(tmp_path) -> None:
@@ -367,7 +374,7 @@ def test_a_migration_ends_with_pack_migrated_once_the_target_runs_it() -> None:
     p = Projections()
     for e in events:
         p.apply(e)
-    assert p.packs["web"] == ["running", dest]
+    assert p.packs["web"] == ("running", dest)
 
 
 def test_verify_reports_each_difference(tmp_path) -> None:
