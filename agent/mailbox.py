@@ -128,18 +128,23 @@ class MailboxStore:
                     w.set_result(None)
 
 
-def parse_body(body: Any) -> list[tuple[dict[str, Any], str | None]]:
-    """The yips of a send request: ``{"text"|"data", "id"?}`` or ``{"yips": [...]}`` (a batch)."""
+def parse_body(body: Any, relayed: bool = False) -> list[tuple[dict[str, Any], str | None, str | None]]:
+    """The yips of a send request: ``{"text"|"data", "id"?}`` or ``{"yips": [...]}`` (a batch).
+
+    Returns (payload, id, sender) per yip. ``relayed``: an agent passing on yips it took from
+    several senders names each yip's sender in ``from`` (only the admin token may do that).
+    """
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
     items = body.get("yips") if "yips" in body else [body]
     if not isinstance(items, list) or not items or len(items) > 1000:
         raise InvalidInput("yips must be a list of 1..1000 yips")
+    allowed = {"text", "data", "id", "from"} if relayed else {"text", "data", "id"}
     out = []
     for item in items:
         if not isinstance(item, dict):
             raise InvalidInput("each yip must be an object")
-        unknown = sorted(set(item) - {"text", "data", "id"})
+        unknown = sorted(set(item) - allowed)
         if unknown:
             raise InvalidInput(f"unknown field {unknown[0]!r} in a yip")
         if ("text" in item) == ("data" in item):
@@ -149,5 +154,8 @@ def parse_body(body: Any) -> list[tuple[dict[str, Any], str | None]]:
         yid = item.get("id")
         if yid is not None and (not isinstance(yid, str) or not 1 <= len(yid) <= 64 or not yid.isprintable()):
             raise InvalidInput("a yip id is 1-64 printable characters")
-        out.append(({k: item[k] for k in ("text", "data") if k in item}, yid))
+        sender = item.get("from")
+        if sender is not None and (not isinstance(sender, str) or not 1 <= len(sender) <= 64):
+            raise InvalidInput("from must name the sender")
+        out.append(({k: item[k] for k in ("text", "data") if k in item}, yid, sender))
     return out

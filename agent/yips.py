@@ -13,6 +13,7 @@ mailbox itself is ``canidae.agent.mailbox``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -21,10 +22,10 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from canidae.agent.api import expect_object, query_int, read_json
-from canidae.agent.mailbox import MailboxStore, parse_body
-from canidae.agent.packroute import PackRouter
+from canidae.agent.mailbox import MailboxStore, new_id, parse_body
+from canidae.agent.packroute import HOP, PackRouter
 from canidae.agent.packtoken import verify
-from canidae.core.errors import InvalidInput, NotAuthenticated, NotFound, PermissionDenied
+from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, PermissionDenied
 from canidae.core.types import validate_name
 
 if TYPE_CHECKING:
@@ -72,14 +73,47 @@ def routes(agent: Agent, endpoint: Callable[..., Any]) -> list[Route]:
         pack = validate_name("pack", request.path_params["pack"])
         who, auth = principal(request)
         body = await read_json(request, limit)
-        items = parse_body(body)
+        relayed = (who == ADMIN and request.headers.get(HOP) is not None and isinstance(body, dict)
+                   and body.get("relayed") is True)
+        if relayed:
+            body = {k: v for k, v in body.items() if k != "relayed"}
+        items = parse_body(body, relayed=relayed)
+        if not relayed:
+            # Every yip has its id from here on: a relayed batch that must be resent is queued once.
+            items = [(item, yid or new_id(), who) for item, yid, _ in items]
 
-        async def local() -> Any:
+        def local() -> Any:
             box = mailbox(pack)
-            out = [box.append(who, item, yid) for item, yid in items]
+            if relayed:  # one answer per yip: a full mailbox refuses some senders, not the whole batch
+                answers: list[dict[str, Any]] = []
+                for item, yid, sender in items:
+                    try:
+                        y = box.append(sender or ADMIN, item, yid)
+                        answers.append({"id": y["id"], "seq": y["seq"]})
+                    except CanidaeError as e:
+                        answers.append(e.to_wire())
+                return {"pack": pack, "node": router.me, "yips": answers}
+            out = [box.append(sender or who, item, yid) for item, yid, sender in items]
             return {"pack": pack, "node": router.me, "yips": [{"id": y["id"], "seq": y["seq"]} for y in out]}
-        return await router.route(request, pack, local, method="POST", path=f"/v1/yips/{pack}", json=body,
-                                  auth=auth)
+
+        if relayed or request.headers.get(HOP) or router.assigned_here(pack):
+            return local()
+        for attempt in (0, 1):
+            node, address = await router.locate(pack, fresh=attempt == 1)
+            if node == router.me:
+                return local()
+            try:
+                answers = await relay.submit(address, pack, items)
+            except NotFound:
+                router.forget(pack)
+                if attempt:
+                    raise
+                continue
+            for a in answers:
+                if "error" in a:
+                    raise CanidaeError.from_wire(a)
+            return {"pack": pack, "node": node, "yips": answers}
+        raise AssertionError("unreachable")
 
     async def receive(request: Request) -> Any:
         pack = validate_name("pack", request.path_params["pack"])
@@ -115,8 +149,68 @@ def routes(agent: Agent, endpoint: Callable[..., Any]) -> list[Route]:
         return await router.route(request, pack, local, method="POST", path=f"/v1/yips/{pack}/ack", json=body,
                                   auth=auth)
 
+    relay = Relay(router)
     return [
         Route("/v1/yips/{pack}", endpoint(send, auth=False, forward=False), methods=["POST"]),
         Route("/v1/yips/{pack}", endpoint(receive, auth=False, forward=False), methods=["GET"]),
         Route("/v1/yips/{pack}/ack", endpoint(acknowledge, auth=False, forward=False), methods=["POST"]),
     ]
+
+
+class Relay:
+    """Yips on their way to another node, one hop per destination at a time.
+
+    Sends that arrive while a hop to the same pack's node is in flight wait and go together in the
+    next hop (``relayed``: each yip names its sender, which the admin-token hop vouches for, and
+    gets its own answer). Nothing waits for a batch to fill: an idle relay sends at once, a busy
+    one sends bigger hops, so the node of a busy mailbox handles far fewer requests.
+    """
+
+    MAX_BATCH = 1000
+
+    def __init__(self, router: PackRouter) -> None:
+        self.router = router
+        self.queues: dict[tuple[str, str], list[tuple[list[Any], asyncio.Future[list[dict[str, Any]]]]]] = {}
+
+    async def submit(self, address: str, pack: str, items: list[Any]) -> list[dict[str, Any]]:
+        key = (address, pack)
+        fut: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        queue = self.queues.get(key)
+        if queue is None:
+            self.queues[key] = [(items, fut)]
+            asyncio.ensure_future(self._drain(key))
+        else:
+            queue.append((items, fut))
+        return await fut
+
+    async def _drain(self, key: tuple[str, str]) -> None:
+        address, pack = key
+        try:
+            while self.queues.get(key):
+                queue = self.queues[key]
+                batch, n = [], 0
+                while queue and (not batch or n + len(queue[0][0]) <= self.MAX_BATCH):
+                    items, fut = queue.pop(0)
+                    batch.append((items, fut))
+                    n += len(items)
+                body = {"relayed": True, "yips": [{**item, "id": yid, "from": sender}
+                                                  for items, _ in batch for item, yid, sender in items]}
+                try:
+                    res = await self.router.send(address, "POST", f"/v1/yips/{pack}", json=body)
+                except CanidaeError as e:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(type(e)(e.message, e.details))
+                    continue
+                except Exception as e:  # never leave a sender hanging
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                answers, i = res["yips"], 0
+                for items, fut in batch:
+                    if not fut.done():
+                        fut.set_result(answers[i:i + len(items)])
+                    i += len(items)
+        finally:
+            self.queues.pop(key, None)

@@ -267,3 +267,29 @@ def test_an_agent_restart_readopts_its_packs_and_kills_what_it_no_longer_holds(t
             assert not set(processes_under(str(tmp_path))) & set(before["steady"])
     finally:
         _down(c)
+
+
+def test_concurrent_sends_through_another_agent_each_get_their_own_answer(cluster):
+    from concurrent.futures import ThreadPoolExecutor
+    cli(cluster, "pack", "spawn", "busy", "--node", "s1", "--", "sleep", "600")
+    via = cluster.agent("s2")["api"]  # not the mailbox's node: every send is relayed to s1
+    senders = {"admin": cluster.token, "tx": pack_token(cluster.token, "tx")}
+
+    def send(i: int) -> tuple[int, Any]:
+        who = "tx" if i % 2 else "admin"
+        r = httpx.post(f"http://{via}/v1/yips/busy", json={"text": f"m{i}", "id": f"id-{i}"},
+                       headers={"authorization": f"Bearer {senders[who]}"}, timeout=10)
+        return r.status_code, r.json()
+
+    with cluster.client() as c:
+        c.request("POST", "/v1/yips/busy", json={"yips": [{"text": "filler"}] * 960})
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(send, range(60)))
+        ok = [body for code, body in results if code == 200]
+        full = [body for code, body in results if code == 409]
+        assert len(ok) == 40 and len(full) == 20  # the mailbox holds 1,000: the first 40 fit
+        assert all("mailbox of pack busy is full" in b["error"]["message"] for b in full)
+        assert len({b["yips"][0]["seq"] for b in ok}) == 40
+        got = c.request("GET", "/v1/yips/busy", params={"after": 960, "max": 1000})["yips"]
+        assert sorted(y["id"] for y in got) == sorted(b["yips"][0]["id"] for b in ok)
+        assert all(y["from"] == ("tx" if int(y["text"][1:]) % 2 else "admin") for y in got)
