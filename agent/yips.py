@@ -7,8 +7,10 @@
 Who may do what is decided here, not by the API's admin-token check: the admin token may do
 everything; a pack token (``canidae.agent.packtoken``) may send to any pack (the yip is marked
 ``from`` that pack) and may receive from and acknowledge *its own* mailbox only. Requests are
-served by the node that holds the pack (``canidae.agent.packroute`` takes them there); the
-mailbox itself is ``canidae.agent.mailbox``.
+served by the node that holds the pack (``canidae.agent.packroute`` takes them there). Sends for
+another node go through a ``Relay``: concurrent ones share a hop, each yip keeping its sender
+(``"relayed": true`` with ``from`` per yip, accepted from the admin token only) and getting its
+own answer. The mailbox itself is ``canidae.agent.mailbox``.
 """
 
 from __future__ import annotations
