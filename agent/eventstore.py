@@ -49,8 +49,9 @@ when its segment is sealed: reading it means one ``pread`` in the active segment
 decompression (cached) in a sealed one.
 
 Projections are folded from events with the same transitions as ``canidae.core.state``; a
-snapshot is written every ``snapshot_every`` events and on close, and on start the projections
-are the newest readable snapshot plus the events after it. Retention removes whole sealed
+snapshot is written every ``snapshot_every`` events (or every as many events as there are
+packs, when that is more: a snapshot's cost grows with the packs) and on close, and on start
+the projections are the newest readable snapshot plus the events after it. Retention removes whole sealed
 segments, oldest first, older than ``retain_ms`` or while the store is over ``retain_bytes``;
 the active segment is never removed, and a snapshot at or after the last removed event is
 written first, so the projections can always be rebuilt.
@@ -598,7 +599,10 @@ class EventStore:
                     with self._maint:
                         for seg in [s for s in self._segments[:-1] if not s.sealed]:
                             self._seal(seg)
-                        if self._proj.seq - self._snap_seq >= self.snapshot_every:
+                        # A snapshot costs in proportion to the packs, a replay on start to the
+                        # events since the last one: with many packs, snapshot less often.
+                        every = max(self.snapshot_every, len(self._proj.packs))
+                        if self._proj.seq - self._snap_seq >= every:
                             self._write_snapshot()
                 except Exception:
                     log.exception("event store: sealing or snapshot failed")
@@ -652,22 +656,25 @@ class EventStore:
 
     def _publish(self, batch: list[Any], chunks: list[tuple[_Segment, list[int], int]]) -> int:
         places = ((seg, off) for seg, offsets, _ in chunks for off in offsets)
+        index_event = self._index_event
+        index = self._index
         with self._lock:
             last = self.durable_seq
+            apply = self._proj.apply
             for item in batch:
-                if isinstance(item, _Rebase):
+                if item.__class__ is _Rebase:
                     self._proj = Projections.from_live(item.seq, item.view.get("packs", {}),
                                                        item.view.get("nodes", {}))
+                    apply = self._proj.apply
                     self._snap_due = True
                     log.warning("event store: events missing before seq %d; projections re-based on the "
                                 "live state", item.seq)
                     continue
                 seg, off = next(places)
-                gap = self._index_event(seg, off, item, last, self._index)
-                if gap is not None:
-                    self._gaps.append(gap)
+                if index_event(seg, off, item, last, index) is not None:
+                    self._gaps.append(seg.gaps[-1])
                 last = item["seq"]
-                self._proj.apply(item)
+                apply(item)
             for seg, _, end in chunks:
                 seg.size = seg.disk_bytes = end
         return last
