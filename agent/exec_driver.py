@@ -17,6 +17,10 @@ under the pack's user and working directory. While it waits, the agent moves it 
 cgroup and sets its rlimits, writes the run record, and only then opens the gate: the shell execs
 the command (same pid). So a member never runs a single instruction outside its limits, and an
 agent that dies before recording a member leaves no orphan: the gate sees end-of-file and exits.
+Moving a process between cgroups waits for a kernel RCU grace period (~10 ms on cgroup v1), so a
+few *spare* gates wait ready in cgroups of their own: a pack's first member takes one, its cgroup
+is renamed to the pack's and given the pack's limits, and the gate runs a start script (log
+redirection, working directory, rlimits, ``env -i``, ``setpriv``) in place of the command line.
 
 Supervision: each member is watched through a pidfd on the event loop (no thread, no pipe per
 member). Exits go through the restart policy: ``always`` restarts, ``on-failure`` restarts on a
@@ -43,6 +47,7 @@ import json
 import logging
 import os
 import resource
+import shlex
 import shutil
 import signal
 import stat
@@ -68,6 +73,8 @@ GATE = '{ulimits} || exit 112; read -r _ || exit 111; exec {become}"$@" </dev/nu
 # Dropping to the pack's user in the gate (rather than in the forked child) lets the agent spawn
 # with vfork: a fork of a large agent costs ~10 ms, a vfork ~0.2 ms.
 SETPRIV = shutil.which("setpriv") or ""
+# A spare gate is started before its pack is known: it reads the path of its start script.
+SPARE_GATE = 'read -r script || exit 111; . "$script"'
 GATE_ABORTED = 111
 GATE_LIMITS = 112
 RLIMIT_OF = {"nofile": resource.RLIMIT_NOFILE, "core": resource.RLIMIT_CORE, "nproc": resource.RLIMIT_NPROC,
@@ -93,6 +100,7 @@ class ExecSettings:
     log_check_s: float = 1.0
     max_procs: int = 512          # processes per pack
     max_files: int = 1024         # open files per member
+    spares: int = 2               # gates kept ready in cgroups of their own (see Spare)
     isolation: str = "auto"       # auto | cgroup2 | cgroup1 | rlimits
     pack_users: str = "auto"      # auto (when root) | on | off
 
@@ -189,6 +197,18 @@ class Member:
                 "last_exit": self.last_exit}
 
 
+class Spare:
+    """A gate started ahead of need and already moved into a cgroup of its own (``p-.spare-N``):
+    starting a pack then renames that cgroup instead of moving a process, which on cgroup v1 costs
+    a kernel RCU grace period (~10 ms). It reads the path of a start script, then runs it."""
+
+    __slots__ = ("gate", "proc", "sandbox", "start_ticks")
+
+    def __init__(self, sandbox: Sandbox, proc: subprocess.Popen[bytes], gate: int) -> None:
+        self.sandbox, self.proc, self.gate = sandbox, proc, gate
+        self.start_ticks: int | None = None
+
+
 class Run:
     """One generation of one pack on this node."""
 
@@ -241,6 +261,9 @@ class ExecDriver:
         self._housekeeping: asyncio.Task[Any] | None = None
         self._ulimit_flags: dict[str, str] = {}
         self._resolved: dict[tuple[str, str, bool], tuple[float, str]] = {}
+        self._spares: list[Spare] = []
+        self._spare_seq = 0
+        self._refilling = False
         self.closed = False
 
     # ------------------------------------------------------------------ opening: isolation and adoption
@@ -269,6 +292,7 @@ class ExecDriver:
         self._ulimit_flags = _probe_ulimit_flags()
         self._adopt()
         self._housekeeping = self._spawn_task(self._housekeeping_loop())
+        self._spawn_task(self._refill())
 
     def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
         t = asyncio.ensure_future(coro)
@@ -398,6 +422,8 @@ class ExecDriver:
                 stops.append(self._stop(run, "agent stopped", self.settings.close_grace_s, report=False))
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        while self._spares:
+            self._discard(self._spares.pop())
         await asyncio.gather(*stops, return_exceptions=True)
         pending = [t for t in self._tasks if not t.done()]
         if pending:
@@ -572,23 +598,28 @@ class ExecDriver:
             run.rlimits = self.isolation.rlimits(run.limits, run.uid is not None)
             self._prepare(run)
             self._resolve(run, self._env(run, 0))
-            try:
-                run.sandbox = self.isolation.create(name, run.limits)
-            except OSError as e:
-                raise CannotStart(f"cannot create the pack's cgroup: {e.strerror}") from None
+            spare = self._take_spare(run)
+            if spare is None:
+                try:
+                    run.sandbox = self.isolation.create(name, run.limits)
+                except OSError as e:
+                    raise CannotStart(f"cannot create the pack's cgroup: {e.strerror}") from None
             run.oom_seen = self.isolation.oom_kills(run.sandbox)
             self.runs[name] = run
-            gates = []
+            gates: list[tuple[int, bytes]] = []
             try:
                 for m in run.members:
-                    gates.append(self._spawn(run, m))
+                    if m.index == 0 and spare is not None:
+                        gates.append(self._use_spare(run, m, spare))
+                    else:
+                        gates.append((self._spawn(run, m), b"go\n"))
             except CannotStart:
-                for g in gates:
+                for g, _ in gates:
                     os.close(g)
                 raise
             self._write_record(run, "running")
-            for g in gates:
-                _open_gate(g)
+            for g, word in gates:
+                _open_gate(g, word)
         except CannotStart as e:
             self.runs.pop(name, None)
             await self._fail_to_start(run, str(e))
@@ -640,6 +671,107 @@ class ExecDriver:
         m.start_ticks = proc_start_ticks(proc.pid)
         self.loop.add_reader(m.pidfd, self._on_exit, run, m)
         return w
+
+    # ------------------------------------------------------------------ spares
+
+    def _spares_usable(self) -> bool:
+        assert self.isolation is not None
+        return (self.settings.spares > 0 and self.isolation.mechanism != "rlimits"
+                and (not self.pack_users or bool(SETPRIV)) and not self.closed)
+
+    async def _refill(self) -> None:
+        """Keep ``settings.spares`` gates waiting in cgroups of their own, moved there off the loop."""
+        if self._refilling or not self._spares_usable():
+            return
+        self._refilling = True
+        assert self.isolation is not None and self.loop is not None
+        try:
+            while len(self._spares) < self.settings.spares and not self.closed:
+                self._spare_seq += 1
+                sb = self.isolation.create(f".spare-{self._spare_seq}", Limits(max_procs=self.settings.max_procs))
+                r, w = os.pipe()
+                try:
+                    proc = subprocess.Popen([SH, "-c", SPARE_GATE], stdin=r, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, cwd="/", env={"PATH": DEFAULT_PATH},
+                                            start_new_session=True, close_fds=True)
+                finally:
+                    os.close(r)
+                spare = Spare(sb, proc, w)
+                try:
+                    await self.loop.run_in_executor(None, self.isolation.attach, sb, proc.pid)
+                except OSError as e:
+                    log.warning("no spare gates: %s", e)
+                    self._discard(spare)
+                    return
+                spare.start_ticks = proc_start_ticks(proc.pid)
+                if self.closed:
+                    self._discard(spare)
+                    return
+                self._spares.append(spare)
+        except OSError as e:
+            log.warning("no spare gates: %s", e)
+        finally:
+            self._refilling = False
+
+    def _take_spare(self, run: Run) -> Spare | None:
+        """A ready gate whose cgroup becomes the pack's (renamed, limits set), or None."""
+        assert self.isolation is not None
+        if not self._spares or not self._spares_usable():
+            return None
+        spare = self._spares.pop()
+        self._spawn_task(self._refill())
+        if spare.proc.poll() is not None:
+            self._discard(spare)
+            return None
+        try:
+            sb = self.isolation.take_over(spare.sandbox, run.name, run.limits)
+        except OSError as e:
+            log.warning("cannot hand a spare gate to %s: %s", run.name, e)
+            sb = None
+        if sb is None:
+            self._discard(spare)
+            return None
+        run.sandbox = sb
+        return spare
+
+    def _use_spare(self, run: Run, m: Member, spare: Spare) -> tuple[int, bytes]:
+        """Member ``m`` runs in ``spare``: write its start script; returns (gate, the script's path)."""
+        assert self.loop is not None
+        env = self._env(run, m.index)
+        become = [SETPRIV, f"--reuid={run.uid}", f"--regid={run.gid}", "--clear-groups", "--"] \
+            if run.uid is not None else []
+        log_file = packlogs.log_path(run.logs, m.index)
+        script = os.path.join(run.dir, f"start-{m.index}.sh")
+        lines = [f"exec >>{shlex.quote(log_file)} 2>&1 </dev/null",
+                 f"cd {shlex.quote(run.work)} || exit {GATE_LIMITS}",
+                 f"{self._ulimits(run)} || exit {GATE_LIMITS}",
+                 "exec env -i " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " "
+                 + " ".join(shlex.quote(a) for a in become + list(run.spec["command"]))]
+        try:
+            fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+            with os.fdopen(fd, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            m.pidfd = os.pidfd_open(spare.proc.pid)
+        except OSError as e:
+            self._discard(spare)
+            raise CannotStart(f"cannot start member {m.index}: {e.strerror}") from None
+        m.proc, m.pid, m.alive, m.started = spare.proc, spare.proc.pid, True, time.monotonic()
+        m.start_ticks = spare.start_ticks
+        self.loop.add_reader(m.pidfd, self._on_exit, run, m)
+        return spare.gate, f"{script}\n".encode()
+
+    def _discard(self, spare: Spare) -> None:
+        assert self.isolation is not None
+        with contextlib.suppress(OSError):
+            os.close(spare.gate)  # the gate reads end-of-file and exits
+        with contextlib.suppress(OSError):
+            spare.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            spare.proc.wait(timeout=2)
+        for _ in range(100):
+            if self.isolation.remove(spare.sandbox):
+                break
+            time.sleep(0.002)
 
     async def _fail_to_start(self, run: Run, reason: str) -> None:
         assert self.isolation is not None
@@ -885,9 +1017,9 @@ def _probe_ulimit_flags() -> dict[str, str]:
     return flags
 
 
-def _open_gate(w: int) -> None:
+def _open_gate(w: int, word: bytes = b"go\n") -> None:
     try:
-        os.write(w, b"go\n")
+        os.write(w, word)
     finally:
         os.close(w)
 

@@ -307,7 +307,8 @@ def test_a_restarted_agent_adopts_live_members_and_kills_what_no_record_claims(t
             assert [m["pid"] for m in st["members"]] == pids["keep"] and all(m["running"] for m in st["members"])
             for pid in pids.get("orphan", []):
                 assert proc_start_ticks(pid) is None  # killed as an orphan
-            assert rig.driver.isolation.leftovers() in ([], ["drop", "keep"], ["keep", "drop"])  # type: ignore[union-attr]
+            packs_left = [n for n in rig.driver.isolation.leftovers() if not n.startswith(".spare")]  # type: ignore[union-attr]
+            assert packs_left in ([], ["drop", "keep"])
             # The reconciler's fencing: "drop" is no longer assigned here.
             await rig.driver.stop("drop", 1, "no longer assigned here")
             await rig.report("drop", "stopped")
@@ -349,3 +350,39 @@ def test_a_pack_cannot_signal_or_inspect_another_pack(tmp_path):
         assert proc_start_ticks(victim) is not None
         assert pack_token(TOKEN, "victim") in environ_of(victim)["CANIDAE_TOKEN"]
     run(tmp_path, body)
+
+
+def test_a_spare_gate_becomes_the_first_member_with_the_packs_limits_user_and_environment(tmp_path):
+    py = member_python()
+    code = ("import os, json, time; print(json.dumps({'pack': os.environ['CANIDAE_PACK'], 'uid': os.getuid(), "
+            "'cwd': os.getcwd(), 'agent_env': 'CANIDAE_TEST_AGENT_SECRET' in os.environ}), flush=True); "
+            "time.sleep(60)")
+
+    async def body(rig: Rig) -> None:
+        rig.driver.running()  # opens the driver, which starts making spares
+        if not rig.driver._spares_usable():
+            pytest.skip("no spare gates with rlimits only")
+
+        async def ready() -> bool:
+            return len(rig.driver._spares) == rig.driver.settings.spares
+        await until(ready, 10, "spare gates")
+        spare_pids = {sp.proc.pid for sp in rig.driver._spares}
+        await rig.start("quick", [py, "-c", code], members=2, mem=48)
+        await rig.report("quick", "running")
+        st = rig.driver.status("quick")
+        assert st["members"][0]["pid"] in spare_pids  # member 0 was a spare; member 1 was spawned
+        assert st["members"][1]["pid"] not in spare_pids
+        for m in (0, 1):
+            seen = json.loads((await log_has(rig, "quick", '"pack"', m)).splitlines()[0])
+            assert seen["pack"] == "quick" and not seen["agent_env"]
+            assert seen["cwd"].endswith(os.path.join("packs", "quick", "work"))
+            if os.geteuid() == 0:
+                assert seen["uid"] == st["uid"] != 0
+        if "memory" in st["cgroups"]:
+            assert st["cgroups"]["memory"].endswith("/p-quick")
+            with open(os.path.join(st["cgroups"]["memory"], "memory.limit_in_bytes")) as f:
+                assert int(f.read()) == 48 << 20
+            with open(os.path.join(st["cgroups"]["memory"], "cgroup.procs")) as f:
+                assert {m["pid"] for m in st["members"]} <= {int(x) for x in f.read().split()}
+        await until(ready, 10, "spare gates made again")
+    run(tmp_path, body, spares=2)
