@@ -290,12 +290,13 @@ def _doc(seq: int, packs: dict[str, tuple[str, str | None]], nodes: dict[str, st
 class _Segment:
     """One segment's metadata and open files. Changed only under the store's lock."""
 
-    __slots__ = ("no", "sealed", "size", "disk_bytes", "first_seq", "last_seq", "first_at", "last_at",
-                 "count", "block_raw", "block_seq", "block_comp", "packs", "gaps", "rfd", "wfd")
+    __slots__ = ("no", "sealed", "full", "size", "disk_bytes", "first_seq", "last_seq", "first_at",
+                 "last_at", "count", "block_raw", "block_seq", "block_comp", "packs", "gaps", "rfd", "wfd")
 
     def __init__(self, no: int) -> None:
         self.no = no
         self.sealed = False
+        self.full = False        # the writer moved on and published its last record: it may be sealed
         self.size = 0            # raw bytes of records (durable)
         self.disk_bytes = 0      # bytes on disk (the .zst and .idx once sealed)
         self.first_seq = 0
@@ -596,14 +597,7 @@ class EventStore:
             if wanted or stop:
                 target = self.durable_seq
                 try:
-                    with self._maint:
-                        for seg in [s for s in self._segments[:-1] if not s.sealed]:
-                            self._seal(seg)
-                        # A snapshot costs in proportion to the packs, a replay on start to the
-                        # events since the last one: with many packs, snapshot less often.
-                        every = max(self.snapshot_every, len(self._proj.packs))
-                        if self._proj.seq - self._snap_seq >= every:
-                            self._write_snapshot()
+                    self._maintain()
                 except Exception:
                     log.exception("event store: sealing or snapshot failed")
                 with self._cond:
@@ -617,6 +611,18 @@ class EventStore:
                     self.apply_retention()
                 except Exception:
                     log.exception("event store: retention failed")
+
+    def _maintain(self) -> None:
+        with self._maint:
+            # Only segments the writer has finished publishing: one it has just rolled away from
+            # may still be receiving its last records' index entries.
+            for seg in [s for s in self._segments[:-1] if s.full and not s.sealed]:
+                self._seal(seg)
+            # A snapshot costs in proportion to the packs, a replay on start to the events since
+            # the last one: with many packs, snapshot less often.
+            every = max(self.snapshot_every, len(self._proj.packs))
+            if self._proj.seq - self._snap_seq >= every:
+                self._write_snapshot()
 
     def _write(self, batch: list[Any]) -> list[tuple[_Segment, list[int], int]]:
         """Encode and write the events of ``batch``, rolling segments at ``segment_bytes``.
@@ -677,6 +683,8 @@ class EventStore:
                 apply(item)
             for seg, _, end in chunks:
                 seg.size = seg.disk_bytes = end
+            for seg in self._segments[:-1]:  # the writer only ever writes the last one
+                seg.full = True
         return last
 
     @staticmethod
@@ -817,6 +825,7 @@ class EventStore:
             self._segments.append(seg)
             self._by_no[no] = seg
         for seg in [s for s in self._segments[:-1] if not s.sealed]:
+            seg.full = True
             self._seal(seg)
         if not self._segments or self._segments[-1].sealed:
             self._new_segment(self._segments[-1].no + 1 if self._segments else 1)
@@ -876,7 +885,7 @@ class EventStore:
                 os.replace(self._path(no, "zst"), self._path(no, "zst") + ".corrupt")
                 return None
         seg = _Segment(no)
-        seg.sealed = True
+        seg.sealed = seg.full = True
         seg.packs = None
         seg.first_seq, seg.last_seq = doc["first_seq"], doc["last_seq"]
         seg.first_at, seg.last_at, seg.count = doc["first_at"], doc["last_at"], doc["count"]

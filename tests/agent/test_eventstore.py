@@ -250,6 +250,43 @@ def test_sealed_segments_are_compressed_and_found_through_the_index(tmp_path, mo
             assert s.tail(pack=name, last=3) == [e for e in events if e["pack"] == name][-3:]
 
 
+def test_a_segment_is_not_sealed_before_its_last_records_are_published(tmp_path) -> None:
+    # The writer's steps driven by hand (its thread is idle): it has written a group that rolled
+    # over to new segments but not yet indexed it when the maintenance thread looks for work.
+    events = many(230)
+    with open_store(tmp_path, segment_bytes=4096) as s:
+        fill(s, events[:30])
+        chunks = s._write(events[30:])
+        assert len(chunks) > 2
+        s._maintain()
+        assert not any(seg.sealed for seg, _, _ in chunks)
+        s._publish(events[30:], chunks)
+        with s._cond:
+            s.durable_seq = s._accepted = 230
+        s._maintain()
+        assert all(seg.sealed for seg, _, _ in chunks[:-1]) and not chunks[-1][0].sealed
+        assert all(s.pack_history(f"pack-{i}") == [e for e in events if e["pack"] == f"pack-{i}"]
+                   for i in range(50))
+    with open_store(tmp_path, segment_bytes=4096) as s:
+        assert all_events(s) == events
+
+
+def test_segments_rolled_in_quick_succession_are_sealed_only_once_complete(tmp_path) -> None:
+    # Small segments and many small groups: the maintenance thread seals while the writer rolls.
+    events = many(6000, packs=97)
+    with open_store(tmp_path, segment_bytes=4096) as s:
+        fill(s, events, batch=7)
+        st = s.stats()
+        assert st["sealed"] >= 50
+        expected = {f"pack-{i}": [e for e in events if e["pack"] == f"pack-{i}"] for i in range(97)}
+        assert all(s.pack_history(name) == want for name, want in expected.items())
+        assert s.verify_report(s.projections()["packs"], full=True)["ok"]
+        live = s.projections()["packs"]
+    with open_store(tmp_path, segment_bytes=4096) as s:
+        assert all(s.pack_history(name) == want for name, want in expected.items())
+        assert s.verify(live, full=True) == []
+
+
 # ------------------------------------------------------------------------------- projections and replay
 
 
