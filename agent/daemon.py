@@ -103,7 +103,8 @@ class Agent:
             self.store = history.open_store(self)  # before the replica: it may replay its journal at once
             self.replica = Replica(
                 self.cfg.raft, self.cfg.raft_peers(), os.path.join(self.cfg.data_dir, "raft"),
-                self.cfg.cluster_password, self.cfg.raft_settings, ClusterState, self._on_applied)
+                self.cfg.cluster_password, self.cfg.raft_settings, ClusterState, self._on_applied,
+                before_snapshot=lambda: self.store.flush(timeout=10.0) if self.store is not None else None)
             self.proposer = Proposer(self.replica, self.loop, timeout_s=self.cfg.request_timeout_s)
         self.tasks = [asyncio.create_task(self._heartbeat_loop()),
                       asyncio.create_task(self.reconciler.run())]

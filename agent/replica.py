@@ -165,6 +165,10 @@ class _ForkingSnapshotWriter:
         self.pid = 0
 
     def serialize(self, tmp_file: str, raft_data: Any) -> None:
+        # Whatever was derived from the entries this snapshot replaces (the event store) must be
+        # durable first: after compaction those entries are never applied here again.
+        if self.replica.before_snapshot is not None:
+            self.replica.before_snapshot()
         final = tmp_file[: -len(".tmp")] if tmp_file.endswith(".tmp") else tmp_file
         ours = final + ".canidae-tmp"
         pid = os.fork()
@@ -221,7 +225,8 @@ class Replica(SyncObj):  # type: ignore[misc]
 
     def __init__(self, self_addr: str, peer_addrs: list[str], data_dir: str, password: str,
                  settings: RaftSettings, state_factory: Callable[[], ClusterState],
-                 on_applied: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                 on_applied: Callable[[list[dict[str, Any]]], None] | None = None,
+                 before_snapshot: Callable[[], Any] | None = None) -> None:
         os.makedirs(data_dir, exist_ok=True)
         journal = os.path.join(data_dir, "raft.journal")
         if settings.fsync:
@@ -230,6 +235,7 @@ class Replica(SyncObj):  # type: ignore[misc]
         self.state = state_factory()
         self._state_factory = state_factory
         self._on_applied = on_applied
+        self.before_snapshot = before_snapshot
         self._writer = _ForkingSnapshotWriter(self)
         conf = SyncObjConf(
             password=password,
