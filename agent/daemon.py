@@ -497,12 +497,20 @@ class Agent:
                                               by=f"agent:{node_id}"))
 
     async def _fetch_assignments(self, after: int) -> dict[str, Any]:
+        # A server holds a replica: it reads its own assignments from it instead of asking the
+        # leader over HTTP (a follower may lag by a moment; generations keep that safe).
+        if self.replica is not None:
+            return await self.assignments(self.cfg.node_id, after, 10.0)
         return await self._call_servers("GET", f"/v1/nodes/{self.cfg.node_id}/assignments",
                                         params={"after": after, "wait": 10}, timeout=15.0)
 
     async def _send_reports(self, reports: list[list[Any]]) -> None:
+        rid = f"rep-{uuid.uuid4().hex}"
+        if self.proposer is not None:  # a server proposes directly (pysyncobj forwards to the leader)
+            await self.report_packs(self.cfg.node_id, reports, rid)
+            return
         await self._call_servers("POST", f"/v1/nodes/{self.cfg.node_id}/reports",
-                                 {"reports": reports, "request_id": f"rep-{uuid.uuid4().hex}"})
+                                 {"reports": reports, "request_id": rid})
 
 
 def _live_ring(st: ClusterState) -> Any:

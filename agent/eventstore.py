@@ -368,7 +368,7 @@ class EventStore:
     def __init__(self, directory: str, *, segment_bytes: int = 16 << 20, snapshot_every: int = 50_000,
                  retain_ms: int | None = 30 * 24 * 3600 * 1000, retain_bytes: int | None = 4 << 30,
                  zstd_level: int = 3, fsync: bool = True, retention_every_s: float = 60.0,
-                 on_durable: Callable[[int], None] | None = None) -> None:
+                 on_durable: Callable[[int], None] | None = None, group_window_s: float = 0.0) -> None:
         if not 4096 <= segment_bytes <= 1 << 30:
             raise ValueError("segment_bytes must be 4 KiB .. 1 GiB")
         self.dir = os.path.abspath(directory)
@@ -379,6 +379,9 @@ class EventStore:
         self.fsync = fsync
         self.retention_every_s = retention_every_s
         self.on_durable = on_durable
+        # How long the writer lets a group gather before it syncs, unless someone waits for it.
+        self.group_window_s = group_window_s
+        self._urgent = 0
         self._cctx = zstandard.ZstdCompressor(level=zstd_level, write_checksum=True)
         self._dctx = zstandard.ZstdDecompressor()
         # Segments, index and projections: readers and the writer's publish step. Never taken by
@@ -463,12 +466,17 @@ class EventStore:
         """Wait until events up to ``seq`` are durable; False on timeout or when closed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self.durable_seq < seq and not self._stopped:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-            return self.durable_seq >= seq
+            self._urgent += 1
+            self._cond.notify_all()
+            try:
+                while self.durable_seq < seq and not self._stopped:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._cond.wait(left)
+                return self.durable_seq >= seq
+            finally:
+                self._urgent -= 1
 
     def settle(self, timeout: float | None = None) -> bool:
         """``flush``, then wait until the sealing and snapshots that the writes caused are done too."""
@@ -529,6 +537,8 @@ class EventStore:
             with self._cond:
                 while not self._pending and not self._closing:
                     self._cond.wait()
+                if self.group_window_s and not self._closing and not self._urgent:
+                    self._cond.wait(self.group_window_s)  # woken early when a reader waits
                 batch, self._pending = self._pending, []
                 closing = self._closing
             # Huge backlogs go in groups: each is written, fsync'ed and acknowledged in turn, which

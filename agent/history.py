@@ -66,7 +66,11 @@ def open_store(agent: Agent) -> EventStore:
     """Open (recover) the agent's event store; its writer wakes this agent's long-polls."""
     assert agent.loop is not None
     waker = _Waker(agent.loop)
-    store = EventStore(os.path.join(agent.cfg.data_dir, "events"), on_durable=waker.notify)
+    # Events are derived from the Raft log (durable on its own, and the store is flushed before
+    # a Raft snapshot replaces entries), so the store may gather 20 ms of them per sync instead
+    # of adding a second disk sync to every commit.
+    store = EventStore(os.path.join(agent.cfg.data_dir, "events"), on_durable=waker.notify,
+                       group_window_s=0.02)
     _wakers[id(store)] = waker
     return store
 
