@@ -505,10 +505,9 @@ class Agent:
                                         params={"after": after, "wait": 10}, timeout=15.0)
 
     async def _send_reports(self, reports: list[list[Any]]) -> None:
+        # Through the leader's API even from a server: there the reports join the leader's group
+        # commit, where a follower's own proposal would travel as a log entry of its own.
         rid = f"rep-{uuid.uuid4().hex}"
-        if self.proposer is not None:  # a server proposes directly (pysyncobj forwards to the leader)
-            await self.report_packs(self.cfg.node_id, reports, rid)
-            return
         await self._call_servers("POST", f"/v1/nodes/{self.cfg.node_id}/reports",
                                  {"reports": reports, "request_id": rid})
 
