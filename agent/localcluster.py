@@ -56,8 +56,12 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def find_base_port(servers: int, clients: int, lo: int = 20_000, hi: int = 60_000, seed: int | None = None) -> int:
-    """A base port whose whole layout (API +i, Raft +100+i, clients +200+j) is free right now."""
+def find_base_port(servers: int, clients: int, lo: int = 10_000, hi: int = 20_000, seed: int | None = None) -> int:
+    """A base port whose whole layout (API +i, Raft +100+i, clients +200+j) is free right now.
+
+    The default range stays below Linux's ephemeral ports (32768 and up), which outgoing
+    connections take at any moment, and below the ranges the test harness gives its workers.
+    """
     import random
     rng = random.Random(seed if seed is not None else os.getpid() ^ time.monotonic_ns())
     for _ in range(500):

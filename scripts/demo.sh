@@ -14,7 +14,7 @@ data="$(mktemp -d -t canidae-demo-XXXXXX)"
 export CANIDAE_CONFIG="$data/cli.toml"
 trap 'canidae cluster down --data-dir "$data/cluster" >/dev/null 2>&1 || true; rm -rf "$data"' EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(20000 + s.getsockname()[1] % 30000 // 10 * 10)')
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(10000 + s.getsockname()[1] % 9000 // 10 * 10)')
 canidae cluster up --clients 2 --data-dir "$data/cluster" --base-port "$port"
 canidae pack spawn web --cpu 500 --mem 256
 canidae pack spawn batch --count 10000

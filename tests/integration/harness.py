@@ -19,7 +19,7 @@ def pick_base_port(servers: int, clients: int) -> int:
     """Free ports for a layout, in a range of this xdist worker's own so workers never race."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     slot = int(worker[2:]) if worker[2:].isdigit() else 0
-    return localcluster.find_base_port(servers, clients, lo=20_000 + slot * 4_000, hi=24_000 + slot * 4_000)
+    return localcluster.find_base_port(servers, clients, lo=20_000 + slot * 1_500, hi=21_500 + slot * 1_500)
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
