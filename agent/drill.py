@@ -29,7 +29,7 @@ import httpx
 
 from canidae.agent import localcluster
 from canidae.agent.client import Client, Target
-from canidae.core.errors import CanidaeError, InvalidInput, NotFound, Timeout
+from canidae.core.errors import InvalidInput, NotFound, Timeout
 from canidae.core.types import Resources
 
 
@@ -106,20 +106,11 @@ class DrillCluster:
     def restart(self, ident: str) -> None:
         a = self.agent(ident)
         if not self.alive(a):
-            a["pid"] = localcluster.start_agent(a["config"], os.path.join(os.path.dirname(a["config"]), "stdout.log"))
+            localcluster.restart_agent(a)
 
 
 def _wait(cond: Callable[[], Any], timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while True:
-        try:
-            if cond():
-                return time.monotonic() - t0
-        except (CanidaeError, httpx.HTTPError):
-            pass  # the cluster is recovering: not yet
-        if time.monotonic() - t0 > timeout:
-            raise Timeout(f"drill: {what} not reached within {timeout:g} s")
-        time.sleep(0.01)
+    return localcluster.wait_until(cond, timeout, f"drill: {what}", interval=0.01)
 
 
 @dataclass

@@ -17,13 +17,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import tomli_w
 
 from canidae.agent.config import AgentConfig, ServerPeer, new_secret, write_config
-from canidae.core.errors import AlreadyExists, InvalidInput, NotFound, Timeout
+from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NotFound, Timeout
 from canidae.core.types import Resources, Role
 
 STATE_FILE = "cluster.json"
@@ -242,9 +242,32 @@ def down(data_dir: str, timeout: float = 10.0) -> dict[str, Any]:
             "not_running": [a["id"] for a in st["agents"] if a not in alive]}
 
 
+def restart_agent(agent: dict[str, Any]) -> None:
+    """Start a stopped agent of a local cluster again from its config (its pid is updated)."""
+    agent["pid"] = start_agent(agent["config"], os.path.join(os.path.dirname(agent["config"]), "stdout.log"))
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> float:
+    """Poll ``cond`` until it is true; return the seconds it took, or raise ``Timeout(what)``.
+
+    A condition that fails with a cluster error or an HTTP error is "not yet": drills and scale
+    tests poll clusters that are recovering on purpose.
+    """
+    t0 = time.monotonic()
+    while True:
+        try:
+            if cond():
+                return time.monotonic() - t0
+        except (CanidaeError, httpx.HTTPError):
+            pass
+        if time.monotonic() - t0 > timeout:
+            raise Timeout(f"{what} not reached within {timeout:g} s")
+        time.sleep(interval)
+
+
 def default_data_dir() -> str:
     return os.path.expanduser(os.path.join("~", ".local", "share", "canidae", "local"))
 
 
 __all__ = ["ClusterLayout", "up", "down", "running_agents", "read_cluster_state", "default_data_dir",
-           "plan_configs", "start_agent", "wait_ready", "write_cli_config"]
+           "plan_configs", "start_agent", "restart_agent", "wait_ready", "wait_until", "write_cli_config"]

@@ -579,23 +579,12 @@ class LiveCluster:
 
     def restart(self, a: dict[str, Any]) -> None:
         if not self.alive(a):
-            a["pid"] = localcluster.start_agent(
-                a["config"], os.path.join(os.path.dirname(a["config"]), "stdout.log")
-            )
+            localcluster.restart_agent(a)
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> float:
     """Poll ``cond`` until it is true; return the seconds it took, or raise Timeout."""
-    t0 = time.monotonic()
-    while True:
-        try:
-            if cond():
-                return time.monotonic() - t0
-        except (CanidaeError, httpx.HTTPError):
-            pass  # the cluster is busy or recovering: not yet
-        if time.monotonic() - t0 > timeout:
-            raise Timeout(f"scale test: {what} not reached within {timeout:g} s")
-        time.sleep(interval)
+    return localcluster.wait_until(cond, timeout, f"scale test: {what}", interval)
 
 
 NO_YIP_API = "the agents have no yip API"

@@ -90,8 +90,7 @@ class LocalCluster:
             wait_for(lambda: not localcluster._pid_alive(a["pid"], a["config"]), 5, f"{ident} to die")
 
     def restart(self, ident: str) -> None:
-        a = self.agent(ident)
-        a["pid"] = localcluster.start_agent(a["config"], os.path.join(os.path.dirname(a["config"]), "stdout.log"))
+        localcluster.restart_agent(self.agent(ident))
 
     def down(self) -> None:
         st = localcluster.read_cluster_state(self.data_dir)
