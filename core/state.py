@@ -26,9 +26,11 @@ replicated sequence so every replica numbers them alike.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator
 
 import xxhash
@@ -319,7 +321,6 @@ class ClusterState:
         return {"ok": True, "accepted": accepted, "stale": stale}
 
     def _apply_migrate_packs(self, cmd: MigratePacks) -> dict[str, Any]:
-        from dataclasses import replace
         recs = []
         for name, target in cmd.moves:
             rec = self._pack(name)
@@ -506,7 +507,6 @@ class ClusterState:
     def list_packs(self, *, node: str | None = None, state: PackState | None = None,
                    after: str | None = None, limit: int = 1000) -> tuple[list[PackRecord], str | None]:
         """A page of packs sorted by name, after ``after``; returns the page and the next cursor."""
-        import bisect
         if node is not None:
             names: list[str] = sorted(self.by_node.get(node, {}))
         else:
@@ -602,7 +602,6 @@ class ClusterState:
 
 
 def _with_state(node: Node, state: NodeState) -> Node:
-    from dataclasses import replace
     return replace(node, state=state)
 
 
