@@ -15,9 +15,22 @@ from typing import Any, Mapping
 
 import tomli_w
 
-from canidae.agent.replica import RaftSettings
 from canidae.core.errors import InvalidInput
 from canidae.core.types import Location, Node, Resources, Role, validate_name
+
+
+@dataclass(frozen=True)
+class RaftSettings:
+    """Raft timing and durability settings (see the README's design notes for the measurements)."""
+
+    election_min_s: float = 0.25
+    election_max_s: float = 0.5
+    heartbeat_s: float = 0.05
+    tick_s: float = 0.05
+    leader_fallback_s: float = 0.9   # a cut-off leader steps down after this (pysyncobj default: 30 s)
+    fsync: bool = True
+    compaction_min_entries: int = 20_000
+    compaction_min_time_s: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Every agent runs the same process. A *server* also holds a ``Replica`` (a Raft v
   heartbeat times in memory only (they are not state) and, after ``heartbeat_ttl_s`` without
   one, commits ``SetNodeState(DOWN)`` stamped with its term; apply then reschedules the node's
   packs. A new leader gives every node a full TTL of grace before judging it.
-* reconcile (``canidae.agent.reconcile``): a long-poll on this node's assignments, woken by
+* reconcile (``canidae.agent.node.reconcile``): a long-poll on this node's assignments, woken by
   every applied change; drivers bring actual state to desired state and the agent reports it.
 
 Time is read here (wall clock for ``at`` stamps, monotonic clock for deadlines), never in core.
@@ -29,15 +29,15 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 
-from canidae.agent import history
-from canidae.agent.api import build_app
+from canidae.agent.server import history
+from canidae.agent.server.api import build_app
 from canidae.agent.client import decode_answer
 from canidae.agent.config import AgentConfig
-from canidae.agent.drivers import VirtualDriver
-from canidae.agent.eventstore import EventStore
-from canidae.agent.proposer import Proposer
-from canidae.agent.reconcile import Reconciler
-from canidae.agent.replica import Replica
+from canidae.agent.node.drivers import VirtualDriver
+from canidae.agent.server.eventstore import EventStore
+from canidae.agent.server.proposer import Proposer
+from canidae.agent.node.reconcile import Reconciler
+from canidae.agent.server.replica import Replica
 from canidae.core.commands import Command, CreatePacks, MigratePacks, PackReport, PlacePacks, Rebalance, \
     RegisterNode, ReportPacks, SetNodeState, StopPacks
 from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound, OperationFailed, Unavailable
@@ -69,7 +69,7 @@ class Agent:
         self.running_on: dict[str, int] = {}  # what each agent says it runs (from heartbeats)
         self.was_leader = False
         self.down_in_flight: set[str] = set()
-        self.store: EventStore | None = None  # servers: the cluster's event history (canidae.agent.history)
+        self.store: EventStore | None = None  # servers: the cluster's event history (canidae.agent.server.history)
         self.applied_signal: asyncio.Event | None = None
         self.leader_hint: str | None = None
         # Modules that add API routes: callables (agent, endpoint) -> list of starlette Routes.
@@ -79,9 +79,10 @@ class Agent:
         self.reconciler = Reconciler(self._fetch_assignments, self._send_reports)
         self.reconciler.add_driver(VirtualDriver(self.reconciler.report))
         # Real processes (exec driver), their API and the mailboxes of the packs on this node.
-        from canidae.agent import exec_api, yips
-        from canidae.agent.exec_driver import ExecDriver
-        from canidae.agent.mailbox import MailboxStore
+        from canidae.agent.server import exec_api
+        from canidae.agent.server import yips
+        from canidae.agent.node.exec_driver import ExecDriver
+        from canidae.agent.node.mailbox import MailboxStore
         self.exec_driver = ExecDriver(self.reconciler.report, data_dir=cfg.data_dir, node_id=cfg.node_id,
                                       token=cfg.token, api=cfg.api)
         self.reconciler.add_driver(self.exec_driver)
@@ -413,7 +414,7 @@ class Agent:
 
     async def forward(self, request: Request, limit: int) -> Response:
         """A client agent passes cluster requests on to a server, unchanged."""
-        from canidae.agent.api import read_json
+        from canidae.agent.server.api import read_json
         body = await read_json(request, limit) if request.method == "POST" else None
         assert self.http is not None
         last: CanidaeError = Unavailable("no server reachable")
@@ -427,7 +428,7 @@ class Agent:
             if r.status_code == 503:
                 continue
             return Response(r.content, status_code=r.status_code, media_type="application/json")
-        from canidae.agent.api import error_response
+        from canidae.agent.server.api import error_response
         return error_response(last)
 
     async def _heartbeat_loop(self) -> None:

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
 from harness import LocalCluster, wait_for  # noqa: E402
 
-from canidae.agent.localcluster import _pid_alive  # noqa: E402
+from canidae.agent.ops.localcluster import _pid_alive  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:

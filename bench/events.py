@@ -1,4 +1,4 @@
-"""Benchmark of the event store (canidae.agent.eventstore) on this machine's disk.
+"""Benchmark of the event store (canidae.agent.server.eventstore) on this machine's disk.
 
 Events are realistic: produced by ``canidae.core.state.ClusterState`` applying a mix of commands
 like a live cluster's (nodes joining, single and bulk spawns, coalesced agent reports, stops,
@@ -34,7 +34,7 @@ import time
 import uuid
 from typing import Any
 
-from canidae.agent.eventstore import EventStore
+from canidae.agent.server.eventstore import EventStore
 from canidae.core.commands import (
     CreatePacks, MigratePacks, PackReport, PlacePacks, RegisterNode, ReportPacks, SetNodeState, StopPacks,
 )

@@ -40,9 +40,9 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 from harness import LocalCluster, wait_for  # noqa: E402
 from packprocs import kill_leftovers, remove_cgroups  # noqa: E402
 
-from canidae.agent.execclient import exec_info  # noqa: E402
-from canidae.agent.isolation import parent_name  # noqa: E402
-from canidae.agent.packtoken import pack_token  # noqa: E402
+from canidae.agent.client.execcalls import exec_info  # noqa: E402
+from canidae.agent.node.isolation import parent_name  # noqa: E402
+from canidae.core.packtoken import pack_token  # noqa: E402
 
 RECEIVER = r"""
 import json, sys, time, httpx
@@ -83,7 +83,7 @@ def rss_kib(pid: int) -> int:
 
 def bench_driver_start(n: int) -> dict[str, Any]:
     """The exec driver alone, in this process (no cluster): start() of a 1-member pack."""
-    from canidae.agent.exec_driver import ExecDriver
+    from canidae.agent.node.exec_driver import ExecDriver
 
     async def report(*_: Any) -> None:
         pass

@@ -109,7 +109,7 @@ def agent_init(
     "With the agent running, it reports the isolation the agent chose at start; otherwise the one it would "
     "choose. Exits 1 when a check fails (warnings do not)."))
 def agent_doctor(config: ConfigFileOpt = Path("agent.toml"), json: JsonOption = False) -> None:
-    from canidae.agent.doctor import run_checks
+    from canidae.agent.ops.doctor import run_checks
     cfg = load_config(str(config), env=os.environ)
     checks = run_checks(cfg, str(config))
     failed = [c for c in checks if c["status"] == "fail"]

@@ -9,7 +9,7 @@ import httpx
 import typer
 from rich.table import Table
 
-from canidae.agent import localcluster
+from canidae.agent.ops import localcluster
 from canidae.cli.connect import client
 from canidae.cli.output import GLOBALS, JsonOption, TimeoutOption, console, emit
 from canidae.cli.params import DataDirOpt

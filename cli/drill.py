@@ -13,8 +13,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from canidae.agent import drill as drills
-from canidae.agent import localcluster
+from canidae.agent.ops import drill as drills
+from canidae.agent.ops import localcluster
 from canidae.cli.output import JsonOption, TimeoutOption, console, emit, err_console, wants_json
 from canidae.cli.plans import YesOption, confirm
 from canidae.core.errors import OperationFailed

@@ -1,6 +1,6 @@
 """``canidae history verify``, and the time helpers the history commands share.
 
-Every server agent keeps its own copy of the cluster's event log (``canidae.agent.eventstore``).
+Every server agent keeps its own copy of the cluster's event log (``canidae.agent.server.eventstore``).
 ``history verify`` asks each server to rebuild its projections (every pack's state and node,
 every node's state) from its log and to compare them with its live replicated state; any
 difference fails the command (exit 1) after the report is printed.

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from canidae.agent.execclient import pack_kill as pack_kill_call
-from canidae.agent.execclient import pack_logs as pack_logs_call
+from canidae.agent.client.execcalls import pack_kill as pack_kill_call
+from canidae.agent.client.execcalls import pack_logs as pack_logs_call
 from canidae.cli.connect import client
 from canidae.cli.output import (
     JsonOption, StaleOption, TimeoutOption, WaitOption, console, emit, err_console, wants_json,

@@ -3,7 +3,7 @@
 ``run --mode sim`` drives the deterministic simulator (``canidae.core.sim``) over a scenario
 built from the parameters and the seed (``canidae.core.scaleplan``): no socket, a virtual clock,
 the invariants checked after every step. ``run --mode live`` drives real agents on loopback
-(``canidae.agent.scaletest``). Both print the seed's "Expected Performance at Scale" table with
+(``canidae.agent.ops.scaletest``). Both print the seed's "Expected Performance at Scale" table with
 a row of what was measured; ``--json`` prints the whole run, ``--out`` saves it, and
 ``report`` summarises a saved run and draws it as SVG (latency percentiles over time, packs per
 node). The SVG is written here, by hand: no plotting library is a dependency, and PNG is
@@ -256,7 +256,7 @@ def run(
             )
         clients = nodes if nodes is not None else preset.live_clients
         assert clients is not None
-        from canidae.agent import scaletest
+        from canidae.agent.ops import scaletest
 
         live = scaletest.LivePlan(
             packs=k,
@@ -306,7 +306,7 @@ def _run_sim(
     node_packs: int | None,
     batch: int | None,
 ) -> dict[str, Any]:
-    from canidae.agent import scaletest
+    from canidae.agent.ops import scaletest
 
     if duration != int(duration):
         raise InvalidInput(f"--duration must be whole seconds in sim mode, got {duration:g}")

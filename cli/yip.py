@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from canidae.agent.execclient import yip_ack, yip_recv, yip_send
+from canidae.agent.client.execcalls import yip_ack, yip_recv, yip_send
 from canidae.cli.connect import client
 from canidae.cli.output import PACK_METAVAR, JsonOption, TimeoutOption, console, emit, wants_json
 from canidae.cli.params import PackArg

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from canidae.agent import eventstore
-from canidae.agent.eventstore import EventStore, Projections, decode_record, encode_record
+from canidae.agent.server import eventstore
+from canidae.agent.server.eventstore import EventStore, Projections, decode_record, encode_record
 from canidae.core.commands import (
     CreatePacks, MigratePacks, PackReport, PlacePacks, RegisterNode, RemoveNode, ReportPacks, SetNodeState,
     StopPacks,

@@ -15,10 +15,10 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from canidae.agent import packlogs
-from canidae.agent.exec_driver import ExecDriver, ExecSettings, proc_start_ticks
-from canidae.agent.isolation import Limits
-from canidae.agent.packtoken import pack_token
+from canidae.agent.node import packlogs
+from canidae.agent.node.exec_driver import ExecDriver, ExecSettings, proc_start_ticks
+from canidae.agent.node.isolation import Limits
+from canidae.core.packtoken import pack_token
 from packprocs import environ_of, kill_leftovers, member_python, processes_under, uid_of
 
 TOKEN = "driver-test-token"

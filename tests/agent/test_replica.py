@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from canidae.agent.replica import Replica, RaftSettings, encode_entry
+from canidae.agent.config import RaftSettings
+from canidae.agent.server.replica import Replica, encode_entry
 from canidae.core.commands import CreatePacks, RegisterNode, encode_batch
 from canidae.core.state import ClusterState
 from canidae.core.types import Location, Node, PackSpec, Resources

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from canidae.agent.exec_driver import _can_exec
+from canidae.agent.node.exec_driver import _can_exec
 
 
 def member_python() -> str:

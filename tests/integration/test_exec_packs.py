@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
-from canidae.agent import localcluster
+from canidae.agent.ops import localcluster
 from canidae.agent.client import Client, Target
 from canidae.agent.config import new_secret, write_config
-from canidae.agent.execclient import exec_info, pack_processes
-from canidae.agent.isolation import parent_name
-from canidae.agent.packtoken import pack_token
+from canidae.agent.client.execcalls import exec_info, pack_processes
+from canidae.agent.node.isolation import parent_name
+from canidae.core.packtoken import pack_token
 from harness import LocalCluster, pick_base_port, wait_for
 from packprocs import environ_of, kill_leftovers, member_python, processes_under, remove_cgroups
 

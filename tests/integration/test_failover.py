@@ -126,7 +126,7 @@ def test_rebalance_moves_only_onto_the_newcomer(tmp_path):
                           cluster_password="", data_dir=str(tmp_path / "n9"), log_file=str(tmp_path / "n9.log"))
             path = str(tmp_path / "n9.toml")
             write_config(new, path)
-            from canidae.agent.localcluster import start_agent
+            from canidae.agent.ops.localcluster import start_agent
             pid = start_agent(path, str(tmp_path / "n9.out"))
             cl.agents.append({"id": "n9", "role": "client", "api": new.api, "raft": "", "pid": pid, "config": path,
                               "log": new.log_file})

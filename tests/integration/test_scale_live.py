@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from canidae.agent import localcluster
+from canidae.agent.ops import localcluster
 from canidae.cli.main import main
 from harness import pick_base_port
 

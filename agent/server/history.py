@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from canidae.agent.eventstore import EventStore
+from canidae.agent.server.eventstore import EventStore
 from canidae.core.errors import InvalidInput, NotFound, OperationFailed
 from canidae.core.types import validate_name
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
-from canidae.agent.drivers import PackDriver
+from canidae.agent.node.drivers import PackDriver
 from canidae.core.errors import CanidaeError, NotFound
 
 log = logging.getLogger("canidae.reconcile")

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import httpx
 
-from canidae.agent import localcluster
+from canidae.agent.ops import localcluster
 from canidae.agent.client import Client, Target
 from canidae.core.errors import InvalidInput, NotFound, Timeout
 from canidae.core.types import Resources

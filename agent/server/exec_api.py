@@ -5,8 +5,8 @@
     GET  /v1/exec/packs/{pack}          processes of the pack here: pids, restarts, exits, limits
     GET  /v1/exec/info                  this agent's isolation mechanism, settings and clock
 
-Any agent takes them and routes them (``canidae.agent.packroute``); the work is the exec
-driver's (``canidae.agent.exec_driver``) and the log reading ``canidae.agent.packlogs``.
+Any agent takes them and routes them (``canidae.agent.server.packroute``); the work is the exec
+driver's (``canidae.agent.node.exec_driver``) and the log reading ``canidae.agent.node.packlogs``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from starlette.requests import Request
 from starlette.routing import Route
 
-from canidae.agent import packlogs
-from canidae.agent.api import expect_object, query_int, read_json
-from canidae.agent.packroute import PackRouter
+from canidae.agent.node import packlogs
+from canidae.agent.server.api import expect_object, query_int, read_json
+from canidae.agent.server.packroute import PackRouter
 from canidae.core.errors import InvalidInput
 from canidae.core.types import validate_name
 

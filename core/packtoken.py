@@ -3,7 +3,7 @@
 A pack token is ``pk.<pack>.<mac>`` where ``mac`` is an HMAC-SHA256 of the pack name keyed with the
 cluster's agent token. Every agent holds that token, so any agent can verify a pack token without
 asking anyone, and a pack cannot forge the token of another pack. This module owns the format
-and the check; what a token may do is decided where it is used (``canidae.agent.yips``).
+and the check; what a token may do is decided where it is used (``canidae.agent.server.yips``).
 """
 
 from __future__ import annotations

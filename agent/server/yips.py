@@ -5,12 +5,12 @@
     POST /v1/yips/{pack}/ack      {"through": SEQ}
 
 Who may do what is decided here, not by the API's admin-token check: the admin token may do
-everything; a pack token (``canidae.agent.packtoken``) may send to any pack (the yip is marked
+everything; a pack token (``canidae.core.packtoken``) may send to any pack (the yip is marked
 ``from`` that pack) and may receive from and acknowledge *its own* mailbox only. Requests are
-served by the node that holds the pack (``canidae.agent.packroute`` takes them there). Sends for
+served by the node that holds the pack (``canidae.agent.server.packroute`` takes them there). Sends for
 another node go through a ``Relay``: concurrent ones share a hop, each yip keeping its sender
 (``"relayed": true`` with ``from`` per yip, accepted from the admin token only) and getting its
-own answer. The mailbox itself is ``canidae.agent.mailbox``.
+own answer. The mailbox itself is ``canidae.agent.node.mailbox``.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from starlette.requests import Request
 from starlette.routing import Route
 
-from canidae.agent.api import expect_object, query_int, read_json
-from canidae.agent.mailbox import MailboxStore, new_id, parse_body
-from canidae.agent.packroute import HOP, PackRouter
-from canidae.agent.packtoken import verify
+from canidae.agent.server.api import expect_object, query_int, read_json
+from canidae.agent.node.mailbox import MailboxStore, new_id, parse_body
+from canidae.agent.server.packroute import HOP, PackRouter
+from canidae.core.packtoken import verify
 from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, PermissionDenied
 from canidae.core.types import validate_name
 

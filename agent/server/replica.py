@@ -28,7 +28,7 @@ import os
 import pickle
 import struct
 import threading
-from dataclasses import dataclass
+
 from typing import Any, Callable
 
 import zstandard
@@ -37,6 +37,7 @@ from pysyncobj import journal as _journal
 from pysyncobj import syncobj as _syncobj
 from pysyncobj.config import SERIALIZER_STATE
 
+from canidae.agent.config import RaftSettings
 from canidae.core.commands import decode_batch
 from canidae.core.errors import OperationFailed
 from canidae.core.state import ClusterState
@@ -141,20 +142,6 @@ def _create_journal(journal_file: str | None = None) -> _journal.Journal:
 
 # pysyncobj looks the factory up in its own module namespace when a SyncObj is built.
 _syncobj.createJournal = _create_journal
-
-
-@dataclass(frozen=True)
-class RaftSettings:
-    """Raft timing and durability settings (see the README's design notes for the measurements)."""
-
-    election_min_s: float = 0.25
-    election_max_s: float = 0.5
-    heartbeat_s: float = 0.05
-    tick_s: float = 0.05
-    leader_fallback_s: float = 0.9   # a cut-off leader steps down after this (pysyncobj default: 30 s)
-    fsync: bool = True
-    compaction_min_entries: int = 20_000
-    compaction_min_time_s: float = 300.0
 
 
 class _ForkingSnapshotWriter:

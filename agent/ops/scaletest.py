@@ -44,9 +44,9 @@ from typing import Any
 
 import httpx
 
-from canidae.agent import localcluster
+from canidae.agent.ops import localcluster
 from canidae.agent.client import Client, Target
-from canidae.agent.packtoken import pack_token
+from canidae.core.packtoken import pack_token
 from canidae.core import scaleplan
 from canidae.core.errors import CanidaeError, InvalidInput, NotFound, Timeout
 from canidae.core.scaleplan import SimPlan, percentile, windows

@@ -9,7 +9,7 @@ twice.
 
 A mailbox refuses a yip (``Conflict``, exit 6) when it holds ``max_yips`` unacknowledged yips or
 ``max_bytes`` of payload. Mailboxes live in the agent's memory: an agent restart empties them.
-This module knows nothing of HTTP, tokens or routing (``canidae.agent.yips``).
+This module knows nothing of HTTP, tokens or routing (``canidae.agent.server.yips``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from canidae.agent.config import AgentConfig
-from canidae.agent.isolation import Isolation
+from canidae.agent.node.isolation import Isolation
 
 SKEW_WARN_MS = 250.0
 SKEW_FAIL_MS = 2000.0

@@ -3,12 +3,12 @@
 What it owns, per pack generation placed here (a *run*):
 
 * a directory ``<data_dir>/exec/packs/<pack>/`` with ``work/`` (the members' working directory),
-  ``logs/`` (one size-rotated log per member, ``canidae.agent.packlogs``) and ``run.json`` (the
+  ``logs/`` (one size-rotated log per member, ``canidae.agent.node.packlogs``) and ``run.json`` (the
   run record: pids, process start times, generation, restarts, final state);
 * where the agent runs as root, a user of its own (uid = a per-node base + a slot), so that a pack
   cannot signal, trace or read the processes and files of another pack, and ``RLIMIT_NPROC``
   bounds its processes; a cgroup with its CPU, memory and process limits
-  (``canidae.agent.isolation``); rlimits on open files;
+  (``canidae.agent.node.isolation``); rlimits on open files;
 * a scrubbed environment: ``PATH``, ``HOME``, ``LANG``, the spec's ``env`` and the ``CANIDAE_*``
   variables (pack, member index, node, generation, agent address, mailbox URL, pack token).
 
@@ -57,10 +57,10 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from canidae.agent import packlogs
-from canidae.agent.drivers import Report
-from canidae.agent.isolation import Isolation, Limits, Sandbox
-from canidae.agent.packtoken import pack_token
+from canidae.agent.node import packlogs
+from canidae.agent.node.drivers import Report
+from canidae.agent.node.isolation import Isolation, Limits, Sandbox
+from canidae.core.packtoken import pack_token
 from canidae.core.errors import InvalidInput, NotFound
 
 log = logging.getLogger("canidae.exec")

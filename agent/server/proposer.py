@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from pysyncobj import FAIL_REASON
 
-from canidae.agent.replica import Replica, encode_entry
+from canidae.agent.server.replica import Replica, encode_entry
 from canidae.core.commands import Command, Noop, encode_batch
 from canidae.core.errors import CanidaeError, NoLeader, Timeout, Unavailable
 
