@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
 import tomli_w
-
 from canidae.core.errors import InvalidInput
 from canidae.core.types import Location, Node, Resources, Role, validate_name
 

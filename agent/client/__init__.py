@@ -5,6 +5,13 @@ The typed HTTP client (``calls``) and the typed calls of the exec and yip routes
 ``canidae.core``.
 """
 
-from canidae.agent.client.calls import Client, Target, config_path, decode_answer, read_cli_config, resolve_target
+from canidae.agent.client.calls import (
+    Client,
+    Target,
+    config_path,
+    decode_answer,
+    read_cli_config,
+    resolve_target,
+)
 
 __all__ = ["Client", "Target", "config_path", "decode_answer", "read_cli_config", "resolve_target"]

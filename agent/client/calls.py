@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import httpx
-
 from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, Timeout, Unavailable
 
 DEFAULT_CONFIG = os.path.join("~", ".config", "canidae", "config.toml")

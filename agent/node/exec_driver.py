@@ -60,8 +60,8 @@ from typing import Any, Mapping
 from canidae.agent.node import packlogs
 from canidae.agent.node.drivers import Report
 from canidae.agent.node.isolation import Isolation, Limits, Sandbox
-from canidae.core.packtoken import pack_token
 from canidae.core.errors import InvalidInput, NotFound
+from canidae.core.packtoken import pack_token
 
 log = logging.getLogger("canidae.exec")
 

@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 import httpx
-
 from canidae.agent.config import AgentConfig
 from canidae.agent.node.isolation import Isolation
 

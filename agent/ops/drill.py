@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import httpx
-
-from canidae.agent.ops import localcluster
 from canidae.agent.client import Client, Target
+from canidae.agent.ops import localcluster
 from canidae.core.errors import InvalidInput, NotFound, Timeout
 from canidae.core.types import Resources
 

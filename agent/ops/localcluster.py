@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 import httpx
 import tomli_w
-
 from canidae.agent.config import AgentConfig, ServerPeer, new_secret, write_config
 from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NotFound, Timeout
 from canidae.core.types import Resources, Role

@@ -43,12 +43,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
-
-from canidae.agent.ops import localcluster
 from canidae.agent.client import Client, Target
-from canidae.core.packtoken import pack_token
+from canidae.agent.ops import localcluster
 from canidae.core import scaleplan
 from canidae.core.errors import CanidaeError, InvalidInput, NotFound, Timeout
+from canidae.core.packtoken import pack_token
 from canidae.core.scaleplan import SimPlan, percentile, windows
 from canidae.core.scenario import parse_scenario
 from canidae.core.sim import Simulation

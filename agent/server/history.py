@@ -1,12 +1,10 @@
 """The event store inside a server agent: opening it, feeding it, reading it over the API.
 
-The ``Agent`` (``canidae.agent.daemon``) owns one ``EventStore`` per server (under
-``<data_dir>/events``) and calls into this module; what a route means lives here so the daemon
-only wires it:
+The ``ControlPlane`` (``canidae.agent.server.control``) owns one ``EventStore`` per server
+(under ``<data_dir>/events``) and calls into this module; what a route means lives here:
 
-* ``open_store(agent)`` before the Raft replica exists (pysyncobj may replay its journal at once);
-* ``live_view(agent)``: the replicated state as projections, read on the tick thread when the
-  store sees events jump over missing ones (it re-bases its projections on it);
+* ``open_store(data_dir, loop)`` before the Raft replica exists (pysyncobj may replay its
+  journal at once);
 * ``pack_history`` for ``GET /v1/packs/{name}/history?since=MS``;
 * ``routes``: ``GET /v1/events`` (a long-poll: ``after``, ``last``, ``pack``, ``node``, ``type``,
   ``limit``, ``wait``), ``GET /v1/history/verify`` (``full``, ``pack``), ``GET /v1/history/stats``.
@@ -23,15 +21,14 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
-from starlette.routing import Route
-
 from canidae.agent.server.eventstore import EventStore
 from canidae.core.errors import InvalidInput, NotFound, OperationFailed
 from canidae.core.types import validate_name
+from starlette.requests import Request
+from starlette.routing import Route
 
 if TYPE_CHECKING:
-    from canidae.agent.daemon import Agent
+    from canidae.agent.server.control import ControlPlane
 
 DURABLE_WAIT_S = 2.0
 MAX_WAIT_S = 30.0
@@ -62,14 +59,13 @@ class _Waker:
 _wakers: dict[int, _Waker] = {}
 
 
-def open_store(agent: Agent) -> EventStore:
-    """Open (recover) the agent's event store; its writer wakes this agent's long-polls."""
-    assert agent.loop is not None
-    waker = _Waker(agent.loop)
+def open_store(data_dir: str, loop: asyncio.AbstractEventLoop) -> EventStore:
+    """Open (recover) the server's event store; its writer wakes this agent's long-polls."""
+    waker = _Waker(loop)
     # Events are derived from the Raft log (durable on its own, and the store is flushed before
     # a Raft snapshot replaces entries), so the store may gather 20 ms of them per sync instead
     # of adding a second disk sync to every commit.
-    store = EventStore(os.path.join(agent.cfg.data_dir, "events"), on_durable=waker.notify,
+    store = EventStore(os.path.join(data_dir, "events"), on_durable=waker.notify,
                        group_window_s=0.02)
     _wakers[id(store)] = waker
     return store
@@ -80,19 +76,8 @@ def close_store(store: EventStore) -> None:
     store.close()
 
 
-def live_view(agent: Agent) -> dict[str, Any] | None:
-    """The replicated state as the store's projections see it (called on the Raft tick thread)."""
-    replica = agent.replica
-    if replica is None:
-        return None
-    with replica.lock:
-        st = replica.state
-        return {"packs": {n: {"state": r.state.value, "node": r.node} for n, r in st.packs.items()},
-                "nodes": {n.id: n.state.value for n in st.nodes.values()}}
-
-
-def _store(agent: Agent) -> EventStore:
-    store: EventStore | None = getattr(agent, "store", None)
+def _store(plane: ControlPlane) -> EventStore:
+    store: EventStore | None = plane.store
     if store is None:
         raise OperationFailed("this agent keeps no event history (not a server, or not started)")
     return store
@@ -121,25 +106,25 @@ async def _durable(store: EventStore, seq: int, timeout: float = DURABLE_WAIT_S)
     return True
 
 
-async def _barrier_seq(agent: Agent) -> tuple[Any, int]:
+async def _barrier_seq(plane: ControlPlane) -> tuple[Any, int]:
     """A linearizable read point: the state after a read barrier and its event sequence number."""
-    st = await agent._read_state(False)
-    assert agent.replica is not None
-    with agent.replica.lock:
+    st = await plane.read_state(False)
+    assert plane.replica is not None
+    with plane.replica.lock:
         return st, st.event_seq
 
 
-async def pack_history(agent: Agent, name: str, since_ms: int | None = None) -> dict[str, Any]:
-    store = _store(agent)
-    st, seq = await _barrier_seq(agent)
+async def pack_history(plane: ControlPlane, name: str, since_ms: int | None = None) -> dict[str, Any]:
+    store = _store(plane)
+    st, seq = await _barrier_seq(plane)
     await _durable(store, seq)
-    assert agent.replica is not None
-    with agent.replica.lock:
+    assert plane.replica is not None
+    with plane.replica.lock:
         exists = name in st.packs
     if not exists and not store.knows(name):
         raise NotFound(f"no pack {name!r}: the cluster has no record of it")
     events = store.pack_history(name, since_ms)
-    return {"pack": name, "events": events, "node": agent.cfg.node_id, "last_seq": store.last_seq(),
+    return {"pack": name, "events": events, "node": plane.cfg.node_id, "last_seq": store.last_seq(),
             "retained_from": store.retained_from(), "gaps": store.gaps()}
 
 
@@ -170,10 +155,10 @@ def _query_name(request: Request, key: str, kind: str) -> str | None:
     return None if v is None or v == "" else validate_name(kind, v)
 
 
-async def events(agent: Agent, request: Request) -> dict[str, Any]:
+async def events(plane: ControlPlane, request: Request) -> dict[str, Any]:
     """Durable events after ``after`` (or the ``last`` N) matching the filters; with ``wait``,
     waits up to that many seconds for the first match."""
-    store = _store(agent)
+    store = _store(plane)
     after = _query_int(request, "after", 0, 0, 1 << 62) or 0
     last = _query_int(request, "last", None, 1, MAX_LIMIT)
     limit = _query_int(request, "limit", 1000, 1, MAX_LIMIT) or 1000
@@ -204,15 +189,15 @@ async def events(agent: Agent, request: Request) -> dict[str, Any]:
     else:
         next_after = max(after, upto)
     low = found[0]["seq"] - 1 if found else after
-    return {"events": found, "next": next_after, "last_seq": store.last_seq(), "node": agent.cfg.node_id,
+    return {"events": found, "next": next_after, "last_seq": store.last_seq(), "node": plane.cfg.node_id,
             "retained_from": store.retained_from(), "gaps": store.gaps(low, next_after)}
 
 
-async def verify(agent: Agent, full: bool, pack: str | None) -> dict[str, Any]:
-    store = _store(agent)
-    st, seq = await _barrier_seq(agent)
-    assert agent.replica is not None
-    with agent.replica.lock:
+async def verify(plane: ControlPlane, full: bool, pack: str | None) -> dict[str, Any]:
+    store = _store(plane)
+    st, seq = await _barrier_seq(plane)
+    assert plane.replica is not None
+    with plane.replica.lock:
         if pack is not None:
             rec = st.packs.get(pack)
             live = {} if rec is None else {pack: {"state": rec.state.value, "node": rec.node}}
@@ -225,22 +210,22 @@ async def verify(agent: Agent, full: bool, pack: str | None) -> dict[str, Any]:
     report = await asyncio.to_thread(store.verify_report, live, nodes, seq, full, pack)
     if not durable:
         report["notes"].append(f"events up to seq {seq} were not all durable after {DURABLE_WAIT_S:g} s")
-    report["node"] = agent.cfg.node_id
+    report["node"] = plane.cfg.node_id
     return report
 
 
-def routes(agent: Agent, endpoint: Any) -> list[Route]:
-    """The event store's API routes (added through ``Agent.route_providers``)."""
+def routes(plane: ControlPlane, endpoint: Any) -> list[Route]:
+    """The event store's API routes."""
 
     async def list_events(request: Request) -> Any:
-        return await events(agent, request)
+        return await events(plane, request)
 
     async def verify_route(request: Request) -> Any:
         full = request.query_params.get("full", "").lower() in ("1", "true", "yes")
-        return await verify(agent, full, _query_name(request, "pack", "pack"))
+        return await verify(plane, full, _query_name(request, "pack", "pack"))
 
     async def stats(request: Request) -> Any:
-        return {"node": agent.cfg.node_id, **_store(agent).stats()}
+        return {"node": plane.cfg.node_id, **_store(plane).stats()}
 
     return [
         Route("/v1/events", endpoint(list_events), methods=["GET"]),

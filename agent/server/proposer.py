@@ -18,11 +18,10 @@ import asyncio
 import itertools
 from typing import Any, Sequence
 
-from pysyncobj import FAIL_REASON
-
 from canidae.agent.server.replica import Replica, encode_entry
 from canidae.core.commands import Command, Noop, encode_batch
 from canidae.core.errors import CanidaeError, NoLeader, Timeout, Unavailable
+from pysyncobj import FAIL_REASON
 
 _FAIL_MESSAGES = {
     FAIL_REASON.QUEUE_FULL: "the Raft queue is full",

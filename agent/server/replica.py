@@ -28,19 +28,17 @@ import os
 import pickle
 import struct
 import threading
-
 from typing import Any, Callable
 
 import zstandard
-from pysyncobj import SyncObj, SyncObjConf, replicated
-from pysyncobj import journal as _journal
-from pysyncobj import syncobj as _syncobj
-from pysyncobj.config import SERIALIZER_STATE
-
 from canidae.agent.config import RaftSettings
 from canidae.core.commands import decode_batch
 from canidae.core.errors import OperationFailed
 from canidae.core.state import ClusterState
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import journal as _journal
+from pysyncobj import syncobj as _syncobj
+from pysyncobj.config import SERIALIZER_STATE
 
 log = logging.getLogger("canidae.replica")
 

@@ -18,31 +18,33 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
+from canidae.agent.client.link import HOP
+from canidae.agent.httpedge import Edge, expect_object, query_int, read_json
+from canidae.agent.node.mailbox import MailboxStore, new_id, parse_body
+from canidae.agent.node.packroute import PackRouter
+from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, PermissionDenied
+from canidae.core.packtoken import verify
+from canidae.core.types import validate_name
 from starlette.requests import Request
 from starlette.routing import Route
 
-from canidae.agent.server.api import expect_object, query_int, read_json
-from canidae.agent.node.mailbox import MailboxStore, new_id, parse_body
-from canidae.agent.server.packroute import HOP, PackRouter
-from canidae.core.packtoken import verify
-from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, PermissionDenied
-from canidae.core.types import validate_name
-
 if TYPE_CHECKING:
-    from canidae.agent.daemon import Agent
+    from canidae.agent.node.runtime import NodeRuntime
 
 ADMIN = "admin"
 MAX_WAIT_S = 60
 GC_EVERY_S = 5.0
 
 
-def routes(agent: Agent, endpoint: Callable[..., Any]) -> list[Route]:
-    router = PackRouter(agent)
-    store: MailboxStore = agent.mailboxes
-    admin = agent.cfg.token.encode()
-    limit = agent.cfg.max_body_bytes
+def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
+    router = node.router
+    store: MailboxStore = node.mailboxes
+    token = node.cfg.token
+    admin = token.encode()
+    limit = edge.limit
+    endpoint = edge.endpoint
     last_gc = [time.monotonic()]
 
     def principal(request: Request) -> tuple[str, str]:
@@ -51,7 +53,7 @@ def routes(agent: Agent, endpoint: Callable[..., Any]) -> list[Route]:
         given = header[7:] if header.lower().startswith("bearer ") else ""
         if given and hmac.compare_digest(given.encode(), admin):
             return ADMIN, header
-        pack = verify(agent.cfg.token, given) if given else None
+        pack = verify(token, given) if given else None
         if pack is None:
             raise NotAuthenticated("missing or wrong bearer token (the admin token or a pack token)")
         return pack, header

@@ -5,7 +5,7 @@
     GET  /v1/exec/packs/{pack}          processes of the pack here: pids, restarts, exits, limits
     GET  /v1/exec/info                  this agent's isolation mechanism, settings and clock
 
-Any agent takes them and routes them (``canidae.agent.server.packroute``); the work is the exec
+Any agent takes them and routes them (``canidae.agent.node.packroute``); the work is the exec
 driver's (``canidae.agent.node.exec_driver``) and the log reading ``canidae.agent.node.packlogs``.
 """
 
@@ -15,19 +15,17 @@ import asyncio
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
+from canidae.agent.httpedge import Edge, expect_object, query_int, read_json
+from canidae.agent.node import packlogs
+from canidae.core.errors import InvalidInput
+from canidae.core.types import validate_name
 from starlette.requests import Request
 from starlette.routing import Route
 
-from canidae.agent.node import packlogs
-from canidae.agent.server.api import expect_object, query_int, read_json
-from canidae.agent.server.packroute import PackRouter
-from canidae.core.errors import InvalidInput
-from canidae.core.types import validate_name
-
 if TYPE_CHECKING:
-    from canidae.agent.daemon import Agent
+    from canidae.agent.node.runtime import NodeRuntime
 
 MAX_WAIT_S = 30
 SIGNALS = {"TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT"}
@@ -45,10 +43,11 @@ def parse_cursors(raw: str | None) -> dict[int, int]:
     return out
 
 
-def routes(agent: Agent, endpoint: Callable[..., Any]) -> list[Route]:
-    router = PackRouter(agent)
-    driver = agent.exec_driver
-    limit = agent.cfg.max_body_bytes
+def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
+    router = node.router
+    driver = node.exec_driver
+    limit = edge.limit
+    endpoint = edge.endpoint
 
     async def logs(request: Request) -> Any:
         pack = validate_name("pack", request.path_params["pack"])
@@ -99,7 +98,7 @@ def routes(agent: Agent, endpoint: Callable[..., Any]) -> list[Route]:
 
     async def info(request: Request) -> Any:
         return {"node": router.me, "time_ms": time.time() * 1000, "pid": os.getpid(), "exec": driver.describe(),
-                "data_dir": agent.cfg.data_dir}
+                "data_dir": node.cfg.data_dir}
 
     return [
         Route("/v1/exec/info", endpoint(info, forward=False), methods=["GET"]),

@@ -1,0 +1,132 @@
+"""The HTTP edge every room's routes share: authentication, body limits, JSON parsing, errors.
+
+A route handler is a plain ``async fn(request) -> JSON-able | Response``; ``Edge.endpoint``
+wraps it with what every route needs, in one place:
+
+* bearer-token authentication, compared in constant time (``auth=False`` for routes that check
+  tokens of their own, such as the yip routes that also take pack tokens);
+* on a client agent (which holds no replicated state), cluster routes are passed on to a server
+  unchanged by the ``forward`` callable the composition root gives;
+* typed errors (``canidae.core.errors``) become ``{"error": {"code", "message"}}`` with their
+  HTTP status; anything else is logged and answered 500, never taking the agent down.
+
+The parsing helpers (``read_json``, ``expect_object``, ``query_int`` ...) refuse bad input with
+``InvalidInput`` (400) and oversized bodies with ``PayloadTooLarge`` (413). This module holds no
+state and decides nothing about what a request means.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import uuid
+from typing import Any, Awaitable, Callable, Mapping
+
+from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, PayloadTooLarge
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger("canidae.api")
+
+Handler = Callable[[Request], Awaitable[Response]]
+Forward = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(err: CanidaeError) -> JSONResponse:
+    return JSONResponse(err.to_wire(), status_code=err.http_status)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """Read and parse the body, refusing more than ``limit`` bytes (413) and non-JSON (400)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidInput("invalid Content-Length")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"malformed JSON body: {e}") from None
+
+
+def expect_object(body: Any, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
+                  ) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown field {unknown[0]!r}")
+    missing = sorted(set(required) - set(body))
+    if missing:
+        raise InvalidInput(f"missing field {missing[0]!r}")
+    return body
+
+
+def query_bool(request: Request, key: str) -> bool:
+    v = request.query_params.get(key)
+    return v is not None and v.lower() in ("1", "true", "yes", "")
+
+
+def query_int(request: Request, key: str, default: int, lo: int, hi: int) -> int:
+    v = request.query_params.get(key)
+    if v is None:
+        return default
+    if not v.isdigit() or not lo <= int(v) <= hi:
+        raise InvalidInput(f"query parameter {key} must be an integer {lo}..{hi}")
+    return int(v)
+
+
+def request_id(request: Request, body: Mapping[str, Any] | None = None) -> str:
+    rid = (body or {}).get("request_id") or request.headers.get("x-request-id") or uuid.uuid4().hex
+    if not isinstance(rid, str) or not 1 <= len(rid) <= 128 or not rid.isprintable():
+        raise InvalidInput("request_id must be 1-128 printable characters")
+    return rid
+
+
+def bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    return header[7:] if header.lower().startswith("bearer ") else ""
+
+
+class Edge:
+    """Wraps route handlers with authentication, forwarding and error answers."""
+
+    def __init__(self, token: str, max_body_bytes: int, forward: Forward | None = None) -> None:
+        self._token = token.encode()
+        self.limit = max_body_bytes
+        self._forward = forward
+
+    def authenticate(self, request: Request) -> None:
+        if not hmac.compare_digest(bearer(request).encode(), self._token):
+            raise NotAuthenticated("missing or wrong bearer token")
+
+    def endpoint(self, fn: Callable[[Request], Awaitable[Any]], *, auth: bool = True, forward: bool = True
+                 ) -> Handler:
+        async def handler(request: Request) -> Response:
+            try:
+                if auth:
+                    self.authenticate(request)
+                if forward and self._forward is not None:
+                    return await self._forward(request)
+                result = await fn(request)
+                if isinstance(result, Response):
+                    return result
+                return JSONResponse(result)
+            except CanidaeError as e:
+                return error_response(e)
+            except Exception as e:  # a bug must answer 500, never take the agent down
+                log.exception("internal error on %s %s", request.method, request.url.path)
+                return JSONResponse({"error": {"code": "internal", "message": f"{type(e).__name__}: {e}"}},
+                                    status_code=500)
+        return handler

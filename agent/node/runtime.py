@@ -1,0 +1,106 @@
+"""The node runtime of an agent: what runs on this host and the agent's heartbeat to the servers.
+
+``NodeRuntime`` owns the reconcile loop (``canidae.agent.node.reconcile``) with its drivers
+(virtual and exec), the mailboxes of the packs placed here, the router that takes requests about
+a pack to the node that holds it, and the heartbeat loop: it registers this node, then heartbeats
+to the leader every ``heartbeat_interval_s`` over the ``ServerLink``.
+
+How it fetches its assignments is given by the composition root: a server reads them from its
+own replica (``local_assignments``), a client agent long-polls the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any, Awaitable, Callable
+
+from canidae.agent.client.link import AgentHops, ServerLink
+from canidae.agent.config import AgentConfig
+from canidae.agent.node.drivers import VirtualDriver
+from canidae.agent.node.exec_driver import ExecDriver
+from canidae.agent.node.mailbox import MailboxStore
+from canidae.agent.node.packroute import PackRouter
+from canidae.agent.node.reconcile import Reconciler
+from canidae.core.errors import CanidaeError, NotFound
+from canidae.core.types import NodeState
+
+log = logging.getLogger("canidae.node")
+
+LocalAssignments = Callable[[str, int, float], Awaitable[dict[str, Any]]]
+LocatePack = Callable[[str], tuple[str | None, str, str]]
+
+
+class NodeRuntime:
+    def __init__(self, cfg: AgentConfig, link: ServerLink, *, local_assignments: LocalAssignments | None = None,
+                 locate_local: LocatePack | None = None) -> None:
+        self.cfg = cfg
+        self.link = link
+        self.hops = AgentHops(cfg.token)
+        self._local_assignments = local_assignments
+        self.reconciler = Reconciler(self._fetch_assignments, self._send_reports)
+        self.reconciler.add_driver(VirtualDriver(self.reconciler.report))
+        self.exec_driver = ExecDriver(self.reconciler.report, data_dir=cfg.data_dir, node_id=cfg.node_id,
+                                      token=cfg.token, api=cfg.api)
+        self.reconciler.add_driver(self.exec_driver)
+        self.mailboxes = MailboxStore()
+        self.router = PackRouter(cfg.node_id, lambda pack: self.reconciler.desired.get(pack), link, self.hops,
+                                 cfg.request_timeout_s, locate_local=locate_local)
+        self.stopping = False
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    def start(self) -> None:
+        self.tasks = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self.reconciler.run())]
+
+    async def stop(self) -> None:
+        self.stopping = True
+        await self.reconciler.close()
+        for t in self.tasks:
+            t.cancel()
+        self.hops.close()
+
+    def running_count(self) -> int:
+        return sum(len(d.running()) for d in self.reconciler.drivers.values())
+
+    async def _heartbeat_loop(self) -> None:
+        registered = False
+        interval = self.cfg.heartbeat_interval_s
+        while not self.stopping:
+            try:
+                if not registered:
+                    await self.link.call("POST", "/v1/nodes", json={
+                        "node": self.cfg.node().to_dict(),
+                        "request_id": f"reg-{self.cfg.node_id}-{uuid.uuid4().hex[:8]}"})
+                    registered = True
+                    log.info("registered node %s", self.cfg.node_id)
+                reply = await self.link.call("POST", f"/v1/nodes/{self.cfg.node_id}/heartbeat",
+                                             json={"running": self.running_count()},
+                                             timeout=max(interval, 0.5), attempt_s=max(interval, 0.5))
+                if reply.get("state") == NodeState.DOWN.value:
+                    log.warning("this node was declared down; re-registering")
+                    registered = False
+                    continue
+            except NotFound:
+                registered = False
+                continue
+            except CanidaeError as e:
+                log.debug("heartbeat: %s", e.message)
+            except Exception:
+                log.exception("heartbeat loop")
+            await asyncio.sleep(interval)
+
+    async def _fetch_assignments(self, after: int) -> dict[str, Any]:
+        # A server holds a replica: it reads its own assignments from it instead of asking the
+        # leader over HTTP.
+        if self._local_assignments is not None:
+            return await self._local_assignments(self.cfg.node_id, after, 10.0)
+        return await self.link.call("GET", f"/v1/nodes/{self.cfg.node_id}/assignments",  # type: ignore[no-any-return]
+                                    params={"after": after, "wait": 10}, timeout=15.0, attempt_s=15.0)
+
+    async def _send_reports(self, reports: list[list[Any]]) -> None:
+        # Through the leader's API even from a server: there the reports join the leader's group
+        # commit, where a follower's own proposal would travel as a log entry of its own.
+        rid = f"rep-{uuid.uuid4().hex}"
+        await self.link.call("POST", f"/v1/nodes/{self.cfg.node_id}/reports",
+                             json={"reports": reports, "request_id": rid})

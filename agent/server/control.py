@@ -1,0 +1,394 @@
+"""The control plane of a server agent: the replicated state and what the API asks of it.
+
+``ControlPlane`` owns this server's Raft replica (``replica``), its group commit (``proposer``)
+and its event store (``store``), and answers every cluster request the routes
+(``canidae.agent.server.routes``) hand it: reads (linearizable through a read barrier unless
+``stale``), writes (typed commands stamped here with ``at`` and the Raft ``term`` before they are
+proposed: apply never reads a clock), node heartbeats and each node's assignments and reports.
+
+Time is read here (wall clock for ``at`` stamps, monotonic clock for deadlines), never in core.
+Failure detection (``canidae.agent.server.failure``) runs beside it on the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from canidae.agent.client.link import ServerLink
+from canidae.agent.config import AgentConfig
+from canidae.agent.server import history
+from canidae.agent.server.eventstore import EventStore
+from canidae.agent.server.proposer import Proposer
+from canidae.agent.server.replica import Replica
+from canidae.core.commands import (
+    Command,
+    CreatePacks,
+    MigratePacks,
+    PackReport,
+    PlacePacks,
+    Rebalance,
+    RegisterNode,
+    ReportPacks,
+    SetNodeState,
+    StopPacks,
+)
+from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound
+from canidae.core.ring import HashRing, bounded_caps
+from canidae.core.state import HOLDING, ClusterState
+from canidae.core.types import Node, NodeState, PackSpec, PackState
+
+log = logging.getLogger("canidae.server")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def raise_if_error(result: dict[str, Any]) -> dict[str, Any]:
+    if "error" in result:
+        raise CanidaeError.from_wire(result)
+    return result
+
+
+class ControlPlane:
+    def __init__(self, cfg: AgentConfig, link: ServerLink) -> None:
+        self.cfg = cfg
+        self.link = link
+        self.replica: Replica | None = None
+        self.proposer: Proposer | None = None
+        self.store: EventStore | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.applied_signal: asyncio.Event | None = None
+        # Heartbeat bookkeeping of the leader (in memory only: not state).
+        self.last_seen: dict[str, float] = {}
+        self.running_on: dict[str, int] = {}  # what each agent says it runs
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.applied_signal = asyncio.Event()
+        os.makedirs(self.cfg.data_dir, exist_ok=True)
+        self.store = history.open_store(self.cfg.data_dir, loop)  # before the replica: it may replay at once
+        self.replica = Replica(
+            self.cfg.raft, self.cfg.raft_peers(), os.path.join(self.cfg.data_dir, "raft"),
+            self.cfg.cluster_password, self.cfg.raft_settings, ClusterState, self._on_applied,
+            before_snapshot=lambda: self.store.flush(timeout=10.0) if self.store is not None else None)
+        self.proposer = Proposer(self.replica, loop, timeout_s=self.cfg.request_timeout_s)
+
+    def stop(self) -> None:
+        if self.replica is not None:
+            self.replica.destroy()
+        if self.store is not None:
+            history.close_store(self.store)
+
+    def _on_applied(self, events: list[dict[str, Any]]) -> None:
+        # Tick thread: the store only buffers (its writer thread does the I/O); hand over to the loop.
+        if self.store is not None:
+            self.store.append(events, live=self.live_view)
+        if self.loop is not None and self.applied_signal is not None:
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        assert self.applied_signal is not None
+        self.applied_signal.set()
+        self.applied_signal = asyncio.Event()
+
+    def live_view(self) -> dict[str, Any] | None:
+        """The replicated state as the event store's projections see it (called on the tick thread)."""
+        if self.replica is None:
+            return None
+        with self.replica.lock:
+            st = self.replica.state
+            return {"packs": {n: {"state": r.state.value, "node": r.node} for n, r in st.packs.items()},
+                    "nodes": {n.id: n.state.value for n in st.nodes.values()}}
+
+    # ------------------------------------------------------------------ proposing and reading
+
+    @property
+    def state(self) -> ClusterState:
+        assert self.replica is not None
+        return self.replica.state
+
+    def is_leader(self) -> bool:
+        return self.replica is not None and self.replica.is_leader()
+
+    def leader_api(self) -> str | None:
+        assert self.replica is not None
+        return self.cfg.api_for_raft(self.replica.leader_address())
+
+    def stamp(self) -> dict[str, Any]:
+        return {"at": now_ms(), "term": self.replica.current_term() if self.replica else 0}
+
+    async def propose(self, cmd: Command) -> dict[str, Any]:
+        assert self.proposer is not None
+        return raise_if_error(await self.proposer.submit(cmd))
+
+    async def read_state(self, stale: bool) -> ClusterState:
+        assert self.replica is not None and self.proposer is not None
+        if not stale:
+            await self.proposer.barrier(now_ms())
+        return self.replica.state
+
+    # ------------------------------------------------------------------ status
+
+    def raft_health(self) -> dict[str, Any]:
+        assert self.replica is not None
+        st = self.replica.raft_status()
+        return {"raft": {k: st[k] for k in ("state", "leader", "term", "commit_index", "has_quorum")},
+                "leader_api": self.cfg.api_for_raft(st["leader"])}
+
+    async def cluster_status(self) -> dict[str, Any]:
+        assert self.replica is not None
+        st = self.replica.raft_status()
+        with self.replica.lock:
+            state = self.replica.state
+            counts = state.counts()
+            n_nodes = len(state.nodes)
+            down = sum(1 for n in state.nodes.values() if n.state is NodeState.DOWN)
+        peers = []
+        for s in self.cfg.servers:
+            me = s.raft == self.cfg.raft
+            peers.append({"id": s.id, "api": s.api, "raft": s.raft, "self": me,
+                          "connected": True if me else st["peers"].get(s.raft, False)})
+        return {"node": self.cfg.node_id, "leader": st["leader"], "leader_api": self.cfg.api_for_raft(st["leader"]),
+                "raft_state": st["state"], "term": st["term"], "commit_index": st["commit_index"],
+                "last_applied": st["last_applied"], "has_quorum": st["has_quorum"], "peers": peers,
+                "nodes": n_nodes, "nodes_down": down, "packs": sum(counts.values()), "pack_states": counts,
+                "group_commit": {"batches": self.proposer.batches if self.proposer else 0,
+                                 "commands": self.proposer.commands if self.proposer else 0}}
+
+    def state_digest(self) -> dict[str, Any]:
+        assert self.replica is not None
+        with self.replica.lock:
+            st = self.replica.state
+            return {"node": self.cfg.node_id, "digest": st.digest(), "applied": st.applied,
+                    "packs": len(st.packs), "event_seq": st.event_seq}
+
+    # ------------------------------------------------------------------ nodes
+
+    def _node_view(self, state: ClusterState, node: Node) -> dict[str, Any]:
+        used = state.node_usage(node.id)
+        d = node.to_dict()
+        seen = self.last_seen.get(node.id)
+        d.update(used=used.to_dict(), packs=len([1 for r in state.packs_on(node.id) if r.state in HOLDING]),
+                 last_heartbeat_s_ago=None if seen is None or not self.is_leader()
+                 else round(time.monotonic() - seen, 3),
+                 running_here=self.running_on.get(node.id))
+        return d
+
+    async def _from_leader(self, path: str) -> dict[str, Any] | None:
+        """Heartbeat times live on the leader only: node views are read there when possible."""
+        if self.is_leader():
+            return None
+        leader = self.leader_api()
+        if leader is None:
+            return None
+        try:
+            return await self.link.call("GET", path, prefer=leader, timeout=2.0)  # type: ignore[no-any-return]
+        except (NotFound, InvalidInput):
+            raise
+        except CanidaeError:
+            return None
+
+    async def list_nodes(self, stale: bool) -> dict[str, Any]:
+        if not stale and (forwarded := await self._from_leader("/v1/nodes")) is not None:
+            return forwarded
+        state = await self.read_state(stale)
+        with self.replica.lock:  # type: ignore[union-attr]
+            return {"nodes": [self._node_view(state, n) for n in state.iter_nodes()]}
+
+    async def show_node(self, node_id: str, stale: bool) -> dict[str, Any]:
+        if not stale and (forwarded := await self._from_leader(f"/v1/nodes/{node_id}")) is not None:
+            return forwarded
+        state = await self.read_state(stale)
+        with self.replica.lock:  # type: ignore[union-attr]
+            return {"node": self._node_view(state, state.get_node(node_id))}
+
+    async def register_node(self, node: Any, rid: str) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            raise InvalidInput("node must be an object")
+        try:
+            parsed = Node.from_dict(node)
+        except KeyError as e:
+            raise InvalidInput(f"node is missing {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise InvalidInput(f"invalid node: {e}") from None
+        return await self.propose(RegisterNode(id=rid, **self.stamp(), node=parsed))
+
+    async def set_node_state(self, node_id: str, state: NodeState, reason: str, rid: str,
+                             plan: bool = False) -> dict[str, Any]:
+        cmd = SetNodeState(id=rid, **self.stamp(), node_id=node_id, state=state, reason=reason or "operator",
+                           by="operator")
+        if plan:
+            return await self._plan(cmd)
+        return await self.propose(cmd)
+
+    async def _plan(self, cmd: Command) -> dict[str, Any]:
+        """What ``cmd`` would do, computed by applying it to a copy of the current state."""
+        st = await self.read_state(False)
+        with self.replica.lock:  # type: ignore[union-attr]
+            copy = ClusterState.from_snapshot(st.to_snapshot())
+        return {**raise_if_error(copy.apply(cmd)), "plan": True}
+
+    # ------------------------------------------------------------------ packs
+
+    async def create_packs(self, specs: list[PackSpec], count: int, place: bool, rid: str) -> dict[str, Any]:
+        if count and len(specs) != 1:
+            raise InvalidInput("count needs exactly one spec")
+        t0 = time.perf_counter()
+        cmd = CreatePacks(id=rid, **self.stamp(), specs=tuple(specs), place=place, count=count, by="api")
+        # The answer is the very dict the state machine keeps for idempotent retries: copy, never mutate.
+        return {**await self.propose(cmd), "commit_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+    async def list_packs(self, *, node: str | None, state: PackState | None, after: str | None, limit: int,
+                         stale: bool) -> dict[str, Any]:
+        st = await self.read_state(stale)
+        with self.replica.lock:  # type: ignore[union-attr]
+            page, cursor = st.list_packs(node=node, state=state, after=after, limit=limit)
+            return {"packs": [r.view() for r in page], "next": cursor, "total": len(st.packs)}
+
+    async def show_pack(self, name: str, stale: bool) -> dict[str, Any]:
+        st = await self.read_state(stale)
+        with self.replica.lock:  # type: ignore[union-attr]
+            return {"pack": st.get_pack(name).view()}
+
+    async def pack_action(self, name: str, action: str, rid: str) -> dict[str, Any]:
+        if action == "stop":
+            return await self.propose(StopPacks(id=rid, **self.stamp(), names=(name,), by="api"))
+        return await self.propose(PlacePacks(id=rid, **self.stamp(), names=(name,), by="api"))
+
+    async def migrate_pack(self, name: str, to: str | None, rid: str) -> dict[str, Any]:
+        return await self.propose(MigratePacks(id=rid, **self.stamp(), moves=((name, to),), by="api",
+                                               reason=f"migrate to {to}" if to else "migrate"))
+
+    async def rebalance(self, plan: bool, rid: str) -> dict[str, Any]:
+        cmd = Rebalance(id=rid, **self.stamp(), by="api")
+        return await (self._plan(cmd) if plan else self.propose(cmd))
+
+    async def pack_history(self, name: str, since_ms: int | None = None) -> dict[str, Any]:
+        return await history.pack_history(self, name, since_ms)
+
+    def locate_pack(self, pack: str) -> tuple[str | None, str, str]:
+        """(node, its API address, the pack's state) from this replica (a local read)."""
+        assert self.replica is not None
+        with self.replica.lock:
+            st = self.replica.state
+            rec = st.packs.get(pack)
+            if rec is None:
+                raise NotFound(f"no pack {pack!r}")
+            node = st.nodes.get(rec.node) if rec.node is not None else None
+            return rec.node, node.address if node is not None else "", rec.state.value
+
+    # ------------------------------------------------------------------ the ring
+
+    async def ring_view(self, stale: bool) -> dict[str, Any]:
+        st = await self.read_state(stale)
+        with self.replica.lock:  # type: ignore[union-attr]
+            return ring_view(st)
+
+    async def ring_lookup(self, name: str, stale: bool) -> dict[str, Any]:
+        st = await self.read_state(stale)
+        with self.replica.lock:  # type: ignore[union-attr]
+            placed = st.packs.get(name)
+            first, pref = dry_place(st, name)
+        return {"name": name, "ring_node": first, "preference": pref, "placed_on": placed.node if placed else None}
+
+    # ------------------------------------------------------------------ agents: heartbeats, assignments, reports
+
+    async def heartbeat(self, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.replica is not None
+        if not self.is_leader():
+            leader = self.leader_api()
+            if leader is None:
+                raise NoLeader("no leader to take heartbeats")
+            return await self.link.call("POST", f"/v1/nodes/{node_id}/heartbeat", json=body,  # type: ignore[no-any-return]
+                                        prefer=leader, timeout=self.cfg.heartbeat_interval_s + 0.5)
+        st = self.replica.state  # dict reads only: a heartbeat never waits for the state's lock
+        node = st.nodes.get(node_id)
+        rev = st.node_rev.get(node_id, 0)
+        if node is None:
+            raise NotFound(f"no node {node_id!r}: register first")
+        self.last_seen[node_id] = time.monotonic()
+        if isinstance(body.get("running"), int):
+            self.running_on[node_id] = body["running"]
+        return {"state": node.state.value, "rev": rev, "leader_api": self.cfg.api}
+
+    async def assignments(self, node_id: str, after: int, wait: float) -> dict[str, Any]:
+        assert self.replica is not None and self.applied_signal is not None
+        deadline = time.monotonic() + wait
+        while True:
+            with self.replica.lock:
+                st = self.replica.state
+                rev = st.node_rev.get(node_id)
+                if rev is None:
+                    raise NotFound(f"no node {node_id!r}")
+                if rev != after or time.monotonic() >= deadline:
+                    full, items = st.changes_since(node_id, after)
+                    packs = [{"name": r.spec.name, "generation": r.generation, "state": r.state.value,
+                              "driver": r.spec.driver.value, "spec": r.spec.to_dict()}
+                             for r in items if not isinstance(r, str)]
+                    gone = [r for r in items if isinstance(r, str)]
+                    return {"rev": rev, "full": full, "node_state": st.nodes[node_id].state.value,
+                            "packs": packs, "gone": gone}
+            signal = self.applied_signal
+            try:
+                await asyncio.wait_for(signal.wait(), timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+
+    async def report_packs(self, node_id: str, reports: Any, rid: str) -> dict[str, Any]:
+        if not isinstance(reports, list) or not reports or len(reports) > 100_000:
+            raise InvalidInput("reports must be a non-empty list")
+        parsed = []
+        for r in reports:
+            if not isinstance(r, list) or len(r) != 4:
+                raise InvalidInput("each report is [name, generation, state, reason]")
+            try:
+                parsed.append(PackReport(r[0], int(r[1]), PackState(r[2]), str(r[3])))
+            except (ValueError, TypeError) as e:
+                raise InvalidInput(f"invalid report: {e}") from None
+        return await self.propose(ReportPacks(id=rid, **self.stamp(), node_id=node_id, reports=tuple(parsed),
+                                              by=f"agent:{node_id}"))
+
+
+def live_ring(st: ClusterState) -> HashRing:
+    ring = HashRing(vnodes=st.vnodes)
+    for n in st.iter_nodes():
+        if n.state is NodeState.READY:
+            ring.add_node(n.id, n.weight)
+    return ring
+
+
+def ring_view(st: ClusterState) -> dict[str, Any]:
+    """The ring of READY nodes: share of the hash space, virtual nodes, packs against the bounded cap."""
+    ring = live_ring(st)
+    total = sum(st.node_usage(n).packs for n in st.nodes)
+    share = ring.ownership() if len(ring) else {}
+    caps = bounded_caps(ring, max(total, 1), st.load_factor) if len(ring) else {}
+    nodes = []
+    for n in st.iter_nodes():
+        nodes.append({"id": n.id, "zone": n.location.zone, "region": n.location.region, "cell": n.location.cell,
+                      "state": n.state.value, "weight": n.weight,
+                      "vnodes": ring.vnode_count(n.id) if n.id in ring else 0, "share": round(share.get(n.id, 0.0), 6),
+                      "packs": st.node_usage(n.id).packs, "cap": caps.get(n.id), "max_packs": n.capacity.packs})
+    return {"nodes": nodes, "packs": total, "load_factor": st.load_factor, "vnodes_per_weight": st.vnodes}
+
+
+def dry_place(st: ClusterState, name: str) -> tuple[str | None, list[str]]:
+    ring = live_ring(st)
+    if not len(ring):
+        return None, []
+    pref = []
+    for node in ring.preference(name):
+        pref.append(node)
+        if len(pref) >= 10:
+            break
+    return ring.lookup(name), pref
+
+
+__all__ = ["ControlPlane", "now_ms", "ring_view", "dry_place"]

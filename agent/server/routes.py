@@ -1,0 +1,191 @@
+"""The cluster routes of the agent API (``/v1/...``) over the ``ControlPlane``.
+
+What a request means is decided by the ``ControlPlane`` (``canidae.agent.server.control``) and
+by ``canidae.core``; this module parses and validates the request (clear 4xx answers) and calls
+it. Authentication, forwarding from client agents and error answers are the ``Edge``'s
+(``canidae.agent.httpedge``). On a client agent there is no control plane: every route here is
+passed on to a server by the edge before its handler would run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from canidae.agent.httpedge import Edge, expect_object, query_bool, query_int, read_json, request_id
+from canidae.agent.server.openapi import openapi_document
+from canidae.core.errors import InvalidInput, NotFound
+from canidae.core.types import NodeState, PackSpec, PackState, validate_name
+from starlette.requests import Request
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from canidae.agent.server.control import ControlPlane
+
+
+SPEC_FIELDS = {"name", "driver", "command", "members", "cpu", "mem", "restart", "env", "constraints"}
+
+
+def parse_spec(d: Any) -> PackSpec:
+    spec = expect_object(d, SPEC_FIELDS, {"name"})
+    validate_name("pack", spec["name"])
+    for k in ("members", "cpu", "mem"):
+        if k in spec and (isinstance(spec[k], bool) or not isinstance(spec[k], int)):
+            raise InvalidInput(f"{k} must be an integer")
+    if "command" in spec and (not isinstance(spec["command"], list)
+                              or not all(isinstance(a, str) for a in spec["command"])):
+        raise InvalidInput("command must be a list of strings")
+    if "env" in spec and (not isinstance(spec["env"], dict)
+                          or not all(isinstance(k, str) and isinstance(v, str) for k, v in spec["env"].items())):
+        raise InvalidInput("env must be an object of strings")
+    if "constraints" in spec:
+        expect_object(spec["constraints"], {"zone", "region", "cell", "node", "spread", "group"})
+    return PackSpec.from_dict(spec)
+
+
+def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[Route]:
+    """The cluster routes. ``plane`` is None on a client agent (the edge forwards these routes);
+    ``health`` answers the unauthenticated liveness route."""
+    limit = edge.limit
+    endpoint = edge.endpoint
+    agent: Any = plane  # None on a client agent: the edge forwards before a handler runs
+
+    async def health_route(request: Request) -> Any:
+        return health()
+
+    async def status(request: Request) -> Any:
+        return await agent.cluster_status()
+
+    async def list_nodes(request: Request) -> Any:
+        return await agent.list_nodes(stale=query_bool(request, "stale"))
+
+    async def show_node(request: Request) -> Any:
+        return await agent.show_node(validate_name("node", request.path_params["node"]),
+                                     stale=query_bool(request, "stale"))
+
+    async def register_node(request: Request) -> Any:
+        body = expect_object(await read_json(request, limit), {"node", "request_id"}, {"node"})
+        return await agent.register_node(body["node"], request_id(request, body))
+
+    async def set_node_state(request: Request) -> Any:
+        body = expect_object(await read_json(request, limit), {"state", "reason", "request_id", "plan"}, {"state"})
+        try:
+            state = NodeState(body["state"])
+        except ValueError:
+            raise InvalidInput("state must be ready, cordoned, draining or down") from None
+        if not isinstance(body.get("plan", False), bool):
+            raise InvalidInput("plan must be true or false")
+        return await agent.set_node_state(validate_name("node", request.path_params["node"]), state,
+                                          str(body.get("reason", "")), request_id(request, body),
+                                          plan=bool(body.get("plan", False)))
+
+    async def heartbeat(request: Request) -> Any:
+        body = expect_object(await read_json(request, limit), {"rev", "running"})
+        return await agent.heartbeat(validate_name("node", request.path_params["node"]), body)
+
+    async def assignments(request: Request) -> Any:
+        node = validate_name("node", request.path_params["node"])
+        after = query_int(request, "after", 0, 0, 2**62)
+        wait = query_int(request, "wait", 0, 0, 30)
+        return await agent.assignments(node, after, float(wait))
+
+    async def reports(request: Request) -> Any:
+        body = expect_object(await read_json(request, limit), {"reports", "request_id"}, {"reports"})
+        return await agent.report_packs(validate_name("node", request.path_params["node"]), body["reports"],
+                                        request_id(request, body))
+
+    async def create_packs(request: Request) -> Any:
+        body = expect_object(await read_json(request, limit),
+                             {"spec", "specs", "count", "place", "request_id"})
+        if ("spec" in body) == ("specs" in body):
+            raise InvalidInput("give exactly one of 'spec' or 'specs'")
+        specs = [parse_spec(body["spec"])] if "spec" in body else None
+        if specs is None:
+            if not isinstance(body["specs"], list) or not body["specs"]:
+                raise InvalidInput("specs must be a non-empty list")
+            specs = [parse_spec(s) for s in body["specs"]]
+        count = body.get("count", 0)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidInput("count must be a non-negative integer")
+        place = body.get("place", True)
+        if not isinstance(place, bool):
+            raise InvalidInput("place must be true or false")
+        return await agent.create_packs(specs, count, place, request_id(request, body))
+
+    async def list_packs(request: Request) -> Any:
+        node = request.query_params.get("node")
+        state = request.query_params.get("state")
+        try:
+            pstate = PackState(state) if state else None
+        except ValueError:
+            raise InvalidInput(f"unknown pack state {state!r}") from None
+        after = request.query_params.get("after")
+        return await agent.list_packs(
+            node=validate_name("node", node) if node else None, state=pstate,
+            after=validate_name("pack", after) if after else None,
+            limit=query_int(request, "limit", 1000, 1, 10_000), stale=query_bool(request, "stale"))
+
+    async def show_pack(request: Request) -> Any:
+        return await agent.show_pack(validate_name("pack", request.path_params["name"]),
+                                     stale=query_bool(request, "stale"))
+
+    async def pack_action(request: Request) -> Any:
+        name = validate_name("pack", request.path_params["name"])
+        action = request.path_params["action"]
+        if action not in ("stop", "place", "migrate"):
+            raise NotFound(f"no action {action!r} for packs")
+        body = expect_object(await read_json(request, limit), {"request_id", "to"} if action == "migrate"
+                             else {"request_id"})
+        if action == "migrate":
+            to = body.get("to")
+            return await agent.migrate_pack(name, validate_name("node", to) if to is not None else None,
+                                            request_id(request, body))
+        return await agent.pack_action(name, action, request_id(request, body))
+
+    async def rebalance(request: Request) -> Any:
+        body = expect_object(await read_json(request, limit), {"plan", "request_id"})
+        if not isinstance(body.get("plan", False), bool):
+            raise InvalidInput("plan must be true or false")
+        return await agent.rebalance(bool(body.get("plan", False)), request_id(request, body))
+
+    async def pack_history(request: Request) -> Any:
+        since = query_int(request, "since", 0, 0, 1 << 62)  # ms since the epoch; 0: everything
+        return await agent.pack_history(validate_name("pack", request.path_params["name"]), since_ms=since or None)
+
+    async def ring(request: Request) -> Any:
+        return await agent.ring_view(stale=query_bool(request, "stale"))
+
+    async def ring_lookup(request: Request) -> Any:
+        return await agent.ring_lookup(validate_name("pack", request.path_params["name"]),
+                                       stale=query_bool(request, "stale"))
+
+    async def digest(request: Request) -> Any:
+        if agent is None:
+            raise NotFound("a client agent holds no replicated state")
+        return agent.state_digest()
+
+    async def openapi(request: Request) -> Any:
+        return openapi_document()
+
+    routes = [
+        Route("/v1/health", endpoint(health_route, auth=False, forward=False), methods=["GET"]),
+        Route("/v1/openapi.json", endpoint(openapi, forward=False), methods=["GET"]),
+        Route("/v1/status", endpoint(status), methods=["GET"]),
+        Route("/v1/digest", endpoint(digest, forward=False), methods=["GET"]),
+        Route("/v1/nodes", endpoint(list_nodes), methods=["GET"]),
+        Route("/v1/nodes", endpoint(register_node), methods=["POST"]),
+        Route("/v1/nodes/{node}", endpoint(show_node), methods=["GET"]),
+        Route("/v1/nodes/{node}/state", endpoint(set_node_state), methods=["POST"]),
+        Route("/v1/nodes/{node}/heartbeat", endpoint(heartbeat), methods=["POST"]),
+        Route("/v1/nodes/{node}/assignments", endpoint(assignments), methods=["GET"]),
+        Route("/v1/nodes/{node}/reports", endpoint(reports), methods=["POST"]),
+        Route("/v1/packs", endpoint(create_packs), methods=["POST"]),
+        Route("/v1/packs", endpoint(list_packs), methods=["GET"]),
+        Route("/v1/packs/{name}", endpoint(show_pack), methods=["GET"]),
+        Route("/v1/packs/{name}/history", endpoint(pack_history), methods=["GET"]),
+        Route("/v1/packs/{name}/{action}", endpoint(pack_action), methods=["POST"]),
+        Route("/v1/ring", endpoint(ring), methods=["GET"]),
+        Route("/v1/rebalance", endpoint(rebalance), methods=["POST"]),
+        Route("/v1/ring/lookup/{name}", endpoint(ring_lookup), methods=["GET"]),
+    ]
+
+    return routes
