@@ -19,16 +19,26 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from canidae.agent.config import AgentConfig
 from canidae.agent.server.eventstore import EventStore
+from canidae.agent.server.replica import Replica
 from canidae.core.errors import InvalidInput, NotFound, OperationFailed
 from canidae.core.types import validate_name
 from starlette.requests import Request
 from starlette.routing import Route
 
-if TYPE_CHECKING:
-    from canidae.agent.server.control import ControlPlane
+
+
+class ControlPlane(Protocol):
+    """What the history needs of the control plane (``canidae.agent.server.control``)."""
+
+    cfg: AgentConfig
+    replica: Replica | None
+    store: EventStore | None
+
+    async def read_state(self, stale: bool) -> Any: ...
 
 DURABLE_WAIT_S = 2.0
 MAX_WAIT_S = 30.0
@@ -214,18 +224,23 @@ async def verify(plane: ControlPlane, full: bool, pack: str | None) -> dict[str,
     return report
 
 
-def routes(plane: ControlPlane, endpoint: Any) -> list[Route]:
-    """The event store's API routes."""
+def routes(plane: ControlPlane | None, endpoint: Any) -> list[Route]:
+    """The event store's API routes (``plane`` is None on a client agent: the edge forwards them)."""
+
+    def server() -> ControlPlane:
+        if plane is None:
+            raise OperationFailed("this agent keeps no event history (not a server)")
+        return plane
 
     async def list_events(request: Request) -> Any:
-        return await events(plane, request)
+        return await events(server(), request)
 
     async def verify_route(request: Request) -> Any:
         full = request.query_params.get("full", "").lower() in ("1", "true", "yes")
-        return await verify(plane, full, _query_name(request, "pack", "pack"))
+        return await verify(server(), full, _query_name(request, "pack", "pack"))
 
     async def stats(request: Request) -> Any:
-        return {"node": plane.cfg.node_id, **_store(plane).stats()}
+        return {"node": server().cfg.node_id, **_store(server()).stats()}
 
     return [
         Route("/v1/events", endpoint(list_events), methods=["GET"]),
