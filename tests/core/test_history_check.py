@@ -298,7 +298,7 @@ def _before(a: Op, b: Op) -> bool:
     return a.outcome is not INFO and a.complete is not None and a.complete < b.invoke
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(histories())
 def test_histories_of_a_sequential_run_are_linearizable(ops: list[Op]) -> None:
     for res in linearize_keys(ops):
@@ -334,7 +334,7 @@ def _bounds(ops: list[Op], r: Op) -> tuple[int, int]:
     return lo, hi
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(histories(), st.data())
 def test_a_read_changed_to_an_impossible_value_is_caught(ops: list[Op], data: st.DataObject) -> None:
     candidates = []
@@ -382,7 +382,7 @@ def small_histories(draw: st.DrawFn) -> list[tuple[str, Op]]:
     return out
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(small_histories())
 def test_agrees_with_a_brute_force_over_the_table(ops: list[tuple[str, Op]]) -> None:
     results = linearize_keys([op for _, op in ops])

@@ -75,7 +75,7 @@ def respects_real_time(intervals: Sequence[Interval], order: Sequence[int]) -> b
     return True
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(register_histories())
 def test_agrees_with_brute_force_on_a_register(history: tuple[list[Interval], list[RegOp]]) -> None:
     intervals, ops = history
