@@ -54,6 +54,7 @@ class Agent:
         self.node = NodeRuntime(
             cfg, self.link,
             local_assignments=self.plane.assignments if self.plane is not None else None,
+            local_resync=self.plane.resync if self.plane is not None else None,
             locate_local=self.plane.locate_pack if self.plane is not None else None)
         self.edge = Edge(cfg.token, cfg.max_body_bytes, forward=None if self.plane is not None else self.forward)
         self.tasks: list[asyncio.Task[Any]] = []

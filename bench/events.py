@@ -36,7 +36,15 @@ from typing import Any
 
 from canidae.agent.server.eventstore import EventStore
 from canidae.core.commands import (
-    CreatePacks, MigratePacks, PackReport, PlacePacks, RegisterNode, ReportPacks, SetNodeState, StopPacks,
+    CreatePacks,
+    MigratePacks,
+    PackReport,
+    PlacePacks,
+    RegisterNode,
+    ReportPacks,
+    ReportState,
+    SetNodeState,
+    StopPacks,
 )
 from canidae.core.state import ClusterState
 from canidae.core.types import Location, Node, NodeState, PackSpec, PackState, Resources
@@ -130,7 +138,7 @@ def realistic_events(n: int, seed: int = 1, nodes: int = 60) -> list[dict[str, A
             names = placed.pop(nid)
             for nm in names:
                 where.pop(nm, None)
-            reps = tuple(PackReport(nm, st.packs[nm].generation, PackState.RUNNING, "") for nm in names
+            reps = tuple(PackReport(nm, st.packs[nm].generation, ReportState.RUNNING, "") for nm in names
                          if st.packs[nm].node == nid and st.packs[nm].state is PackState.PLACED)
             if reps:
                 at += rng.randrange(5, 60)
@@ -144,14 +152,14 @@ def realistic_events(n: int, seed: int = 1, nodes: int = 60) -> list[dict[str, A
             run(StopPacks(id=rid(), at=at, by="api", names=(name,)))
             at += rng.randrange(5, 80)
             run(ReportPacks(id=f"rep-{rid()}", at=at, by=f"agent:{rec.node}", node_id=rec.node,
-                            reports=(PackReport(name, rec.generation, PackState.STOPPED,
+                            reports=(PackReport(name, rec.generation, ReportState.STOPPED,
                                                 "stopped on request"),)))
         elif r < 0.82 and running:
             name = running.pick(rng)
             running.discard(name)
             rec = st.packs[name]
             run(ReportPacks(id=f"rep-{rid()}", at=at, by=f"agent:{rec.node}", node_id=rec.node,
-                            reports=(PackReport(name, rec.generation, PackState.FAILED,
+                            reports=(PackReport(name, rec.generation, ReportState.FAILED,
                                                 rng.choice(["exit status 1", "killed by signal 9",
                                                             "out of memory"])),)))
             at += rng.randrange(100, 2000)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import Any, ClassVar, Mapping, Sequence
 
 from canidae.core.errors import InvalidInput
-from canidae.core.types import Node, NodeState, PackSpec, PackState, validate_name
+from canidae.core.types import Node, NodeState, PackSpec, validate_name
 
 WIRE_VERSION = 1
 MAX_SERIES = 100_000
@@ -155,13 +156,27 @@ class Rebalance(Command):
     LEADER_ONLY = True
 
 
+class ReportState(StrEnum):
+    """What an agent reports of a pack it was told to run.
+
+    ``stopped`` only ever follows an instruction to stop (the agent stopped it); ``exited`` is a
+    pack that ended by itself and, under its restart policy, is not restarted (a batch job done);
+    ``failed`` is a pack that ended in failure and that its restart policy gave up on.
+    """
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    EXITED = "exited"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True, slots=True)
 class PackReport:
     """What a node's agent observed of one pack at one placement generation."""
 
     name: str
     generation: int
-    state: PackState
+    state: ReportState
     reason: str = ""
 
     def to_wire(self) -> list[Any]:
@@ -242,7 +257,7 @@ def command_from_wire(d: Mapping[str, Any]) -> Command:
         if cls is Rebalance:
             return Rebalance(**env)
         if cls is ReportPacks:
-            reports = tuple(PackReport(validate_name("pack", r[0]), int(r[1]), PackState(r[2]), str(r[3]))
+            reports = tuple(PackReport(validate_name("pack", r[0]), int(r[1]), ReportState(r[2]), str(r[3]))
                             for r in d["reports"])
             return ReportPacks(**env, node_id=validate_name("node", d["node_id"]), reports=reports)
     except KeyError as e:

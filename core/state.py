@@ -37,7 +37,7 @@ import xxhash
 
 from canidae.core.commands import (
     Command, CreatePacks, MigratePacks, Noop, PlacePacks, Rebalance, RegisterNode, RemoveNode, ReportPacks,
-    SetNodeState, StopPacks,
+    ReportState, SetNodeState, StopPacks,
 )
 from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NotFound, WrongState
 from canidae.core.scheduler import Scheduler
@@ -102,7 +102,12 @@ class ClusterState:
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.max_term = 0
         self.event_seq = 0
-        self.node_rev: dict[str, int] = {}  # bumped whenever a node's assignments change
+        # A node's revision: the value of one cluster-wide counter (``rev_seq``) at the last change of
+        # its assignments. One counter for all nodes means a revision never repeats, not even for
+        # a node removed and registered again, so an agent can always tell an older view from a
+        # newer one.
+        self.rev_seq = 0
+        self.node_rev: dict[str, int] = {}
         # Per node, the packs whose assignment changed, oldest first, with the rev of the change:
         # lets an agent fetch only what changed since the rev it has (``changes_since``). Derived
         # data, not part of snapshots; ``horizon`` is the oldest rev it can answer from.
@@ -160,9 +165,10 @@ class ClusterState:
                 node = _with_state(node, NodeState.READY)
             self.nodes[node.id] = node
             self.by_node[node.id] = {}
-            self.node_rev[node.id] = 1
+            self.rev_seq += 1
+            self.node_rev[node.id] = self.rev_seq
             self.node_log[node.id] = {}
-            self.horizon[node.id] = 0
+            self.horizon[node.id] = self.rev_seq
             self.scheduler.add_node(node)
             self._event(cmd, "NodeJoined", node=node.id, detail=node.to_dict())
         else:
@@ -286,8 +292,18 @@ class ClusterState:
         return {"ok": True, "packs": out}
 
     def _apply_report_packs(self, cmd: ReportPacks) -> dict[str, Any]:
+        """What an agent saw of its packs. Reports never stop a pack the cluster wants running.
+
+        ``running`` marks a placed pack running. ``stopped`` ends a pack that was stopping; for a
+        pack the state still wants running it is not a stop (an agent stops a pack only when told,
+        so this report comes from a stale view or a lost instruction): the pack stays as it is and
+        its node's revision is bumped, which hands the agent the assignment again. ``exited`` (the
+        pack ended by itself and its restart policy does not restart it) and ``failed`` (its
+        restart policy gave up) end the pack. Every change of what a node should run bumps the
+        node's revision, so an agent that restarted from an older view is told again.
+        """
         self._node(cmd.node_id)
-        accepted, stale = 0, []
+        accepted, stale, reasserted = 0, [], []
         freed = False
         for rep in cmd.reports:
             rec = self.packs.get(rep.name)
@@ -296,7 +312,7 @@ class ClusterState:
                 stale.append(rep.name)
                 continue
             accepted += 1
-            if rep.state is PackState.RUNNING:
+            if rep.state == ReportState.RUNNING:
                 if rec.state is PackState.PLACED:
                     rec.state, rec.updated_at = PackState.RUNNING, cmd.at
                     self._event(cmd, "PackStarted", pack=rep.name, node=cmd.node_id,
@@ -305,20 +321,26 @@ class ClusterState:
                         # Only a move (migration, rebalance, evacuation) places with a reason: it is done.
                         self._event(cmd, "PackMigrated", pack=rep.name, node=cmd.node_id,
                                     detail={"generation": rep.generation, "reason": rec.reason})
-            elif rep.state in (PackState.STOPPED, PackState.FAILED):
-                self._release(rec)
-                freed = True
-                # A pack that exits on its own while meant to run, with restarts exhausted, failed.
-                final = PackState.STOPPED if rec.state is PackState.STOPPING and rep.state is PackState.STOPPED \
-                    else rep.state
-                rec.state, rec.reason, rec.updated_at = final, rep.reason, cmd.at
-                self._event(cmd, "PackFailed" if final is PackState.FAILED else "PackStopped",
-                            pack=rep.name, node=cmd.node_id, detail={"reason": rep.reason})
+                continue
+            if rep.state == ReportState.STOPPED and rec.state is not PackState.STOPPING:
+                reasserted.append(rep.name)
+                self._touch(cmd.node_id, rep.name)
+                self._event(cmd, "PackReasserted", pack=rep.name, node=cmd.node_id,
+                            detail={"generation": rep.generation, "reported": rep.reason})
+                continue
+            self._release(rec)
+            freed = True
+            if rec.state is PackState.STOPPING or rep.state == ReportState.EXITED:
+                final = PackState.STOPPED
             else:
-                raise InvalidInput(f"agents report running, stopped or failed, not {rep.state.value}")
+                final = PackState.FAILED
+            rec.state, rec.reason, rec.updated_at = final, rep.reason, cmd.at
+            self._touch(cmd.node_id, rep.name)
+            self._event(cmd, "PackFailed" if final is PackState.FAILED else "PackStopped",
+                        pack=rep.name, node=cmd.node_id, detail={"reason": rep.reason})
         if freed:
             self._retry_pending(cmd)
-        return {"ok": True, "accepted": accepted, "stale": stale}
+        return {"ok": True, "accepted": accepted, "stale": stale, "reasserted": reasserted}
 
     def _apply_migrate_packs(self, cmd: MigratePacks) -> dict[str, Any]:
         recs = []
@@ -440,7 +462,8 @@ class ClusterState:
     def _touch(self, node_id: str | None, pack: str | None = None) -> None:
         if node_id is None or node_id not in self.node_rev:
             return
-        rev = self.node_rev[node_id] = self.node_rev[node_id] + 1
+        self.rev_seq += 1
+        rev = self.node_rev[node_id] = self.rev_seq
         if pack is not None:
             log = self.node_log[node_id]
             log.pop(pack, None)
@@ -451,15 +474,17 @@ class ClusterState:
                     self.horizon[node_id] = max(self.horizon[node_id], log.pop(name))
 
     def changes_since(self, node_id: str, after: int) -> tuple[bool, list[PackRecord | str]]:
-        """What an agent at rev ``after`` must learn: (full, items).
+        """What an agent at rev ``after`` must learn: (resync, items).
 
-        ``full`` means: here is every pack this node should hold, drop anything else. Otherwise
-        items are the packs (records) whose assignment changed since ``after``; a name (str) is a
-        pack that no longer belongs to this node.
+        Items are the packs (records) whose assignment changed since ``after``; a name (str) is a
+        pack that no longer belongs to this node. ``resync`` (no items) means the changes since
+        ``after`` are no longer all known here (a new agent, or one behind the horizon of the
+        node's change log): the agent must resynchronise (``resync_view``). An agent *ahead* of
+        this replica (``is_behind``) must not be answered from it at all.
         """
         self._node(node_id)
         if after <= 0 or after < self.horizon[node_id] or after > self.node_rev[node_id]:
-            return True, [r for r in self.packs_on(node_id) if r.state in HOLDING]
+            return True, []
         out: list[PackRecord | str] = []
         for name in reversed(self.node_log[node_id]):
             if self.node_log[node_id][name] <= after:
@@ -468,6 +493,35 @@ class ClusterState:
             out.append(rec if rec is not None and rec.node == node_id and rec.state in HOLDING else name)
         out.reverse()
         return False, out
+
+    def is_behind(self, node_id: str, after: int) -> bool:
+        """True when an agent has seen a revision of its node newer than this replica holds."""
+        return after > self.node_rev.get(node_id, 0)
+
+    def held_by(self, node_id: str) -> list[PackRecord]:
+        """Every pack this node should hold (placed, running or stopping on it)."""
+        return [r for r in self.packs_on(node_id) if r.state in HOLDING]
+
+    def resync_view(self, node_id: str, running: dict[str, int]) -> tuple[list[PackRecord], list[dict[str, Any]]]:
+        """The packs ``node_id`` holds, and an explicit instruction for each pack the agent runs
+        (``running``: name -> generation) that it does not hold at that generation, with why."""
+        self._node(node_id)
+        held = self.held_by(node_id)
+        gone = []
+        for name, gen in running.items():
+            rec = self.packs.get(name)
+            if rec is None:
+                why = "the pack no longer exists"
+            elif rec.node == node_id and rec.generation == gen and rec.state in HOLDING:
+                continue
+            elif rec.node == node_id and rec.state in HOLDING:
+                why = f"replaced by generation {rec.generation} on this node"
+            elif rec.node is not None and rec.state in HOLDING:
+                why = f"moved to {rec.node} (generation {rec.generation})"
+            else:
+                why = f"the pack is {rec.state.value}"
+            gone.append({"name": name, "generation": gen, "reason": why})
+        return held, gone
 
     def _release(self, rec: PackRecord) -> None:
         if rec.node is not None and rec.state in HOLDING and rec.node in self.nodes:
@@ -561,7 +615,7 @@ class ClusterState:
             "pending": list(self.pending),
             "recent": [[k, v] for k, v in self.recent.items()],
             "max_term": self.max_term, "event_seq": self.event_seq, "applied": self.applied,
-            "node_rev": dict(sorted(self.node_rev.items())),
+            "node_rev": dict(sorted(self.node_rev.items())), "rev_seq": self.rev_seq,
         }
 
     @staticmethod
@@ -587,6 +641,7 @@ class ClusterState:
         st.recent = OrderedDict((k, v) for k, v in d["recent"])
         st.max_term, st.event_seq, st.applied = d["max_term"], d["event_seq"], d["applied"]
         st.node_rev = dict(d["node_rev"])
+        st.rev_seq = d.get("rev_seq", max(st.node_rev.values(), default=0))
         st.node_log = {n: {} for n in st.node_rev}
         st.horizon = dict(st.node_rev)
         return st
@@ -601,8 +656,21 @@ class ClusterState:
             yield self.nodes[k]
 
 
+def running_digest(items: Iterable[tuple[str, int]]) -> str:
+    """An order-free digest of (pack, generation) pairs: agents and the leader compare theirs.
+
+    A count and the XOR of each pair's xxh64: cheap to keep, and equal exactly when the sets are
+    equal (up to hash collisions, which cost nothing worse than one needless resync).
+    """
+    n, acc = 0, 0
+    for name, gen in items:
+        n += 1
+        acc ^= xxhash.xxh64_intdigest(f"{name}\0{gen}".encode())
+    return f"{n}:{acc:016x}"
+
+
 def _with_state(node: Node, state: NodeState) -> Node:
     return replace(node, state=state)
 
 
-__all__ = ["ClusterState", "PackRecord", "HOLDING", "DEDUP_WINDOW"]
+__all__ = ["ClusterState", "PackRecord", "HOLDING", "DEDUP_WINDOW", "running_digest"]

@@ -390,10 +390,14 @@ class ExecDriver:
                 await self.stop(pack, run.generation, "replaced by a new placement")
             return
         done = self.finished.get(pack)
-        if done is not None and done[0] >= generation:
-            if done[0] == generation:
-                await self._report(pack, generation, done[1], done[2])
+        if done is not None and done[0] > generation:
             return
+        if done is not None and done[0] == generation and done[1] != "stopped":
+            # It ended by itself (exited, failed): say so again instead of running it twice.
+            await self._report(pack, generation, done[1], done[2])
+            return
+        # A generation stopped here on an instruction may be asked to run again (the cluster
+        # still wants it running): the newer instruction wins.
         await self._launch(pack, generation, spec)
 
     async def stop(self, pack: str, generation: int, reason: str) -> None:
@@ -841,7 +845,7 @@ class ExecDriver:
             self._persist(run)
             if not any(x.alive or x.timer is not None for x in run.members) \
                     and all(x.last_exit == "exited 0" for x in run.members):
-                self._finish(run, "stopped", "exited 0")
+                self._finish(run, "exited", "exited 0")
             return
         if failed and policy == "never":
             self._finish(run, "failed", f"member {m.index} {m.last_exit}")

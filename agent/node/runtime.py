@@ -29,17 +29,24 @@ from canidae.core.types import NodeState
 log = logging.getLogger("canidae.node")
 
 LocalAssignments = Callable[[str, int, float], Awaitable[dict[str, Any]]]
+LocalResync = Callable[[str, dict[str, int]], Awaitable[dict[str, Any]]]
 LocatePack = Callable[[str], tuple[str | None, str, str]]
+
+# A client agent's assignment long-poll waits this long at most: a server that was paused or cut
+# off mid-poll holds the agent back no longer than this (the heartbeat loop also ends the poll
+# early when it finds another leader).
+POLL_WAIT_S = 3
 
 
 class NodeRuntime:
     def __init__(self, cfg: AgentConfig, link: ServerLink, *, local_assignments: LocalAssignments | None = None,
-                 locate_local: LocatePack | None = None) -> None:
+                 local_resync: LocalResync | None = None, locate_local: LocatePack | None = None) -> None:
         self.cfg = cfg
         self.link = link
         self.hops = AgentHops(cfg.token)
         self._local_assignments = local_assignments
-        self.reconciler = Reconciler(self._fetch_assignments, self._send_reports)
+        self._local_resync = local_resync
+        self.reconciler = Reconciler(self._fetch_assignments, self._resync, self._send_reports)
         self.reconciler.add_driver(VirtualDriver(self.reconciler.report))
         self.exec_driver = ExecDriver(self.reconciler.report, data_dir=cfg.data_dir, node_id=cfg.node_id,
                                       token=cfg.token, api=cfg.api)
@@ -61,7 +68,7 @@ class NodeRuntime:
         self.hops.close()
 
     def running_count(self) -> int:
-        return sum(len(d.running()) for d in self.reconciler.drivers.values())
+        return len(self.reconciler.running())
 
     async def _heartbeat_loop(self) -> None:
         registered = False
@@ -74,9 +81,17 @@ class NodeRuntime:
                         "request_id": f"reg-{self.cfg.node_id}-{uuid.uuid4().hex[:8]}"})
                     registered = True
                     log.info("registered node %s", self.cfg.node_id)
+                leader_before = self.link.leader_hint
+                rec = self.reconciler
                 reply = await self.link.call("POST", f"/v1/nodes/{self.cfg.node_id}/heartbeat",
-                                             json={"running": self.running_count()},
+                                             json={"running": self.running_count(), "digest": rec.digest(),
+                                                   "corrected": rec.corrected},
                                              timeout=max(interval, 0.5), attempt_s=max(interval, 0.5))
+                if self.link.leader_hint != leader_before and self._local_assignments is None:
+                    rec.interrupt()  # a poll on the old leader may never end: ask the new one
+                if reply.get("resync"):
+                    log.warning("the leader ordered a resync of this node")
+                    rec.request_resync()
                 if reply.get("state") == NodeState.DOWN.value:
                     log.warning("this node was declared down; re-registering")
                     registered = False
@@ -96,7 +111,15 @@ class NodeRuntime:
         if self._local_assignments is not None:
             return await self._local_assignments(self.cfg.node_id, after, 10.0)
         return await self.link.call("GET", f"/v1/nodes/{self.cfg.node_id}/assignments",  # type: ignore[no-any-return]
-                                    params={"after": after, "wait": 10}, timeout=15.0, attempt_s=15.0)
+                                    params={"after": after, "wait": POLL_WAIT_S},
+                                    timeout=POLL_WAIT_S + 2.0, attempt_s=POLL_WAIT_S + 1.0)
+
+    async def _resync(self, running: dict[str, int]) -> dict[str, Any]:
+        if self._local_resync is not None:
+            return await self._local_resync(self.cfg.node_id, running)
+        return await self.link.call("POST", f"/v1/nodes/{self.cfg.node_id}/assignments",  # type: ignore[no-any-return]
+                                    json={"running": running}, timeout=self.cfg.request_timeout_s + 5.0,
+                                    attempt_s=self.cfg.request_timeout_s)
 
     async def _send_reports(self, reports: list[list[Any]]) -> None:
         # Through the leader's API even from a server: there the reports join the leader's group

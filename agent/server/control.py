@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 from canidae.agent.client.link import ServerLink
 from canidae.agent.config import AgentConfig
@@ -32,13 +32,14 @@ from canidae.core.commands import (
     PlacePacks,
     Rebalance,
     RegisterNode,
+    ReportState,
     ReportPacks,
     SetNodeState,
     StopPacks,
 )
 from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound
 from canidae.core.ring import HashRing, bounded_caps
-from canidae.core.state import HOLDING, ClusterState
+from canidae.core.state import HOLDING, ClusterState, PackRecord, running_digest
 from canidae.core.types import Node, NodeState, PackSpec, PackState
 
 log = logging.getLogger("canidae.server")
@@ -66,6 +67,7 @@ class ControlPlane:
         # Heartbeat bookkeeping of the leader (in memory only: not state).
         self.last_seen: dict[str, float] = {}
         self.running_on: dict[str, int] = {}  # what each agent says it runs
+        self.convergence = Convergence()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,7 +180,9 @@ class ControlPlane:
         d.update(used=used.to_dict(), packs=len([1 for r in state.packs_on(node.id) if r.state in HOLDING]),
                  last_heartbeat_s_ago=None if seen is None or not self.is_leader()
                  else round(time.monotonic() - seen, 3),
-                 running_here=self.running_on.get(node.id))
+                 running_here=self.running_on.get(node.id),
+                 resyncs=self.convergence.resyncs.get(node.id, 0),
+                 corrected=self.convergence.corrected.get(node.id))
         return d
 
     async def _from_leader(self, path: str) -> dict[str, Any] | None:
@@ -316,10 +320,36 @@ class ControlPlane:
         self.last_seen[node_id] = time.monotonic()
         if isinstance(body.get("running"), int):
             self.running_on[node_id] = body["running"]
-        return {"state": node.state.value, "rev": rev, "leader_api": self.cfg.api}
+        self.convergence.heard(node_id, body.get("digest"), body.get("corrected"))
+        return {"state": node.state.value, "rev": rev, "leader_api": self.cfg.api,
+                "resync": self.convergence.take_resync(node_id)}
+
+    def check_convergence(self) -> None:
+        """Leader only: order a resync of every node whose agent's digest has disagreed with the
+        state for two checks in a row while neither side changed (anti-entropy)."""
+        assert self.replica is not None
+        with self.replica.lock:
+            st = self.replica.state
+            wanted = {n: (st.node_rev.get(n, 0), running_digest((r.spec.name, r.generation) for r in st.held_by(n)))
+                      for n in self.convergence.reported() if n in st.nodes}
+        for node_id, (rev, digest) in wanted.items():
+            if self.convergence.compare(node_id, rev, digest):
+                log.warning("node %s runs something else than the state says: resync ordered", node_id)
 
     async def assignments(self, node_id: str, after: int, wait: float) -> dict[str, Any]:
+        """A long-poll on what changed for ``node_id`` since revision ``after``.
+
+        Never answered from a replica behind the agent (``after`` newer than its revision): that
+        waits for a read barrier first. When the changes since ``after`` are not all known here,
+        the answer asks the agent to resynchronise (``resync``) instead of handing it a full set.
+        """
         assert self.replica is not None and self.applied_signal is not None
+        if self.replica.leader_address() is None:
+            raise NoLeader("this server knows no leader: ask another")
+        with self.replica.lock:
+            behind = self.replica.state.is_behind(node_id, after) if node_id in self.replica.state.nodes else False
+        if behind:
+            await self.read_state(False)
         deadline = time.monotonic() + wait
         while True:
             with self.replica.lock:
@@ -328,18 +358,31 @@ class ControlPlane:
                 if rev is None:
                     raise NotFound(f"no node {node_id!r}")
                 if rev != after or time.monotonic() >= deadline:
-                    full, items = st.changes_since(node_id, after)
-                    packs = [{"name": r.spec.name, "generation": r.generation, "state": r.state.value,
-                              "driver": r.spec.driver.value, "spec": r.spec.to_dict()}
-                             for r in items if not isinstance(r, str)]
-                    gone = [r for r in items if isinstance(r, str)]
-                    return {"rev": rev, "full": full, "node_state": st.nodes[node_id].state.value,
-                            "packs": packs, "gone": gone}
+                    resync, items = st.changes_since(node_id, after)
+                    if resync:
+                        return {"rev": rev, "resync": True, "node_state": st.nodes[node_id].state.value}
+                    return {"rev": rev, "resync": False, "node_state": st.nodes[node_id].state.value,
+                            "packs": [assignment(r) for r in items if not isinstance(r, str)],
+                            "gone": [r for r in items if isinstance(r, str)]}
             signal = self.applied_signal
             try:
-                await asyncio.wait_for(signal.wait(), timeout=max(0.0, deadline - time.monotonic()))
+                # Wake at least every half second: a server that lost its leader ends the poll.
+                await asyncio.wait_for(signal.wait(), timeout=max(0.0, min(0.5, deadline - time.monotonic())))
             except asyncio.TimeoutError:
-                pass
+                if self.replica.leader_address() is None:
+                    raise NoLeader("this server lost its leader: ask another") from None
+
+    async def resync(self, node_id: str, running: Any) -> dict[str, Any]:
+        """Everything ``node_id`` holds, read linearizably, and an explicit instruction for each pack
+        its agent runs (``running``: name -> generation) that it no longer holds."""
+        if not isinstance(running, dict) or len(running) > 1_000_000 or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in running.items()):
+            raise InvalidInput("running must be an object of pack name -> generation")
+        st = await self.read_state(False)
+        with self.replica.lock:  # type: ignore[union-attr]
+            held, gone = st.resync_view(node_id, running)
+            return {"rev": st.node_rev[node_id], "resync": True, "node_state": st.nodes[node_id].state.value,
+                    "packs": [assignment(r) for r in held], "gone": gone}
 
     async def report_packs(self, node_id: str, reports: Any, rid: str) -> dict[str, Any]:
         if not isinstance(reports, list) or not reports or len(reports) > 100_000:
@@ -349,11 +392,69 @@ class ControlPlane:
             if not isinstance(r, list) or len(r) != 4:
                 raise InvalidInput("each report is [name, generation, state, reason]")
             try:
-                parsed.append(PackReport(r[0], int(r[1]), PackState(r[2]), str(r[3])))
+                parsed.append(PackReport(r[0], int(r[1]), ReportState(r[2]), str(r[3])))
             except (ValueError, TypeError) as e:
                 raise InvalidInput(f"invalid report: {e}") from None
         return await self.propose(ReportPacks(id=rid, **self.stamp(), node_id=node_id, reports=tuple(parsed),
                                               by=f"agent:{node_id}"))
+
+
+def assignment(rec: PackRecord) -> dict[str, Any]:
+    """One pack as its node's agent is told to hold it."""
+    return {"name": rec.spec.name, "generation": rec.generation, "state": rec.state.value,
+            "driver": rec.spec.driver.value, "spec": rec.spec.to_dict()}
+
+
+class Convergence:
+    """The leader's record of what agents say they run (digests), against the state (anti-entropy).
+
+    A mismatch is only acted on when it persists over two checks in which neither the node's
+    revision nor the agent's digest moved: a pack being started or stopped right now is not a
+    divergence. The answer to a divergence is a resync order in the node's next heartbeat reply.
+    """
+
+    def __init__(self) -> None:
+        self.digests: dict[str, str] = {}
+        self.corrected: dict[str, int] = {}
+        self.resyncs: dict[str, int] = {}
+        self._suspect: dict[str, tuple[int, str]] = {}
+        self._pending: set[str] = set()
+
+    def heard(self, node_id: str, digest: Any, corrected: Any) -> None:
+        if isinstance(digest, str) and len(digest) <= 64:
+            self.digests[node_id] = digest
+        if isinstance(corrected, int):
+            self.corrected[node_id] = corrected
+
+    def reported(self) -> list[str]:
+        return list(self.digests)
+
+    def compare(self, node_id: str, rev: int, wanted: str) -> bool:
+        """True when a resync is ordered now."""
+        seen = self.digests.get(node_id)
+        if seen is None or seen == wanted:
+            self._suspect.pop(node_id, None)
+            return False
+        mark = (rev, seen)
+        if self._suspect.get(node_id) != mark:
+            self._suspect[node_id] = mark
+            return False
+        self._suspect.pop(node_id, None)
+        self._pending.add(node_id)
+        self.resyncs[node_id] = self.resyncs.get(node_id, 0) + 1
+        return True
+
+    def take_resync(self, node_id: str) -> bool:
+        if node_id in self._pending:
+            self._pending.discard(node_id)
+            return True
+        return False
+
+    def forget(self) -> None:
+        """A new term of leadership starts from what the agents say next."""
+        self.digests.clear()
+        self._suspect.clear()
+        self._pending.clear()
 
 
 def live_ring(st: ClusterState) -> HashRing:

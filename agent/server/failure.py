@@ -10,6 +10,10 @@ Silence counts only over time in which this leader was itself live: a new leader
 own loop stalled (a long apply, a pause, a starved process), gives every node a full TTL again,
 because during the stall it could not have heard their heartbeats. A leader never declares its
 own node down.
+
+The same loop runs the leader's anti-entropy check (``ControlPlane.check_convergence``): agents
+send a digest of what they run with each heartbeat, and a node whose digest keeps disagreeing
+with the state is told to resynchronise.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from canidae.core.types import NodeState
 
 log = logging.getLogger("canidae.failure")
 
+CONVERGENCE_EVERY_S = 1.0  # how often the leader compares agents' digests with the state
+
 
 class FailureDetector:
     def __init__(self, plane: ControlPlane) -> None:
@@ -37,7 +43,7 @@ class FailureDetector:
         self.stopping = False
 
     async def run(self) -> None:
-        last_tick = time.monotonic()
+        last_tick = last_convergence = time.monotonic()
         while not self.stopping:
             await asyncio.sleep(self.period)
             now = time.monotonic()
@@ -46,6 +52,9 @@ class FailureDetector:
             last_tick = now
             try:
                 self.check(now, stalled)
+                if self.was_leader and now - last_convergence >= CONVERGENCE_EVERY_S:
+                    last_convergence = now
+                    self.plane.check_convergence()
             except Exception:
                 log.exception("failure detector")
 
@@ -60,6 +69,8 @@ class FailureDetector:
             # Grace: a new leader has no heartbeat history; a stalled one could not hear any.
             for node_id in list(seen):
                 seen[node_id] = now
+            if not self.was_leader:
+                plane.convergence.forget()
             if stalled:
                 log.warning("leader loop stalled; every node gets a fresh heartbeat TTL")
         self.was_leader = True

@@ -79,7 +79,7 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
                                           plan=bool(body.get("plan", False)))
 
     async def heartbeat(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit), {"rev", "running"})
+        body = expect_object(await read_json(request, limit), {"rev", "running", "digest", "corrected"})
         return await agent.heartbeat(validate_name("node", request.path_params["node"]), body)
 
     async def assignments(request: Request) -> Any:
@@ -87,6 +87,11 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         after = query_int(request, "after", 0, 0, 2**62)
         wait = query_int(request, "wait", 0, 0, 30)
         return await agent.assignments(node, after, float(wait))
+
+    async def resync(request: Request) -> Any:
+        node = validate_name("node", request.path_params["node"])
+        body = expect_object(await read_json(request, limit), {"running"}, {"running"})
+        return await agent.resync(node, body["running"])
 
     async def reports(request: Request) -> Any:
         body = expect_object(await read_json(request, limit), {"reports", "request_id"}, {"reports"})
@@ -177,6 +182,7 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         Route("/v1/nodes/{node}/state", endpoint(set_node_state), methods=["POST"]),
         Route("/v1/nodes/{node}/heartbeat", endpoint(heartbeat), methods=["POST"]),
         Route("/v1/nodes/{node}/assignments", endpoint(assignments), methods=["GET"]),
+        Route("/v1/nodes/{node}/assignments", endpoint(resync), methods=["POST"]),
         Route("/v1/nodes/{node}/reports", endpoint(reports), methods=["POST"]),
         Route("/v1/packs", endpoint(create_packs), methods=["POST"]),
         Route("/v1/packs", endpoint(list_packs), methods=["GET"]),

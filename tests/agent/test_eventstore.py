@@ -11,11 +11,18 @@ import uuid
 from typing import Any
 
 import pytest
-
 from canidae.agent.server import eventstore
 from canidae.agent.server.eventstore import EventStore, Projections, decode_record, encode_record
 from canidae.core.commands import (
-    CreatePacks, MigratePacks, PackReport, PlacePacks, RegisterNode, RemoveNode, ReportPacks, SetNodeState,
+    CreatePacks,
+    MigratePacks,
+    PackReport,
+    PlacePacks,
+    RegisterNode,
+    RemoveNode,
+    ReportPacks,
+    ReportState,
+    SetNodeState,
     StopPacks,
 )
 from canidae.core.state import ClusterState
@@ -330,7 +337,7 @@ def drive_cluster(seed: int, steps: int) -> tuple[ClusterState, list[dict[str, A
                 state = rng.choice([PackState.RUNNING, PackState.RUNNING, PackState.FAILED,
                                     PackState.STOPPED])
                 run(ReportPacks(id=rid(), at=at, by=f"agent:{p.node}", node_id=p.node,
-                                reports=(PackReport(p.spec.name, p.generation, state, "exit 1"),)))
+                                reports=(PackReport(p.spec.name, p.generation, ReportState(state.value), "exit 1"),)))
         elif r < 0.65:
             run(StopPacks(id=rid(), at=at, by="api", names=(rng.choice(packs).spec.name,)))
         elif r < 0.72:
@@ -397,12 +404,12 @@ def test_a_migration_ends_with_pack_migrated_once_the_target_runs_it() -> None:
     src = st.packs["web"].node
     assert src is not None
     st.apply(ReportPacks(id="r", at=T0 + 2, by=f"agent:{src}", node_id=src,
-                         reports=(PackReport("web", 1, PackState.RUNNING, ""),)))
+                         reports=(PackReport("web", 1, ReportState.RUNNING, ""),)))
     st.drain_events()
     st.apply(MigratePacks(id="m", at=T0 + 3, by="api", moves=(("web", None),), reason="migrate"))
     dest = st.packs["web"].node
     st.apply(ReportPacks(id="r2", at=T0 + 9, by=f"agent:{dest}", node_id=dest,
-                         reports=(PackReport("web", 2, PackState.RUNNING, ""),)))
+                         reports=(PackReport("web", 2, ReportState.RUNNING, ""),)))
     events = st.drain_events()
     assert [(e["type"], e["node"]) for e in events] == [
         ("PackMigrating", dest), ("PackStarted", dest), ("PackMigrated", dest)]

@@ -134,8 +134,8 @@ def test_restart_policies_exit_codes_and_signals(tmp_path):
         await rig.start("onfail-signal", ["sh", "-c", "kill -9 $$"], restart="on-failure")
         await rig.start("always", ["sh", "-c", "exit 0"], restart="always")
         assert await rig.report("never-fails", "failed") == "member 0 exited 3"
-        assert await rig.report("never-ok", "stopped") == "exited 0"
-        assert await rig.report("onfail-ok", "stopped") == "exited 0"
+        assert await rig.report("never-ok", "exited") == "exited 0"
+        assert await rig.report("onfail-ok", "exited") == "exited 0"
         assert await rig.report("onfail-fails", "failed") == "gave up after 3 restarts: member 0 exited 1"
         assert await rig.report("onfail-signal", "failed") == "gave up after 3 restarts: member 0 killed by signal KILL"
 

@@ -1,9 +1,17 @@
 """Commands: canonical encoding round-trips, malformed input is refused with InvalidInput."""
 
 import pytest
-
 from canidae.core.commands import (
-    CreatePacks, Noop, PackReport, RegisterNode, ReportPacks, SetNodeState, StopPacks, decode_batch, encode_batch,
+    CreatePacks,
+    Noop,
+    PackReport,
+    RegisterNode,
+    ReportPacks,
+    ReportState,
+    SetNodeState,
+    StopPacks,
+    decode_batch,
+    encode_batch,
 )
 from canidae.core.errors import InvalidInput
 from canidae.core.types import Location, Node, NodeState, PackSpec, PackState, Resources
@@ -20,7 +28,7 @@ def test_batch_round_trip_is_canonical():
         SetNodeState(id="c", at=3, term=3, node_id="n1", state=NodeState.DOWN, reason="x"),
         CreatePacks(id="d", at=4, specs=(PackSpec("web"),), count=3),
         StopPacks(id="e", at=5, names=("web-0",)),
-        ReportPacks(id="f", at=6, node_id="n1", reports=(PackReport("web-1", 1, PackState.RUNNING),)),
+        ReportPacks(id="f", at=6, node_id="n1", reports=(PackReport("web-1", 1, ReportState.RUNNING),)),
     ]
     data = encode_batch(cmds)
     back = decode_batch(data)

@@ -1,7 +1,16 @@
 """ClusterState.apply: placement in apply, idempotent retries, fencing, term checks, snapshots."""
 
 from canidae.core.commands import (
-    CreatePacks, Noop, PackReport, PlacePacks, RegisterNode, RemoveNode, ReportPacks, SetNodeState, StopPacks,
+    CreatePacks,
+    Noop,
+    PackReport,
+    PlacePacks,
+    RegisterNode,
+    RemoveNode,
+    ReportPacks,
+    ReportState,
+    SetNodeState,
+    StopPacks,
 )
 from canidae.core.state import ClusterState
 from canidae.core.types import Location, Node, NodeState, PackSpec, PackState, Resources
@@ -78,7 +87,7 @@ def test_stale_generation_reports_are_ignored():
     st.apply(CreatePacks(**ids(), specs=(PackSpec("p"),)))
     old_node = st.packs["p"].node
     st.apply(SetNodeState(**ids(), node_id=old_node, state=NodeState.DOWN))
-    res = st.apply(ReportPacks(**ids(), node_id=old_node, reports=(PackReport("p", 1, PackState.RUNNING),)))
+    res = st.apply(ReportPacks(**ids(), node_id=old_node, reports=(PackReport("p", 1, ReportState.RUNNING),)))
     assert res["stale"] == ["p"] and st.packs["p"].state is PackState.PLACED
 
 
@@ -86,11 +95,11 @@ def test_report_running_then_stop_releases_resources():
     st, ids = _cluster()
     st.apply(CreatePacks(**ids(), specs=(PackSpec("p"),)))
     node = st.packs["p"].node
-    st.apply(ReportPacks(**ids(), node_id=node, reports=(PackReport("p", 1, PackState.RUNNING),)))
+    st.apply(ReportPacks(**ids(), node_id=node, reports=(PackReport("p", 1, ReportState.RUNNING),)))
     assert st.packs["p"].state is PackState.RUNNING
     st.apply(StopPacks(**ids(), names=("p",)))
     assert st.packs["p"].state is PackState.STOPPING
-    st.apply(ReportPacks(**ids(), node_id=node, reports=(PackReport("p", 1, PackState.STOPPED),)))
+    st.apply(ReportPacks(**ids(), node_id=node, reports=(PackReport("p", 1, ReportState.STOPPED),)))
     assert st.packs["p"].state is PackState.STOPPED and st.node_usage(node).packs == 0
     st.apply(PlacePacks(**ids(), names=("p",)))
     assert st.packs["p"].state is PackState.PLACED and st.packs["p"].generation == 2
