@@ -312,9 +312,9 @@ def test_samples_take_the_peak_of_each_interval_and_fill_gaps() -> None:
     for at, cpu in [(0, 10.0), (30_000, 20.0), (60_000, 5.0), (250_000, 7.0)]:
         d = evaluate(policy, metrics(10, cpu=cpu, at=at), h, at)
         h = h.record(d, d.metrics)
-    cpu = [s.cpu_m for s in h.samples]
+    peaks = [s.cpu_m for s in h.samples]
     # [0, 60) peaked at 20 %; [60, 120) at 5 %, repeated for the two missing intervals.
-    assert cpu == [64_000.0, 16_000.0, 16_000.0, 16_000.0]
+    assert peaks == [64_000.0, 16_000.0, 16_000.0, 16_000.0]
     assert h.bucket == 4 and h.bucket_peak is not None and h.bucket_peak.cpu_m == 22_400.0
 
 
