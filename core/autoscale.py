@@ -249,6 +249,9 @@ def evaluate(policy: Policy, metrics: Metrics | None, history: AutoscaleHistory,
                                                   else f"{best.check}: {best.reason}")
     else:
         reason = f"{action.value} {abs(desired - current)} nodes ({current} -> {desired}): {best.check}: {best.reason}"
+        applied = [c.kind.value for c in clamps if c.kind is not ClampKind.TOLERANCE]
+        if applied:
+            reason += f" (then clamped: {', '.join(applied)})"
     return Decision(
         at_ms=now_ms, policy=policy, metrics=metrics, action=action, count=abs(desired - current),
         current=current, recommended=recommended, desired=desired, proposals=tuple(proposals),
@@ -274,7 +277,8 @@ def _stabilise(policy: Policy, history: AutoscaleHistory, now_ms: int, current: 
     if not seen:
         return desired
     highest, at = max(seen, key=lambda x: (x[0], -x[1]))
-    stabilised = min(current, max(desired, highest))
+    # A recommendation made under an earlier, larger max_nodes does not outlive the new bound.
+    stabilised = min(current, policy.max_nodes, max(desired, highest))
     if stabilised != desired:
         clamps.append(Clamp(ClampKind.STABILISATION, desired, stabilised,
                             f"scale-down takes the highest recommendation of the last {policy.scale_down_window_s} s: "

@@ -15,12 +15,14 @@ The checks, each proposing a node count against ``current`` (ready + starting no
 * ``packs``, a target-value check: ``ceil((packs + pending) / per_node)`` nodes, holding while
   the packs per node are within ``tolerance`` of the target (the HPA's tolerance, 0.1).
 
-Removals have hysteresis in every check: a check proposes fewer nodes only if that fewer would
-still be enough after the load rose by the tolerance (``ceil(load * (1 + tolerance) / target)``
-below ``current``). The HPA applies its tolerance to the ratio alone; with rounding up, a
-cluster just sized for a load could then shrink again on a dip smaller than the tolerance. With
-the hysteresis, after an action the load must move by more than the tolerance before the
-opposite action: no flapping on a load that stays within the tolerance.
+Removals have hysteresis in every check: a check proposes fewer nodes only if the count it
+would add up to after a rise of the tolerance (``ceil(load * (1 + tolerance) / target)``) is
+still below ``current``. The HPA applies its tolerance to the ratio alone; with rounding up, a
+cluster just sized for a load could then shrink again on a dip smaller than the tolerance. And
+when the bounds are closer together than the tolerance (``up / target < 1 + tolerance``), a
+removal aims below the target, at ``up / (1 + tolerance)``, so that a rise within the tolerance
+after it cannot cross the up bound. So after an action the load must move by more than the
+tolerance before the opposite action: no flapping on a load that stays within the tolerance.
 
 The forecast applies the same checks to the predicted peak of the next ``horizon_s``: if the
 peak would cross a scale-up bound on today's nodes, it asks now for what the check would ask for
@@ -230,15 +232,20 @@ def _threshold(name: str, pct: float | None, t: Thresholds, m: Metrics, tol: flo
                             f"({m.nodes_starting} starting) cover the {want} it needs")
         return Proposal(name, pct, target, "%", want,
                         f"{pct:.1f}% above {t.up:g}%: ceil({m.nodes_ready} x {pct:.1f} / {target:g}) = {want}")
-    if pct < t.down and want < current:
-        guarded = ceil_count(load * (1.0 + tol))
-        if guarded >= current:
-            clamps.append(Clamp(ClampKind.TOLERANCE, want, current,
-                                f"{name}: {want} nodes would not hold a {tol:.0%} rise of the load"))
+    if pct < t.down:
+        # Aim a removal at the target, or lower when the bounds are closer together than the
+        # tolerance, so that a rise within the tolerance after it never reaches the up bound.
+        aim = min(target, t.up / (1.0 + tol))
+        want = ceil_count(m.nodes_ready * pct / aim)
+        # Hysteresis: the count an addition would pick after a tolerance rise must still be smaller.
+        if ceil_count(load * (1.0 + tol)) >= current:
+            if want < current:
+                clamps.append(Clamp(ClampKind.TOLERANCE, want, current,
+                                    f"{name}: {want} nodes would not hold a {tol:.0%} rise of the load"))
             return Proposal(name, pct, target, "%", current,
                             f"{pct:.1f}% below {t.down:g}%, within the tolerance of {current} nodes")
         return Proposal(name, pct, target, "%", want,
-                        f"{pct:.1f}% below {t.down:g}%: ceil({m.nodes_ready} x {pct:.1f} / {target:g}) = {want}")
+                        f"{pct:.1f}% below {t.down:g}%: ceil({m.nodes_ready} x {pct:.1f} / {aim:.3g}) = {want}")
     return Proposal(name, pct, target, "%", current, f"{pct:.1f}% within {t.down:g}..{t.up:g}%")
 
 

@@ -436,3 +436,18 @@ def test_replay_feeds_each_decision_into_the_next() -> None:
     assert decisions[1].clamps == ()  # the starting nodes cover it
     assert [c.kind for c in decisions[2].clamps] == [ClampKind.COOLDOWN]  # 198 wanted, 170 counted
     assert h.last_action_at_ms == NOW
+
+
+def test_no_flapping_when_rounding_up_sized_the_fleet() -> None:
+    # 101 packs on 1 node: add to ceil(101/50) = 3. The packs then dip to 92, less than the
+    # tolerance below 101: ceil(92/50) = 2 < 3, but a 10 % rise would need 3 again, so hold.
+    policy = replace(POLICY, min_nodes=0, cooldown_s=0, scale_down_window_s=0)
+    first = evaluate(policy, metrics(1, cpu=0.0, mem=0.0, packs=101), EMPTY, NOW)
+    assert (first.action, first.desired) == (Action.ADD, 3)
+    h = EMPTY.record(first, first.metrics)
+    dip = evaluate(policy, metrics(3, cpu=0.0, mem=0.0, packs=92, at=NOW + 10_000), h, NOW + 10_000)
+    assert dip.action is Action.HOLD
+    assert any(c.kind is ClampKind.TOLERANCE and (c.before, c.after) == (2, 3) for c in dip.clamps)
+    # A real fall, below 101 / 1.1, does remove.
+    fall = evaluate(policy, metrics(3, cpu=0.0, mem=0.0, packs=90, at=NOW + 10_000), h, NOW + 10_000)
+    assert (fall.action, fall.desired) == (Action.REMOVE, 2)
