@@ -21,7 +21,8 @@ Theory of operation. A decision is a pipeline whose every step is written down:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -144,7 +145,7 @@ class AutoscaleHistory:
 
 
 def _merge_oldest_while_over(
-    items: tuple[tuple[int, int], ...], combine: Any
+    items: tuple[tuple[int, int], ...], combine: Callable[[int, int], int]
 ) -> tuple[tuple[int, int], ...]:
     # Merging the two oldest entries into one stamped with the later time errs on the safe side:
     # a kept recommendation lasts longer, counted additions count longer.
@@ -297,7 +298,7 @@ def _rate_limit(policy: Policy, history: AutoscaleHistory, now_ms: int, current:
         limits.append((start + u.max_nodes_per_period, f"{u.max_nodes_per_period} nodes per {u.period_s} s"))
     if u.max_percent_per_period > 0:
         # round() first: 100 * 10 / 100 must be 10, not 10.000000000000002 rounded up to 11.
-        grow = int(-(-round(start * u.max_percent_per_period / 100.0, 6) // 1))
+        grow = math.ceil(round(start * u.max_percent_per_period / 100.0, 6))
         limits.append((start + grow, f"{u.max_percent_per_period:g}% per {u.period_s} s"))
     pick = max if u.select is Select.MAX else min
     limit, rule = pick(limits, key=lambda x: x[0])

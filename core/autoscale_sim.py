@@ -98,7 +98,7 @@ class SimFigures:
     peak_oracle: int
 
     def to_dict(self) -> dict[str, float | int]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(frozen=True, slots=True)
