@@ -343,6 +343,8 @@ def forecast_proposal(policy: Policy, m: Metrics, peak: ForecastPeak) -> Forecas
     assert best is not None
     want, why = best
     reason = f"next {peak.horizon_s // 60} min: {why}"
+    # Its value is the count the peak needs and its target the count there is: the per-resource
+    # figures are in the reason.
     acting = policy.forecast.mode is ForecastMode.ACT
     return ForecastOutcome(peak, Proposal("forecast", float(want), float(current), "nodes", want, reason, acting))
 
