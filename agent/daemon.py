@@ -29,7 +29,7 @@ import uvicorn
 from canidae.agent.client.link import KEEP_ALIVE_S, ServerLink
 from canidae.agent.config import AgentConfig
 from canidae.agent.httpedge import Edge, error_response, read_json
-from canidae.agent.node import exec_routes, yips
+from canidae.agent.node import exec_routes, status_routes, yips
 from canidae.agent.node.runtime import NodeRuntime
 from canidae.agent.server import history
 from canidae.agent.server.control import ControlPlane
@@ -100,6 +100,7 @@ class Agent:
         routes += history.routes(self.plane, self.edge.endpoint)
         routes += exec_routes.routes(self.node, self.edge)
         routes += yips.routes(self.node, self.edge)
+        routes += status_routes.routes(self.node, self.edge)
 
         async def not_found(request: Request, exc: Exception) -> Response:
             return error_response(NotFound(f"no route {request.method} {request.url.path}"))

@@ -7,9 +7,11 @@ then re-places the node's packs, and rejects the command if it was stamped by a 
 since been deposed.
 
 Silence counts only over time in which this leader was itself live: a new leader, or one whose
-own loop stalled (a long apply, a pause, a starved process), gives every node a full TTL again,
-because during the stall it could not have heard their heartbeats. A leader never declares its
-own node down.
+own loop stalled (a pause, a starved process), gives every node a full TTL again, because during
+the stall it could not have heard their heartbeats. Time the replica spent applying entries
+(a bulk spawn of 100,000 packs takes seconds) is not counted either, twice over: every server
+applies the same entry at about the same time, and agents are busy with what it assigned them.
+A leader never declares its own node down.
 
 The same loop runs the leader's anti-entropy check (``ControlPlane.check_convergence``): agents
 send a digest of what they run with each heartbeat, and a node whose digest keeps disagreeing
@@ -31,6 +33,7 @@ from canidae.core.types import NodeState
 log = logging.getLogger("canidae.failure")
 
 CONVERGENCE_EVERY_S = 1.0  # how often the leader compares agents' digests with the state
+APPLY_GRACE_FROM_S = 0.05  # applies longer than this (between two checks) extend every node's TTL
 
 
 class FailureDetector:
@@ -41,6 +44,7 @@ class FailureDetector:
         self.was_leader = False
         self.in_flight: set[str] = set()
         self.stopping = False
+        self._applied_s = 0.0
 
     async def run(self) -> None:
         last_tick = last_convergence = time.monotonic()
@@ -65,6 +69,11 @@ class FailureDetector:
             self.was_leader = False
             return
         seen = plane.last_seen
+        busy = plane.replica.apply_seconds if plane.replica is not None else 0.0
+        applying, self._applied_s = busy - self._applied_s, busy
+        if applying > APPLY_GRACE_FROM_S and self.was_leader and not stalled:
+            for node_id in list(seen):
+                seen[node_id] = min(now, seen[node_id] + 2 * applying)
         if not self.was_leader or stalled:
             # Grace: a new leader has no heartbeat history; a stalled one could not hear any.
             for node_id in list(seen):
