@@ -124,7 +124,8 @@ class Mailbox:
                 if known is not None:
                     out.append(known)
                     continue
-            yip = {"id": yid or new_id(), "seq": self.next_seq + len(fresh), "from": sender, "at": now, **body}
+            yip = {"id": yid or new_id(), "seq": self.next_seq + len(fresh), "from": sender, "at": now,
+                   **body}
             if yid is not None:
                 in_batch[yid] = yip
             fresh.append((yip, size))
@@ -135,14 +136,15 @@ class Mailbox:
         batch = f"these {n} yips" if n > 1 else "this yip"
         if len(self.items) + n > self.max_yips or self.size + nbytes > self.max_bytes:
             raise Conflict(f"the mailbox of pack {self.pack} is full ({len(self.items)} unread yips, "
-                           f"{self.size} bytes; {batch} would pass {self.max_yips} yips or {self.max_bytes} bytes): "
-                           f"its members must receive before more can be sent",
+                           f"{self.size} bytes; {batch} would pass {self.max_yips} yips or "
+                           f"{self.max_bytes} bytes): its members must receive before more can be sent",
                            {"pack": self.pack, "unread": len(self.items), "bytes": self.size})
         held = self.held.get(sender, [0, 0])
         if held[0] + n > self.sender_max_yips or held[1] + nbytes > self.sender_max_bytes:
             raise Conflict(f"{sender} already holds {held[0]} yips ({held[1]} bytes) of the mailbox of pack "
-                           f"{self.pack}; {batch} would pass a sender's share of {self.sender_max_yips} yips or "
-                           f"{self.sender_max_bytes} bytes: its members must receive before {sender} can send more",
+                           f"{self.pack}; {batch} would pass a sender's share of {self.sender_max_yips} yips "
+                           f"or {self.sender_max_bytes} bytes: its members must receive before {sender} can "
+                           f"send more",
                            {"pack": self.pack, "sender": sender, "held": held[0], "bytes": held[1]})
         record_sizes = [0] * n
         if self.journal is not None:
@@ -251,7 +253,8 @@ class MailboxStore:
     in memory, so that an agent restart empties them (tests).
     """
 
-    def __init__(self, data_dir: str | None = None, max_yips: int = MAX_YIPS, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, data_dir: str | None = None, max_yips: int = MAX_YIPS,
+                 max_bytes: int = MAX_BYTES) -> None:
         self.data_dir = os.path.abspath(data_dir) if data_dir is not None else None
         self.max_yips, self.max_bytes = max_yips, max_bytes
         self.boxes: dict[str, Mailbox] = {}
@@ -271,11 +274,12 @@ class MailboxStore:
                 os.chmod(self.data_dir, 0o700)
                 recovered = journal.open()
             except OSError as e:
-                raise Unavailable(f"cannot open the mailbox of pack {pack} on this node: {e}", {"pack": pack}) from None
+                raise Unavailable(f"cannot open the mailbox of pack {pack} on this node: {e}",
+                                  {"pack": pack}) from None
             box = Mailbox(pack, self.max_yips, self.max_bytes, journal, recovered)
             if recovered.yips or recovered.next_seq > 1:
-                log.info("mailbox of %s read back: %d unacknowledged yips, next seq %d", pack, len(recovered.yips),
-                         recovered.next_seq)
+                log.info("mailbox of %s read back: %d unacknowledged yips, next seq %d", pack,
+                         len(recovered.yips), recovered.next_seq)
             box.compact_if_needed()
         self.boxes[pack] = box
         return box

@@ -202,7 +202,8 @@ class Journal:
         tmp = self.path + ".new"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            data = encode({"head": {"format": FORMAT, "next_seq": next_seq}}) + b"".join(encode({"yip": y}) for y in live)
+            data = (encode({"head": {"format": FORMAT, "next_seq": next_seq}})
+                    + b"".join(encode({"yip": y}) for y in live))
             os.write(fd, data)
             os.fsync(fd)
             os.replace(tmp, self.path)
@@ -284,7 +285,8 @@ class Syncer:
         fut = loop.run_in_executor(self._pool, _sync_all, [fd for _, fd, _ in batch])
         fut.add_done_callback(lambda f: self._end_round(batch, f))
 
-    def _end_round(self, batch: list[tuple[Journal, int, int]], done: asyncio.Future[list[str | None]]) -> None:
+    def _end_round(self, batch: list[tuple[Journal, int, int]],
+                   done: asyncio.Future[list[str | None]]) -> None:
         self.running = False
         for fd in self._retired:
             with contextlib.suppress(OSError):

@@ -183,7 +183,8 @@ def rotate_if_needed(logs_dir: str, member: int, max_bytes: int, keep: int,
 
 def _rotated_copies(logs_dir: str, member: int) -> set[int]:
     prefix = f"member-{member}.log."
-    return {int(n[len(prefix):]) for n in os.listdir(logs_dir) if n.startswith(prefix) and n[len(prefix):].isdigit()}
+    return {int(n[len(prefix):]) for n in os.listdir(logs_dir)
+            if n.startswith(prefix) and n[len(prefix):].isdigit()}
 
 
 def _cut(fd: int, live: str, shift: int, rotated: int, upto: int, collapse: bool, methods: tuple[str, ...],

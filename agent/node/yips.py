@@ -203,7 +203,8 @@ class Relay:
 
     Sends that arrive while a hop to the same pack's node is in flight wait and go together in the
     next hop (``relayed``: each yip names its sender, which the admin-token hop vouches for, and
-    gets its own answer; ``groups`` keeps each request whole or not at all). Nothing waits for a batch to fill: an idle relay sends at once, a busy
+    gets its own answer; ``groups`` keeps each request whole or not at all). Nothing waits for a
+    batch to fill: an idle relay sends at once, a busy
     one sends bigger hops, so the node of a busy mailbox handles far fewer requests.
     """
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from canidae.agent.node import mailboxlog
 from canidae.agent.node.mailbox import MailboxStore
 from canidae.agent.node.mailboxlog import COMPACT_MIN_BYTES, HEADER, LOG_NAME, decode_all, encode
@@ -62,8 +61,8 @@ def test_a_reopened_mailbox_has_the_unacknowledged_yips_same_ids_and_seqs(tmp_pa
     store = reopen(tmp_path, store)
     box = store.get("p")
     got = box.after(0, 100)
-    assert [(y["from"], y["id"], y["seq"]) for y in got] == [("a", "id-2", 3), ("a", "id-3", 4), ("a", "id-4", 5),
-                                                            ("b", "id-0", 6)]
+    assert [(y["from"], y["id"], y["seq"]) for y in got] == [("a", "id-2", 3), ("a", "id-3", 4),
+                                                            ("a", "id-4", 5), ("b", "id-0", 6)]
     assert got[0] == sent[2] and got[3]["data"] == {"k": [1, 2]}
     # Ids of unacknowledged yips are still known: a retry after the restart is queued once...
     assert box.append("a", {"text": "m3 again"}, "id-3")["seq"] == 4
@@ -125,7 +124,8 @@ def test_a_corrupt_record_ends_the_log(tmp_path, caplog):
     assert box.append("a", {"text": "next"})["seq"] == 3  # seq 3 was never durable for anyone to have seen
     # A record whose CRC matches but whose JSON is not a record ends the log too.
     with open(path, "ab") as f:
-        f.write(encode({"something": "else"}) + encode({"yip": {"id": "late", "seq": 9, "from": "a", "text": "?"}}))
+        late = {"id": "late", "seq": 9, "from": "a", "text": "?"}
+        f.write(encode({"something": "else"}) + encode({"yip": late}))
     store = reopen(tmp_path, store)
     assert [y["text"] for y in store.get("p").after(0, 10)] == ["message 0", "message 1", "next"]
     store.close()

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from canidae.agent.node import packlogs
 
 # Numbered lines, one write each, as fast as it can until killed (between two writes: a small
@@ -90,7 +89,8 @@ def test_rotation_under_a_fast_writer_loses_and_doubles_no_line(logs_dir):
     follow()
 
     live = packlogs.log_path(d, 0)
-    copies = sorted((int(p.rsplit(".", 1)[1]) for p in os.listdir(d) if p.startswith("member-0.log.")), reverse=True)
+    copies = sorted((int(p.rsplit(".", 1)[1]) for p in os.listdir(d) if p.startswith("member-0.log.")),
+                    reverse=True)
     assert copies == list(range(rotations, 0, -1))  # keep was large enough: every rotated copy is here
     rotated = b"".join(Path(f"{live}.{i}").read_bytes() for i in copies)
     assert b"\0" not in rotated  # punched holes never reach a rotated copy

@@ -11,7 +11,6 @@ from dataclasses import replace
 from typing import Any
 
 import httpx
-
 from canidae.agent.config import new_secret, write_config
 from canidae.agent.node.isolation import parent_name
 from canidae.agent.ops import localcluster
@@ -23,17 +22,19 @@ from packprocs import kill_leftovers, remove_cgroups
 def patient_cluster(data_dir: str, servers: int, clients: int) -> LocalCluster:
     """A cluster whose leader waits 60 s before declaring a silent node down, so that an agent
     restart is seen as a restart (its packs stay placed there) and not as a node failure."""
-    layout = localcluster.ClusterLayout(servers=servers, clients=clients, base_port=pick_base_port(servers, clients))
+    layout = localcluster.ClusterLayout(servers=servers, clients=clients,
+                                        base_port=pick_base_port(servers, clients))
     token = new_secret()
-    cfgs = [replace(c, heartbeat_ttl_s=60.0) for c in localcluster.plan_configs(layout, data_dir, token, new_secret())]
+    cfgs = [replace(c, heartbeat_ttl_s=60.0)
+            for c in localcluster.plan_configs(layout, data_dir, token, new_secret())]
     agents = []
     for cfg in cfgs:
         os.makedirs(cfg.data_dir, exist_ok=True)
         path = os.path.join(cfg.data_dir, "agent.toml")
         write_config(cfg, path)
         pid = localcluster.start_agent(path, os.path.join(cfg.data_dir, "stdout.log"))
-        agents.append({"id": cfg.node_id, "role": cfg.role.value, "api": cfg.api, "raft": cfg.raft, "pid": pid,
-                       "config": path, "log": cfg.log_file})
+        agents.append({"id": cfg.node_id, "role": cfg.role.value, "api": cfg.api, "raft": cfg.raft,
+                       "pid": pid, "config": path, "log": cfg.log_file})
     with open(os.path.join(data_dir, localcluster.STATE_FILE), "w") as f:
         json.dump({"data_dir": data_dir, "agents": agents, "token": token}, f)
     c = LocalCluster(data_dir, servers=servers, clients=clients)
@@ -60,7 +61,8 @@ def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
                 queued[(sender, y["id"])] = y["seq"]
 
         with httpx.Client(timeout=10) as http:
-            r = http.post(url, json={"yips": [{"text": f"a{i}", "id": f"a{i}"} for i in range(10)]}, headers=admin)
+            batch = {"yips": [{"text": f"a{i}", "id": f"a{i}"} for i in range(10)]}
+            r = http.post(url, json=batch, headers=admin)
             told("admin", r.raise_for_status().json())
             for i in range(10):  # tx's first id is one admin used too: ids are per sender
                 r = http.post(url, json={"text": f"t{i}", "id": "a0" if i == 0 else f"t{i}"}, headers=tx)
@@ -112,7 +114,8 @@ def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
             assert [y["seq"] for y in got] == sorted(y["seq"] for y in got)
 
             # Ids are still known: a retry is queued once; seqs go on past everything before.
-            retry = http.post(url, json={"text": "t3 again", "id": "t3"}, headers=tx).raise_for_status().json()
+            retry = http.post(url, json={"text": "t3 again", "id": "t3"}, headers=tx)
+            retry = retry.raise_for_status().json()
             assert retry["yips"][0]["seq"] == expected[("tx", "t3")]
             new = http.post(url, json={"text": "after"}, headers=tx).raise_for_status().json()["yips"][0]
             assert new["seq"] > max(queued.values())
