@@ -34,7 +34,14 @@ import time
 import uuid
 from typing import Any
 
-from canidae.agent.node.mailboxlog import COMPACT_MIN_BYTES, Journal, Recovered, Syncer, encode
+from canidae.agent.node.mailboxlog import (
+    COMPACT_MIN_BYTES,
+    Journal,
+    Recovered,
+    Syncer,
+    encode,
+    make_private_dir,
+)
 from canidae.core.errors import Conflict, InvalidInput, PayloadTooLarge, Unavailable
 from canidae.core.types import NAME_RE, validate_name
 
@@ -270,8 +277,8 @@ class MailboxStore:
         else:
             journal = Journal(os.path.join(self.data_dir, pack), self.syncer)
             try:
-                os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-                os.chmod(self.data_dir, 0o700)
+                os.makedirs(os.path.dirname(self.data_dir), exist_ok=True)
+                make_private_dir(self.data_dir)
                 recovered = journal.open()
             except OSError as e:
                 raise Unavailable(f"cannot open the mailbox of pack {pack} on this node: {e}",

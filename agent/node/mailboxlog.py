@@ -1,7 +1,8 @@
 """The on-disk log of one mailbox, and the group commit that makes sends durable.
 
 Theory of operation. A mailbox's directory (``<data_dir>/mailboxes/<pack>/``, mode 0700) holds
-one append-only file, ``yips.log`` (0600), a sequence of records::
+one append-only file, ``yips.log`` (0600; a new directory and file are fsynced into their
+parents before the first send is answered), a sequence of records::
 
     record  = length (4 bytes, big-endian) | crc32 of payload (4 bytes, big-endian) | payload
     payload = canonical JSON (sorted keys, no spaces, UTF-8) of exactly one of
@@ -116,6 +117,16 @@ def replay(records: list[dict[str, Any]]) -> Recovered:
     return Recovered(live, top + 1)
 
 
+def make_private_dir(path: str) -> None:
+    """Create ``path`` (mode 0700) if missing, durably: its parent is fsynced after the creation."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        os.chmod(path, 0o700)
+        return
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -144,8 +155,7 @@ class Journal:
 
     def open(self) -> Recovered:
         """Open (or create) the log and replay it; a bad tail is cut off first."""
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        make_private_dir(self.dir)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             with open(fd, "rb", closefd=False) as f:
