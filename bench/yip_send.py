@@ -14,8 +14,9 @@ price shows.
   ``--seconds``, each request from one of as many pack tokens in turn (a sender holds at most
   half of a mailbox), while a receiver drains and acknowledges: requests per second and latency.
   Many sends share one fdatasync.
-* group commit in process (only with the durable mailbox): ``--burst`` concurrent sends to one
-  ``MailboxStore`` on a temporary directory, and how many fdatasync rounds they took.
+* in process (only with the durable mailbox), no HTTP: one send at a time (put + flush) to an
+  in-memory and to an on-disk ``MailboxStore``; then ``--burst`` concurrent sends to one on disk,
+  and how many fdatasync rounds they took.
 
 Nothing here is a test: it never fails on a slow figure, it reports it.
 """
@@ -115,6 +116,33 @@ def concurrent(url: str, admin: str, cluster_token: str, senders: int, seconds: 
             "p50": lat.get("50", "?"), "p99": lat.get("99", "?")}
 
 
+def single_in_process(n: int) -> dict[str, Any] | None:
+    """One send at a time to one mailbox in this process, put + flush: in memory, then on disk.
+    The difference is what durability costs a lone send (a thread hop and one fdatasync)."""
+    from canidae.agent.node import mailbox
+    if "data_dir" not in mailbox.MailboxStore.__init__.__code__.co_varnames:
+        return None
+    tmp = tempfile.mkdtemp(prefix="canidae-bench-mailbox-")
+
+    async def run(store: Any) -> dict[str, float]:
+        box = store.get("inbox")
+        ms = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            y = box.put("s", [({"text": f"yip {i}"}, None)])[0]
+            await box.flush()
+            ms.append((time.perf_counter() - t0) * 1000)
+            if i % 100 == 99:
+                box.ack(y["seq"])
+        store.close()
+        return {"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99)}
+    try:
+        return {"n": n, "memory": asyncio.run(run(mailbox.MailboxStore())),
+                "disk": asyncio.run(run(mailbox.MailboxStore(os.path.join(tmp, "mailboxes"))))}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def group_commit_in_process(burst: int) -> dict[str, Any] | None:
     """``burst`` concurrent one-yip sends to one durable mailbox: how many fdatasync rounds they took."""
     from canidae.agent.node import mailbox
@@ -167,6 +195,7 @@ def main() -> int:
     finally:
         c.down()
         shutil.rmtree(tmp, ignore_errors=True)
+    out["single_in_process"] = single_in_process(args.sends)
     out["group_commit_in_process"] = group_commit_in_process(args.burst)
     if args.json:
         print(json.dumps(out, indent=1))
@@ -178,6 +207,11 @@ def main() -> int:
         print(f"single-yip sends from {k['senders']} connections (wrk, one sender each in turn): "
               f"{k['yips_per_s']} requests/s ({k['refused_full']} refused while the mailbox was full, "
               f"{k['received']} yips received), latency p50 {k['p50']}  p99 {k['p99']}")
+    one = out["single_in_process"]
+    if one:
+        print(f"one send at a time in process, put + flush ({one['n']}): in memory p50 "
+              f"{one['memory']['p50_ms']:.3f} ms p99 {one['memory']['p99_ms']:.3f} ms; on disk p50 "
+              f"{one['disk']['p50_ms']:.3f} ms p99 {one['disk']['p99_ms']:.3f} ms")
     g = out["group_commit_in_process"]
     if g:
         print(f"group commit, in process: {g['sends']} concurrent sends took {g['fdatasync_rounds']} "
