@@ -991,7 +991,10 @@ class ExecDriver:
                     continue
                 for m in run.members:
                     try:
-                        packlogs.rotate_if_needed(run.logs, m.index, s.log_max_bytes, s.log_keep)
+                        # Off the loop: a rotation copies up to the whole log and fsyncs the copy.
+                        if packlogs.needs_rotation(run.logs, m.index, s.log_max_bytes):
+                            await asyncio.get_running_loop().run_in_executor(
+                                None, packlogs.rotate_if_needed, run.logs, m.index, s.log_max_bytes, s.log_keep)
                     except OSError as e:
                         log.warning("cannot rotate the log of %s member %d: %s", run.name, m.index, e)
 

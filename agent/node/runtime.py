@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from typing import Any, Awaitable, Callable
 
@@ -51,7 +52,7 @@ class NodeRuntime:
         self.exec_driver = ExecDriver(self.reconciler.report, data_dir=cfg.data_dir, node_id=cfg.node_id,
                                       token=cfg.token, api=cfg.api)
         self.reconciler.add_driver(self.exec_driver)
-        self.mailboxes = MailboxStore()
+        self.mailboxes = MailboxStore(os.path.join(cfg.data_dir, "mailboxes"))
         self.router = PackRouter(cfg.node_id, lambda pack: self.reconciler.desired.get(pack), link, self.hops,
                                  cfg.request_timeout_s, locate_local=locate_local)
         self.stopping = False

@@ -7,10 +7,16 @@
 Who may do what is decided here, not by the API's admin-token check: the admin token may do
 everything; a pack token (``canidae.core.packtoken``) may send to any pack (the yip is marked
 ``from`` that pack) and may receive from and acknowledge *its own* mailbox only. Requests are
-served by the node that holds the pack (``canidae.agent.server.packroute`` takes them there). Sends for
+served by the node that holds the pack (``canidae.agent.node.packroute`` takes them there). Sends for
 another node go through a ``Relay``: concurrent ones share a hop, each yip keeping its sender
-(``"relayed": true`` with ``from`` per yip, accepted from the admin token only) and getting its
-own answer. The mailbox itself is ``canidae.agent.node.mailbox``.
+(``"relayed": true`` with ``from`` per yip, accepted from the admin token only) and each request
+its own answer (``groups`` says how many yips each request holds).
+
+A send request is queued whole or not at all, and is answered once its yips are on disk. The
+mailbox itself (bounds, a sender's share, ids scoped by sender, the log on disk) is
+``canidae.agent.node.mailbox``. A mailbox is dropped, files and all, when a request finds its
+pack no longer assigned here; not before this agent has its first list of assignments, so that
+a restarted agent never drops a mailbox it has not been told about yet.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from canidae.agent.client.link import HOP
 from canidae.agent.httpedge import Edge, expect_object, query_int, read_json
-from canidae.agent.node.mailbox import MailboxStore, new_id, parse_body
+from canidae.agent.node.mailbox import Mailbox, MailboxStore, new_id, parse_body
 from canidae.agent.node.packroute import PackRouter
 from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, PermissionDenied
 from canidae.core.packtoken import verify
@@ -62,14 +68,20 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
         if who != ADMIN and who != pack:
             raise PermissionDenied(f"the token of pack {who} may not read the mailbox of pack {pack}")
 
-    def mailbox(pack: str) -> Any:
+    def synced() -> bool:
+        # Until the reconciler has its first list of assignments (just after a restart), "not
+        # assigned here" means "not known yet": a mailbox on disk must not be dropped for it.
+        return node.reconciler.rev > 0
+
+    def mailbox(pack: str) -> Mailbox:
         if not router.assigned_here(pack):
-            store.drop(pack)
+            if synced():
+                store.drop(pack)
             raise NotFound(f"pack {pack} is not on node {router.me}")
         now = time.monotonic()
-        if pack not in store.boxes and now - last_gc[0] > GC_EVERY_S:
+        if now - last_gc[0] > GC_EVERY_S and synced():
             last_gc[0] = now
-            for name in [n for n in store.boxes if not router.assigned_here(n)]:
+            for name in [n for n in store.names() if not router.assigned_here(n)]:
                 store.drop(name)
         return store.get(pack)
 
@@ -81,31 +93,46 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
                    and body.get("relayed") is True)
         if relayed:
             body = {k: v for k, v in body.items() if k != "relayed"}
+        groups = body.pop("groups", None) if relayed else None
         items = parse_body(body, relayed=relayed)
         if not relayed:
             # Every yip has its id from here on: a relayed batch that must be resent is queued once.
             items = [(item, yid or new_id(), who) for item, yid, _ in items]
+        sizes = parse_groups(groups, len(items)) if relayed else [len(items)]
 
-        def local() -> Any:
+        async def local() -> Any:
             box = mailbox(pack)
-            if relayed:  # one answer per yip: a full mailbox refuses some senders, not the whole batch
-                answers: list[dict[str, Any]] = []
-                for item, yid, sender in items:
-                    try:
-                        y = box.append(sender or ADMIN, item, yid)
-                        answers.append({"id": y["id"], "seq": y["seq"]})
-                    except CanidaeError as e:
-                        answers.append(e.to_wire())
-                return {"pack": pack, "node": router.me, "yips": answers}
-            out = [box.append(sender or who, item, yid) for item, yid, sender in items]
-            return {"pack": pack, "node": router.me, "yips": [{"id": y["id"], "seq": y["seq"]} for y in out]}
+            # One group per send request (a relayed hop carries several): each is queued whole
+            # or not at all, and its yips share its answer.
+            answers: list[dict[str, Any]] = []
+            start = 0
+            for n in sizes:
+                group = items[start:start + n]
+                start += n
+                by_sender: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
+                for item, yid, sender in group:
+                    by_sender.setdefault(sender or ADMIN, []).append((item, yid))
+                try:
+                    if len(by_sender) > 1:  # only an agent relays: a group is one sender's request
+                        raise InvalidInput("a group of relayed yips names more than one sender")
+                    sender, entries = next(iter(by_sender.items()))
+                    queued = box.put(sender, entries)
+                except CanidaeError as e:
+                    if not relayed:
+                        raise
+                    answers.extend([e.to_wire()] * n)
+                    continue
+                answers.extend({"id": y["id"], "seq": y["seq"]} for y in queued)
+            # Nobody hears "queued" before the yips are on disk.
+            await box.flush()
+            return {"pack": pack, "node": router.me, "yips": answers}
 
         if relayed or request.headers.get(HOP) or router.assigned_here(pack):
-            return local()
+            return await local()
         for attempt in (0, 1):
             node, address = await router.locate(pack, fresh=attempt == 1)
             if node == router.me:
-                return local()
+                return await local()
             try:
                 answers = await relay.submit(address, pack, items)
             except NotFound:
@@ -161,12 +188,23 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
     ]
 
 
+def parse_groups(groups: Any, count: int) -> list[int]:
+    """The sizes of the send requests in a relayed batch of ``count`` yips (absent: one yip each)."""
+    if groups is None:
+        return [1] * count
+    if (not isinstance(groups, list) or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0
+                                                 for g in groups) or sum(groups) != count):
+        raise InvalidInput("groups must be positive yip counts that add up to the number of yips")
+    return groups
+
+
 class Relay:
     """Yips on their way to another node, one hop per destination at a time.
 
     Sends that arrive while a hop to the same pack's node is in flight wait and go together in the
     next hop (``relayed``: each yip names its sender, which the admin-token hop vouches for, and
-    gets its own answer). Nothing waits for a batch to fill: an idle relay sends at once, a busy
+    gets its own answer; ``groups`` keeps each request whole or not at all). Nothing waits for a
+    batch to fill: an idle relay sends at once, a busy
     one sends bigger hops, so the node of a busy mailbox handles far fewer requests.
     """
 
@@ -192,13 +230,17 @@ class Relay:
         try:
             while self.queues.get(key):
                 queue = self.queues[key]
-                batch, n = [], 0
+                batch: list[tuple[list[Any], asyncio.Future[list[dict[str, Any]]]]] = []
+                n = 0
                 while queue and (not batch or n + len(queue[0][0]) <= self.MAX_BATCH):
                     items, fut = queue.pop(0)
                     batch.append((items, fut))
                     n += len(items)
+                # ``groups``: how many yips each send request holds, so that each is queued whole or
+                # not at all (an agent that does not know ``groups`` takes each yip on its own).
                 body = {"relayed": True, "yips": [{**item, "id": yid, "from": sender}
-                                                  for items, _ in batch for item, yid, sender in items]}
+                                                  for items, _ in batch for item, yid, sender in items],
+                        "groups": [len(items) for items, _ in batch]}
                 try:
                     res = await self.router.send(address, "POST", f"/v1/yips/{pack}", json=body)
                 except CanidaeError as e:

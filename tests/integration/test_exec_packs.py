@@ -195,10 +195,15 @@ def test_yips_between_packs_on_two_nodes_and_mailbox_rules(cluster):
     again = json.loads(cli(cluster, "yip", "recv", "--json", env=inside).stdout)
     assert again["yips"] == []  # acknowledged
 
-    # A full mailbox refuses with a clear conflict (exit 6).
+    # One sender holds at most half of a mailbox; a full mailbox refuses with a clear conflict (exit 6).
     with cluster.client() as c:
-        c.request("POST", "/v1/yips/inbox", json={"yips": [{"text": str(i)} for i in range(1000)]})
-    p = cli(cluster, "yip", "send", "inbox", "one too many", check=False)
+        c.request("POST", "/v1/yips/inbox", json={"yips": [{"text": str(i)} for i in range(500)]})
+    p = cli(cluster, "yip", "send", "inbox", "one more from admin", check=False)
+    assert p.returncode == 6 and "admin already holds 500 yips" in p.stderr
+    r = httpx.post(f"http://{cluster.agent('s2')['api']}/v1/yips/inbox", timeout=10,
+                   json={"yips": [{"text": str(i)} for i in range(500)]}, headers={"authorization": f"Bearer {tx_token}"})
+    assert r.status_code == 200
+    p = cli(cluster, "yip", "send", "inbox", "one too many", env={"CANIDAE_TOKEN": tx_token}, check=False)
     assert p.returncode == 6 and "mailbox of pack inbox is full" in p.stderr
 
 
@@ -281,8 +286,11 @@ def test_concurrent_sends_through_another_agent_each_get_their_own_answer(cluste
                        headers={"authorization": f"Bearer {senders[who]}"}, timeout=10)
         return r.status_code, r.json()
 
+    for filler in ("f1", "f2"):  # 960 unread yips, from two senders: one holds at most half a mailbox
+        r = httpx.post(f"http://{via}/v1/yips/busy", json={"yips": [{"text": "filler"}] * 480}, timeout=10,
+                       headers={"authorization": f"Bearer {pack_token(cluster.token, filler)}"})
+        assert r.status_code == 200
     with cluster.client() as c:
-        c.request("POST", "/v1/yips/busy", json={"yips": [{"text": "filler"}] * 960})
         with ThreadPoolExecutor(16) as pool:
             results = list(pool.map(send, range(60)))
         ok = [body for code, body in results if code == 200]
