@@ -144,6 +144,17 @@ def _create_journal(journal_file: str | None = None) -> _journal.Journal:
 _syncobj.createJournal = _create_journal
 
 
+def _require(owner: Any, *names: str) -> None:
+    """Fail at import if a pysyncobj internal we patch or read is gone (a changed pysyncobj)."""
+    missing = [n for n in names if not hasattr(owner, n)]
+    if missing:
+        raise ImportError(f"pysyncobj {getattr(owner, '__name__', owner)} lacks {', '.join(missing)}: "
+                          "canidae's Raft patches do not fit this pysyncobj version")
+
+
+_require(SyncObj, "_SyncObj__getEntries", "_SyncObj__applyLogEntries", "raftLastApplied", "_onTick")
+
+
 class _ForkingSnapshotWriter:
     """pysyncobj's custom serializer protocol, made asynchronous by forking."""
 
@@ -283,8 +294,9 @@ class Replica(SyncObj):  # type: ignore[misc]
         except Exception as e:  # a malformed entry must not stop the replica: answer an error
             err = OperationFailed(f"undecodable log entry: {e}").to_wire()
             return [err]
+        entry_term = self._applying_entry_term()
         with self.lock:
-            results = self.state.apply_batch(cmds)
+            results = self.state.apply_batch(cmds, entry_term=entry_term)
             events = self.state.drain_events()
         if self._on_applied is not None and events:
             try:
@@ -292,6 +304,24 @@ class Replica(SyncObj):  # type: ignore[misc]
             except Exception:
                 log.exception("event sink failed")
         return results
+
+    def _applying_entry_term(self) -> int:
+        """The Raft term of the log entry ``apply_entry`` is applying right now.
+
+        pysyncobj hands a replicated method only the command, not the entry ``(command, index,
+        term)`` it came in. Its ``__applyLogEntries`` applies committed entries in index order
+        starting at ``lastApplied + 1`` and advances ``lastApplied`` only after the method
+        returns, so while we run, the entry being applied is the one at ``lastApplied + 1``; we
+        read its term from the log through pysyncobj's own ``__getEntries`` (an in-memory list
+        index, no I/O). The term is replicated with the entry, so every replica reads the same
+        one: that is what lets ``ClusterState.apply`` fence a deposed leader's command
+        deterministically. (The one case where ``lastApplied`` lags in pysyncobj is an entry that
+        switches to an unsupported code version; we never use code versions.)
+        """
+        entries = self._SyncObj__getEntries(self.raftLastApplied + 1, 1)
+        if not entries:  # cannot happen while an entry is being applied; fail loudly if it does
+            raise RuntimeError(f"no log entry at index {self.raftLastApplied + 1} while applying it")
+        return int(entries[0][2])
 
     # ----------------------------------------------------------- snapshots
 
