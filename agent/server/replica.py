@@ -18,6 +18,16 @@ What this module owns, and why it is shaped as it is:
   the cost: one entry carries many commands.
 * The cluster password is always set: pysyncobj's wire format is pickle, so without it anyone
   reaching the Raft port could run code in the agent.
+* Fencing by the entry's term: ``apply_entry`` reads the Raft term of the log entry it applies
+  and hands it to ``ClusterState.apply_batch``, which rejects a leader-only command stamped in
+  another term (a deposed leader's, forwarded to the next leader).
+* Stalls are not silences: a long apply (or any long tick) does not make followers campaign nor
+  the leader step down; the leader tells followers the commit index before applying so that
+  long applies overlap (``_onTick``, ``_SyncObj__applyLogEntries``).
+
+Every patch of pysyncobj says why in its docstring; the internals it touches are checked at
+import (class attributes) and on construction (instance attributes), so a pysyncobj that no
+longer fits fails loudly instead of silently losing a patch.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj import journal as _journal
 from pysyncobj import syncobj as _syncobj
 from pysyncobj.config import SERIALIZER_STATE
+from pysyncobj.monotonic import monotonic
 
 from canidae.agent.config import RaftSettings
 from canidae.core.commands import decode_batch
@@ -152,7 +163,12 @@ def _require(owner: Any, *names: str) -> None:
                           "canidae's Raft patches do not fit this pysyncobj version")
 
 
-_require(SyncObj, "_SyncObj__getEntries", "_SyncObj__applyLogEntries", "raftLastApplied", "_onTick")
+_require(SyncObj, "_SyncObj__getEntries", "_SyncObj__applyLogEntries", "_SyncObj__sendAppendEntries",
+         "raftLastApplied", "raftCommitIndex", "_onTick", "_isLeader")
+# Instance attributes of pysyncobj's we read or adjust; checked on every new replica.
+_SYNCOBJ_STATE = ("_SyncObj__raftState", "_SyncObj__raftElectionDeadline", "_SyncObj__lastResponseTime",
+                  "_SyncObj__transferInProgress", "_SyncObj__transport", "_SyncObj__raftNextIndex")
+_LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
 
 
 class _ForkingSnapshotWriter:
@@ -255,7 +271,11 @@ class Replica(SyncObj):  # type: ignore[misc]
             connectionRetryTime=0.5,
             commandsQueueSize=200_000,
         )
+        # Ticks that stall longer than this are forgiven (see ``_onTick``): a heartbeat period is
+        # what a member can miss without anyone noticing.
+        self._stall_s = settings.heartbeat_s
         super().__init__(self_addr, peer_addrs, conf)
+        _require(self, *_SYNCOBJ_STATE)
         self._keep_next_index_monotonic()
 
     def _keep_next_index_monotonic(self) -> None:
@@ -285,6 +305,52 @@ class Replica(SyncObj):  # type: ignore[misc]
             original(node, message)
 
         transport.setOnMessageReceivedCallback(on_message)
+
+    # ----------------------------------------------------------- the tick
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N803 (pysyncobj's name)
+        """pysyncobj's tick, plus: time this member itself was stalled does not count as silence.
+
+        A tick runs the election check (follower) or the check-quorum step-down (leader) at its
+        top, then applies committed entries, sends, and only at its end polls the sockets. An
+        apply that takes a second (a 100,000-pack bulk spawn), a pause of the process, a slow
+        disk: all that time nothing is read, so a follower's election deadline and a leader's
+        last-response times age although nobody was silent, only we were deaf. Measured here,
+        the next tick's checks then started an election or stepped the leader down. After a tick
+        that was busy (not waiting in the poll) for longer than a heartbeat period, the deadline
+        and the last-response times move forward by exactly that busy time: silence is counted
+        only over time in which we were live, and the poll at the end of the same tick has by
+        then read what peers sent meanwhile. Shifting by the busy time rather than granting a
+        fresh timeout keeps failure detection bounded on a member whose ticks are always slow.
+        """
+        start = monotonic()
+        super()._onTick(timeToWait)
+        busy = monotonic() - start - timeToWait
+        if busy >= self._stall_s:
+            self._forgive_own_stall(busy)
+
+    def _forgive_own_stall(self, busy: float) -> None:
+        now = monotonic()
+        if self._SyncObj__raftState == _LEADER:
+            last = self._SyncObj__lastResponseTime
+            for node, t in list(last.items()):
+                last[node] = min(now, t + busy)
+        elif not self._SyncObj__transferInProgress:  # a leader asked us to campaign now: let it
+            self._SyncObj__raftElectionDeadline += busy
+
+    def _SyncObj__applyLogEntries(self) -> bool:  # noqa: N802 (pysyncobj's name, overridden)
+        """A leader announces a new commit index before applying, so followers apply alongside.
+
+        pysyncobj's leader advances its commit index at the top of a tick, applies the newly
+        committed entries, and only then sends the append-entries that tell followers. While it
+        applies a long entry, followers hear nothing (no heartbeat either) and campaign; and
+        they start their own long apply only once the leader's is over, so the leader then
+        hears nothing from them for as long. Sending first makes the applies overlap: each
+        member's own stall is then forgiven by ``_onTick``.
+        """
+        if self._SyncObj__raftState == _LEADER and self.raftCommitIndex > self.raftLastApplied:
+            self._SyncObj__sendAppendEntries()
+        return bool(SyncObj._SyncObj__applyLogEntries(self))
 
     # The one replicated entry point. Runs on pysyncobj's tick thread, in log order.
     @replicated
