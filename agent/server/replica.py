@@ -24,6 +24,8 @@ What this module owns, and why it is shaped as it is:
 * Stalls are not silences: a long apply (or any long tick) does not make followers campaign nor
   the leader step down; the leader tells followers the commit index before applying so that
   long applies overlap (``_onTick``, ``_SyncObj__applyLogEntries``).
+* Pre-vote (``prevote``): a member campaigns only when a majority would vote for it, so one
+  that was cut off cannot raise its term and depose a healthy leader when it returns.
 
 Every patch of pysyncobj says why in its docstring; the internals it touches are checked at
 import (class attributes) and on construction (instance attributes), so a pysyncobj that no
@@ -32,6 +34,7 @@ longer fits fails loudly instead of silently losing a patch.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import mmap
 import os
@@ -49,6 +52,7 @@ from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.monotonic import monotonic
 
 from canidae.agent.config import RaftSettings
+from canidae.agent.server import prevote as _prevote
 from canidae.core.commands import decode_batch
 from canidae.core.errors import OperationFailed
 from canidae.core.state import ClusterState
@@ -164,10 +168,29 @@ def _require(owner: Any, *names: str) -> None:
 
 
 _require(SyncObj, "_SyncObj__getEntries", "_SyncObj__applyLogEntries", "_SyncObj__sendAppendEntries",
-         "raftLastApplied", "raftCommitIndex", "_onTick", "_isLeader")
+         "_SyncObj__connectedToAnyone", "_SyncObj__generateRaftTimeout", "_SyncObj__getCurrentLogIndex",
+         "_SyncObj__getCurrentLogTerm", "raftLastApplied", "raftCommitIndex", "raftCurrentTerm",
+         "otherNodes", "_onTick", "_isLeader")
+
+
+def _require_source(func: Any, *fragments: str) -> None:
+    """Fail at import if pysyncobj no longer does what a patch relies on, there and then."""
+    src = inspect.getsource(func)
+    missing = [f for f in fragments if f not in src]
+    if missing:
+        raise ImportError(f"pysyncobj's {func.__qualname__} changed ({missing[0]!r} not found): "
+                          "canidae's Raft patches do not fit this pysyncobj version")
+
+
+# The election check reads the deadline (pre-vote holds it), and nothing else reads it; the tick
+# applies before it polls (stall forgiveness); entries are applied from lastApplied + 1 (fencing).
+_require_source(SyncObj._onTick, "self.__raftElectionDeadline < monotonicTime()",
+                "self.__applyLogEntries()", "self._poller.poll(timeToWait)")
+_require_source(SyncObj._SyncObj__applyLogEntries, "self.__getEntries(self.__raftLastApplied + 1, count)",
+                "self.__raftLastApplied += 1")
 # Instance attributes of pysyncobj's we read or adjust; checked on every new replica.
-_SYNCOBJ_STATE = ("_SyncObj__raftState", "_SyncObj__raftElectionDeadline", "_SyncObj__lastResponseTime",
-                  "_SyncObj__transferInProgress", "_SyncObj__transport", "_SyncObj__raftNextIndex")
+_SYNCOBJ_STATE = ("_SyncObj__raftState", "_SyncObj__lastResponseTime", "_SyncObj__transferInProgress",
+                  "_SyncObj__transport", "_SyncObj__raftNextIndex")
 _LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
 
 
@@ -234,13 +257,44 @@ def decode_entry(data: bytes) -> bytes:
     return data
 
 
+class _View:
+    """Pre-vote's window on a pysyncobj member's internals (tick thread only)."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.r = replica
+
+    def is_leader(self) -> bool:
+        return bool(self.r._isLeader())
+
+    def term(self) -> int:
+        return int(self.r.raftCurrentTerm)
+
+    def last_log(self) -> tuple[int, int]:
+        return int(self.r._SyncObj__getCurrentLogTerm()), int(self.r._SyncObj__getCurrentLogIndex())
+
+    def peers(self) -> list[Any]:
+        return list(self.r.otherNodes)
+
+    def send(self, node: Any, message: dict[str, Any]) -> None:
+        self.r._SyncObj__transport.send(node, message)
+
+    def may_campaign(self) -> bool:
+        return self.r.selfNode is not None and bool(self.r._SyncObj__connectedToAnyone())
+
+    def transfer_pending(self) -> bool:
+        return bool(self.r._SyncObj__transferInProgress)
+
+    def new_timeout(self) -> float:
+        return float(self.r._SyncObj__generateRaftTimeout())
+
+
 class Replica(SyncObj):  # type: ignore[misc]
     """One Raft member holding a ``ClusterState``. Reads from other threads take ``self.lock``."""
 
     def __init__(self, self_addr: str, peer_addrs: list[str], data_dir: str, password: str,
                  settings: RaftSettings, state_factory: Callable[[], ClusterState],
                  on_applied: Callable[[list[dict[str, Any]]], None] | None = None,
-                 before_snapshot: Callable[[], Any] | None = None) -> None:
+                 before_snapshot: Callable[[], Any] | None = None, *, pre_vote: bool = True) -> None:
         os.makedirs(data_dir, exist_ok=True)
         journal = os.path.join(data_dir, "raft.journal")
         if settings.fsync:
@@ -274,9 +328,13 @@ class Replica(SyncObj):  # type: ignore[misc]
         # Ticks that stall longer than this are forgiven (see ``_onTick``): a heartbeat period is
         # what a member can miss without anyone noticing.
         self._stall_s = settings.heartbeat_s
+        # Exists before pysyncobj's constructor, which sets the election deadline it holds.
+        # ``pre_vote=False`` is for measurements only (plain pysyncobj elections).
+        self._prevote = _prevote.PreVote(_View(self), pre_vote, settings.election_min_s, monotonic())
         super().__init__(self_addr, peer_addrs, conf)
         _require(self, *_SYNCOBJ_STATE)
         self._keep_next_index_monotonic()
+        self._route_pre_vote()
 
     def _keep_next_index_monotonic(self) -> None:
         """Stop pysyncobj's leader from rewinding a follower's next index on a success answer.
@@ -306,9 +364,47 @@ class Replica(SyncObj):  # type: ignore[misc]
 
         transport.setOnMessageReceivedCallback(on_message)
 
+    def _route_pre_vote(self) -> None:
+        """Take pre-vote messages out of the stream before pysyncobj sees them; note leaders.
+
+        A leader's append-entries of our term or newer is what pysyncobj follows: the time it
+        arrives is what pre-vote answers by ("have I heard from a leader lately?").
+        """
+        transport = self._SyncObj__transport
+        inner = transport._onMessageReceivedCallback
+        pv = self._prevote
+
+        def on_message(node: Any, message: Any) -> None:
+            if isinstance(message, dict):
+                kind = message.get("type")
+                if kind in _prevote.MESSAGE_TYPES:
+                    pv.on_message(node, message, monotonic())
+                    return
+                if kind == "append_entries" and isinstance(message.get("term"), int) \
+                        and message["term"] >= self.raftCurrentTerm:
+                    pv.heard_leader(monotonic())
+            inner(node, message)
+
+        transport.setOnMessageReceivedCallback(on_message)
+
+    @property
+    def _SyncObj__raftElectionDeadline(self) -> float:  # pysyncobj's attribute
+        """pysyncobj's election deadline, held by pre-vote (see ``prevote``).
+
+        A data descriptor on the class wins over pysyncobj's instance attribute of that name, so
+        every read and write pysyncobj makes goes through here. It reads the deadline only to
+        decide whether to campaign (checked at import): it sees an expired one only after a won
+        pre-vote round.
+        """
+        return self._prevote.visible_deadline(monotonic())
+
+    @_SyncObj__raftElectionDeadline.setter
+    def _SyncObj__raftElectionDeadline(self, value: float) -> None:
+        self._prevote.set_by_pysyncobj(value)
+
     # ----------------------------------------------------------- the tick
 
-    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N803 (pysyncobj's name)
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # pysyncobj's signature
         """pysyncobj's tick, plus: time this member itself was stalled does not count as silence.
 
         A tick runs the election check (follower) or the check-quorum step-down (leader) at its
@@ -324,6 +420,7 @@ class Replica(SyncObj):  # type: ignore[misc]
         fresh timeout keeps failure detection bounded on a member whose ticks are always slow.
         """
         start = monotonic()
+        self._prevote.before_tick(start)
         super()._onTick(timeToWait)
         busy = monotonic() - start - timeToWait
         if busy >= self._stall_s:
@@ -336,9 +433,9 @@ class Replica(SyncObj):  # type: ignore[misc]
             for node, t in list(last.items()):
                 last[node] = min(now, t + busy)
         elif not self._SyncObj__transferInProgress:  # a leader asked us to campaign now: let it
-            self._SyncObj__raftElectionDeadline += busy
+            self._prevote.forgive(busy)
 
-    def _SyncObj__applyLogEntries(self) -> bool:  # noqa: N802 (pysyncobj's name, overridden)
+    def _SyncObj__applyLogEntries(self) -> bool:  # pysyncobj's, overridden
         """A leader announces a new commit index before applying, so followers apply alongside.
 
         pysyncobj's leader advances its commit index at the top of a tick, applies the newly
@@ -427,6 +524,7 @@ class Replica(SyncObj):  # type: ignore[misc]
             "partner_nodes_count": st.get("partner_nodes_count"),
             "peers": {k[len("partner_node_status_server_"):]: bool(v) for k, v in st.items()
                       if k.startswith("partner_node_status_server_")},
+            "pre_vote": self._prevote.status(),
         }
 
     def is_leader(self) -> bool:

@@ -8,7 +8,8 @@ import os
 import random
 import socket
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, Self
 
 from canidae.agent.config import RaftSettings
 from canidae.agent.server.replica import Replica, encode_entry
@@ -70,8 +71,10 @@ class Group:
     """``n`` replicas on loopback; ``members[i]`` is None while member i is down."""
 
     def __init__(self, root: str, n: int = 3, settings: RaftSettings | None = None,
-                 state_factory: Callable[[], ClusterState] = ClusterState, password: str = "secret") -> None:
+                 state_factory: Callable[[], ClusterState] = ClusterState, password: str = "secret",
+                 pre_vote: bool = True) -> None:
         self.root = root
+        self.pre_vote = pre_vote
         self.addrs = free_addrs(n)
         self.settings = settings or RaftSettings()
         self.state_factory = state_factory
@@ -90,7 +93,7 @@ class Group:
     def start(self, i: int) -> Replica:
         addr = self.addrs[i]
         rep = Replica(addr, [a for a in self.addrs if a != addr], os.path.join(self.root, f"m{i}"),
-                      self.password, self.settings, self.state_factory)
+                      self.password, self.settings, self.state_factory, pre_vote=self.pre_vote)
         self._install_cut_hook(rep)
         self.members[i] = rep
         return rep
@@ -106,7 +109,7 @@ class Group:
         for i in range(len(self.members)):
             self.stop(i)
 
-    def __enter__(self) -> Group:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from raft_group import Group, wait_until
-
 from canidae.core.commands import RegisterNode, SetNodeState
 from canidae.core.types import Location, Node, NodeState, Resources
+from raft_group import Group, wait_until
 
 
 @pytest.fixture

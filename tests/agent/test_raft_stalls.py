@@ -8,11 +8,10 @@ import time
 from typing import Any
 
 import pytest
-from raft_group import Group, wait_until
-
 from canidae.core.commands import Command, CreatePacks, Noop
 from canidae.core.state import ClusterState
 from canidae.core.types import PackSpec
+from raft_group import Group, wait_until
 
 SLOW_APPLY_S = 1.5
 
