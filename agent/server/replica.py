@@ -307,6 +307,7 @@ class Replica(SyncObj):  # type: ignore[misc]
         self._writer = _ForkingSnapshotWriter(self)
         conf = SyncObjConf(
             password=password,
+            bindAddress=self_addr,  # pysyncobj binds 0.0.0.0 (or ::) otherwise
             journalFile=journal,
             fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
             serializer=self._writer.serialize,
