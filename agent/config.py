@@ -31,6 +31,11 @@ class RaftSettings:
     fsync: bool = True
     compaction_min_entries: int = 20_000
     compaction_min_time_s: float = 300.0
+    # The Raft port (see agent/server/raftwire.py). A peer that has not proved the cluster
+    # password may announce only a handshake-sized frame; one that has, at most max_frame_bytes.
+    max_frame_bytes: int = 64 * 1024 * 1024
+    max_handshake_frame_bytes: int = 4096
+    max_unauthenticated_per_address: int = 4
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ What this module owns, and why it is shaped as it is:
   long applies overlap (``_onTick``, ``_SyncObj__applyLogEntries``).
 * Pre-vote (``prevote``): a member campaigns only when a majority would vote for it, so one
   that was cut off cannot raise its term and depose a healthy leader when it returns.
+* The Raft port binds the configured address, and its wire is hardened (``raftwire``): frame
+  caps checked before anything is buffered, few unauthenticated connections per address.
 
 Every patch of pysyncobj says why in its docstring; the internals it touches are checked at
 import (class attributes) and on construction (instance attributes), so a pysyncobj that no
@@ -34,7 +36,6 @@ longer fits fails loudly instead of silently losing a patch.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import mmap
 import os
@@ -53,6 +54,9 @@ from pysyncobj.monotonic import monotonic
 
 from canidae.agent.config import RaftSettings
 from canidae.agent.server import prevote as _prevote
+from canidae.agent.server import raftwire
+from canidae.agent.server.raftwire import require as _require
+from canidae.agent.server.raftwire import require_source as _require_source
 from canidae.core.commands import decode_batch
 from canidae.core.errors import OperationFailed
 from canidae.core.state import ClusterState
@@ -159,27 +163,10 @@ def _create_journal(journal_file: str | None = None) -> _journal.Journal:
 _syncobj.createJournal = _create_journal
 
 
-def _require(owner: Any, *names: str) -> None:
-    """Fail at import if a pysyncobj internal we patch or read is gone (a changed pysyncobj)."""
-    missing = [n for n in names if not hasattr(owner, n)]
-    if missing:
-        raise ImportError(f"pysyncobj {getattr(owner, '__name__', owner)} lacks {', '.join(missing)}: "
-                          "canidae's Raft patches do not fit this pysyncobj version")
-
-
 _require(SyncObj, "_SyncObj__getEntries", "_SyncObj__applyLogEntries", "_SyncObj__sendAppendEntries",
          "_SyncObj__connectedToAnyone", "_SyncObj__generateRaftTimeout", "_SyncObj__getCurrentLogIndex",
          "_SyncObj__getCurrentLogTerm", "raftLastApplied", "raftCommitIndex", "raftCurrentTerm",
          "otherNodes", "_onTick", "_isLeader")
-
-
-def _require_source(func: Any, *fragments: str) -> None:
-    """Fail at import if pysyncobj no longer does what a patch relies on, there and then."""
-    src = inspect.getsource(func)
-    missing = [f for f in fragments if f not in src]
-    if missing:
-        raise ImportError(f"pysyncobj's {func.__qualname__} changed ({missing[0]!r} not found): "
-                          "canidae's Raft patches do not fit this pysyncobj version")
 
 
 # The election check reads the deadline (pre-vote holds it), and nothing else reads it; the tick
@@ -332,7 +319,12 @@ class Replica(SyncObj):  # type: ignore[misc]
         # Exists before pysyncobj's constructor, which sets the election deadline it holds.
         # ``pre_vote=False`` is for measurements only (plain pysyncobj elections).
         self._prevote = _prevote.PreVote(_View(self), pre_vote, settings.election_min_s, monotonic())
-        super().__init__(self_addr, peer_addrs, conf)
+        self.settings = settings
+        # Read by the transport while pysyncobj's constructor builds it.
+        self._frame_limits = raftwire.FrameLimits(
+            handshake_frame=settings.max_handshake_frame_bytes, frame=settings.max_frame_bytes,
+            unauthenticated_per_address=settings.max_unauthenticated_per_address)
+        super().__init__(self_addr, peer_addrs, conf, transportClass=raftwire.HardenedTransport)
         _require(self, *_SYNCOBJ_STATE)
         self._keep_next_index_monotonic()
         self._route_pre_vote()
@@ -526,6 +518,7 @@ class Replica(SyncObj):  # type: ignore[misc]
             "peers": {k[len("partner_node_status_server_"):]: bool(v) for k, v in st.items()
                       if k.startswith("partner_node_status_server_")},
             "pre_vote": self._prevote.status(),
+            "wire": self._SyncObj__transport.stats.as_dict(),
         }
 
     def is_leader(self) -> bool:

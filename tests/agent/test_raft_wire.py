@@ -1,11 +1,20 @@
-"""The Raft port binds its configured address (real replicas, real sockets)."""
+"""The Raft port, hardened: it binds its configured address, closes a connection that announces an
+oversized frame before buffering it, and bounds unauthenticated connections per address (real
+replicas, real sockets)."""
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
+import threading
 
 import pytest
-from raft_group import Group
+from canidae.core.commands import CreatePacks
+from canidae.core.types import PackSpec
+from raft_group import Group, wait_until
+
+MiB = 1024 * 1024
 
 
 @pytest.fixture
@@ -19,6 +28,15 @@ def _host_port(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _write(g: Group, via, name: str, **spec) -> dict:
+    [res] = g.propose(via, [CreatePacks(id=name, at=1, specs=(PackSpec(name, **spec),), place=False)])
+    return res
+
+
+def _stats(rep) -> dict:
+    return rep.raft_status()["wire"]
+
+
 def test_the_raft_port_binds_only_its_configured_address(group):
     for rep, addr in zip(group.members, group.addrs):
         server = rep._SyncObj__transport._server._TcpServer__socket
@@ -27,3 +45,59 @@ def test_the_raft_port_binds_only_its_configured_address(group):
     _, port = _host_port(group.addrs[0])
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.2", port), timeout=5).close()
+
+
+def _flood(addr: str, out: list[int]) -> None:
+    """Announce a 2 GiB frame, then send until the member closes the connection; record the bytes."""
+    sent = 0
+    with socket.create_connection(_host_port(addr), timeout=10) as s:
+        try:
+            s.sendall(struct.pack("i", 0x7FFFFFFF))
+            chunk = b"\0" * (64 * 1024)
+            while sent < 64 * MiB:
+                s.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            out.append(sent)
+            return
+    out.append(-1)  # never closed
+
+
+def test_a_connection_announcing_a_huge_frame_is_closed_at_once_and_the_group_keeps_committing(group):
+    lead = group.leader()
+    taken: list[int] = []
+    floods = [threading.Thread(target=_flood, args=(addr, taken)) for addr in group.addrs for _ in range(3)]
+    for t in floods:
+        t.start()
+    for t in floods:
+        t.join(timeout=60)
+    assert len(taken) == 9 and -1 not in taken, taken
+    # Closed on the header: the little the kernel took before the close is all that moved.
+    assert max(taken) < 8 * MiB, taken
+    for rep in group.members:
+        assert _stats(rep)["oversized_headers"] >= 3
+    for k in range(20):
+        assert _write(group, lead, f"after-{k}").get("ok")
+    assert group.leader() is lead
+
+
+def test_unauthenticated_connections_beyond_the_limit_per_address_are_closed(group):
+    rep = group.followers()[0]
+    addr = group.addrs[group.index(rep)]
+    limit = group.settings.max_unauthenticated_per_address
+    idle = [socket.create_connection(_host_port(addr), timeout=20) for _ in range(limit + 2)]
+    try:
+        wait_until(lambda: _stats(rep)["refused_on_accept"] >= 2, 20, "the connections beyond the limit refused")
+        # The others may wait for their handshake only so long; then they are closed too.
+        for s in idle:
+            assert s.recv(1) == b""
+        assert _stats(rep)["handshake_timeouts"] >= limit - 1
+    finally:
+        for s in idle:
+            s.close()
+    # A connection that sends a frame that does not verify is closed on that frame.
+    with socket.create_connection(_host_port(addr), timeout=20) as s:
+        s.sendall(struct.pack("i", 64) + os.urandom(64))
+        assert s.recv(1) == b""
+    assert _stats(rep)["bad_frames"] >= 1
+    assert _write(group, group.leader(), "after").get("ok")
