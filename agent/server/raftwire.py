@@ -1,5 +1,5 @@
-"""The Raft port's wire, hardened: frame caps before anything is buffered, and a bound on
-unauthenticated connections.
+"""The Raft port's wire, hardened: frame caps before anything is buffered, a bound on
+unauthenticated connections, and pysyncobj's chunked entries labelled right.
 
 What pysyncobj does, and why it is patched here (``Replica`` uses ``HardenedTransport``):
 
@@ -22,6 +22,13 @@ What pysyncobj does, and why it is patched here (``Replica`` uses ``HardenedTran
   address (more are closed on accept), each closed on its first bad frame (pysyncobj already
   does, on a failed decrypt) and when it has not authenticated within ``HANDSHAKE_TIMEOUT_S``
   (a peer trickling a valid-looking header would otherwise hold its slot forever).
+* pysyncobj sends an entry of 64 KiB or more in chunks of its pickled form and labels the last
+  one by comparing positions with the length of the entry's command instead of its pickled form
+  (longer: pickle protocol 2 writes bytes as latin-1 text). It labels a chunk 'finish' too early;
+  the follower fails to unpickle, its tick raises, and it recovers only when later chunks
+  (also labelled 'finish') complete the data. ``HardenedTransport.send`` labels each chunk by its
+  position in the pickled entry.
+
 ``CappedTcpConnection`` replaces pysyncobj's class in its ``transport`` and ``tcp_server``
 modules, process-wide: without limits set (pysyncobj objects that are not ours) it differs from
 the original only by its buffer type and read budget.
@@ -74,7 +81,7 @@ require(TcpConnection, "_TcpConnection__processRead", "_TcpConnection__tryReadBu
 require_source(TcpConnection._TcpConnection__processConnection, "self.__tryReadBuffer()",
                "message = self.__processParseMessage()")
 require_source(TcpConnection.send, "struct.pack('i', len(data))")
-require(TCPTransport, "_onNewIncomingConnection", "addNode", "_onTick")
+require(TCPTransport, "_onNewIncomingConnection", "addNode", "send", "_onTick")
 require_source(TCPTransport._onNewIncomingConnection, "self._unknownConnections.add(conn)")
 require_source(_tcp_server.TcpServer._TcpServer__onNewConnection, "conn = TcpConnection(")
 require_source(TCPTransport.addNode, "conn = TcpConnection(")
@@ -226,7 +233,7 @@ _transport.TcpConnection = CappedTcpConnection
 
 
 class HardenedTransport(TCPTransport):  # type: ignore[misc]
-    """pysyncobj's TCP transport with the limits above.
+    """pysyncobj's TCP transport with the limits above and chunk labels fixed.
 
     The limits come from the SyncObj it serves (``_frame_limits``), set before pysyncobj builds
     the transport.
@@ -236,6 +243,7 @@ class HardenedTransport(TCPTransport):  # type: ignore[misc]
         self.limits: FrameLimits = getattr(syncObj, "_frame_limits", None) or FrameLimits()
         self.stats = WireStats()
         self._unauthenticated: dict[str, list[CappedTcpConnection]] = {}
+        self._chunks: dict[Any, list[int]] = {}  # node -> [pickled entry length, bytes sent]
         super().__init__(syncObj, selfNode, otherNodes)
 
     def _limit(self, conn: Any) -> None:
@@ -283,3 +291,30 @@ class HardenedTransport(TCPTransport):  # type: ignore[misc]
                 self._unauthenticated[address] = waiting
             else:
                 del self._unauthenticated[address]
+
+    def send(self, node: Any, message: Any) -> bool:  # pysyncobj's
+        if isinstance(message, dict) and "transmission" in message:
+            message = self._label_chunk(node, message)
+        return bool(super().send(node, message))
+
+    def _label_chunk(self, node: Any, message: dict[str, Any]) -> dict[str, Any]:
+        """Label a chunk of a large entry 'finish' exactly when it is the last (see the module doc).
+
+        pysyncobj sends all chunks of one entry to a node back to back, starting with 'start'.
+        The length of the pickled entry they slice is computed the way pysyncobj pickles it.
+        """
+        data = message.get("data") or b""
+        if message["transmission"] == "start":
+            entries = self._syncObj._SyncObj__getEntries(message["prevLogIdx"] + 1, 1)
+            total = len(_pickle.dumps(entries[0])) if entries else -1
+            self._chunks[node] = [total, len(data)]
+            return message
+        progress = self._chunks.get(node)
+        if progress is None or progress[0] < 0:
+            return message
+        progress[1] += len(data)
+        label = "finish" if progress[1] >= progress[0] else "process"
+        if label == "finish":
+            del self._chunks[node]
+        return message if message["transmission"] == label else {**message, "transmission": label}
+
