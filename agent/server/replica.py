@@ -521,6 +521,17 @@ class Replica(SyncObj):  # type: ignore[misc]
             "wire": self._SyncObj__transport.stats.as_dict(),
         }
 
+    @property
+    def max_entry_bytes(self) -> int:
+        """The largest encoded command batch one log entry may carry.
+
+        An entry travels inside a frame that pickles it twice (entry, then message; pickle
+        protocol 2 writes each byte above 0x7f as two) and Fernet then base64s (4/3): a frame
+        is at most about 5.4 times the entry. An eighth of the frame cap keeps every frame,
+        including a follower forwarding the entry whole to the leader, under that cap.
+        """
+        return self.settings.max_frame_bytes // 8
+
     def is_leader(self) -> bool:
         return bool(self._isLeader())
 
