@@ -89,9 +89,13 @@ class PreVote:
         self.deadline = deadline
         self.won_at = None
 
-    def forgive(self, seconds: float) -> None:
-        """Move the deadline later by time in which this member could not listen (a stall)."""
-        self.deadline += seconds
+    def forgive(self, seconds: float, deadline: bool = True) -> None:
+        """Time in which this member could not listen (a stall) is not silence: the election
+        deadline moves later by it, and so does the last time a leader was heard, since what the
+        leader sent meanwhile may still sit unread behind a peer's pre-vote request."""
+        if deadline:
+            self.deadline += seconds
+        self.leader_heard_at += seconds
 
     def _won(self, now: float) -> bool:
         # A won round is good for one minimum election timeout: the answers describe that moment.

@@ -425,8 +425,8 @@ class Replica(SyncObj):  # type: ignore[misc]
             last = self._SyncObj__lastResponseTime
             for node, t in list(last.items()):
                 last[node] = min(now, t + busy)
-        elif not self._SyncObj__transferInProgress:  # a leader asked us to campaign now: let it
-            self._prevote.forgive(busy)
+        else:  # a leader that asked us to campaign at once (TimeoutNow) keeps its deadline
+            self._prevote.forgive(busy, deadline=not self._SyncObj__transferInProgress)
 
     def _SyncObj__applyLogEntries(self) -> bool:  # pysyncobj's, overridden
         """A leader announces a new commit index before applying, so followers apply alongside.

@@ -222,3 +222,12 @@ def test_disabled_pre_vote_still_answers_but_never_holds_back_an_election():
     assert view.sent == []
     pv.on_message("cand", _request(), 10.0)
     assert view.sent[-1][1]["granted"] is True
+
+
+def test_a_stall_of_the_voter_does_not_count_as_time_without_a_leader():
+    view = FakeView()
+    pv = PreVote(view, True, 0.25, now=0.0)
+    pv.heard_leader(9.9)
+    pv.forgive(1.5)  # the voter's tick was busy 1.5 s: the leader's heartbeats may sit unread
+    pv.on_message("cand", _request(), 11.5)
+    assert view.sent[-1][1]["granted"] is False
