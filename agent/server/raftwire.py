@@ -81,6 +81,7 @@ require(TcpConnection, "_TcpConnection__processRead", "_TcpConnection__tryReadBu
 require_source(TcpConnection._TcpConnection__processConnection, "self.__tryReadBuffer()",
                "message = self.__processParseMessage()")
 require_source(TcpConnection.send, "struct.pack('i', len(data))")
+require_source(TcpConnection._TcpConnection__processConnectionTimeout, "monotonicTime() - self.__lastReadTime")
 require(TCPTransport, "_onNewIncomingConnection", "addNode", "send", "_onTick")
 require_source(TCPTransport._onNewIncomingConnection, "self._unknownConnections.add(conn)")
 require_source(_tcp_server.TcpServer._TcpServer__onNewConnection, "conn = TcpConnection(")
@@ -291,6 +292,19 @@ class HardenedTransport(TCPTransport):  # type: ignore[misc]
                 self._unauthenticated[address] = waiting
             else:
                 del self._unauthenticated[address]
+
+    def forgive(self, seconds: float) -> None:
+        """Our own stall is not the peers' silence: connection deadlines move by its length.
+
+        pysyncobj drops a connection from which nothing was read for ``connectionTimeout``, and
+        checks that on the first event after a stall, before reading what is waiting: after a
+        1.5 s apply every link of the group dropped and reconnected.
+        """
+        now = monotonic()
+        for conn in [*self._connections.values(), *self._unknownConnections]:
+            if isinstance(conn, CappedTcpConnection):
+                conn._TcpConnection__lastReadTime = min(now, conn._TcpConnection__lastReadTime + seconds)
+                conn.opened_at = min(now, conn.opened_at + seconds)
 
     def send(self, node: Any, message: Any) -> bool:  # pysyncobj's
         if isinstance(message, dict) and "transmission" in message:

@@ -316,6 +316,7 @@ class Replica(SyncObj):  # type: ignore[misc]
         # Ticks that stall longer than this are forgiven (see ``_onTick``): a heartbeat period is
         # what a member can miss without anyone noticing.
         self._stall_s = settings.heartbeat_s
+        self._forgiven_s = 0.0
         # Exists before pysyncobj's constructor, which sets the election deadline it holds.
         # ``pre_vote=False`` is for measurements only (plain pysyncobj elections).
         self._prevote = _prevote.PreVote(_View(self), pre_vote, settings.election_min_s, monotonic())
@@ -405,22 +406,28 @@ class Replica(SyncObj):  # type: ignore[misc]
         apply that takes a second (a 100,000-pack bulk spawn), a pause of the process, a slow
         disk: all that time nothing is read, so a follower's election deadline and a leader's
         last-response times age although nobody was silent, only we were deaf. Measured here,
-        the next tick's checks then started an election or stepped the leader down. After a tick
-        that was busy (not waiting in the poll) for longer than a heartbeat period, the deadline
-        and the last-response times move forward by exactly that busy time: silence is counted
-        only over time in which we were live, and the poll at the end of the same tick has by
-        then read what peers sent meanwhile. Shifting by the busy time rather than granting a
-        fresh timeout keeps failure detection bounded on a member whose ticks are always slow.
+        the next tick's checks then started an election or stepped the leader down, and every
+        link dropped on its idle timeout. After a tick that was busy (not waiting in the poll)
+        for longer than a heartbeat period, the election deadline, the last-response times and
+        the connections' idle deadlines (``raftwire``) move forward by exactly that busy time:
+        silence is counted only over time in which we were live, and the poll at the end of the
+        same tick has by then read what peers sent meanwhile. Shifting by the busy time rather
+        than granting a fresh timeout keeps failure detection bounded on a member whose ticks
+        are always slow. A leader that was paused, not busy applying, may so call itself leader
+        for up to ``leader_fallback_s`` longer after it resumes; it cannot commit anything, and
+        its leader-only commands are fenced by term.
         """
         start = monotonic()
+        self._forgiven_s = 0.0  # what ``_SyncObj__applyLogEntries`` forgave already, this tick
         self._prevote.before_tick(start)
         super()._onTick(timeToWait)
-        busy = monotonic() - start - timeToWait
+        busy = monotonic() - start - timeToWait - self._forgiven_s
         if busy >= self._stall_s:
             self._forgive_own_stall(busy)
 
     def _forgive_own_stall(self, busy: float) -> None:
         now = monotonic()
+        self._SyncObj__transport.forgive(busy)
         if self._SyncObj__raftState == _LEADER:
             last = self._SyncObj__lastResponseTime
             for node, t in list(last.items()):
@@ -435,12 +442,21 @@ class Replica(SyncObj):  # type: ignore[misc]
         committed entries, and only then sends the append-entries that tell followers. While it
         applies a long entry, followers hear nothing (no heartbeat either) and campaign; and
         they start their own long apply only once the leader's is over, so the leader then
-        hears nothing from them for as long. Sending first makes the applies overlap: each
-        member's own stall is then forgiven by ``_onTick``.
+        hears nothing from them for as long. Sending first makes the applies overlap.
+
+        A long apply is forgiven (see ``_onTick``) as soon as it ends, not at the end of the
+        tick: the leader sends right after applying, and pysyncobj checks a connection's idle
+        timeout on each send, before anything waiting on it has been read.
         """
         if self._SyncObj__raftState == _LEADER and self.raftCommitIndex > self.raftLastApplied:
             self._SyncObj__sendAppendEntries()
-        return bool(SyncObj._SyncObj__applyLogEntries(self))
+        start = monotonic()
+        need_send = bool(SyncObj._SyncObj__applyLogEntries(self))
+        took = monotonic() - start
+        if took >= self._stall_s:
+            self._forgive_own_stall(took)
+            self._forgiven_s += took
+        return need_send
 
     # The one replicated entry point. Runs on pysyncobj's tick thread, in log order.
     @replicated
