@@ -28,6 +28,8 @@ What pysyncobj does, and why it is patched here (``Replica`` uses ``HardenedTran
   the follower fails to unpickle, its tick raises, and it recovers only when later chunks
   (also labelled 'finish') complete the data. ``HardenedTransport.send`` labels each chunk by its
   position in the pickled entry.
+* A member's own stall is not its peers' silence: ``HardenedTransport.forgive`` moves the idle
+  deadlines of its connections, which pysyncobj checks before reading what waited meanwhile.
 
 ``CappedTcpConnection`` replaces pysyncobj's class in its ``transport`` and ``tcp_server``
 modules, process-wide: without limits set (pysyncobj objects that are not ours) it differs from
