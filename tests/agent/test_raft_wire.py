@@ -1,6 +1,7 @@
 """The Raft port, hardened: it binds its configured address, closes a connection that announces an
-oversized frame before buffering it, bounds unauthenticated connections per address, and still
-carries large entries between members (real replicas, real sockets)."""
+oversized frame before buffering it, bounds unauthenticated connections per address and the rate
+at which it turns connections away, and still carries large entries between members (real
+replicas, real sockets)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 
 import pytest
 from canidae.agent.config import RaftSettings
+from canidae.agent.server import raftwire
 from canidae.core.commands import CreatePacks
 from canidae.core.types import PackSpec
 from raft_group import Group, wait_until
@@ -102,6 +104,30 @@ def test_unauthenticated_connections_beyond_the_limit_per_address_are_closed(gro
         s.sendall(struct.pack("i", 64) + os.urandom(64))
         assert s.recv(1) == b""
     assert _stats(rep)["bad_frames"] >= 1
+    assert _write(group, group.leader(), "after").get("ok")
+
+
+def _turned_away(addr: str) -> None:
+    """One connection announcing a 2 GiB frame; returns once the member has closed it."""
+    with socket.create_connection(_host_port(addr), timeout=20) as s:
+        s.sendall(struct.pack("i", 0x7FFFFFFF))
+        try:
+            assert s.recv(1) == b""
+        except ConnectionResetError:
+            pass
+
+
+def test_a_burst_of_turned_away_connections_pauses_accepting_for_the_rest_of_the_second(group):
+    # A flooder reconnects as fast as it is closed; pausing the listening socket bounds the cost.
+    rep = group.followers()[0]
+    addr = group.addrs[group.index(rep)]
+    for _ in range(raftwire.REJECTIONS_PER_S + 10):
+        _turned_away(addr)
+    assert _stats(rep)["accept_pauses"] >= 1
+    # Accepting resumes: the next connection is accepted, read and turned away again.
+    before = _stats(rep)["oversized_headers"]
+    _turned_away(addr)
+    assert _stats(rep)["oversized_headers"] == before + 1
     assert _write(group, group.leader(), "after").get("ok")
 
 
