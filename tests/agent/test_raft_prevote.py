@@ -68,7 +68,7 @@ def test_a_dead_leader_is_replaced_after_a_won_pre_vote(tmp_path):
         term = old.current_term()
         g.stop(g.index(old))
         new = g.leader()
-        assert new.current_term() == term + 1  # one pre-vote round, one election
+        assert new.current_term() > term  # more than one if two survivors campaigned at once
         assert new._prevote.rounds_won >= 1
         _write(g, new, "after")
 
