@@ -51,6 +51,14 @@ def test_the_raft_port_binds_only_its_configured_address(group):
         socket.create_connection(("127.0.0.2", port), timeout=5).close()
 
 
+def _send_buffer_max() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 * MiB
+
+
 def _flood(addr: str, out: list[int]) -> None:
     """Announce a 2 GiB frame, then send until the member closes the connection; record the bytes."""
     sent = 0
@@ -76,8 +84,9 @@ def test_a_connection_announcing_a_huge_frame_is_closed_at_once_and_the_group_ke
     for t in floods:
         t.join(timeout=60)
     assert len(taken) == 9 and -1 not in taken, taken
-    # Closed on the header: the little the kernel took before the close is all that moved.
-    assert max(taken) < 8 * MiB, taken
+    # Closed on the header: what the flooder's kernel took into its send buffer before the close
+    # is all that moved, far from the 64 MiB it tried.
+    assert max(taken) < _send_buffer_max() + 2 * MiB, taken
     for rep in group.members:
         assert _stats(rep)["oversized_headers"] >= 3
     for k in range(20):
