@@ -107,14 +107,13 @@ class FrameLimits:
 
 @dataclass
 class WireStats:
-    """What the caps turned away (read by status; written on the Raft thread only)."""
+    """What the Raft port turned away (read by status; written on the Raft thread only)."""
 
     oversized_headers: int = 0
     bad_frames: int = 0
     refused_on_accept: int = 0
     handshake_timeouts: int = 0
-
-    accept_pauses: int = 0
+    accept_pauses: int = 0  # seconds in which accepting stopped early (``REJECTIONS_PER_S``)
 
     def rejected(self) -> int:
         return self.oversized_headers + self.bad_frames + self.refused_on_accept + self.handshake_timeouts
