@@ -30,6 +30,15 @@ class RaftSettings:
     fsync: bool = True
     compaction_min_entries: int = 20_000
     compaction_min_time_s: float = 300.0
+    # The Raft port (see agent/server/raftwire.py). A peer that has not proved the cluster
+    # password may announce only a handshake-sized frame; one that has, at most max_frame_bytes,
+    # which also bounds the largest command (an eighth of it, for pickle and Fernet overhead).
+    max_frame_bytes: int = 64 * 1024 * 1024
+    max_handshake_frame_bytes: int = 4096
+    max_unauthenticated_per_address: int = 4
+    # Group commit splits a batch whose encoded entry is larger: kept whole under pysyncobj's
+    # 64 KiB append-entries batch even after pickle doubles bytes above 0x7f.
+    entry_split_bytes: int = 32 * 1024
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,12 @@ declared down.
 Apply never raises for a bad command: it answers ``{"error": {...}}`` for that command and
 changes nothing (a bulk command is all-or-nothing). Commands seen before (same ``id``) return
 their first answer again, which makes client retries after a leader change idempotent.
-Commands that only a leader may issue (``LEADER_ONLY``) are rejected when stamped with a term
-older than one already applied: a deposed leader cannot act.
+Commands that only a leader may issue (``LEADER_ONLY``) are fenced by the Raft term. The replica
+passes the term of the log entry being applied (``entry_term``): a command stamped by the leader
+of term T but appended in term U != T was decided by a deposed leader (pysyncobj forwards a
+queued command to whichever leader comes next, which appends it in its own term) and is rejected.
+The entry's term is part of the replicated log, so every replica decides alike. Without an entry
+term (simulations, unit tests) the weaker check applies: a term older than one already applied.
 
 Applying also yields events (``drain_events``): the history of packs and nodes, numbered by a
 replicated sequence so every replica numbers them alike.
@@ -126,31 +130,51 @@ class ClusterState:
 
     # ------------------------------------------------------------------ apply
 
-    def apply(self, cmd: Command) -> dict[str, Any]:
-        """Apply one command; return its answer (``{"ok": ...}`` or ``{"error": {...}}``)."""
+    def apply(self, cmd: Command, entry_term: int | None = None) -> dict[str, Any]:
+        """Apply one command; return its answer (``{"ok": ...}`` or ``{"error": {...}}``).
+
+        ``entry_term`` is the Raft term of the log entry carrying the command (None outside a
+        replica): it fences ``LEADER_ONLY`` commands, see the module docstring.
+        """
         seen = self.recent.get(cmd.id)
         if seen is not None:
             return {**seen, "duplicate": True}
         self.applied += 1
         if cmd.term > self.max_term:
             self.max_term = cmd.term
-        if cmd.LEADER_ONLY and cmd.term < self.max_term:
-            result: dict[str, Any] = WrongState(
-                f"{cmd.TYPE} from a deposed leader (term {cmd.term} < {self.max_term}) rejected"
-            ).to_wire()
-        else:
-            try:
-                result = self._handlers[type(cmd)](cmd)
-            except CanidaeError as e:
-                result = e.to_wire()
+        fenced = self._fence(cmd, entry_term)
+        if fenced is not None:
+            # Not remembered for retries: the command did nothing, and a retry of the same request
+            # restamped by the current leader must be able to succeed.
+            return fenced
+        try:
+            result = self._handlers[type(cmd)](cmd)
+        except CanidaeError as e:
+            result = e.to_wire()
         if not isinstance(cmd, Noop):
             self.recent[cmd.id] = result
             if len(self.recent) > DEDUP_WINDOW:
                 self.recent.popitem(last=False)
         return result
 
-    def apply_batch(self, cmds: Iterable[Command]) -> list[dict[str, Any]]:
-        return [self.apply(c) for c in cmds]
+    def apply_batch(self, cmds: Iterable[Command], entry_term: int | None = None) -> list[dict[str, Any]]:
+        """Apply the commands of one log entry in order (``entry_term``: that entry's Raft term)."""
+        return [self.apply(c, entry_term) for c in cmds]
+
+    def _fence(self, cmd: Command, entry_term: int | None) -> dict[str, Any] | None:
+        """The rejection of a deposed leader's command, or None when the command may act."""
+        if not cmd.LEADER_ONLY:
+            return None
+        if entry_term is not None:
+            if cmd.term == entry_term:
+                return None
+            return WrongState(
+                f"{cmd.TYPE} stamped by the leader of term {cmd.term}, appended in term {entry_term}: "
+                "a deposed leader's command, rejected").to_wire()
+        if cmd.term < self.max_term:
+            return WrongState(
+                f"{cmd.TYPE} from a deposed leader (term {cmd.term} < {self.max_term}) rejected").to_wire()
+        return None
 
     # ------------------------------------------------------------- node commands
 

@@ -10,18 +10,28 @@ pysyncobj's callbacks can be lost under leader churn and have no timeout, so eve
 deadline of our own; a request that passes it fails with ``Timeout`` (exit 3). Its outcome is
 then unknown, which is why every command carries a request id: retrying with the same id is
 safe, the state machine answers the first outcome again.
+
+Entries stay small. A batch whose encoded entry exceeds ``split_bytes`` (RaftSettings'
+``entry_split_bytes``) becomes several entries: commands are independent, so any split applies
+the same. Small entries travel whole in one append-entries and keep every frame far under the
+Raft port's cap. A single command larger than ``split_bytes`` goes as an entry of its own; one
+larger than the replica's ``max_entry_bytes`` is refused with ``InvalidInput`` before anything
+is proposed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any, Sequence
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from pysyncobj import FAIL_REASON
 
 from canidae.agent.server.replica import Replica, encode_entry
 from canidae.core.commands import Command, Noop, encode_batch
-from canidae.core.errors import CanidaeError, NoLeader, Timeout, Unavailable
-from pysyncobj import FAIL_REASON
+from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, Timeout, Unavailable
 
 _FAIL_MESSAGES = {
     FAIL_REASON.QUEUE_FULL: "the Raft queue is full",
@@ -36,12 +46,14 @@ _FAIL_MESSAGES = {
 
 class Proposer:
     def __init__(self, replica: Replica, loop: asyncio.AbstractEventLoop, *, max_in_flight: int = 4,
-                 max_batch: int = 4000, timeout_s: float = 5.0) -> None:
+                 max_batch: int = 4000, timeout_s: float = 5.0, split_bytes: int | None = None) -> None:
         self.replica = replica
         self.loop = loop
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
         self.timeout_s = timeout_s
+        self.split_bytes = split_bytes or replica.settings.entry_split_bytes
+        self.max_entry_bytes = replica.max_entry_bytes
         self.pending: list[tuple[Command, asyncio.Future[dict[str, Any]]]] = []
         self.in_flight: dict[int, list[asyncio.Future[dict[str, Any]]]] = {}
         self._ids = itertools.count(1)
@@ -72,24 +84,54 @@ class Proposer:
         self._flush_scheduled = False
         while self.pending and len(self.in_flight) < self.max_in_flight:
             batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch:]
-            batch_id = next(self._ids)
-            futs = [f for _, f in batch]
-            self.in_flight[batch_id] = futs
-            self.batches += 1
-            self.commands += len(batch)
             try:
-                data = encode_entry(encode_batch([c for c, _ in batch]))
+                entries = self._entries(batch)
             except Exception as e:  # cannot happen for validated commands; never leave callers hanging
-                self._finish(batch_id, None, e)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(Unavailable(f"could not encode the batch: {e}"))
                 continue
-            handle = self.loop.call_later(self.timeout_s, self._expire, batch_id)
+            # A split batch may put a few more entries than max_in_flight on the wire at once.
+            for part, data in entries:
+                self._propose(part, data)
 
-            def callback(result: Any, error: int, _bid: int = batch_id, _h: asyncio.TimerHandle = handle
-                         ) -> None:
-                # Runs on pysyncobj's tick thread.
-                self.loop.call_soon_threadsafe(self._on_done, _bid, _h, result, error)
+    def _entries(self, batch: list[tuple[Command, asyncio.Future[dict[str, Any]]]]
+                 ) -> list[tuple[list[tuple[Command, asyncio.Future[dict[str, Any]]]], bytes]]:
+        """The batch as log entries of at most ``split_bytes`` each (see the module docstring).
 
-            self.replica.apply_entry(data, callback=callback)
+        Cut into as many parts as the size says, each encoded and cut again if still too large:
+        the compressed size of a part is known only once encoded.
+        """
+        data = encode_entry(encode_batch([c for c, _ in batch]))
+        if len(data) <= self.split_bytes:
+            return [(batch, data)]
+        if len(batch) == 1:
+            cmd, fut = batch[0]
+            if len(data) > self.max_entry_bytes:
+                fut.set_exception(InvalidInput(
+                    f"{cmd.TYPE} {cmd.id} encodes to {len(data)} bytes, more than the {self.max_entry_bytes} "
+                    "one Raft log entry may carry: send it as several smaller commands"))
+                return []
+            return [(batch, data)]
+        parts = min(len(batch), math.ceil(len(data) / self.split_bytes))
+        size = math.ceil(len(batch) / parts)
+        out = []
+        for i in range(0, len(batch), size):
+            out.extend(self._entries(batch[i:i + size]))
+        return out
+
+    def _propose(self, batch: list[tuple[Command, asyncio.Future[dict[str, Any]]]], data: bytes) -> None:
+        batch_id = next(self._ids)
+        self.in_flight[batch_id] = [f for _, f in batch]
+        self.batches += 1
+        self.commands += len(batch)
+        handle = self.loop.call_later(self.timeout_s, self._expire, batch_id)
+
+        def callback(result: Any, error: int) -> None:
+            # Runs on pysyncobj's tick thread.
+            self.loop.call_soon_threadsafe(self._on_done, batch_id, handle, result, error)
+
+        self.replica.apply_entry(data, callback=callback)
 
     def _on_done(self, batch_id: int, handle: asyncio.TimerHandle, result: Any, error: int) -> None:
         handle.cancel()

@@ -18,6 +18,20 @@ What this module owns, and why it is shaped as it is:
   the cost: one entry carries many commands.
 * The cluster password is always set: pysyncobj's wire format is pickle, so without it anyone
   reaching the Raft port could run code in the agent.
+* Fencing by the entry's term: ``apply_entry`` reads the Raft term of the log entry it applies
+  and hands it to ``ClusterState.apply_batch``, which rejects a leader-only command stamped in
+  another term (a deposed leader's, forwarded to the next leader).
+* Stalls are not silences: a long apply (or any long tick) does not make followers campaign nor
+  the leader step down; the leader tells followers the commit index before applying so that
+  long applies overlap (``_onTick``, ``_SyncObj__applyLogEntries``).
+* Pre-vote (``prevote``): a member campaigns only when a majority would vote for it, so one
+  that was cut off cannot raise its term and depose a healthy leader when it returns.
+* The Raft port binds the configured address, and its wire is hardened (``raftwire``): frame
+  caps checked before anything is buffered, few unauthenticated connections per address.
+
+Every patch of pysyncobj says why in its docstring; the internals it touches are checked at
+import (class attributes) and on construction (instance attributes), so a pysyncobj that no
+longer fits fails loudly instead of silently losing a patch.
 """
 
 from __future__ import annotations
@@ -32,14 +46,20 @@ import time
 from typing import Any, Callable
 
 import zstandard
-from canidae.agent.config import RaftSettings
-from canidae.core.commands import decode_batch
-from canidae.core.errors import OperationFailed
-from canidae.core.state import ClusterState
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj import journal as _journal
 from pysyncobj import syncobj as _syncobj
 from pysyncobj.config import SERIALIZER_STATE
+from pysyncobj.monotonic import monotonic
+
+from canidae.agent.config import RaftSettings
+from canidae.agent.server import prevote as _prevote
+from canidae.agent.server import raftwire
+from canidae.agent.server.raftwire import require as _require
+from canidae.agent.server.raftwire import require_source as _require_source
+from canidae.core.commands import decode_batch
+from canidae.core.errors import OperationFailed
+from canidae.core.state import ClusterState
 
 log = logging.getLogger("canidae.replica")
 
@@ -143,6 +163,24 @@ def _create_journal(journal_file: str | None = None) -> _journal.Journal:
 _syncobj.createJournal = _create_journal
 
 
+_require(SyncObj, "_SyncObj__getEntries", "_SyncObj__applyLogEntries", "_SyncObj__sendAppendEntries",
+         "_SyncObj__connectedToAnyone", "_SyncObj__generateRaftTimeout", "_SyncObj__getCurrentLogIndex",
+         "_SyncObj__getCurrentLogTerm", "raftLastApplied", "raftCommitIndex", "raftCurrentTerm",
+         "otherNodes", "_onTick", "_isLeader")
+
+
+# The election check reads the deadline (pre-vote holds it), and nothing else reads it; the tick
+# applies before it polls (stall forgiveness); entries are applied from lastApplied + 1 (fencing).
+_require_source(SyncObj._onTick, "self.__raftElectionDeadline < monotonicTime()",
+                "self.__applyLogEntries()", "self._poller.poll(timeToWait)")
+_require_source(SyncObj._SyncObj__applyLogEntries, "self.__getEntries(self.__raftLastApplied + 1, count)",
+                "self.__raftLastApplied += 1")
+# Instance attributes of pysyncobj's we read or adjust; checked on every new replica.
+_SYNCOBJ_STATE = ("_SyncObj__raftState", "_SyncObj__lastResponseTime", "_SyncObj__transferInProgress",
+                  "_SyncObj__transport", "_SyncObj__raftNextIndex")
+_LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
+
+
 class _ForkingSnapshotWriter:
     """pysyncobj's custom serializer protocol, made asynchronous by forking."""
 
@@ -206,13 +244,44 @@ def decode_entry(data: bytes) -> bytes:
     return data
 
 
+class _View:
+    """Pre-vote's window on a pysyncobj member's internals (tick thread only)."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.r = replica
+
+    def is_leader(self) -> bool:
+        return bool(self.r._isLeader())
+
+    def term(self) -> int:
+        return int(self.r.raftCurrentTerm)
+
+    def last_log(self) -> tuple[int, int]:
+        return int(self.r._SyncObj__getCurrentLogTerm()), int(self.r._SyncObj__getCurrentLogIndex())
+
+    def peers(self) -> list[Any]:
+        return list(self.r.otherNodes)
+
+    def send(self, node: Any, message: dict[str, Any]) -> None:
+        self.r._SyncObj__transport.send(node, message)
+
+    def may_campaign(self) -> bool:
+        return self.r.selfNode is not None and bool(self.r._SyncObj__connectedToAnyone())
+
+    def transfer_pending(self) -> bool:
+        return bool(self.r._SyncObj__transferInProgress)
+
+    def new_timeout(self) -> float:
+        return float(self.r._SyncObj__generateRaftTimeout())
+
+
 class Replica(SyncObj):  # type: ignore[misc]
     """One Raft member holding a ``ClusterState``. Reads from other threads take ``self.lock``."""
 
     def __init__(self, self_addr: str, peer_addrs: list[str], data_dir: str, password: str,
                  settings: RaftSettings, state_factory: Callable[[], ClusterState],
                  on_applied: Callable[[list[dict[str, Any]]], None] | None = None,
-                 before_snapshot: Callable[[], Any] | None = None) -> None:
+                 before_snapshot: Callable[[], Any] | None = None, *, pre_vote: bool = True) -> None:
         os.makedirs(data_dir, exist_ok=True)
         journal = os.path.join(data_dir, "raft.journal")
         if settings.fsync:
@@ -226,6 +295,7 @@ class Replica(SyncObj):  # type: ignore[misc]
         self._writer = _ForkingSnapshotWriter(self)
         conf = SyncObjConf(
             password=password,
+            bindAddress=self_addr,  # pysyncobj binds 0.0.0.0 (or ::) otherwise
             journalFile=journal,
             fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
             serializer=self._writer.serialize,
@@ -244,8 +314,22 @@ class Replica(SyncObj):  # type: ignore[misc]
             connectionRetryTime=0.5,
             commandsQueueSize=200_000,
         )
-        super().__init__(self_addr, peer_addrs, conf)
+        # Ticks that stall longer than this are forgiven (see ``_onTick``): a heartbeat period is
+        # what a member can miss without anyone noticing.
+        self._stall_s = settings.heartbeat_s
+        self._forgiven_s = 0.0
+        # Exists before pysyncobj's constructor, which sets the election deadline it holds.
+        # ``pre_vote=False`` is for measurements only (plain pysyncobj elections).
+        self._prevote = _prevote.PreVote(_View(self), pre_vote, settings.election_min_s, monotonic())
+        self.settings = settings
+        # Read by the transport while pysyncobj's constructor builds it.
+        self._frame_limits = raftwire.FrameLimits(
+            handshake_frame=settings.max_handshake_frame_bytes, frame=settings.max_frame_bytes,
+            unauthenticated_per_address=settings.max_unauthenticated_per_address)
+        super().__init__(self_addr, peer_addrs, conf, transportClass=raftwire.HardenedTransport)
+        _require(self, *_SYNCOBJ_STATE)
         self._keep_next_index_monotonic()
+        self._route_pre_vote()
 
     def _keep_next_index_monotonic(self) -> None:
         """Stop pysyncobj's leader from rewinding a follower's next index on a success answer.
@@ -275,6 +359,106 @@ class Replica(SyncObj):  # type: ignore[misc]
 
         transport.setOnMessageReceivedCallback(on_message)
 
+    def _route_pre_vote(self) -> None:
+        """Take pre-vote messages out of the stream before pysyncobj sees them; note leaders.
+
+        A leader's append-entries of our term or newer is what pysyncobj follows: the time it
+        arrives is what pre-vote answers by ("have I heard from a leader lately?").
+        """
+        transport = self._SyncObj__transport
+        inner = transport._onMessageReceivedCallback
+        pv = self._prevote
+
+        def on_message(node: Any, message: Any) -> None:
+            if isinstance(message, dict):
+                kind = message.get("type")
+                if kind in _prevote.MESSAGE_TYPES:
+                    pv.on_message(node, message, monotonic())
+                    return
+                if kind == "append_entries" and isinstance(message.get("term"), int) \
+                        and message["term"] >= self.raftCurrentTerm:
+                    pv.heard_leader(monotonic())
+            inner(node, message)
+
+        transport.setOnMessageReceivedCallback(on_message)
+
+    @property
+    def _SyncObj__raftElectionDeadline(self) -> float:  # pysyncobj's attribute
+        """pysyncobj's election deadline, held by pre-vote (see ``prevote``).
+
+        A data descriptor on the class wins over pysyncobj's instance attribute of that name, so
+        every read and write pysyncobj makes goes through here. It reads the deadline only to
+        decide whether to campaign (checked at import): it sees an expired one only after a won
+        pre-vote round.
+        """
+        return self._prevote.visible_deadline(monotonic())
+
+    @_SyncObj__raftElectionDeadline.setter
+    def _SyncObj__raftElectionDeadline(self, value: float) -> None:
+        self._prevote.set_by_pysyncobj(value)
+
+    # ----------------------------------------------------------- the tick
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # pysyncobj's signature
+        """pysyncobj's tick, plus: time this member itself was stalled does not count as silence.
+
+        A tick runs the election check (follower) or the check-quorum step-down (leader) at its
+        top, then applies committed entries, sends, and only at its end polls the sockets. An
+        apply that takes a second (a 100,000-pack bulk spawn), a pause of the process, a slow
+        disk: all that time nothing is read, so a follower's election deadline and a leader's
+        last-response times age although nobody was silent, only we were deaf. Measured here,
+        the next tick's checks then started an election or stepped the leader down, and every
+        link dropped on its idle timeout. After a tick that was busy (not waiting in the poll)
+        for longer than a heartbeat period, the election deadline, the last-response times and
+        the connections' idle deadlines (``raftwire``) move forward by exactly that busy time:
+        silence is counted only over time in which we were live, and the poll at the end of the
+        same tick has by then read what peers sent meanwhile. Shifting by the busy time rather
+        than granting a fresh timeout keeps failure detection bounded on a member whose ticks
+        are always slow. A leader that was paused, not busy applying, may so call itself leader
+        for up to ``leader_fallback_s`` longer after it resumes; it cannot commit anything, and
+        its leader-only commands are fenced by term.
+        """
+        start = monotonic()
+        self._forgiven_s = 0.0  # what ``_SyncObj__applyLogEntries`` forgave already, this tick
+        self._prevote.before_tick(start)
+        super()._onTick(timeToWait)
+        busy = monotonic() - start - timeToWait - self._forgiven_s
+        if busy >= self._stall_s:
+            self._forgive_own_stall(busy)
+
+    def _forgive_own_stall(self, busy: float) -> None:
+        now = monotonic()
+        self._SyncObj__transport.forgive(busy)
+        if self._SyncObj__raftState == _LEADER:
+            last = self._SyncObj__lastResponseTime
+            for node, t in list(last.items()):
+                last[node] = min(now, t + busy)
+        else:  # a leader that asked us to campaign at once (TimeoutNow) keeps its deadline
+            self._prevote.forgive(busy, deadline=not self._SyncObj__transferInProgress)
+
+    def _SyncObj__applyLogEntries(self) -> bool:  # pysyncobj's, overridden
+        """A leader announces a new commit index before applying, so followers apply alongside.
+
+        pysyncobj's leader advances its commit index at the top of a tick, applies the newly
+        committed entries, and only then sends the append-entries that tell followers. While it
+        applies a long entry, followers hear nothing (no heartbeat either) and campaign; and
+        they start their own long apply only once the leader's is over, so the leader then
+        hears nothing from them for as long. Sending first makes the applies overlap.
+
+        A long apply is forgiven (see ``_onTick``) as soon as it ends, not at the end of the
+        tick: the leader sends right after applying, and pysyncobj checks a connection's idle
+        timeout on each send, before anything waiting on it has been read.
+        """
+        if self._SyncObj__raftState == _LEADER and self.raftCommitIndex > self.raftLastApplied:
+            self._SyncObj__sendAppendEntries()
+        start = monotonic()
+        need_send = bool(SyncObj._SyncObj__applyLogEntries(self))
+        took = monotonic() - start
+        if took >= self._stall_s:
+            self._forgive_own_stall(took)
+            self._forgiven_s += took
+        return need_send
+
     # The one replicated entry point. Runs on pysyncobj's tick thread, in log order.
     @replicated
     def apply_entry(self, data: bytes) -> list[dict[str, Any]]:
@@ -284,8 +468,9 @@ class Replica(SyncObj):  # type: ignore[misc]
             err = OperationFailed(f"undecodable log entry: {e}").to_wire()
             return [err]
         t0 = time.perf_counter()
+        entry_term = self._applying_entry_term()
         with self.lock:
-            results = self.state.apply_batch(cmds)
+            results = self.state.apply_batch(cmds, entry_term=entry_term)
             events = self.state.drain_events()
         # Time spent applying: every replica spends about as long on the same entry, and nothing
         # else of theirs (heartbeats included) runs well meanwhile. Failure detection discounts it.
@@ -296,6 +481,24 @@ class Replica(SyncObj):  # type: ignore[misc]
             except Exception:
                 log.exception("event sink failed")
         return results
+
+    def _applying_entry_term(self) -> int:
+        """The Raft term of the log entry ``apply_entry`` is applying right now.
+
+        pysyncobj hands a replicated method only the command, not the entry ``(command, index,
+        term)`` it came in. Its ``__applyLogEntries`` applies committed entries in index order
+        starting at ``lastApplied + 1`` and advances ``lastApplied`` only after the method
+        returns, so while we run, the entry being applied is the one at ``lastApplied + 1``; we
+        read its term from the log through pysyncobj's own ``__getEntries`` (an in-memory list
+        index, no I/O). The term is replicated with the entry, so every replica reads the same
+        one: that is what lets ``ClusterState.apply`` fence a deposed leader's command
+        deterministically. (The one case where ``lastApplied`` lags in pysyncobj is an entry that
+        switches to an unsupported code version; we never use code versions.)
+        """
+        entries = self._SyncObj__getEntries(self.raftLastApplied + 1, 1)
+        if not entries:  # cannot happen while an entry is being applied; fail loudly if it does
+            raise RuntimeError(f"no log entry at index {self.raftLastApplied + 1} while applying it")
+        return int(entries[0][2])
 
     # ----------------------------------------------------------- snapshots
 
@@ -335,7 +538,20 @@ class Replica(SyncObj):  # type: ignore[misc]
             "partner_nodes_count": st.get("partner_nodes_count"),
             "peers": {k[len("partner_node_status_server_"):]: bool(v) for k, v in st.items()
                       if k.startswith("partner_node_status_server_")},
+            "pre_vote": self._prevote.status(),
+            "wire": self._SyncObj__transport.stats.as_dict(),
         }
+
+    @property
+    def max_entry_bytes(self) -> int:
+        """The largest encoded command batch one log entry may carry.
+
+        An entry travels inside a frame that pickles it twice (entry, then message; pickle
+        protocol 2 writes each byte above 0x7f as two) and Fernet then base64s (4/3): a frame
+        is at most about 5.4 times the entry. An eighth of the frame cap keeps every frame,
+        including a follower forwarding the entry whole to the leader, under that cap.
+        """
+        return self.settings.max_frame_bytes // 8
 
     def is_leader(self) -> bool:
         return bool(self._isLeader())
