@@ -217,11 +217,16 @@ def drill_soak(
         err_console.print(f"no network namespaces ({why}): the partition fault is skipped")
     cluster = _open(data_dir, client_agents, 1, yes, servers=servers, namespaces=cut and "partition" in names,
                     env=SOAK_AGENT_ENV)
+    result = None
     try:
         with _cleanup_on_sigterm():
             result = soaks.Soak(cluster, opts, log=lambda line: err_console.print(line, markup=False)).run()
     finally:
-        cluster.close()
+        # A failed soak keeps the agents' logs and journals for the post-mortem.
+        keep = cluster.throwaway and result is not None and not result.ok
+        cluster.close(keep_dir=keep)
+        if keep:
+            err_console.print(f"the cluster's data dir (agents' logs, Raft journals) is kept in {cluster.data_dir}")
     if history is not None:
         soaks.write_history(str(history), result)
     _soak_report(result, json)
@@ -231,9 +236,9 @@ def _soak_report(result: Any, json: bool) -> None:
     doc = result.to_dict()
 
     def human() -> None:
-        t = Table("t (s)", "fault", "victims", "how", "took (s)", title="faults")
+        t = Table("t (s)", "fault", "victims", "how", "took (s)", "then a leader (s)", title="faults")
         for f in result.faults:
-            t.add_row(f"{f.t_s:.3f}", f.fault, ",".join(f.victims), f.detail, _f(f.took_s))
+            t.add_row(f"{f.t_s:.3f}", f.fault, ",".join(f.victims), f.detail, _f(f.took_s), _f(f.leader_s))
         console.print(t)
         for fault, why in sorted(result.skipped.items()):
             console.print(f"skipped {fault}: {why}")
@@ -241,6 +246,9 @@ def _soak_report(result: Any, json: bool) -> None:
         for kind, counts in result.op_counts().items():
             o.add_row(kind, str(counts["ok"]), str(counts["fail"]), str(counts["info"]))
         console.print(o)
+        gap = result.write_gap()
+        if gap is not None:
+            console.print(f"longest time without an acknowledged write: {gap['s']:.3f} s (from +{gap['from_s']:.3f} s)")
         c = Table("check", "count", "verdict", "example", title="checks")
         for title, count, verdict, example in result.rows():
             style = "green" if verdict == "pass" else "red" if verdict == "fail" else "yellow"

@@ -38,6 +38,7 @@ bounded in time and heals what it broke, even when it fails.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -129,11 +130,13 @@ class FaultEvent:
     fault: str
     victims: list[str]
     detail: str = ""
-    took_s: float | None = None
+    took_s: float | None = None      # from the fault to the victims restored
+    leader_s: float | None = None    # from the victims restored to a leader with a quorum (None: none seen)
 
     def to_dict(self) -> dict[str, Any]:
         return {"t_s": round(self.t_s, 3), "fault": self.fault, "victims": self.victims, "detail": self.detail,
-                "took_s": None if self.took_s is None else round(self.took_s, 3)}
+                "took_s": None if self.took_s is None else round(self.took_s, 3),
+                "leader_s": None if self.leader_s is None else round(self.leader_s, 3)}
 
 
 @dataclass
@@ -162,6 +165,16 @@ class SoakResult:
     def ok(self) -> bool:
         return all(c.verdict is Verdict.PASS for c in self.checks())
 
+    def write_gap(self) -> dict[str, float] | None:
+        """The longest time between two acknowledged writes (availability as clients saw it)."""
+        done = sorted(op.complete for op in self.ops if op.outcome is Outcome.OK and op.complete is not None
+                      and op.kind in (OpKind.SPAWN, OpKind.STOP))
+        if len(done) < 2:
+            return None
+        t0 = min(op.invoke for op in self.ops)
+        gap, at = max((b - a, a) for a, b in itertools.pairwise(done))
+        return {"s": round(gap / 1e9, 3), "from_s": round((at - t0) / 1e9, 3)}
+
     def op_counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {k.value: {o.value: 0 for o in Outcome} for k in OpKind}
         for op in self.ops:
@@ -179,7 +192,7 @@ class SoakResult:
             "clients": o.clients, "cluster": self.cluster,
             "faults": [f.to_dict() for f in self.faults], "skipped_faults": self.skipped,
             "ops": {"total": len(self.ops), "keys": self.report.keys, "unknown": self.report.unknown_ops,
-                    "by_kind": self.op_counts()},
+                    "by_kind": self.op_counts(), "longest_write_gap": self.write_gap()},
             "settle": self.settle, "notes": self.notes,
             "checks": [c.to_dict() for c in self.checks()],
             "log_alerts": self.log_alerts, "postmortem": self.postmortem,
@@ -197,7 +210,6 @@ class _Keys:
         self.recent: deque[str] = deque(maxlen=24)
         self.stoppable: list[str] = []
         self.exec_live: set[str] = set()
-        self.exec_names: set[str] = set()
 
     def fresh(self, worker: int, n: int, exec_pack: bool) -> str:
         name = f"{self.prefix}-{worker}-{n}"
@@ -207,7 +219,6 @@ class _Keys:
             self.stoppable.append(name)
             if exec_pack:
                 self.exec_live.add(name)
-                self.exec_names.add(name)
         return name
 
     def for_read(self, rng: random.Random) -> str | None:
@@ -238,9 +249,11 @@ class Soak:
         self.cluster = cluster
         self.o = options
         self.log_fn = log
-        self.rng = random.Random(options.seed)
         self.keys = _Keys(f"soak{secrets.token_hex(2)}")
         self.ops: list[Op] = []
+        # Each worker's op under way (process, kind, key, invoke): one still under way when the
+        # history closes is recorded with an unknown outcome.
+        self.inflight: dict[int, tuple[int, OpKind, str, int]] = {}
         self.faults: list[FaultEvent] = []
         self.skipped: dict[str, str] = {}
         self.notes: list[str] = []
@@ -273,7 +286,7 @@ class Soak:
         checks' wiring, never used otherwise.
         """
         self._enabled_faults()
-        self.log_offsets = {a["id"]: _size(a.get("log")) for a in self.cluster.agents}
+        self.log_offsets = {a["id"]: _size(agent_output(a)) for a in self.cluster.agents}
         self._preflight()
         self.t0 = time.monotonic()
         self.log(f"soak: {self.o.clients} clients for {self.o.duration_s:g} s, faults: "
@@ -294,8 +307,13 @@ class Soak:
             bound = self.o.op_deadline_s + self.o.attempt_s * (len(self.cluster.agents) + 2) + 5
             for t in workers:
                 t.join(timeout=bound)
-            if any(t.is_alive() for t in workers):
-                self.notes.append("a client was still busy at the end; its op is recorded as unknown")
+            ops = list(self.ops)  # the history closes here, whatever a late worker appends
+            for i, t in enumerate(workers):
+                under_way = self.inflight.get(i)
+                if t.is_alive() and under_way is not None:
+                    process, kind, key, invoke = under_way
+                    ops.append(Op(process, kind, key, Outcome.INFO, invoke, error="still under way at the end"))
+                    self.notes.append(f"client {i} was still busy at the end: its {kind.value} {key} is unknown")
         elapsed = self.now()
         self.log(f"nemesis stopped and everything healed; {len(self.ops)} ops recorded; settling")
         settle = self._settle()
@@ -303,7 +321,7 @@ class Soak:
         final, unreachable, exec_members, packs = self._observe()
         if tamper is not None:
             final = tamper(final)
-        ops = sorted(self.ops, key=lambda op: op.invoke)
+        ops.sort(key=lambda op: op.invoke)
         report = check_history(ops, final)
         extra = (
             _check("settled", "cluster did not settle", settle["waiting_on"]),
@@ -316,9 +334,24 @@ class Soak:
                             self._describe_cluster(), elapsed, self.notes)
         if not result.ok:
             result.postmortem = self._postmortem(result, packs)
+            result.postmortem["servers at the end"] = self._servers_status()
         result.log_alerts = log_alerts(self.cluster.agents, self.log_offsets)
         self.log("all checks pass" if result.ok else "some checks fail")
         return result
+
+    def _servers_status(self) -> dict[str, Any]:
+        """Each server's own Raft view (its local status, no barrier): who lags, who it follows."""
+        out: dict[str, Any] = {}
+        keys = ("raft_state", "leader", "term", "commit_index", "last_applied", "has_quorum")
+        with self._http() as http:
+            for s in self.cluster.servers():
+                try:
+                    st = http.get(f"http://{s['api']}/v1/status").json()
+                    out[s["id"]] = {**{k: st.get(k) for k in keys},
+                                    "peers": {p["id"]: p["connected"] for p in st.get("peers", []) if not p["self"]}}
+                except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+                    out[s["id"]] = {"error": f"{type(e).__name__}: {e}"}
+        return out
 
     def _postmortem(self, result: SoakResult, packs: dict[str, dict[str, Any]], most: int = 8) -> dict[str, Any]:
         """Final record and event history of the first packs that failing checks name."""
@@ -409,9 +442,10 @@ class Soak:
                     n += 1
                     op = self._spawn(c, rng, process, index, n)
                 elif kind is OpKind.STOP:
-                    op = self._stop_op(c, rng, process)
+                    op = self._stop_op(c, rng, index, process)
                 else:
-                    op = self._read(c, rng, process, stale=kind is OpKind.STALE_READ)
+                    op = self._read(c, rng, index, process, stale=kind is OpKind.STALE_READ)
+                self.inflight.pop(index, None)
                 if op is not None:
                     self.ops.append(op)
                     if op.outcome is Outcome.INFO:
@@ -430,9 +464,10 @@ class Soak:
         except httpx.HTTPError as e:  # the client maps these; anything left is an unknown outcome
             return Outcome.INFO, None, type(e).__name__
 
-    def _write(self, c: Client, rng: random.Random, process: int, kind: OpKind, key: str, method: str,
-               path: str, body: dict[str, Any], note: str | None) -> Op:
+    def _write(self, c: Client, rng: random.Random, worker: int, process: int, kind: OpKind, key: str,
+               method: str, path: str, body: dict[str, Any], note: str | None) -> Op:
         invoke = time.monotonic_ns()
+        self.inflight[worker] = (process, kind, key, invoke)
         outcome, _, error = self._call(c, method, path, body=body, patient=rng.random() >= self.o.short_share)
         if outcome is not Outcome.INFO and rng.random() < self.o.repeat_share:
             # The same request once more, as a client that lost the answer would: same id, same answer.
@@ -453,22 +488,24 @@ class Soak:
         name = self.keys.fresh(index, n, exec_pack)
         spec = self._exec_spec(name) if exec_pack else {"name": name}
         body = {"request_id": uuid.uuid4().hex, "spec": spec, "place": True}
-        return self._write(c, rng, process, OpKind.SPAWN, name, "POST", "/v1/packs", body,
+        return self._write(c, rng, index, process, OpKind.SPAWN, name, "POST", "/v1/packs", body,
                            "exec" if exec_pack else None)
 
-    def _stop_op(self, c: Client, rng: random.Random, process: int) -> Op | None:
+    def _stop_op(self, c: Client, rng: random.Random, index: int, process: int) -> Op | None:
         name = self.keys.for_stop(rng)
         if name is None:
             return None
         body = {"request_id": uuid.uuid4().hex}
-        return self._write(c, rng, process, OpKind.STOP, name, "POST", f"/v1/packs/{name}/stop", body, None)
+        return self._write(c, rng, index, process, OpKind.STOP, name, "POST", f"/v1/packs/{name}/stop", body,
+                           None)
 
-    def _read(self, c: Client, rng: random.Random, process: int, stale: bool) -> Op | None:
+    def _read(self, c: Client, rng: random.Random, index: int, process: int, stale: bool) -> Op | None:
         name = self.keys.for_read(rng)
         if name is None:
             return None
         kind = OpKind.STALE_READ if stale else OpKind.READ
         invoke = time.monotonic_ns()
+        self.inflight[index] = (process, kind, name, invoke)
         outcome, data, error = self._call(c, "GET", f"/v1/packs/{name}", params={"stale": 1} if stale else None,
                                           patient=rng.random() >= self.o.short_share)
         complete = time.monotonic_ns()
@@ -553,7 +590,14 @@ class Soak:
                 self.stop.wait(rng.uniform(lo, hi))
                 self._restart(v)
         event.took_s = self.now() - t
-        self.log(f"{fault}: {', '.join(victims)} restored after {event.took_s:.3f} s")
+        restored = time.monotonic()
+        while not self.stop.is_set() and time.monotonic() - restored < 15.0:
+            if self.cluster.leader() is not None:
+                event.leader_s = time.monotonic() - restored
+                break
+            self.stop.wait(0.05)
+        after = "no leader yet" if event.leader_s is None else f"a leader {event.leader_s:.3f} s later"
+        self.log(f"{fault}: {', '.join(victims)} restored after {event.took_s:.3f} s; {after}")
 
     def _signal(self, ident: str, sig: int) -> None:
         a = self.cluster.agent(ident)
@@ -656,11 +700,30 @@ class Soak:
                 time.sleep(0.2)  # polling interval of a condition with a deadline
         return {"settled": False, "settle_s": round(time.monotonic() - t0, 3), "waiting_on": waiting}
 
+    def _final_packs(self) -> list[dict[str, Any]]:
+        """Every pack, read linearizably (retried for a while); failing that, the most advanced
+        replica's local copy, and a note says so."""
+        with self.cluster.client(timeout=5.0) as c:
+            got: list[list[dict[str, Any]]] = []
+
+            def listed() -> bool:
+                got.append(list(c.iter_packs()))
+                return True
+            try:
+                localcluster.wait_until(listed, 20, "soak: a linearizable list of the packs")
+                return got[-1]
+            except CanidaeError as e:
+                self.notes.append(f"no linearizable list of the packs at the end ({e.message}): "
+                                  "the most advanced replica's local copy is checked instead")
+        with self._http() as http:
+            best = max(self.cluster.servers(), key=lambda s: (self._digest(http, s) or {}).get("applied", -1))
+        with Client(Target((best["api"],), self.cluster.token), timeout=5.0) as c:
+            return list(c.iter_packs(stale=True))
+
     def _observe(self) -> tuple[FinalObservations, list[str], dict[str, int], dict[str, dict[str, Any]]]:
         """The final observations, the agents that did not answer, members of each exec pack, and
         the final record of every pack."""
-        with self.cluster.client(timeout=5.0) as c:
-            packs = list(c.iter_packs())  # linearizable: every replica agrees on a leader's word
+        packs = self._final_packs()
         state = {p["name"]: PackView(p["state"], p["node"], int(p["generation"])) for p in packs}
         exec_members = {p["name"]: int(p.get("members", 1)) for p in packs if p.get("driver") == "exec"}
         running: dict[str, dict[str, int]] = {}
@@ -688,20 +751,38 @@ def _size(path: str | None) -> int:
         return 0
 
 
+def agent_output(agent: dict[str, Any]) -> str:
+    """The file an agent's stdout and stderr go to: its log lines, and any traceback of a thread
+    that died (which the log file does not show)."""
+    return os.path.join(os.path.dirname(agent["config"]), "stdout.log")
+
+
+ALERTS = (b" ERROR ", b" CRITICAL ", b"Exception in thread", b"Traceback")
+
+
 def log_alerts(agents: list[dict[str, Any]], offsets: Mapping[str, int], most: int = 5) -> dict[str, Any]:
-    """node -> {"count", "first"}: the ERROR and CRITICAL lines each agent logged since ``offsets``."""
+    """node -> {"count", "first"}: the ERROR and CRITICAL lines and the tracebacks (as their last
+    line) each agent wrote since ``offsets``."""
     out: dict[str, Any] = {}
     for a in agents:
-        path = a.get("log")
-        if not path:
-            continue
         try:
-            with open(path, "rb") as f:
+            with open(agent_output(a), "rb") as f:
                 f.seek(offsets.get(a["id"], 0))
-                lines = [line.decode(errors="replace").rstrip() for line in f
-                         if b" ERROR " in line or b" CRITICAL " in line]
+                raw = f.read().decode(errors="replace").splitlines()
         except OSError:
             continue
+        lines: list[str] = []
+        in_traceback = False
+        for line in raw:
+            if in_traceback:
+                if line and not line[0].isspace():  # the exception itself ends a traceback
+                    lines.append(f"traceback: {line}")
+                    in_traceback = False
+                continue
+            if line.startswith("Traceback"):
+                in_traceback = True
+            elif any(m.decode() in line for m in ALERTS):
+                lines.append(line)
         if lines:
             out[a["id"]] = {"count": len(lines), "first": [line[:300] for line in lines[:most]]}
     return out

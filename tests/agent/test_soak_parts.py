@@ -4,6 +4,7 @@ to test the wiring, the history file, the agents' log alerts."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -46,15 +47,18 @@ def test_drop_running_tampers_one_agent_only():
 
 
 def test_log_alerts_read_only_what_was_written_during_the_soak(tmp_path):
-    log = tmp_path / "agent.log"
-    log.write_text("t s1 CRITICAL before the soak\n")
-    start = log.stat().st_size
-    with log.open("a") as f:
-        f.write("t s1 INFO fine\nt s1 ERROR canidae.api: boom\nt s1 CRITICAL pysyncobj: truncating\n")
-    alerts = soak.log_alerts([{"id": "s1", "log": str(log)}, {"id": "c1", "log": str(tmp_path / "none")}],
-                             {"s1": start})
-    assert alerts == {"s1": {"count": 2, "first": ["t s1 ERROR canidae.api: boom",
-                                                   "t s1 CRITICAL pysyncobj: truncating"]}}
+    out = tmp_path / "stdout.log"
+    out.write_text("t s1 CRITICAL before the soak\n")
+    start = out.stat().st_size
+    with out.open("a") as f:
+        f.write("t s1 INFO fine\nt s1 ERROR canidae.api: boom\nException in thread tick:\n"
+                "Traceback (most recent call last):\n  File \"x.py\", line 1\n    raise KeyError(1)\n"
+                "KeyError: 1\nt s1 INFO after\n")
+    agents = [{"id": "s1", "config": str(tmp_path / "agent.toml")},
+              {"id": "c1", "config": str(tmp_path / "c1" / "agent.toml")}]
+    alerts = soak.log_alerts(agents, {"s1": start})
+    assert alerts == {"s1": {"count": 3, "first": ["t s1 ERROR canidae.api: boom", "Exception in thread tick:",
+                                                   "traceback: KeyError: 1"]}}
 
 
 def test_the_history_file_holds_every_op_and_the_final_observations(tmp_path):
@@ -67,7 +71,10 @@ def test_the_history_file_holds_every_op_and_the_final_observations(tmp_path):
     path = tmp_path / "h.ndjson"
     soak.write_history(str(path), result)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert lines[0] == {"fault": {"t_s": 1.0, "fault": "kill", "victims": ["s1"], "detail": "leader", "took_s": 0.5}}
+    assert lines[0] == {"fault": {"t_s": 1.0, "fault": "kill", "victims": ["s1"], "detail": "leader", "took_s": 0.5, "leader_s": None}}
     assert [Op.from_dict(d["op"]) for d in lines[1:3]] == ops
     assert lines[3]["final"]["state"]["web"] == ["running", "c1", 2]
     assert result.op_counts()["read"] == {"ok": 1, "fail": 0, "info": 0}
+    assert result.write_gap() is None  # one acknowledged write: no gap to speak of
+    more = [*ops, Op(2, OpKind.STOP, "web", Outcome.OK, 5, 3_000_000_005)]
+    assert replace(result, ops=more).write_gap() == {"s": 3.0, "from_s": 0.0}

@@ -47,7 +47,7 @@ def _run_soak(tmp_path, duration: float, seed: int) -> soak.SoakResult:
     namespaces = netns.unavailable_reason() is None
     cluster = _cluster(tmp_path, 3, 2, namespaces)
     try:
-        opts = soak.SoakOptions(duration_s=duration, clients=6, seed=seed)
+        opts = soak.SoakOptions(duration_s=duration, clients=6, seed=seed, settle_s=30.0)
         result = soak.Soak(cluster, opts).run()
     finally:
         cluster.close(keep_dir=True)
