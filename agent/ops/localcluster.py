@@ -167,7 +167,25 @@ def start_agent(cfg_path: str, log_path: str, env: dict[str, str] | None = None,
             env={**os.environ, **(env or {})}, close_fds=True)
     finally:
         out.close()
+    if prefix:
+        _wait_exec(proc, cfg_path)
     return proc.pid
+
+
+def _wait_exec(proc: subprocess.Popen[bytes], cfg_path: str, timeout: float = 5.0) -> None:
+    """Wait until a prefix has exec'd the agent in place. Until then the pid runs the prefix, and
+    for an instant during the exec its command line reads empty: a liveness check in that
+    instant would take the agent for dead and start a second one on the same data dir."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            return
+        if argv[0] == sys.executable.encode() and _pid_alive(proc.pid, cfg_path):
+            return
+        time.sleep(0.002)
 
 
 def up(layout: ClusterLayout, data_dir: str, cli_config: str, timeout: float = 30.0,
