@@ -15,7 +15,7 @@ function __canidae_children
         case 'canidae cluster'
             printf '%s\n' down status up
         case 'canidae drill'
-            printf '%s\n' failover node partition zone
+            printf '%s\n' failover node partition soak zone
         case 'canidae events'
             printf '%s\n' tail
         case 'canidae fleet'
@@ -63,7 +63,9 @@ function __canidae_valued
         case 'canidae drill node'
             printf '%s\n' -- --clients --data-dir --expect-failover --packs --rounds --seed --timeout
         case 'canidae drill partition'
-            printf '%s\n' -- --data-dir --expect-failover --packs --rounds --seed --timeout
+            printf '%s\n' -- --clients --data-dir --expect-failover --packs --rounds --seed --timeout
+        case 'canidae drill soak'
+            printf '%s\n' -- --client-agents --clients --data-dir --duration --faults --history --seed --servers
         case 'canidae drill zone'
             printf '%s\n' -- --clients --data-dir --expect-failover --packs --seed --timeout
         case 'canidae events tail'
@@ -303,7 +305,8 @@ complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l zones -x -d 'Spr
 # canidae drill
 complete -c canidae -n '__canidae_at \'canidae drill\'' -a failover -d 'SIGKILL the leader (or a node), time the new leader, the next write and the packs\' recovery'
 complete -c canidae -n '__canidae_at \'canidae drill\'' -a node -d 'SIGKILL a node (a client agent when there is one) and time until all its packs run elsewhere'
-complete -c canidae -n '__canidae_at \'canidae drill\'' -a partition -d 'Cut the leader off by pausing it (SIGSTOP)'
+complete -c canidae -n '__canidae_at \'canidae drill\'' -a partition -d 'Cut the leader off'
+complete -c canidae -n '__canidae_at \'canidae drill\'' -a soak -d 'A Jepsen-style soak'
 complete -c canidae -n '__canidae_at \'canidae drill\'' -a zone -d 'SIGKILL every agent of a zone (refused when it holds a majority of the servers)'
 complete -c canidae -n '__canidae_at \'canidae drill\'' -l help -s h -d 'Show this message and exit'
 
@@ -333,6 +336,7 @@ complete -c canidae -n '__canidae_at \'canidae drill node\'' -l timeout -x -d 'G
 complete -c canidae -n '__canidae_at \'canidae drill node\'' -l yes -s y -d 'Act without asking (for scripts)'
 
 # canidae drill partition
+complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l clients -x -d 'Client agents of the throwaway cluster'
 complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l data-dir -r -F -d 'A cluster started by \'cluster up\' (default'
 complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l expect-failover -x -d 'Exit 1 when any round takes longer than this to recover (new leader, next write, packs moved)'
 complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l help -s h -d 'Show this message and exit'
@@ -342,6 +346,19 @@ complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l rounds -x -
 complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l seed -x -d 'Seed of the random choices'
 complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l timeout -x -d 'Give up waiting after this many seconds'
 complete -c canidae -n '__canidae_at \'canidae drill partition\'' -l yes -s y -d 'Act without asking (for scripts)'
+
+# canidae drill soak
+complete -c canidae -n '__canidae_at \'canidae drill soak\'' -l client-agents -x -d 'Client agents of the throwaway cluster'
+complete -c canidae -n '__canidae_at \'canidae drill soak\'' -l clients -x -d 'Concurrent client workers'
+complete -c canidae -n '__canidae_at \'canidae drill soak\'' -l data-dir -r -F -d 'A cluster started by \'cluster up\' (default'
+complete -c canidae -n '__canidae_at \'canidae drill soak\'' -l duration -x -d 'How long clients and nemesis run'
+complete -c canidae -n '__canidae_at \'canidae drill soak\'' -l faults -x -d 'Comma-separated faults'
+complete -c canidae -n '__canidae_at \'canidae drill soak\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae drill soak\'' -l history -r -F -d 'Write the history, faults and final observations (NDJSON)'
+complete -c canidae -n '__canidae_at \'canidae drill soak\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae drill soak\'' -l seed -x -d 'Seed of the random choices'
+complete -c canidae -n '__canidae_at \'canidae drill soak\'' -l servers -x -d 'Servers of the throwaway cluster (3 or 5)'
+complete -c canidae -n '__canidae_at \'canidae drill soak\'' -l yes -s y -d 'Act without asking (for scripts)'
 
 # canidae drill zone
 complete -c canidae -n '__canidae_at \'canidae drill zone\'' -l clients -x -d 'Client agents of the throwaway cluster'

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import tempfile
 import time
@@ -27,7 +28,7 @@ from typing import Any, Callable
 
 import httpx
 from canidae.agent.client import Client, Target
-from canidae.agent.ops import localcluster
+from canidae.agent.ops import localcluster, netns
 from canidae.core.errors import InvalidInput, NotFound, Timeout
 from canidae.core.types import Resources
 
@@ -40,6 +41,8 @@ class DrillCluster:
     agents: list[dict[str, Any]]
     token: str
     throwaway: bool = False
+    network: netns.NetnsNetwork | None = None  # the agents' namespaces, when they run in some
+    env: dict[str, str] | None = None  # added to the environment of every agent (re)started
 
     @staticmethod
     def open(data_dir: str) -> DrillCluster:
@@ -49,14 +52,33 @@ class DrillCluster:
         return DrillCluster(data_dir, st["agents"], st["token"])
 
     @staticmethod
-    def throwaway_up(servers: int, clients: int, zones: int, base_port: int) -> DrillCluster:
-        tmp = tempfile.mkdtemp(prefix="canidae-drill-")
+    def throwaway_up(servers: int, clients: int, zones: int, base_port: int, *, namespaces: bool = False,
+                     env: dict[str, str] | None = None, data_dir: str | None = None) -> DrillCluster:
+        """Start a cluster in a new temporary dir (or ``data_dir``), removed by ``close``.
+
+        ``namespaces``: every agent in a network namespace of its own, on an address of its own
+        (ports then need not be free on loopback); the caller checks ``netns.unavailable_reason``.
+        """
+        tmp = data_dir or tempfile.mkdtemp(prefix="canidae-drill-")
         layout = localcluster.ClusterLayout(servers=servers, clients=clients, base_port=base_port, zones=zones,
                                             capacity=Resources(1_000_000, 1_048_576, 50_000))
-        info = localcluster.up(layout, tmp, os.path.join(tmp, "cli.toml"))
+        network = netns.NetnsNetwork() if namespaces else None
+        try:
+            hosts = None
+            if network is not None:
+                network.create()
+                addrs = network.add_nodes(localcluster.agent_ids(layout))
+                hosts = {n: localcluster.AgentHost(addr, network.prefix(n)) for n, addr in addrs.items()}
+            info = localcluster.up(layout, tmp, os.path.join(tmp, "cli.toml"), env=env, hosts=hosts)
+        except BaseException:
+            if network is not None:
+                network.remove()
+            if data_dir is None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         st = localcluster.read_cluster_state(tmp)
         assert st is not None
-        return DrillCluster(tmp, info["agents"], st["token"], throwaway=True)
+        return DrillCluster(tmp, info["agents"], st["token"], throwaway=True, network=network, env=env)
 
     def save(self) -> None:
         st = localcluster.read_cluster_state(self.data_dir) or {}
@@ -65,12 +87,20 @@ class DrillCluster:
         with open(os.path.join(self.data_dir, localcluster.STATE_FILE), "w") as f:
             json.dump(st, f, indent=1)
 
-    def close(self) -> None:
+    def close(self, keep_dir: bool = False) -> None:
+        """Save the agents' pids; a throwaway cluster is stopped and removed with its network."""
         self.save()
         if self.throwaway:
-            localcluster.down(self.data_dir, timeout=5)
-            import shutil
-            shutil.rmtree(self.data_dir, ignore_errors=True)
+            try:
+                if self.network is not None:
+                    self.network.heal_all()  # a graceful stop needs the agents reachable
+                localcluster.down(self.data_dir, timeout=10)
+            finally:
+                kill_pack_leftovers(self.data_dir)
+                if self.network is not None:
+                    self.network.remove()
+                if not keep_dir:
+                    shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def client(self, timeout: float = 2.0) -> Client:
         return Client(Target(tuple(a["api"] for a in self.servers()), self.token), timeout=timeout)
@@ -105,7 +135,28 @@ class DrillCluster:
     def restart(self, ident: str) -> None:
         a = self.agent(ident)
         if not self.alive(a):
-            localcluster.restart_agent(a)
+            localcluster.restart_agent(a, self.env)
+
+
+def kill_pack_leftovers(data_dir: str) -> list[int]:
+    """SIGKILL the exec pack processes still running under ``data_dir`` (found by their working
+    directory): what an agent that had to be SIGKILLed could not stop. Returns their pids."""
+    root = os.path.realpath(data_dir) + os.sep
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if cwd.startswith(root) and f"{os.sep}exec{os.sep}packs{os.sep}" in cwd[len(root):]:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                found.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return found
 
 
 def _wait(cond: Callable[[], Any], timeout: float, what: str) -> float:
@@ -178,20 +229,28 @@ def choose_victims(cluster: DrillCluster, kill: str, rng: random.Random, zone: s
 
 
 def run_round(cluster: DrillCluster, rnd: int, kill: str, rng: random.Random, zone: str | None = None,
-              sig: int = signal.SIGKILL, timeout: float = 30.0) -> DrillRound:
+              sig: int = signal.SIGKILL, timeout: float = 30.0, cut: bool = False) -> DrillRound:
+    """One fault: signal the victims (``sig``), or, with ``cut``, take their links down (the
+    cluster must run in namespaces); then measure, restore the victims and check."""
+    if cut and cluster.network is None:
+        raise InvalidInput("a real partition needs a cluster in network namespaces")
     victims = choose_victims(cluster, kill, rng, zone)
     with cluster.client(timeout=2.0) as c:
         packs = {p["name"]: p for p in c.iter_packs()}
     affected = [n for n, p in packs.items() if p["node"] in victims and p["state"] in ("placed", "running")]
-    r = DrillRound(rnd, f"{'SIGSTOP' if sig == signal.SIGSTOP else 'SIGKILL'} {kill}", victims, len(affected),
-                   cluster.leader())
+    how = "link down" if cut else "SIGSTOP" if sig == signal.SIGSTOP else "SIGKILL"
+    r = DrillRound(rnd, f"{how} {kill}", victims, len(affected), cluster.leader())
     t0 = time.monotonic()
 
     def mark(event: str) -> None:
         r.timeline.append((time.monotonic() - t0, event))
 
     for v in victims:
-        os.kill(cluster.agent(v)["pid"], sig)
+        if cut:
+            assert cluster.network is not None
+            cluster.network.cut(v)
+        else:
+            os.kill(cluster.agent(v)["pid"], sig)
     mark(f"{r.fault}: {', '.join(victims)}")
     try:
         survivors = set(victims)
@@ -217,7 +276,10 @@ def run_round(cluster: DrillCluster, rnd: int, kill: str, rng: random.Random, zo
     finally:
         for v in victims:
             a = cluster.agent(v)
-            if sig == signal.SIGSTOP:
+            if cut:
+                assert cluster.network is not None
+                cluster.network.heal(v)
+            elif sig == signal.SIGSTOP:
                 os.kill(a["pid"], signal.SIGCONT)
             else:
                 cluster.restart(v)
@@ -243,7 +305,7 @@ def run_round(cluster: DrillCluster, rnd: int, kill: str, rng: random.Random, zo
 
 def run_drill(cluster: DrillCluster, kill: str, packs: int, rounds: int, seed: int, zone: str | None = None,
               sig: int = signal.SIGKILL, timeout: float = 30.0,
-              progress: Callable[[DrillRound], None] | None = None) -> list[DrillRound]:
+              progress: Callable[[DrillRound], None] | None = None, cut: bool = False) -> list[DrillRound]:
     rng = random.Random(seed)
     ensure_packs(cluster, packs)
     out = []
@@ -253,7 +315,7 @@ def run_drill(cluster: DrillCluster, kill: str, packs: int, rounds: int, seed: i
             with cluster.client(timeout=30) as c:
                 c.rebalance()
                 _wait(lambda: c.packs(state="placed", limit=1)["packs"] == [], 60, "rebalanced packs running")
-        r = run_round(cluster, i + 1, kill, rng, zone, sig, timeout)
+        r = run_round(cluster, i + 1, kill, rng, zone, sig, timeout, cut=cut)
         out.append(r)
         if progress:
             progress(r)

@@ -5,6 +5,10 @@ daemon (its own session, pid file and log file), waits for a leader and for ever
 register, and writes the CLI config (address list and admin token, mode 0600). ``down`` stops
 exactly the processes it started: a pid is signalled only while its command line still names
 that agent's config, so a reused pid is never hit.
+
+By default every agent binds 127.0.0.1. ``hosts`` places agents elsewhere on this machine: each
+``AgentHost`` gives the address an agent binds and the command prefix that starts it there (a
+network namespace of our own: ``canidae.agent.ops.netns``); restarts reuse the prefix.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import httpx
 import tomli_w
@@ -45,11 +49,20 @@ class ClusterLayout:
             raise InvalidInput(f"--base-port must be 1024..65035, got {self.base_port}")
 
 
-def _port_free(port: int) -> bool:
+@dataclass(frozen=True)
+class AgentHost:
+    """Where one agent runs when not on loopback: the address it binds, and the command prefix that
+    starts it there (``nsenter --net=... --``): prepended to ``python -m canidae agent run``."""
+
+    address: str
+    prefix: tuple[str, ...] = ()
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
@@ -87,10 +100,20 @@ def _pid_alive(pid: int, marker: str) -> bool:
         return False
 
 
-def plan_configs(layout: ClusterLayout, data_dir: str, token: str, password: str) -> list[AgentConfig]:
+def agent_ids(layout: ClusterLayout) -> list[str]:
+    """The node ids of a layout's agents, servers first: s1.., then client agents c1..."""
+    return [f"s{i + 1}" for i in range(layout.servers)] + [f"c{j + 1}" for j in range(layout.clients)]
+
+
+def plan_configs(layout: ClusterLayout, data_dir: str, token: str, password: str,
+                 hosts: Mapping[str, str] | None = None) -> list[AgentConfig]:
+    """One config per agent; ``hosts`` (node id -> address) moves agents off 127.0.0.1."""
     layout.validate()
     p = layout.base_port
-    servers = tuple(ServerPeer(f"s{i + 1}", f"127.0.0.1:{p + i}", f"127.0.0.1:{p + 100 + i}")
+
+    def at(node_id: str, port: int) -> str:
+        return f"{(hosts or {}).get(node_id, '127.0.0.1')}:{port}"
+    servers = tuple(ServerPeer(f"s{i + 1}", at(f"s{i + 1}", p + i), at(f"s{i + 1}", p + 100 + i))
                     for i in range(layout.servers))
     cfgs = []
     for i, s in enumerate(servers):
@@ -102,18 +125,16 @@ def plan_configs(layout: ClusterLayout, data_dir: str, token: str, password: str
     for j in range(layout.clients):
         cid = f"c{j + 1}"
         cfgs.append(AgentConfig(
-            node_id=cid, role=Role.CLIENT, api=f"127.0.0.1:{p + 200 + j}",
+            node_id=cid, role=Role.CLIENT, api=at(cid, p + 200 + j),
             zone=f"z{(layout.servers + j) % layout.zones + 1}", region="r1", cell="c1",
             data_dir=os.path.join(data_dir, "agents", cid), token=token, servers=servers,
             capacity=layout.capacity, log_file=os.path.join(data_dir, "agents", cid, "agent.log")))
     return cfgs
 
 
-def _ports_of(cfg: AgentConfig) -> list[int]:
-    ports = [int(cfg.api.rpartition(":")[2])]
-    if cfg.raft:
-        ports.append(int(cfg.raft.rpartition(":")[2]))
-    return ports
+def _loopback_ports_of(cfg: AgentConfig) -> list[int]:
+    """The ports an agent will bind on 127.0.0.1 (an agent on an address of its own cannot clash)."""
+    return [int(a.rpartition(":")[2]) for a in (cfg.api, cfg.raft) if a.startswith("127.0.0.1:")]
 
 
 def read_cluster_state(data_dir: str) -> dict[str, Any] | None:
@@ -131,28 +152,51 @@ def running_agents(data_dir: str) -> list[dict[str, Any]]:
     return [a for a in st["agents"] if _pid_alive(a["pid"], a["config"])]
 
 
-def start_agent(cfg_path: str, log_path: str, env: dict[str, str] | None = None) -> int:
-    """Start one agent as a daemon of its own session; return its pid."""
+def start_agent(cfg_path: str, log_path: str, env: dict[str, str] | None = None,
+                prefix: Sequence[str] = ()) -> int:
+    """Start one agent as a daemon of its own session; return its pid.
+
+    A ``prefix`` must exec the agent in place (``nsenter`` does), so that the pid is the agent's.
+    """
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     out = open(log_path, "ab")
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "canidae", "agent", "run", "--config", cfg_path],
+            [*prefix, sys.executable, "-m", "canidae", "agent", "run", "--config", cfg_path],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
             env={**os.environ, **(env or {})}, close_fds=True)
     finally:
         out.close()
+    if prefix:
+        _wait_exec(proc, cfg_path)
     return proc.pid
 
 
+def _wait_exec(proc: subprocess.Popen[bytes], cfg_path: str, timeout: float = 5.0) -> None:
+    """Wait until a prefix has exec'd the agent in place. Until then the pid runs the prefix, and
+    for an instant during the exec its command line reads empty: a liveness check in that
+    instant would take the agent for dead and start a second one on the same data dir."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            return
+        if argv[0] == sys.executable.encode() and _pid_alive(proc.pid, cfg_path):
+            return
+        time.sleep(0.002)
+
+
 def up(layout: ClusterLayout, data_dir: str, cli_config: str, timeout: float = 30.0,
-       env: dict[str, str] | None = None) -> dict[str, Any]:
+       env: dict[str, str] | None = None, *, hosts: Mapping[str, AgentHost] | None = None) -> dict[str, Any]:
     data_dir = os.path.abspath(data_dir)
     if running_agents(data_dir):
         raise AlreadyExists(f"a cluster is already running from {data_dir} (stop it with 'canidae cluster down')")
     token, password = new_secret(), new_secret()
-    cfgs = plan_configs(layout, data_dir, token, password)
-    busy = [port for c in cfgs for port in _ports_of(c) if not _port_free(port)]
+    hosts = hosts or {}
+    cfgs = plan_configs(layout, data_dir, token, password, {n: h.address for n, h in hosts.items()})
+    busy = [port for c in cfgs for port in _loopback_ports_of(c) if not _port_free(port)]
     if busy:
         raise AlreadyExists(f"port {busy[0]} on 127.0.0.1 is busy; choose another --base-port")
     agents = []
@@ -160,11 +204,15 @@ def up(layout: ClusterLayout, data_dir: str, cli_config: str, timeout: float = 3
         os.makedirs(c.data_dir, exist_ok=True)
         path = os.path.join(c.data_dir, "agent.toml")
         write_config(c, path)
-        pid = start_agent(path, os.path.join(c.data_dir, "stdout.log"), env)
+        prefix = hosts[c.node_id].prefix if c.node_id in hosts else ()
+        pid = start_agent(path, os.path.join(c.data_dir, "stdout.log"), env, prefix)
         with open(os.path.join(c.data_dir, "agent.pid"), "w") as f:
             f.write(f"{pid}\n")
-        agents.append({"id": c.node_id, "role": c.role.value, "api": c.api, "raft": c.raft, "pid": pid,
-                       "config": path, "log": c.log_file})
+        agent = {"id": c.node_id, "role": c.role.value, "api": c.api, "raft": c.raft, "pid": pid,
+                 "config": path, "log": c.log_file}
+        if prefix:
+            agent["prefix"] = list(prefix)
+        agents.append(agent)
     state = {"data_dir": data_dir, "agents": agents, "token": token}
     fd = os.open(os.path.join(data_dir, STATE_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -241,9 +289,11 @@ def down(data_dir: str, timeout: float = 10.0) -> dict[str, Any]:
             "not_running": [a["id"] for a in st["agents"] if a not in alive]}
 
 
-def restart_agent(agent: dict[str, Any]) -> None:
-    """Start a stopped agent of a local cluster again from its config (its pid is updated)."""
-    agent["pid"] = start_agent(agent["config"], os.path.join(os.path.dirname(agent["config"]), "stdout.log"))
+def restart_agent(agent: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    """Start a stopped agent of a local cluster again from its config (its pid is updated), where
+    it ran before (its command prefix), with ``env`` added to this process's environment."""
+    agent["pid"] = start_agent(agent["config"], os.path.join(os.path.dirname(agent["config"]), "stdout.log"),
+                               env, agent.get("prefix", ()))
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> float:
@@ -268,5 +318,5 @@ def default_data_dir() -> str:
     return os.path.expanduser(os.path.join("~", ".local", "share", "canidae", "local"))
 
 
-__all__ = ["ClusterLayout", "up", "down", "running_agents", "read_cluster_state", "default_data_dir",
+__all__ = ["AgentHost", "ClusterLayout", "agent_ids", "up", "down", "running_agents", "read_cluster_state", "default_data_dir",
            "plan_configs", "start_agent", "restart_agent", "wait_ready", "wait_until", "write_cli_config"]

@@ -30,8 +30,17 @@ def test_node_drill_moves_packs_and_passes_a_generous_expectation(tmp_path):
     assert r["affected_packs"] > 0 and r["packs_s"] is not None and r["lost"] == 0 and r["duplicated"] == 0
 
 
-def test_partition_drill_pauses_the_leader_and_it_rejoins(tmp_path):
-    p = drill("partition", "--packs", "20", home=tmp_path)
+def test_partition_drill_cuts_the_leader_off_and_it_rejoins(tmp_path):
+    """A real partition (link down, namespaces) where root allows; otherwise a pause, and it says so."""
+    from canidae.agent.ops import netns
+
+    p = drill("partition", "--packs", "20", "--clients", "1", home=tmp_path)
     assert p.returncode == 0, p.stderr
-    r = json.loads(p.stdout)["rounds"][0]
-    assert r["fault"].startswith("SIGSTOP") and r["leader_after"] != r["leader_before"]
+    doc = json.loads(p.stdout)
+    r = doc["rounds"][0]
+    assert r["leader_after"] != r["leader_before"] and r["lost"] == 0 and r["duplicated"] == 0
+    if netns.unavailable_reason() is None:
+        assert r["fault"].startswith("link down") and doc["method"].startswith("network namespaces")
+        assert netns.remove_stale() == [], "the drill left namespaces behind"
+    else:
+        assert r["fault"].startswith("SIGSTOP") and doc["method"].startswith("SIGSTOP")
