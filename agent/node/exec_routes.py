@@ -4,7 +4,6 @@
     POST /v1/exec/packs/{pack}/kill     {"signal": "KILL"|"TERM"|"INT"|"HUP"|...}
     GET  /v1/exec/packs/{pack}          processes of the pack here: pids, restarts, exits, limits
     GET  /v1/exec/info                  this agent's isolation mechanism, settings and clock
-    GET  /v1/agent/running              what this agent runs now, every driver: {pack: generation}
 
 Any agent takes them and routes them (``canidae.agent.node.packroute``); the work is the exec
 driver's (``canidae.agent.node.exec_driver``) and the log reading ``canidae.agent.node.packlogs``.
@@ -101,15 +100,7 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
         return {"node": router.me, "time_ms": time.time() * 1000, "pid": os.getpid(), "exec": driver.describe(),
                 "data_dir": node.cfg.data_dir}
 
-    async def running(request: Request) -> Any:
-        # The agent's own word, not the state's: a soak compares it with the replicated state.
-        out: dict[str, int] = {}
-        for d in node.reconciler.drivers.values():
-            out.update(d.running())
-        return {"node": router.me, "running": out}
-
     return [
-        Route("/v1/agent/running", endpoint(running, forward=False), methods=["GET"]),
         Route("/v1/exec/info", endpoint(info, forward=False), methods=["GET"]),
         Route("/v1/exec/packs/{pack}", endpoint(status, forward=False), methods=["GET"]),
         Route("/v1/exec/packs/{pack}/logs", endpoint(logs, forward=False), methods=["GET"]),
