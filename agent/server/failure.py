@@ -78,8 +78,8 @@ class FailureDetector:
             # Grace: a new leader has no heartbeat history; a stalled one could not hear any.
             for node_id in list(seen):
                 seen[node_id] = now
-            if not self.was_leader:
-                plane.convergence.forget()
+            # What agents said before the stall is as old as the stall: compare fresh digests only.
+            plane.convergence.forget()
             if stalled:
                 log.warning("leader loop stalled; every node gets a fresh heartbeat TTL")
         self.was_leader = True

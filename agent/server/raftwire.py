@@ -31,8 +31,6 @@ What pysyncobj does, and why it is patched here (``Replica`` uses ``HardenedTran
   the follower fails to unpickle, its tick raises, and it recovers only when later chunks
   (also labelled 'finish') complete the data. ``HardenedTransport.send`` labels each chunk by its
   position in the pickled entry.
-* A member's own stall is not its peers' silence: ``HardenedTransport.forgive`` moves the idle
-  deadlines of its connections, which pysyncobj checks before reading what waited meanwhile.
 
 ``CappedTcpConnection`` replaces pysyncobj's class in its ``transport`` and ``tcp_server``
 modules, process-wide: without limits set (pysyncobj objects that are not ours) it differs from
@@ -334,19 +332,6 @@ class HardenedTransport(TCPTransport):  # type: ignore[misc]
             self.stats.accept_pauses += 1
         elif now - start >= 1.0:
             self._window = (now, self.stats.rejected())
-
-    def forgive(self, seconds: float) -> None:
-        """Our own stall is not the peers' silence: connection deadlines move by its length.
-
-        pysyncobj drops a connection from which nothing was read for ``connectionTimeout``, and
-        checks that on the first event after a stall, before reading what is waiting: after a
-        1.5 s apply every link of the group dropped and reconnected.
-        """
-        now = monotonic()
-        for conn in [*self._connections.values(), *self._unknownConnections]:
-            if isinstance(conn, CappedTcpConnection):
-                conn._TcpConnection__lastReadTime = min(now, conn._TcpConnection__lastReadTime + seconds)
-                conn.opened_at = min(now, conn.opened_at + seconds)
 
     def send(self, node: Any, message: Any) -> bool:  # pysyncobj's
         if isinstance(message, dict) and "transmission" in message:

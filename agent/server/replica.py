@@ -400,35 +400,23 @@ class Replica(SyncObj):  # type: ignore[misc]
     # ----------------------------------------------------------- the tick
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # pysyncobj's signature
-        """pysyncobj's tick, plus: time this member itself was stalled does not count as silence.
+        """pysyncobj's tick, with the pre-vote round started where pysyncobj would campaign.
 
-        A tick runs the election check (follower) or the check-quorum step-down (leader) at its
-        top, then applies committed entries, sends, and only at its end polls the sockets. An
-        apply that takes a second (a 100,000-pack bulk spawn), a pause of the process, a slow
-        disk: all that time nothing is read, so a follower's election deadline and a leader's
-        last-response times age although nobody was silent, only we were deaf. Measured here,
-        the next tick's checks then started an election or stepped the leader down, and every
-        link dropped on its idle timeout. After a tick that was busy (not waiting in the poll)
-        for longer than a heartbeat period, the election deadline, the last-response times and
-        the connections' idle deadlines (``raftwire``) move forward by exactly that busy time:
-        silence is counted only over time in which we were live, and the poll at the end of the
-        same tick has by then read what peers sent meanwhile. Shifting by the busy time rather
-        than granting a fresh timeout keeps failure detection bounded on a member whose ticks
-        are always slow. A leader that was paused, not busy applying, may so call itself leader
-        for up to ``leader_fallback_s`` longer after it resumes; it cannot commit anything, and
-        its leader-only commands are fenced by term.
+        Only time spent applying entries is forgiven as a stall (``_SyncObj__applyLogEntries``);
+        a tick stalled for another reason (the process was paused, starved) is not. Forgiving a
+        paused member its whole pause kept a resumed old leader believing in its leadership and
+        was seen to leave it, once a follower, never catching up again; a paused follower needs
+        no forgiveness either: when it resumes, pre-vote keeps it from disturbing the leader.
         """
-        start = monotonic()
-        self._forgiven_s = 0.0  # what ``_SyncObj__applyLogEntries`` forgave already, this tick
-        self._prevote.before_tick(start)
+        self._forgiven_s = 0.0
+        self._prevote.before_tick(monotonic())
         super()._onTick(timeToWait)
-        busy = monotonic() - start - timeToWait - self._forgiven_s
-        if busy >= self._stall_s:
-            self._forgive_own_stall(busy)
 
     def _forgive_own_stall(self, busy: float) -> None:
         now = monotonic()
-        self._SyncObj__transport.forgive(busy)
+        # Connections are not forgiven: moving their read deadlines past a stall was seen to keep
+        # a connection the peer had given up on, and the member never caught up again. A link
+        # dropped on its idle timeout after a long apply just reconnects.
         if self._SyncObj__raftState == _LEADER:
             last = self._SyncObj__lastResponseTime
             for node, t in list(last.items()):

