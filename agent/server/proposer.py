@@ -33,6 +33,8 @@ from canidae.agent.server.replica import Replica, encode_entry
 from canidae.core.commands import Command, Noop, encode_batch
 from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, Timeout, Unavailable
 
+WATCH_S = 0.05  # how often in-flight batches are checked against the current leader
+
 _FAIL_MESSAGES = {
     FAIL_REASON.QUEUE_FULL: "the Raft queue is full",
     FAIL_REASON.MISSING_LEADER: "no Raft leader",
@@ -56,6 +58,9 @@ class Proposer:
         self.max_entry_bytes = replica.max_entry_bytes
         self.pending: list[tuple[Command, asyncio.Future[dict[str, Any]]]] = []
         self.in_flight: dict[int, list[asyncio.Future[dict[str, Any]]]] = {}
+        # Who led when each batch went out: a batch outlives no change of leader (see _watch).
+        self._proposed_under: dict[int, tuple[str | None, int]] = {}
+        self._watching = False
         self._ids = itertools.count(1)
         self._flush_scheduled = False
         self.batches = 0
@@ -126,6 +131,10 @@ class Proposer:
         self.batches += 1
         self.commands += len(batch)
         handle = self.loop.call_later(self.timeout_s, self._expire, batch_id)
+        self._proposed_under[batch_id] = (self.replica.leader_address(), self.replica.current_term())
+        if not self._watching:
+            self._watching = True
+            self.loop.call_later(WATCH_S, self._watch)
 
         def callback(result: Any, error: int) -> None:
             # Runs on pysyncobj's tick thread.
@@ -143,6 +152,24 @@ class Proposer:
             self._finish(batch_id, None, Unavailable(
                 f"{_FAIL_MESSAGES.get(error, 'Raft failure')}; retrying with the same request id is safe"))
 
+    def _watch(self) -> None:
+        """Fail batches proposed under a leader that is no longer the leader, at once.
+
+        pysyncobj may never answer them (callbacks are lost when a leader dies or is cut off), and
+        waiting out ``timeout_s`` would stall every write for seconds after a failover. Their
+        outcome is unknown (the old leader may have committed them): the caller retries with the
+        same request id on the new leader, and the state machine answers a repeated id once.
+        """
+        now = (self.replica.leader_address(), self.replica.current_term())
+        for batch_id, under in list(self._proposed_under.items()):
+            if under != now and batch_id in self.in_flight:
+                self._finish(batch_id, None, Unavailable(
+                    "the leader changed while the command was in flight; its outcome is unknown, "
+                    "retrying with the same request id is safe"))
+        self._watching = bool(self.in_flight)
+        if self._watching:
+            self.loop.call_later(WATCH_S, self._watch)
+
     def _expire(self, batch_id: int) -> None:
         self._finish(batch_id, None, Timeout(
             f"no commit within {self.timeout_s:g} s; the outcome is unknown, retrying with the same "
@@ -150,6 +177,7 @@ class Proposer:
 
     def _finish(self, batch_id: int, results: Any, error: BaseException | None) -> None:
         futs = self.in_flight.pop(batch_id, None)
+        self._proposed_under.pop(batch_id, None)
         if futs is None:
             return  # already expired; a late callback changes nothing for the caller
         for i, fut in enumerate(futs):
