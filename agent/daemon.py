@@ -69,6 +69,7 @@ class Agent:
     async def stop(self) -> None:
         if self.failure is not None:
             self.failure.stopping = True
+            self.failure.hops.close()
         await self.node.stop()
         for t in self.tasks:
             t.cancel()

@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Awaitable, Callable
 
 from canidae.agent.node.drivers import PackDriver
 from canidae.core.errors import CanidaeError, NotFound
 from canidae.core.state import running_digest
+
+SUMMARY_MAX_AGE_S = 5.0  # the longest a heartbeat's digest is reused without a fresh count
 
 log = logging.getLogger("canidae.reconcile")
 
@@ -58,6 +61,8 @@ class Reconciler:
         self._fetching: asyncio.Future[dict[str, Any]] | None = None
         self._interrupted = False
         self.stopping = False
+        self._changes = 0  # bumped by every driver report: what runs here may have changed
+        self._summary: tuple[int, float, int, str] | None = None  # (changes, at, count, digest)
 
     def add_driver(self, driver: PackDriver) -> None:
         self.drivers[driver.name] = driver
@@ -65,6 +70,7 @@ class Reconciler:
     async def report(self, pack: str, generation: int, state: str, reason: str) -> None:
         """Driver callback: queue a report; the sender batches everything queued."""
         self._outbox.append([pack, generation, state, reason])
+        self._changes += 1
         self._outbox_ready.set()
 
     def running(self) -> dict[str, int]:
@@ -73,8 +79,19 @@ class Reconciler:
             out.update(d.running())
         return out
 
-    def digest(self) -> str:
-        return running_digest(self.running().items())
+    def summary(self) -> tuple[int, str]:
+        """How many packs run here and their digest, for heartbeats.
+
+        Recomputed only after a driver reported a change (or every SUMMARY_MAX_AGE_S, in case a
+        driver's set changed silently): digesting tens of thousands of packs on every heartbeat
+        would itself delay the heartbeats under load.
+        """
+        now = time.monotonic()
+        cached = self._summary
+        if cached is None or cached[0] != self._changes or now - cached[1] > SUMMARY_MAX_AGE_S:
+            running = self.running()
+            cached = self._summary = (self._changes, now, len(running), running_digest(running.items()))
+        return cached[2], cached[3]
 
     def request_resync(self) -> None:
         """Resynchronise at once (the leader saw this node diverge)."""

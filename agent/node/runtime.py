@@ -68,9 +68,6 @@ class NodeRuntime:
             t.cancel()
         self.hops.close()
 
-    def running_count(self) -> int:
-        return len(self.reconciler.running())
-
     async def _heartbeat_loop(self) -> None:
         registered = False
         interval = self.cfg.heartbeat_interval_s
@@ -84,8 +81,9 @@ class NodeRuntime:
                     log.info("registered node %s", self.cfg.node_id)
                 leader_before = self.link.leader_hint
                 rec = self.reconciler
+                count, digest = rec.summary()
                 reply = await self.link.call("POST", f"/v1/nodes/{self.cfg.node_id}/heartbeat",
-                                             json={"running": self.running_count(), "digest": rec.digest(),
+                                             json={"running": count, "digest": digest,
                                                    "corrected": rec.corrected},
                                              timeout=max(interval, 0.5), attempt_s=max(interval, 0.5))
                 if self.link.leader_hint != leader_before and self._local_assignments is None:

@@ -328,10 +328,22 @@ class ControlPlane:
         """Leader only: order a resync of every node whose agent's digest has disagreed with the
         state for two checks in a row while neither side changed (anti-entropy)."""
         assert self.replica is not None
+        wanted: dict[str, tuple[int, str]] = {}
         with self.replica.lock:
             st = self.replica.state
-            wanted = {n: (st.node_rev.get(n, 0), running_digest((r.spec.name, r.generation) for r in st.held_by(n)))
-                      for n in self.convergence.reported() if n in st.nodes}
+            for n in self.convergence.reported():
+                if n not in st.nodes:
+                    continue
+                rev = st.node_rev.get(n, 0)
+                digest = self.convergence.wanted_digest(n, rev)
+                if digest is None:
+                    # Digesting 100,000 packs is not free: do it once per revision, and only once
+                    # the node's share has held still for a check (a moving share is not compared).
+                    if not self.convergence.held_still(n, rev):
+                        continue
+                    digest = running_digest((r.spec.name, r.generation) for r in st.held_by(n))
+                    self.convergence.remember_wanted(n, rev, digest)
+                wanted[n] = (rev, digest)
         for node_id, (rev, digest) in wanted.items():
             if self.convergence.compare(node_id, rev, digest):
                 log.warning("node %s runs something else than the state says: resync ordered", node_id)
@@ -419,6 +431,21 @@ class Convergence:
         self.resyncs: dict[str, int] = {}
         self._suspect: dict[str, tuple[int, str]] = {}
         self._pending: set[str] = set()
+        self._wanted: dict[str, tuple[int, str]] = {}  # node -> (revision, the state's digest at it)
+        self._last_rev: dict[str, int] = {}  # node -> its revision at the previous check
+
+    def held_still(self, node_id: str, rev: int) -> bool:
+        """True when the node's revision is the same as at the previous check."""
+        still = self._last_rev.get(node_id) == rev
+        self._last_rev[node_id] = rev
+        return still
+
+    def wanted_digest(self, node_id: str, rev: int) -> str | None:
+        cached = self._wanted.get(node_id)
+        return cached[1] if cached is not None and cached[0] == rev else None
+
+    def remember_wanted(self, node_id: str, rev: int, digest: str) -> None:
+        self._wanted[node_id] = (rev, digest)
 
     def heard(self, node_id: str, digest: Any, corrected: Any) -> None:
         if isinstance(digest, str) and len(digest) <= 64:
@@ -455,6 +482,8 @@ class Convergence:
         self.digests.clear()
         self._suspect.clear()
         self._pending.clear()
+        self._wanted.clear()
+        self._last_rev.clear()
 
 
 def live_ring(st: ClusterState) -> HashRing:

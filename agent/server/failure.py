@@ -13,6 +13,19 @@ the stall it could not have heard their heartbeats. Time the replica spent apply
 applies the same entry at about the same time, and agents are busy with what it assigned them.
 A leader never declares its own node down.
 
+Two more guards keep a slow leader from mistaking its own slowness for failures elsewhere (the
+idea of Lifeguard's local health awareness): time by which the leader's own loop ran late is not
+counted as silence, and when half or more of the nodes it watches fall silent at once, which is
+far likelier to be this leader (or the whole machine) struggling than that many independent
+failures, it waits up to ``MASS_SILENCE_CAP_S`` before declaring any of them down. A single silent
+node is always declared after its TTL.
+
+Before declaring a node down the leader asks the node itself (``GET /v1/health``, at most
+``PROBE_S``): a crashed agent refuses the connection at once and a paused or cut-off one does not
+answer in time, so both are declared; an agent that answers is alive, only slow to heartbeat
+(starved by a bulk start, say), and keeps its packs. This is SWIM's direct probe: the TTL raises
+a suspicion, the probe confirms it.
+
 The same loop runs the leader's anti-entropy check (``ControlPlane.check_convergence``): agents
 send a digest of what they run with each heartbeat, and a node whose digest keeps disagreeing
 with the state is told to resynchronise.
@@ -25,6 +38,7 @@ import logging
 import time
 import uuid
 
+from canidae.agent.client.link import AgentHops
 from canidae.agent.server.control import ControlPlane
 from canidae.core.commands import SetNodeState
 from canidae.core.errors import CanidaeError
@@ -34,6 +48,8 @@ log = logging.getLogger("canidae.failure")
 
 CONVERGENCE_EVERY_S = 1.0  # how often the leader compares agents' digests with the state
 APPLY_GRACE_FROM_S = 0.05  # applies longer than this (between two checks) extend every node's TTL
+PROBE_S = 1.0  # how long a silent node's own answer is waited for before it is declared down
+MASS_SILENCE_CAP_S = 10.0  # the longest a mass silence is put down to this leader's own trouble
 
 
 class FailureDetector:
@@ -45,6 +61,9 @@ class FailureDetector:
         self.in_flight: set[str] = set()
         self.stopping = False
         self._applied_s = 0.0
+        self._mass_since: float | None = None
+        self.hops = AgentHops(plane.cfg.token)
+        self.kept_by_probe = 0  # silent nodes that answered the probe and so were not declared down
 
     async def run(self) -> None:
         last_tick = last_convergence = time.monotonic()
@@ -53,16 +72,17 @@ class FailureDetector:
             now = time.monotonic()
             # Our own stall: the loop could not run (nor take heartbeats) for this long.
             stalled = now - last_tick > max(3 * self.period, self.plane.cfg.heartbeat_interval_s)
+            late = now - last_tick - self.period
             last_tick = now
             try:
-                self.check(now, stalled)
+                self.check(now, stalled, late)
                 if self.was_leader and now - last_convergence >= CONVERGENCE_EVERY_S:
                     last_convergence = now
                     self.plane.check_convergence()
             except Exception:
                 log.exception("failure detector")
 
-    def check(self, now: float, stalled: bool) -> None:
+    def check(self, now: float, stalled: bool, late: float = 0.0) -> None:
         plane = self.plane
         leader = plane.is_leader()
         if not leader:
@@ -74,6 +94,10 @@ class FailureDetector:
         if applying > APPLY_GRACE_FROM_S and self.was_leader and not stalled:
             for node_id in list(seen):
                 seen[node_id] = min(now, seen[node_id] + 2 * applying)
+        if late > self.period and self.was_leader and not stalled:
+            # The loop ran late: heartbeats waiting in its sockets were not heard in that time.
+            for node_id in list(seen):
+                seen[node_id] = min(now, seen[node_id] + late)
         if not self.was_leader or stalled:
             # Grace: a new leader has no heartbeat history; a stalled one could not hear any.
             for node_id in list(seen):
@@ -84,17 +108,50 @@ class FailureDetector:
                 log.warning("leader loop stalled; every node gets a fresh heartbeat TTL")
         self.was_leader = True
         nodes = plane.state.nodes
+        watched = 0
+        silent: list[tuple[str, float]] = []
         for node_id, node in list(nodes.items()):
             if node.state is NodeState.DOWN or node_id == plane.cfg.node_id:
                 continue
+            watched += 1
             last = seen.setdefault(node_id, now)
             if now - last > self.ttl and node_id not in self.in_flight:
-                self.in_flight.add(node_id)
-                asyncio.ensure_future(self._declare_down(node_id, now - last))
+                silent.append((node_id, now - last))
+        if self._mass_silence(now, len(silent), watched):
+            return
+        for node_id, silent_s in silent:
+            self.in_flight.add(node_id)
+            asyncio.ensure_future(self._declare_down(node_id, silent_s))
+
+    def _mass_silence(self, now: float, silent: int, watched: int) -> bool:
+        """True while declarations wait because half or more of the watched nodes went silent at once."""
+        if silent < 2 or 2 * silent < watched:
+            self._mass_since = None
+            return False
+        if self._mass_since is None:
+            self._mass_since = now
+            log.warning("%d of %d nodes silent at once: suspecting this leader, waiting up to %g s",
+                        silent, watched, MASS_SILENCE_CAP_S)
+        return now - self._mass_since < MASS_SILENCE_CAP_S
+
+    async def _answers(self, node_id: str) -> bool:
+        node = self.plane.state.nodes.get(node_id)
+        if node is None or not node.address:
+            return False
+        try:
+            await self.hops.send(node.address, "GET", "/v1/health", timeout=PROBE_S)
+            return True
+        except CanidaeError:
+            return False
 
     async def _declare_down(self, node_id: str, silent_s: float) -> None:
         plane = self.plane
         try:
+            if await self._answers(node_id):
+                self.kept_by_probe += 1
+                plane.last_seen[node_id] = time.monotonic()
+                log.warning("node %s silent for %.2f s but answers: kept up", node_id, silent_s)
+                return
             cmd = SetNodeState(id=f"down-{node_id}-{uuid.uuid4().hex[:12]}", **plane.stamp(), node_id=node_id,
                                state=NodeState.DOWN, reason=f"no heartbeat for {silent_s:.2f} s",
                                by=f"leader:{plane.cfg.node_id}")
