@@ -57,7 +57,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from canidae.agent.node import packlogs
+from canidae.agent.node import confine, packlogs
 from canidae.agent.node.drivers import Report
 from canidae.agent.node.isolation import Isolation, Limits, Sandbox
 from canidae.core.errors import InvalidInput, NotFound
@@ -69,10 +69,12 @@ SH = "/bin/sh"
 # The gate: set the member's own rlimits (lowering needs no privilege, so this works where the
 # agent lacks CAP_SYS_RESOURCE to set them from outside), wait for the agent's "go" on stdin
 # (end-of-file: the agent died, never run), then become the command.
-GATE = '{ulimits} || exit 112; read -r _ || exit 111; exec {become}"$@" </dev/null'
+# Whatever follows "go" on stdin is the member's environment, read after the privilege drop
+# (``canidae.agent.node.confine``).
+GATE = '{ulimits} || exit 112; read -r _ || exit 111; exec "$@"'
 # Dropping to the pack's user in the gate (rather than in the forked child) lets the agent spawn
 # with vfork: a fork of a large agent costs ~10 ms, a vfork ~0.2 ms.
-SETPRIV = shutil.which("setpriv") or ""
+SETPRIV = confine.SETPRIV
 # A spare gate is started before its pack is known: it reads the path of its start script.
 SPARE_GATE = 'read -r script || exit 111; . "$script"'
 GATE_ABORTED = 111
@@ -254,6 +256,7 @@ class ExecDriver:
         self.finished: dict[str, tuple[int, str, str]] = {}  # name -> (generation, state, reason)
         self.isolation: Isolation | None = None
         self.pack_users = False
+        self.namespaces = False
         self.uid_base = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -275,7 +278,11 @@ class ExecDriver:
         self.loop = asyncio.get_running_loop()
         s = self.settings
         want_users = s.pack_users == "on" or (s.pack_users == "auto" and os.geteuid() == 0)
-        self.pack_users = want_users and os.geteuid() == 0
+        # The drop to a pack's user is setpriv's (see canidae.agent.node.confine).
+        self.pack_users = want_users and os.geteuid() == 0 and bool(SETPRIV)
+        if want_users and not self.pack_users:
+            log.error("per-pack users need root and setpriv (util-linux): packs run as the agent's user")
+        self.namespaces = self.pack_users and confine.available(True)["private_tmp"]
         key = hashlib.sha256(f"{self.node_id}\0{self.data_dir}".encode()).digest()
         self.uid_base = UID_BASE + (int.from_bytes(key[:2], "big") * UID_SLOTS)
         try:
@@ -522,6 +529,17 @@ class ExecDriver:
                    CANIDAE_PACK_TOKEN=token, CANIDAE_CONFIG=os.path.join(run.work, ".canidae.toml"))
         return env
 
+    def _confinement(self, run: Run) -> confine.Confinement:
+        return confine.Confinement(uid=run.uid, gid=run.gid, network=str(run.spec.get("network", "host")),
+                                   work=run.work, data_dir=self.data_dir, fstab=os.path.join(run.dir, "mounts.fstab"),
+                                   namespaces=self.namespaces)
+
+    def _env_payload(self, run: Run, index: int) -> bytes:
+        try:
+            return confine.env_payload(self._env(run, index))
+        except ValueError as e:  # the spec was validated when created: only a damaged record gets here
+            raise CannotStart(str(e)) from None
+
     def _prepare(self, run: Run) -> None:
         """Working and log directories, owned by the pack's user; CannotStart with the reason."""
         try:
@@ -544,6 +562,12 @@ class ExecDriver:
                         for n in dirs + files:
                             os.lchown(os.path.join(top, n), run.uid, run.gid)
                     os.chown(run.work, run.uid, run.gid)
+            c = self._confinement(run)
+            if c.network == "none" and not c.namespaces:
+                raise CannotStart("network none needs an agent running as root with unshare and mount "
+                                  "(util-linux)")
+            if c.namespaces:
+                confine.write_fstab(c)
         except CannotStart:
             raise
         except OSError as e:
@@ -616,7 +640,7 @@ class ExecDriver:
                     if m.index == 0 and spare is not None:
                         gates.append(self._use_spare(run, m, spare))
                     else:
-                        gates.append((self._spawn(run, m), b"go\n"))
+                        gates.append((self._spawn(run, m), b"go\n" + self._env_payload(run, m.index)))
             except CannotStart:
                 for g, _ in gates:
                     os.close(g)
@@ -638,16 +662,8 @@ class ExecDriver:
     def _spawn(self, run: Run, m: Member) -> int:
         """Start one member behind its gate; returns the gate's write end (write b"go" to run it)."""
         assert self.isolation is not None and self.loop is not None
-        env = self._env(run, m.index)
-        creds: dict[str, Any] = {}
-        become = ""
-        if run.uid is not None:
-            if SETPRIV:
-                become = f"{SETPRIV} --reuid={run.uid} --regid={run.gid} --clear-groups -- "
-            else:
-                creds = {"user": run.uid, "group": run.gid, "extra_groups": []}
-        argv = [SH, "-c", GATE.format(ulimits=self._ulimits(run), become=become), "canidae-gate",
-                *run.spec["command"]]
+        argv = [SH, "-c", GATE.format(ulimits=self._ulimits(run)), "canidae-gate",
+                *confine.argv(self._confinement(run), list(run.spec["command"]))]
         r, w = os.pipe()
         try:
             out = packlogs.open_for_member(run.logs, m.index)
@@ -656,8 +672,9 @@ class ExecDriver:
             os.close(w)
             raise CannotStart(f"cannot open the log of member {m.index}: {e.strerror}") from None
         try:
-            proc = subprocess.Popen(argv, stdin=r, stdout=out, stderr=out, cwd=run.work, env=env,
-                                    start_new_session=True, close_fds=True, **creds)
+            # Root's side sees no variable of the spec: they reach the member through the gate's stdin.
+            proc = subprocess.Popen(argv, stdin=r, stdout=out, stderr=out, cwd=run.work, env={"PATH": DEFAULT_PATH},
+                                    start_new_session=True, close_fds=True)
         except OSError as e:
             os.close(w)
             raise CannotStart(f"cannot start member {m.index}: {e.strerror}") from None
@@ -680,8 +697,7 @@ class ExecDriver:
 
     def _spares_usable(self) -> bool:
         assert self.isolation is not None
-        return (self.settings.spares > 0 and self.isolation.mechanism != "rlimits"
-                and (not self.pack_users or bool(SETPRIV)) and not self.closed)
+        return self.settings.spares > 0 and self.isolation.mechanism != "rlimits" and not self.closed
 
     async def _refill(self) -> None:
         """Keep ``settings.spares`` gates waiting in cgroups of their own, moved there off the loop."""
@@ -739,18 +755,17 @@ class ExecDriver:
         return spare
 
     def _use_spare(self, run: Run, m: Member, spare: Spare) -> tuple[int, bytes]:
-        """Member ``m`` runs in ``spare``: write its start script; returns (gate, the script's path)."""
+        """Member ``m`` runs in ``spare``: write its start script; returns (gate, the script's path
+        followed by the member's environment, which the confined member reads from the same pipe)."""
         assert self.loop is not None
-        env = self._env(run, m.index)
-        become = [SETPRIV, f"--reuid={run.uid}", f"--regid={run.gid}", "--clear-groups", "--"] \
-            if run.uid is not None else []
         log_file = packlogs.log_path(run.logs, m.index)
         script = os.path.join(run.dir, f"start-{m.index}.sh")
-        lines = [f"exec >>{shlex.quote(log_file)} 2>&1 </dev/null",
+        # The script holds no variable of the spec (values could be secrets): those follow on stdin.
+        lines = [f"exec >>{shlex.quote(log_file)} 2>&1",
                  f"cd {shlex.quote(run.work)} || exit {GATE_LIMITS}",
                  f"{self._ulimits(run)} || exit {GATE_LIMITS}",
-                 "exec env -i " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " "
-                 + " ".join(shlex.quote(a) for a in become + list(run.spec["command"]))]
+                 "exec " + " ".join(shlex.quote(a) for a in confine.argv(self._confinement(run),
+                                                                        list(run.spec["command"])))]
         try:
             fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
             with os.fdopen(fd, "w") as f:
@@ -762,7 +777,7 @@ class ExecDriver:
         m.proc, m.pid, m.alive, m.started = spare.proc, spare.proc.pid, True, time.monotonic()
         m.start_ticks = spare.start_ticks
         self.loop.add_reader(m.pidfd, self._on_exit, run, m)
-        return spare.gate, f"{script}\n".encode()
+        return spare.gate, f"{script}\n".encode() + self._env_payload(run, m.index)
 
     def _discard(self, spare: Spare) -> None:
         assert self.isolation is not None
@@ -833,9 +848,11 @@ class ExecDriver:
             self._finish(run, "failed", f"member {m.index}: command {run.spec['command'][0]!r} "
                                         f"{CANNOT_RUN[rc]} ({describe_exit(rc)})")
             return
-        if rc in (GATE_ABORTED, GATE_LIMITS) and ran < 2.0 and m.restarts == 0:
+        if rc in (GATE_ABORTED, GATE_LIMITS, confine.CONFINE_FAILED) and ran < 2.0 and m.restarts == 0:
             self._finish(run, "failed", f"member {m.index} could not be started" +
-                         (" (its rlimits could not be set)" if rc == GATE_LIMITS else ""))
+                         {GATE_LIMITS: " (its rlimits could not be set)",
+                          confine.CONFINE_FAILED: " (its namespaces or environment could not be set up; "
+                                                  "see pack logs)"}.get(rc, ""))
             return
         failed = rc != 0
         if ran >= self.settings.stable_s:
@@ -871,7 +888,7 @@ class ExecDriver:
             self._finish(run, "failed", str(e))
             return
         self._persist(run)
-        _open_gate(gate)
+        _open_gate(gate, b"go\n" + self._env_payload(run, m.index))
 
     def _persist(self, run: Run) -> None:
         try:
@@ -1024,9 +1041,15 @@ def _probe_ulimit_flags() -> dict[str, str]:
     return flags
 
 
-def _open_gate(w: int, word: bytes = b"go\n") -> None:
+def _open_gate(w: int, word: bytes) -> None:
+    """Write ``word`` (the go-ahead and the member's environment) and close: the member reads to
+    end-of-file. A gate that died meanwhile is seen by its pidfd, not here."""
     try:
-        os.write(w, word)
+        view = memoryview(word)
+        while view:
+            view = view[os.write(w, view):]
+    except BrokenPipeError:
+        pass
     finally:
         os.close(w)
 
