@@ -84,6 +84,7 @@ RLIMIT_OF = {"nofile": resource.RLIMIT_NOFILE, "core": resource.RLIMIT_CORE, "np
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UID_BASE = 1 << 30
 UID_SLOTS = 1 << 14
+UID_COUNTER = "uid-next"  # under the packs' root: the next pack user slot (see ExecDriver._alloc_slot)
 CANNOT_RUN = {126: "is not executable", 127: "was not found"}
 
 
@@ -292,10 +293,12 @@ class ExecDriver:
             self.isolation = Isolation("rlimits", {}, str(e))
         log.info("exec driver: isolation %s (%s); per-pack users %s", self.isolation.mechanism,
                  self.isolation.detail, "on" if self.pack_users else "off")
-        # Traversable (not listable) by pack users, so that a member can name its own directory.
-        os.makedirs(self.root, mode=0o711, exist_ok=True)
-        os.chmod(os.path.dirname(self.root), 0o711)
-        os.chmod(self.root, 0o711)
+        # Private to the agent: a member reaches its working directory through its own mount
+        # namespace (canidae.agent.node.confine), never through these directories.
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        os.chmod(os.path.dirname(self.root), 0o700)
+        os.chmod(self.root, 0o700)
         self._ulimit_flags = _probe_ulimit_flags()
         self._adopt()
         self._housekeeping = self._spawn_task(self._housekeeping_loop())
@@ -345,6 +348,7 @@ class ExecDriver:
                 # Nothing of it survived: clean up; the reconciler starts it again if still assigned.
                 self._kill_sandbox_now(run)
                 self._write_record(run, "lost")
+                self._retire_work(run)
                 continue
             log.info("adopted pack %s generation %d (%d of %d members alive)", name, run.generation, alive,
                      len(run.members))
@@ -509,15 +513,47 @@ class ExecDriver:
             parts.append(f"ulimit {flag} {value}")
         return " && ".join(parts) or "true"
 
-    def _alloc_slot(self, name: str) -> int:
+    def _alloc_slot(self) -> int:
+        """A pack user never used on this node before (every run gets a new one), so no process or
+        file of an earlier pack can belong to it. Slots go round after UID_SLOTS runs: then a slot
+        is skipped while a run holds it or a process runs under it (an ended run's files are root's)."""
+        path = os.path.join(self.root, UID_COUNTER)
+        try:
+            with open(path) as f:
+                nxt = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            nxt = 0
         used = {r.slot for r in self.runs.values()}
-        rec = self._read_record(name)
-        if rec is not None and isinstance(rec.get("slot"), int) and rec["slot"] not in used:
-            return int(rec["slot"])
-        for slot in range(UID_SLOTS):
+        if nxt >= UID_SLOTS:
+            used |= {uid - self.uid_base for uid, _ in _processes_by_uid(self.uid_base, self.uid_base + UID_SLOTS)}
+        for i in range(UID_SLOTS):
+            slot = (nxt + i) % UID_SLOTS
             if slot not in used:
-                return slot
-        raise CannotStart(f"node {self.node_id} has no free pack user (at most {UID_SLOTS} exec packs)")
+                break
+        else:
+            raise CannotStart(f"node {self.node_id} has no free pack user (at most {UID_SLOTS} exec packs)")
+        tmp = f"{path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            # Kept counting past UID_SLOTS: it says that slots have gone round once.
+            f.write(str(nxt + i + 1 if nxt + i + 1 < 2 * UID_SLOTS else UID_SLOTS))
+        os.replace(tmp, path)
+        return slot
+
+    def _retire_work(self, run: Run) -> None:
+        """A run has ended and none of its processes is left: its working directory becomes root's,
+        0700, so that its user owns nothing here (kept for inspection; the next run of the same
+        pack gets the files under its own user)."""
+        if run.uid is None or not os.path.isdir(run.work):
+            return
+        try:
+            for top, dirs, files in os.walk(run.work):
+                for n in dirs + files:
+                    os.lchown(os.path.join(top, n), 0, 0)
+            os.chown(run.work, 0, 0)
+            os.chmod(run.work, 0o700)
+        except OSError as e:
+            log.warning("cannot hand the working directory of %s back to root: %s", run.name, e)
 
     def _env(self, run: Run, index: int) -> dict[str, str]:
         env = {"PATH": f"{DEFAULT_PATH}:{os.path.dirname(sys.executable)}", "HOME": run.work, "LANG": "C.UTF-8"}
@@ -544,7 +580,7 @@ class ExecDriver:
         """Working and log directories, owned by the pack's user; CannotStart with the reason."""
         try:
             try:
-                os.mkdir(run.dir, 0o711)
+                os.mkdir(run.dir, 0o700)
                 os.mkdir(run.logs, 0o700)
                 os.mkdir(run.work, 0o700)
                 fresh = True
@@ -621,7 +657,7 @@ class ExecDriver:
         run.limits = self._limits(spec)
         try:
             if self.pack_users:
-                run.slot = self._alloc_slot(name)
+                run.slot = self._alloc_slot()
                 run.uid = run.gid = self.uid_base + run.slot
             run.rlimits = self.isolation.rlimits(run.limits, run.uid is not None)
             self._prepare(run)
@@ -800,6 +836,7 @@ class ExecDriver:
             self._unwatch(m)
         if run.sandbox.dirs:
             await self._kill_all(run)
+        await asyncio.get_running_loop().run_in_executor(None, self._retire_work, run)
         self.finished[run.name] = (run.generation, "failed", reason)
         with contextlib.suppress(OSError):
             self._write_record(run, "exited", final="failed")
@@ -920,6 +957,7 @@ class ExecDriver:
 
     async def _end(self, run: Run, state: str, reason: str, report: bool, with_exits: bool = False) -> None:
         await self._kill_all(run)
+        await asyncio.get_running_loop().run_in_executor(None, self._retire_work, run)
         if with_exits:  # how each member went: on SIGTERM, or on SIGKILL after the grace period
             exits = "; ".join(f"member {m.index} {m.last_exit}" for m in run.members if m.last_exit)
             reason = f"{reason} ({exits})" if exits else reason
@@ -992,8 +1030,11 @@ class ExecDriver:
                "node": self.node_id, "members": [m.record() for m in run.members]}
         path = self._record_path(run.name)
         tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
+        # Root's alone (0600): it holds the spec, whose secrets are sealed but whose env is plain.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
             json.dump(rec, f, separators=(",", ":"))
+        os.chmod(tmp, 0o600)  # an older version's leftover .tmp keeps its mode through O_CREAT
         os.replace(tmp, path)
 
     async def _housekeeping_loop(self) -> None:

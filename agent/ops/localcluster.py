@@ -158,8 +158,9 @@ def start_agent(cfg_path: str, log_path: str, env: dict[str, str] | None = None,
 
     A ``prefix`` must exec the agent in place (``nsenter`` does), so that the pid is the agent's.
     """
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    out = open(log_path, "ab")
+    os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
+    # An agent's output is as private as its data dir (it may name packs, paths, addresses).
+    out = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     try:
         proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "canidae", "agent", "run", "--config", cfg_path],
@@ -201,7 +202,8 @@ def up(layout: ClusterLayout, data_dir: str, cli_config: str, timeout: float = 3
         raise AlreadyExists(f"port {busy[0]} on 127.0.0.1 is busy; choose another --base-port")
     agents = []
     for c in cfgs:
-        os.makedirs(c.data_dir, exist_ok=True)
+        os.makedirs(c.data_dir, mode=0o700, exist_ok=True)
+        os.chmod(c.data_dir, 0o700)
         path = os.path.join(c.data_dir, "agent.toml")
         write_config(c, path)
         prefix = hosts[c.node_id].prefix if c.node_id in hosts else ()
