@@ -60,6 +60,7 @@ from typing import Any, Mapping
 from canidae.agent.node import confine, packlogs
 from canidae.agent.node.drivers import Report
 from canidae.agent.node.isolation import Isolation, Limits, Sandbox
+from canidae.agent.secretbox import Keyring, key_file
 from canidae.core.errors import InvalidInput, NotFound
 from canidae.core.packtoken import pack_token
 
@@ -258,6 +259,7 @@ class ExecDriver:
         self.isolation: Isolation | None = None
         self.pack_users = False
         self.namespaces = False
+        self._keyring: Keyring | None = None
         self.uid_base = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -558,6 +560,7 @@ class ExecDriver:
     def _env(self, run: Run, index: int) -> dict[str, str]:
         env = {"PATH": f"{DEFAULT_PATH}:{os.path.dirname(sys.executable)}", "HOME": run.work, "LANG": "C.UTF-8"}
         env.update(run.spec.get("env") or {})
+        env.update(self._open_secrets(run))
         token = pack_token(self.token, run.name)
         env.update(CANIDAE_PACK=run.name, CANIDAE_MEMBER=str(index), CANIDAE_MEMBERS=str(len(run.members)),
                    CANIDAE_NODE=self.node_id, CANIDAE_GENERATION=str(run.generation), CANIDAE_ADDR=self.api,
@@ -569,6 +572,18 @@ class ExecDriver:
         return confine.Confinement(uid=run.uid, gid=run.gid, network=str(run.spec.get("network", "host")),
                                    work=run.work, data_dir=self.data_dir, fstab=os.path.join(run.dir, "mounts.fstab"),
                                    namespaces=self.namespaces)
+
+    def _open_secrets(self, run: Run) -> dict[str, str]:
+        """The pack's secrets in the clear, for its members' environment only (never logged or stored)."""
+        sealed = run.spec.get("secrets") or {}
+        if not sealed:
+            return {}
+        try:
+            if self._keyring is None:
+                self._keyring = Keyring.load(key_file(self.data_dir))
+            return {k: self._keyring.open(k, v) for k, v in sealed.items()}
+        except InvalidInput as e:
+            raise CannotStart(e.message) from None
 
     def _env_payload(self, run: Run, index: int) -> bytes:
         try:
