@@ -490,7 +490,12 @@ class ExecDriver:
     def describe(self) -> dict[str, Any]:
         self.open()
         assert self.isolation is not None
-        return {**self.isolation.describe(), "pack_users": self.pack_users,
+        root = self.pack_users  # the protections below need the drop from root to a pack user
+        given = {k: v and (root or k == "no_new_privs") for k, v in confine.available(root).items()}
+        if not self.namespaces:
+            given.update(private_tmp=False, hidden_data_dir=False, network_none=False)
+        return {**self.isolation.describe(), "pack_users": self.pack_users, "confinement": given,
+                "env_after_drop": True, "uid_reuse": "never while a run holds the uid; ended runs' files are root's",
                 "uid_range": [self.uid_base, self.uid_base + UID_SLOTS - 1] if self.pack_users else None,
                 "packs": len(self.runs), "settings": {f.name: getattr(self.settings, f.name)
                                                       for f in fields(ExecSettings)}}
