@@ -5,12 +5,17 @@ What it owns, per pack generation placed here (a *run*):
 * a directory ``<data_dir>/exec/packs/<pack>/`` with ``work/`` (the members' working directory),
   ``logs/`` (one size-rotated log per member, ``canidae.agent.node.packlogs``) and ``run.json`` (the
   run record: pids, process start times, generation, restarts, final state);
-* where the agent runs as root, a user of its own (uid = a per-node base + a slot), so that a pack
-  cannot signal, trace or read the processes and files of another pack, and ``RLIMIT_NPROC``
-  bounds its processes; a cgroup with its CPU, memory and process limits
-  (``canidae.agent.node.isolation``); rlimits on open files;
-* a scrubbed environment: ``PATH``, ``HOME``, ``LANG``, the spec's ``env`` and the ``CANIDAE_*``
-  variables (pack, member index, node, generation, agent address, mailbox URL, pack token).
+* where the agent runs as root, a user of its own, new for every run (uid = a per-node base + a
+  slot from a counter that never hands out a slot a live run holds), so that a pack cannot signal,
+  trace or read the processes and files of another pack, and ``RLIMIT_NPROC`` bounds its
+  processes; when a run ends its working directory becomes root's (0700); a cgroup with its CPU,
+  memory and process limits (``canidae.agent.node.isolation``); rlimits on open files;
+* confinement (``canidae.agent.node.confine``): a mount namespace with a private /tmp and the
+  data dir hidden, ``network = "none"``, NoNewPrivs, no capabilities;
+* a scrubbed environment, read by the member only after the drop to its user: ``PATH``,
+  ``HOME``, ``LANG``, the spec's ``env``, its secrets (opened here with the cluster's key,
+  ``canidae.agent.secretbox``) and the ``CANIDAE_*`` variables (pack, member index, node,
+  generation, agent address, mailbox URL, pack token).
 
 Starting a member: it is spawned as ``/bin/sh`` waiting on a pipe (a *gate*), in a new session,
 under the pack's user and working directory. While it waits, the agent moves it into the pack's
@@ -20,7 +25,7 @@ agent that dies before recording a member leaves no orphan: the gate sees end-of
 Moving a process between cgroups waits for a kernel RCU grace period (~10 ms on cgroup v1), so a
 few *spare* gates wait ready in cgroups of their own: a pack's first member takes one, its cgroup
 is renamed to the pack's and given the pack's limits, and the gate runs a start script (log
-redirection, working directory, rlimits, ``env -i``, ``setpriv``) in place of the command line.
+redirection, working directory, rlimits, then the confinement chain) in place of the command line.
 
 Supervision: each member is watched through a pidfd on the event loop (no thread, no pipe per
 member). Exits go through the restart policy: ``always`` restarts, ``on-failure`` restarts on a
