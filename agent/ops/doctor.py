@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 from canidae.agent.config import AgentConfig
-from canidae.agent.node import confine
+from canidae.agent.node.confine import available as confinement_available
 from canidae.agent.node.isolation import Isolation
 from canidae.agent.secretbox import key_file
 
@@ -108,7 +108,7 @@ def _isolation(cfg: AgentConfig, info: dict[str, Any] | None) -> list[dict[str, 
     given = info["exec"].get("confinement") if info is not None else None
     if given is None:  # the running agent predates these checks, or is not running: what this host can give
         root = os.geteuid() == 0 and users
-        given = {k: v and (root or k == "no_new_privs") for k, v in confine.available(root).items()}
+        given = {k: v and (root or k == "no_new_privs") for k, v in confinement_available(root).items()}
     out += _confinement(given)
     return out
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -69,6 +70,7 @@ def test_members_have_a_private_tmp_and_see_nothing_of_the_data_dir_but_their_wo
     host_tmp = tmp_path / "host-marker"  # tmp_path is under the host's /tmp
     host_tmp.write_text("host")
     host_tmp.chmod(0o644)
+    mine = f"mine-{os.getpid()}-{time.monotonic_ns()}"  # unique: a leak to the host's /tmp is seen
     code = f"""
 import os
 def probe(path):
@@ -80,7 +82,7 @@ def probe(path):
         return "denied"
     except FileNotFoundError:
         return "missing"
-open("/tmp/mine", "w").write("x")
+open("/tmp/{mine}", "w").write("x")
 open("mine.txt", "w").write("work")
 print("tmp", sorted(os.listdir("/tmp")))
 def listing(path):
@@ -106,8 +108,8 @@ import time; time.sleep(60)
         # to its work dir).
         listed = set(eval(re.search(r"^tmp (.*)$", text, re.M).group(1)))
         own_path = os.path.relpath(str(tmp_path), "/tmp").split(os.sep)[0] if str(tmp_path).startswith("/tmp/") else ""
-        assert "mine" in listed and listed <= {"mine", own_path}
-        assert not os.path.exists("/tmp/mine")
+        assert mine in listed and listed <= {mine, own_path}
+        assert not os.path.exists(f"/tmp/{mine}")
         # The data dir is an empty stand-in holding only the path to its own work dir.
         assert "data PermissionError PermissionError" in text
         assert "host-marker missing" in text and "other-record missing" in text
