@@ -28,6 +28,7 @@ from typing import Any
 import uvicorn
 from canidae.agent.client.link import KEEP_ALIVE_S, ServerLink
 from canidae.agent.config import AgentConfig
+from canidae.agent.datadir import make_private
 from canidae.agent.httpedge import Edge, error_response, read_json
 from canidae.agent.node import exec_routes, status_routes, yips
 from canidae.agent.node.runtime import NodeRuntime
@@ -136,6 +137,7 @@ def _setup_logging(cfg: AgentConfig) -> None:
 
 def run_agent(cfg: AgentConfig) -> int:
     """Run in the foreground until SIGTERM/SIGINT; returns the process exit code."""
+    make_private(cfg.data_dir)  # before the log file, the journal or anything else is created
     _setup_logging(cfg)
     # The API's event loop and pysyncobj's tick thread share the GIL. With the default 5 ms switch
     # interval every hand-over between them can cost up to 5 ms of request latency; 0.5 ms keeps

@@ -97,10 +97,22 @@ def agent_init(
     from canidae.agent.config import config_from_mapping
     config_from_mapping(config_to_mapping(cfg))
     write_config(cfg, str(out))
+    keys = _ensure_secret_keys(cfg.data_dir)
     shown: dict[str, Any] = {k: v for k, v in config_to_mapping(cfg).items()
                              if k not in ("token", "cluster_password")}
-    emit({"written": str(out), "config": shown}, json,
-         lambda: console.print(f"wrote {out} (mode 0600) for {role.value} {node_id}"))
+    emit({"written": str(out), "config": shown, "secret_keys": keys}, json,
+         lambda: console.print(f"wrote {out} (mode 0600) for {role.value} {node_id}; pack secrets are sealed "
+                               f"with {keys}: every agent of the cluster needs the same file"))
+
+
+def _ensure_secret_keys(data_dir: str) -> str:
+    """The cluster's secret key file in the data dir: kept when it exists, else made (mode 0600)."""
+    from canidae.agent.secretbox import Keyring, key_file
+    path = key_file(data_dir)
+    if not os.path.exists(path):
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        Keyring.new().save(path)
+    return path
 
 
 @app.command("doctor", help=(

@@ -19,11 +19,12 @@ from canidae.cli.output import (
     JsonOption, StaleOption, TimeoutOption, WaitOption, console, emit, err_console, wants_json,
 )
 from canidae.cli.params import (
-    CommandArg, CpuOpt, DriverOpt, EnvOpt, GroupOpt, KillSignal, MemOpt, MembersOpt, NewPackArg, NodeOpt, PackArg,
-    PinCellOpt, PinNodeOpt, PinRegionOpt, PinZoneOpt, RestartOpt, SpecFileOpt, SpreadOpt, ZoneOpt,
+    CommandArg, CpuOpt, DriverOpt, EnvOpt, GroupOpt, KillSignal, MemOpt, MembersOpt, Network, NetworkOpt, NewPackArg,
+    NodeOpt, PackArg, PinCellOpt, PinNodeOpt, PinRegionOpt, PinZoneOpt, RestartOpt, SecretOpt, SpecFileOpt, SpreadOpt,
+    ZoneOpt,
 )
 from canidae.core.errors import InvalidInput, Timeout
-from canidae.core.types import Driver, RestartPolicy
+from canidae.core.types import Driver, RestartPolicy, validate_env_name
 
 app = typer.Typer(help="Create, place, run, move and stop packs.", no_args_is_help=True, add_completion=False)
 
@@ -35,7 +36,8 @@ CountOpt = Annotated[int, typer.Option("--count", "-n", min=0, max=100_000,
 
 def build_spec(name: str, command: list[str] | None, file: Path | None, driver: Driver, cpu: int, mem: int,
                members: int, zone: str | None, region: str | None, cell: str | None, node_name: str | None,
-               spread: Any, group: str | None, restart: RestartPolicy, env: list[str] | None) -> dict[str, Any]:
+               spread: Any, group: str | None, restart: RestartPolicy, env: list[str] | None,
+               secrets: list[str] | None = None, network: Network | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if file is not None:
         try:
@@ -51,14 +53,28 @@ def build_spec(name: str, command: list[str] | None, file: Path | None, driver: 
     if constraints:
         spec["constraints"] = constraints
     if env:
-        pairs = {}
-        for item in env:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise InvalidInput(f"--env {item!r}: expected KEY=VALUE")
-            pairs[key] = value
-        spec["env"] = pairs
+        spec["env"] = {**(spec.get("env") or {}), **_pairs("--env", env)}
+    if secrets:
+        spec["secrets"] = {**(spec.get("secrets") or {}), **_pairs("--secret", secrets)}
+    if network is not None and (network is not Network.HOST or "network" not in spec):
+        spec["network"] = network.value
+    # Refused here, before anything is sent (the API refuses them too).
+    for table, what in (("env", "env variable"), ("secrets", "secret")):
+        if not isinstance(spec.get(table, {}), dict):
+            raise InvalidInput(f"{table} in a pack spec must be a table of KEY = \"VALUE\"")
+        for key in spec.get(table, {}):
+            validate_env_name(what, key)
     return spec
+
+
+def _pairs(flag: str, items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"{flag} {item!r}: expected KEY=VALUE")
+        pairs[key] = value
+    return pairs
 
 
 def _placements_table(placements: list[dict[str, Any]]) -> Table:
@@ -74,11 +90,11 @@ def pack_create(
     cpu: CpuOpt = 100, mem: MemOpt = 64, members: MembersOpt = 1, zone: PinZoneOpt = None,
     region: PinRegionOpt = None, cell: PinCellOpt = None, node_name: PinNodeOpt = None, spread: SpreadOpt = None,
     group: GroupOpt = None, restart: RestartOpt = RestartPolicy.ON_FAILURE, env: EnvOpt = None,
-    count: CountOpt = 0, json: JsonOption = False,
+    secret: SecretOpt = None, network: NetworkOpt = Network.HOST, count: CountOpt = 0, json: JsonOption = False,
 ) -> None:
     """Record a pack in the cluster without running it ('pack place' runs it)."""
     spec = build_spec(name, command, file, driver, cpu, mem, members, zone, region, cell, node_name, spread, group,
-                      restart, env)
+                      restart, env, secret, network)
     with client() as c:
         result = c.create_packs([spec], count=count, place=False)
     emit(result, json, lambda: console.print(f"created {len(result['created'])} pack(s)"))
@@ -111,12 +127,13 @@ def pack_spawn(
     cpu: CpuOpt = 100, mem: MemOpt = 64, members: MembersOpt = 1, zone: PinZoneOpt = None,
     region: PinRegionOpt = None, cell: PinCellOpt = None, node_name: PinNodeOpt = None, spread: SpreadOpt = None,
     group: GroupOpt = None, restart: RestartOpt = RestartPolicy.ON_FAILURE, env: EnvOpt = None,
-    count: CountOpt = 0, wait: WaitOption = True, timeout: TimeoutOption = 30.0, json: JsonOption = False,
+    secret: SecretOpt = None, network: NetworkOpt = Network.HOST, count: CountOpt = 0, wait: WaitOption = True,
+    timeout: TimeoutOption = 30.0, json: JsonOption = False,
 ) -> None:
     if driver is None:
         driver = Driver.EXEC if command else Driver.VIRTUAL
     spec = build_spec(name, command, file, driver, cpu, mem, members, zone, region, cell, node_name, spread, group,
-                      restart, env)
+                      restart, env, secret, network)
     t0 = time.perf_counter()
     ended: dict[str, dict[str, Any]] = {}
     with client() as c:

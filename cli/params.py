@@ -71,7 +71,23 @@ SpreadOpt = Annotated[
 GroupOpt = Annotated[str | None, typer.Option("--group", help="Group of packs spread together.")]
 RestartOpt = Annotated[RestartPolicy, typer.Option("--restart", help="When a member that exits is restarted.")]
 EnvOpt = Annotated[
-    list[str] | None, typer.Option("--env", "-e", metavar="KEY=VALUE", help="Environment of members; repeatable.")
+    list[str] | None, typer.Option("--env", "-e", metavar="KEY=VALUE",
+                                   help="Environment of members, shown by 'pack show' (not secret); repeatable.")
+]
+SecretOpt = Annotated[
+    list[str] | None, typer.Option("--secret", metavar="KEY=VALUE",
+                                   help="A secret variable of members: encrypted at rest, shown as ***; repeatable. "
+                                        "(A [secrets] table in a --file keeps it off the command line.)")
+]
+
+
+class Network(str, Enum):
+    HOST = "host"
+    NONE = "none"
+
+
+NetworkOpt = Annotated[
+    Network, typer.Option("--network", help="The host's network, or none: an empty network namespace (exec).")
 ]
 
 # How an agent sits in the fleet, shared by `agent init` and `agent run`.

@@ -66,7 +66,7 @@ _canidae_options() {
         "canidae node show") echo "--help --json --stale -h" ;;
         "canidae node uncordon") echo "--help --json -h" ;;
         "canidae pack") echo "--help -h" ;;
-        "canidae pack create") echo "--cell --count --cpu --driver --env --file --group --help --json --mem --members --node --region --restart --spread --zone -e -f -h -n" ;;
+        "canidae pack create") echo "--cell --count --cpu --driver --env --file --group --help --json --mem --members --network --node --region --restart --secret --spread --zone -e -f -h -n" ;;
         "canidae pack history") echo "--help --json --limit --since -h" ;;
         "canidae pack kill") echo "--help --json --signal -h -s" ;;
         "canidae pack list") echo "--after --help --json --limit --node --stale --state --zone -h" ;;
@@ -74,7 +74,7 @@ _canidae_options() {
         "canidae pack migrate") echo "--help --json --no-wait --timeout --to --wait -h" ;;
         "canidae pack place") echo "--help --json --no-wait --timeout --wait -h" ;;
         "canidae pack show") echo "--help --json --stale -h" ;;
-        "canidae pack spawn") echo "--cell --count --cpu --driver --env --file --group --help --json --mem --members --no-wait --node --region --restart --spread --timeout --wait --zone -e -f -h -n" ;;
+        "canidae pack spawn") echo "--cell --count --cpu --driver --env --file --group --help --json --mem --members --network --no-wait --node --region --restart --secret --spread --timeout --wait --zone -e -f -h -n" ;;
         "canidae pack stop") echo "--help --json --no-wait --timeout --wait -h" ;;
         "canidae place") echo "--cell --cells --count --cpu --cpu-per-pack --group --help --json --load-factor --max-packs --mem --mem-per-pack --node --nodes --pack --prefix --region --regions --seed --spread --topology --zone --zones -h" ;;
         "canidae policy") echo "--help -h" ;;
@@ -210,9 +210,11 @@ _canidae_option_value() {
         "canidae pack create --group") echo "none" ;;
         "canidae pack create --mem") echo "none" ;;
         "canidae pack create --members") echo "none" ;;
+        "canidae pack create --network") echo "choice:host none" ;;
         "canidae pack create --node") echo "node" ;;
         "canidae pack create --region") echo "none" ;;
         "canidae pack create --restart") echo "choice:never on-failure always" ;;
+        "canidae pack create --secret") echo "none" ;;
         "canidae pack create --spread") echo "choice:zone region cell" ;;
         "canidae pack create --zone") echo "zone" ;;
         "canidae pack history --limit") echo "none" ;;
@@ -243,9 +245,11 @@ _canidae_option_value() {
         "canidae pack spawn --group") echo "none" ;;
         "canidae pack spawn --mem") echo "none" ;;
         "canidae pack spawn --members") echo "none" ;;
+        "canidae pack spawn --network") echo "choice:host none" ;;
         "canidae pack spawn --node") echo "node" ;;
         "canidae pack spawn --region") echo "none" ;;
         "canidae pack spawn --restart") echo "choice:never on-failure always" ;;
+        "canidae pack spawn --secret") echo "none" ;;
         "canidae pack spawn --spread") echo "choice:zone region cell" ;;
         "canidae pack spawn --timeout") echo "none" ;;
         "canidae pack spawn --zone") echo "zone" ;;

@@ -81,7 +81,7 @@ function __canidae_valued
         case 'canidae node list'
             printf '%s\n' -- --zone
         case 'canidae pack create'
-            printf '%s\n' -- --cell --count --cpu --driver --env --file --group --mem --members --node --region --restart --spread --zone -e -f -n
+            printf '%s\n' -- --cell --count --cpu --driver --env --file --group --mem --members --network --node --region --restart --secret --spread --zone -e -f -n
         case 'canidae pack history'
             printf '%s\n' -- --limit --since
         case 'canidae pack kill'
@@ -95,7 +95,7 @@ function __canidae_valued
         case 'canidae pack place'
             printf '%s\n' -- --timeout
         case 'canidae pack spawn'
-            printf '%s\n' -- --cell --count --cpu --driver --env --file --group --mem --members --node --region --restart --spread --timeout --zone -e -f -n
+            printf '%s\n' -- --cell --count --cpu --driver --env --file --group --mem --members --network --node --region --restart --secret --spread --timeout --zone -e -f -n
         case 'canidae pack stop'
             printf '%s\n' -- --timeout
         case 'canidae place'
@@ -495,16 +495,18 @@ complete -c canidae -n '__canidae_at \'canidae pack create\'' -l cell -x -d 'Pla
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l count -s n -x -d 'Spawn NAME-0 '
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l cpu -x -d 'CPU reserved per pack'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l driver -x -a 'virtual exec' -d 'How members run'
-complete -c canidae -n '__canidae_at \'canidae pack create\'' -l env -s e -x -d 'Environment of members'
+complete -c canidae -n '__canidae_at \'canidae pack create\'' -l env -s e -x -d 'Environment of members, shown by \'pack show\' (not secret)'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l file -s f -r -F -d 'Read the pack spec from a TOML file'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l group -x -d 'Group of packs spread together'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l mem -x -d 'Memory reserved per pack, in MiB'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l members -x -d 'Member processes running the command'
+complete -c canidae -n '__canidae_at \'canidae pack create\'' -l network -x -a 'host none' -d 'The host\'s network, or none'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l node -x -a '(__canidae_names node)' -d 'Place only on this node'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l region -x -d 'Place only in this region'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l restart -x -a 'never on-failure always' -d 'When a member that exits is restarted'
+complete -c canidae -n '__canidae_at \'canidae pack create\'' -l secret -x -d 'A secret variable of members'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l spread -x -a 'zone region cell' -d 'Spread packs of the same --group across this level'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l zone -x -a '(__canidae_names zone)' -d 'Place only in this zone'
 
@@ -567,17 +569,19 @@ complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l cell -x -d 'Plac
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l count -s n -x -d 'Spawn NAME-0 '
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l cpu -x -d 'CPU reserved per pack'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l driver -x -a 'virtual exec' -d 'How members run'
-complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l env -s e -x -d 'Environment of members'
+complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l env -s e -x -d 'Environment of members, shown by \'pack show\' (not secret)'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l file -s f -r -F -d 'Read the pack spec from a TOML file'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l group -x -d 'Group of packs spread together'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l mem -x -d 'Memory reserved per pack, in MiB'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l members -x -d 'Member processes running the command'
+complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l network -x -a 'host none' -d 'The host\'s network, or none'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l no-wait -d 'Wait until the work is done, or return once it is accepted'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l node -x -a '(__canidae_names node)' -d 'Place only on this node'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l region -x -d 'Place only in this region'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l restart -x -a 'never on-failure always' -d 'When a member that exits is restarted'
+complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l secret -x -d 'A secret variable of members'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l spread -x -a 'zone region cell' -d 'Spread packs of the same --group across this level'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l timeout -x -d 'Give up waiting after this many seconds'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l wait -d 'Wait until the work is done, or return once it is accepted'

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import xxhash
 
+from canidae.core.audit import MASK
 from canidae.core.commands import (
     Command, CreatePacks, MigratePacks, Noop, PlacePacks, Rebalance, RegisterNode, RemoveNode, ReportPacks,
     ReportState, SetNodeState, StopPacks,
@@ -83,6 +84,8 @@ class PackRecord:
     def view(self) -> dict[str, Any]:
         """The JSON shape the API shows for a pack."""
         d = self.spec.to_dict()
+        if "secrets" in d:  # which secrets a pack has is shown, never their (sealed) values
+            d["secrets"] = {k: MASK for k in d["secrets"]}
         d.update(state=self.state.value, node=self.node, generation=self.generation,
                  reason=self.reason, created_at=self.created_at, updated_at=self.updated_at)
         return d

@@ -27,6 +27,27 @@ def validate_name(kind: str, value: object) -> str:
     return value
 
 
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Variables that make the dynamic loader or glibc load code or data from a path: a pack may not
+# set them (its environment is applied only after the drop to its own user, and this refusal is a
+# second wall in front of that one).
+LOADER_VARS = frozenset({"GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH",
+                         "MALLOC_TRACE", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS"})
+# A secret's value in the replicated state: sealed (encrypted) by the agent that took the request.
+SEALED_PREFIX = "sealed:"
+NETWORKS = ("host", "none")
+
+
+def validate_env_name(what: str, name: object) -> str:
+    """An environment variable a spec may set (``env`` or ``secrets``): a shell name, no loader variable."""
+    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+        raise InvalidInput(f"{what} name {name!r} must be letters, digits and '_', not starting with a digit")
+    if name.startswith("LD_") or name in LOADER_VARS:
+        raise InvalidInput(f"{what} {name} is refused: it changes how programs are loaded "
+                           f"(LD_*, {', '.join(sorted(LOADER_VARS))})")
+    return name
+
+
 def _non_negative_int(what: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidInput(f"{what} must be a non-negative integer, got {value!r}")
@@ -236,9 +257,24 @@ class PackSpec:
     constraints: Constraints = NO_CONSTRAINTS
     restart: RestartPolicy = RestartPolicy.ON_FAILURE
     env: tuple[tuple[str, str], ...] = ()
+    # Sealed values only (see SEALED_PREFIX): the agent seals them before they are proposed.
+    secrets: tuple[tuple[str, str], ...] = ()
+    network: str = "host"
 
     def __post_init__(self) -> None:
         validate_name("pack", self.name)
+        for k, v in self.env:
+            validate_env_name("env variable", k)
+            if not isinstance(v, str):
+                raise InvalidInput(f"pack {self.name}: env {k} must be a string")
+        for k, v in self.secrets:
+            validate_env_name("secret", k)
+            if not isinstance(v, str) or not v.startswith(SEALED_PREFIX):
+                raise InvalidInput(f"pack {self.name}: secret {k} is not sealed")
+            if k in dict(self.env):
+                raise InvalidInput(f"pack {self.name}: {k} is both in env and in secrets")
+        if self.network not in NETWORKS:
+            raise InvalidInput(f"pack {self.name}: network must be host or none, got {self.network!r}")
         if isinstance(self.members, bool) or not isinstance(self.members, int) or not 1 <= self.members <= 64:
             raise InvalidInput(f"pack {self.name}: members must be 1..64, got {self.members!r}")
         if self.driver is Driver.EXEC and not self.command:
@@ -256,6 +292,10 @@ class PackSpec:
             d["constraints"] = self.constraints.to_dict()
         if self.env:
             d["env"] = dict(self.env)
+        if self.secrets:
+            d["secrets"] = dict(self.secrets)
+        if self.network != "host":
+            d["network"] = self.network
         return d
 
     @staticmethod
@@ -268,6 +308,8 @@ class PackSpec:
                 constraints=Constraints.from_dict(d.get("constraints") or {}),
                 restart=RestartPolicy(d.get("restart", "on-failure")),
                 env=tuple(sorted((d.get("env") or {}).items())),
+                secrets=tuple(sorted((d.get("secrets") or {}).items())),
+                network=d.get("network", "host"),
             )
         except KeyError as e:
             raise InvalidInput(f"pack spec is missing {e.args[0]!r}") from None
@@ -311,7 +353,8 @@ class Plan:
 
 
 __all__ = [
-    "NAME_RE", "NAME_RULE", "validate_name", "Level", "NodeState", "Role", "Driver", "RestartPolicy",
+    "NAME_RE", "NAME_RULE", "validate_name", "ENV_NAME_RE", "LOADER_VARS", "SEALED_PREFIX", "NETWORKS",
+    "validate_env_name", "Level", "NodeState", "Role", "Driver", "RestartPolicy",
     "PackState", "Resources", "Location", "Node", "Constraints", "NO_CONSTRAINTS", "PackSpec",
     "Placement", "Unplaced", "Migration", "Plan",
 ]

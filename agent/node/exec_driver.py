@@ -5,12 +5,17 @@ What it owns, per pack generation placed here (a *run*):
 * a directory ``<data_dir>/exec/packs/<pack>/`` with ``work/`` (the members' working directory),
   ``logs/`` (one size-rotated log per member, ``canidae.agent.node.packlogs``) and ``run.json`` (the
   run record: pids, process start times, generation, restarts, final state);
-* where the agent runs as root, a user of its own (uid = a per-node base + a slot), so that a pack
-  cannot signal, trace or read the processes and files of another pack, and ``RLIMIT_NPROC``
-  bounds its processes; a cgroup with its CPU, memory and process limits
-  (``canidae.agent.node.isolation``); rlimits on open files;
-* a scrubbed environment: ``PATH``, ``HOME``, ``LANG``, the spec's ``env`` and the ``CANIDAE_*``
-  variables (pack, member index, node, generation, agent address, mailbox URL, pack token).
+* where the agent runs as root, a user of its own, new for every run (uid = a per-node base + a
+  slot from a counter that never hands out a slot a live run holds), so that a pack cannot signal,
+  trace or read the processes and files of another pack, and ``RLIMIT_NPROC`` bounds its
+  processes; when a run ends its working directory becomes root's (0700); a cgroup with its CPU,
+  memory and process limits (``canidae.agent.node.isolation``); rlimits on open files;
+* confinement (``canidae.agent.node.confine``): a mount namespace with a private /tmp and the
+  data dir hidden, ``network = "none"``, NoNewPrivs, no capabilities;
+* a scrubbed environment, read by the member only after the drop to its user: ``PATH``,
+  ``HOME``, ``LANG``, the spec's ``env``, its secrets (opened here with the cluster's key,
+  ``canidae.agent.secretbox``) and the ``CANIDAE_*`` variables (pack, member index, node,
+  generation, agent address, mailbox URL, pack token).
 
 Starting a member: it is spawned as ``/bin/sh`` waiting on a pipe (a *gate*), in a new session,
 under the pack's user and working directory. While it waits, the agent moves it into the pack's
@@ -20,7 +25,7 @@ agent that dies before recording a member leaves no orphan: the gate sees end-of
 Moving a process between cgroups waits for a kernel RCU grace period (~10 ms on cgroup v1), so a
 few *spare* gates wait ready in cgroups of their own: a pack's first member takes one, its cgroup
 is renamed to the pack's and given the pack's limits, and the gate runs a start script (log
-redirection, working directory, rlimits, ``env -i``, ``setpriv``) in place of the command line.
+redirection, working directory, rlimits, then the confinement chain) in place of the command line.
 
 Supervision: each member is watched through a pidfd on the event loop (no thread, no pipe per
 member). Exits go through the restart policy: ``always`` restarts, ``on-failure`` restarts on a
@@ -57,9 +62,10 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from canidae.agent.node import packlogs
+from canidae.agent.node import confine, packlogs
 from canidae.agent.node.drivers import Report
 from canidae.agent.node.isolation import Isolation, Limits, Sandbox
+from canidae.agent.secretbox import Keyring, key_file
 from canidae.core.errors import InvalidInput, NotFound
 from canidae.core.packtoken import pack_token
 
@@ -69,10 +75,12 @@ SH = "/bin/sh"
 # The gate: set the member's own rlimits (lowering needs no privilege, so this works where the
 # agent lacks CAP_SYS_RESOURCE to set them from outside), wait for the agent's "go" on stdin
 # (end-of-file: the agent died, never run), then become the command.
-GATE = '{ulimits} || exit 112; read -r _ || exit 111; exec {become}"$@" </dev/null'
+# Whatever follows "go" on stdin is the member's environment, read after the privilege drop
+# (``canidae.agent.node.confine``).
+GATE = '{ulimits} || exit 112; read -r _ || exit 111; exec "$@"'
 # Dropping to the pack's user in the gate (rather than in the forked child) lets the agent spawn
 # with vfork: a fork of a large agent costs ~10 ms, a vfork ~0.2 ms.
-SETPRIV = shutil.which("setpriv") or ""
+SETPRIV = confine.SETPRIV
 # A spare gate is started before its pack is known: it reads the path of its start script.
 SPARE_GATE = 'read -r script || exit 111; . "$script"'
 GATE_ABORTED = 111
@@ -82,6 +90,7 @@ RLIMIT_OF = {"nofile": resource.RLIMIT_NOFILE, "core": resource.RLIMIT_CORE, "np
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UID_BASE = 1 << 30
 UID_SLOTS = 1 << 14
+UID_COUNTER = "uid-next"  # under the packs' root: the next pack user slot (see ExecDriver._alloc_slot)
 CANNOT_RUN = {126: "is not executable", 127: "was not found"}
 
 
@@ -254,6 +263,8 @@ class ExecDriver:
         self.finished: dict[str, tuple[int, str, str]] = {}  # name -> (generation, state, reason)
         self.isolation: Isolation | None = None
         self.pack_users = False
+        self.namespaces = False
+        self._keyring: Keyring | None = None
         self.uid_base = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -275,7 +286,11 @@ class ExecDriver:
         self.loop = asyncio.get_running_loop()
         s = self.settings
         want_users = s.pack_users == "on" or (s.pack_users == "auto" and os.geteuid() == 0)
-        self.pack_users = want_users and os.geteuid() == 0
+        # The drop to a pack's user is setpriv's (see canidae.agent.node.confine).
+        self.pack_users = want_users and os.geteuid() == 0 and bool(SETPRIV)
+        if want_users and not self.pack_users:
+            log.error("per-pack users need root and setpriv (util-linux): packs run as the agent's user")
+        self.namespaces = self.pack_users and confine.available(True)["private_tmp"]
         key = hashlib.sha256(f"{self.node_id}\0{self.data_dir}".encode()).digest()
         self.uid_base = UID_BASE + (int.from_bytes(key[:2], "big") * UID_SLOTS)
         try:
@@ -285,10 +300,12 @@ class ExecDriver:
             self.isolation = Isolation("rlimits", {}, str(e))
         log.info("exec driver: isolation %s (%s); per-pack users %s", self.isolation.mechanism,
                  self.isolation.detail, "on" if self.pack_users else "off")
-        # Traversable (not listable) by pack users, so that a member can name its own directory.
-        os.makedirs(self.root, mode=0o711, exist_ok=True)
-        os.chmod(os.path.dirname(self.root), 0o711)
-        os.chmod(self.root, 0o711)
+        # Private to the agent: a member reaches its working directory through its own mount
+        # namespace (canidae.agent.node.confine), never through these directories.
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        os.chmod(os.path.dirname(self.root), 0o700)
+        os.chmod(self.root, 0o700)
         self._ulimit_flags = _probe_ulimit_flags()
         self._adopt()
         self._housekeeping = self._spawn_task(self._housekeeping_loop())
@@ -338,6 +355,7 @@ class ExecDriver:
                 # Nothing of it survived: clean up; the reconciler starts it again if still assigned.
                 self._kill_sandbox_now(run)
                 self._write_record(run, "lost")
+                self._retire_work(run)
                 continue
             log.info("adopted pack %s generation %d (%d of %d members alive)", name, run.generation, alive,
                      len(run.members))
@@ -477,7 +495,12 @@ class ExecDriver:
     def describe(self) -> dict[str, Any]:
         self.open()
         assert self.isolation is not None
-        return {**self.isolation.describe(), "pack_users": self.pack_users,
+        root = self.pack_users  # the protections below need the drop from root to a pack user
+        given = {k: v and (root or k == "no_new_privs") for k, v in confine.available(root).items()}
+        if not self.namespaces:
+            given.update(private_tmp=False, hidden_data_dir=False, network_none=False)
+        return {**self.isolation.describe(), "pack_users": self.pack_users, "confinement": given,
+                "env_after_drop": True, "uid_reuse": "never while a run holds the uid; ended runs' files are root's",
                 "uid_range": [self.uid_base, self.uid_base + UID_SLOTS - 1] if self.pack_users else None,
                 "packs": len(self.runs), "settings": {f.name: getattr(self.settings, f.name)
                                                       for f in fields(ExecSettings)}}
@@ -502,19 +525,52 @@ class ExecDriver:
             parts.append(f"ulimit {flag} {value}")
         return " && ".join(parts) or "true"
 
-    def _alloc_slot(self, name: str) -> int:
+    def _alloc_slot(self) -> int:
+        """A pack user never used on this node before (every run gets a new one), so no process or
+        file of an earlier pack can belong to it. Slots go round after UID_SLOTS runs: then a slot
+        is skipped while a run holds it or a process runs under it (an ended run's files are root's)."""
+        path = os.path.join(self.root, UID_COUNTER)
+        try:
+            with open(path) as f:
+                nxt = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            nxt = 0
         used = {r.slot for r in self.runs.values()}
-        rec = self._read_record(name)
-        if rec is not None and isinstance(rec.get("slot"), int) and rec["slot"] not in used:
-            return int(rec["slot"])
-        for slot in range(UID_SLOTS):
+        if nxt >= UID_SLOTS:
+            used |= {uid - self.uid_base for uid, _ in _processes_by_uid(self.uid_base, self.uid_base + UID_SLOTS)}
+        for i in range(UID_SLOTS):
+            slot = (nxt + i) % UID_SLOTS
             if slot not in used:
-                return slot
-        raise CannotStart(f"node {self.node_id} has no free pack user (at most {UID_SLOTS} exec packs)")
+                break
+        else:
+            raise CannotStart(f"node {self.node_id} has no free pack user (at most {UID_SLOTS} exec packs)")
+        tmp = f"{path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            # Kept counting past UID_SLOTS: it says that slots have gone round once.
+            f.write(str(nxt + i + 1 if nxt + i + 1 < 2 * UID_SLOTS else UID_SLOTS))
+        os.replace(tmp, path)
+        return slot
+
+    def _retire_work(self, run: Run) -> None:
+        """A run has ended and none of its processes is left: its working directory becomes root's,
+        0700, so that its user owns nothing here (kept for inspection; the next run of the same
+        pack gets the files under its own user)."""
+        if run.uid is None or not os.path.isdir(run.work):
+            return
+        try:
+            for top, dirs, files in os.walk(run.work):
+                for n in dirs + files:
+                    os.lchown(os.path.join(top, n), 0, 0)
+            os.chown(run.work, 0, 0)
+            os.chmod(run.work, 0o700)
+        except OSError as e:
+            log.warning("cannot hand the working directory of %s back to root: %s", run.name, e)
 
     def _env(self, run: Run, index: int) -> dict[str, str]:
         env = {"PATH": f"{DEFAULT_PATH}:{os.path.dirname(sys.executable)}", "HOME": run.work, "LANG": "C.UTF-8"}
         env.update(run.spec.get("env") or {})
+        env.update(self._open_secrets(run))
         token = pack_token(self.token, run.name)
         env.update(CANIDAE_PACK=run.name, CANIDAE_MEMBER=str(index), CANIDAE_MEMBERS=str(len(run.members)),
                    CANIDAE_NODE=self.node_id, CANIDAE_GENERATION=str(run.generation), CANIDAE_ADDR=self.api,
@@ -522,11 +578,34 @@ class ExecDriver:
                    CANIDAE_PACK_TOKEN=token, CANIDAE_CONFIG=os.path.join(run.work, ".canidae.toml"))
         return env
 
+    def _confinement(self, run: Run) -> confine.Confinement:
+        return confine.Confinement(uid=run.uid, gid=run.gid, network=str(run.spec.get("network", "host")),
+                                   work=run.work, data_dir=self.data_dir, fstab=os.path.join(run.dir, "mounts.fstab"),
+                                   namespaces=self.namespaces)
+
+    def _open_secrets(self, run: Run) -> dict[str, str]:
+        """The pack's secrets in the clear, for its members' environment only (never logged or stored)."""
+        sealed = run.spec.get("secrets") or {}
+        if not sealed:
+            return {}
+        try:
+            if self._keyring is None:
+                self._keyring = Keyring.load(key_file(self.data_dir))
+            return {k: self._keyring.open(k, v) for k, v in sealed.items()}
+        except InvalidInput as e:
+            raise CannotStart(e.message) from None
+
+    def _env_payload(self, run: Run, index: int) -> bytes:
+        try:
+            return confine.env_payload(self._env(run, index))
+        except ValueError as e:  # the spec was validated when created: only a damaged record gets here
+            raise CannotStart(str(e)) from None
+
     def _prepare(self, run: Run) -> None:
         """Working and log directories, owned by the pack's user; CannotStart with the reason."""
         try:
             try:
-                os.mkdir(run.dir, 0o711)
+                os.mkdir(run.dir, 0o700)
                 os.mkdir(run.logs, 0o700)
                 os.mkdir(run.work, 0o700)
                 fresh = True
@@ -544,6 +623,12 @@ class ExecDriver:
                         for n in dirs + files:
                             os.lchown(os.path.join(top, n), run.uid, run.gid)
                     os.chown(run.work, run.uid, run.gid)
+            c = self._confinement(run)
+            if c.network == "none" and not c.namespaces:
+                raise CannotStart("network none needs an agent running as root with unshare and mount "
+                                  "(util-linux)")
+            if c.namespaces:
+                confine.write_fstab(c)
         except CannotStart:
             raise
         except OSError as e:
@@ -597,7 +682,7 @@ class ExecDriver:
         run.limits = self._limits(spec)
         try:
             if self.pack_users:
-                run.slot = self._alloc_slot(name)
+                run.slot = self._alloc_slot()
                 run.uid = run.gid = self.uid_base + run.slot
             run.rlimits = self.isolation.rlimits(run.limits, run.uid is not None)
             self._prepare(run)
@@ -616,7 +701,7 @@ class ExecDriver:
                     if m.index == 0 and spare is not None:
                         gates.append(self._use_spare(run, m, spare))
                     else:
-                        gates.append((self._spawn(run, m), b"go\n"))
+                        gates.append((self._spawn(run, m), b"go\n" + self._env_payload(run, m.index)))
             except CannotStart:
                 for g, _ in gates:
                     os.close(g)
@@ -638,16 +723,8 @@ class ExecDriver:
     def _spawn(self, run: Run, m: Member) -> int:
         """Start one member behind its gate; returns the gate's write end (write b"go" to run it)."""
         assert self.isolation is not None and self.loop is not None
-        env = self._env(run, m.index)
-        creds: dict[str, Any] = {}
-        become = ""
-        if run.uid is not None:
-            if SETPRIV:
-                become = f"{SETPRIV} --reuid={run.uid} --regid={run.gid} --clear-groups -- "
-            else:
-                creds = {"user": run.uid, "group": run.gid, "extra_groups": []}
-        argv = [SH, "-c", GATE.format(ulimits=self._ulimits(run), become=become), "canidae-gate",
-                *run.spec["command"]]
+        argv = [SH, "-c", GATE.format(ulimits=self._ulimits(run)), "canidae-gate",
+                *confine.argv(self._confinement(run), list(run.spec["command"]))]
         r, w = os.pipe()
         try:
             out = packlogs.open_for_member(run.logs, m.index)
@@ -656,8 +733,9 @@ class ExecDriver:
             os.close(w)
             raise CannotStart(f"cannot open the log of member {m.index}: {e.strerror}") from None
         try:
-            proc = subprocess.Popen(argv, stdin=r, stdout=out, stderr=out, cwd=run.work, env=env,
-                                    start_new_session=True, close_fds=True, **creds)
+            # Root's side sees no variable of the spec: they reach the member through the gate's stdin.
+            proc = subprocess.Popen(argv, stdin=r, stdout=out, stderr=out, cwd=run.work, env={"PATH": DEFAULT_PATH},
+                                    start_new_session=True, close_fds=True)
         except OSError as e:
             os.close(w)
             raise CannotStart(f"cannot start member {m.index}: {e.strerror}") from None
@@ -680,8 +758,7 @@ class ExecDriver:
 
     def _spares_usable(self) -> bool:
         assert self.isolation is not None
-        return (self.settings.spares > 0 and self.isolation.mechanism != "rlimits"
-                and (not self.pack_users or bool(SETPRIV)) and not self.closed)
+        return self.settings.spares > 0 and self.isolation.mechanism != "rlimits" and not self.closed
 
     async def _refill(self) -> None:
         """Keep ``settings.spares`` gates waiting in cgroups of their own, moved there off the loop."""
@@ -739,18 +816,17 @@ class ExecDriver:
         return spare
 
     def _use_spare(self, run: Run, m: Member, spare: Spare) -> tuple[int, bytes]:
-        """Member ``m`` runs in ``spare``: write its start script; returns (gate, the script's path)."""
+        """Member ``m`` runs in ``spare``: write its start script; returns (gate, the script's path
+        followed by the member's environment, which the confined member reads from the same pipe)."""
         assert self.loop is not None
-        env = self._env(run, m.index)
-        become = [SETPRIV, f"--reuid={run.uid}", f"--regid={run.gid}", "--clear-groups", "--"] \
-            if run.uid is not None else []
         log_file = packlogs.log_path(run.logs, m.index)
         script = os.path.join(run.dir, f"start-{m.index}.sh")
-        lines = [f"exec >>{shlex.quote(log_file)} 2>&1 </dev/null",
+        # The script holds no variable of the spec (values could be secrets): those follow on stdin.
+        lines = [f"exec >>{shlex.quote(log_file)} 2>&1",
                  f"cd {shlex.quote(run.work)} || exit {GATE_LIMITS}",
                  f"{self._ulimits(run)} || exit {GATE_LIMITS}",
-                 "exec env -i " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " "
-                 + " ".join(shlex.quote(a) for a in become + list(run.spec["command"]))]
+                 "exec " + " ".join(shlex.quote(a) for a in confine.argv(self._confinement(run),
+                                                                        list(run.spec["command"])))]
         try:
             fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
             with os.fdopen(fd, "w") as f:
@@ -762,7 +838,7 @@ class ExecDriver:
         m.proc, m.pid, m.alive, m.started = spare.proc, spare.proc.pid, True, time.monotonic()
         m.start_ticks = spare.start_ticks
         self.loop.add_reader(m.pidfd, self._on_exit, run, m)
-        return spare.gate, f"{script}\n".encode()
+        return spare.gate, f"{script}\n".encode() + self._env_payload(run, m.index)
 
     def _discard(self, spare: Spare) -> None:
         assert self.isolation is not None
@@ -785,6 +861,7 @@ class ExecDriver:
             self._unwatch(m)
         if run.sandbox.dirs:
             await self._kill_all(run)
+        await asyncio.get_running_loop().run_in_executor(None, self._retire_work, run)
         self.finished[run.name] = (run.generation, "failed", reason)
         with contextlib.suppress(OSError):
             self._write_record(run, "exited", final="failed")
@@ -833,9 +910,11 @@ class ExecDriver:
             self._finish(run, "failed", f"member {m.index}: command {run.spec['command'][0]!r} "
                                         f"{CANNOT_RUN[rc]} ({describe_exit(rc)})")
             return
-        if rc in (GATE_ABORTED, GATE_LIMITS) and ran < 2.0 and m.restarts == 0:
+        if rc in (GATE_ABORTED, GATE_LIMITS, confine.CONFINE_FAILED) and ran < 2.0 and m.restarts == 0:
             self._finish(run, "failed", f"member {m.index} could not be started" +
-                         (" (its rlimits could not be set)" if rc == GATE_LIMITS else ""))
+                         {GATE_LIMITS: " (its rlimits could not be set)",
+                          confine.CONFINE_FAILED: " (its namespaces or environment could not be set up; "
+                                                  "see pack logs)"}.get(rc, ""))
             return
         failed = rc != 0
         if ran >= self.settings.stable_s:
@@ -871,7 +950,7 @@ class ExecDriver:
             self._finish(run, "failed", str(e))
             return
         self._persist(run)
-        _open_gate(gate)
+        _open_gate(gate, b"go\n" + self._env_payload(run, m.index))
 
     def _persist(self, run: Run) -> None:
         try:
@@ -903,6 +982,7 @@ class ExecDriver:
 
     async def _end(self, run: Run, state: str, reason: str, report: bool, with_exits: bool = False) -> None:
         await self._kill_all(run)
+        await asyncio.get_running_loop().run_in_executor(None, self._retire_work, run)
         if with_exits:  # how each member went: on SIGTERM, or on SIGKILL after the grace period
             exits = "; ".join(f"member {m.index} {m.last_exit}" for m in run.members if m.last_exit)
             reason = f"{reason} ({exits})" if exits else reason
@@ -975,8 +1055,11 @@ class ExecDriver:
                "node": self.node_id, "members": [m.record() for m in run.members]}
         path = self._record_path(run.name)
         tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
+        # Root's alone (0600): it holds the spec, whose secrets are sealed but whose env is plain.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
             json.dump(rec, f, separators=(",", ":"))
+        os.chmod(tmp, 0o600)  # an older version's leftover .tmp keeps its mode through O_CREAT
         os.replace(tmp, path)
 
     async def _housekeeping_loop(self) -> None:
@@ -1024,9 +1107,15 @@ def _probe_ulimit_flags() -> dict[str, str]:
     return flags
 
 
-def _open_gate(w: int, word: bytes = b"go\n") -> None:
+def _open_gate(w: int, word: bytes) -> None:
+    """Write ``word`` (the go-ahead and the member's environment) and close: the member reads to
+    end-of-file. A gate that died meanwhile is seen by its pidfd, not here."""
     try:
-        os.write(w, word)
+        view = memoryview(word)
+        while view:
+            view = view[os.write(w, view):]
+    except BrokenPipeError:
+        pass
     finally:
         os.close(w)
 

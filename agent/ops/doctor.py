@@ -5,7 +5,9 @@ answers on its API, the isolation it chose at start is read from it (``/v1/exec/
 otherwise the choice is made here exactly as the agent would make it. Checks: isolation
 mechanism, per-pack users, rlimits, the API and Raft ports, the data dir (exists, writable,
 private, free space), the config file's mode, the clock (kernel sync state and skew against the
-other servers) and the peers (API and Raft reachable).
+other servers), the peers (API and Raft reachable), and the protections packs run under:
+privilege drop before the environment, NoNewPrivs and no capabilities, private /tmp with the data
+dir hidden, ``--network none``, and the cluster's secret key file.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import Any
 
 import httpx
 from canidae.agent.config import AgentConfig
+from canidae.agent.node.confine import available as confinement_available
 from canidae.agent.node.isolation import Isolation
+from canidae.agent.secretbox import key_file
 
 SKEW_WARN_MS = 250.0
 SKEW_FAIL_MS = 2000.0
@@ -99,9 +103,32 @@ def _isolation(cfg: AgentConfig, info: dict[str, Any] | None) -> list[dict[str, 
                   f"{mech} ({detail})" + ("; CPU is not limited and memory only per process" if mech == "rlimits"
                                           else ""))]
     out.append(_check("pack users", "ok" if users else "warn",
-                      "each pack runs as a user of its own" if users else
-                      "the agent is not root: packs share its user and may signal each other"))
+                      "each pack runs as a user of its own, a new one per run" if users else
+                      "the agent is not root (or lacks setpriv): packs share its user and may signal each other"))
+    given = info["exec"].get("confinement") if info is not None else None
+    if given is None:  # the running agent predates these checks, or is not running: what this host can give
+        root = os.geteuid() == 0 and users
+        given = {k: v and (root or k == "no_new_privs") for k, v in confinement_available(root).items()}
+    out += _confinement(given)
     return out
+
+
+def _confinement(given: dict[str, bool]) -> list[dict[str, str]]:
+    def row(name: str, ok: bool, yes: str, no: str) -> dict[str, str]:
+        return _check(name, "ok" if ok else "warn", yes if ok else no)
+    return [
+        row("privilege drop", given.get("no_new_privs", False) and given.get("no_capabilities", False),
+            "members run with NoNewPrivs and an empty capability bounding set; the spec's environment is "
+            "applied only after the drop to the pack's user; loader variables (LD_*) are refused",
+            "members lack NoNewPrivs or keep capabilities (needs root and setpriv from util-linux)"),
+        row("private /tmp", given.get("private_tmp", False) and given.get("hidden_data_dir", False),
+            "each member has its own /tmp, /var/tmp and /dev/shm, and sees none of the data dir but its "
+            "working directory", "members share the host's /tmp and could see the data dir's paths "
+            "(needs root, unshare and mount)"),
+        row("network none", given.get("network_none", False),
+            "packs asking for --network none get an empty network namespace",
+            "packs asking for --network none cannot start here (needs root and unshare)"),
+    ]
 
 
 def _limits() -> list[dict[str, str]]:
@@ -146,13 +173,21 @@ def _data_dir(cfg: AgentConfig, config_path: str) -> list[dict[str, str]]:
             problems.append("not writable")
         if st.st_uid != os.geteuid():
             problems.append(f"owned by uid {st.st_uid}, not {os.geteuid()}")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            problems.append("writable by others")
+        if st.st_mode & 0o077:
+            problems.append(f"mode {stat.S_IMODE(st.st_mode):04o}, not 0700 (packs must not read it)")
         free = os.statvfs(d)
         free_gib = free.f_bavail * free.f_frsize / 2**30
         status = "fail" if "not writable" in problems else "warn" if problems or free_gib < 1 else "ok"
         out.append(_check("data dir", status, f"{d}: " + (", ".join(problems) if problems else "ok") +
                           f"; {free_gib:.1f} GiB free"))
+    keys = key_file(d)
+    try:
+        kmode = stat.S_IMODE(os.stat(keys).st_mode)
+        out.append(_check("secret keys", "ok" if not kmode & 0o077 else "fail",
+                          f"{keys} mode {kmode:04o}" + ("" if not kmode & 0o077 else ": make it 0600")))
+    except OSError:
+        out.append(_check("secret keys", "warn", f"no {keys}: packs with secrets cannot be created or started "
+                                                 "through this agent (copy the cluster's file here)"))
     try:
         mode = stat.S_IMODE(os.stat(config_path).st_mode)
         out.append(_check("config file", "ok" if not mode & 0o077 else "warn",

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import httpx
 import tomli_w
 from canidae.agent.config import AgentConfig, ServerPeer, new_secret, write_config
+from canidae.agent.secretbox import Keyring, key_file
 from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NotFound, Timeout
 from canidae.core.types import Resources, Role
 
@@ -158,8 +159,9 @@ def start_agent(cfg_path: str, log_path: str, env: dict[str, str] | None = None,
 
     A ``prefix`` must exec the agent in place (``nsenter`` does), so that the pid is the agent's.
     """
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    out = open(log_path, "ab")
+    os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
+    # An agent's output is as private as its data dir (it may name packs, paths, addresses).
+    out = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     try:
         proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "canidae", "agent", "run", "--config", cfg_path],
@@ -200,10 +202,13 @@ def up(layout: ClusterLayout, data_dir: str, cli_config: str, timeout: float = 3
     if busy:
         raise AlreadyExists(f"port {busy[0]} on 127.0.0.1 is busy; choose another --base-port")
     agents = []
+    ring = _cluster_keyring([c.data_dir for c in cfgs])
     for c in cfgs:
-        os.makedirs(c.data_dir, exist_ok=True)
+        os.makedirs(c.data_dir, mode=0o700, exist_ok=True)
+        os.chmod(c.data_dir, 0o700)
         path = os.path.join(c.data_dir, "agent.toml")
         write_config(c, path)
+        ring.save(key_file(c.data_dir))
         prefix = hosts[c.node_id].prefix if c.node_id in hosts else ()
         pid = start_agent(path, os.path.join(c.data_dir, "stdout.log"), env, prefix)
         with open(os.path.join(c.data_dir, "agent.pid"), "w") as f:
@@ -226,6 +231,15 @@ def up(layout: ClusterLayout, data_dir: str, cli_config: str, timeout: float = 3
     write_cli_config(cli_config, [a["api"] for a in agents if a["role"] == "server"], token, data_dir)
     return {"data_dir": data_dir, "agents": agents, "leader": leader, "config": cli_config,
             "ready_s": round(time.monotonic() - t0, 3)}
+
+
+def _cluster_keyring(data_dirs: list[str]) -> Keyring:
+    """The cluster's secret keys: those of an earlier run from these data dirs (its journal holds
+    values sealed with them), else new ones. Every agent gets the same file."""
+    for d in data_dirs:
+        if os.path.exists(key_file(d)):
+            return Keyring.load(key_file(d))
+    return Keyring.new()
 
 
 def wait_ready(agents: list[dict[str, Any]], token: str, n_nodes: int, timeout: float) -> str:

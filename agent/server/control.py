@@ -20,6 +20,7 @@ from typing import Any
 
 from canidae.agent.client.link import ServerLink
 from canidae.agent.config import AgentConfig
+from canidae.agent.secretbox import Keyring, key_file, seal_all
 from canidae.agent.server import history
 from canidae.agent.server.eventstore import EventStore
 from canidae.agent.server.proposer import Proposer
@@ -68,6 +69,7 @@ class ControlPlane:
         self.last_seen: dict[str, float] = {}
         self.running_on: dict[str, int] = {}  # what each agent says it runs
         self.convergence = Convergence()
+        self._keyring: Keyring | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -240,6 +242,12 @@ class ControlPlane:
         return {**raise_if_error(copy.apply(cmd)), "plan": True}
 
     # ------------------------------------------------------------------ packs
+
+    def seal_secrets(self, plain: dict[str, str]) -> dict[str, str]:
+        """Seal a spec's secrets before they are proposed: the log never holds a plain one."""
+        if self._keyring is None:  # read once; an agent that never seals needs no key file
+            self._keyring = Keyring.load(key_file(self.cfg.data_dir))
+        return seal_all(self._keyring, plain)
 
     async def create_packs(self, specs: list[PackSpec], count: int, place: bool, rid: str) -> dict[str, Any]:
         if count and len(specs) != 1:

@@ -30,7 +30,12 @@ def openapi_document() -> dict[str, Any]:
         "members": {"type": "integer", "minimum": 1, "maximum": 64},
         "cpu": {"type": "integer", "minimum": 0}, "mem": {"type": "integer", "minimum": 0},
         "restart": {"enum": ["never", "on-failure", "always"]},
-        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        "env": {"type": "object", "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"},
+                "additionalProperties": {"type": "string"}},
+        # Plain values in a request; sealed at once by the agent, shown as "***" in every answer.
+        "secrets": {"type": "object", "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"},
+                    "additionalProperties": {"type": "string"}},
+        "network": {"enum": ["host", "none"]},
         "constraints": {"type": "object", "additionalProperties": False, "properties": {
             k: {"type": "string"} for k in ("zone", "region", "cell", "node", "spread", "group")}}}}
     return {

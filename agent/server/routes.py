@@ -9,12 +9,12 @@ passed on to a server by the edge before its handler would run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from canidae.agent.httpedge import Edge, expect_object, query_bool, query_int, read_json, request_id
 from canidae.agent.server.openapi import openapi_document
 from canidae.core.errors import InvalidInput, NotFound
-from canidae.core.types import NodeState, PackSpec, PackState, validate_name
+from canidae.core.types import NodeState, PackSpec, PackState, validate_env_name, validate_name
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -22,10 +22,12 @@ if TYPE_CHECKING:
     from canidae.agent.server.control import ControlPlane
 
 
-SPEC_FIELDS = {"name", "driver", "command", "members", "cpu", "mem", "restart", "env", "constraints"}
+SPEC_FIELDS = {"name", "driver", "command", "members", "cpu", "mem", "restart", "env", "secrets", "network",
+               "constraints"}
 
 
-def parse_spec(d: Any) -> PackSpec:
+def parse_spec(d: Any, seal: Callable[[dict[str, str]], dict[str, str]]) -> PackSpec:
+    """A spec of a request; its plain ``secrets`` are checked, then sealed by ``seal``."""
     spec = expect_object(d, SPEC_FIELDS, {"name"})
     validate_name("pack", spec["name"])
     for k in ("members", "cpu", "mem"):
@@ -37,6 +39,13 @@ def parse_spec(d: Any) -> PackSpec:
     if "env" in spec and (not isinstance(spec["env"], dict)
                           or not all(isinstance(k, str) and isinstance(v, str) for k, v in spec["env"].items())):
         raise InvalidInput("env must be an object of strings")
+    if "secrets" in spec:
+        plain = spec["secrets"]
+        if not isinstance(plain, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in plain.items()):
+            raise InvalidInput("secrets must be an object of strings")
+        for k in plain:
+            validate_env_name("secret", k)
+        spec = {**spec, "secrets": seal(plain) if plain else {}}
     if "constraints" in spec:
         expect_object(spec["constraints"], {"zone", "region", "cell", "node", "spread", "group"})
     return PackSpec.from_dict(spec)
@@ -103,11 +112,11 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
                              {"spec", "specs", "count", "place", "request_id"})
         if ("spec" in body) == ("specs" in body):
             raise InvalidInput("give exactly one of 'spec' or 'specs'")
-        specs = [parse_spec(body["spec"])] if "spec" in body else None
+        specs = [parse_spec(body["spec"], agent.seal_secrets)] if "spec" in body else None
         if specs is None:
             if not isinstance(body["specs"], list) or not body["specs"]:
                 raise InvalidInput("specs must be a non-empty list")
-            specs = [parse_spec(s) for s in body["specs"]]
+            specs = [parse_spec(s, agent.seal_secrets) for s in body["specs"]]
         count = body.get("count", 0)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InvalidInput("count must be a non-negative integer")
