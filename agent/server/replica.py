@@ -56,6 +56,24 @@ from canidae.agent.config import RaftSettings
 from canidae.agent.server import prevote as _prevote
 from canidae.agent.server import raftwire
 from canidae.agent.server.raftwire import require as _require
+
+
+class _KeepLog(threading.local):
+    """Set on a tick thread while it hands pysyncobj a repeat that must not truncate the log."""
+
+    active = False
+
+
+_keep_log = _KeepLog()
+
+
+class _NoFalseTruncationAlarm(logging.Filter):
+    # pysyncobj warns before the deletion we skip for a conflict-free repeat: nothing is deleted.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_keep_log.active and "truncating already-applied" in record.getMessage())
+
+
+logging.getLogger("pysyncobj.syncobj").addFilter(_NoFalseTruncationAlarm())
 from canidae.agent.server.raftwire import require_source as _require_source
 from canidae.core.commands import decode_batch
 from canidae.core.errors import OperationFailed
@@ -163,7 +181,7 @@ def _create_journal(journal_file: str | None = None) -> _journal.Journal:
 _syncobj.createJournal = _create_journal
 
 
-_require(SyncObj, "_SyncObj__getEntries", "_SyncObj__applyLogEntries", "_SyncObj__sendAppendEntries",
+_require(SyncObj, "_SyncObj__getEntries", "_SyncObj__deleteEntriesFrom", "_SyncObj__applyLogEntries", "_SyncObj__sendAppendEntries",
          "_SyncObj__connectedToAnyone", "_SyncObj__generateRaftTimeout", "_SyncObj__getCurrentLogIndex",
          "_SyncObj__getCurrentLogTerm", "raftLastApplied", "raftCommitIndex", "raftCurrentTerm",
          "otherNodes", "_onTick", "_isLeader")
@@ -330,6 +348,7 @@ class Replica(SyncObj):  # type: ignore[misc]
         _require(self, *_SYNCOBJ_STATE)
         self._keep_next_index_monotonic()
         self._route_pre_vote()
+        self._truncate_only_on_conflict()
 
     def _keep_next_index_monotonic(self) -> None:
         """Stop pysyncobj's leader from rewinding a follower's next index on a success answer.
@@ -358,6 +377,59 @@ class Replica(SyncObj):  # type: ignore[misc]
             original(node, message)
 
         transport.setOnMessageReceivedCallback(on_message)
+
+    def _truncate_only_on_conflict(self) -> None:
+        """Keep log entries a stale append-entries repeats, as Raft requires.
+
+        pysyncobj's follower deletes everything after ``prevLogIdx`` whenever it holds more, even
+        when the message's entries match what it holds (a late or repeated message: pipelining
+        and retransmission make them common). Entries the leader already counted as replicated
+        here then vanish until resent, and a crash in between can leave a committed entry on
+        fewer servers than the leader believes. Raft's rule is to delete only from the first
+        entry whose term conflicts. A message that holds no conflict and ends before our log does
+        is rewritten into an empty one at its last entry (so the answer acknowledges exactly what
+        it carried), its commit index capped there (our later entries are not vouched for by
+        it), and the deletion pysyncobj would make is skipped.
+        """
+        transport = self._SyncObj__transport
+        inner = transport._onMessageReceivedCallback
+
+        def on_message(node: Any, message: Any) -> None:
+            if isinstance(message, dict) and message.get("type") == "append_entries" \
+                    and "prevLogIdx" in message and "transmission" not in message \
+                    and isinstance(message.get("term"), int) and message["term"] >= self.raftCurrentTerm:
+                kept = self._repeat_without_conflict(message)
+                if kept is not None:
+                    _keep_log.active = True
+                    try:
+                        inner(node, kept)
+                    finally:
+                        _keep_log.active = False
+                    return
+            inner(node, message)
+
+        transport.setOnMessageReceivedCallback(on_message)
+
+    def _repeat_without_conflict(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        entries = message.get("entries") or []
+        prev_idx, prev_term = message["prevLogIdx"], message["prevLogTerm"]
+        last_idx = entries[-1][1] if entries else prev_idx
+        if last_idx >= self._SyncObj__getCurrentLogIndex():
+            return None  # it reaches our end: pysyncobj's handling is already right
+        held = self._SyncObj__getEntries(prev_idx, len(entries) + 1)
+        if len(held) < len(entries) + 1 or held[0][2] != prev_term:
+            return None  # a gap or a conflict at prevLogIdx: pysyncobj answers failure
+        for ours, theirs in zip(held[1:], entries):
+            if ours[1] != theirs[1] or ours[2] != theirs[2]:
+                return None  # a real conflict: deleting from prevLogIdx + 1 is what Raft does
+        last_term = entries[-1][2] if entries else prev_term
+        return {**message, "prevLogIdx": last_idx, "prevLogTerm": last_term, "entries": [],
+                "commit_index": min(message["commit_index"], last_idx)}
+
+    def _SyncObj__deleteEntriesFrom(self, fromIdx: int) -> None:  # noqa: N802 (pysyncobj's name)
+        if _keep_log.active:
+            return  # a repeat without conflict (see _truncate_only_on_conflict): nothing to delete
+        super()._SyncObj__deleteEntriesFrom(fromIdx)  # type: ignore[misc]
 
     def _route_pre_vote(self) -> None:
         """Take pre-vote messages out of the stream before pysyncobj sees them; note leaders.

@@ -81,6 +81,7 @@ class Group:
         self.password = password
         self.members: list[Replica | None] = [None] * n
         self._cuts: set[tuple[str, str]] = set()
+        self._deliver_past_cuts: dict[str, Any] = {}
         try:
             for i in range(n):
                 self.start(i)
@@ -174,3 +175,10 @@ class Group:
 
         transport.send = cut_send
         transport._onMessageReceivedCallback = cut_deliver
+        self._deliver_past_cuts[me] = deliver
+
+    def deliver(self, to: Replica, sender: Replica, message: dict[str, Any]) -> None:
+        """Hand ``to`` a message as if ``sender`` had sent it (past any cut: isolate ``to`` first,
+        so that its tick thread handles nothing else meanwhile)."""
+        node = next(n for n in to.otherNodes if n.address == sender.selfNode.address)
+        self._deliver_past_cuts[to.selfNode.address](node, message)
