@@ -33,7 +33,6 @@ import math
 import os
 import random
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -42,9 +41,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import httpx
-from canidae.agent.client import Client, Target
-from canidae.agent.ops import localcluster
+from canidae.agent.client import Client
+from canidae.agent.ops.localcluster import ClusterLayout, LocalCluster
+from canidae.agent.ops.waiting import seconds_until
 from canidae.core import scaleplan
 from canidae.core.errors import CanidaeError, InvalidInput, NotFound, Timeout
 from canidae.core.packtoken import pack_token
@@ -488,102 +487,17 @@ class LivePlan:
         return self
 
 
-@dataclass
-class LiveCluster:
-    """The agents of the cluster under test, with their pids (from ``cluster.json``)."""
-
-    data_dir: str
-    agents: list[dict[str, Any]]
-    token: str
-    throwaway: bool
-
-    @staticmethod
-    def start(plan: LivePlan) -> LiveCluster:
-        tmp = tempfile.mkdtemp(prefix="canidae-scale-")
-        try:
-            base = plan.base_port or localcluster.find_base_port(plan.servers, plan.clients)
-            layout = localcluster.ClusterLayout(
-                servers=plan.servers,
-                clients=plan.clients,
-                base_port=base,
-                zones=plan.zones,
-                capacity=Resources(1_000_000, 1_048_576, plan.node_packs),
-            )
-            # Every agent imports and starts on the same cores: allow time in proportion.
-            timeout = max(plan.timeout_s, 30.0 + 1.0 * (plan.servers + plan.clients))
-            info = localcluster.up(layout, tmp, os.path.join(tmp, "cli.toml"), timeout=timeout)
-            st = localcluster.read_cluster_state(tmp)
-            assert st is not None
-            return LiveCluster(tmp, info["agents"], st["token"], throwaway=True)
-        except BaseException:
-            if localcluster.read_cluster_state(tmp) is not None:
-                localcluster.down(tmp, timeout=5)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-    @staticmethod
-    def open(data_dir: str) -> LiveCluster:
-        st = localcluster.read_cluster_state(os.path.abspath(data_dir))
-        if st is None:
-            raise NotFound(f"no cluster started by 'cluster up' in {data_dir}")
-        return LiveCluster(os.path.abspath(data_dir), st["agents"], st["token"], throwaway=False)
-
-    def close(self) -> None:
-        if self.throwaway:
-            self._save()
-            if localcluster.read_cluster_state(self.data_dir) is not None:
-                localcluster.down(self.data_dir, timeout=5)
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-        else:
-            self._save()
-
-    def _save(self) -> None:
-        # Restarted agents have new pids: keep cluster.json true so 'cluster down' stops them.
-        import json
-
-        st = localcluster.read_cluster_state(self.data_dir)
-        if st is None:
-            return
-        st["agents"] = self.agents
-        path = os.path.join(self.data_dir, localcluster.STATE_FILE)
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(st, f, indent=1)
-        os.replace(path + ".tmp", path)
-
-    def servers(self) -> list[dict[str, Any]]:
-        return [a for a in self.agents if a["role"] == "server"]
-
-    def clients(self) -> list[dict[str, Any]]:
-        return [a for a in self.agents if a["role"] == "client"]
-
-    def alive(self, a: dict[str, Any]) -> bool:
-        return localcluster._pid_alive(a["pid"], a["config"])
-
-    def pids(self) -> dict[str, int]:
-        return {a["id"]: a["pid"] for a in self.agents if self.alive(a)}
-
-    def client(self, timeout: float = 10.0) -> Client:
-        return Client(Target(tuple(a["api"] for a in self.servers()), self.token), timeout=timeout)
-
-    def leader_api(self) -> str | None:
-        for a in self.servers():
-            try:
-                h = httpx.get(f"http://{a['api']}/v1/health", timeout=1.0).json()
-            except (httpx.HTTPError, ValueError):
-                continue
-            if h.get("raft", {}).get("state") == "leader" and h["raft"].get("has_quorum"):
-                return str(a["api"])
-        return None
-
-    def restart(self, a: dict[str, Any]) -> None:
-        if not self.alive(a):
-            localcluster.restart_agent(a)
+def start_cluster(plan: LivePlan) -> LocalCluster:
+    """A throwaway cluster of the plan's shape, in a temporary dir of its own."""
+    layout = ClusterLayout(servers=plan.servers, clients=plan.clients, base_port=plan.base_port or None,
+                           zones=plan.zones, capacity=Resources(1_000_000, 1_048_576, plan.node_packs))
+    # Every agent imports and starts on the same cores: allow time in proportion.
+    return LocalCluster.start(layout, timeout=max(plan.timeout_s, 30.0 + 1.0 * (plan.servers + plan.clients)))
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> float:
-    """Poll ``cond`` until it is true; return the seconds it took, or raise Timeout."""
-    return localcluster.wait_until(cond, timeout, f"scale test: {what}", interval)
+    """How many seconds until ``cond`` held (``Timeout`` past ``timeout``)."""
+    return seconds_until(cond, timeout, f"scale test: {what}", interval)
 
 
 NO_YIP_API = "the agents have no yip API"
@@ -725,7 +639,7 @@ def run_live(plan: LivePlan, progress: Progress = _no_progress) -> dict[str, Any
     plan.check()
     t_start = time.monotonic()
     progress("live: starting the cluster", 0, 1)
-    cluster = LiveCluster.open(plan.data_dir) if plan.data_dir else LiveCluster.start(plan)
+    cluster = LocalCluster.open(plan.data_dir) if plan.data_dir else start_cluster(plan)
     try:
         return _live(plan, cluster, t_start, progress)
     finally:
@@ -733,7 +647,7 @@ def run_live(plan: LivePlan, progress: Progress = _no_progress) -> dict[str, Any
         cluster.close()
 
 
-def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progress) -> dict[str, Any]:
+def _live(plan: LivePlan, cluster: LocalCluster, t_start: float, progress: Progress) -> dict[str, Any]:
     rng = random.Random(plan.seed)
     host0 = machine(cluster.pids())
     notes: list[str] = []
@@ -1002,7 +916,7 @@ def _live(plan: LivePlan, cluster: LiveCluster, t_start: float, progress: Progre
             "machine": {"cpus": host0["cpus"], "loadavg": host1["loadavg"], "others_cpu_percent": others},
             "cluster": {
                 "data_dir": cluster.data_dir,
-                "throwaway": cluster.throwaway,
+                "throwaway": cluster.temporary,
                 "agents": [{k: a[k] for k in ("id", "role", "api", "pid", "config")} for a in cluster.agents],
             },
         },
@@ -1015,7 +929,7 @@ SPAWN_WORKERS = 16  # requests in flight at most while a paced ramp spawns
 
 def _spawn(
     plan: LivePlan,
-    cluster: LiveCluster,
+    cluster: LocalCluster,
     c: Client,
     prefix: str,
     t_start: float,
@@ -1121,7 +1035,7 @@ def _none_waiting(c: Client) -> bool:
 def _wrk_load(
     kind: str,
     plan: LivePlan,
-    cluster: LiveCluster,
+    cluster: LocalCluster,
     prefix: str,
     t_start: float,
     progress: Progress,
@@ -1212,7 +1126,7 @@ def _wrk_load(
 
 def _chaos(
     plan: LivePlan,
-    cluster: LiveCluster,
+    cluster: LocalCluster,
     c: Client,
     rng: random.Random,
     progress: Progress,
@@ -1297,4 +1211,4 @@ def _chaos(
     }
 
 
-__all__ = ["LiveCluster", "LivePlan", "Usage", "measure_usage", "run_live", "run_sim", "run_wrk"]
+__all__ = ["LivePlan", "Usage", "measure_usage", "run_live", "run_sim", "run_wrk"]
