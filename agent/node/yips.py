@@ -81,8 +81,9 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
 
     def mailbox(pack: str) -> Mailbox:
         if not router.assigned_here(pack):
-            if synced():
-                store.drop(pack)
+            if not synced():  # just started: a relay asks again soon rather than give up on us
+                raise Unavailable(f"node {router.me} is starting and does not know its packs yet")
+            store.drop(pack)
             raise NotFound(f"pack {pack} is not on node {router.me}")
         now = time.monotonic()
         if now - last_gc[0] > GC_EVERY_S and synced():
@@ -143,8 +144,18 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
         timeout): only then ``Unavailable``, saying so. Resending is safe: the yips have ids."""
         deadline = time.monotonic() + router.timeout_s
         stale, pause = False, RETRY_FIRST_S
+        unreachable: tuple[str, str] | None = None  # (node, why) of the last hop that failed
+
+        def down(node: str, why: str) -> Unavailable:
+            return Unavailable(f"node {node} of pack {pack} is down; retry after its packs move ({why})",
+                               {"node": node})
         while True:
-            node, address = await router.locate(pack, fresh=stale)
+            try:
+                node, address = await router.locate(pack, fresh=stale)
+            except WrongState:
+                if unreachable is not None:  # taken off its node, which we could not reach: that node is down
+                    raise down(*unreachable) from None
+                raise
             if node == router.me:
                 return await local()
             try:
@@ -157,7 +168,7 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
                 continue
             except Unavailable as e:
                 router.forget(pack)
-                stale = True
+                stale, unreachable = True, (node, e.message)
                 if await router.node_down(node) or time.monotonic() + pause >= deadline:
                     try:
                         now_on: str | None = (await router.locate(pack, fresh=True))[0]
@@ -165,8 +176,7 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
                         now_on = None
                     if now_on is not None and now_on != node:
                         continue  # it moved already: send it there
-                    raise Unavailable(f"node {node} of pack {pack} is down; retry after its packs move "
-                                      f"({e.message})", {"node": node}) from None
+                    raise down(node, e.message) from None
                 await asyncio.sleep(pause)  # a node that is busy or restarting: ask again soon
                 pause = min(pause * 2, RETRY_MAX_S)
                 continue
