@@ -20,7 +20,8 @@ node that holds a pack) on kept-alive raw HTTP/1.1 streams, which cost a fractio
 client's overhead on the yip path.
 
 Both reuse connections, and a peer closes a connection it has kept idle for its keep-alive
-timeout (``keep_alive_s``: ``CANIDAE_KEEP_ALIVE_S``, the same for every agent of a cluster). A
+timeout (the agent config's ``keep_alive_s``, or ``CANIDAE_KEEP_ALIVE_S``; the same on every agent
+of a cluster). A
 request written in the instant the peer closes is lost with the connection: that was the
 "unreachable: IncompleteReadError" of relayed yips under load. So, three guards:
 
@@ -36,33 +37,16 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
-import os
 import time
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 from canidae.agent.client.calls import decode_answer
-from canidae.core.errors import CanidaeError, InvalidInput, Timeout, Unavailable
+from canidae.core.errors import CanidaeError, Timeout, Unavailable
 
 HOP = "x-canidae-hop"
-KEEP_ALIVE_ENV = "CANIDAE_KEEP_ALIVE_S"
-DEFAULT_KEEP_ALIVE_S = 30.0  # agents' HTTP server keeps idle connections this long
-
-
-def keep_alive_s(environ: dict[str, str] | None = None) -> float:
-    """How long an agent's HTTP server keeps an idle connection open: ``CANIDAE_KEEP_ALIVE_S``
-    (seconds, 0.1..3600), else 30. Tests shorten it to make stale connections in seconds."""
-    raw = (os.environ if environ is None else environ).get(KEEP_ALIVE_ENV, "")
-    if not raw.strip():
-        return DEFAULT_KEEP_ALIVE_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0.1 <= value <= 3600:
-        raise InvalidInput(f"{KEEP_ALIVE_ENV} must be a number of seconds in 0.1..3600, got {raw!r}")
-    return value
+DEFAULT_KEEP_ALIVE_S = 30.0  # agents' HTTP server keeps idle connections this long (config: keep_alive_s)
 
 
 def idle_s(keep_alive: float) -> float:

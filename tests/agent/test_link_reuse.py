@@ -1,6 +1,6 @@
 """Kept-alive connections between agents: a request never fails because the peer closed a pooled
 connection as the request went out (``AgentHops`` and ``ServerLink`` alike); connections idle
-past the pool's limit are not reused; the keep-alive timeout comes from ``CANIDAE_KEEP_ALIVE_S``.
+past the pool's limit are not reused; the keep-alive timeout comes from the config or ``CANIDAE_KEEP_ALIVE_S``.
 
 The peer is a real HTTP/1.1 server on loopback that plays the keep-alive race on purpose: it
 answers the first request of a connection and closes the connection, unanswered, when a second
@@ -14,8 +14,10 @@ import json
 from typing import Any
 
 import pytest
-from canidae.agent.client.link import AgentHops, ServerLink, idle_s, keep_alive_s
+from canidae.agent.client.link import AgentHops, ServerLink, idle_s
+from canidae.agent.config import AgentConfig, ServerPeer, load_config, write_config
 from canidae.core.errors import InvalidInput, Unavailable
+from canidae.core.types import Role
 
 
 class RacingPeer:
@@ -129,10 +131,13 @@ def test_a_hop_to_an_agent_that_is_not_listening_is_unavailable():
     run(scenario())
 
 
-def test_the_keep_alive_timeout_comes_from_the_environment_and_the_pools_stay_below_it():
-    assert keep_alive_s({}) == 30.0
-    assert keep_alive_s({"CANIDAE_KEEP_ALIVE_S": "1.5"}) == 1.5
-    assert idle_s(keep_alive_s({"CANIDAE_KEEP_ALIVE_S": "1.5"})) < 1.5
+def test_the_keep_alive_timeout_comes_from_the_config_or_the_environment_and_the_pools_stay_below_it(tmp_path):
+    path = str(tmp_path / "agent.toml")
+    write_config(AgentConfig(node_id="a1", role=Role.CLIENT, token="t",
+                             servers=(ServerPeer("s1", "127.0.0.1:2", "127.0.0.1:3"),)), path)
+    assert load_config(path).keep_alive_s == 30.0
+    assert load_config(path, env={"CANIDAE_KEEP_ALIVE_S": "1.5"}).keep_alive_s == 1.5
+    assert idle_s(1.5) < 1.5
     for bad in ("0", "-1", "soon", "nan", "99999"):
-        with pytest.raises(InvalidInput, match="CANIDAE_KEEP_ALIVE_S must be a number of seconds"):
-            keep_alive_s({"CANIDAE_KEEP_ALIVE_S": bad})
+        with pytest.raises(InvalidInput, match=r"keep_alive_s \(CANIDAE_KEEP_ALIVE_S\) must be a number of seconds"):
+            load_config(path, env={"CANIDAE_KEEP_ALIVE_S": bad})

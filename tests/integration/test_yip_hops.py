@@ -167,4 +167,4 @@ def test_the_keep_alive_setting_is_checked_when_an_agent_starts(tmp_path):
                        timeout=60)
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines() == [
-        "canidae: error: CANIDAE_KEEP_ALIVE_S must be a number of seconds in 0.1..3600, got 'later'"]
+        "canidae: error: keep_alive_s (CANIDAE_KEEP_ALIVE_S) must be a number of seconds in 0.1..3600, got 'later'"]
