@@ -427,7 +427,7 @@ class LocalCluster:
     def health(self, agent: str | dict[str, Any]) -> dict[str, Any] | None:
         """An agent's ``/v1/health``, or None when it does not answer."""
         try:
-            return httpx.get(f"http://{self._get(agent)['api']}/v1/health", timeout=1.0).json()  # type: ignore[no-any-return]
+            return httpx.get(f"http://{self._get(agent)['api']}/v1/health", timeout=0.5).json()  # type: ignore[no-any-return]
         except (httpx.HTTPError, ValueError):
             return None
 

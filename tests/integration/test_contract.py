@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from canidae.core.errors import CanidaeError
-from harness import local_cluster, LocalCluster, wait_until
+from harness import LocalCluster, local_cluster, wait_until
 
 SERVERS = ("s1", "s2", "s3")
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from canidae.agent.client import Client, Target
-from harness import local_cluster, LocalCluster, wait_until
+from harness import LocalCluster, local_cluster, wait_until
 
 SERVERS = ["s1", "s2", "s3"]
 

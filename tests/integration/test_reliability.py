@@ -20,7 +20,7 @@ import pytest
 
 from canidae.agent.client import Client, Target
 from canidae.core.errors import AlreadyExists, CanidaeError
-from harness import local_cluster, LocalCluster, wait_until
+from harness import LocalCluster, local_cluster, wait_until
 
 
 @pytest.fixture
