@@ -223,7 +223,7 @@ def drill_soak(
             result = soaks.Soak(cluster, opts, log=lambda line: err_console.print(line, markup=False)).run()
     finally:
         # A failed soak keeps the agents' logs and journals for the post-mortem.
-        keep = cluster.throwaway and result is not None and not result.ok
+        keep = cluster.temporary and result is not None and not result.ok
         cluster.close(keep_dir=keep)
         if keep:
             err_console.print(f"the cluster's data dir (agents' logs, Raft journals) is kept in {cluster.data_dir}")
