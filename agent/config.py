@@ -68,6 +68,9 @@ class AgentConfig:
     heartbeat_ttl_s: float = 1.5
     max_body_bytes: int = 8 * 1024 * 1024
     request_timeout_s: float = 5.0
+    # How long the HTTP server keeps an idle connection open; the same on every agent of a cluster
+    # (each drops its own pooled connections to the others well before: ``client.link.idle_s``).
+    keep_alive_s: float = 30.0
     log_file: str = ""
 
     @property
@@ -113,9 +116,21 @@ def _pos_float(key: str, value: Any) -> float:
     return float(value)
 
 
+def _keep_alive(value: Any) -> float:
+    """``keep_alive_s`` from the file (a number) or from ``CANIDAE_KEEP_ALIVE_S`` (text)."""
+    try:
+        seconds = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0.1 <= seconds <= 3600:
+        raise InvalidInput(f"keep_alive_s (CANIDAE_KEEP_ALIVE_S) must be a number of seconds in 0.1..3600, "
+                           f"got {value!r}")
+    return seconds
+
+
 _TOP_KEYS = {"node_id", "role", "api", "raft", "zone", "region", "cell", "data_dir", "token",
              "cluster_password", "servers", "capacity", "weight", "raft_settings", "heartbeat",
-             "max_body_bytes", "request_timeout_s", "log_file"}
+             "max_body_bytes", "request_timeout_s", "keep_alive_s", "log_file"}
 
 
 def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
@@ -176,6 +191,7 @@ def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
         heartbeat_ttl_s=_pos_float("heartbeat.ttl_s", hb.get("ttl_s", 1.5)),
         max_body_bytes=_pos_int("max_body_bytes", d.get("max_body_bytes", 8 * 1024 * 1024)),
         request_timeout_s=_pos_float("request_timeout_s", d.get("request_timeout_s", 5.0)),
+        keep_alive_s=_keep_alive(d.get("keep_alive_s", 30.0)),
         log_file=str(d.get("log_file", "")),
     )
     if not cfg.token:
@@ -198,6 +214,7 @@ ENV_KEYS = {  # CANIDAE_* environment variables that override the file
     "CANIDAE_NODE_ID": "node_id", "CANIDAE_ROLE": "role", "CANIDAE_API": "api", "CANIDAE_RAFT": "raft",
     "CANIDAE_ZONE": "zone", "CANIDAE_REGION": "region", "CANIDAE_CELL": "cell",
     "CANIDAE_DATA_DIR": "data_dir", "CANIDAE_AGENT_TOKEN": "token", "CANIDAE_LOG_FILE": "log_file",
+    "CANIDAE_KEEP_ALIVE_S": "keep_alive_s",
 }
 
 
@@ -231,6 +248,7 @@ def config_to_mapping(cfg: AgentConfig) -> dict[str, Any]:
         "heartbeat": {"interval_s": cfg.heartbeat_interval_s, "ttl_s": cfg.heartbeat_ttl_s},
         "raft_settings": asdict(cfg.raft_settings),
         "max_body_bytes": cfg.max_body_bytes, "request_timeout_s": cfg.request_timeout_s,
+        "keep_alive_s": cfg.keep_alive_s,
     }
     if cfg.raft:
         d["raft"] = cfg.raft

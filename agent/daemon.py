@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 import uvicorn
-from canidae.agent.client.link import KEEP_ALIVE_S, ServerLink
+from canidae.agent.client.link import ServerLink, idle_s
 from canidae.agent.config import AgentConfig
 from canidae.agent.datadir import make_private
 from canidae.agent.httpedge import Edge, error_response, read_json
@@ -49,11 +49,15 @@ class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.started = time.monotonic()
-        self.link = ServerLink(cfg.server_apis, cfg.token, timeout_s=cfg.request_timeout_s)
+        # Every agent of a cluster serves with the same keep-alive timeout, so this agent's pooled
+        # connections to the others are dropped well before those close them.
+        self.link = ServerLink(cfg.server_apis, cfg.token, timeout_s=cfg.request_timeout_s,
+                               idle=idle_s(cfg.keep_alive_s))
         self.plane: ControlPlane | None = ControlPlane(cfg, self.link) if cfg.role is Role.SERVER else None
         self.failure: FailureDetector | None = None
         self.node = NodeRuntime(
             cfg, self.link,
+            hop_idle_s=idle_s(cfg.keep_alive_s),
             local_assignments=self.plane.assignments if self.plane is not None else None,
             local_resync=self.plane.resync if self.plane is not None else None,
             locate_local=self.plane.locate_pack if self.plane is not None else None)
@@ -152,7 +156,7 @@ def run_agent(cfg: AgentConfig) -> int:
     async def main() -> None:
         server = uvicorn.Server(uvicorn.Config(agent.app(), host=host, port=int(port), log_level="warning",
                                                access_log=False, lifespan="off", loop="asyncio",
-                                               timeout_keep_alive=int(KEEP_ALIVE_S),
+                                               timeout_keep_alive=cfg.keep_alive_s,  # type: ignore[arg-type]
                                                timeout_graceful_shutdown=2))
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         loop = asyncio.get_running_loop()

@@ -18,7 +18,6 @@ import platform
 import shutil
 import subprocess
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -27,11 +26,11 @@ from typing import Any
 import httpx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
-from harness import LocalCluster, wait_for  # noqa: E402
+from canidae.agent.ops.localcluster import ClusterLayout, LocalCluster  # noqa: E402
+from canidae.agent.ops.waiting import wait_until  # noqa: E402
 
-from canidae.agent.ops.localcluster import _pid_alive  # noqa: E402
+from canidae.agent.ops.localcluster import pid_alive  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -59,7 +58,7 @@ def cpu_ticks(pid: int) -> int:
 def bench_sequential(cluster: LocalCluster, n: int) -> dict[str, Any]:
     lat = []
     with cluster.client() as c:
-        leader = cluster.agent(cluster.leader())["api"]
+        leader = cluster.agent(cluster.wait_leader())["api"]
         c.addrs.insert(0, c.addrs.pop(c.addrs.index(leader)))
         for i in range(n):
             t0 = time.perf_counter()
@@ -95,7 +94,7 @@ def bench_concurrent(cluster: LocalCluster, total: int, workers: int, seconds: f
     same 2 cores measures mostly itself (httpx's async client topped out near 150 requests/s
     here while the agent served 1,600). Falls back to httpx, and says so.
     """
-    leader = cluster.agent(cluster.leader())["api"]
+    leader = cluster.agent(cluster.wait_leader())["api"]
     wrk = shutil.which("wrk")
     if wrk:
         env = {**os.environ, "CANIDAE_TOKEN": cluster.token, "RUN": f"c{workers}x"}
@@ -127,14 +126,14 @@ def bench_bulk(cluster: LocalCluster, total: int, per_request: int) -> dict[str,
     rss_before = {a["id"]: rss_kib(a["pid"]) for a in servers}
     times = []
     with cluster.client(timeout=120) as c:
-        leader = cluster.agent(cluster.leader())["api"]
+        leader = cluster.agent(cluster.wait_leader())["api"]
         c.addrs.insert(0, c.addrs.pop(c.addrs.index(leader)))
         for k in range(total // per_request):
             t0 = time.perf_counter()
             res = c.create_packs([{"name": f"bulk{k}"}], count=per_request)
             times.append(time.perf_counter() - t0)
             assert len(res["placements"]) == per_request
-        wait_for(lambda: c.packs(state="placed", limit=1, stale=True)["packs"] == [], 300, "all running", 0.5)
+        wait_until(lambda: c.packs(state="placed", limit=1, stale=True)["packs"] == [], 300, "all running", 0.5)
         held = c.packs(limit=1)["total"]
     # Let every replica catch up before reading its memory.
     time.sleep(1.0)
@@ -149,7 +148,7 @@ def bench_bulk(cluster: LocalCluster, total: int, per_request: int) -> dict[str,
 def bench_failover(cluster: LocalCluster, runs: int) -> dict[str, Any]:
     results = []
     for run in range(runs):
-        victim = cluster.leader(timeout=20)
+        victim = cluster.wait_leader(timeout=20)
         with cluster.client(timeout=1.0) as c:
             c.create_packs([{"name": f"fo-pre-{run}"}])
             cluster.kill(victim)
@@ -157,7 +156,7 @@ def bench_failover(cluster: LocalCluster, runs: int) -> dict[str, Any]:
             c.create_packs([{"name": f"fo-{run}"}], request_id=uuid.uuid4().hex, retry_for=30)
             results.append(time.perf_counter() - t0)
         cluster.restart(victim)
-        wait_for(lambda: cluster.health(victim)["raft"]["leader"] is not None, 20, "victim rejoined", 0.05)
+        wait_until(lambda: cluster.health(victim)["raft"]["leader"] is not None, 20, "victim rejoined", 0.05)
     return {"runs": runs, "min_s": round(min(results), 3), "median_s": round(statistics.median(results), 3),
             "max_s": round(max(results), 3), "all_s": [round(x, 3) for x in results]}
 
@@ -188,7 +187,7 @@ def main() -> None:
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                        "platform": platform.platform()}}
     with tempfile.TemporaryDirectory(prefix="canidae-bench-") as tmp:
-        cluster = LocalCluster(os.path.join(tmp, "c"), servers=3).up()
+        cluster = LocalCluster.start(ClusterLayout(servers=3, base_port=None), os.path.join(tmp, "c"))
         try:
             if "idle" in only:
                 out["idle"] = bench_idle_cpu(cluster, args.idle_seconds)
@@ -201,8 +200,8 @@ def main() -> None:
             if "bulk" in only:
                 out["bulk_spawn"] = bench_bulk(cluster, args.bulk_total, args.bulk_per_request)
         finally:
-            cluster.down()
-            assert not any(_pid_alive(a["pid"], a["config"]) for a in cluster.agents)
+            cluster.close()
+            assert not any(pid_alive(a["pid"], a["config"]) for a in cluster.agents)
     if args.json:
         print(json.dumps(out, indent=1))
         return

@@ -11,15 +11,13 @@ import json
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
-from harness import LocalCluster  # noqa: E402
+from canidae.agent.ops.localcluster import ClusterLayout, LocalCluster  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +30,7 @@ def main() -> None:
     acked: list[str] = []
     leader_after_last_start = []
     with tempfile.TemporaryDirectory(prefix="canidae-crash-") as tmp:
-        c = LocalCluster(os.path.join(tmp, "c"), servers=3).up()
+        c = LocalCluster.start(ClusterLayout(servers=3, base_port=None), os.path.join(tmp, "c"))
         ids = ["s1", "s2", "s3"]
         try:
             for rnd in range(args.rounds):
@@ -50,12 +48,12 @@ def main() -> None:
                     if k < len(order) - 1:
                         time.sleep(rng.uniform(0, 1.5))
                 t_last = time.monotonic()
-                c.leader(timeout=30)
+                c.wait_leader(timeout=30)
                 leader_after_last_start.append(time.monotonic() - t_last)
             with c.client(timeout=5) as cl:
                 have = {p["name"] for p in cl.iter_packs()}
         finally:
-            c.down()
+            c.close()
     lost = len(set(acked) - have)
     xs = sorted(leader_after_last_start)
     out = {"rounds": args.rounds, "acknowledged": len(acked), "lost": lost,

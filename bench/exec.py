@@ -35,9 +35,9 @@ from typing import Any
 import httpx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
-from harness import LocalCluster, wait_for  # noqa: E402
+from canidae.agent.ops.localcluster import ClusterLayout, LocalCluster  # noqa: E402
+from canidae.agent.ops.waiting import wait_until  # noqa: E402
 from packprocs import kill_leftovers, remove_cgroups  # noqa: E402
 
 from canidae.agent.client.execcalls import exec_info  # noqa: E402
@@ -223,7 +223,7 @@ def bench_memory(c: LocalCluster, n: int) -> dict[str, Any]:
                           "constraints": {"node": "c1"}}], count=n)
         def running_now() -> int:
             return sum(1 for p in cl.iter_packs(node="c1") if p["state"] == "running" and p["name"] != "warm")
-        wait_for(lambda: running_now() == n, 300, "all running", interval=0.2)
+        wait_until(lambda: running_now() == n, 300, "all running", interval=0.2)
         took = time.monotonic() - t0
         running = running_now()
         time.sleep(2.0)
@@ -242,7 +242,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="canidae-bench-exec-")
-    c = LocalCluster(os.path.join(tmp, "cluster"), servers=3, clients=1).up()
+    c = LocalCluster.start(ClusterLayout(servers=3, clients=1, base_port=None), os.path.join(tmp, "cluster"))
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
     try:
         with c.client() as cl:
@@ -258,7 +258,7 @@ def main() -> int:
             results["memory"] = bench_memory(c, args.packs)
     finally:
         try:
-            c.down()
+            c.close()
         finally:  # an agent that had to be SIGKILLed leaves its packs: never leave them behind
             kill_leftovers(c.data_dir)
             for a in c.agents:

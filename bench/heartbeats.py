@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
-from harness import LocalCluster, wait_for  # noqa: E402
+from canidae.agent.ops.localcluster import ClusterLayout, LocalCluster  # noqa: E402
+from canidae.agent.ops.waiting import wait_until  # noqa: E402
 
 
 def cpu_ticks(pid: int) -> int:
@@ -31,11 +30,11 @@ def main() -> None:
     args = ap.parse_args()
     hz = os.sysconf("SC_CLK_TCK")
     with tempfile.TemporaryDirectory(prefix="canidae-hb-") as tmp:
-        c = LocalCluster(os.path.join(tmp, "c"), servers=3, clients=args.clients).up()
+        c = LocalCluster.start(ClusterLayout(servers=3, clients=args.clients, base_port=None), os.path.join(tmp, "c"))
         try:
-            leader = c.leader()
+            leader = c.wait_leader()
             with c.client() as cl:
-                wait_for(lambda: len(cl.nodes()) == 3 + args.clients, 60, "every agent registered")
+                wait_until(lambda: len(cl.nodes()) == 3 + args.clients, 60, "every agent registered")
             time.sleep(3.0)  # let start-up work settle before measuring the steady state
             pids = {a["id"]: a["pid"] for a in c.agents}
             before = {k: cpu_ticks(p) for k, p in pids.items()}
@@ -45,7 +44,7 @@ def main() -> None:
             with c.client() as cl:
                 down = [n["id"] for n in cl.nodes() if n["state"] != "ready"]
         finally:
-            c.down()
+            c.close()
     clients = [v for k, v in pct.items() if k.startswith("c")]
     print(json.dumps({"clients": args.clients, "seconds": args.seconds, "leader": leader,
                       "leader_cpu_percent": pct[leader],

@@ -40,10 +40,9 @@ from typing import Any
 import httpx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
 from canidae.core.packtoken import pack_token  # noqa: E402
-from harness import LocalCluster  # noqa: E402
+from canidae.agent.ops.localcluster import ClusterLayout, LocalCluster  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -183,7 +182,7 @@ def main() -> int:
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="canidae-bench-yips-")
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
-    c = LocalCluster(os.path.join(tmp, "cluster"), servers=3).up()
+    c = LocalCluster.start(ClusterLayout(servers=3, base_port=None), os.path.join(tmp, "cluster"))
     try:
         with c.client() as cl:
             cl.create_packs([{"name": "inbox", "driver": "virtual", "constraints": {"node": "s1"}}])
@@ -193,7 +192,7 @@ def main() -> int:
         if shutil.which("wrk") and args.seconds > 0:
             out["concurrent"] = concurrent(url, c.token, c.token, args.concurrency, args.seconds, tmp)
     finally:
-        c.down()
+        c.close()
         shutil.rmtree(tmp, ignore_errors=True)
     out["single_in_process"] = single_in_process(args.sends)
     out["group_commit_in_process"] = group_commit_in_process(args.burst)

@@ -47,7 +47,8 @@ def cluster_up(
     """Start agents on loopback as daemons, wait for a leader, and write the client config (0600)."""
     layout = localcluster.ClusterLayout(servers=servers, clients=clients, base_port=base_port, zones=zones,
                                         capacity=Resources(cpu, mem, max_packs))
-    result = localcluster.up(layout, _data_dir(data_dir), str(GLOBALS.config_path), timeout=timeout)
+    result = localcluster.LocalCluster.start(layout, _data_dir(data_dir), cli_config=str(GLOBALS.config_path),
+                                             timeout=timeout).info
 
     def human() -> None:
         console.print(f"cluster up in {result['ready_s']:.2f} s: {servers} server(s), {clients} client(s); "
@@ -59,7 +60,7 @@ def cluster_up(
 @app.command("down")
 def cluster_down(data_dir: DataDirOpt = None, json: JsonOption = False) -> None:
     """Stop exactly the agents started by 'cluster up' (SIGTERM, then SIGKILL after 10 s)."""
-    result = localcluster.down(_data_dir(data_dir))
+    result = localcluster.LocalCluster.open(_data_dir(data_dir)).stop()
     emit(result, json, lambda: console.print(
         f"stopped {len(result['stopped'])} agent(s)" + (f", killed {result['killed']}" if result["killed"] else "")))
 

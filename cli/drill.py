@@ -42,15 +42,15 @@ ClientsOpt = Annotated[int, typer.Option("--clients", min=0, help="Client agents
 
 
 def _open(data_dir: Path | None, clients: int, zones: int, yes: bool, servers: int = 3, namespaces: bool = False,
-          env: dict[str, str] | None = None) -> drills.DrillCluster:
+          env: dict[str, str] | None = None) -> localcluster.LocalCluster:
     if data_dir is None:
         where = "in network namespaces" if namespaces else "on loopback"
         err_console.print(f"starting a throwaway cluster {where}: {servers} servers, {clients} client(s), "
                           f"{zones} zone(s)")
-        return drills.DrillCluster.throwaway_up(servers, clients, zones, localcluster.find_base_port(servers, clients),
-                                                namespaces=namespaces, env=env)
+        layout = localcluster.ClusterLayout(servers=servers, clients=clients, base_port=None, zones=zones)
+        return localcluster.LocalCluster.start(layout, namespaces=namespaces, env=env)
     confirm(f"Inject real faults into the cluster in {data_dir}?", yes)
-    return drills.DrillCluster.open(str(data_dir))
+    return localcluster.LocalCluster.open(str(data_dir))
 
 
 def _namespaces_usable(data_dir: Path | None) -> tuple[bool, str]:
@@ -223,7 +223,7 @@ def drill_soak(
             result = soaks.Soak(cluster, opts, log=lambda line: err_console.print(line, markup=False)).run()
     finally:
         # A failed soak keeps the agents' logs and journals for the post-mortem.
-        keep = cluster.throwaway and result is not None and not result.ok
+        keep = cluster.temporary and result is not None and not result.ok
         cluster.close(keep_dir=keep)
         if keep:
             err_console.print(f"the cluster's data dir (agents' logs, Raft journals) is kept in {cluster.data_dir}")

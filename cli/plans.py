@@ -8,7 +8,6 @@ duration, and acts only after confirmation on a terminal or with ``--yes`` in sc
 from __future__ import annotations
 
 import sys
-import time
 from typing import Annotated, Any, Callable
 
 import typer
@@ -16,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from canidae.cli.output import console, err_console, stdout_is_terminal
-from canidae.core.errors import InvalidInput, OperationFailed, Timeout
+from canidae.core.errors import CanidaeError, InvalidInput, OperationFailed, Timeout
 
 PlanOption = Annotated[bool, typer.Option("--plan", help="Print the exact moves and the predicted duration; change nothing.")]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Act without asking (for scripts).")]
@@ -54,22 +53,28 @@ def confirm(question: str, yes: bool) -> None:
 
 
 def wait_until(done: Callable[[], tuple[int, int]], timeout: float, what: str) -> float:
-    """Poll ``done() -> (finished, total)`` until finished == total; a progress bar on a terminal."""
-    t0 = time.monotonic()
-    deadline = t0 + timeout
+    """Poll ``done() -> (finished, total)`` until finished == total; a progress bar on a terminal.
+
+    An error answer ends the wait at once (the user hears it now, not after the timeout)."""
+    from canidae.agent.ops.waiting import Abandon, seconds_until
     progress = Progress(TextColumn(what), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=err_console, transient=True,
                         disable=not stdout_is_terminal())
+    left = [0, 0]
     with progress:
         task = progress.add_task(what, total=None)
-        while True:
-            finished, total = done()
-            progress.update(task, completed=finished, total=max(total, 1))
-            if finished >= total:
-                return time.monotonic() - t0
-            if time.monotonic() > deadline:
-                raise Timeout(f"{what}: {total - finished} of {total} not done after {timeout:g} s")
-            time.sleep(0.05)
+
+        def finished() -> bool:
+            try:
+                left[:] = done()
+            except CanidaeError as e:
+                raise Abandon(e) from None
+            progress.update(task, completed=left[0], total=max(left[1], 1))
+            return left[0] >= left[1]
+        try:
+            return seconds_until(finished, timeout, what, interval=0.05)
+        except Timeout:
+            raise Timeout(f"{what}: {left[1] - left[0]} of {left[1]} not done after {timeout:g} s") from None
 
 
 __all__ = ["PlanOption", "YesOption", "predict_seconds", "moves_table", "confirm", "wait_until", "console"]

@@ -17,9 +17,20 @@ the leader, and requests a client agent passes on. It
 
 ``AgentHops`` carries small JSON requests to one given agent (yips and exec calls routed to the
 node that holds a pack) on kept-alive raw HTTP/1.1 streams, which cost a fraction of a general
-client's overhead on the yip path. Idle streams are dropped well before the peer's keep-alive
-timeout (``IDLE_S`` < the agents' ``KEEP_ALIVE_S``), and a stream that fails is retried once on
-a *new* connection, never on another pooled one that may be just as stale.
+client's overhead on the yip path.
+
+Both reuse connections, and a peer closes a connection it has kept idle for its keep-alive
+timeout (the agent config's ``keep_alive_s``, or ``CANIDAE_KEEP_ALIVE_S``; the same on every agent
+of a cluster). A
+request written in the instant the peer closes is lost with the connection: that was the
+"unreachable: IncompleteReadError" of relayed yips under load. So, three guards:
+
+* our pooled connections are dropped after ``idle_s`` (a third of the keep-alive timeout), well
+  before the peer would close them;
+* a pooled connection the peer has already closed (end of stream seen) is never used;
+* a request that fails on a pooled connection is sent once more on a connection opened for it,
+  never on another pooled one that may be just as stale. Every request an agent sends another is
+  safe to repeat: writes carry request ids, yips carry ids and the receiver drops duplicates.
 """
 
 from __future__ import annotations
@@ -35,25 +46,36 @@ from canidae.agent.client.calls import decode_answer
 from canidae.core.errors import CanidaeError, Timeout, Unavailable
 
 HOP = "x-canidae-hop"
-KEEP_ALIVE_S = 30.0  # agents' HTTP server keeps idle connections this long
-IDLE_S = 10.0        # our pooled connections are dropped after this long idle: well before the peer does
+DEFAULT_KEEP_ALIVE_S = 30.0  # agents' HTTP server keeps idle connections this long (config: keep_alive_s)
+
+
+def idle_s(keep_alive: float) -> float:
+    """How long our pooled connections may stay idle: a third of the peers' keep-alive timeout, so
+    that a slow event loop or a late timer never lets us pick one the peer is closing."""
+    return keep_alive / 3
 
 
 class ServerLink:
     def __init__(self, servers: list[str], token: str, *, timeout_s: float = 5.0, attempt_s: float = 1.0,
-                 scheme: str = "http") -> None:
+                 scheme: str = "http", idle: float = idle_s(DEFAULT_KEEP_ALIVE_S)) -> None:
         self.servers = list(servers)
         self.timeout_s = timeout_s
         self.attempt_s = attempt_s
         self.scheme = scheme
         self.leader_hint: str | None = None
+        timeouts = httpx.Timeout(timeout_s, connect=min(1.0, attempt_s))
+        headers = {"authorization": f"Bearer {token}"}
         self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=min(1.0, attempt_s)),
-            headers={"authorization": f"Bearer {token}"},
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=IDLE_S))
+            timeout=timeouts, headers=headers,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=idle))
+        # The second try of a request whose pooled connection failed: a connection of its own
+        # (httpx would hand out another pooled one, which may be just as stale).
+        self.fresh = httpx.AsyncClient(timeout=timeouts, headers=headers,
+                                       limits=httpx.Limits(max_connections=64, max_keepalive_connections=0))
 
     async def close(self) -> None:
         await self.http.aclose()
+        await self.fresh.aclose()
 
     def order(self, prefer: str | None = None) -> list[str]:
         first = prefer or self.leader_hint
@@ -64,15 +86,13 @@ class ServerLink:
     async def _send(self, api: str, method: str, path: str, *, json: Any, params: dict[str, Any] | None,
                     timeout: float, headers: dict[str, str] | None = None) -> httpx.Response:
         url = f"{self.scheme}://{api}{path}"
-        for fresh in (False, True):
-            try:
-                return await self.http.request(method, url, json=json, params=params, timeout=timeout,
-                                               headers=headers)
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-                # A kept-alive connection closed under us: once more on a new one.
-                if fresh:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return await self.http.request(method, url, json=json, params=params, timeout=timeout,
+                                           headers=headers)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            # A kept-alive connection closed under us: once more, on a new one.
+            return await self.fresh.request(method, url, json=json, params=params, timeout=timeout,
+                                            headers=headers)
 
     async def call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                    timeout: float | None = None, attempt_s: float | None = None, prefer: str | None = None) -> Any:
@@ -147,8 +167,9 @@ class AgentHops:
 
     MAX_IDLE = 16
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, idle: float = idle_s(DEFAULT_KEEP_ALIVE_S)) -> None:
         self.token = token
+        self.idle_s = idle
         self.idle: dict[str, list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]]] = {}
 
     async def send(self, address: str, method: str, path: str, *, params: dict[str, Any] | None = None,
@@ -179,7 +200,7 @@ class AgentHops:
         now = time.monotonic()
         while pooled:
             since, reader, writer = pooled.pop()
-            if now - since < IDLE_S and not reader.at_eof() and not writer.is_closing():
+            if now - since < self.idle_s and not reader.at_eof() and not writer.is_closing():
                 return reader, writer
             writer.close()
         return None

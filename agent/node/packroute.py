@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from canidae.agent.client.link import HOP, AgentHops, ServerLink
 from canidae.core.errors import NotFound, Unavailable, WrongState
+from canidae.core.types import NodeState
 from starlette.requests import Request
 
 CACHE_S = 1.0
@@ -62,6 +63,14 @@ class PackRouter:
             self._nodes[node_id] = addr
         self._cache[pack] = (now + CACHE_S, node_id, addr)
         return node_id, addr
+
+    async def node_down(self, node: str) -> bool:
+        """The servers have declared ``node`` down (its packs are being moved)."""
+        try:
+            view = (await self.link.call("GET", f"/v1/nodes/{node}", params={"stale": 1}))["node"]
+        except NotFound:
+            return True  # gone from the cluster altogether
+        return view.get("state") == NodeState.DOWN.value
 
     def forget(self, pack: str) -> None:
         self._cache.pop(pack, None)

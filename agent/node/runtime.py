@@ -17,7 +17,7 @@ import os
 import uuid
 from typing import Any, Awaitable, Callable
 
-from canidae.agent.client.link import AgentHops, ServerLink
+from canidae.agent.client.link import DEFAULT_KEEP_ALIVE_S, AgentHops, ServerLink, idle_s
 from canidae.agent.config import AgentConfig
 from canidae.agent.node.drivers import VirtualDriver
 from canidae.agent.node.exec_driver import ExecDriver
@@ -40,11 +40,12 @@ POLL_WAIT_S = 3
 
 
 class NodeRuntime:
-    def __init__(self, cfg: AgentConfig, link: ServerLink, *, local_assignments: LocalAssignments | None = None,
+    def __init__(self, cfg: AgentConfig, link: ServerLink, *, hop_idle_s: float = idle_s(DEFAULT_KEEP_ALIVE_S),
+                 local_assignments: LocalAssignments | None = None,
                  local_resync: LocalResync | None = None, locate_local: LocatePack | None = None) -> None:
         self.cfg = cfg
         self.link = link
-        self.hops = AgentHops(cfg.token)
+        self.hops = AgentHops(cfg.token, hop_idle_s)
         self._local_assignments = local_assignments
         self._local_resync = local_resync
         self.reconciler = Reconciler(self._fetch_assignments, self._resync, self._send_reports)

@@ -10,7 +10,11 @@ everything; a pack token (``canidae.core.packtoken``) may send to any pack (the 
 served by the node that holds the pack (``canidae.agent.node.packroute`` takes them there). Sends for
 another node go through a ``Relay``: concurrent ones share a hop, each yip keeping its sender
 (``"relayed": true`` with ``from`` per yip, accepted from the admin token only) and each request
-its own answer (``groups`` says how many yips each request holds).
+its own answer (``groups`` says how many yips each request holds). A relay that cannot reach
+the pack's node sends again (the yips have ids: a resend is queued once) until the node answers,
+the pack moves, or the node is really down (declared down by the servers, or silent for the whole
+request timeout); only then does the sender get 503 ``unavailable``: "node X of pack P is down;
+retry after its packs move".
 
 A send request is queued whole or not at all, and is answered once its yips are on disk. The
 mailbox itself (bounds, a sender's share, ids scoped by sender, the log on disk) is
@@ -30,7 +34,8 @@ from canidae.agent.client.link import HOP
 from canidae.agent.httpedge import Edge, expect_object, query_int, read_json
 from canidae.agent.node.mailbox import Mailbox, MailboxStore, new_id, parse_body
 from canidae.agent.node.packroute import PackRouter
-from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, PermissionDenied
+from canidae.core.errors import (CanidaeError, InvalidInput, NotAuthenticated, NotFound, PermissionDenied,
+                                 Unavailable, WrongState)
 from canidae.core.packtoken import verify
 from canidae.core.types import validate_name
 from starlette.requests import Request
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
 ADMIN = "admin"
 MAX_WAIT_S = 60
 GC_EVERY_S = 5.0
+RETRY_FIRST_S, RETRY_MAX_S = 0.05, 0.5  # a relay's pause before it asks an unreachable node again
 
 
 def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
@@ -75,8 +81,9 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
 
     def mailbox(pack: str) -> Mailbox:
         if not router.assigned_here(pack):
-            if synced():
-                store.drop(pack)
+            if not synced():  # just started: a relay asks again soon rather than give up on us
+                raise Unavailable(f"node {router.me} is starting and does not know its packs yet")
+            store.drop(pack)
             raise NotFound(f"pack {pack} is not on node {router.me}")
         now = time.monotonic()
         if now - last_gc[0] > GC_EVERY_S and synced():
@@ -129,22 +136,54 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
 
         if relayed or request.headers.get(HOP) or router.assigned_here(pack):
             return await local()
-        for attempt in (0, 1):
-            node, address = await router.locate(pack, fresh=attempt == 1)
+        return await relay_send(pack, items, local)
+
+    async def relay_send(pack: str, items: list[Any], local: Any) -> Any:
+        """Send through the relay to the pack's node until it answers, the pack moves, or the
+        node is really down (declared down by the servers, or silent for the whole request
+        timeout): only then ``Unavailable``, saying so. Resending is safe: the yips have ids."""
+        deadline = time.monotonic() + router.timeout_s
+        stale, pause = False, RETRY_FIRST_S
+        unreachable: tuple[str, str] | None = None  # (node, why) of the last hop that failed
+
+        def down(node: str, why: str) -> Unavailable:
+            return Unavailable(f"node {node} of pack {pack} is down; retry after its packs move ({why})",
+                               {"node": node})
+        while True:
+            try:
+                node, address = await router.locate(pack, fresh=stale)
+            except WrongState:
+                if unreachable is not None:  # taken off its node, which we could not reach: that node is down
+                    raise down(*unreachable) from None
+                raise
             if node == router.me:
                 return await local()
             try:
                 answers = await relay.submit(address, pack, items)
-            except NotFound:
+            except NotFound:  # not (or no longer) there: ask where it is now, once
                 router.forget(pack)
-                if attempt:
+                if stale:
                     raise
+                stale = True
+                continue
+            except Unavailable as e:
+                router.forget(pack)
+                stale, unreachable = True, (node, e.message)
+                if await router.node_down(node) or time.monotonic() + pause >= deadline:
+                    try:
+                        now_on: str | None = (await router.locate(pack, fresh=True))[0]
+                    except WrongState:  # waiting for a node to take it
+                        now_on = None
+                    if now_on is not None and now_on != node:
+                        continue  # it moved already: send it there
+                    raise down(node, e.message) from None
+                await asyncio.sleep(pause)  # a node that is busy or restarting: ask again soon
+                pause = min(pause * 2, RETRY_MAX_S)
                 continue
             for a in answers:
                 if "error" in a:
                     raise CanidaeError.from_wire(a)
             return {"pack": pack, "node": node, "yips": answers}
-        raise AssertionError("unreachable")
 
     async def receive(request: Request) -> Any:
         pack = validate_name("pack", request.path_params["pack"])

@@ -1,33 +1,41 @@
-"""A local cluster on loopback: ``cluster up|down|status``.
+"""Local clusters of agent processes: ``LocalCluster``, the one handle of ``cluster up|down``,
+drills, soak, scale tests, benchmarks and tests.
 
-``up`` writes one agent.toml per agent under the data dir, starts each agent as a background
-daemon (its own session, pid file and log file), waits for a leader and for every agent to
-register, and writes the CLI config (address list and admin token, mode 0600). ``down`` stops
-exactly the processes it started: a pid is signalled only while its command line still names
-that agent's config, so a reused pid is never hit.
+Starting one writes an agent.toml per agent under the data dir, starts each agent as a
+background daemon (its own session, pid file and log file), waits for a leader and for every
+agent to register, and writes the CLI config (address list and admin token, mode 0600). The
+agents and their pids are kept in ``cluster.json``, so that another command can ``open`` the
+cluster and stop it. Stopping signals exactly the processes it started: a pid is signalled only
+while its command line still names that agent's config, so a reused pid is never hit.
 
-By default every agent binds 127.0.0.1. ``hosts`` places agents elsewhere on this machine: each
-``AgentHost`` gives the address an agent binds and the command prefix that starts it there (a
-network namespace of our own: ``canidae.agent.ops.netns``); restarts reuse the prefix.
+By default every agent binds 127.0.0.1. In network namespaces (``canidae.agent.ops.netns``) each
+agent has an address of its own and a command prefix that starts it there (``AgentHost``);
+restarts reuse the prefix.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import httpx
 import tomli_w
+from canidae.agent.client import Client, Target
 from canidae.agent.config import AgentConfig, ServerPeer, new_secret, write_config
 from canidae.agent.secretbox import Keyring, key_file
-from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NotFound, Timeout
+from canidae.agent.ops import netns
+from canidae.agent.ops.waiting import Abandon, wait_until
+from canidae.core.errors import AlreadyExists, InvalidInput, NotFound, Timeout
 from canidae.core.types import Resources, Role
 
 STATE_FILE = "cluster.json"
@@ -37,7 +45,7 @@ STATE_FILE = "cluster.json"
 class ClusterLayout:
     servers: int = 3
     clients: int = 0
-    base_port: int = 7100
+    base_port: int | None = 7100  # None: a free range found when the cluster starts
     zones: int = 1
     capacity: Resources = Resources(1_000_000, 1_048_576, 50_000)
 
@@ -46,7 +54,7 @@ class ClusterLayout:
             raise InvalidInput(f"--agents must be 1, 3, 5 or 7 servers (an odd Raft group), got {self.servers}")
         if not 0 <= self.clients <= 200:
             raise InvalidInput(f"--clients must be 0..200, got {self.clients}")
-        if not 1024 <= self.base_port <= 65535 - 500:
+        if self.base_port is not None and not 1024 <= self.base_port <= 65535 - 500:
             raise InvalidInput(f"--base-port must be 1024..65035, got {self.base_port}")
 
 
@@ -86,7 +94,7 @@ def find_base_port(servers: int, clients: int, lo: int = 10_000, hi: int = 20_00
     raise AlreadyExists("no free port range on 127.0.0.1")
 
 
-def _pid_alive(pid: int, marker: str) -> bool:
+def pid_alive(pid: int, marker: str) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
@@ -110,6 +118,7 @@ def plan_configs(layout: ClusterLayout, data_dir: str, token: str, password: str
                  hosts: Mapping[str, str] | None = None) -> list[AgentConfig]:
     """One config per agent; ``hosts`` (node id -> address) moves agents off 127.0.0.1."""
     layout.validate()
+    assert layout.base_port is not None, "a layout's ports are chosen before its configs"
     p = layout.base_port
 
     def at(node_id: str, port: int) -> str:
@@ -150,7 +159,7 @@ def running_agents(data_dir: str) -> list[dict[str, Any]]:
     st = read_cluster_state(data_dir)
     if not st:
         return []
-    return [a for a in st["agents"] if _pid_alive(a["pid"], a["config"])]
+    return [a for a in st["agents"] if pid_alive(a["pid"], a["config"])]
 
 
 def start_agent(cfg_path: str, log_path: str, env: dict[str, str] | None = None,
@@ -178,90 +187,36 @@ def _wait_exec(proc: subprocess.Popen[bytes], cfg_path: str, timeout: float = 5.
     """Wait until a prefix has exec'd the agent in place. Until then the pid runs the prefix, and
     for an instant during the exec its command line reads empty: a liveness check in that
     instant would take the agent for dead and start a second one on the same data dir."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
+    def in_place() -> bool:
+        if proc.poll() is not None:
+            return True  # it exited: whoever looks next sees that
         try:
             with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
         except OSError:
-            return
-        if argv[0] == sys.executable.encode() and _pid_alive(proc.pid, cfg_path):
-            return
-        time.sleep(0.002)
-
-
-def up(layout: ClusterLayout, data_dir: str, cli_config: str, timeout: float = 30.0,
-       env: dict[str, str] | None = None, *, hosts: Mapping[str, AgentHost] | None = None) -> dict[str, Any]:
-    data_dir = os.path.abspath(data_dir)
-    if running_agents(data_dir):
-        raise AlreadyExists(f"a cluster is already running from {data_dir} (stop it with 'canidae cluster down')")
-    token, password = new_secret(), new_secret()
-    hosts = hosts or {}
-    cfgs = plan_configs(layout, data_dir, token, password, {n: h.address for n, h in hosts.items()})
-    busy = [port for c in cfgs for port in _loopback_ports_of(c) if not _port_free(port)]
-    if busy:
-        raise AlreadyExists(f"port {busy[0]} on 127.0.0.1 is busy; choose another --base-port")
-    agents = []
-    ring = _cluster_keyring([c.data_dir for c in cfgs])
-    for c in cfgs:
-        os.makedirs(c.data_dir, mode=0o700, exist_ok=True)
-        os.chmod(c.data_dir, 0o700)
-        path = os.path.join(c.data_dir, "agent.toml")
-        write_config(c, path)
-        ring.save(key_file(c.data_dir))
-        prefix = hosts[c.node_id].prefix if c.node_id in hosts else ()
-        pid = start_agent(path, os.path.join(c.data_dir, "stdout.log"), env, prefix)
-        with open(os.path.join(c.data_dir, "agent.pid"), "w") as f:
-            f.write(f"{pid}\n")
-        agent = {"id": c.node_id, "role": c.role.value, "api": c.api, "raft": c.raft, "pid": pid,
-                 "config": path, "log": c.log_file}
-        if prefix:
-            agent["prefix"] = list(prefix)
-        agents.append(agent)
-    state = {"data_dir": data_dir, "agents": agents, "token": token}
-    fd = os.open(os.path.join(data_dir, STATE_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(state, f, indent=1)
-    t0 = time.monotonic()
-    try:
-        leader = wait_ready(agents, token, len(cfgs), timeout)
-    except Timeout:
-        down(data_dir)
-        raise
-    write_cli_config(cli_config, [a["api"] for a in agents if a["role"] == "server"], token, data_dir)
-    return {"data_dir": data_dir, "agents": agents, "leader": leader, "config": cli_config,
-            "ready_s": round(time.monotonic() - t0, 3)}
-
-
-def _cluster_keyring(data_dirs: list[str]) -> Keyring:
-    """The cluster's secret keys: those of an earlier run from these data dirs (its journal holds
-    values sealed with them), else new ones. Every agent gets the same file."""
-    for d in data_dirs:
-        if os.path.exists(key_file(d)):
-            return Keyring.load(key_file(d))
-    return Keyring.new()
+            return True
+        return argv[0] == sys.executable.encode() and pid_alive(proc.pid, cfg_path)
+    wait_until(in_place, timeout, f"the agent of {cfg_path} started in place", interval=0.002)
 
 
 def wait_ready(agents: list[dict[str, Any]], token: str, n_nodes: int, timeout: float) -> str:
     """Wait until a leader has quorum and every agent has registered; return the leader's id."""
-    deadline = time.monotonic() + timeout
-    headers = {"authorization": f"Bearer {token}"}
     servers = [a for a in agents if a["role"] == "server"]
-    with httpx.Client(timeout=1.0, headers=headers) as http:
-        while time.monotonic() < deadline:
+    with httpx.Client(timeout=1.0, headers={"authorization": f"Bearer {token}"}) as http:
+        def leader() -> str | None:
             for a in agents:
-                if not _pid_alive(a["pid"], a["config"]):
-                    raise Timeout(f"agent {a['id']} exited during start; see {a['log']}")
+                if not pid_alive(a["pid"], a["config"]):
+                    raise Abandon(Timeout(f"agent {a['id']} exited during start; see {a['log']}"))
             for s in servers:
                 try:
                     st = http.get(f"http://{s['api']}/v1/status", params={"stale": 1}).json()
                 except (httpx.HTTPError, ValueError):
                     continue
-                if st.get("raft_state") == "leader" and st.get("has_quorum"):
-                    if st.get("nodes", 0) >= n_nodes:
-                        return str(st["node"])
-            time.sleep(0.05)
-    raise Timeout(f"the cluster did not become ready within {timeout:g} s")
+                if st.get("raft_state") == "leader" and st.get("has_quorum") and st.get("nodes", 0) >= n_nodes:
+                    return str(st["node"])
+            return None
+        return wait_until(leader, timeout, "the cluster ready (a leader, every agent registered)",  # type: ignore[no-any-return]
+                          interval=0.05)
 
 
 def write_cli_config(path: str, addrs: list[str], token: str, data_dir: str) -> None:
@@ -274,63 +229,282 @@ def write_cli_config(path: str, addrs: list[str], token: str, data_dir: str) -> 
     os.replace(tmp, path)
 
 
-def down(data_dir: str, timeout: float = 10.0) -> dict[str, Any]:
-    data_dir = os.path.abspath(data_dir)
-    st = read_cluster_state(data_dir)
-    if st is None:
-        raise NotFound(f"no cluster in {data_dir}")
-    stopped, killed = [], []
-    alive = [a for a in st["agents"] if _pid_alive(a["pid"], a["config"])]
-    for a in alive:
+@dataclass
+class LocalCluster:
+    """The handle of a local cluster of agent processes: start or open it, look at and act on its
+    agents (kill, restart, find the leader), stop it.
+
+    ``cluster up`` starts one that outlives the command (``stop`` with ``cluster down``); drills,
+    soak, scale tests, benchmarks and tests start one and ``close`` it, which stops what it
+    started (and removes a temporary data dir and the network namespaces it made). ``open``
+    takes over a cluster started before, from its ``cluster.json``; closing that only saves
+    the agents' current pids.
+    """
+
+    data_dir: str
+    agents: list[dict[str, Any]]
+    token: str
+    info: dict[str, Any] = field(default_factory=dict)  # what start found: leader, ready_s, config
+    env: dict[str, str] | None = None  # added to the environment of every agent (re)started
+    network: netns.NetnsNetwork | None = None  # the agents' namespaces, when they run in some
+    started_here: bool = False
+    temporary: bool = False  # its data dir is ours to remove
+
+    # ------------------------------------------------------------------ start, open, stop
+
+    @classmethod
+    def start(cls, layout: ClusterLayout, data_dir: str | None = None, *, cli_config: str | None = None,
+              timeout: float = 30.0, env: dict[str, str] | None = None, namespaces: bool = False,
+              configure: Callable[[AgentConfig], AgentConfig] | None = None) -> LocalCluster:
+        """Start ``layout``'s agents as daemons in ``data_dir`` (None: a new temporary dir), wait
+        for a leader and every agent, and write the CLI config (``cli_config``, else in the dir).
+
+        ``namespaces``: every agent in a network namespace of its own, on an address of its own
+        (the caller checks ``netns.unavailable_reason``). ``configure`` may change each agent's
+        config before it is written (tests: a longer heartbeat TTL). ``env`` is added to the
+        agents' environment. On failure, whatever was started is stopped again.
+        """
+        layout.validate()
+        if data_dir is not None and running_agents(os.path.abspath(data_dir)):
+            raise AlreadyExists(f"a cluster is already running from {os.path.abspath(data_dir)} "
+                                f"(stop it with 'canidae cluster down')")
+        if layout.base_port is None:
+            layout = replace(layout, base_port=find_base_port(layout.servers, layout.clients))
+        temporary = data_dir is None
+        root = os.path.abspath(data_dir or tempfile.mkdtemp(prefix="canidae-cluster-"))
+        network = netns.NetnsNetwork() if namespaces else None
+        cluster: LocalCluster | None = None
         try:
-            os.kill(a["pid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    for a in alive:
-        while _pid_alive(a["pid"], a["config"]) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if _pid_alive(a["pid"], a["config"]):
+            hosts: dict[str, AgentHost] = {}
+            if network is not None:
+                network.create()
+                addrs = network.add_nodes(agent_ids(layout))
+                hosts = {n: AgentHost(addr, network.prefix(n)) for n, addr in addrs.items()}
+            cluster = cls._launch(layout, root, env, hosts, configure)
+            cluster.network, cluster.temporary, cluster.env = network, temporary, env
+            t0 = time.monotonic()
+            leader = wait_ready(cluster.agents, cluster.token, len(cluster.agents), timeout)
+            config = cli_config or os.path.join(root, "cli.toml")
+            write_cli_config(config, [a["api"] for a in cluster.servers()], cluster.token, root)
+            cluster.info = {"data_dir": root, "agents": cluster.agents, "leader": leader, "config": config,
+                            "ready_s": round(time.monotonic() - t0, 3)}
+            return cluster
+        except BaseException:
+            if cluster is not None:
+                cluster.close()
+            else:
+                if network is not None:
+                    network.remove()
+                if temporary:
+                    shutil.rmtree(root, ignore_errors=True)
+            raise
+
+    @classmethod
+    def _launch(cls, layout: ClusterLayout, root: str, env: dict[str, str] | None, hosts: Mapping[str, AgentHost],
+                configure: Callable[[AgentConfig], AgentConfig] | None) -> LocalCluster:
+        token, password = new_secret(), new_secret()
+        cfgs = plan_configs(layout, root, token, password, {n: h.address for n, h in hosts.items()})
+        if configure is not None:
+            cfgs = [configure(c) for c in cfgs]
+        busy = [port for c in cfgs for port in _loopback_ports_of(c) if not _port_free(port)]
+        if busy:
+            raise AlreadyExists(f"port {busy[0]} on 127.0.0.1 is busy; choose another --base-port")
+        cluster = cls(root, [], token, env=env, started_here=True)
+        ring = _cluster_keyring([c.data_dir for c in cfgs])
+        for c in cfgs:
+            os.makedirs(c.data_dir, mode=0o700, exist_ok=True)
+            os.chmod(c.data_dir, 0o700)
+            path = os.path.join(c.data_dir, "agent.toml")
+            write_config(c, path)
+            ring.save(key_file(c.data_dir))
+            prefix = hosts[c.node_id].prefix if c.node_id in hosts else ()
+            agent: dict[str, Any] = {"id": c.node_id, "role": c.role.value, "api": c.api, "raft": c.raft,
+                                     "pid": 0, "config": path, "log": c.log_file}
+            if prefix:
+                agent["prefix"] = list(prefix)
+            cluster.agents.append(agent)
+            agent["pid"] = start_agent(path, os.path.join(c.data_dir, "stdout.log"), env, prefix)
+            with open(os.path.join(c.data_dir, "agent.pid"), "w") as f:
+                f.write(f"{agent['pid']}\n")
+            cluster.save()  # at every step: whatever happens next, 'cluster down' finds what runs
+        return cluster
+
+    @classmethod
+    def open(cls, data_dir: str) -> LocalCluster:
+        """The cluster started before in ``data_dir`` (its ``cluster.json``)."""
+        root = os.path.abspath(data_dir)
+        st = read_cluster_state(root)
+        if st is None:
+            raise NotFound(f"no cluster started by 'cluster up' in {root}")
+        return cls(root, st["agents"], st["token"])
+
+    def save(self) -> None:
+        """Write ``cluster.json`` (mode 0600: it holds the token) with the agents' current pids."""
+        path = os.path.join(self.data_dir, STATE_FILE)
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"data_dir": self.data_dir, "agents": self.agents, "token": self.token}, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+    def stop(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Stop every agent: SIGTERM, then SIGKILL of its process group after ``timeout``. A pid is
+        signalled only while its command line still names that agent's config (never a reused pid)."""
+        stopped, killed = [], []
+        alive = [a for a in self.agents if self.alive(a)]
+        for a in alive:
             try:
-                os.killpg(a["pid"], signal.SIGKILL)
+                os.kill(a["pid"], signal.SIGTERM)
             except ProcessLookupError:
                 pass
-            killed.append(a["id"])
-        else:
-            stopped.append(a["id"])
-    os.replace(os.path.join(data_dir, STATE_FILE), os.path.join(data_dir, STATE_FILE + ".stopped"))
-    return {"data_dir": data_dir, "stopped": stopped, "killed": killed,
-            "not_running": [a["id"] for a in st["agents"] if a not in alive]}
+        deadline = time.monotonic() + timeout
+        for a in alive:
+            try:
+                wait_until(lambda a=a: not self.alive(a), max(0.0, deadline - time.monotonic()),
+                           f"agent {a['id']} stopped")
+                stopped.append(a["id"])
+            except Timeout:
+                try:
+                    os.killpg(a["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                killed.append(a["id"])
+        path = os.path.join(self.data_dir, STATE_FILE)
+        if os.path.exists(path):
+            os.replace(path, path + ".stopped")
+        return {"data_dir": self.data_dir, "stopped": stopped, "killed": killed,
+                "not_running": [a["id"] for a in self.agents if a not in alive]}
 
+    def close(self, keep_dir: bool = False) -> list[int]:
+        """Save the agents' pids; a cluster started here is stopped, with its packs' leftover
+        processes and its network, and a temporary data dir is removed (unless ``keep_dir``).
 
-def restart_agent(agent: dict[str, Any], env: dict[str, str] | None = None) -> None:
-    """Start a stopped agent of a local cluster again from its config (its pid is updated), where
-    it ran before (its command prefix), with ``env`` added to this process's environment."""
-    agent["pid"] = start_agent(agent["config"], os.path.join(os.path.dirname(agent["config"]), "stdout.log"),
-                               env, agent.get("prefix", ()))
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> float:
-    """Poll ``cond`` until it is true; return the seconds it took, or raise ``Timeout(what)``.
-
-    A condition that fails with a cluster error or an HTTP error is "not yet": drills and scale
-    tests poll clusters that are recovering on purpose.
-    """
-    t0 = time.monotonic()
-    while True:
+        Returns the pids of pack processes still running after their agents stopped (killed
+        here): a graceful stop leaves none, which tests check."""
+        if not self.started_here:
+            if read_cluster_state(self.data_dir) is not None:
+                self.save()
+            return []
         try:
-            if cond():
-                return time.monotonic() - t0
-        except (CanidaeError, httpx.HTTPError):
-            pass
-        if time.monotonic() - t0 > timeout:
-            raise Timeout(f"{what} not reached within {timeout:g} s")
-        time.sleep(interval)
+            if self.network is not None:
+                self.network.heal_all()  # a graceful stop needs the agents reachable
+            self.stop(timeout=10)
+        finally:
+            left = kill_pack_leftovers(self.data_dir)
+            if self.network is not None:
+                self.network.remove()
+            if self.temporary and not keep_dir:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+        return left
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the agents
+
+    def agent(self, ident: str) -> dict[str, Any]:
+        for a in self.agents:
+            if a["id"] == ident:
+                return a
+        raise NotFound(f"no agent {ident!r} in this cluster")
+
+    def _get(self, agent: str | dict[str, Any]) -> dict[str, Any]:
+        return self.agent(agent) if isinstance(agent, str) else agent
+
+    def servers(self) -> list[dict[str, Any]]:
+        return [a for a in self.agents if a["role"] == "server"]
+
+    def clients(self) -> list[dict[str, Any]]:
+        return [a for a in self.agents if a["role"] == "client"]
+
+    def alive(self, agent: str | dict[str, Any]) -> bool:
+        a = self._get(agent)
+        return pid_alive(a["pid"], a["config"])
+
+    def pids(self) -> dict[str, int]:
+        return {a["id"]: a["pid"] for a in self.agents if self.alive(a)}
+
+    def client(self, timeout: float = 10.0) -> Client:
+        return Client(Target(tuple(a["api"] for a in self.servers()), self.token), timeout=timeout)
+
+    def health(self, agent: str | dict[str, Any]) -> dict[str, Any] | None:
+        """An agent's ``/v1/health``, or None when it does not answer."""
+        try:
+            return httpx.get(f"http://{self._get(agent)['api']}/v1/health", timeout=0.5).json()  # type: ignore[no-any-return]
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def leader(self, exclude: Collection[str] = ()) -> str | None:
+        """The server that leads with a quorum right now (not one of ``exclude``), if any."""
+        for a in self.servers():
+            if a["id"] in exclude or not self.alive(a):
+                continue
+            h = self.health(a)
+            if h and h.get("raft", {}).get("state") == "leader" and h["raft"].get("has_quorum"):
+                return str(a["id"])
+        return None
+
+    def wait_leader(self, timeout: float = 10.0) -> str:
+        return wait_until(self.leader, timeout, "a leader with a quorum")  # type: ignore[no-any-return]
+
+    def leader_api(self) -> str | None:
+        leader = self.leader()
+        return self.agent(leader)["api"] if leader else None  # type: ignore[no-any-return]
+
+    def kill(self, ident: str, sig: int = signal.SIGKILL) -> None:
+        """Signal one agent; after a SIGKILL, wait until it is gone."""
+        a = self.agent(ident)
+        os.kill(a["pid"], sig)
+        if sig == signal.SIGKILL:
+            wait_until(lambda: not self.alive(a), 5, f"{ident} gone after SIGKILL")
+
+    def restart(self, agent: str | dict[str, Any]) -> None:
+        """Start a stopped agent again from its config, where it ran before (its command prefix),
+        with the cluster's ``env``; its new pid is saved."""
+        a = self._get(agent)
+        if self.alive(a):
+            return
+        a["pid"] = start_agent(a["config"], os.path.join(os.path.dirname(a["config"]), "stdout.log"),
+                               self.env, a.get("prefix", ()))
+        self.save()
+
+
+def _cluster_keyring(data_dirs: list[str]) -> Keyring:
+    """The cluster's secret keys: those of an earlier run from these data dirs (its journal holds
+    values sealed with them), else new ones. Every agent gets the same file."""
+    for d in data_dirs:
+        if os.path.exists(key_file(d)):
+            return Keyring.load(key_file(d))
+    return Keyring.new()
+
+
+def kill_pack_leftovers(data_dir: str) -> list[int]:
+    """SIGKILL the exec pack processes still running under ``data_dir`` (found by their working
+    directory): what an agent that had to be SIGKILLed could not stop. Returns their pids."""
+    root = os.path.realpath(data_dir) + os.sep
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if cwd.startswith(root) and f"{os.sep}exec{os.sep}packs{os.sep}" in cwd[len(root):]:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                found.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return found
 
 
 def default_data_dir() -> str:
     return os.path.expanduser(os.path.join("~", ".local", "share", "canidae", "local"))
 
 
-__all__ = ["AgentHost", "ClusterLayout", "agent_ids", "up", "down", "running_agents", "read_cluster_state", "default_data_dir",
-           "plan_configs", "start_agent", "restart_agent", "wait_ready", "wait_until", "write_cli_config"]
+__all__ = ["AgentHost", "ClusterLayout", "LocalCluster", "agent_ids", "default_data_dir", "find_base_port",
+           "kill_pack_leftovers", "pid_alive", "plan_configs", "read_cluster_state", "running_agents", "start_agent",
+           "wait_ready", "write_cli_config"]

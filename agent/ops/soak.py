@@ -54,8 +54,9 @@ from typing import Any
 
 import httpx
 from canidae.agent.client import Client, Target
-from canidae.agent.ops import localcluster, netns
-from canidae.agent.ops.drill import DrillCluster
+from canidae.agent.ops import netns
+from canidae.agent.ops.localcluster import LocalCluster
+from canidae.agent.ops.waiting import wait_until
 from canidae.core.errors import (
     CanidaeError,
     Conflict,
@@ -63,6 +64,7 @@ from canidae.core.errors import (
     NotAuthenticated,
     NotFound,
     PermissionDenied,
+    Timeout,
 )
 from canidae.core.history_check import (
     ASSIGNED_STATES,
@@ -243,7 +245,7 @@ class _Keys:
 class Soak:
     """One soak run over ``cluster``. ``log`` gets one line per event (faults, phases)."""
 
-    def __init__(self, cluster: DrillCluster, options: SoakOptions,
+    def __init__(self, cluster: LocalCluster, options: SoakOptions,
                  log: Callable[[str], None] | None = None) -> None:
         options.validate()
         self.cluster = cluster
@@ -392,7 +394,7 @@ class Soak:
     # ------------------------------------------------------------------ preflight
 
     def _preflight(self) -> None:
-        localcluster.wait_until(lambda: self.cluster.leader() is not None, 30, "soak: a leader before the start")
+        wait_until(lambda: self.cluster.leader() is not None, 30, "soak: a leader before the start")
         if self.o.exec_share <= 0:
             self.exec_info = {"reason": "no exec packs asked for"}
             return
@@ -408,14 +410,14 @@ class Soak:
             probe = f"{self.keys.prefix}-probe"
             try:
                 c.create_packs([self._exec_spec(probe)], retry_for=10)
-                localcluster.wait_until(lambda: c.pack(probe)["state"] in ("running", "failed"), 30,
+                wait_until(lambda: c.pack(probe)["state"] in ("running", "failed"), 30,
                                         "soak: the exec probe pack running")
                 if c.pack(probe)["state"] != "running":
                     self.exec_info["reason"] = f"the probe exec pack failed: {c.pack(probe)['reason']}"
                 else:
                     self.exec_ok = True
                 c.request("POST", f"/v1/packs/{probe}/stop", json={"request_id": uuid.uuid4().hex}, retry_for=10)
-                localcluster.wait_until(lambda: c.pack(probe)["state"] in ("stopped", "failed"), 30,
+                wait_until(lambda: c.pack(probe)["state"] in ("stopped", "failed"), 30,
                                         "soak: the exec probe pack stopped")
             except CanidaeError as e:
                 self.exec_ok = False
@@ -541,7 +543,7 @@ class Soak:
     def _leader_or_any(self, rng: random.Random) -> tuple[str, str]:
         """The leader (waiting up to 5 s for one), else a random live server, with how it was chosen."""
         try:
-            localcluster.wait_until(lambda: self.cluster.leader() is not None, 5, "a leader")
+            wait_until(lambda: self.cluster.leader() is not None, 5, "a leader")
         except CanidaeError:
             pass
         leader = self.cluster.leader()
@@ -582,7 +584,7 @@ class Soak:
                 self._signal(v, signal.SIGKILL)
             for v in victims:
                 a = cl.agent(v)
-                localcluster.wait_until(lambda a=a: not cl.alive(a), 5, f"{v} gone after SIGKILL")
+                wait_until(lambda a=a: not cl.alive(a), 5, f"{v} gone after SIGKILL")
             order = list(victims)
             rng.shuffle(order)
             lo, hi = {"kill": (0.5, 2.0), "kill-client": (1.0, 3.0)}.get(fault, (0.0, 1.0 / len(order)))
@@ -630,7 +632,7 @@ class Soak:
         for a in self.cluster.agents:
             if not self.cluster.alive(a):
                 try:  # a process caught in an exec reads as dead for an instant: never start a second one
-                    localcluster.wait_until(lambda a=a: self.cluster.alive(a), 0.5, "the agent alive after all")
+                    wait_until(lambda a=a: self.cluster.alive(a), 0.5, "the agent alive after all")
                     continue
                 except CanidaeError:
                     pass
@@ -686,24 +688,27 @@ class Soak:
         return waiting
 
     def _settle(self) -> dict[str, Any]:
+        """Wait until nothing keeps the cluster from being settled for ``quiet_s`` in a row."""
         t0 = time.monotonic()
-        deadline = t0 + self.o.settle_s
-        quiet_since: float | None = None
+        quiet_since: list[float] = []
         waiting = ["not looked at yet"]
         with self.cluster.client(timeout=3.0) as c, self._http() as http:
-            while time.monotonic() < deadline:
+            def quiet() -> bool:
+                nonlocal waiting
                 try:
                     waiting = self._unsettled(c, http)
                 except CanidaeError as e:
                     waiting = [f"cluster: {e.message}"]
                 if waiting:
-                    quiet_since = None
-                else:
-                    quiet_since = quiet_since or time.monotonic()
-                    if time.monotonic() - quiet_since >= self.o.quiet_s:
-                        return {"settled": True, "settle_s": round(time.monotonic() - t0, 3), "waiting_on": []}
-                time.sleep(0.2)  # polling interval of a condition with a deadline
-        return {"settled": False, "settle_s": round(time.monotonic() - t0, 3), "waiting_on": waiting}
+                    quiet_since.clear()
+                    return False
+                quiet_since[:] = quiet_since or [time.monotonic()]
+                return time.monotonic() - quiet_since[0] >= self.o.quiet_s
+            try:
+                wait_until(quiet, self.o.settle_s, "soak: the cluster settled", interval=0.2)
+            except Timeout:
+                return {"settled": False, "settle_s": round(time.monotonic() - t0, 3), "waiting_on": waiting}
+        return {"settled": True, "settle_s": round(time.monotonic() - t0, 3), "waiting_on": []}
 
     def _final_packs(self) -> list[dict[str, Any]]:
         """Every pack, read linearizably (retried for a while); failing that, the most advanced
@@ -715,7 +720,7 @@ class Soak:
                 got.append(list(c.iter_packs()))
                 return True
             try:
-                localcluster.wait_until(listed, 20, "soak: a linearizable list of the packs")
+                wait_until(listed, 20, "soak: a linearizable list of the packs")
                 return got[-1]
             except CanidaeError as e:
                 self.notes.append(f"no linearizable list of the packs at the end ({e.message}): "

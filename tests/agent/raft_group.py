@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Self
 
 from canidae.agent.config import RaftSettings
+from canidae.agent.ops.waiting import wait_until
 from canidae.agent.server.replica import Replica, encode_entry
 from canidae.core.commands import Command, encode_batch
 from canidae.core.state import ClusterState
@@ -50,17 +51,6 @@ def free_addrs(n: int) -> list[str]:
                 _taken.update(out)
                 return [f"127.0.0.1:{p}" for p in out]
     raise RuntimeError("no free loopback ports in this worker's range")
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def entry(cmds: Iterable[Command]) -> bytes:

@@ -4,11 +4,11 @@ forked zstd snapshots, restart from snapshot + journal, a wiped member rebuilt b
 import os
 import shutil
 import socket
-import time
 
 import pytest
 
 from canidae.agent.config import RaftSettings
+from canidae.agent.ops.waiting import wait_until
 from canidae.agent.server.replica import Replica, encode_entry
 from canidae.core.commands import CreatePacks, RegisterNode, encode_batch
 from canidae.core.state import ClusterState
@@ -38,15 +38,6 @@ def _bindable(addr):
     return True
 
 
-def _wait(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 SETTINGS = RaftSettings(compaction_min_entries=40, compaction_min_time_s=3600.0)
 
 
@@ -56,7 +47,7 @@ def _start(addrs, root, i):
 
 
 def _leader(reps):
-    _wait(lambda: any(r.is_leader() for r in reps), 10, "a leader")
+    wait_until(lambda: any(r.is_leader() for r in reps), 10, "a leader")
     return next(r for r in reps if r.is_leader())
 
 
@@ -83,19 +74,19 @@ def test_snapshot_restart_and_rebuild_of_a_wiped_member(cluster):
         _write(leader, k)
     for r in reps:
         r.forceLogCompaction()
-    _wait(lambda: all(os.path.exists(os.path.join(root, f"r{i}", "raft.snapshot")) for i in range(3)), 15,
+    wait_until(lambda: all(os.path.exists(os.path.join(root, f"r{i}", "raft.snapshot")) for i in range(3)), 15,
           "snapshots written by forked children")
     with open(os.path.join(root, "r0", "raft.snapshot"), "rb") as f:
         assert f.read(8) == b"CNDSNAP1"
-    _wait(lambda: len({r.state.digest() for r in reps}) == 1, 10, "equal replicas")
+    wait_until(lambda: len({r.state.digest() for r in reps}) == 1, 10, "equal replicas")
     digest = reps[0].state.digest()
     # whole group restarts from snapshot + journal
     for r in reps:
         r.destroy()
-    _wait(lambda: all(_bindable(a) for a in addrs), 10, "the old members' ports to be free")
+    wait_until(lambda: all(_bindable(a) for a in addrs), 10, "the old members' ports to be free")
     reps[:] = [_start(addrs, root, i) for i in range(3)]
     leader = _leader(reps)
-    _wait(lambda: all(len(r.state.packs) == 120 for r in reps), 15, "state restored")
+    wait_until(lambda: all(len(r.state.packs) == 120 for r in reps), 15, "state restored")
     assert {r.state.digest() for r in reps} == {digest}
     # a member loses its disk: it comes back from the leader's snapshot
     victim = next(i for i, r in enumerate(reps) if r is not leader)
@@ -104,5 +95,5 @@ def test_snapshot_restart_and_rebuild_of_a_wiped_member(cluster):
     for k in range(120, 130):
         _write(leader, k)
     reps[victim] = _start(addrs, root, victim)
-    _wait(lambda: len(reps[victim].state.packs) == 130, 20, "wiped member rebuilt")
-    _wait(lambda: len({r.state.digest() for r in reps}) == 1, 10, "equal replicas after rebuild")
+    wait_until(lambda: len(reps[victim].state.packs) == 130, 20, "wiped member rebuilt")
+    wait_until(lambda: len({r.state.digest() for r in reps}) == 1, 10, "equal replicas after rebuild")

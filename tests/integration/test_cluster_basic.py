@@ -3,16 +3,16 @@
 import httpx
 import pytest
 
-from harness import LocalCluster, wait_for
+from harness import local_cluster, wait_until
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = LocalCluster(str(tmp_path / "cluster"), servers=3, clients=1).up()
+    c = local_cluster(str(tmp_path / "cluster"), servers=3, clients=1)
     try:
         yield c
     finally:
-        c.down()
+        c.close()
 
 
 def test_spawn_runs_on_a_node_and_every_agent_is_listed(cluster):
@@ -35,9 +35,9 @@ def test_bulk_spawn_list_paging_and_stop(cluster):
         assert len(res["placements"]) == 250
         names = [p["name"] for p in c.iter_packs(limit=100) ]
         assert names == sorted(f"w-{i}" for i in range(250))
-        wait_for(lambda: c.packs(state="placed", limit=1)["packs"] == [], 10, "all packs running")
+        wait_until(lambda: c.packs(state="placed", limit=1)["packs"] == [], 10, "all packs running")
         c.pack_action("w-7", "stop")
-        wait_for(lambda: c.pack("w-7")["state"] == "stopped", 10, "w-7 stopped")
+        wait_until(lambda: c.pack("w-7")["state"] == "stopped", 10, "w-7 stopped")
         by_node = {}
         for p in c.iter_packs():
             if p["state"] == "running":
@@ -63,7 +63,7 @@ def test_writes_through_any_agent_including_a_client(cluster):
 
 
 def test_status_names_leader_and_peers(cluster):
-    leader = cluster.leader()
+    leader = cluster.wait_leader()
     with cluster.client() as c:
         st = c.status()
     assert st["leader_api"] == cluster.agent(leader)["api"]

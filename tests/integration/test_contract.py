@@ -18,18 +18,18 @@ import httpx
 import pytest
 
 from canidae.core.errors import CanidaeError
-from harness import LocalCluster, wait_for
+from harness import LocalCluster, local_cluster, wait_until
 
 SERVERS = ("s1", "s2", "s3")
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = LocalCluster(str(tmp_path / "cluster"), servers=3, clients=2).up()
+    c = local_cluster(str(tmp_path / "cluster"), servers=3, clients=2)
     try:
         yield c
     finally:
-        c.down()
+        c.close()
 
 
 def agent_running(cluster: LocalCluster, ident: str) -> dict[str, int]:
@@ -98,7 +98,7 @@ def test_whole_cluster_crash_restart_with_client_agents_stops_no_acknowledged_pa
     acked: list[str] = []
     errors: list[str] = []
     spawns = spawn_concurrently(cluster, [f"p{i:04d}" for i in range(900)], 8, acked, errors)
-    wait_for(lambda: len(acked) >= 300, 60, "300 acknowledged spawns")
+    wait_until(lambda: len(acked) >= 300, 60, "300 acknowledged spawns")
     for s in SERVERS:
         cluster.kill(s)
     order = list(SERVERS)
@@ -108,7 +108,7 @@ def test_whole_cluster_crash_restart_with_client_agents_stops_no_acknowledged_pa
         time.sleep(rng.uniform(0, 0.5))  # a staggered restart is the scenario, not a wait
     spawns.join(timeout=200)
     assert not spawns.is_alive() and not errors, errors[:5]
-    result = wait_for(lambda: converged(cluster), 60, "every pack running and every agent equal to the state",
+    result = wait_until(lambda: converged(cluster), 60, "every pack running and every agent equal to the state",
                       interval=0.25)
     packs, want = result
     assert set(acked) <= set(packs)
@@ -131,15 +131,15 @@ def events_of(cluster: LocalCluster, kind: str) -> list[dict]:
 def test_a_paused_leader_declares_no_node_down_when_it_resumes(cluster):
     with cluster.client() as c:
         c.create_packs([{"name": "svc"}], count=200)
-    wait_for(lambda: converged(cluster), 60, "200 packs running", interval=0.25)
-    paused = cluster.leader()
+    wait_until(lambda: converged(cluster), 60, "200 packs running", interval=0.25)
+    paused = cluster.wait_leader()
     cluster.kill(paused, signal.SIGSTOP)
     try:
         time.sleep(3.0)  # the pause is the fault under test
     finally:
         cluster.kill(paused, signal.SIGCONT)
-    cluster.leader(timeout=15)
-    wait_for(lambda: converged(cluster), 60, "every pack running where the state says", interval=0.25)
+    cluster.wait_leader(timeout=15)
+    wait_until(lambda: converged(cluster), 60, "every pack running where the state says", interval=0.25)
     downs = events_of(cluster, "NodeDown")
     by_paused = [e for e in downs if e.get("by") == f"leader:{paused}"]
     assert not by_paused, f"the resumed leader declared nodes down: {by_paused}"
@@ -152,21 +152,21 @@ def test_a_paused_leader_declares_no_node_down_when_it_resumes(cluster):
 def bulk_spawn_makes_no_healthy_node_look_dead(tmp_path, count: int) -> None:
     """A bulk spawn keeps every agent busy for seconds (servers apply it, agents start their share):
     no node that is alive may be declared down meanwhile, and a running exec pack is not touched."""
-    cluster = LocalCluster(str(tmp_path / "cluster"), servers=3, clients=1).up()
+    cluster = local_cluster(str(tmp_path / "cluster"), servers=3, clients=1)
     try:
         with cluster.client(timeout=120.0) as c:
             c.create_packs([{"name": "service", "driver": "exec", "command": ["sleep", "600"]}])
-            wait_for(lambda: c.pack("service")["state"] == "running", 30, "the exec service to run")
+            wait_until(lambda: c.pack("service")["state"] == "running", 30, "the exec service to run")
             before = c.pack("service")
             c.create_packs([{"name": "bulk", "cpu": 1, "mem": 1}], count=count, retry_for=300.0)
-            wait_for(lambda: c.status()["pack_states"].get("running", 0) == count + 1, 300,
-                     f"{count + 1:,} packs running", interval=0.5)
+            wait_until(lambda: c.status()["pack_states"].get("running", 0) == count + 1, 300,
+                       f"{count + 1:,} packs running", interval=0.5)
             assert events_of(cluster, "NodeDown") == []
             after = c.pack("service")
             assert after["state"] == "running" and after["generation"] == before["generation"] \
                 and after["node"] == before["node"]
     finally:
-        cluster.down()
+        cluster.close()
 
 
 def test_a_bulk_spawn_of_20000_packs_makes_no_healthy_node_look_dead(tmp_path):

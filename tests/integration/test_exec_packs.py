@@ -14,13 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from canidae.agent.ops import localcluster
 from canidae.agent.client import Client, Target
-from canidae.agent.config import new_secret, write_config
 from canidae.agent.client.execcalls import exec_info, pack_processes
 from canidae.agent.node.isolation import parent_name
 from canidae.core.packtoken import pack_token
-from harness import LocalCluster, pick_base_port, wait_for
+from harness import LocalCluster, local_cluster, wait_until
 from packprocs import environ_of, kill_leftovers, member_python, processes_under, remove_cgroups
 
 AGENT_ENV = {"CANIDAE_EXEC_BACKOFF_S": "0.05", "CANIDAE_EXEC_GRACE_S": "2", "CANIDAE_EXEC_LOG_CHECK_S": "0.2"}
@@ -52,24 +50,12 @@ time.sleep(600)
 """
 
 
-def _with_agent_env(start: Any) -> Any:
-    saved = {k: os.environ.get(k) for k in AGENT_ENV}
-    os.environ.update(AGENT_ENV)  # the agents started now inherit these
-    try:
-        return start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _down(c: LocalCluster) -> None:
+    left: list[int] = []
     try:
-        c.down()
+        left = c.close()  # the pack processes it had to kill after the agents stopped
     finally:
-        left = kill_leftovers(c.data_dir)
+        left += kill_leftovers(c.data_dir)
         for a in c.agents:  # what an agent that had to be SIGKILLed could not remove itself
             remove_cgroups(parent_name(a["id"], os.path.dirname(a["config"])))
     assert not left, f"pack processes outlived the cluster: {left}"
@@ -77,8 +63,7 @@ def _down(c: LocalCluster) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("exec") / "cluster"), servers=3, clients=1)
-    _with_agent_env(c.up)
+    c = local_cluster(str(tmp_path_factory.mktemp("exec") / "cluster"), servers=3, clients=1, env=AGENT_ENV)
     try:
         yield c
     finally:
@@ -112,7 +97,7 @@ def test_spawn_logs_kill_and_stop_through_the_cli(cluster):
     assert procs["node"] == node and all(m["running"] for m in procs["members"])
     # Logs through an agent that is not the pack's node (the client agent, or another server).
     other = next(a["api"] for a in cluster.agents if a["id"] != node)
-    wait_for(lambda: "hello from 1" in cli(cluster, "pack", "logs", "web", addr=other).stdout, 10, "both members")
+    wait_until(lambda: "hello from 1" in cli(cluster, "pack", "logs", "web", addr=other).stdout, 10, "both members")
     text = cli(cluster, "pack", "logs", "web", addr=other).stdout
     assert "[0] hello from 0" in text and "[1] hello from 1" in text
     assert cli(cluster, "pack", "logs", "web", "--member", "1", "--tail", "1").stdout == "hello from 1\n"
@@ -120,7 +105,7 @@ def test_spawn_logs_kill_and_stop_through_the_cli(cluster):
     killed = json.loads(cli(cluster, "pack", "kill", "web", "--signal", "term", "--json", addr=other).stdout)
     assert killed["members"] == [0, 1] and killed["signal"] == "TERM" and killed["node"] == node
     with cluster.client() as c:
-        wait_for(lambda: all(m["restarts"] == 1 and m["running"] for m in pack_processes(c, "web")["members"]),
+        wait_until(lambda: all(m["restarts"] == 1 and m["running"] for m in pack_processes(c, "web")["members"]),
                  10, "the members restarted under on-failure")
         assert c.pack("web")["state"] == "running"
     assert cli(cluster, "pack", "stop", "web").stdout.strip() == "pack web stopped"
@@ -159,7 +144,7 @@ def test_a_memory_hog_is_failed_with_the_reason(cluster):
     p = cli(cluster, "pack", "spawn", "hog", "--mem", "32", "--restart", "always", "--",
             py, "-c", "b = []\nwhile True:\n    b.append(bytearray(1 << 20))", check=False)
     with cluster.client() as c:
-        wait_for(lambda: c.pack("hog")["state"] == "failed", 15, "the hog failed")
+        wait_until(lambda: c.pack("hog")["state"] == "failed", 15, "the hog failed")
         assert c.pack("hog")["reason"] == "memory limit 32 MiB exceeded (OOM kill)"
     assert p.returncode in (0, 1)  # the OOM kill may come before or after spawn saw it running
 
@@ -168,11 +153,11 @@ def test_yips_between_packs_on_two_nodes_and_mailbox_rules(cluster):
     py = member_python()
     cli(cluster, "pack", "spawn", "rx", "--node", "s1", "--", py, "-u", "-c", RX)
     cli(cluster, "pack", "spawn", "tx", "--node", "s2", "--", py, "-u", "-c", TX)
-    wait_for(lambda: "got ping from tx from=tx" in logs(cluster, "rx"), 15, "tx's yip in rx")
+    wait_until(lambda: "got ping from tx from=tx" in logs(cluster, "rx"), 15, "tx's yip in rx")
     client_api = cluster.agent("c1")["api"]
     assert "queued for pack rx on node s1" in cli(cluster, "yip", "send", "rx", "hello", addr=client_api).stdout
     cli(cluster, "yip", "send", "rx", "--json", '{"n": 1}')
-    wait_for(lambda: 'got {"n": 1} from=admin' in logs(cluster, "rx"), 10, "the JSON yip")
+    wait_until(lambda: 'got {"n": 1} from=admin' in logs(cluster, "rx"), 10, "the JSON yip")
     assert "got hello from=admin" in logs(cluster, "rx")
 
     # A pack's token reads its own mailbox only.
@@ -223,27 +208,11 @@ def test_agent_doctor_reports_the_running_agents_isolation(cluster):
 def _cluster_with_patient_leader(data_dir: str) -> LocalCluster:
     """Three servers whose leader waits 60 s before declaring a silent node down, so that an agent
     restart is seen as a restart (its packs stay placed) and not as a node failure."""
-    layout = localcluster.ClusterLayout(servers=3, clients=0, base_port=pick_base_port(3, 0))
-    token = new_secret()
-    cfgs = [replace(c, heartbeat_ttl_s=60.0) for c in localcluster.plan_configs(layout, data_dir, token, new_secret())]
-    agents = []
-    for cfg in cfgs:
-        os.makedirs(cfg.data_dir, exist_ok=True)
-        path = os.path.join(cfg.data_dir, "agent.toml")
-        write_config(cfg, path)
-        pid = localcluster.start_agent(path, os.path.join(cfg.data_dir, "stdout.log"))
-        agents.append({"id": cfg.node_id, "role": "server", "api": cfg.api, "raft": cfg.raft, "pid": pid,
-                       "config": path, "log": cfg.log_file})
-    with open(os.path.join(data_dir, localcluster.STATE_FILE), "w") as f:
-        json.dump({"data_dir": data_dir, "agents": agents, "token": token}, f)
-    c = LocalCluster(data_dir, servers=3)
-    c.info = {"data_dir": data_dir, "agents": agents, "token": token}
-    localcluster.wait_ready(agents, token, 3, 30)
-    return c
+    return local_cluster(data_dir, servers=3, env=AGENT_ENV, configure=lambda c: replace(c, heartbeat_ttl_s=60.0))
 
 
 def test_an_agent_restart_readopts_its_packs_and_kills_what_it_no_longer_holds(tmp_path):
-    c = _with_agent_env(lambda: _cluster_with_patient_leader(str(tmp_path / "cluster")))
+    c = _cluster_with_patient_leader(str(tmp_path / "cluster"))
     try:
         for name in ("steady", "stopme", "moveme"):
             cli(c, "pack", "spawn", name, "--node", "s2", "--members", "2", "--", "sleep", "600")
@@ -253,10 +222,10 @@ def test_an_agent_restart_readopts_its_packs_and_kills_what_it_no_longer_holds(t
             assert all(processes_under(str(tmp_path)).count(p) for pids in before.values() for p in pids)
             cl.pack_action("stopme", "stop")  # the cluster now wants it stopped...
             cl.migrate("moveme", "s3")       # ...and this one elsewhere
-            wait_for(lambda: cl.pack("moveme")["state"] == "running", 15, "moveme running on s3")
+            wait_until(lambda: cl.pack("moveme")["state"] == "running", 15, "moveme running on s3")
             c.restart("s2")
-            wait_for(lambda: cl.pack("stopme")["state"] == "stopped", 20, "stopme stopped after the restart")
-            wait_for(lambda: not any(os.path.exists(f"/proc/{p}") and p in processes_under(str(tmp_path))
+            wait_until(lambda: cl.pack("stopme")["state"] == "stopped", 20, "stopme stopped after the restart")
+            wait_until(lambda: not any(os.path.exists(f"/proc/{p}") and p in processes_under(str(tmp_path))
                                      for p in before["moveme"] + before["stopme"]), 10, "fenced processes gone")
             st = pack_processes(cl, "steady")
             assert [m["pid"] for m in st["members"]] == before["steady"]  # adopted, not restarted
@@ -268,7 +237,7 @@ def test_an_agent_restart_readopts_its_packs_and_kills_what_it_no_longer_holds(t
             assert live == set(before["steady"]) | {m["pid"] for m in moved["members"]}
             # The adopted pack still obeys: stop it.
             cl.pack_action("steady", "stop")
-            wait_for(lambda: cl.pack("steady")["state"] == "stopped", 15, "steady stopped")
+            wait_until(lambda: cl.pack("steady")["state"] == "stopped", 15, "steady stopped")
             assert not set(processes_under(str(tmp_path))) & set(before["steady"])
     finally:
         _down(c)

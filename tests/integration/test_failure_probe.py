@@ -13,22 +13,22 @@ import signal
 import time
 
 from canidae.agent.config import load_config, write_config
-from harness import LocalCluster, wait_for
+from harness import local_cluster, wait_until
 
 
 def test_a_silent_but_answering_node_is_kept_and_a_paused_one_is_declared(tmp_path):
-    cluster = LocalCluster(str(tmp_path / "cluster"), servers=3, clients=1).up()
+    cluster = local_cluster(str(tmp_path / "cluster"), servers=3, clients=1)
     try:
         with cluster.client() as c:
             c.create_packs([{"name": "p"}], count=40)
-            wait_for(lambda: c.status()["pack_states"].get("running", 0) == 40, 30, "40 packs running")
+            wait_until(lambda: c.status()["pack_states"].get("running", 0) == 40, 30, "40 packs running")
             cfg_path = cluster.agent("c1")["config"]
             cluster.kill("c1", signal.SIGKILL)
             cfg = load_config(cfg_path)
             write_config(dataclasses.replace(cfg, heartbeat_interval_s=4.0, heartbeat_ttl_s=8.0), cfg_path)
             cluster.restart("c1")
-            wait_for(lambda: c.node("c1")["state"] == "ready", 30, "c1 ready again")
-            wait_for(lambda: c.status()["pack_states"].get("running", 0) == 40, 30, "40 packs running again")
+            wait_until(lambda: c.node("c1")["state"] == "ready", 30, "c1 ready again")
+            wait_until(lambda: c.status()["pack_states"].get("running", 0) == 40, 30, "40 packs running again")
             on_c1 = {p["name"] for p in c.iter_packs() if p["node"] == "c1"}
             assert on_c1, "the ring put nothing on c1"
             def downs_of_c1() -> list[dict]:
@@ -41,10 +41,10 @@ def test_a_silent_but_answering_node_is_kept_and_a_paused_one_is_declared(tmp_pa
 
             cluster.kill("c1", signal.SIGSTOP)
             try:
-                wait_for(lambda: c.node("c1")["state"] == "down", 30, "the paused c1 declared down")
-                wait_for(lambda: all(p["node"] != "c1" and p["state"] == "running"
+                wait_until(lambda: c.node("c1")["state"] == "down", 30, "the paused c1 declared down")
+                wait_until(lambda: all(p["node"] != "c1" and p["state"] == "running"
                                      for p in c.iter_packs() if p["name"] in on_c1), 30, "c1's packs running elsewhere")
             finally:
                 cluster.kill("c1", signal.SIGCONT)
     finally:
-        cluster.down()
+        cluster.close()

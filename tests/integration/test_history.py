@@ -16,18 +16,18 @@ from typing import Any
 import pytest
 
 from canidae.agent.client import Client, Target
-from harness import LocalCluster, wait_for
+from harness import LocalCluster, local_cluster, wait_until
 
 SERVERS = ["s1", "s2", "s3"]
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = LocalCluster(str(tmp_path / "cluster"), servers=3).up()
+    c = local_cluster(str(tmp_path / "cluster"), servers=3)
     try:
         yield c
     finally:
-        c.down()
+        c.close()
 
 
 def cli(cluster: LocalCluster, home: Any, *args: str, check: bool = True,
@@ -72,7 +72,7 @@ def test_history_is_the_same_on_every_server_and_survives_restarts(cluster, tmp_
         c.create_packs([{"name": "web"}])
         c.wait_running(["web"], 15)
         c.pack_action("web", "stop")
-        wait_for(lambda: c.pack("web", stale=True)["state"] == "stopped", 15, "web to stop")
+        wait_until(lambda: c.pack("web", stale=True)["state"] == "stopped", 15, "web to stop")
         c.create_packs([{"name": "batch"}], count=20)
 
     # The timeline through the CLI: every step, with the time between steps.
@@ -128,7 +128,7 @@ def test_history_is_the_same_on_every_server_and_survives_restarts(cluster, tmp_
         c.create_packs([{"name": "while-down"}])
         c.wait_running(["while-down"], 15)
     cluster.restart("s2")
-    wait_for(lambda: types(history(cluster, "s2", "while-down"))[:3] == lifecycle[:3], 30,
+    wait_until(lambda: types(history(cluster, "s2", "while-down"))[:3] == lifecycle[:3], 30,
              "s2 to record what it missed")
     assert history(cluster, "s2", "web") == before["s1"]
 
@@ -141,13 +141,13 @@ def test_history_is_the_same_on_every_server_and_survives_restarts(cluster, tmp_
         cluster.kill(i)
     for i in SERVERS:
         cluster.restart(i)
-    cluster.leader(timeout=20)
+    cluster.wait_leader(timeout=20)
 
     def caught_up(ident: str) -> bool:
         return all(types(history(cluster, ident, f"last-{k}"))[:2] == ["PackCreated", "PackPlaced"]
                    for k in (0, 29))
     for i in SERVERS:
-        wait_for(lambda i=i: caught_up(i), 30, f"{i} to replay the acknowledged spawns")
+        wait_until(lambda i=i: caught_up(i), 30, f"{i} to replay the acknowledged spawns")
     after = {i: all_events(cluster, i) for i in SERVERS}
     for i in SERVERS:
         # Nothing recorded before the crash is lost or changed, and nothing is numbered twice.

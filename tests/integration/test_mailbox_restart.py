@@ -4,43 +4,23 @@ queued, and not acknowledged, is delivered exactly once by (sender, id), with it
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from dataclasses import replace
 from typing import Any
 
 import httpx
-from canidae.agent.config import new_secret, write_config
 from canidae.agent.node.isolation import parent_name
-from canidae.agent.ops import localcluster
 from canidae.core.packtoken import pack_token
-from harness import LocalCluster, pick_base_port, wait_for
+from harness import LocalCluster, local_cluster, wait_until
 from packprocs import kill_leftovers, remove_cgroups
 
 
 def patient_cluster(data_dir: str, servers: int, clients: int) -> LocalCluster:
     """A cluster whose leader waits 60 s before declaring a silent node down, so that an agent
     restart is seen as a restart (its packs stay placed there) and not as a node failure."""
-    layout = localcluster.ClusterLayout(servers=servers, clients=clients,
-                                        base_port=pick_base_port(servers, clients))
-    token = new_secret()
-    cfgs = [replace(c, heartbeat_ttl_s=60.0)
-            for c in localcluster.plan_configs(layout, data_dir, token, new_secret())]
-    agents = []
-    for cfg in cfgs:
-        os.makedirs(cfg.data_dir, exist_ok=True)
-        path = os.path.join(cfg.data_dir, "agent.toml")
-        write_config(cfg, path)
-        pid = localcluster.start_agent(path, os.path.join(cfg.data_dir, "stdout.log"))
-        agents.append({"id": cfg.node_id, "role": cfg.role.value, "api": cfg.api, "raft": cfg.raft,
-                       "pid": pid, "config": path, "log": cfg.log_file})
-    with open(os.path.join(data_dir, localcluster.STATE_FILE), "w") as f:
-        json.dump({"data_dir": data_dir, "agents": agents, "token": token}, f)
-    c = LocalCluster(data_dir, servers=servers, clients=clients)
-    c.info = {"data_dir": data_dir, "agents": agents, "token": token}
-    localcluster.wait_ready(agents, token, len(agents), 30)
-    return c
+    return local_cluster(data_dir, servers=servers, clients=clients,
+                         configure=lambda c: replace(c, heartbeat_ttl_s=60.0))
 
 
 def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
@@ -91,7 +71,7 @@ def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
         sender = threading.Thread(target=stream)
         sender.start()
         try:
-            wait_for(lambda: streamed >= 50, 30, "50 streamed yips queued")
+            wait_until(lambda: streamed >= 50, 30, "50 streamed yips queued")
             c.kill("c1")  # SIGKILL: no chance to flush or close anything
         finally:
             cut.set()
@@ -104,7 +84,7 @@ def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
             def read_all() -> list[dict[str, Any]] | None:
                 r = http.get(url, params={"after": 0, "max": 1000}, headers=keeper)
                 return r.json()["yips"] if r.status_code == 200 else None
-            got = wait_for(read_all, 30, "the restarted agent serves the mailbox")
+            got = wait_until(read_all, 30, "the restarted agent serves the mailbox")
             by_key = {(y["from"], y["id"]): y["seq"] for y in got}
             assert len(by_key) == len(got), "a yip is in the mailbox twice"
             assert {k: by_key.get(k) for k in expected} == expected  # every one, with its seq
@@ -133,7 +113,7 @@ def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
             assert set(seen) == set(by_key) | {("tx", new["id"])}
     finally:
         try:
-            c.down()
+            c.close()
         finally:
             left = kill_leftovers(c.data_dir)
             for a in c.agents:

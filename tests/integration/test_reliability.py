@@ -20,16 +20,16 @@ import pytest
 
 from canidae.agent.client import Client, Target
 from canidae.core.errors import AlreadyExists, CanidaeError
-from harness import LocalCluster, wait_for
+from harness import LocalCluster, local_cluster, wait_until
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = LocalCluster(str(tmp_path / "cluster"), servers=3).up()
+    c = local_cluster(str(tmp_path / "cluster"), servers=3)
     try:
         yield c
     finally:
-        c.down()
+        c.close()
 
 
 def _digests(cluster: LocalCluster, ids: list[str]) -> dict[str, tuple[int, str]]:
@@ -46,7 +46,7 @@ def _replicas_identical(cluster: LocalCluster, ids: list[str], timeout: float = 
     def same() -> bool:
         d = _digests(cluster, ids)
         return len(set(d.values())) == 1
-    wait_for(same, timeout, "replicas to converge to one digest", interval=0.1)
+    wait_until(same, timeout, "replicas to converge to one digest", interval=0.1)
 
 
 def _spawn_all(cluster: LocalCluster, names: list[str], workers: int, acked: list[str], errors: list[str],
@@ -90,7 +90,7 @@ def test_sigkill_leader_during_1000_concurrent_spawns_loses_nothing(cluster):
     t = threading.Thread(target=_spawn_all, args=(cluster, names, 16, acked, errors, started))
     t.start()
     assert started.wait(60), "spawns did not start"
-    victim = cluster.leader()
+    victim = cluster.wait_leader()
     cluster.kill(victim)
     t.join(timeout=150)
     assert not t.is_alive()
@@ -126,7 +126,7 @@ def test_whole_cluster_sigkill_and_restart_in_random_order_loses_nothing(cluster
         for i in order:
             cluster.restart(i)
             time.sleep(rng.uniform(0, 1.5))  # the staggered restart is the scenario, not a wait
-        cluster.leader(timeout=15)
+        cluster.wait_leader(timeout=15)
     _replicas_identical(cluster, ids, timeout=30)
     with cluster.client() as c:
         have = {p["name"] for p in c.iter_packs()}
@@ -134,7 +134,7 @@ def test_whole_cluster_sigkill_and_restart_in_random_order_loses_nothing(cluster
 
 
 def test_isolated_leader_acknowledges_nothing_and_steps_down(cluster):
-    leader = cluster.leader()
+    leader = cluster.wait_leader()
     followers = [s for s in ("s1", "s2", "s3") if s != leader]
     with cluster.client() as c:
         c.create_packs([{"name": "before"}])
@@ -147,11 +147,11 @@ def test_isolated_leader_acknowledges_nothing_and_steps_down(cluster):
                 c.create_packs([{"name": "during"}], retry_for=0)
             assert exc.value.exit_code == 3
         # A cut-off leader stops acting: it no longer calls itself leader.
-        wait_for(lambda: cluster.health(leader)["raft"]["state"] != "leader", 5, "the old leader to step down")
+        wait_until(lambda: cluster.health(leader)["raft"]["state"] != "leader", 5, "the old leader to step down")
     finally:
         for f in followers:
             os.kill(cluster.agent(f)["pid"], signal.SIGCONT)
-    cluster.leader(timeout=15)
+    cluster.wait_leader(timeout=15)
     with cluster.client() as c:
         c.create_packs([{"name": "after"}], retry_for=10)
         assert c.pack("before")["name"] == "before"

@@ -84,4 +84,4 @@ def test_small_live_run_with_one_kill(capsys: pytest.CaptureFixture[str], tmp_pa
     # The throwaway cluster is gone: no agent process, no directory.
     cluster = doc["live"]["cluster"]
     assert cluster["throwaway"] is True and not Path(cluster["data_dir"]).exists()
-    assert not any(localcluster._pid_alive(a["pid"], a["config"]) for a in cluster["agents"])
+    assert not any(localcluster.pid_alive(a["pid"], a["config"]) for a in cluster["agents"])

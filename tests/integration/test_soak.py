@@ -17,18 +17,14 @@ from dataclasses import replace
 import pytest
 
 from canidae.agent.ops import netns, soak
-from canidae.agent.ops.drill import DrillCluster
 from canidae.core.history_check import FinalObservations, Verdict
-from harness import pick_base_port
+from harness import LocalCluster, local_cluster
 
 AGENT_ENV = {"CANIDAE_EXEC_GRACE_S": "2", "CANIDAE_EXEC_BACKOFF_S": "0.05"}
 
 
-def _cluster(tmp_path, servers: int, clients: int, namespaces: bool) -> DrillCluster:
-    data = tmp_path / "cluster"
-    data.mkdir()
-    return DrillCluster.throwaway_up(servers, clients, 1, pick_base_port(servers, clients), namespaces=namespaces,
-                                     env=AGENT_ENV, data_dir=str(data))
+def _cluster(tmp_path, servers: int, clients: int, namespaces: bool) -> LocalCluster:
+    return local_cluster(str(tmp_path / "cluster"), servers, clients, env=AGENT_ENV, namespaces=namespaces)
 
 
 def _explain(result: soak.SoakResult) -> str:

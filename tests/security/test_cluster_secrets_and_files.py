@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from canidae.agent.secretbox import Keyring
-from harness import LocalCluster
+from harness import LocalCluster, local_cluster
 from packprocs import kill_leftovers, member_python
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pack users and namespaces need root")
@@ -27,13 +27,12 @@ AGENT_ENV = {"CANIDAE_EXEC_GRACE_S": "1"}
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("sec") / "cluster"), servers=1, clients=1)
-    c.up()
+    c = local_cluster(str(tmp_path_factory.mktemp("sec") / "cluster"), servers=1, clients=1)
     try:
         yield c
     finally:
         try:
-            c.down()
+            c.close()
         finally:
             left = kill_leftovers(c.data_dir)
         assert not left, f"pack processes outlived the cluster: {left}"
