@@ -264,6 +264,7 @@ class ExecDriver:
         self._spares: list[Spare] = []
         self._spare_seq = 0
         self._refilling = False
+        self._forgotten: set[str] = set()  # deleted packs whose files go once their run has ended
         self.closed = False
 
     # ------------------------------------------------------------------ opening: isolation and adoption
@@ -412,6 +413,24 @@ class ExecDriver:
             return
         run.state = "stopping"
         self._spawn_task(self._stop(run, reason, self.settings.grace_s, report=True))
+
+    async def forget(self, pack: str) -> None:
+        """The pack was deleted: remove its directory (work, logs, run record) once no run of it is
+        left here; a run still stopping removes it when it ends."""
+        self.open()
+        self._pending_start.pop(pack, None)
+        if pack in self.runs:
+            self._forgotten.add(pack)
+            return
+        self._remove_files(pack)
+
+    def _remove_files(self, pack: str) -> None:
+        self._forgotten.discard(pack)
+        self.finished.pop(pack, None)
+        path = os.path.join(self.root, pack)
+        if os.path.dirname(path) == self.root:  # a valid pack name never leaves the root
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(path)
 
     async def close(self) -> None:
         """The agent stops: stop every pack (without reporting) and remove the isolation parents."""
@@ -919,6 +938,8 @@ class ExecDriver:
                 self._write_record(run, "closed")
         if report:
             await self._report(run.name, run.generation, state, reason)
+        if run.name in self._forgotten and run.name not in self.runs:
+            self._remove_files(run.name)
         nxt = self._pending_start.pop(run.name, None)
         if nxt is not None and not self.closed:
             await self.start(run.name, nxt[0], nxt[1])
