@@ -53,7 +53,13 @@ MAX_BATCH_SPECS = 100_000
 # Deleted pack names remembered with their last placement generation: a pack created again under
 # the same name continues from it, so an agent never mistakes the new pack for the old one.
 DELETED_WINDOW = 100_000
-DELETED_REASON = "the pack no longer exists"  # why a resync tells an agent to stop a deleted pack
+DELETED_REASON = "the pack no longer exists"
+# Every type of event apply yields (``events tail --type`` takes these).
+EVENT_TYPES = (
+    "PackCreated", "PackPending", "PackPlaced", "PackStarted", "PackCrashLooping", "PackRecovered", "PackMigrating",
+    "PackMigrated", "PackStopping", "PackStopped", "PackFailed", "PackReasserted", "PackDeleted",
+    "NodeJoined", "NodeReturned", "NodeDown", "NodeDraining", "NodeStateChanged", "NodeRemoved",
+)  # why a resync tells an agent to stop a deleted pack
 
 # Packs in these states hold a reservation on their node.
 HOLDING = frozenset({PackState.PLACED, PackState.RUNNING, PackState.STOPPING})
@@ -798,4 +804,5 @@ def _with_state(node: Node, state: NodeState) -> Node:
     return replace(node, state=state)
 
 
-__all__ = ["ClusterState", "PackRecord", "HOLDING", "DEDUP_WINDOW", "DELETED_REASON", "running_digest"]
+__all__ = ["ClusterState", "PackRecord", "HOLDING", "DEDUP_WINDOW", "DELETED_REASON", "EVENT_TYPES",
+           "running_digest"]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from canidae.agent.httpedge import Edge, expect_object, query_bool, query_int, read_json, request_id
 from canidae.agent.server.openapi import openapi_document
 from canidae.core.errors import InvalidInput, NotFound
-from canidae.core.types import NodeState, PackSpec, PackState, validate_name
+from canidae.core.types import CONSTRAINT_FIELDS, PACK_SPEC_FIELDS, NodeState, PackSpec, PackState, validate_name
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from canidae.agent.server.control import ControlPlane
 
 
-SPEC_FIELDS = {"name", "driver", "command", "members", "cpu", "mem", "restart", "env", "constraints"}
+SPEC_FIELDS = set(PACK_SPEC_FIELDS)
 
 
 def parse_spec(d: Any) -> PackSpec:
@@ -38,7 +38,7 @@ def parse_spec(d: Any) -> PackSpec:
                           or not all(isinstance(k, str) and isinstance(v, str) for k, v in spec["env"].items())):
         raise InvalidInput("env must be an object of strings")
     if "constraints" in spec:
-        expect_object(spec["constraints"], {"zone", "region", "cell", "node", "spread", "group"})
+        expect_object(spec["constraints"], set(CONSTRAINT_FIELDS))
     return PackSpec.from_dict(spec)
 
 
