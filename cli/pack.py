@@ -175,9 +175,10 @@ def pack_spawn(
             nodes = sorted({p["node"] for p in placements if p["node"]})
             took = f"running in {running_s:.2f} s" if running_s else f"placed in {placed_s:.2f} s"
             console.print(f"{len(placed)} pack(s) on {len(nodes)} node(s), {len(pending)} pending: {took}")
+    if placements and not placed:  # only with --keep-pending: without, the cluster refused it whole
+        raise NoCapacity(f"no node can take {name}: {pending[0]['pending']} (kept pending: it starts once "
+                         "a node has room)")
     emit(out, json, human)
-    if placements and not placed:
-        raise NoCapacity(f"no node can take {name}: {pending[0]['pending']}")
 
 
 def _check_members(c: Any, pack: dict[str, Any], seconds: float) -> None:
