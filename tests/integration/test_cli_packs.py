@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -257,3 +258,28 @@ def test_piped_output_prints_whole_values(cluster: LocalCluster, cli: Cli) -> No
     assert long_reason_name in p.stdout and "heartbeat" in subprocess.run(
         [sys.executable, "-m", "canidae", "node", "list"], capture_output=True, text=True, env=env, timeout=60).stdout
     cli("pack", "delete", long_reason_name)
+
+
+def test_shell_completions_offer_the_live_cluster_names(cluster: LocalCluster, cli: Cli) -> None:
+    cli("pack", "spawn", "complete-me")
+    root = Path(__file__).resolve().parents[2]
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "LC_ALL": "C",
+           "CANIDAE_CONFIG": os.environ["CANIDAE_CONFIG"], "HOME": str(cluster.data_dir)}
+    bash = shutil.which("bash")
+    if bash is not None:
+        script = "\n".join([
+            f"source {root / 'completions' / 'canidae.bash'}",
+            "COMP_WORDS=(canidae pack show complete); COMP_CWORD=3; COMPREPLY=(); _canidae",
+            "printf '%s\\n' \"${COMPREPLY[*]}\"",
+            "COMP_WORDS=(canidae node drain ''); COMP_CWORD=3; COMPREPLY=(); _canidae",
+            "printf '%s\\n' \"${COMPREPLY[*]}\""])
+        out = subprocess.run([bash, "--norc", "--noprofile", "-c", script], capture_output=True, text=True,
+                             env=env, timeout=60).stdout.splitlines()
+        assert out[0].split() == ["complete-me"] and sorted(out[1].split()) == ["c1", "s1"], out
+    fish = shutil.which("fish")
+    if fish is not None:
+        cmd = f"source {root / 'completions' / 'canidae.fish'}; complete -C 'canidae pack show complete'"
+        got = [line.split("\t")[0] for line in subprocess.run(
+            [fish, "--no-config", "-c", cmd], capture_output=True, text=True, env=env, timeout=60).stdout.splitlines()]
+        assert got == ["complete-me"], got
+    cli("pack", "delete", "complete-me")
