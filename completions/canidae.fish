@@ -691,7 +691,7 @@ complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l zones -x -d '
 
 # canidae scale-test
 complete -c canidae -n '__canidae_at \'canidae scale-test\'' -a report -d 'Summarise a saved scale test run'
-complete -c canidae -n '__canidae_at \'canidae scale-test\'' -a run -d 'Run a scale test and print the seed\'s table with what was measured'
+complete -c canidae -n '__canidae_at \'canidae scale-test\'' -a run -d 'Run a scale test and print the target table (Expected Performance at Scale) with what was measured'
 complete -c canidae -n '__canidae_at \'canidae scale-test\'' -l help -s h -d 'Show this message and exit'
 
 # canidae scale-test report
@@ -706,7 +706,7 @@ complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l batch -x -d 
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l chaos -d 'sim'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l data-dir -r -F -d 'live'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l duration -x -d 'sim'
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l full -d 'The seed\'s full duration (24 h, 72 h, 1 week) instead of one scaled to this machine'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l full -d 'The reference plan\'s full duration (24 h, 72 h, 1 week) instead of one scaled to this machine'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l kill -x -d 'live'
@@ -717,7 +717,7 @@ complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l node-packs -
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l nodes -x -d 'sim'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l out -s o -r -F -d 'Save the run to this file'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l packs -x -d 'Packs to run (default'
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l plan -x -a '1k 10k 100k' -d 'The seed\'s scale testing plan'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l plan -x -a '1k 10k 100k' -d 'The reference scale-testing plan'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l ramp -d 'Grow to K packs gradually over the run instead of all at first (default'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l rate -x -d 'live'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l rounds -x -d 'sim'
