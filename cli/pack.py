@@ -270,8 +270,10 @@ def _read_packs(c: Any, limit: int, after: str | None, stale: bool, **filters: A
     packs: list[dict[str, Any]] = []
     cursor, total = after, 0
     while len(packs) < limit:
-        page = c.packs(after=cursor, limit=min(10_000, limit - len(packs)), stale=stale, **filters)
-        total = page["total"]
+        page = c.packs(after=cursor, limit=min(10_000, limit - len(packs)), stale=stale, total=cursor == after,
+                       **filters)
+        if page["total"] is not None:
+            total = page["total"]
         packs.extend(page["packs"])
         cursor = page["next"]
         if not cursor:

@@ -680,10 +680,13 @@ class ClusterState:
         return self._sorted_names
 
     def list_packs(self, *, node: str | None = None, state: PackState | None = None,
-                   after: str | None = None, limit: int = 1000, crashlooping: bool = False
-                   ) -> tuple[list[PackRecord], str | None, int]:
+                   after: str | None = None, limit: int = 1000, crashlooping: bool = False,
+                   count: bool = True) -> tuple[list[PackRecord], str | None, int | None]:
         """A page of packs sorted by name, after ``after``: the page, the next cursor and how many
-        packs match the filters in all (``crashlooping``: only running packs in a crash loop)."""
+        packs match the filters in all (``crashlooping``: only running packs in a crash loop).
+
+        With filters, that count walks every pack: pollers that only need the page pass
+        ``count=False`` (the count is then None)."""
         if node is not None:
             names: list[str] = sorted(self.by_node.get(node, {}))
         else:
@@ -693,7 +696,9 @@ class ClusterState:
             return (state is None or rec.state is state) and (not crashlooping or rec.crashloop)
 
         filtered = state is not None or crashlooping
-        total = sum(1 for n in names if match(self.packs[n])) if filtered else len(names)
+        total: int | None = len(names)
+        if filtered:
+            total = sum(1 for n in names if match(self.packs[n])) if count else None
         start = bisect.bisect_right(names, after) if after else 0
         page: list[PackRecord] = []
         i = start

@@ -166,8 +166,10 @@ class Client:
         return self.request("POST", "/v1/packs", json=body, retry_for=retry_for)  # type: ignore[no-any-return]
 
     def packs(self, *, node: str | None = None, state: str | None = None, after: str | None = None,
-              limit: int = 1000, stale: bool = False) -> dict[str, Any]:
-        params: dict[str, Any] = {"limit": limit}
+              limit: int = 1000, stale: bool = False, total: bool = False) -> dict[str, Any]:
+        """A page of packs. ``total``: also count every pack matching the filters (a walk over all
+        packs when filtered: leave it off when polling)."""
+        params: dict[str, Any] = {"limit": limit, "total": 1 if total else 0}
         if node:
             params["node"] = node
         if state:

@@ -253,12 +253,12 @@ class ControlPlane:
         return {**await self.propose(cmd), "commit_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
     async def list_packs(self, *, node: str | None, state: PackState | None, after: str | None, limit: int,
-                         stale: bool, crashlooping: bool = False) -> dict[str, Any]:
+                         stale: bool, crashlooping: bool = False, count: bool = True) -> dict[str, Any]:
         """A page of packs; ``total`` counts every pack matching the filters, not only this page."""
         st = await self.read_state(stale)
         with self.replica.lock:  # type: ignore[union-attr]
             page, cursor, total = st.list_packs(node=node, state=state, after=after, limit=limit,
-                                                crashlooping=crashlooping)
+                                                crashlooping=crashlooping, count=count)
             return {"packs": [r.view() for r in page], "next": cursor, "total": total}
 
     async def show_pack(self, name: str, stale: bool) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/nodes/{node}/heartbeat": {"post": op("agent heartbeat", params=["node"])},
             "/v1/nodes/{node}/assignments": {"get": op("packs assigned to a node (long-poll)", params=["node"])},
             "/v1/nodes/{node}/reports": {"post": op("an agent reports pack states", params=["node"])},
-            "/v1/packs": {"get": op("list packs (paged; total counts the packs matching the filters)"),
+            "/v1/packs": {"get": op("list packs (paged; total counts the packs matching the filters, total=0 skips that count)"),
                           "post": op("create, place or spawn packs", "CreatePacks"),
                           "delete": op("delete packs: {names, force}; their history stays", "DeletePacks")},
             "/v1/packs/{name}": {"get": op("show a pack", params=["name"])},

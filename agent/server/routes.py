@@ -142,7 +142,7 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
             node=validate_name("node", node) if node else None, state=pstate,
             after=validate_name("pack", after) if after else None,
             limit=query_int(request, "limit", 1000, 1, 10_000), stale=query_bool(request, "stale"),
-            crashlooping=crashlooping)
+            crashlooping=crashlooping, count=query_int(request, "total", 1, 0, 1) == 1)
 
     async def show_pack(request: Request) -> Any:
         return await agent.show_pack(validate_name("pack", request.path_params["name"]),

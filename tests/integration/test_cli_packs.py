@@ -167,9 +167,11 @@ def test_a_crash_loop_is_reported_by_spawn_and_visible_in_list_show_and_events(c
     assert p["name"] == "web" and p["state"] == "running" and p["crashlooping"] and "exited 1" in p["reason"]
     assert "crashlooping" in cli("pack", "list")[1]
     shown = cli.json("pack", "show", "web")
-    members = {m["member"]: m for m in shown["members"]}
-    assert members[0]["state"] == "running" and members[0]["restarts"] == 0 and members[0]["pid"]
-    assert members[1]["last_exit"] == "exited 1" and members[1]["last_exit_at"]
+    # whichever member bound the port first runs; the other keeps failing
+    winner = [m for m in shown["members"] if m["restarts"] == 0]
+    loser = [m for m in shown["members"] if m["last_exit"] == "exited 1"]
+    assert len(winner) == 1 and winner[0]["state"] == "running" and winner[0]["pid"]
+    assert len(loser) == 1 and loser[0]["last_exit_at"] and loser[0]["member"] != winner[0]["member"]
     table = cli("pack", "show", "web")[1]
     assert "crashlooping" in table and "exited 1" in table and "ago" in table
     # events: NDJSON, one object per line, by contract
