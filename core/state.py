@@ -45,7 +45,7 @@ from canidae.core.commands import (
 )
 from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NoCapacity, NotFound, WrongState
 from canidae.core.scheduler import Scheduler
-from canidae.core.types import Node, NodeState, PackSpec, PackState, Resources
+from canidae.core.types import NO_CONSTRAINTS, Node, NodeState, PackSpec, PackState, Resources
 
 DEDUP_WINDOW = 20_000       # request ids remembered for idempotent retries
 PENDING_RETRY_LIMIT = 5_000  # pending packs retried per capacity change (bounds apply time)
@@ -297,12 +297,12 @@ class ClusterState:
         if taken:
             shown = ", ".join(taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
             raise AlreadyExists(f"pack {shown} already exists", {"names": taken[:100]})
-        checked: set[Any] = set()
+        checked: set[int] = set()  # by identity: a bulk spawn's specs share one Constraints
         for n in specs:
             c = n.constraints
-            if c in checked:
+            if c is NO_CONSTRAINTS or id(c) in checked:
                 continue
-            checked.add(c)
+            checked.add(id(c))
             if c.node is not None and c.node not in self.nodes:
                 raise NotFound(f"pack {n.name}: no node {c.node!r}")
             if (c.zone or c.region or c.cell) and not self.scheduler.scope_matches(c):
