@@ -31,7 +31,7 @@ def _data_dir(data_dir: Path | None) -> str:
 @app.command("up")
 def cluster_up(
     servers: Annotated[int, typer.Option("--servers", "--agents", min=1,
-                                         help="Server agents (Raft voters): 1, 3 or 5.")] = 3,
+                                         help="Server agents (Raft voters): 1, 3, 5 or 7.")] = 3,
     clients: Annotated[int, typer.Option("--clients", min=0, help="Client agents that only run packs.")] = 0,
     zones: Annotated[int, typer.Option("--zones", min=1, help="Spread the agents over this many zones.")] = 1,
     data_dir: DataDirOpt = None,

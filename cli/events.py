@@ -15,11 +15,25 @@ import typer
 
 from canidae.cli.connect import client
 from canidae.cli.history import describe, fmt_time, warn_gaps
-from canidae.cli.output import NODE_METAVAR, PACK_METAVAR, JsonOption, console, wants_json
+from canidae.cli.output import NODE_METAVAR, PACK_METAVAR, NdjsonOption, console, wants_json
 
 app = typer.Typer(help="Follow the cluster's event stream.", no_args_is_help=True, add_completion=False)
 
 POLL_WAIT_S = 10.0
+
+
+def check_types(kinds: str) -> None:
+    """An unknown event type is invalid input (exit 2), with the closest known one."""
+    import difflib
+
+    from canidae.core.errors import InvalidInput
+    from canidae.core.state import EVENT_TYPES
+
+    for kind in kinds.split(","):
+        if kind not in EVENT_TYPES:
+            near = difflib.get_close_matches(kind, EVENT_TYPES, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else f" (types: {', '.join(EVENT_TYPES)})"
+            raise InvalidInput(f"--type: no event type {kind!r}{hint}")
 PAGE = 1000
 
 
@@ -56,7 +70,7 @@ def events_tail(
                                                    "since).")] = None,
     count: Annotated[int | None, typer.Option("--count", metavar="N", min=1,
                                               help="Stop after printing N events.")] = None,
-    json: JsonOption = False,
+    json: NdjsonOption = False,
 ) -> None:
     """Print the cluster's events, oldest first; with --follow, as they happen.
 
@@ -64,6 +78,8 @@ def events_tail(
     With --json: NDJSON, one event object per line.
     """
     as_json = wants_json(json)
+    if kind is not None:
+        check_types(kind)
     printed = 0
     seen_gaps: set[tuple[int, int]] = set()
 

@@ -88,6 +88,8 @@ def describe(ev: dict[str, Any]) -> str:
         parts.append(str(d["reason"]))
     if d.get("state") and ev.get("type") == "NodeStateChanged":
         parts.append(f"now {d['state']}")
+    if ev.get("type") == "PackDeleted":
+        parts.append(f"deleted while {d.get('state', '?')}" + (" (forced)" if d.get("force") else ""))
     if "generation" in d:
         parts.append(f"gen {d['generation']}")
     if ev.get("by"):

@@ -40,7 +40,7 @@ import typer.main
 from typer.core import TyperGroup
 
 from canidae import __version__
-from canidae.cli.output import DEFAULT_CONFIG_PATH, GLOBALS, JsonOption
+from canidae.cli.output import DEFAULT_CONFIG_PATH, GLOBALS, JsonOption, fit_to_stdout
 from canidae.core.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_USAGE, CanidaeError
 
 try:
@@ -79,7 +79,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
 
 # (command line, what it does): shown in the help epilog and the man page's EXAMPLES.
 EXAMPLES: tuple[tuple[str, str], ...] = (
-    ("canidae cluster up --servers 3", "start three server agents on this host and write the config"),
+    ("canidae cluster up --agents 3", "start three server agents on this host and write the config"),
     ("canidae pack spawn web --cpu 500 --mem 256 -- python -m http.server", "run a pack and say where"),
     ("canidae --json pack list", "list packs as one JSON document"),
     ("canidae node drain n7 --timeout 60", "move every pack off node n7"),
@@ -148,6 +148,7 @@ def global_options(
     GLOBALS.addr = _split_addrs(addr)
     GLOBALS.token = token or None
     GLOBALS.config_path = config.expanduser()
+    fit_to_stdout()
 
 
 class _NounOrderGroup(TyperGroup):

@@ -40,6 +40,13 @@ JsonOption = Annotated[
 ]
 
 
+# For commands that follow a stream (events tail, pack logs --follow): the contract is NDJSON.
+NdjsonOption = Annotated[
+    bool, typer.Option("--json", help="Print NDJSON: one JSON object per line, flushed as each arrives "
+                                      "(diagnostics go to stderr).")
+]
+
+
 def wants_json(flag: bool) -> bool:
     return flag or GLOBALS.json
 
@@ -55,6 +62,21 @@ def emit(data: Any, json_flag: bool, human: Callable[[], None] | None = None) ->
 
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+# Wide enough that no table cell is ever cut when stdout is a pipe or a file.
+PIPE_WIDTH = 100_000
+
+
+def fit_to_stdout() -> None:
+    """Tables fit the terminal; piped or redirected, they print every value whole (rich would
+    otherwise assume 80 columns and cut cells to ``heartbe…``)."""
+    console.width = None if stdout_is_terminal() else PIPE_WIDTH  # type: ignore[assignment]
+
+
+def full_values() -> bool:
+    """Whether to print values whole (stdout is not a terminal)."""
+    return not stdout_is_terminal()
 
 
 # Parameters shared by commands. An argument or option naming a pack, a node or a zone uses the

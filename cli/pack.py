@@ -1,11 +1,11 @@
-"""``canidae pack create|place|spawn|list|show|stop|history|migrate|kill|logs``."""
+"""``canidae pack create|place|spawn|list|show|stop|delete|history|migrate|kill|logs``."""
 
 from __future__ import annotations
 
 import json as jsonlib
 import sys
 import time
-import tomllib
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,67 +14,50 @@ from rich.table import Table
 
 from canidae.agent.client.execcalls import pack_kill as pack_kill_call
 from canidae.agent.client.execcalls import pack_logs as pack_logs_call
+from canidae.agent.client.execcalls import pack_processes
 from canidae.cli.connect import client
 from canidae.cli.output import (
-    JsonOption, StaleOption, TimeoutOption, WaitOption, console, emit, err_console, wants_json,
+    JsonOption, NdjsonOption, StaleOption, TimeoutOption, WaitOption, console, emit, err_console, full_values, wants_json,
 )
 from canidae.cli.params import (
     CommandArg, CpuOpt, DriverOpt, EnvOpt, GroupOpt, KillSignal, MemOpt, MembersOpt, Network, NetworkOpt, NewPackArg,
     NodeOpt, PackArg, PinCellOpt, PinNodeOpt, PinRegionOpt, PinZoneOpt, RestartOpt, SecretOpt, SpecFileOpt, SpreadOpt,
     ZoneOpt,
 )
-from canidae.core.errors import InvalidInput, Timeout
-from canidae.core.types import Driver, RestartPolicy, validate_env_name
+from canidae.cli.output import PACK_METAVAR
+from canidae.cli.spec import merge_spec, read_spec_file
+from canidae.core.errors import CanidaeError, InvalidInput, NoCapacity, NotFound, OperationFailed, Timeout
+from canidae.core.types import Driver, RestartPolicy
 
 app = typer.Typer(help="Create, place, run, move and stop packs.", no_args_is_help=True, add_completion=False)
 
-SpawnDriverOpt = Annotated[Driver | None, typer.Option(
-    "--driver", help="How members run: real processes or state only (default: exec with a COMMAND, else virtual).")]
 CountOpt = Annotated[int, typer.Option("--count", "-n", min=0, max=100_000,
                                        help="Spawn NAME-0 .. NAME-(N-1) in one bulk request.")]
+KeepPendingOpt = Annotated[bool, typer.Option(
+    "--keep-pending", help="When a pack fits on no node, keep it pending (placed when room appears) instead of "
+                           "creating nothing; when its command cannot start, keep the failed pack.")]
+CheckOpt = Annotated[float, typer.Option(
+    "--check", metavar="SECONDS", min=0,
+    help="After an exec pack runs, watch its members this long: a member failing in that time makes this exit 1 "
+         "(a crash loop). 0: do not watch.")]
+HOLDS_A_NODE = ("placed", "running", "stopping")
+ENDED = ("stopped", "failed")
 
 
-def build_spec(name: str, command: list[str] | None, file: Path | None, driver: Driver, cpu: int, mem: int,
-               members: int, zone: str | None, region: str | None, cell: str | None, node_name: str | None,
-               spread: Any, group: str | None, restart: RestartPolicy, env: list[str] | None,
-               secrets: list[str] | None = None, network: Network | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {}
-    if file is not None:
-        try:
-            with open(file, "rb") as f:
-                spec.update(tomllib.load(f))
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise InvalidInput(f"cannot read pack spec {file}: {e}") from None
-    spec.update(name=name, driver=driver.value, cpu=cpu, mem=mem, members=members, restart=restart.value)
-    if command:
-        spec["command"] = list(command)
-    constraints = {k: v for k, v in (("zone", zone), ("region", region), ("cell", cell), ("node", node_name),
-                                     ("spread", spread.value if spread else None), ("group", group)) if v}
-    if constraints:
-        spec["constraints"] = constraints
-    if env:
-        spec["env"] = {**(spec.get("env") or {}), **_pairs("--env", env)}
-    if secrets:
-        spec["secrets"] = {**(spec.get("secrets") or {}), **_pairs("--secret", secrets)}
-    if network is not None and (network is not Network.HOST or "network" not in spec):
-        spec["network"] = network.value
-    # Refused here, before anything is sent (the API refuses them too).
-    for table, what in (("env", "env variable"), ("secrets", "secret")):
-        if not isinstance(spec.get(table, {}), dict):
-            raise InvalidInput(f"{table} in a pack spec must be a table of KEY = \"VALUE\"")
-        for key in spec.get(table, {}):
-            validate_env_name(what, key)
-    return spec
-
-
-def _pairs(flag: str, items: list[str]) -> dict[str, str]:
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"{flag} {item!r}: expected KEY=VALUE")
-        pairs[key] = value
-    return pairs
+def build_spec(name: str, command: list[str] | None, file: Path | None, driver: Driver | None, cpu: int | None,
+               mem: int | None, members: int | None, zone: str | None, region: str | None, cell: str | None,
+               node_name: str | None, spread: Any, group: str | None, restart: RestartPolicy | None,
+               env: list[str] | None, secrets: list[str] | None = None,
+               network: Network | None = None) -> dict[str, Any]:
+    """The spec file (if any), overridden by the options that were given; checked (exit 2)."""
+    return merge_spec(
+        name, read_spec_file(file) if file is not None else {},
+        {"driver": driver.value if driver else None, "cpu": cpu, "mem": mem, "members": members,
+         "restart": restart.value if restart else None, "network": network.value if network else None},
+        command,
+        {"zone": zone, "region": region, "cell": cell, "node": node_name,
+         "spread": spread.value if spread else None, "group": group},
+        env, secrets)
 
 
 def _placements_table(placements: list[dict[str, Any]]) -> Table:
@@ -86,11 +69,11 @@ def _placements_table(placements: list[dict[str, Any]]) -> Table:
 
 @app.command("create")
 def pack_create(
-    name: NewPackArg, command: CommandArg = None, file: SpecFileOpt = None, driver: DriverOpt = Driver.VIRTUAL,
-    cpu: CpuOpt = 100, mem: MemOpt = 64, members: MembersOpt = 1, zone: PinZoneOpt = None,
+    name: NewPackArg, command: CommandArg = None, file: SpecFileOpt = None, driver: DriverOpt = None,
+    cpu: CpuOpt = None, mem: MemOpt = None, members: MembersOpt = None, zone: PinZoneOpt = None,
     region: PinRegionOpt = None, cell: PinCellOpt = None, node_name: PinNodeOpt = None, spread: SpreadOpt = None,
-    group: GroupOpt = None, restart: RestartOpt = RestartPolicy.ON_FAILURE, env: EnvOpt = None,
-    secret: SecretOpt = None, network: NetworkOpt = Network.HOST, count: CountOpt = 0, json: JsonOption = False,
+    group: GroupOpt = None, restart: RestartOpt = None, env: EnvOpt = None,
+    secret: SecretOpt = None, network: NetworkOpt = None, count: CountOpt = 0, json: JsonOption = False,
 ) -> None:
     """Record a pack in the cluster without running it ('pack place' runs it)."""
     spec = build_spec(name, command, file, driver, cpu, mem, members, zone, region, cell, node_name, spread, group,
@@ -102,10 +85,13 @@ def pack_create(
 
 @app.command("place")
 def pack_place(pack_name: PackArg, wait: WaitOption = True, timeout: TimeoutOption = 30.0,
-               json: JsonOption = False) -> None:
-    """Place a created (or stopped) pack on a node and start it."""
+               keep_pending: KeepPendingOpt = False, json: JsonOption = False) -> None:
+    """Place a created (or stopped) pack on a node and start it.
+
+    A pack that fits on no node exits 6 and stays as it was (with --keep-pending it waits, pending).
+    """
     with client() as c:
-        result = c.pack_action(pack_name, "place")
+        result = c.pack_action(pack_name, "place", keep_pending=keep_pending)
         if wait and result["placements"] and result["placements"][0]["node"]:
             c.wait_running([pack_name], timeout)
     emit(result, json, lambda: console.print(_placements_table(result["placements"])))
@@ -115,29 +101,36 @@ SPAWN_HELP = (
     "Create, place and start packs; print where they run and how long it took.\n\n"
     # One line per paragraph: help keeps the text's line breaks, so wrapping is left to the terminal.
     "Waits (unless --no-wait) until every member of every pack runs: for the exec driver, until the node has "
-    "started every member process. A pack that cannot start (a command that is missing, say) makes this exit 1 "
-    "with the reason; a pack that fits on no node, exit 6.\n\n"
+    "started every member process, then watches the members for --check seconds. A pack that fits on no node "
+    "exits 6 (an unknown zone, region, cell or node: 5), and nothing is created. A pack whose command cannot "
+    "start exits 1 with the reason and is removed; one whose members keep failing (a crash loop) exits 1 with "
+    "the member's exit and last output, and stays for 'pack logs' ('pack delete' removes it). --keep-pending "
+    "keeps what a failed spawn created.\n\n"
+    "Members get these environment variables: CANIDAE_PACK (the pack's name), CANIDAE_MEMBER (this member's "
+    "index, 0..N-1), CANIDAE_MEMBERS (N), CANIDAE_NODE, CANIDAE_GENERATION (the placement's generation), "
+    "CANIDAE_ADDR (the node's agent API), CANIDAE_MAILBOX (the pack's mailbox URL), CANIDAE_TOKEN and "
+    "CANIDAE_PACK_TOKEN (the pack's token), CANIDAE_CONFIG; and PATH, HOME (the working directory), LANG and "
+    "the --env and --secret ones (a secret is sealed at rest and shown nowhere but to the members).\n\n"
     "With --count N, NAME-0 .. NAME-(N-1) go in one bulk request (one log entry)."
 )
 
 
 @app.command("spawn", help=SPAWN_HELP)
 def pack_spawn(
-    name: NewPackArg, command: CommandArg = None, file: SpecFileOpt = None, driver: SpawnDriverOpt = None,
-    cpu: CpuOpt = 100, mem: MemOpt = 64, members: MembersOpt = 1, zone: PinZoneOpt = None,
+    name: NewPackArg, command: CommandArg = None, file: SpecFileOpt = None, driver: DriverOpt = None,
+    cpu: CpuOpt = None, mem: MemOpt = None, members: MembersOpt = None, zone: PinZoneOpt = None,
     region: PinRegionOpt = None, cell: PinCellOpt = None, node_name: PinNodeOpt = None, spread: SpreadOpt = None,
-    group: GroupOpt = None, restart: RestartOpt = RestartPolicy.ON_FAILURE, env: EnvOpt = None,
-    secret: SecretOpt = None, network: NetworkOpt = Network.HOST, count: CountOpt = 0, wait: WaitOption = True,
-    timeout: TimeoutOption = 30.0, json: JsonOption = False,
+    group: GroupOpt = None, restart: RestartOpt = None, env: EnvOpt = None,
+    secret: SecretOpt = None, network: NetworkOpt = None, count: CountOpt = 0, wait: WaitOption = True,
+    timeout: TimeoutOption = 30.0, keep_pending: KeepPendingOpt = False, check: CheckOpt = 1.0,
+    json: JsonOption = False,
 ) -> None:
-    if driver is None:
-        driver = Driver.EXEC if command else Driver.VIRTUAL
     spec = build_spec(name, command, file, driver, cpu, mem, members, zone, region, cell, node_name, spread, group,
                       restart, env, secret, network)
     t0 = time.perf_counter()
     ended: dict[str, dict[str, Any]] = {}
     with client() as c:
-        result = c.create_packs([spec], count=count, place=True)
+        result = c.create_packs([spec], count=count, place=True, keep_pending=keep_pending)
         placed_s = time.perf_counter() - t0
         placements = result["placements"]
         placed = [p["name"] for p in placements if p["node"]]
@@ -149,12 +142,18 @@ def pack_spawn(
             else:
                 _wait_bulk(c, name, len(placed), timeout)
             running_s = time.perf_counter() - t0
-    failed = [p for p in ended.values() if p["state"] == "failed"]
-    if failed:
-        from canidae.core.errors import OperationFailed
-        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise OperationFailed(f"pack {failed[0]['name']} failed on node {failed[0]['node']}: "
-                              f"{failed[0]['reason']}{more}")
+        failed = [p for p in ended.values() if p["state"] == "failed"]
+        if failed:
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            if not keep_pending:
+                # It never ran: nothing of it is left (the cluster keeps its history).
+                c.delete_packs([p["name"] for p in failed])
+            raise OperationFailed(f"pack {failed[0]['name']} failed on node {failed[0]['node']}: "
+                                  f"{failed[0]['reason']}{more}" + ("" if keep_pending else "; it was removed"))
+        if len(ended) == 1 and spec["driver"] == Driver.EXEC.value and check > 0:
+            only = next(iter(ended.values()))
+            if only["state"] == "running":
+                _check_members(c, only, check)
     out = {"packs": len(placements), "placed": len(placed), "pending": len(pending),
            "placements": placements if len(placements) <= 1000 else placements[:1000],
            "placed_ms": round(placed_s * 1000, 3),
@@ -179,10 +178,43 @@ def pack_spawn(
             nodes = sorted({p["node"] for p in placements if p["node"]})
             took = f"running in {running_s:.2f} s" if running_s else f"placed in {placed_s:.2f} s"
             console.print(f"{len(placed)} pack(s) on {len(nodes)} node(s), {len(pending)} pending: {took}")
+    if placements and not placed:  # only with --keep-pending: without, the cluster refused it whole
+        raise NoCapacity(f"no node can take {name}: {pending[0]['pending']} (kept pending: it starts once "
+                         "a node has room)")
     emit(out, json, human)
-    if placements and not placed:
-        from canidae.core.errors import NoCapacity
-        raise NoCapacity(f"no node can take {name}: {pending[0]['pending']}")
+
+
+def _check_members(c: Any, pack: dict[str, Any], seconds: float) -> None:
+    """Watch a freshly started exec pack for ``seconds``: a member that exits with a failure in that
+    time (or the pack failing) is a crash loop, reported as an error with the member's last output."""
+    name = pack["name"]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            status = pack_processes(c, name)
+        except NotFound:
+            status = {"members": []}
+        bad = [m for m in status.get("members", []) if m.get("last_exit") and m["last_exit"] != "exited 0"]
+        if bad:
+            m = bad[0]
+            last = _last_output(c, name, m["index"])
+            raise OperationFailed(
+                f"pack {name} is crash-looping on node {pack['node']}: member {m['index']} {m['last_exit']} "
+                f"within {seconds:g} s of starting and is being restarted"
+                + (f"; its last output: {last!r}" if last else "")
+                + f" (see 'canidae pack logs {name} --member {m['index']}'; 'canidae pack delete {name}' removes it)")
+        p = c.pack(name, stale=True)
+        if p["state"] == "failed":
+            raise OperationFailed(f"pack {name} failed on node {p['node']} within {seconds:g} s: {p['reason']}")
+        time.sleep(0.05)
+
+
+def _last_output(c: Any, name: str, member: int) -> str:
+    try:
+        got = pack_logs_call(c, name, member=member, tail=1)
+    except CanidaeError:
+        return ""
+    return "".join(m["text"] for m in got["members"]).strip()[-200:]
 
 
 def _wait_started(c: Any, names: list[str], timeout: float) -> dict[str, dict[str, Any]]:
@@ -217,56 +249,170 @@ def _wait_bulk(c: Any, prefix: str, n: int, timeout: float) -> None:
         time.sleep(0.05)
 
 
+class StateFilter(str, Enum):
+    """What ``pack list --state`` takes: a pack state, or ``crashlooping`` (running packs whose
+    members keep failing)."""
+
+    CREATED = "created"
+    PENDING = "pending"
+    PLACED = "placed"
+    RUNNING = "running"
+    CRASHLOOPING = "crashlooping"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+def shown_state(p: dict[str, Any]) -> str:
+    """The state people see: a running pack in a crash loop is ``crashlooping``."""
+    return "crashlooping" if p.get("crashlooping") else str(p["state"])
+
+
+def _read_packs(c: Any, limit: int, after: str | None, stale: bool, **filters: Any) -> tuple[list[dict[str, Any]],
+                                                                                           str | None, int]:
+    packs: list[dict[str, Any]] = []
+    cursor, total = after, 0
+    while len(packs) < limit:
+        page = c.packs(after=cursor, limit=min(10_000, limit - len(packs)), stale=stale, total=cursor == after,
+                       **filters)
+        if page["total"] is not None:
+            total = page["total"]
+        packs.extend(page["packs"])
+        cursor = page["next"]
+        if not cursor:
+            break
+    return packs, cursor, total
+
+
 @app.command("list")
 def pack_list(
     node_name: NodeOpt = None, zone: ZoneOpt = None,
-    state: Annotated[str | None, typer.Option("--state", help="Only packs in this state.")] = None,
+    state: Annotated[StateFilter | None, typer.Option("--state", help="Only packs in this state.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many packs.")] = 1000,
-    after: Annotated[str | None, typer.Option("--after", metavar="PACK", help="Start after this name (paging).")]
-    = None,
+    after: Annotated[str | None, typer.Option("--after", metavar=PACK_METAVAR,
+                                              help="Start after this name (paging).")] = None,
     stale: StaleOption = False, json: JsonOption = False,
 ) -> None:
-    """List packs sorted by name, with state and node (paged: --limit, --after)."""
+    """List packs sorted by name, with state and node (paged: --limit, --after).
+
+    With --json, "total" counts every pack matching the filters (not only the ones printed).
+    An unknown --node or --zone exits 5.
+    """
+    wanted = state.value if state else None
     with client() as c:
-        packs: list[dict[str, Any]] = []
-        cursor = after
-        total = 0
-        while len(packs) < limit:
-            page = c.packs(node=node_name, state=state, after=cursor, limit=min(10_000, limit - len(packs)),
-                           stale=stale)
-            total = page["total"]
-            packs.extend(page["packs"])
-            cursor = page["next"]
-            if not cursor:
-                break
-    if zone:
-        with client() as c:
-            in_zone = {n["id"] for n in c.nodes(stale=True) if n["zone"] == zone}
-        packs = [p for p in packs if p["node"] in in_zone]
+        if zone:
+            nodes = [n["id"] for n in c.nodes(stale=stale) if n["zone"] == zone]
+            if not nodes:
+                raise NotFound(f"no zone {zone!r}: no node is in it")
+            if node_name and node_name not in nodes:
+                raise NotFound(f"no node {node_name!r} in zone {zone!r}")
+            packs, total, more = [], 0, False
+            for n in [node_name] if node_name else nodes:
+                got, next_cursor, count = _read_packs(c, limit, after, stale, node=n, state=wanted)
+                packs.extend(got)
+                total += count
+                more = more or next_cursor is not None
+            packs.sort(key=lambda p: p["name"])
+            more = more or len(packs) > limit
+            packs = packs[:limit]
+            cursor = packs[-1]["name"] if more and packs else None
+        else:
+            if node_name:
+                c.node(node_name, stale=True)  # an unknown node is an error (5), not an empty list
+            packs, cursor, total = _read_packs(c, limit, after, stale, node=node_name, state=wanted)
+    whole = full_values()
 
     def human() -> None:
         t = Table("pack", "state", "node", "cpu", "mem", "gen", "reason")
         for p in packs:
-            t.add_row(p["name"], p["state"], p["node"] or "-", str(p["cpu"]), str(p["mem"]), str(p["generation"]),
-                      p["reason"][:60])
+            reason = p["reason"] if whole else p["reason"][:60]
+            t.add_row(p["name"], shown_state(p), p["node"] or "-", str(p["cpu"]), str(p["mem"]),
+                      str(p["generation"]), reason)
         console.print(t)
         if cursor:
             err_console.print(f"more packs after {cursor} (use --after {cursor})")
     emit({"packs": packs, "next": cursor, "total": total}, json, human)
 
 
+WAITING = {
+    "created": "created, not asked to run: 'canidae pack place {name}' runs it",
+    "stopped": "stopped: 'canidae pack place {name}' runs it again",
+    "failed": "failed: 'canidae pack place {name}' runs it again",
+}
+
+
+def _where(p: dict[str, Any]) -> str:
+    """The node row of ``pack show``: the node, or why the pack has none."""
+    if p["node"]:
+        return str(p["node"])
+    if p["state"] == "pending":
+        return f"none: waiting for room ({p['reason']})" if p["reason"] else "none: waiting for room"
+    return "none: " + WAITING.get(p["state"], p["state"]).format(name=p["name"])
+
+
+def _ago(ms: int) -> str:
+    if not ms:
+        return "-"
+    s = max(0.0, time.time() - ms / 1000)
+    return f"{s:.1f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 else f"{s / 3600:.1f} h ago"
+
+
+def _member_rows(status: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for m in status.get("members", []):
+        alive = m.get("running")
+        out.append({"member": m["index"], "pid": m.get("pid") or None,
+                    "state": "running" if alive else "exited" if status.get("state") != "running" else "restarting",
+                    "restarts": m.get("restarts", 0), "last_exit": m.get("last_exit") or None,
+                    "last_exit_at": m.get("last_exit_at") or None})
+    return out
+
+
 @app.command("show")
 def pack_show(pack_name: PackArg, stale: StaleOption = False, json: JsonOption = False) -> None:
-    """Show a pack: spec, state, node and placement generation."""
+    """Show a pack: spec, state, node (or why it has none) and its members.
+
+    For exec packs, each member with its pid, state, restarts, and how and when it last exited.
+    A running pack whose members keep failing shows as crashlooping, with the last reason."""
+    members: list[dict[str, Any]] | None = None
     with client() as c:
         p = c.pack(pack_name, stale=stale)
+        if p["driver"] == Driver.EXEC.value and p["node"]:
+            try:
+                members = _member_rows(pack_processes(c, pack_name))
+            except CanidaeError as e:  # its node may be down: the pack itself is still shown
+                err_console.print(f"members unknown: {e.message}")
 
     def human() -> None:
         t = Table(show_header=False)
         for k, v in p.items():
-            t.add_row(k, str(v))
+            if k == "crashlooping":
+                continue
+            shown = shown_state(p) if k == "state" else _where(p) if k == "node" else v
+            t.add_row(k, str(shown))
         console.print(t)
-    emit({"pack": p}, json, human)
+        if members is not None:
+            mt = Table("member", "pid", "state", "restarts", "last exit", "when")
+            for m in members:
+                mt.add_row(str(m["member"]), str(m["pid"] or "-"), m["state"], str(m["restarts"]),
+                           m["last_exit"] or "-", _ago(m["last_exit_at"] or 0))
+            console.print(mt)
+    emit({"pack": p, **({"members": members} if members is not None else {})}, json, human)
+
+
+def _wait_ended(c: Any, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    left = set(names)
+    while left:
+        for n in sorted(left):
+            if c.pack(n, stale=True)["state"] in ENDED:
+                left.discard(n)
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise Timeout(f"pack {sorted(left)[0]} not stopped after {timeout:g} s"
+                          + (f" (and {len(left) - 1} more)" if len(left) > 1 else ""))
+        time.sleep(0.02)
 
 
 @app.command("stop")
@@ -277,12 +423,53 @@ def pack_stop(pack_name: PackArg, wait: WaitOption = True, timeout: TimeoutOptio
         result = c.pack_action(pack_name, "stop")
         if wait:
             c.wait_running([pack_name], timeout)  # returns on running, stopped or failed
-            deadline = time.monotonic() + timeout
-            while c.pack(pack_name, stale=True)["state"] not in ("stopped", "failed"):
-                if time.monotonic() > deadline:
-                    raise Timeout(f"pack {pack_name} not stopped after {timeout:g} s")
-                time.sleep(0.02)
+            _wait_ended(c, [pack_name], timeout)
     emit(result, json, lambda: console.print(f"pack {pack_name} stopped" if wait else f"pack {pack_name} stopping"))
+
+
+@app.command("delete")
+def pack_delete(
+    pack_names: Annotated[list[str] | None, typer.Argument(metavar=PACK_METAVAR, help="Packs to delete.",
+                                                          show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Delete packs that still run at once, without waiting "
+                                                        "for their node to stop them (it stops them after).")]
+    = False,
+    all_stopped: Annotated[bool, typer.Option("--all-stopped", help="Delete every stopped or failed pack.")] = False,
+    timeout: TimeoutOption = 30.0, json: JsonOption = False,
+) -> None:
+    """Delete packs, stopping them first if they run; their history stays.
+
+    Removes them from the cluster and their files (work directory, logs) from their node.
+    'pack history NAME' still answers, ending with PackDeleted. An unknown pack exits 5 and
+    nothing is deleted."""
+    names = list(dict.fromkeys(pack_names or []))
+    if bool(names) == all_stopped:
+        raise InvalidInput("give pack names or --all-stopped (not both)")
+    with client() as c:
+        if all_stopped:
+            names = [p["name"] for s in ENDED for p in c.iter_packs(state=s)]
+            packs = {}
+        else:
+            packs = {n: c.pack(n) for n in names}  # every name checked before anything changes
+        running = [n for n, p in packs.items() if p["state"] in HOLDS_A_NODE]
+        if running and not force:
+            for n in running:
+                if packs[n]["state"] != "stopping":
+                    c.pack_action(n, "stop")
+            _wait_ended(c, running, timeout)
+        deleted: list[dict[str, Any]] = []
+        for i in range(0, len(names), 10_000):
+            deleted.extend(c.delete_packs(names[i:i + 10_000], force=force)["deleted"])
+
+    def human() -> None:
+        if not deleted:
+            console.print("no pack to delete")
+        for d in deleted[:200]:
+            was = f" (was {d['state']}" + (f" on {d['node']})" if d["node"] else ")")
+            console.print(f"deleted pack {d['name']}{was}")
+        if len(deleted) > 200:
+            console.print(f"... {len(deleted)} pack(s) deleted")
+    emit({"deleted": deleted}, json, human)
 
 
 @app.command("history")
@@ -380,7 +567,8 @@ TailOpt = Annotated[int | None, typer.Option("--tail", "-n", metavar="N", min=0,
 @app.command("logs", help=(
     "Print the output (stdout and stderr, interleaved) of a pack's members (exec driver).\n\n"
     "Works through any agent: the request goes to the pack's node. With several members, each line starts with "
-    "[I]. With --json, one JSON document (one per chunk with --follow)."))
+    "[I]. With --json, one JSON document; with --follow and --json, NDJSON: one JSON object per line, one line "
+    "per chunk of output as it arrives."))
 def pack_logs(
     pack_name: PackArg,
     member: Annotated[int | None, typer.Option("--member", "-m", metavar="I", min=0,
@@ -388,7 +576,7 @@ def pack_logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output until the pack ends "
                                                                "or you interrupt.")] = False,
     tail: TailOpt = None,
-    json: JsonOption = False,
+    json: NdjsonOption = False,
 ) -> None:
     as_json = wants_json(json)
     with client() as c:

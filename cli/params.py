@@ -51,13 +51,20 @@ CommandArg = Annotated[
 ]
 SpecFileOpt = Annotated[
     Path | None,
-    typer.Option("--file", "-f", metavar="FILE", help="Read the pack spec from a TOML file; options override it."),
+    typer.Option("--file", "-f", metavar="FILE",
+                 help="Read the pack spec from a TOML file (fields: driver, command, members, cpu, mem, restart, "
+                      "env, [constraints]); an option given on the command line overrides its field."),
 ]
-DriverOpt = Annotated[Driver, typer.Option("--driver", help="How members run: real processes or state only.")]
-CpuOpt = Annotated[int, typer.Option("--cpu", metavar="MILLICORES", min=0, help="CPU reserved per pack.")]
-MemOpt = Annotated[int, typer.Option("--mem", metavar="MIB", min=0, help="Memory reserved per pack, in MiB.")]
+# No defaults here: an option overrides a spec file only when it is given (defaults: see help).
+DriverOpt = Annotated[Driver | None, typer.Option(
+    "--driver", help="How members run: real processes or state only [default: exec with a COMMAND, else virtual].")]
+CpuOpt = Annotated[int | None, typer.Option("--cpu", metavar="MILLICORES", min=0,
+                                            help="CPU reserved per pack [default: 100].")]
+MemOpt = Annotated[int | None, typer.Option("--mem", metavar="MIB", min=0,
+                                            help="Memory reserved per pack, in MiB [default: 64].")]
 MembersOpt = Annotated[
-    int, typer.Option("--members", metavar="N", min=1, max=64, help="Member processes running the command.")
+    int | None, typer.Option("--members", metavar="N", min=1, max=64,
+                             help="Member processes running the command [default: 1].")
 ]
 PinZoneOpt = Annotated[str | None, typer.Option("--zone", metavar=ZONE_METAVAR, help="Place only in this zone.")]
 PinRegionOpt = Annotated[str | None, typer.Option("--region", help="Place only in this region.")]
@@ -69,7 +76,8 @@ SpreadOpt = Annotated[
     SpreadLevel | None, typer.Option("--spread", help="Spread packs of the same --group across this level.")
 ]
 GroupOpt = Annotated[str | None, typer.Option("--group", help="Group of packs spread together.")]
-RestartOpt = Annotated[RestartPolicy, typer.Option("--restart", help="When a member that exits is restarted.")]
+RestartOpt = Annotated[RestartPolicy | None, typer.Option(
+    "--restart", help="When a member that exits is restarted [default: on-failure].")]
 EnvOpt = Annotated[
     list[str] | None, typer.Option("--env", "-e", metavar="KEY=VALUE",
                                    help="Environment of members, shown by 'pack show' (not secret); repeatable.")
@@ -87,7 +95,8 @@ class Network(str, Enum):
 
 
 NetworkOpt = Annotated[
-    Network, typer.Option("--network", help="The host's network, or none: an empty network namespace (exec).")
+    Network | None,
+    typer.Option("--network", help="The host's network, or none: an empty network namespace (exec) [default: host].")
 ]
 
 # How an agent sits in the fleet, shared by `agent init` and `agent run`.

@@ -217,7 +217,7 @@ def place(
             metavar="FILE.toml",
             help=(
                 "Read the fleet from a TOML file: one [[ node ]] table per node with id, zone, region, "
-                "cell, cpu, mem, max_packs and optionally weight and state (example below)."
+                "cell, cpu, mem, max_packs and optionally weight and state (example in this command's help)."
             ),
             show_default=False,
         ),

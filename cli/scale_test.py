@@ -87,7 +87,7 @@ def run(
         PlanName | None,
         typer.Option(
             "--plan",
-            help="The seed's scale testing plan: 1k; 10k (with chaos); 100k (with a ramp, sim only). "
+            help="The reference scale-testing plan: 1k; 10k (with chaos); 100k (with a ramp, sim only). "
             "Other options override its values.",
         ),
     ] = None,
@@ -95,7 +95,7 @@ def run(
         bool,
         typer.Option(
             "--full",
-            help="The seed's full duration (24 h, 72 h, 1 week) instead of one scaled to this machine.",
+            help="The reference plan's full duration (24 h, 72 h, 1 week) instead of one scaled to this machine.",
         ),
     ] = False,
     packs: Annotated[
@@ -106,7 +106,7 @@ def run(
         typer.Option(
             "--nodes",
             metavar="N",
-            help="sim: simulated nodes (default: the plan's, from the seed's table). "
+            help="sim: simulated nodes (default: the plan's, from the target table). "
             "live: client agents, the --servers come on top (default: the plan's).",
         ),
     ] = None,
@@ -210,7 +210,7 @@ def run(
     ] = None,
     json: JsonOption = False,
 ) -> None:
-    """Run a scale test and print the seed's table with what was measured.
+    """Run a scale test and print the target table (Expected Performance at Scale) with what was measured.
 
     Exits 1 when the run found a problem (an invariant violation, a pack not running, a recovery that
     timed out), after printing and saving it.
@@ -405,7 +405,7 @@ def seed_table(doc: dict[str, Any]) -> Table:
         "",
         *t["headers"],
         title="Expected Performance at Scale (seed) and measured",
-        caption="* the seed's row nearest in packs",
+        caption="* the target row nearest in packs",
     )
     for i, row in enumerate(t["expected"]):
         tag = "seed*" if i == t["nearest"] else "seed"

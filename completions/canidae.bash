@@ -16,7 +16,7 @@ _canidae_children() {
         "canidae history") echo "verify" ;;
         "canidae keys") echo "list rotate" ;;
         "canidae node") echo "cordon drain list show uncordon" ;;
-        "canidae pack") echo "create history kill list logs migrate place show spawn stop" ;;
+        "canidae pack") echo "create delete history kill list logs migrate place show spawn stop" ;;
         "canidae policy") echo "apply delete list show" ;;
         "canidae ring") echo "lookup rebalance show simulate" ;;
         "canidae scale-test") echo "report run" ;;
@@ -67,14 +67,15 @@ _canidae_options() {
         "canidae node uncordon") echo "--help --json -h" ;;
         "canidae pack") echo "--help -h" ;;
         "canidae pack create") echo "--cell --count --cpu --driver --env --file --group --help --json --mem --members --network --node --region --restart --secret --spread --zone -e -f -h -n" ;;
+        "canidae pack delete") echo "--all-stopped --force --help --json --timeout -h" ;;
         "canidae pack history") echo "--help --json --limit --since -h" ;;
         "canidae pack kill") echo "--help --json --signal -h -s" ;;
         "canidae pack list") echo "--after --help --json --limit --node --stale --state --zone -h" ;;
         "canidae pack logs") echo "--follow --help --json --member --tail -f -h -m -n" ;;
         "canidae pack migrate") echo "--help --json --no-wait --timeout --to --wait -h" ;;
-        "canidae pack place") echo "--help --json --no-wait --timeout --wait -h" ;;
+        "canidae pack place") echo "--help --json --keep-pending --no-wait --timeout --wait -h" ;;
         "canidae pack show") echo "--help --json --stale -h" ;;
-        "canidae pack spawn") echo "--cell --count --cpu --driver --env --file --group --help --json --mem --members --network --no-wait --node --region --restart --secret --spread --timeout --wait --zone -e -f -h -n" ;;
+        "canidae pack spawn") echo "--cell --check --count --cpu --driver --env --file --group --help --json --keep-pending --mem --members --network --no-wait --node --region --restart --secret --spread --timeout --wait --zone -e -f -h -n" ;;
         "canidae pack stop") echo "--help --json --no-wait --timeout --wait -h" ;;
         "canidae place") echo "--cell --cells --count --cpu --cpu-per-pack --group --help --json --load-factor --max-packs --mem --mem-per-pack --node --nodes --pack --prefix --region --regions --seed --spread --topology --zone --zones -h" ;;
         "canidae policy") echo "--help -h" ;;
@@ -217,6 +218,7 @@ _canidae_option_value() {
         "canidae pack create --secret") echo "none" ;;
         "canidae pack create --spread") echo "choice:zone region cell" ;;
         "canidae pack create --zone") echo "zone" ;;
+        "canidae pack delete --timeout") echo "none" ;;
         "canidae pack history --limit") echo "none" ;;
         "canidae pack history --since") echo "none" ;;
         "canidae pack kill --signal") echo "choice:term kill int hup" ;;
@@ -224,7 +226,7 @@ _canidae_option_value() {
         "canidae pack list --after") echo "pack" ;;
         "canidae pack list --limit") echo "none" ;;
         "canidae pack list --node") echo "node" ;;
-        "canidae pack list --state") echo "none" ;;
+        "canidae pack list --state") echo "choice:created pending placed running crashlooping stopping stopped failed" ;;
         "canidae pack list --zone") echo "zone" ;;
         "canidae pack logs --member") echo "none" ;;
         "canidae pack logs -m") echo "none" ;;
@@ -234,6 +236,7 @@ _canidae_option_value() {
         "canidae pack migrate --to") echo "node" ;;
         "canidae pack place --timeout") echo "none" ;;
         "canidae pack spawn --cell") echo "none" ;;
+        "canidae pack spawn --check") echo "none" ;;
         "canidae pack spawn --count") echo "none" ;;
         "canidae pack spawn -n") echo "none" ;;
         "canidae pack spawn --cpu") echo "none" ;;
@@ -336,6 +339,8 @@ _canidae_argument() {
         "canidae pack create 0") echo "none" ;;
         "canidae pack create 1") echo "none" ;;
         "canidae pack create "*) echo "none" ;;
+        "canidae pack delete 0") echo "pack" ;;
+        "canidae pack delete "*) echo "pack" ;;
         "canidae pack history 0") echo "pack" ;;
         "canidae pack kill 0") echo "pack" ;;
         "canidae pack logs 0") echo "pack" ;;

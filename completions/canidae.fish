@@ -27,7 +27,7 @@ function __canidae_children
         case 'canidae node'
             printf '%s\n' cordon drain list show uncordon
         case 'canidae pack'
-            printf '%s\n' create history kill list logs migrate place show spawn stop
+            printf '%s\n' create delete history kill list logs migrate place show spawn stop
         case 'canidae policy'
             printf '%s\n' apply delete list show
         case 'canidae ring'
@@ -82,6 +82,8 @@ function __canidae_valued
             printf '%s\n' -- --zone
         case 'canidae pack create'
             printf '%s\n' -- --cell --count --cpu --driver --env --file --group --mem --members --network --node --region --restart --secret --spread --zone -e -f -n
+        case 'canidae pack delete'
+            printf '%s\n' -- --timeout
         case 'canidae pack history'
             printf '%s\n' -- --limit --since
         case 'canidae pack kill'
@@ -95,7 +97,7 @@ function __canidae_valued
         case 'canidae pack place'
             printf '%s\n' -- --timeout
         case 'canidae pack spawn'
-            printf '%s\n' -- --cell --count --cpu --driver --env --file --group --mem --members --network --node --region --restart --secret --spread --timeout --zone -e -f -n
+            printf '%s\n' -- --cell --check --count --cpu --driver --env --file --group --mem --members --network --node --region --restart --secret --spread --timeout --zone -e -f -n
         case 'canidae pack stop'
             printf '%s\n' -- --timeout
         case 'canidae place'
@@ -381,7 +383,7 @@ complete -c canidae -n '__canidae_at \'canidae events tail\'' -l after -x -d 'St
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l count -x -d 'Stop after printing N events'
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l follow -s f -d 'Keep printing new events until interrupted'
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae events tail\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae events tail\'' -l json -d 'Print NDJSON'
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l lines -s n -x -d 'Start with the last N matching events'
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l node -x -a '(__canidae_names node)' -d 'Only events on this node (moves away from it included)'
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l pack -x -a '(__canidae_names pack)' -d 'Only events of this pack'
@@ -479,6 +481,7 @@ complete -c canidae -n '__canidae_at \'canidae node uncordon\' 0' -x -a '(__cani
 
 # canidae pack
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a create -d 'Record a pack in the cluster without running it (\'pack place\' runs it)'
+complete -c canidae -n '__canidae_at \'canidae pack\'' -a delete -d 'Delete packs, stopping them first if they run'
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a history -d 'Print a pack\'s timeline, oldest first, with the time each step took'
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a kill -d 'Send a signal to every member of a pack (exec driver), on whichever node it runs'
 complete -c canidae -n '__canidae_at \'canidae pack\'' -a list -d 'List packs sorted by name, with state and node (paged'
@@ -493,22 +496,30 @@ complete -c canidae -n '__canidae_at \'canidae pack\'' -l help -s h -d 'Show thi
 # canidae pack create
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l cell -x -d 'Place only in this cell'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l count -s n -x -d 'Spawn NAME-0 '
-complete -c canidae -n '__canidae_at \'canidae pack create\'' -l cpu -x -d 'CPU reserved per pack'
+complete -c canidae -n '__canidae_at \'canidae pack create\'' -l cpu -x -d 'CPU reserved per pack [default'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l driver -x -a 'virtual exec' -d 'How members run'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l env -s e -x -d 'Environment of members, shown by \'pack show\' (not secret)'
-complete -c canidae -n '__canidae_at \'canidae pack create\'' -l file -s f -r -F -d 'Read the pack spec from a TOML file'
+complete -c canidae -n '__canidae_at \'canidae pack create\'' -l file -s f -r -F -d 'Read the pack spec from a TOML file (fields'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l group -x -d 'Group of packs spread together'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae pack create\'' -l mem -x -d 'Memory reserved per pack, in MiB'
-complete -c canidae -n '__canidae_at \'canidae pack create\'' -l members -x -d 'Member processes running the command'
+complete -c canidae -n '__canidae_at \'canidae pack create\'' -l mem -x -d 'Memory reserved per pack, in MiB [default'
+complete -c canidae -n '__canidae_at \'canidae pack create\'' -l members -x -d 'Member processes running the command [default'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l network -x -a 'host none' -d 'The host\'s network, or none'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l node -x -a '(__canidae_names node)' -d 'Place only on this node'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l region -x -d 'Place only in this region'
-complete -c canidae -n '__canidae_at \'canidae pack create\'' -l restart -x -a 'never on-failure always' -d 'When a member that exits is restarted'
+complete -c canidae -n '__canidae_at \'canidae pack create\'' -l restart -x -a 'never on-failure always' -d 'When a member that exits is restarted [default'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l secret -x -d 'A secret variable of members'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l spread -x -a 'zone region cell' -d 'Spread packs of the same --group across this level'
 complete -c canidae -n '__canidae_at \'canidae pack create\'' -l zone -x -a '(__canidae_names zone)' -d 'Place only in this zone'
+
+# canidae pack delete
+complete -c canidae -n '__canidae_at \'canidae pack delete\'' -l all-stopped -d 'Delete every stopped or failed pack'
+complete -c canidae -n '__canidae_at \'canidae pack delete\'' -l force -d 'Delete packs that still run at once, without waiting for their node to stop them (it stops them after)'
+complete -c canidae -n '__canidae_at \'canidae pack delete\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae pack delete\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae pack delete\'' -l timeout -x -d 'Give up waiting after this many seconds'
+complete -c canidae -n '__canidae_at \'canidae pack delete\' 0+' -x -a '(__canidae_names pack)' -d 'PACK'
 
 # canidae pack history
 complete -c canidae -n '__canidae_at \'canidae pack history\'' -l help -s h -d 'Show this message and exit'
@@ -530,13 +541,13 @@ complete -c canidae -n '__canidae_at \'canidae pack list\'' -l json -d 'Print on
 complete -c canidae -n '__canidae_at \'canidae pack list\'' -l limit -x -d 'At most this many packs'
 complete -c canidae -n '__canidae_at \'canidae pack list\'' -l node -x -a '(__canidae_names node)' -d 'Only this node'
 complete -c canidae -n '__canidae_at \'canidae pack list\'' -l stale -d 'Read the contacted agent\'s local copy of the state'
-complete -c canidae -n '__canidae_at \'canidae pack list\'' -l state -x -d 'Only packs in this state'
+complete -c canidae -n '__canidae_at \'canidae pack list\'' -l state -x -a 'created pending placed running crashlooping stopping stopped failed' -d 'Only packs in this state'
 complete -c canidae -n '__canidae_at \'canidae pack list\'' -l zone -x -a '(__canidae_names zone)' -d 'Only this zone'
 
 # canidae pack logs
 complete -c canidae -n '__canidae_at \'canidae pack logs\'' -l follow -s f -d 'Keep printing new output until the pack ends or you interrupt'
 complete -c canidae -n '__canidae_at \'canidae pack logs\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae pack logs\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae pack logs\'' -l json -d 'Print NDJSON'
 complete -c canidae -n '__canidae_at \'canidae pack logs\'' -l member -s m -x -d 'Only member I (0, 1, ...)'
 complete -c canidae -n '__canidae_at \'canidae pack logs\'' -l tail -s n -x -d 'Only the last N lines of each member'
 complete -c canidae -n '__canidae_at \'canidae pack logs\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
@@ -553,6 +564,7 @@ complete -c canidae -n '__canidae_at \'canidae pack migrate\' 0' -x -a '(__canid
 # canidae pack place
 complete -c canidae -n '__canidae_at \'canidae pack place\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae pack place\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae pack place\'' -l keep-pending -d 'When a pack fits on no node, keep it pending (placed when room appears) instead of creating nothing'
 complete -c canidae -n '__canidae_at \'canidae pack place\'' -l no-wait -d 'Wait until the work is done, or return once it is accepted'
 complete -c canidae -n '__canidae_at \'canidae pack place\'' -l timeout -x -d 'Give up waiting after this many seconds'
 complete -c canidae -n '__canidae_at \'canidae pack place\'' -l wait -d 'Wait until the work is done, or return once it is accepted'
@@ -566,21 +578,23 @@ complete -c canidae -n '__canidae_at \'canidae pack show\' 0' -x -a '(__canidae_
 
 # canidae pack spawn
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l cell -x -d 'Place only in this cell'
+complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l check -x -d 'After an exec pack runs, watch its members this long'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l count -s n -x -d 'Spawn NAME-0 '
-complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l cpu -x -d 'CPU reserved per pack'
+complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l cpu -x -d 'CPU reserved per pack [default'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l driver -x -a 'virtual exec' -d 'How members run'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l env -s e -x -d 'Environment of members, shown by \'pack show\' (not secret)'
-complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l file -s f -r -F -d 'Read the pack spec from a TOML file'
+complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l file -s f -r -F -d 'Read the pack spec from a TOML file (fields'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l group -x -d 'Group of packs spread together'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l mem -x -d 'Memory reserved per pack, in MiB'
-complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l members -x -d 'Member processes running the command'
+complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l keep-pending -d 'When a pack fits on no node, keep it pending (placed when room appears) instead of creating nothing'
+complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l mem -x -d 'Memory reserved per pack, in MiB [default'
+complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l members -x -d 'Member processes running the command [default'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l network -x -a 'host none' -d 'The host\'s network, or none'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l no-wait -d 'Wait until the work is done, or return once it is accepted'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l node -x -a '(__canidae_names node)' -d 'Place only on this node'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l region -x -d 'Place only in this region'
-complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l restart -x -a 'never on-failure always' -d 'When a member that exits is restarted'
+complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l restart -x -a 'never on-failure always' -d 'When a member that exits is restarted [default'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l secret -x -d 'A secret variable of members'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l spread -x -a 'zone region cell' -d 'Spread packs of the same --group across this level'
 complete -c canidae -n '__canidae_at \'canidae pack spawn\'' -l timeout -x -d 'Give up waiting after this many seconds'
@@ -681,7 +695,7 @@ complete -c canidae -n '__canidae_at \'canidae ring simulate\'' -l zones -x -d '
 
 # canidae scale-test
 complete -c canidae -n '__canidae_at \'canidae scale-test\'' -a report -d 'Summarise a saved scale test run'
-complete -c canidae -n '__canidae_at \'canidae scale-test\'' -a run -d 'Run a scale test and print the seed\'s table with what was measured'
+complete -c canidae -n '__canidae_at \'canidae scale-test\'' -a run -d 'Run a scale test and print the target table (Expected Performance at Scale) with what was measured'
 complete -c canidae -n '__canidae_at \'canidae scale-test\'' -l help -s h -d 'Show this message and exit'
 
 # canidae scale-test report
@@ -696,7 +710,7 @@ complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l batch -x -d 
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l chaos -d 'sim'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l data-dir -r -F -d 'live'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l duration -x -d 'sim'
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l full -d 'The seed\'s full duration (24 h, 72 h, 1 week) instead of one scaled to this machine'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l full -d 'The reference plan\'s full duration (24 h, 72 h, 1 week) instead of one scaled to this machine'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l kill -x -d 'live'
@@ -707,7 +721,7 @@ complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l node-packs -
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l nodes -x -d 'sim'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l out -s o -r -F -d 'Save the run to this file'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l packs -x -d 'Packs to run (default'
-complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l plan -x -a '1k 10k 100k' -d 'The seed\'s scale testing plan'
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l plan -x -a '1k 10k 100k' -d 'The reference scale-testing plan'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l ramp -d 'Grow to K packs gradually over the run instead of all at first (default'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l rate -x -d 'live'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l rounds -x -d 'sim'

@@ -98,11 +98,16 @@ class CreatePacks(Command):
     specs: tuple[PackSpec, ...]
     place: bool = True
     count: int = 0  # > 0: one template spec NAME expands to NAME-0 .. NAME-(count-1) (a tiny log entry)
+    # False: when any pack fits nowhere, create nothing and answer no_capacity (``pack spawn``
+    # without --keep-pending); True: such packs are created pending and placed when room appears.
+    keep_pending: bool = True
 
     def payload(self) -> dict[str, Any]:
         d: dict[str, Any] = {"specs": [s.to_dict() for s in self.specs], "place": self.place}
         if self.count:
             d["count"] = self.count
+        if not self.keep_pending:
+            d["keep_pending"] = False
         return d
 
     def expanded(self) -> tuple[PackSpec, ...]:
@@ -119,9 +124,13 @@ class PlacePacks(Command):
 
     TYPE = "PlacePacks"
     names: tuple[str, ...]
+    keep_pending: bool = True  # False: a pack that fits nowhere stays as it was (no_capacity)
 
     def payload(self) -> dict[str, Any]:
-        return {"names": list(self.names)}
+        d: dict[str, Any] = {"names": list(self.names)}
+        if not self.keep_pending:
+            d["keep_pending"] = False
+        return d
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +142,23 @@ class StopPacks(Command):
 
     def payload(self) -> dict[str, Any]:
         return {"names": list(self.names)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeletePacks(Command):
+    """Remove packs from the state (their history stays). A pack that holds a node (placed,
+    running, stopping) is refused unless ``force``: then it is removed at once, and its node's
+    agent, told the pack no longer exists, stops it and removes its files."""
+
+    TYPE = "DeletePacks"
+    names: tuple[str, ...]
+    force: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"names": list(self.names)}
+        if self.force:
+            d["force"] = True
+        return d
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,13 +187,17 @@ class ReportState(StrEnum):
 
     ``stopped`` only ever follows an instruction to stop (the agent stopped it); ``exited`` is a
     pack that ended by itself and, under its restart policy, is not restarted (a batch job done);
-    ``failed`` is a pack that ended in failure and that its restart policy gave up on.
+    ``failed`` is a pack that ended in failure and that its restart policy gave up on;
+    ``crashloop`` is a pack whose members keep failing and are being restarted.
     """
 
     RUNNING = "running"
     STOPPED = "stopped"
     EXITED = "exited"
     FAILED = "failed"
+    # A member keeps failing soon after it starts and is being restarted (with backoff): the pack
+    # still holds its node and still runs; ``running`` again once its members stay up.
+    CRASHLOOP = "crashloop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +227,7 @@ class ReportPacks(Command):
 
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.TYPE: c for c in (Noop, RegisterNode, SetNodeState, RemoveNode, CreatePacks, PlacePacks,
-                        StopPacks, ReportPacks, MigratePacks, Rebalance)
+                        StopPacks, ReportPacks, MigratePacks, Rebalance, DeletePacks)
 }
 
 
@@ -242,9 +272,13 @@ def command_from_wire(d: Mapping[str, Any]) -> Command:
             if count:
                 # Every expanded name must itself be valid (NAME-<count-1> within 63 characters).
                 PackSpec.from_dict({**specs[0], "name": f"{parsed[0].name}-{count - 1}"})
-            return CreatePacks(**env, specs=parsed, place=bool(d.get("place", True)), count=count)
+            return CreatePacks(**env, specs=parsed, place=bool(d.get("place", True)), count=count,
+                               keep_pending=bool(d.get("keep_pending", True)))
         if cls is PlacePacks:
-            return PlacePacks(**env, names=_str_tuple("pack", d["names"]))
+            return PlacePacks(**env, names=_str_tuple("pack", d["names"]),
+                              keep_pending=bool(d.get("keep_pending", True)))
+        if cls is DeletePacks:
+            return DeletePacks(**env, names=_str_tuple("pack", d["names"]), force=bool(d.get("force", False)))
         if cls is StopPacks:
             return StopPacks(**env, names=_str_tuple("pack", d["names"]))
         if cls is MigratePacks:
@@ -287,6 +321,6 @@ def command_fields(cls: type[Command]) -> list[str]:
 
 __all__ = [
     "WIRE_VERSION", "Command", "Noop", "RegisterNode", "SetNodeState", "RemoveNode", "CreatePacks",
-    "PlacePacks", "StopPacks", "PackReport", "ReportPacks", "MigratePacks", "Rebalance", "COMMAND_TYPES", "command_from_wire",
+    "PlacePacks", "StopPacks", "DeletePacks", "PackReport", "ReportPacks", "MigratePacks", "Rebalance", "COMMAND_TYPES", "command_from_wire",
     "encode_batch", "decode_batch", "command_fields",
 ]

@@ -719,6 +719,10 @@ class Scheduler:
                 out.extend(cell for cell in _sorted_groups(r) if cell.name == c.cell)
         return out or None
 
+    def scope_matches(self, c: Constraints) -> bool:
+        """Whether some known zone, region or cell matches the pins of ``c`` (a typo does not)."""
+        return self._scope(c) is not None
+
     # ------------------------------------------------------------------ reasons
 
     def _reasons(self, spec: PackSpec, exclude: frozenset[str]) -> tuple[str, ...]:

@@ -41,16 +41,26 @@ import xxhash
 
 from canidae.core.audit import MASK
 from canidae.core.commands import (
-    Command, CreatePacks, MigratePacks, Noop, PlacePacks, Rebalance, RegisterNode, RemoveNode, ReportPacks,
+    Command, CreatePacks, DeletePacks, MigratePacks, Noop, PlacePacks, Rebalance, RegisterNode, RemoveNode, ReportPacks,
     ReportState, SetNodeState, StopPacks,
 )
-from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NotFound, WrongState
+from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NoCapacity, NotFound, WrongState
 from canidae.core.scheduler import Scheduler
-from canidae.core.types import Node, NodeState, PackSpec, PackState, Resources
+from canidae.core.types import NO_CONSTRAINTS, Node, NodeState, PackSpec, PackState, Resources
 
 DEDUP_WINDOW = 20_000       # request ids remembered for idempotent retries
 PENDING_RETRY_LIMIT = 5_000  # pending packs retried per capacity change (bounds apply time)
 MAX_BATCH_SPECS = 100_000
+# Deleted pack names remembered with their last placement generation: a pack created again under
+# the same name continues from it, so an agent never mistakes the new pack for the old one.
+DELETED_WINDOW = 100_000
+DELETED_REASON = "the pack no longer exists"
+# Every type of event apply yields (``events tail --type`` takes these).
+EVENT_TYPES = (
+    "PackCreated", "PackPending", "PackPlaced", "PackStarted", "PackCrashLooping", "PackRecovered", "PackMigrating",
+    "PackMigrated", "PackStopping", "PackStopped", "PackFailed", "PackReasserted", "PackDeleted",
+    "NodeJoined", "NodeReturned", "NodeDown", "NodeDraining", "NodeStateChanged", "NodeRemoved",
+)  # why a resync tells an agent to stop a deleted pack
 
 # Packs in these states hold a reservation on their node.
 HOLDING = frozenset({PackState.PLACED, PackState.RUNNING, PackState.STOPPING})
@@ -59,7 +69,7 @@ HOLDING = frozenset({PackState.PLACED, PackState.RUNNING, PackState.STOPPING})
 class PackRecord:
     """One pack in the replicated state. Slotted: 100,000 of these must stay small."""
 
-    __slots__ = ("spec", "state", "node", "generation", "reason", "created_at", "updated_at")
+    __slots__ = ("spec", "state", "node", "generation", "reason", "created_at", "updated_at", "crashloop")
 
     def __init__(self, spec: PackSpec, state: PackState, at: int) -> None:
         self.spec = spec
@@ -69,16 +79,23 @@ class PackRecord:
         self.reason = ""
         self.created_at = at
         self.updated_at = at
+        # A running pack whose members keep failing and are being restarted (``reason`` says how
+        # the last one ended). A condition of a running pack, not a state: it still holds its node.
+        self.crashloop = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec.to_dict(), "state": self.state.value, "node": self.node,
-                "generation": self.generation, "reason": self.reason,
-                "created_at": self.created_at, "updated_at": self.updated_at}
+        d = {"spec": self.spec.to_dict(), "state": self.state.value, "node": self.node,
+             "generation": self.generation, "reason": self.reason,
+             "created_at": self.created_at, "updated_at": self.updated_at}
+        if self.crashloop:
+            d["crashloop"] = True
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> PackRecord:
         r = PackRecord(PackSpec.from_dict(d["spec"]), PackState(d["state"]), d["created_at"])
         r.node, r.generation, r.reason, r.updated_at = d["node"], d["generation"], d["reason"], d["updated_at"]
+        r.crashloop = bool(d.get("crashloop", False))
         return r
 
     def view(self) -> dict[str, Any]:
@@ -87,7 +104,8 @@ class PackRecord:
         if "secrets" in d:  # which secrets a pack has is shown, never their (sealed) values
             d["secrets"] = {k: MASK for k in d["secrets"]}
         d.update(state=self.state.value, node=self.node, generation=self.generation,
-                 reason=self.reason, created_at=self.created_at, updated_at=self.updated_at)
+                 reason=self.reason, created_at=self.created_at, updated_at=self.updated_at,
+                 crashlooping=self.crashloop)
         return d
 
 
@@ -105,6 +123,7 @@ class ClusterState:
         self.packs: dict[str, PackRecord] = {}
         self.by_node: dict[str, dict[str, None]] = {}
         self.pending: dict[str, None] = {}
+        self.deleted: OrderedDict[str, int] = OrderedDict()  # name -> last generation (DELETED_WINDOW)
         self.scheduler = Scheduler(load_factor=load_factor, vnodes=vnodes)
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.max_term = 0
@@ -129,6 +148,7 @@ class ClusterState:
             CreatePacks: self._apply_create_packs, PlacePacks: self._apply_place_packs,
             StopPacks: self._apply_stop_packs, ReportPacks: self._apply_report_packs,
             MigratePacks: self._apply_migrate_packs, Rebalance: self._apply_rebalance,
+            DeletePacks: self._apply_delete_packs,
         }
 
     # ------------------------------------------------------------------ apply
@@ -280,12 +300,24 @@ class ClusterState:
         if taken:
             shown = ", ".join(taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
             raise AlreadyExists(f"pack {shown} already exists", {"names": taken[:100]})
+        checked: set[int] = set()  # by identity: a bulk spawn's specs share one Constraints
         for n in specs:
-            if n.constraints.node is not None and n.constraints.node not in self.nodes:
-                raise NotFound(f"pack {n.name}: no node {n.constraints.node!r}")
+            c = n.constraints
+            if c is NO_CONSTRAINTS or id(c) in checked:
+                continue
+            checked.add(id(c))
+            if c.node is not None and c.node not in self.nodes:
+                raise NotFound(f"pack {n.name}: no node {c.node!r}")
+            if (c.zone or c.region or c.cell) and not self.scheduler.scope_matches(c):
+                pins = ", ".join(f"{k} {v!r}" for k, v in (("zone", c.zone), ("region", c.region),
+                                                             ("cell", c.cell)) if v)
+                raise NotFound(f"pack {n.name}: no {pins} in the cluster")
+        if cmd.place and not cmd.keep_pending:
+            self._place_all_or_nothing(cmd, list(specs))
         recs = []
         for spec in specs:
             rec = PackRecord(spec, PackState.CREATED, cmd.at)
+            rec.generation = self.deleted.pop(spec.name, 0)
             self.packs[spec.name] = rec
             recs.append(rec)
             self._event(cmd, "PackCreated", pack=spec.name)
@@ -295,13 +327,63 @@ class ClusterState:
         placed = self._place(cmd, recs, exclude=frozenset(), why="")
         return {"ok": True, "placements": placed}
 
+    def _place_all_or_nothing(self, cmd: Command, specs: list[PackSpec]) -> None:
+        """Raise ``NoCapacity`` (changing nothing) when any of ``specs`` fits nowhere.
+
+        A trial placement with the same seed as the real one: it reserves, so it is undone at once.
+        The real placement that follows makes the same choices (same state, same seed).
+        """
+        plan = self.scheduler.place(specs, seed=_seed(cmd))
+        by_name = {s.name: s for s in specs}
+        for p in plan.placements:
+            spec = by_name[p.pack]
+            self.scheduler.release(p.node, spec.resources, spec)
+        if plan.unplaced:
+            u = plan.unplaced[0]
+            more = f" (and {len(plan.unplaced) - 1} more)" if len(plan.unplaced) > 1 else ""
+            raise NoCapacity(f"no node can take {u.pack}{more}: {u.reason}",
+                             {"pack": u.pack, "levels": list(u.reasons), "unplaced": len(plan.unplaced)})
+
     def _apply_place_packs(self, cmd: PlacePacks) -> dict[str, Any]:
         recs = [self._pack(n) for n in cmd.names]
         wrong = [r.spec.name for r in recs if r.state not in (PackState.CREATED, PackState.PENDING,
                                                                PackState.STOPPED, PackState.FAILED)]
         if wrong:
             raise WrongState(f"pack {wrong[0]} is already placed ({self.packs[wrong[0]].state.value})")
+        if not cmd.keep_pending:
+            self._place_all_or_nothing(cmd, [r.spec for r in recs])
         return {"ok": True, "placements": self._place(cmd, recs, exclude=frozenset(), why="")}
+
+    def _apply_delete_packs(self, cmd: DeletePacks) -> dict[str, Any]:
+        recs = [self._pack(n) for n in dict.fromkeys(cmd.names)]
+        holding = [r for r in recs if r.state in HOLDING]
+        if holding and not cmd.force:
+            r = holding[0]
+            raise WrongState(f"pack {r.spec.name} is {r.state.value} on node {r.node}: stop it first "
+                             "(or delete with force)", {"names": [h.spec.name for h in holding[:100]]})
+        out = []
+        for rec in recs:
+            name = rec.spec.name
+            self._release(rec)
+            self.pending.pop(name, None)
+            node = rec.node
+            del self.packs[name]
+            if node is not None and node in self.by_node:
+                self.by_node[node].pop(name, None)
+                # The node's agent learns the pack is gone: it stops it if it runs, and removes its files.
+                self._touch(node, name)
+            self.deleted.pop(name, None)
+            self.deleted[name] = rec.generation
+            if len(self.deleted) > DELETED_WINDOW:
+                self.deleted.popitem(last=False)
+            self._event(cmd, "PackDeleted", pack=name, node=node,
+                        detail={"state": rec.state.value, "generation": rec.generation,
+                                **({"force": True} if rec.state in HOLDING else {})})
+            out.append({"name": name, "state": rec.state.value, "node": node})
+        self._sorted_names = None
+        if holding:
+            self._retry_pending(cmd)  # a forced delete freed room
+        return {"ok": True, "deleted": out}
 
     def _apply_stop_packs(self, cmd: StopPacks) -> dict[str, Any]:
         recs = [self._pack(n) for n in cmd.names]
@@ -339,7 +421,7 @@ class ClusterState:
                 stale.append(rep.name)
                 continue
             accepted += 1
-            if rep.state == ReportState.RUNNING:
+            if rep.state in (ReportState.RUNNING, ReportState.CRASHLOOP):
                 if rec.state is PackState.PLACED:
                     rec.state, rec.updated_at = PackState.RUNNING, cmd.at
                     self._event(cmd, "PackStarted", pack=rep.name, node=cmd.node_id,
@@ -348,6 +430,18 @@ class ClusterState:
                         # Only a move (migration, rebalance, evacuation) places with a reason: it is done.
                         self._event(cmd, "PackMigrated", pack=rep.name, node=cmd.node_id,
                                     detail={"generation": rep.generation, "reason": rec.reason})
+                if rec.state is not PackState.RUNNING:
+                    continue
+                looping = rep.state == ReportState.CRASHLOOP
+                if looping:
+                    if not rec.crashloop:
+                        self._event(cmd, "PackCrashLooping", pack=rep.name, node=cmd.node_id,
+                                    detail={"generation": rep.generation, "reason": rep.reason})
+                    rec.crashloop, rec.reason, rec.updated_at = True, rep.reason, cmd.at
+                elif not looping and rec.crashloop:
+                    rec.crashloop, rec.reason, rec.updated_at = False, "", cmd.at
+                    self._event(cmd, "PackRecovered", pack=rep.name, node=cmd.node_id,
+                                detail={"generation": rep.generation})
                 continue
             if rep.state == ReportState.STOPPED and rec.state is not PackState.STOPPING:
                 reasserted.append(rep.name)
@@ -357,6 +451,7 @@ class ClusterState:
                 continue
             self._release(rec)
             freed = True
+            rec.crashloop = False
             if rec.state is PackState.STOPPING or rep.state == ReportState.EXITED:
                 final = PackState.STOPPED
             else:
@@ -378,7 +473,7 @@ class ClusterState:
             if target is not None:
                 tnode = self._node(target)
                 if target == rec.node:
-                    raise InvalidInput(f"pack {name} already runs on {target}")
+                    raise WrongState(f"pack {name} already runs on {target}")
                 if not tnode.schedulable:
                     raise WrongState(f"node {target} is {tnode.state.value} and takes no packs")
             recs.append((rec, target))
@@ -538,7 +633,7 @@ class ClusterState:
         for name, gen in running.items():
             rec = self.packs.get(name)
             if rec is None:
-                why = "the pack no longer exists"
+                why = DELETED_REASON
             elif rec.node == node_id and rec.generation == gen and rec.state in HOLDING:
                 continue
             elif rec.node == node_id and rec.state in HOLDING:
@@ -565,6 +660,8 @@ class ClusterState:
     def _pack(self, name: str) -> PackRecord:
         rec = self.packs.get(name)
         if rec is None:
+            if name in self.deleted:
+                raise NotFound(f"no pack {name!r}: it was deleted ('pack history {name}' still shows it)")
             raise NotFound(f"no pack {name!r}")
         return rec
 
@@ -586,22 +683,35 @@ class ClusterState:
         return self._sorted_names
 
     def list_packs(self, *, node: str | None = None, state: PackState | None = None,
-                   after: str | None = None, limit: int = 1000) -> tuple[list[PackRecord], str | None]:
-        """A page of packs sorted by name, after ``after``; returns the page and the next cursor."""
+                   after: str | None = None, limit: int = 1000, crashlooping: bool = False,
+                   count: bool = True) -> tuple[list[PackRecord], str | None, int | None]:
+        """A page of packs sorted by name, after ``after``: the page, the next cursor and how many
+        packs match the filters in all (``crashlooping``: only running packs in a crash loop).
+
+        With filters, that count walks every pack: pollers that only need the page pass
+        ``count=False`` (the count is then None)."""
         if node is not None:
             names: list[str] = sorted(self.by_node.get(node, {}))
         else:
             names = self.sorted_pack_names()
+
+        def match(rec: PackRecord) -> bool:
+            return (state is None or rec.state is state) and (not crashlooping or rec.crashloop)
+
+        filtered = state is not None or crashlooping
+        total: int | None = len(names)
+        if filtered:
+            total = sum(1 for n in names if match(self.packs[n])) if count else None
         start = bisect.bisect_right(names, after) if after else 0
         page: list[PackRecord] = []
         i = start
         while i < len(names) and len(page) < limit:
             rec = self.packs[names[i]]
-            if state is None or rec.state is state:
+            if match(rec):
                 page.append(rec)
             i += 1
         next_cursor = page[-1].spec.name if page and i < len(names) else None
-        return page, next_cursor
+        return page, next_cursor, total
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -643,6 +753,7 @@ class ClusterState:
             "recent": [[k, v] for k, v in self.recent.items()],
             "max_term": self.max_term, "event_seq": self.event_seq, "applied": self.applied,
             "node_rev": dict(sorted(self.node_rev.items())), "rev_seq": self.rev_seq,
+            "deleted": [[k, v] for k, v in self.deleted.items()],
         }
 
     @staticmethod
@@ -669,6 +780,7 @@ class ClusterState:
         st.max_term, st.event_seq, st.applied = d["max_term"], d["event_seq"], d["applied"]
         st.node_rev = dict(d["node_rev"])
         st.rev_seq = d.get("rev_seq", max(st.node_rev.values(), default=0))
+        st.deleted = OrderedDict((k, v) for k, v in d.get("deleted", []))
         st.node_log = {n: {} for n in st.node_rev}
         st.horizon = dict(st.node_rev)
         return st
@@ -700,4 +812,5 @@ def _with_state(node: Node, state: NodeState) -> Node:
     return replace(node, state=state)
 
 
-__all__ = ["ClusterState", "PackRecord", "HOLDING", "DEDUP_WINDOW", "running_digest"]
+__all__ = ["ClusterState", "PackRecord", "HOLDING", "DEDUP_WINDOW", "DELETED_REASON", "EVENT_TYPES",
+           "running_digest"]

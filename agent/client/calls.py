@@ -150,8 +150,13 @@ class Client:
                             json={"plan": plan, "request_id": uuid.uuid4().hex}, retry_for=5.0)
 
     def create_packs(self, specs: list[dict[str, Any]], *, count: int = 0, place: bool = True,
-                     request_id: str | None = None, retry_for: float = 5.0) -> dict[str, Any]:
+                     request_id: str | None = None, retry_for: float = 5.0,
+                     keep_pending: bool = True) -> dict[str, Any]:
+        """Create (and place) packs. ``keep_pending=False``: if any fits nowhere, nothing is created
+        (a ``NoCapacity`` error); else such packs wait, pending, until room appears."""
         body: dict[str, Any] = {"request_id": request_id or uuid.uuid4().hex, "place": place}
+        if not keep_pending:
+            body["keep_pending"] = False
         if len(specs) == 1 and not count:
             body["spec"] = specs[0]
         else:
@@ -161,8 +166,10 @@ class Client:
         return self.request("POST", "/v1/packs", json=body, retry_for=retry_for)  # type: ignore[no-any-return]
 
     def packs(self, *, node: str | None = None, state: str | None = None, after: str | None = None,
-              limit: int = 1000, stale: bool = False) -> dict[str, Any]:
-        params: dict[str, Any] = {"limit": limit}
+              limit: int = 1000, stale: bool = False, total: bool = False) -> dict[str, Any]:
+        """A page of packs. ``total``: also count every pack matching the filters (a walk over all
+        packs when filtered: leave it off when polling)."""
+        params: dict[str, Any] = {"limit": limit, "total": 1 if total else 0}
         if node:
             params["node"] = node
         if state:
@@ -185,9 +192,17 @@ class Client:
     def pack(self, name: str, stale: bool = False) -> dict[str, Any]:
         return self.request("GET", f"/v1/packs/{name}", params={"stale": 1} if stale else None)["pack"]  # type: ignore[no-any-return]
 
-    def pack_action(self, name: str, action: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/packs/{name}/{action}",  # type: ignore[no-any-return]
-                            json={"request_id": uuid.uuid4().hex}, retry_for=5.0)
+    def pack_action(self, name: str, action: str, *, keep_pending: bool = True) -> dict[str, Any]:
+        body: dict[str, Any] = {"request_id": uuid.uuid4().hex}
+        if not keep_pending:
+            body["keep_pending"] = False
+        return self.request("POST", f"/v1/packs/{name}/{action}", json=body, retry_for=5.0)  # type: ignore[no-any-return]
+
+    def delete_packs(self, names: list[str], *, force: bool = False) -> dict[str, Any]:
+        """Remove packs from the state (their history stays); ``force`` also takes packs that still
+        hold a node (their agent stops them)."""
+        return self.request("DELETE", "/v1/packs",  # type: ignore[no-any-return]
+                            json={"names": names, "force": force, "request_id": uuid.uuid4().hex}, retry_for=5.0)
 
     def pack_history(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/packs/{name}/history")  # type: ignore[no-any-return]

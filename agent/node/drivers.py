@@ -26,6 +26,11 @@ class PackDriver(Protocol):
         """Packs this driver runs now: name -> generation."""
         ...
 
+    async def forget(self, pack: str) -> None:
+        """The pack was deleted from the cluster: remove what is left of it here (files, records),
+        once whatever still runs of it has stopped."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -49,6 +54,9 @@ class VirtualDriver:
 
     def running(self) -> dict[str, int]:
         return dict(self._running)
+
+    async def forget(self, pack: str) -> None:
+        self._running.pop(pack, None)
 
     async def close(self) -> None:
         self._running.clear()

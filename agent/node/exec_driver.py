@@ -92,6 +92,9 @@ UID_BASE = 1 << 30
 UID_SLOTS = 1 << 14
 UID_COUNTER = "uid-next"  # under the packs' root: the next pack user slot (see ExecDriver._alloc_slot)
 CANNOT_RUN = {126: "is not executable", 127: "was not found"}
+# What the gate's shell, env or setpriv print when they cannot exec the command: an exit 126/127
+# without one of these in the member's log is the command's own exit status, not a missing command.
+GATE_EXEC_ERRORS = (b"canidae-gate:", b"env: ", b"setpriv: ")
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,7 @@ class CannotStart(Exception):
 
 class Member:
     __slots__ = ("index", "pid", "start_ticks", "proc", "pidfd", "started", "restarts", "failures",
-                 "last_exit", "timer", "alive")
+                 "last_exit", "last_exit_at", "timer", "alive")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -198,12 +201,13 @@ class Member:
         self.restarts = 0
         self.failures = 0
         self.last_exit = ""
+        self.last_exit_at = 0  # wall clock, ms: when the member last exited (0: never)
         self.timer: asyncio.TimerHandle | None = None
         self.alive = False
 
     def record(self) -> dict[str, Any]:
         return {"index": self.index, "pid": self.pid, "start_ticks": self.start_ticks, "restarts": self.restarts,
-                "last_exit": self.last_exit}
+                "last_exit": self.last_exit, "last_exit_at": self.last_exit_at}
 
 
 class Spare:
@@ -222,7 +226,7 @@ class Run:
     """One generation of one pack on this node."""
 
     __slots__ = ("name", "generation", "spec", "slot", "uid", "gid", "dir", "work", "logs", "sandbox", "limits",
-                 "rlimits", "members", "state", "reason", "oom_seen", "all_exited", "started_at")
+                 "rlimits", "members", "state", "reason", "oom_seen", "all_exited", "started_at", "crashloop")
 
     def __init__(self, name: str, generation: int, spec: dict[str, Any], pack_dir: str) -> None:
         self.name, self.generation, self.spec = name, generation, spec
@@ -241,6 +245,7 @@ class Run:
         self.oom_seen = 0
         self.all_exited: asyncio.Event | None = None
         self.started_at = time.time()
+        self.crashloop = False  # reported to the cluster as crash-looping, not yet recovered
 
     @property
     def policy(self) -> str:
@@ -275,6 +280,7 @@ class ExecDriver:
         self._spares: list[Spare] = []
         self._spare_seq = 0
         self._refilling = False
+        self._forgotten: set[str] = set()  # deleted packs whose files go once their run has ended
         self.closed = False
 
     # ------------------------------------------------------------------ opening: isolation and adoption
@@ -341,6 +347,7 @@ class ExecDriver:
                     continue
                 m = run.members[mrec["index"]]
                 m.restarts, m.last_exit = mrec.get("restarts", 0), mrec.get("last_exit", "")
+                m.last_exit_at = mrec.get("last_exit_at", 0)
                 m.pid, m.start_ticks = mrec.get("pid", 0), mrec.get("start_ticks")
                 if m.pid and m.start_ticks is not None and proc_start_ticks(m.pid) == m.start_ticks:
                     try:
@@ -430,6 +437,24 @@ class ExecDriver:
             return
         run.state = "stopping"
         self._spawn_task(self._stop(run, reason, self.settings.grace_s, report=True))
+
+    async def forget(self, pack: str) -> None:
+        """The pack was deleted: remove its directory (work, logs, run record) once no run of it is
+        left here; a run still stopping removes it when it ends."""
+        self.open()
+        self._pending_start.pop(pack, None)
+        if pack in self.runs:
+            self._forgotten.add(pack)
+            return
+        self._remove_files(pack)
+
+    def _remove_files(self, pack: str) -> None:
+        self._forgotten.discard(pack)
+        self.finished.pop(pack, None)
+        path = os.path.join(self.root, pack)
+        if os.path.dirname(path) == self.root:  # a valid pack name never leaves the root
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(path)
 
     async def close(self) -> None:
         """The agent stops: stop every pack (without reporting) and remove the isolation parents."""
@@ -897,6 +922,7 @@ class ExecDriver:
     def _member_exited(self, run: Run, m: Member, rc: int | None) -> None:
         assert self.isolation is not None
         m.last_exit = describe_exit(rc)
+        m.last_exit_at = int(time.time() * 1000)
         ran = time.monotonic() - m.started
         if run.state != "running":
             if run.all_exited is not None and not any(x.alive for x in run.members):
@@ -906,7 +932,7 @@ class ExecDriver:
         if oom > run.oom_seen:
             self._finish(run, "failed", f"memory limit {run.limits.mem_mib} MiB exceeded (OOM kill)")
             return
-        if rc in CANNOT_RUN and m.restarts == 0 and ran < 2.0:
+        if rc in CANNOT_RUN and m.restarts == 0 and ran < 2.0 and self._gate_could_not_exec(run, m):
             self._finish(run, "failed", f"member {m.index}: command {run.spec['command'][0]!r} "
                                         f"{CANNOT_RUN[rc]} ({describe_exit(rc)})")
             return
@@ -938,6 +964,33 @@ class ExecDriver:
         assert self.loop is not None
         m.timer = self.loop.call_later(delay, self._restart_member, run, m)
         self._persist(run)
+        if failed and rc is not None and ran < self.settings.stable_s and not run.crashloop:
+            # Failing soon after it started (an adopted member, rc None, may have run for long),
+            # again and again under backoff: say so to the cluster
+            # (the pack still runs and holds its node), once, until its members stay up.
+            run.crashloop = True
+            self._spawn_task(self._report(run.name, run.generation, "crashloop",
+                                          f"member {m.index} {m.last_exit} after {ran:.1f} s; restarting"))
+
+    def _gate_could_not_exec(self, run: Run, m: Member) -> bool:
+        """Whether the member's log ends with the gate failing to exec the command."""
+        try:
+            with open(packlogs.log_path(run.logs, m.index), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 4096))
+                tail = f.read()
+        except OSError:
+            return True  # no evidence either way: keep the old, cautious reading
+        return any(marker in tail for marker in GATE_EXEC_ERRORS)
+
+    def _check_recovered(self, run: Run) -> None:
+        """A crash-looping run whose members have all stayed up for ``stable_s`` runs again."""
+        if run.state != "running" or not run.crashloop or self.runs.get(run.name) is not run:
+            return
+        now = time.monotonic()
+        if all(m.alive and now - m.started >= self.settings.stable_s - 0.05 for m in run.members):
+            run.crashloop = False
+            self._spawn_task(self._report(run.name, run.generation, "running", ""))
 
     def _restart_member(self, run: Run, m: Member) -> None:
         m.timer = None
@@ -951,6 +1004,9 @@ class ExecDriver:
             return
         self._persist(run)
         _open_gate(gate, b"go\n" + self._env_payload(run, m.index))
+        if run.crashloop:
+            assert self.loop is not None
+            self.loop.call_later(self.settings.stable_s, self._check_recovered, run)
 
     def _persist(self, run: Run) -> None:
         try:
@@ -999,6 +1055,8 @@ class ExecDriver:
                 self._write_record(run, "closed")
         if report:
             await self._report(run.name, run.generation, state, reason)
+        if run.name in self._forgotten and run.name not in self.runs:
+            self._remove_files(run.name)
         nxt = self._pending_start.pop(run.name, None)
         if nxt is not None and not self.closed:
             await self.start(run.name, nxt[0], nxt[1])

@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable
 
 from canidae.agent.node.drivers import PackDriver
 from canidae.core.errors import CanidaeError, NotFound
-from canidae.core.state import running_digest
+from canidae.core.state import DELETED_REASON, running_digest
 
 SUMMARY_MAX_AGE_S = 5.0  # the longest a heartbeat's digest is reused without a fresh count
 
@@ -145,7 +145,10 @@ class Reconciler:
             self.desired.pop(name, None)
         self.desired.update((p["name"], p) for p in data["packs"])
         changed = set(data["gone"]) | {p["name"] for p in data["packs"]}
-        await self._converge(changed, {name: "no longer assigned here" for name in data["gone"]})
+        deleted = set(data.get("deleted", ()))
+        await self._converge(changed, {name: "deleted" if name in deleted else "no longer assigned here"
+                                       for name in data["gone"]})
+        await self._forget(deleted)
 
     async def apply_resync(self, data: dict[str, Any]) -> None:
         """Every pack this node holds, and why each pack it runs but does not hold must stop."""
@@ -167,6 +170,15 @@ class Reconciler:
         if gone or missing:
             log.warning("resync: %d pack(s) to stop, %d to start", len(gone), missing)
         await self._converge(set(self.desired) | set(gone), gone)
+        await self._forget({g["name"] for g in data["gone"] if g["reason"] == DELETED_REASON})
+
+    async def _forget(self, names: set[str]) -> None:
+        """Deleted packs: each driver removes what is left of them here (after they stop)."""
+        for name in sorted(names):
+            if name in self.desired:  # created again since: it is a new pack, not the deleted one
+                continue
+            for d in self.drivers.values():
+                await d.forget(name)
 
     async def _converge(self, changed: set[str], stop_reasons: dict[str, str]) -> None:
         # Fence first: stop whatever runs under a placement this node no longer holds.

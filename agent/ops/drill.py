@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from canidae.agent.ops.localcluster import LocalCluster
 from canidae.agent.ops.waiting import seconds_until
-from canidae.core.errors import InvalidInput, Timeout
+from canidae.core.errors import CanidaeError, InvalidInput, Timeout
 
 
 def _wait(cond: Callable[[], Any], timeout: float, what: str) -> float:
@@ -47,6 +47,8 @@ class DrillRound:
     packs_s: float | None = None
     lost: int = 0
     duplicated: int = 0
+    pinned: int = 0  # packs pinned to the victims: they cannot move, so they are not waited for
+    probe: str = ""  # the probe pack this round created (removed when the drill ends)
     timeline: list[tuple[float, str]] = field(default_factory=list)
 
     @property
@@ -58,17 +60,36 @@ class DrillRound:
                 "affected_packs": self.affected_packs, "leader_before": self.leader_before,
                 "leader_after": self.leader_after, "leader_s": self.leader_s, "write_s": self.write_s,
                 "packs_s": self.packs_s, "recovery_s": round(self.recovery_s, 3), "lost": self.lost,
-                "duplicated": self.duplicated,
+                "duplicated": self.duplicated, "pinned": self.pinned,
                 "timeline": [{"t_s": round(t, 3), "event": e} for t, e in self.timeline]}
 
 
 def ensure_packs(cluster: LocalCluster, n: int) -> list[str]:
+    """Make sure ``n`` drill packs run; returns the names of those this call created."""
+    created: list[str] = []
     with cluster.client(timeout=30) as c:
         have = {p["name"] for p in c.iter_packs() if p["name"].startswith("drill-")}
         if len(have) < n:
-            c.create_packs([{"name": f"drill-{uuid.uuid4().hex[:6]}"}], count=n - len(have), retry_for=10)
+            prefix = f"drill-{uuid.uuid4().hex[:6]}"
+            res = c.create_packs([{"name": prefix}], count=n - len(have), retry_for=10)
+            created = [p["name"] for p in res["placements"]]
         _wait(lambda: c.packs(state="placed", limit=1)["packs"] == [], 60, "all drill packs running")
-        return [p["name"] for p in c.iter_packs()]
+        return created
+
+
+def remove_packs(cluster: LocalCluster, names: list[str], timeout: float = 30.0) -> None:
+    """Delete what a drill created (forced: their nodes stop them)."""
+    if not names:
+        return
+    with cluster.client(timeout=timeout) as c:
+        for i in range(0, len(names), 10_000):
+            c.delete_packs(names[i:i + 10_000], force=True)
+
+
+def _pinned_to(p: dict[str, Any], victims: list[str], zone: str | None) -> bool:
+    """Whether a pack's constraints tie it to the victims, so it cannot run elsewhere."""
+    pins = p.get("constraints") or {}
+    return pins.get("node") in victims or (zone is not None and pins.get("zone") == zone)
 
 
 def choose_victims(cluster: LocalCluster, kill: str, rng: random.Random, zone: str | None = None) -> list[str]:
@@ -108,9 +129,11 @@ def run_round(cluster: LocalCluster, rnd: int, kill: str, rng: random.Random, zo
     victims = choose_victims(cluster, kill, rng, zone)
     with cluster.client(timeout=2.0) as c:
         packs = {p["name"]: p for p in c.iter_packs()}
-    affected = [n for n, p in packs.items() if p["node"] in victims and p["state"] in ("placed", "running")]
+    hit = [n for n, p in packs.items() if p["node"] in victims and p["state"] in ("placed", "running")]
+    pinned = [n for n in hit if _pinned_to(packs[n], victims, zone)]
+    affected = [n for n in hit if n not in pinned]
     how = "link down" if cut else "SIGSTOP" if sig == signal.SIGSTOP else "SIGKILL"
-    r = DrillRound(rnd, f"{how} {kill}", victims, len(affected), cluster.leader())
+    r = DrillRound(rnd, f"{how} {kill}", victims, len(affected), cluster.leader(), pinned=len(pinned))
     t0 = time.monotonic()
 
     def mark(event: str) -> None:
@@ -123,6 +146,8 @@ def run_round(cluster: LocalCluster, rnd: int, kill: str, rng: random.Random, zo
         else:
             os.kill(cluster.agent(v)["pid"], sig)
     mark(f"{r.fault}: {', '.join(victims)}")
+    if pinned:
+        mark(f"{len(pinned)} pack(s) pinned to the victims cannot move (e.g. {pinned[0]}): not waited for")
     try:
         survivors = set(victims)
         r.leader_s = round(_wait(lambda: cluster.leader(exclude=survivors) is not None, timeout, "a new leader"), 3)
@@ -132,6 +157,7 @@ def run_round(cluster: LocalCluster, rnd: int, kill: str, rng: random.Random, zo
             rid = uuid.uuid4().hex
             t1 = time.monotonic()
             c.create_packs([{"name": f"probe-{rid[:10]}"}], request_id=rid, retry_for=timeout)
+            r.probe = f"probe-{rid[:10]}"
             r.write_s = round(time.monotonic() - t0, 3)
             mark(f"write acknowledged ({(time.monotonic() - t1) * 1000:.0f} ms after the first try)")
 
@@ -144,6 +170,7 @@ def run_round(cluster: LocalCluster, rnd: int, kill: str, rng: random.Random, zo
                 mark(f"{len(affected)} pack(s) running elsewhere")
             after = {p["name"]: p for p in c.iter_packs()}
             r.lost = len([n for n in packs if n not in after])
+            # pinned packs wait (pending) for their node: still there, not lost
     finally:
         for v in victims:
             a = cluster.agent(v)
@@ -178,16 +205,24 @@ def run_drill(cluster: LocalCluster, kill: str, packs: int, rounds: int, seed: i
               sig: int = signal.SIGKILL, timeout: float = 30.0,
               progress: Callable[[DrillRound], None] | None = None, cut: bool = False) -> list[DrillRound]:
     rng = random.Random(seed)
-    ensure_packs(cluster, packs)
-    out = []
-    for i in range(rounds):
-        if i and kill == "node":
-            # Packs do not move back on their own: rebalance so the next victim has packs to lose.
-            with cluster.client(timeout=30) as c:
-                c.rebalance()
-                _wait(lambda: c.packs(state="placed", limit=1)["packs"] == [], 60, "rebalanced packs running")
-        r = run_round(cluster, i + 1, kill, rng, zone, sig, timeout, cut=cut)
-        out.append(r)
-        if progress:
-            progress(r)
+    created = ensure_packs(cluster, packs)
+    out: list[DrillRound] = []
+    try:
+        for i in range(rounds):
+            if i and kill == "node":
+                # Packs do not move back on their own: rebalance so the next victim has packs to lose.
+                with cluster.client(timeout=30) as c:
+                    c.rebalance()
+                    _wait(lambda: c.packs(state="placed", limit=1)["packs"] == [], 60, "rebalanced packs running")
+            r = run_round(cluster, i + 1, kill, rng, zone, sig, timeout, cut=cut)
+            out.append(r)
+            if progress:
+                progress(r)
+    finally:
+        # A drill leaves the cluster as it found it: its packs and probes go (their history stays).
+        try:
+            remove_packs(cluster, created + [r.probe for r in out if r.probe], timeout)
+        except CanidaeError as e:
+            if out:
+                out[-1].timeline.append((0.0, f"could not remove the drill's packs: {e.message}"))
     return out

@@ -28,6 +28,7 @@ from canidae.agent.server.replica import Replica
 from canidae.core.commands import (
     Command,
     CreatePacks,
+    DeletePacks,
     MigratePacks,
     PackReport,
     PlacePacks,
@@ -249,30 +250,38 @@ class ControlPlane:
             self._keyring = Keyring.load(key_file(self.cfg.data_dir))
         return seal_all(self._keyring, plain)
 
-    async def create_packs(self, specs: list[PackSpec], count: int, place: bool, rid: str) -> dict[str, Any]:
+    async def create_packs(self, specs: list[PackSpec], count: int, place: bool, rid: str,
+                           keep_pending: bool = True) -> dict[str, Any]:
         if count and len(specs) != 1:
             raise InvalidInput("count needs exactly one spec")
         t0 = time.perf_counter()
-        cmd = CreatePacks(id=rid, **self.stamp(), specs=tuple(specs), place=place, count=count, by="api")
+        cmd = CreatePacks(id=rid, **self.stamp(), specs=tuple(specs), place=place, count=count, by="api",
+                          keep_pending=keep_pending)
         # The answer is the very dict the state machine keeps for idempotent retries: copy, never mutate.
         return {**await self.propose(cmd), "commit_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
     async def list_packs(self, *, node: str | None, state: PackState | None, after: str | None, limit: int,
-                         stale: bool) -> dict[str, Any]:
+                         stale: bool, crashlooping: bool = False, count: bool = True) -> dict[str, Any]:
+        """A page of packs; ``total`` counts every pack matching the filters, not only this page."""
         st = await self.read_state(stale)
         with self.replica.lock:  # type: ignore[union-attr]
-            page, cursor = st.list_packs(node=node, state=state, after=after, limit=limit)
-            return {"packs": [r.view() for r in page], "next": cursor, "total": len(st.packs)}
+            page, cursor, total = st.list_packs(node=node, state=state, after=after, limit=limit,
+                                                crashlooping=crashlooping, count=count)
+            return {"packs": [r.view() for r in page], "next": cursor, "total": total}
 
     async def show_pack(self, name: str, stale: bool) -> dict[str, Any]:
         st = await self.read_state(stale)
         with self.replica.lock:  # type: ignore[union-attr]
             return {"pack": st.get_pack(name).view()}
 
-    async def pack_action(self, name: str, action: str, rid: str) -> dict[str, Any]:
+    async def pack_action(self, name: str, action: str, rid: str, keep_pending: bool = True) -> dict[str, Any]:
         if action == "stop":
             return await self.propose(StopPacks(id=rid, **self.stamp(), names=(name,), by="api"))
-        return await self.propose(PlacePacks(id=rid, **self.stamp(), names=(name,), by="api"))
+        return await self.propose(PlacePacks(id=rid, **self.stamp(), names=(name,), by="api",
+                                             keep_pending=keep_pending))
+
+    async def delete_packs(self, names: list[str], force: bool, rid: str) -> dict[str, Any]:
+        return await self.propose(DeletePacks(id=rid, **self.stamp(), names=tuple(names), force=force, by="api"))
 
     async def migrate_pack(self, name: str, to: str | None, rid: str) -> dict[str, Any]:
         return await self.propose(MigratePacks(id=rid, **self.stamp(), moves=((name, to),), by="api",
@@ -381,9 +390,10 @@ class ControlPlane:
                     resync, items = st.changes_since(node_id, after)
                     if resync:
                         return {"rev": rev, "resync": True, "node_state": st.nodes[node_id].state.value}
+                    gone = [r for r in items if isinstance(r, str)]
                     return {"rev": rev, "resync": False, "node_state": st.nodes[node_id].state.value,
                             "packs": [assignment(r) for r in items if not isinstance(r, str)],
-                            "gone": [r for r in items if isinstance(r, str)]}
+                            "gone": gone, "deleted": [n for n in gone if n not in st.packs]}
             signal = self.applied_signal
             try:
                 # Wake at least every half second: a server that lost its leader ends the poll.

@@ -216,6 +216,11 @@ class Projections:
         pack = ev.get("pack")
         self.seq = ev["seq"]
         if pack is not None:
+            if kind == "PackDeleted":
+                old = self.packs.pop(pack, None)
+                if old is not None:
+                    self._move(pack, old[1], None)
+                return
             tr = PACK_TRANSITIONS.get(kind)  # type: ignore[arg-type]
             if tr is None:
                 return

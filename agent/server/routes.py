@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from canidae.agent.httpedge import Edge, expect_object, query_bool, query_int, read_json, request_id
 from canidae.agent.server.openapi import openapi_document
 from canidae.core.errors import InvalidInput, NotFound
-from canidae.core.types import NodeState, PackSpec, PackState, validate_env_name, validate_name
+from canidae.core.types import (CONSTRAINT_FIELDS, PACK_SPEC_FIELDS, NodeState, PackSpec, PackState,
+                                validate_env_name, validate_name)
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -22,8 +23,7 @@ if TYPE_CHECKING:
     from canidae.agent.server.control import ControlPlane
 
 
-SPEC_FIELDS = {"name", "driver", "command", "members", "cpu", "mem", "restart", "env", "secrets", "network",
-               "constraints"}
+SPEC_FIELDS = set(PACK_SPEC_FIELDS)
 
 
 def parse_spec(d: Any, seal: Callable[[dict[str, str]], dict[str, str]]) -> PackSpec:
@@ -47,7 +47,7 @@ def parse_spec(d: Any, seal: Callable[[dict[str, str]], dict[str, str]]) -> Pack
             validate_env_name("secret", k)
         spec = {**spec, "secrets": seal(plain) if plain else {}}
     if "constraints" in spec:
-        expect_object(spec["constraints"], {"zone", "region", "cell", "node", "spread", "group"})
+        expect_object(spec["constraints"], set(CONSTRAINT_FIELDS))
     return PackSpec.from_dict(spec)
 
 
@@ -109,7 +109,7 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
 
     async def create_packs(request: Request) -> Any:
         body = expect_object(await read_json(request, limit),
-                             {"spec", "specs", "count", "place", "request_id"})
+                             {"spec", "specs", "count", "place", "keep_pending", "request_id"})
         if ("spec" in body) == ("specs" in body):
             raise InvalidInput("give exactly one of 'spec' or 'specs'")
         specs = [parse_spec(body["spec"], agent.seal_secrets)] if "spec" in body else None
@@ -121,22 +121,37 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InvalidInput("count must be a non-negative integer")
         place = body.get("place", True)
-        if not isinstance(place, bool):
-            raise InvalidInput("place must be true or false")
-        return await agent.create_packs(specs, count, place, request_id(request, body))
+        keep_pending = body.get("keep_pending", True)
+        if not isinstance(place, bool) or not isinstance(keep_pending, bool):
+            raise InvalidInput("place and keep_pending must be true or false")
+        return await agent.create_packs(specs, count, place, request_id(request, body), keep_pending=keep_pending)
+
+    async def delete_packs(request: Request) -> Any:
+        body = expect_object(await read_json(request, limit), {"names", "force", "request_id"}, {"names"})
+        names = body["names"]
+        if not isinstance(names, list) or not names or len(names) > 100_000:
+            raise InvalidInput("names must be a non-empty list of pack names")
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidInput("force must be true or false")
+        return await agent.delete_packs([validate_name("pack", n) for n in names], force, request_id(request, body))
 
     async def list_packs(request: Request) -> Any:
         node = request.query_params.get("node")
         state = request.query_params.get("state")
+        # crashlooping: running packs whose members keep failing (a condition, not a state)
+        crashlooping = state == "crashlooping"
         try:
-            pstate = PackState(state) if state else None
+            pstate = PackState.RUNNING if crashlooping else PackState(state) if state else None
         except ValueError:
-            raise InvalidInput(f"unknown pack state {state!r}") from None
+            raise InvalidInput(f"unknown pack state {state!r}: one of "
+                               f"{', '.join([*(s.value for s in PackState), 'crashlooping'])}") from None
         after = request.query_params.get("after")
         return await agent.list_packs(
             node=validate_name("node", node) if node else None, state=pstate,
             after=validate_name("pack", after) if after else None,
-            limit=query_int(request, "limit", 1000, 1, 10_000), stale=query_bool(request, "stale"))
+            limit=query_int(request, "limit", 1000, 1, 10_000), stale=query_bool(request, "stale"),
+            crashlooping=crashlooping, count=query_int(request, "total", 1, 0, 1) == 1)
 
     async def show_pack(request: Request) -> Any:
         return await agent.show_pack(validate_name("pack", request.path_params["name"]),
@@ -148,12 +163,15 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         if action not in ("stop", "place", "migrate"):
             raise NotFound(f"no action {action!r} for packs")
         body = expect_object(await read_json(request, limit), {"request_id", "to"} if action == "migrate"
-                             else {"request_id"})
+                             else {"request_id", "keep_pending"} if action == "place" else {"request_id"})
         if action == "migrate":
             to = body.get("to")
             return await agent.migrate_pack(name, validate_name("node", to) if to is not None else None,
                                             request_id(request, body))
-        return await agent.pack_action(name, action, request_id(request, body))
+        keep_pending = body.get("keep_pending", True)
+        if not isinstance(keep_pending, bool):
+            raise InvalidInput("keep_pending must be true or false")
+        return await agent.pack_action(name, action, request_id(request, body), keep_pending=keep_pending)
 
     async def rebalance(request: Request) -> Any:
         body = expect_object(await read_json(request, limit), {"plan", "request_id"})
@@ -195,6 +213,7 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         Route("/v1/nodes/{node}/reports", endpoint(reports), methods=["POST"]),
         Route("/v1/packs", endpoint(create_packs), methods=["POST"]),
         Route("/v1/packs", endpoint(list_packs), methods=["GET"]),
+        Route("/v1/packs", endpoint(delete_packs), methods=["DELETE"]),
         Route("/v1/packs/{name}", endpoint(show_pack), methods=["GET"]),
         Route("/v1/packs/{name}/history", endpoint(pack_history), methods=["GET"]),
         Route("/v1/packs/{name}/{action}", endpoint(pack_action), methods=["POST"]),

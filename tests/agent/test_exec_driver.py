@@ -76,8 +76,12 @@ def test_restart_policies_exit_codes_and_signals(tmp_path):
         assert rig.states("always") == ["running"]  # restarts stay local: the cluster sees it running
         await rig.driver.stop("always", 1, "stopped on request")
         assert (await rig.report("always", "stopped")).startswith("stopped on request")
+        # Members failing soon after they start make the pack crash-loop (said once) before it fails.
+        assert rig.states("onfail-fails") == ["running", "crashloop", "failed"]
+        assert rig.states("onfail-signal") == ["running", "crashloop", "failed"]
         for pack in ("never-fails", "never-ok", "onfail-ok", "onfail-fails", "onfail-signal"):
-            assert rig.states(pack)[0] == "running" and len(rig.states(pack)) == 2, rig.states(pack)
+            states = [s for s in rig.states(pack) if s != "crashloop"]
+            assert states[0] == "running" and len(states) == 2, rig.states(pack)
             assert rig.driver.running().get(pack) is None
         # A start of a generation that already ended repeats its outcome; it does not run it again.
         await rig.start("never-fails", ["sh", "-c", "exit 3"], restart="never")
@@ -152,6 +156,29 @@ def _cannot_start(tmp_path: Path, plain: Path) -> None:
         for pack in ("missing", "notexec", "adir", "baddir"):
             assert rig.states(pack) == ["failed"]  # never reported running, never restarted
         assert rig.driver.running() == {} and processes_under(str(rig.data)) == []
+    run(tmp_path, body)
+
+
+def test_a_crash_loop_is_reported_once_and_its_recovery_too(tmp_path):
+    async def body(rig: Rig) -> None:
+        # Fails on its first two runs (a counter in its working directory), then stays up.
+        script = 'n=$(cat n 2>/dev/null || echo 0); echo $((n+1)) > n; [ "$n" -ge 2 ] || exit 4; exec sleep 60'
+        await rig.start("flaky", ["sh", "-c", script])
+        reason = await rig.report("flaky", "crashloop")
+        assert reason.startswith("member 0 exited 4 after ") and reason.endswith("restarting")
+        async def recovered() -> bool:
+            return rig.states("flaky") == ["running", "crashloop", "running"]
+        await until(recovered, 15, f"flaky to recover (reports: {rig.reports})")
+        m = rig.driver.status("flaky")["members"][0]
+        assert m["running"] and m["restarts"] == 2 and m["last_exit"] == "exited 4"
+        assert abs(m["last_exit_at"] / 1000 - time.time()) < 60
+    run(tmp_path, body, stable_s=0.3)
+
+
+def test_an_exit_127_of_the_command_itself_is_an_exit_not_a_missing_command(tmp_path):
+    async def body(rig: Rig) -> None:
+        await rig.start("exits127", ["sh", "-c", "exit 127"], restart="never")
+        assert await rig.report("exits127", "failed") == "member 0 exited 127"
     run(tmp_path, body)
 
 

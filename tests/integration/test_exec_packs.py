@@ -130,8 +130,15 @@ def test_failures_are_clean_and_capacity_is_a_conflict(cluster):
     assert p.returncode == 1 and p.stdout == ""
     assert "pack broken failed on node" in p.stderr and "'/no/such/binary' not found" in p.stderr
     with cluster.client() as c:
+        # a spawn whose command cannot start leaves nothing behind but its history
+        assert not any(x["name"] == "broken" for x in c.iter_packs())
+        kinds = [e["type"] for e in c.pack_events("broken")["events"]]
+        assert kinds.count("PackFailed") == 1 and kinds[-1] == "PackDeleted"  # failed once: no restart storm
+    p = cli(cluster, "pack", "spawn", "broken", "--keep-pending", "--", "/no/such/binary", check=False)
+    assert p.returncode == 1
+    with cluster.client() as c:
         rec = c.pack("broken")
-        assert rec["state"] == "failed" and rec["generation"] == 1  # failed once: no restart storm
+        assert rec["state"] == "failed" and rec["generation"] >= 2  # kept; generations continue
     p = cli(cluster, "pack", "spawn", "huge", "--mem", "100000000", "--", "sleep", "1", check=False)
     assert p.returncode == 6 and "no node can take huge" in p.stderr
 
