@@ -143,17 +143,18 @@ def pack_spawn(
                 _wait_bulk(c, name, len(placed), timeout)
             running_s = time.perf_counter() - t0
         failed = [p for p in ended.values() if p["state"] == "failed"]
+        if not failed and len(ended) == 1 and spec["driver"] == Driver.EXEC.value and check > 0:
+            only = next(iter(ended.values()))
+            if only["state"] == "running":
+                ended_early = _check_members(c, only, check)
+                failed = [ended_early] if ended_early is not None else []
         if failed:
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             if not keep_pending:
-                # It never ran: nothing of it is left (the cluster keeps its history).
+                # It never ran for good: nothing of it is left (the cluster keeps its history).
                 c.delete_packs([p["name"] for p in failed])
             raise OperationFailed(f"pack {failed[0]['name']} failed on node {failed[0]['node']}: "
                                   f"{failed[0]['reason']}{more}" + ("" if keep_pending else "; it was removed"))
-        if len(ended) == 1 and spec["driver"] == Driver.EXEC.value and check > 0:
-            only = next(iter(ended.values()))
-            if only["state"] == "running":
-                _check_members(c, only, check)
     out = {"packs": len(placements), "placed": len(placed), "pending": len(pending),
            "placements": placements if len(placements) <= 1000 else placements[:1000],
            "placed_ms": round(placed_s * 1000, 3),
@@ -184,9 +185,11 @@ def pack_spawn(
     emit(out, json, human)
 
 
-def _check_members(c: Any, pack: dict[str, Any], seconds: float) -> None:
+def _check_members(c: Any, pack: dict[str, Any], seconds: float) -> dict[str, Any] | None:
     """Watch a freshly started exec pack for ``seconds``: a member that exits with a failure in that
-    time (or the pack failing) is a crash loop, reported as an error with the member's last output."""
+    time is a crash loop, reported as an error with the member's last output. A pack that failed for
+    good in that time (its restart policy gave up) is returned, for the caller to treat as a failed
+    start."""
     name = pack["name"]
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -195,7 +198,12 @@ def _check_members(c: Any, pack: dict[str, Any], seconds: float) -> None:
         except NotFound:
             status = {"members": []}
         bad = [m for m in status.get("members", []) if m.get("last_exit") and m["last_exit"] != "exited 0"]
+        if bad and pack.get("restart") == "never":
+            bad = []  # nothing restarts it: the pack fails for good (below) rather than loops
         if bad:
+            p = c.pack(name, stale=True)
+            if p["state"] == "failed":
+                return p  # type: ignore[no-any-return]
             m = bad[0]
             last = _last_output(c, name, m["index"])
             raise OperationFailed(
@@ -205,8 +213,9 @@ def _check_members(c: Any, pack: dict[str, Any], seconds: float) -> None:
                 + f" (see 'canidae pack logs {name} --member {m['index']}'; 'canidae pack delete {name}' removes it)")
         p = c.pack(name, stale=True)
         if p["state"] == "failed":
-            raise OperationFailed(f"pack {name} failed on node {p['node']} within {seconds:g} s: {p['reason']}")
+            return p  # type: ignore[no-any-return]
         time.sleep(0.05)
+    return None
 
 
 def _last_output(c: Any, name: str, member: int) -> str:
