@@ -55,9 +55,35 @@ async def read_json(request: Request, limit: int) -> Any:
     if not raw:
         return {}
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidInput(f"malformed JSON body: {e}") from None
+    except RecursionError:  # 100,000 "[" used to end here as a 500
+        raise InvalidInput(f"JSON body nested deeper than {MAX_NESTING} levels") from None
+    # Only a body with more than MAX_NESTING opening brackets can be nested that deep.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and nested_deeper(body, MAX_NESTING):
+        raise InvalidInput(f"JSON body nested deeper than {MAX_NESTING} levels")
+    return body
+
+
+MAX_NESTING = 400
+
+
+def nested_deeper(value: Any, limit: int) -> bool:
+    """Whether parsed JSON nests lists and objects more than ``limit`` deep. Everything handed a
+    body (handlers, encoders, pickle on the Raft path) may recurse over it; the parser alone
+    stops near 1,000 levels. Level by level, without recursion; it costs about what parsing did."""
+    level = [value] if type(value) in (list, dict) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        deeper: list[Any] = []
+        for v in level:
+            deeper.extend([c for c in (v.values() if type(v) is dict else v) if type(c) in (list, dict)])
+        level = deeper
+    return False
 
 
 def expect_object(body: Any, allowed: set[str], required: frozenset[str] | set[str] = frozenset()

@@ -40,9 +40,11 @@ from canidae.core.commands import (
 from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound
 from canidae.core.ring import HashRing, bounded_caps
 from canidae.core.state import HOLDING, ClusterState, PackRecord, running_digest
-from canidae.core.types import Node, NodeState, PackSpec, PackState
+from canidae.core.types import Node, NodeState, PackSpec, PackState, validate_name
 
 log = logging.getLogger("canidae.server")
+
+MAX_GENERATION = 2**62  # placements bump a pack's generation by one: never near this
 
 
 def now_ms() -> int:
@@ -391,8 +393,10 @@ class ControlPlane:
         for r in reports:
             if not isinstance(r, list) or len(r) != 4:
                 raise InvalidInput("each report is [name, generation, state, reason]")
+            if isinstance(r[1], bool) or not isinstance(r[1], int) or not 0 <= r[1] <= MAX_GENERATION:
+                raise InvalidInput(f"a report's generation must be an integer 0..{MAX_GENERATION}")
             try:
-                parsed.append(PackReport(r[0], int(r[1]), ReportState(r[2]), str(r[3])))
+                parsed.append(PackReport(validate_name("pack", r[0]), r[1], ReportState(r[2]), str(r[3])))
             except (ValueError, TypeError) as e:
                 raise InvalidInput(f"invalid report: {e}") from None
         return await self.propose(ReportPacks(id=rid, **self.stamp(), node_id=node_id, reports=tuple(parsed),

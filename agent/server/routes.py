@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from canidae.agent.httpedge import Edge, expect_object, query_bool, query_int, read_json, request_id
 from canidae.agent.server.openapi import openapi_document
+from canidae.core.commands import MAX_SERIES
 from canidae.core.errors import InvalidInput, NotFound
 from canidae.core.types import NodeState, PackSpec, PackState, validate_name
 from starlette.requests import Request
@@ -109,8 +110,8 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
                 raise InvalidInput("specs must be a non-empty list")
             specs = [parse_spec(s) for s in body["specs"]]
         count = body.get("count", 0)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise InvalidInput("count must be a non-negative integer")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_SERIES:
+            raise InvalidInput(f"count must be an integer 0..{MAX_SERIES}")
         place = body.get("place", True)
         if not isinstance(place, bool):
             raise InvalidInput("place must be true or false")
