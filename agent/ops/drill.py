@@ -113,7 +113,8 @@ class DrillCluster:
 
     def health(self, a: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            return httpx.get(f"http://{a['api']}/v1/health", timeout=0.5).json()  # type: ignore[no-any-return]
+            return httpx.get(f"http://{a['api']}/v1/health", timeout=0.5,  # type: ignore[no-any-return]
+                             headers={"authorization": f"Bearer {self.token}"}).json()
         except (httpx.HTTPError, ValueError):
             return None
 

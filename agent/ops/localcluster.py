@@ -1,8 +1,10 @@
 """A local cluster on loopback: ``cluster up|down|status``.
 
-``up`` writes one agent.toml per agent under the data dir, starts each agent as a background
-daemon (its own session, pid file and log file), waits for a leader and for every agent to
-register, and writes the CLI config (address list and admin token, mode 0600). ``down`` stops
+``up`` makes the cluster's identity (``identity.toml`` in the data dir, mode 0600: the key that
+issues node credentials, the Raft password, the admin token), writes one agent.toml per agent
+under the data dir, each with its own node credential and never the admin token, starts each
+agent as a background daemon (its own session, pid file and log file), waits for a leader and
+for every agent to register, and writes the CLI config (address list and admin token, mode 0600). ``down`` stops
 exactly the processes it started: a pid is signalled only while its command line still names
 that agent's config, so a reused pid is never hit.
 
@@ -25,11 +27,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import httpx
 import tomli_w
-from canidae.agent.config import AgentConfig, ServerPeer, new_secret, write_config
+from canidae.agent.config import AgentConfig, ServerPeer, write_config
+from canidae.agent.identity import Identity
 from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NotFound, Timeout
 from canidae.core.types import Resources, Role
 
 STATE_FILE = "cluster.json"
+IDENTITY_FILE = "identity.toml"
 
 
 @dataclass(frozen=True)
@@ -105,9 +109,10 @@ def agent_ids(layout: ClusterLayout) -> list[str]:
     return [f"s{i + 1}" for i in range(layout.servers)] + [f"c{j + 1}" for j in range(layout.clients)]
 
 
-def plan_configs(layout: ClusterLayout, data_dir: str, token: str, password: str,
+def plan_configs(layout: ClusterLayout, data_dir: str, identity: Identity,
                  hosts: Mapping[str, str] | None = None) -> list[AgentConfig]:
-    """One config per agent; ``hosts`` (node id -> address) moves agents off 127.0.0.1."""
+    """One config per agent, each with its own credential; ``hosts`` (node id -> address) moves
+    agents off 127.0.0.1."""
     layout.validate()
     p = layout.base_port
 
@@ -119,15 +124,18 @@ def plan_configs(layout: ClusterLayout, data_dir: str, token: str, password: str
     for i, s in enumerate(servers):
         cfgs.append(AgentConfig(
             node_id=s.id, role=Role.SERVER, api=s.api, raft=s.raft, zone=f"z{i % layout.zones + 1}",
-            region="r1", cell="c1", data_dir=os.path.join(data_dir, "agents", s.id), token=token,
-            cluster_password=password, servers=servers, capacity=layout.capacity,
+            region="r1", cell="c1", data_dir=os.path.join(data_dir, "agents", s.id),
+            token=identity.node_credential(s.id, Role.SERVER), identity_public_key=identity.public_key,
+            admin_token_hash=identity.admin_hash, cluster_password=identity.cluster_password,
+            servers=servers, capacity=layout.capacity,
             log_file=os.path.join(data_dir, "agents", s.id, "agent.log")))
     for j in range(layout.clients):
         cid = f"c{j + 1}"
         cfgs.append(AgentConfig(
             node_id=cid, role=Role.CLIENT, api=at(cid, p + 200 + j),
             zone=f"z{(layout.servers + j) % layout.zones + 1}", region="r1", cell="c1",
-            data_dir=os.path.join(data_dir, "agents", cid), token=token, servers=servers,
+            data_dir=os.path.join(data_dir, "agents", cid), token=identity.node_credential(cid, Role.CLIENT),
+            identity_public_key=identity.public_key, admin_token_hash=identity.admin_hash, servers=servers,
             capacity=layout.capacity, log_file=os.path.join(data_dir, "agents", cid, "agent.log")))
     return cfgs
 
@@ -193,12 +201,14 @@ def up(layout: ClusterLayout, data_dir: str, cli_config: str, timeout: float = 3
     data_dir = os.path.abspath(data_dir)
     if running_agents(data_dir):
         raise AlreadyExists(f"a cluster is already running from {data_dir} (stop it with 'canidae cluster down')")
-    token, password = new_secret(), new_secret()
+    identity = Identity.new()
+    token = identity.admin_token
     hosts = hosts or {}
-    cfgs = plan_configs(layout, data_dir, token, password, {n: h.address for n, h in hosts.items()})
+    cfgs = plan_configs(layout, data_dir, identity, {n: h.address for n, h in hosts.items()})
     busy = [port for c in cfgs for port in _loopback_ports_of(c) if not _port_free(port)]
     if busy:
         raise AlreadyExists(f"port {busy[0]} on 127.0.0.1 is busy; choose another --base-port")
+    identity.write(os.path.join(data_dir, IDENTITY_FILE))
     agents = []
     for c in cfgs:
         os.makedirs(c.data_dir, exist_ok=True)

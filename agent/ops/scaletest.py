@@ -569,7 +569,8 @@ class LiveCluster:
     def leader_api(self) -> str | None:
         for a in self.servers():
             try:
-                h = httpx.get(f"http://{a['api']}/v1/health", timeout=1.0).json()
+                h = httpx.get(f"http://{a['api']}/v1/health", timeout=1.0,
+                              headers={"authorization": f"Bearer {self.token}"}).json()
             except (httpx.HTTPError, ValueError):
                 continue
             if h.get("raft", {}).get("state") == "leader" and h["raft"].get("has_quorum"):

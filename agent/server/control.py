@@ -227,9 +227,9 @@ class ControlPlane:
         return await self.propose(RegisterNode(id=rid, **self.stamp(), node=parsed))
 
     async def set_node_state(self, node_id: str, state: NodeState, reason: str, rid: str,
-                             plan: bool = False) -> dict[str, Any]:
+                             plan: bool = False, by: str = "operator") -> dict[str, Any]:
         cmd = SetNodeState(id=rid, **self.stamp(), node_id=node_id, state=state, reason=reason or "operator",
-                           by="operator")
+                           by=by)
         if plan:
             return await self._plan(cmd)
         return await self.propose(cmd)
@@ -243,11 +243,12 @@ class ControlPlane:
 
     # ------------------------------------------------------------------ packs
 
-    async def create_packs(self, specs: list[PackSpec], count: int, place: bool, rid: str) -> dict[str, Any]:
+    async def create_packs(self, specs: list[PackSpec], count: int, place: bool, rid: str,
+                           by: str = "api") -> dict[str, Any]:
         if count and len(specs) != 1:
             raise InvalidInput("count needs exactly one spec")
         t0 = time.perf_counter()
-        cmd = CreatePacks(id=rid, **self.stamp(), specs=tuple(specs), place=place, count=count, by="api")
+        cmd = CreatePacks(id=rid, **self.stamp(), specs=tuple(specs), place=place, count=count, by=by)
         # The answer is the very dict the state machine keeps for idempotent retries: copy, never mutate.
         return {**await self.propose(cmd), "commit_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
@@ -263,17 +264,17 @@ class ControlPlane:
         with self.replica.lock:  # type: ignore[union-attr]
             return {"pack": st.get_pack(name).view()}
 
-    async def pack_action(self, name: str, action: str, rid: str) -> dict[str, Any]:
+    async def pack_action(self, name: str, action: str, rid: str, by: str = "api") -> dict[str, Any]:
         if action == "stop":
-            return await self.propose(StopPacks(id=rid, **self.stamp(), names=(name,), by="api"))
-        return await self.propose(PlacePacks(id=rid, **self.stamp(), names=(name,), by="api"))
+            return await self.propose(StopPacks(id=rid, **self.stamp(), names=(name,), by=by))
+        return await self.propose(PlacePacks(id=rid, **self.stamp(), names=(name,), by=by))
 
-    async def migrate_pack(self, name: str, to: str | None, rid: str) -> dict[str, Any]:
-        return await self.propose(MigratePacks(id=rid, **self.stamp(), moves=((name, to),), by="api",
+    async def migrate_pack(self, name: str, to: str | None, rid: str, by: str = "api") -> dict[str, Any]:
+        return await self.propose(MigratePacks(id=rid, **self.stamp(), moves=((name, to),), by=by,
                                                reason=f"migrate to {to}" if to else "migrate"))
 
-    async def rebalance(self, plan: bool, rid: str) -> dict[str, Any]:
-        cmd = Rebalance(id=rid, **self.stamp(), by="api")
+    async def rebalance(self, plan: bool, rid: str, by: str = "api") -> dict[str, Any]:
+        cmd = Rebalance(id=rid, **self.stamp(), by=by)
         return await (self._plan(cmd) if plan else self.propose(cmd))
 
     async def pack_history(self, name: str, since_ms: int | None = None) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """The house rules of imports, checked on the source (every import, also those inside functions).
 
     core          -> core
-    agent.config, agent.httpedge -> core
+    agent.config, agent.identity -> core
+    agent.httpedge -> core, agent.identity
     agent.client  -> core, agent.client
-    agent.server  -> core, agent.config, agent.httpedge, agent.client, agent.server
-    agent.node    -> core, agent.config, agent.httpedge, agent.client, agent.node
-    agent.ops     -> core, agent.config, agent.client, agent.ops  (the doctor also probes agent.node.isolation)
+    agent.server  -> core, agent.config, agent.identity, agent.httpedge, agent.client, agent.server
+    agent.node    -> core, agent.config, agent.identity, agent.httpedge, agent.client, agent.node
+    agent.ops     -> core, agent.config, agent.identity, agent.client, agent.ops  (the doctor also probes
+                     agent.node.isolation)
     agent.daemon  -> everything in agent (the composition root)
-    cli           -> core, cli, agent.config, agent.client, agent.ops  (``canidae agent run`` starts agent.daemon)
+    cli           -> core, cli, agent.config, agent.identity, agent.client, agent.ops  (``canidae agent run`` starts agent.daemon)
 
 and no import cycle between modules. ARCHITECTURE.md explains why.
 """
@@ -28,15 +30,17 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "canidae.core": ("canidae.core",),
     "canidae.agent": ("canidae.core",),
     "canidae.agent.config": ("canidae.core",),
-    "canidae.agent.httpedge": ("canidae.core",),
+    "canidae.agent.identity": ("canidae.core",),
+    "canidae.agent.httpedge": ("canidae.core", "canidae.agent.identity"),
     "canidae.agent.client": ("canidae.core", "canidae.agent.client"),
-    "canidae.agent.server": ("canidae.core", "canidae.agent.config", "canidae.agent.httpedge",
+    "canidae.agent.server": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.httpedge",
                              "canidae.agent.client", "canidae.agent.server"),
-    "canidae.agent.node": ("canidae.core", "canidae.agent.config", "canidae.agent.httpedge",
+    "canidae.agent.node": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.httpedge",
                            "canidae.agent.client", "canidae.agent.node"),
-    "canidae.agent.ops": ("canidae.core", "canidae.agent.config", "canidae.agent.client", "canidae.agent.ops"),
+    "canidae.agent.ops": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.client",
+                          "canidae.agent.ops"),
     "canidae.agent.daemon": ("canidae.core", "canidae.agent"),
-    "canidae.cli": ("canidae.core", "canidae.cli", "canidae.agent.config", "canidae.agent.client",
+    "canidae.cli": ("canidae.core", "canidae.cli", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.client",
                     "canidae.agent.ops"),
 }
 EXCEPTIONS = {

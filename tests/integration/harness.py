@@ -67,7 +67,8 @@ class LocalCluster:
         return next(a for a in self.agents if a["id"] == ident)
 
     def health(self, ident: str) -> dict[str, Any]:
-        return httpx.get(f"http://{self.agent(ident)['api']}/v1/health", timeout=1.0).json()
+        return httpx.get(f"http://{self.agent(ident)['api']}/v1/health", timeout=1.0,
+                         headers={"authorization": f"Bearer {self.token}"}).json()
 
     def leader(self, timeout: float = 10.0) -> str:
         def find() -> str | None:
