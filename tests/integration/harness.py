@@ -66,6 +66,17 @@ class LocalCluster:
     def agent(self, ident: str) -> dict[str, Any]:
         return next(a for a in self.agents if a["id"] == ident)
 
+    def pack_token(self, pack: str) -> str:
+        """The token the agent of ``pack``'s node gives the members of its current run (signed with
+        that agent's own credential, read from its config)."""
+        import tomllib
+        from canidae.core.packtoken import pack_token
+        with self.client() as c:
+            p = c.pack(pack)
+        with open(self.agent(p["node"])["config"], "rb") as f:
+            key = tomllib.load(f)["token"]
+        return pack_token(key, pack, p["generation"], p["node"])
+
     def health(self, ident: str) -> dict[str, Any]:
         return httpx.get(f"http://{self.agent(ident)['api']}/v1/health", timeout=1.0,
                          headers={"authorization": f"Bearer {self.token}"}).json()

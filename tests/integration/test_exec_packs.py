@@ -16,10 +16,10 @@ import pytest
 
 from canidae.agent.ops import localcluster
 from canidae.agent.client import Client, Target
-from canidae.agent.config import new_secret, write_config
+from canidae.agent.config import write_config
+from canidae.agent.identity import Identity
 from canidae.agent.client.execcalls import exec_info, pack_processes
 from canidae.agent.node.isolation import parent_name
-from canidae.core.packtoken import pack_token
 from harness import LocalCluster, pick_base_port, wait_for
 from packprocs import environ_of, kill_leftovers, member_python, processes_under, remove_cgroups
 
@@ -175,10 +175,14 @@ def test_yips_between_packs_on_two_nodes_and_mailbox_rules(cluster):
     wait_for(lambda: 'got {"n": 1} from=admin' in logs(cluster, "rx"), 10, "the JSON yip")
     assert "got hello from=admin" in logs(cluster, "rx")
 
-    # A pack's token reads its own mailbox only.
-    tx_token = pack_token(cluster.token, "tx")
-    p = cli(cluster, "yip", "recv", "--pack", "rx", env={"CANIDAE_TOKEN": tx_token}, check=False)
+    # A pack's token reads its own mailbox only, and is taken only by the agent of its node (s2).
+    tx_token = cluster.pack_token("tx")
+    tx_node = cluster.agent("s2")["api"]
+    p = cli(cluster, "yip", "recv", "--pack", "rx", env={"CANIDAE_TOKEN": tx_token}, addr=tx_node, check=False)
     assert p.returncode == 4 and "may not read the mailbox of pack rx" in p.stderr
+    p = cli(cluster, "yip", "recv", "--pack", "tx", env={"CANIDAE_TOKEN": tx_token},
+            addr=cluster.agent("s3")["api"], check=False)
+    assert p.returncode == 4 and "taken only by the agent of its pack's node" in p.stderr
     r = httpx.get(f"http://{cluster.agent('s3')['api']}/v1/yips/rx", headers={"authorization": "Bearer pk.rx.forged"})
     assert r.status_code == 401
 
@@ -203,7 +207,8 @@ def test_yips_between_packs_on_two_nodes_and_mailbox_rules(cluster):
     r = httpx.post(f"http://{cluster.agent('s2')['api']}/v1/yips/inbox", timeout=10,
                    json={"yips": [{"text": str(i)} for i in range(500)]}, headers={"authorization": f"Bearer {tx_token}"})
     assert r.status_code == 200
-    p = cli(cluster, "yip", "send", "inbox", "one too many", env={"CANIDAE_TOKEN": tx_token}, check=False)
+    p = cli(cluster, "yip", "send", "inbox", "one too many", env={"CANIDAE_TOKEN": tx_token}, addr=tx_node,
+            check=False)
     assert p.returncode == 6 and "mailbox of pack inbox is full" in p.stderr
 
 
@@ -224,8 +229,9 @@ def _cluster_with_patient_leader(data_dir: str) -> LocalCluster:
     """Three servers whose leader waits 60 s before declaring a silent node down, so that an agent
     restart is seen as a restart (its packs stay placed) and not as a node failure."""
     layout = localcluster.ClusterLayout(servers=3, clients=0, base_port=pick_base_port(3, 0))
-    token = new_secret()
-    cfgs = [replace(c, heartbeat_ttl_s=60.0) for c in localcluster.plan_configs(layout, data_dir, token, new_secret())]
+    identity = Identity.new()
+    token = identity.admin_token
+    cfgs = [replace(c, heartbeat_ttl_s=60.0) for c in localcluster.plan_configs(layout, data_dir, identity)]
     agents = []
     for cfg in cfgs:
         os.makedirs(cfg.data_dir, exist_ok=True)
@@ -278,7 +284,9 @@ def test_concurrent_sends_through_another_agent_each_get_their_own_answer(cluste
     from concurrent.futures import ThreadPoolExecutor
     cli(cluster, "pack", "spawn", "busy", "--node", "s1", "--", "sleep", "600")
     via = cluster.agent("s2")["api"]  # not the mailbox's node: every send is relayed to s1
-    senders = {"admin": cluster.token, "tx": pack_token(cluster.token, "tx")}
+    for filler in ("f1", "f2"):  # senders on s2, whose agent takes their tokens
+        cli(cluster, "pack", "spawn", filler, "--node", "s2", "--", "sleep", "600")
+    senders = {"admin": cluster.token, "tx": cluster.pack_token("tx")}
 
     def send(i: int) -> tuple[int, Any]:
         who = "tx" if i % 2 else "admin"
@@ -288,7 +296,7 @@ def test_concurrent_sends_through_another_agent_each_get_their_own_answer(cluste
 
     for filler in ("f1", "f2"):  # 960 unread yips, from two senders: one holds at most half a mailbox
         r = httpx.post(f"http://{via}/v1/yips/busy", json={"yips": [{"text": "filler"}] * 480}, timeout=10,
-                       headers={"authorization": f"Bearer {pack_token(cluster.token, filler)}"})
+                       headers={"authorization": f"Bearer {cluster.pack_token(filler)}"})
         assert r.status_code == 200
     with cluster.client() as c:
         with ThreadPoolExecutor(16) as pool:

@@ -11,10 +11,10 @@ from dataclasses import replace
 from typing import Any
 
 import httpx
-from canidae.agent.config import new_secret, write_config
+from canidae.agent.config import write_config
+from canidae.agent.identity import Identity
 from canidae.agent.node.isolation import parent_name
 from canidae.agent.ops import localcluster
-from canidae.core.packtoken import pack_token
 from harness import LocalCluster, pick_base_port, wait_for
 from packprocs import kill_leftovers, remove_cgroups
 
@@ -24,9 +24,10 @@ def patient_cluster(data_dir: str, servers: int, clients: int) -> LocalCluster:
     restart is seen as a restart (its packs stay placed there) and not as a node failure."""
     layout = localcluster.ClusterLayout(servers=servers, clients=clients,
                                         base_port=pick_base_port(servers, clients))
-    token = new_secret()
+    identity = Identity.new()
+    token = identity.admin_token
     cfgs = [replace(c, heartbeat_ttl_s=60.0)
-            for c in localcluster.plan_configs(layout, data_dir, token, new_secret())]
+            for c in localcluster.plan_configs(layout, data_dir, identity)]
     agents = []
     for cfg in cfgs:
         os.makedirs(cfg.data_dir, exist_ok=True)
@@ -48,12 +49,13 @@ def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
     try:
         with c.client() as cl:
             cl.create_packs([{"name": "keeper", "driver": "exec", "command": ["sleep", "600"],
-                              "constraints": {"node": "c1"}}])
-            cl.wait_running(["keeper"], 30)
+                              "constraints": {"node": "c1"}},
+                             {"name": "tx", "constraints": {"node": "c1"}}])  # a sender: its token is taken on c1
+            cl.wait_running(["keeper", "tx"], 30)
         url = f"http://{c.agent('c1')['api']}/v1/yips/keeper"
         admin = {"authorization": f"Bearer {c.token}"}
-        tx = {"authorization": f"Bearer {pack_token(c.token, 'tx')}"}
-        keeper = {"authorization": f"Bearer {pack_token(c.token, 'keeper')}"}
+        tx = {"authorization": f"Bearer {c.pack_token('tx')}"}
+        keeper = {"authorization": f"Bearer {c.pack_token('keeper')}"}
         queued: dict[tuple[str, str], int] = {}  # (sender, id) -> seq, as the senders were told
 
         def told(sender: str, answer: dict[str, Any]) -> None:
