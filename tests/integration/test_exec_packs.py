@@ -284,12 +284,12 @@ def test_concurrent_sends_through_another_agent_each_get_their_own_answer(cluste
     from concurrent.futures import ThreadPoolExecutor
     cli(cluster, "pack", "spawn", "busy", "--node", "s1", "--", "sleep", "600")
     via = cluster.agent("s2")["api"]  # not the mailbox's node: every send is relayed to s1
-    for filler in ("f1", "f2"):  # senders on s2, whose agent takes their tokens
-        cli(cluster, "pack", "spawn", filler, "--node", "s2", "--", "sleep", "600")
-    senders = {"admin": cluster.token, "tx": cluster.pack_token("tx")}
+    for sender in ("f1", "f2", "tx2"):  # senders on s2, whose agent takes their tokens
+        cli(cluster, "pack", "spawn", sender, "--node", "s2", "--", "sleep", "600")
+    senders = {"admin": cluster.token, "tx2": cluster.pack_token("tx2")}
 
     def send(i: int) -> tuple[int, Any]:
-        who = "tx" if i % 2 else "admin"
+        who = "tx2" if i % 2 else "admin"
         r = httpx.post(f"http://{via}/v1/yips/busy", json={"text": f"m{i}", "id": f"id-{i}"},
                        headers={"authorization": f"Bearer {senders[who]}"}, timeout=10)
         return r.status_code, r.json()
@@ -308,4 +308,4 @@ def test_concurrent_sends_through_another_agent_each_get_their_own_answer(cluste
         assert len({b["yips"][0]["seq"] for b in ok}) == 40
         got = c.request("GET", "/v1/yips/busy", params={"after": 960, "max": 1000})["yips"]
         assert sorted(y["id"] for y in got) == sorted(b["yips"][0]["id"] for b in ok)
-        assert all(y["from"] == ("tx" if int(y["text"][1:]) % 2 else "admin") for y in got)
+        assert all(y["from"] == ("tx2" if int(y["text"][1:]) % 2 else "admin") for y in got)
