@@ -1157,7 +1157,7 @@ def _wrk_load(
             progress(f"live: {label}", i, chunks)
             if senders:
                 sender = rng.choice(running)
-                api, token = senders[1][senders[0][sender]], pack_token(cluster.token, sender)
+                api, token = senders[1][senders[0][sender]], _pack_token_of(cluster, sender)
             else:
                 api, token = apis[i % len(apis)], cluster.token
             r = run_wrk(api, script, window, connections, token)
@@ -1299,3 +1299,14 @@ def _chaos(
 
 
 __all__ = ["LiveCluster", "LivePlan", "Usage", "measure_usage", "run_live", "run_sim", "run_wrk"]
+
+
+def _pack_token_of(cluster: Any, pack: str) -> str:
+    """The token the agent of ``pack``'s node gives its members: signed with that agent's own
+    credential (from its config, which the operator running the cluster holds), for the current run."""
+    import tomllib
+    with cluster.client() as c:
+        p = c.pack(pack)
+    cfg = next(a["config"] for a in cluster.agents if a["id"] == p["node"])
+    with open(cfg, "rb") as f:
+        return pack_token(tomllib.load(f)["token"], pack, p["generation"], p["node"])
