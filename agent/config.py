@@ -2,7 +2,9 @@
 
 Invalid configuration is refused with ``InvalidInput`` naming the key (``capacity.cpu must be a
 positive integer``). ``write_config`` writes the TOML (with tomli-w) with mode 0600, because it
-holds the API token and the cluster password.
+holds this agent's own credential (``token``) and, on servers, the cluster password. It never
+holds the admin token, only its hash, nor the key that issues credentials, only its public half
+(``canidae.agent.identity``).
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ class AgentConfig:
     region: str = "r1"
     cell: str = "c1"
     data_dir: str = "./canidae-data"
-    token: str = ""
+    token: str = ""  # this agent's own node credential
+    identity_public_key: str = ""  # checks every agent's node credential
+    admin_token_hash: str = ""  # checks the admin token
     cluster_password: str = ""
     servers: tuple[ServerPeer, ...] = ()
     capacity: Resources = Resources(4000, 8192, 1000)
@@ -129,6 +133,7 @@ def _keep_alive(value: Any) -> float:
 
 
 _TOP_KEYS = {"node_id", "role", "api", "raft", "zone", "region", "cell", "data_dir", "token",
+             "identity_public_key", "admin_token_hash",
              "cluster_password", "servers", "capacity", "weight", "raft_settings", "heartbeat",
              "max_body_bytes", "request_timeout_s", "keep_alive_s", "log_file"}
 
@@ -184,6 +189,8 @@ def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
         cell=validate_name("cell", d.get("cell", "c1")),
         data_dir=str(d.get("data_dir", "./canidae-data")),
         token=str(d.get("token", "")), cluster_password=str(d.get("cluster_password", "")),
+        identity_public_key=str(d.get("identity_public_key", "")),
+        admin_token_hash=str(d.get("admin_token_hash", "")),
         servers=tuple(servers), capacity=capacity,
         weight=_pos_float("weight", d.get("weight", 1.0)),
         raft_settings=replace(defaults, **raft_kwargs),
@@ -195,7 +202,11 @@ def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
         log_file=str(d.get("log_file", "")),
     )
     if not cfg.token:
-        raise InvalidInput("token is required (the API's bearer token)")
+        raise InvalidInput("token is required (this agent's node credential: 'agent init' issues it)")
+    if not cfg.identity_public_key:
+        raise InvalidInput("identity_public_key is required (it checks the agents' credentials)")
+    if len(cfg.admin_token_hash) != 64 or any(c not in "0123456789abcdef" for c in cfg.admin_token_hash):
+        raise InvalidInput("admin_token_hash must be 64 hex digits (the hash of the admin token)")
     if cfg.role is Role.SERVER:
         if not cfg.raft:
             raise InvalidInput("raft (host:port) is required for a server")
@@ -243,6 +254,7 @@ def config_to_mapping(cfg: AgentConfig) -> dict[str, Any]:
     d: dict[str, Any] = {
         "node_id": cfg.node_id, "role": cfg.role.value, "api": cfg.api, "zone": cfg.zone,
         "region": cfg.region, "cell": cfg.cell, "data_dir": cfg.data_dir, "token": cfg.token,
+        "identity_public_key": cfg.identity_public_key, "admin_token_hash": cfg.admin_token_hash,
         "weight": cfg.weight, "capacity": cfg.capacity.to_dict(),
         "servers": [{"id": s.id, "api": s.api, "raft": s.raft} for s in cfg.servers],
         "heartbeat": {"interval_s": cfg.heartbeat_interval_s, "ttl_s": cfg.heartbeat_ttl_s},

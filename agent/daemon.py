@@ -30,6 +30,7 @@ from canidae.agent.client.link import ServerLink, idle_s
 from canidae.agent.config import AgentConfig
 from canidae.agent.datadir import make_private
 from canidae.agent.httpedge import Edge, error_response, read_json
+from canidae.agent.identity import Authenticator
 from canidae.agent.node import exec_routes, status_routes, yips
 from canidae.agent.node.runtime import NodeRuntime
 from canidae.agent.server import history
@@ -61,7 +62,8 @@ class Agent:
             local_assignments=self.plane.assignments if self.plane is not None else None,
             local_resync=self.plane.resync if self.plane is not None else None,
             locate_local=self.plane.locate_pack if self.plane is not None else None)
-        self.edge = Edge(cfg.token, cfg.max_body_bytes, forward=None if self.plane is not None else self.forward)
+        self.edge = Edge(Authenticator(cfg.admin_token_hash, cfg.identity_public_key), cfg.max_body_bytes,
+                         forward=None if self.plane is not None else self.forward)
         self.tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
@@ -85,17 +87,19 @@ class Agent:
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": True, "node": self.cfg.node_id, "role": self.cfg.role.value,
                                "api": self.cfg.api, "uptime_s": round(time.monotonic() - self.started, 3),
-                               "pid": os.getpid()}
+                               "pid": os.getpid(), "auth_failures": self.edge.failures.total}
         if self.plane is not None:
             out.update(self.plane.raft_health())
         return out
 
     async def forward(self, request: Request) -> Response:
-        """A client agent passes cluster requests on to a server, unchanged."""
+        """A client agent passes cluster requests on to a server, unchanged, with the caller's own
+        credential (never its own: the server decides what the caller may do)."""
         body = await read_json(request, self.cfg.max_body_bytes) if request.method == "POST" else None
         try:
             status, content = await self.link.pass_on(request.method, request.url.path,
                                                       params=dict(request.query_params), body=body,
+                                                      auth=request.headers.get("authorization", ""),
                                                       timeout=_forward_timeout(request, self.cfg.request_timeout_s))
         except CanidaeError as e:
             return error_response(e)

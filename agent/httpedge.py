@@ -3,27 +3,33 @@
 A route handler is a plain ``async fn(request) -> JSON-able | Response``; ``Edge.endpoint``
 wraps it with what every route needs, in one place:
 
-* bearer-token authentication, compared in constant time (``auth=False`` for routes that check
-  tokens of their own, such as the yip routes that also take pack tokens);
+* authentication: the bearer credential names a principal (``canidae.agent.identity``), kept
+  on ``request.state.principal``; failures are counted and logged, at most one line per
+  ``AuthFailures.EVERY_S`` (``auth=False`` for routes that check tokens of their own, such as
+  the yip routes that also take pack tokens);
+* authorization by kind: the admin token and server agents may call every route; a client
+  agent's node credential only the routes marked ``nodes=`` (``"self"``: the ``{node}`` in the
+  path must be its own; ``"read"``: the lookups it routes yips and logs with);
 * on a client agent (which holds no replicated state), cluster routes are passed on to a server
   unchanged by the ``forward`` callable the composition root gives;
 * typed errors (``canidae.core.errors``) become ``{"error": {"code", "message"}}`` with their
   HTTP status; anything else is logged and answered 500, never taking the agent down.
 
 The parsing helpers (``read_json``, ``expect_object``, ``query_int`` ...) refuse bad input with
-``InvalidInput`` (400) and oversized bodies with ``PayloadTooLarge`` (413). This module holds no
-state and decides nothing about what a request means.
+``InvalidInput`` (400) and oversized bodies with ``PayloadTooLarge`` (413). This module decides
+nothing about what a request means; its only state is the count of refused credentials.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
+import time
 import uuid
 from typing import Any, Awaitable, Callable, Mapping
 
-from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, PayloadTooLarge
+from canidae.agent.identity import Authenticator, Principal
+from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, PayloadTooLarge, PermissionDenied
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -55,9 +61,35 @@ async def read_json(request: Request, limit: int) -> Any:
     if not raw:
         return {}
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidInput(f"malformed JSON body: {e}") from None
+    except RecursionError:  # 100,000 "[" used to end here as a 500
+        raise InvalidInput(f"JSON body nested deeper than {MAX_NESTING} levels") from None
+    # Only a body with more than MAX_NESTING opening brackets can be nested that deep.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and nested_deeper(body, MAX_NESTING):
+        raise InvalidInput(f"JSON body nested deeper than {MAX_NESTING} levels")
+    return body
+
+
+MAX_NESTING = 400
+
+
+def nested_deeper(value: Any, limit: int) -> bool:
+    """Whether parsed JSON nests lists and objects more than ``limit`` deep. Everything handed a
+    body (handlers, encoders, pickle on the Raft path) may recurse over it; the parser alone
+    stops near 1,000 levels. Level by level, without recursion; it costs about what parsing did."""
+    level = [value] if type(value) in (list, dict) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        deeper: list[Any] = []
+        for v in level:
+            deeper.extend([c for c in (v.values() if type(v) is dict else v) if type(c) in (list, dict)])
+        level = deeper
+    return False
 
 
 def expect_object(body: Any, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
@@ -99,24 +131,80 @@ def bearer(request: Request) -> str:
     return header[7:] if header.lower().startswith("bearer ") else ""
 
 
-class Edge:
-    """Wraps route handlers with authentication, forwarding and error answers."""
+class AuthFailures:
+    """Refused credentials: counted, and logged at most once per ``EVERY_S`` (a flood of guesses
+    must not flood the log), each line saying how many were refused since the last one."""
 
-    def __init__(self, token: str, max_body_bytes: int, forward: Forward | None = None) -> None:
-        self._token = token.encode()
+    EVERY_S = 10.0
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._unlogged = 0
+        self._logged_at = float("-inf")
+
+    def record(self, request: Request, given: bool) -> None:
+        self.total += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= self.EVERY_S:
+            peer = request.client.host if request.client else "?"
+            log.warning("refused %d request(s) with a %s credential (last: %s %s from %s; %d in all)",
+                        self._unlogged, "wrong" if given else "missing", request.method, request.url.path,
+                        peer, self.total)
+            self._unlogged, self._logged_at = 0, now
+
+
+def principal_of(request: Request) -> Principal:
+    """The principal an authenticated route runs for."""
+    return request.state.principal  # type: ignore[no-any-return]
+
+
+class Edge:
+    """Wraps route handlers with authentication, authorization by kind, forwarding and error answers."""
+
+    def __init__(self, auth: Authenticator, max_body_bytes: int, forward: Forward | None = None) -> None:
+        self.auth = auth
         self.limit = max_body_bytes
         self._forward = forward
+        self.failures = AuthFailures()
 
-    def authenticate(self, request: Request) -> None:
-        if not hmac.compare_digest(bearer(request).encode(), self._token):
+    def identify(self, request: Request) -> Principal | None:
+        """The principal of the request's credential, None (and counted) if it names none; no
+        credential at all is None without counting (an unauthenticated health probe)."""
+        given = bearer(request)
+        who = self.auth.identify(given) if given else None
+        if who is None and given:
+            self.failures.record(request, True)
+        return who
+
+    def authenticate(self, request: Request) -> Principal:
+        who = self.identify(request)
+        if who is None:
+            if not bearer(request):
+                self.failures.record(request, False)
             raise NotAuthenticated("missing or wrong bearer token")
+        return who
 
-    def endpoint(self, fn: Callable[[Request], Awaitable[Any]], *, auth: bool = True, forward: bool = True
-                 ) -> Handler:
+    @staticmethod
+    def authorize(request: Request, who: Principal, nodes: str) -> None:
+        if who.is_admin:
+            return
+        node = request.path_params.get("node")
+        if nodes == "read" or (nodes == "self" and (node is None or who.may_act_for_node(node))):
+            return
+        raise PermissionDenied(f"the credential of {who.describe()} may not {request.method} {request.url.path}"
+                               + (" (a node acts only for itself)" if nodes == "self" else ""))
+
+    def endpoint(self, fn: Callable[[Request], Awaitable[Any]], *, auth: bool = True, forward: bool = True,
+                 nodes: str = "") -> Handler:
+        """``nodes``: what a client agent's credential may do here: "" nothing, "self" act for its
+        own node (the path's ``{node}``, or the handler checks the body), "read" a lookup."""
         async def handler(request: Request) -> Response:
             try:
                 if auth:
-                    self.authenticate(request)
+                    who = self.authenticate(request)
+                    self.authorize(request, who, nodes)
+                    request.state.principal = who
                 if forward and self._forward is not None:
                     return await self._forward(request)
                 result = await fn(request)

@@ -42,7 +42,6 @@ from packprocs import kill_leftovers, remove_cgroups  # noqa: E402
 
 from canidae.agent.client.execcalls import exec_info  # noqa: E402
 from canidae.agent.node.isolation import parent_name  # noqa: E402
-from canidae.core.packtoken import pack_token  # noqa: E402
 
 RECEIVER = r"""
 import json, sys, time, httpx
@@ -140,7 +139,7 @@ def bench_yips(c: LocalCluster, n_latency: int, seconds: float) -> dict[str, Any
                               "constraints": {"node": node}}])
         cl.wait_running(["ya", "yb"], 30)
     s1, s2 = c.agent("s1")["api"], c.agent("s2")["api"]
-    ya, yb = pack_token(c.token, "ya"), pack_token(c.token, "yb")
+    ya, yb = c.pack_token("ya"), c.pack_token("yb")  # taken by the agents of their nodes (s1, s2)
     url_send, url_recv = f"http://{s1}/v1/yips/yb", f"http://{s2}/v1/yips/yb"
     out: dict[str, Any] = {}
     with httpx.Client() as http:  # the floor: one plain request to one agent

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from canidae.agent.config import AgentConfig, ServerPeer, config_to_mapping, load_config, new_secret, write_config
+from canidae.agent.config import AgentConfig, ServerPeer, config_to_mapping, load_config, write_config
 from canidae.cli.output import JsonOption, console, emit
 from canidae.cli.params import (
     AgentCellOpt, AgentRegionOpt, AgentZoneOpt, CapCpuOpt, CapMemOpt, DataDirOpt, ListenOpt, NodeNameOpt,
@@ -70,15 +70,25 @@ def agent_init(
     cpu: CapCpuOpt = None,
     mem: CapMemOpt = None,
     max_packs: Annotated[int, typer.Option("--max-packs", min=1, help="Packs this node takes at most.")] = 1000,
-    token: Annotated[str | None, typer.Option("--agent-token", help="API token (default: a new random one).")] = None,
-    password: Annotated[str | None, typer.Option(
-        "--cluster-password", help="Raft password shared by the servers (default: a new random one).")] = None,
+    identity: Annotated[Path, typer.Option(
+        "--identity", metavar="FILE",
+        help="The cluster's identity (signing key, Raft password, admin token; mode 0600), made when missing: "
+             "a new cluster. Keep it with the operators; give the same file to init every agent of the cluster."
+    )] = Path("identity.toml"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     json: JsonOption = False,
 ) -> None:
-    """Write an agent config (TOML, mode 0600) for this host. Secrets are generated when not given."""
+    """Write an agent config (TOML, mode 0600) for this host, with its own node credential.
+
+    The config holds this agent's credential (it acts only as this node), the public half of the
+    cluster's key and the admin token's hash; on a server, the Raft password. Never the admin
+    token or the signing key: those stay in the identity file (the admin token is for the CLI).
+    """
+    from canidae.agent.identity import Identity
     if out.exists() and not force:
         raise AlreadyExists(f"{out} exists (use --force to overwrite)")
+    made = not identity.exists()
+    ident = Identity.new() if made else Identity.load(str(identity))
     node_id = name or socket.gethostname().split(".")[0]
     api = listen or "127.0.0.1:7100"
     role = Role.SERVER if server else Role.CLIENT
@@ -91,18 +101,24 @@ def agent_init(
     cfg = AgentConfig(node_id=node_id, role=role, api=api, raft=raft_addr if server else "",
                       zone=zone or "z1", region=region or "r1", cell=cell or "c1",
                       data_dir=str(data_dir or Path("canidae-data").absolute()),
-                      token=token or new_secret(), cluster_password=(password or new_secret()) if server else "",
+                      token=ident.node_credential(node_id, role), identity_public_key=ident.public_key,
+                      admin_token_hash=ident.admin_hash, cluster_password=ident.cluster_password if server else "",
                       servers=peers, capacity=Resources(cpu or ncpu, mem or mem_mib, max_packs))
     # Validate exactly as 'agent run' will, so a written file always starts.
     from canidae.agent.config import config_from_mapping
     config_from_mapping(config_to_mapping(cfg))
+    if made:
+        ident.write(str(identity))
     write_config(cfg, str(out))
     keys = _ensure_secret_keys(cfg.data_dir)
     shown: dict[str, Any] = {k: v for k, v in config_to_mapping(cfg).items()
                              if k not in ("token", "cluster_password")}
-    emit({"written": str(out), "config": shown, "secret_keys": keys}, json,
-         lambda: console.print(f"wrote {out} (mode 0600) for {role.value} {node_id}; pack secrets are sealed "
-                               f"with {keys}: every agent of the cluster needs the same file"))
+    emit({"written": str(out), "identity": str(identity), "identity_created": made, "config": shown,
+          "secret_keys": keys}, json,
+         lambda: console.print(f"wrote {out} (mode 0600) for {role.value} {node_id}"
+                               + (f"; new cluster identity in {identity} (mode 0600: the admin token is there)"
+                                  if made else "")
+                               + f"; pack secrets are sealed with {keys}: every agent of the cluster needs the same file"))
 
 
 def _ensure_secret_keys(data_dir: str) -> str:

@@ -31,7 +31,7 @@ _canidae_options() {
         "canidae") echo "--addr --config --help --json --token --version -h" ;;
         "canidae agent") echo "--help -h" ;;
         "canidae agent doctor") echo "--config --help --json -c -h" ;;
-        "canidae agent init") echo "--agent-token --cell --client --cluster-password --cpu --data-dir --force --help --json --listen --max-packs --mem --name --out --peer --raft --region --server --zone -h -o" ;;
+        "canidae agent init") echo "--cell --client --cpu --data-dir --force --help --identity --json --listen --max-packs --mem --name --out --peer --raft --region --server --zone -h -o" ;;
         "canidae agent run") echo "--config --data-dir --help --listen --name -c -h" ;;
         "canidae audit") echo "--help -h" ;;
         "canidae audit list") echo "--help --json --limit -h" ;;
@@ -111,11 +111,10 @@ _canidae_option_value() {
         "canidae --token") echo "none" ;;
         "canidae agent doctor --config") echo "file" ;;
         "canidae agent doctor -c") echo "file" ;;
-        "canidae agent init --agent-token") echo "none" ;;
         "canidae agent init --cell") echo "none" ;;
-        "canidae agent init --cluster-password") echo "none" ;;
         "canidae agent init --cpu") echo "none" ;;
         "canidae agent init --data-dir") echo "file" ;;
+        "canidae agent init --identity") echo "file" ;;
         "canidae agent init --listen") echo "none" ;;
         "canidae agent init --max-packs") echo "none" ;;
         "canidae agent init --mem") echo "none" ;;

@@ -49,7 +49,7 @@ function __canidae_valued
         case 'canidae agent doctor'
             printf '%s\n' -- --config -c
         case 'canidae agent init'
-            printf '%s\n' -- --agent-token --cell --cluster-password --cpu --data-dir --listen --max-packs --mem --name --out --peer --raft --region --zone -o
+            printf '%s\n' -- --cell --cpu --data-dir --identity --listen --max-packs --mem --name --out --peer --raft --region --zone -o
         case 'canidae agent run'
             printf '%s\n' -- --config --data-dir --listen --name -c
         case 'canidae audit list'
@@ -211,7 +211,7 @@ complete -c canidae -n '__canidae_at \'canidae\'' -l version -d 'Print the versi
 
 # canidae agent
 complete -c canidae -n '__canidae_at \'canidae agent\'' -a doctor -d 'Check that this host can run its agent'
-complete -c canidae -n '__canidae_at \'canidae agent\'' -a init -d 'Write an agent config (TOML, mode 0600) for this host'
+complete -c canidae -n '__canidae_at \'canidae agent\'' -a init -d 'Write an agent config (TOML, mode 0600) for this host, with its own node credential'
 complete -c canidae -n '__canidae_at \'canidae agent\'' -a run -d 'Run the agent in the foreground until SIGTERM or SIGINT (systemd-friendly'
 complete -c canidae -n '__canidae_at \'canidae agent\'' -l help -s h -d 'Show this message and exit'
 
@@ -221,14 +221,13 @@ complete -c canidae -n '__canidae_at \'canidae agent doctor\'' -l help -s h -d '
 complete -c canidae -n '__canidae_at \'canidae agent doctor\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 
 # canidae agent init
-complete -c canidae -n '__canidae_at \'canidae agent init\'' -l agent-token -x -d 'API token (default'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l cell -x -d 'Cell of this node, within its region'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l client -d 'Be a Raft voter holding cluster state, or only run packs'
-complete -c canidae -n '__canidae_at \'canidae agent init\'' -l cluster-password -x -d 'Raft password shared by the servers (default'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l cpu -x -d 'CPU offered to packs (default'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l data-dir -r -F -d 'Where state, logs and events are kept'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l force -d 'Overwrite an existing file'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae agent init\'' -l identity -r -F -d 'The cluster\'s identity (signing key, Raft password, admin token'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l listen -x -d 'Address of the agent API'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l max-packs -x -d 'Packs this node takes at most'

@@ -1,36 +1,73 @@
 """Pack tokens: the bearer token a pack's members use to reach their own mailbox and send yips.
 
-A pack token is ``pk.<pack>.<mac>`` where ``mac`` is an HMAC-SHA256 of the pack name keyed with the
-cluster's agent token. Every agent holds that token, so any agent can verify a pack token without
-asking anyone, and a pack cannot forge the token of another pack. This module owns the format
-and the check; what a token may do is decided where it is used (``canidae.agent.server.yips``).
+A pack token is ``pk~<pack>~<generation>~<node>~<mac>`` (``~`` is in no name, and is a token
+character of RFC 6750): an HMAC-SHA256 of the pack, the
+generation of its run and the node that runs it, keyed with that node's own secret (its agent's
+node credential). Only that node's agent can make or check it, so a pack cannot forge the token
+of another pack, and an agent cannot forge the tokens of packs on other nodes. A token is good
+for one run: the agent accepts it only while it runs that pack at that generation, so it ends
+with the run (a stop, a move, a new placement all change the generation; packs are never
+deleted and renamed, so a pack and a generation name one run for good).
+
+This module owns the format and the check of the signature; whether the run is still on is the
+node's to say (``canidae.agent.node.yips``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from canidae.core.types import NAME_RE
 
-PREFIX = "pk."
-_DOMAIN = b"canidae pack token v1\0"
+PREFIX = "pk~"
+_DOMAIN = b"canidae pack token v2\0"
+MAX_GENERATION = 2**62
 
 
-def _mac(agent_token: str, pack: str) -> str:
-    return hmac.new(agent_token.encode(), _DOMAIN + pack.encode(), hashlib.sha256).hexdigest()[:40]
+@dataclass(frozen=True, slots=True)
+class PackRun:
+    """What a pack token speaks for: one run of one pack on one node."""
+
+    pack: str
+    generation: int
+    node: str
 
 
-def pack_token(agent_token: str, pack: str) -> str:
-    """The token of ``pack`` in the cluster whose agents hold ``agent_token``."""
-    return f"{PREFIX}{pack}.{_mac(agent_token, pack)}"
+def _mac(node_key: str, run: PackRun) -> str:
+    msg = _DOMAIN + f"{run.pack}\0{run.generation}\0{run.node}".encode()
+    return hmac.new(node_key.encode(), msg, hashlib.sha256).hexdigest()[:40]
 
 
-def verify(agent_token: str, token: str) -> str | None:
-    """The pack a token belongs to, or None when it is not a valid pack token."""
+def pack_token(node_key: str, pack: str, generation: int, node: str) -> str:
+    """The token of ``pack``'s run ``generation`` on ``node``, whose agent's own secret is ``node_key``."""
+    run = PackRun(pack, generation, node)
+    return f"{PREFIX}{pack}~{generation}~{node}~{_mac(node_key, run)}"
+
+
+def parse(token: str) -> tuple[PackRun, str] | None:
+    """The run a token names and its mac, or None when it is not shaped like a pack token."""
     if not token.startswith(PREFIX):
         return None
-    pack, sep, mac = token[len(PREFIX):].rpartition(".")
-    if not sep or not NAME_RE.match(pack):
+    parts = token[len(PREFIX):].split("~")
+    if len(parts) != 4:
         return None
-    return pack if hmac.compare_digest(mac.encode(), _mac(agent_token, pack).encode()) else None
+    pack, gen, node, mac = parts
+    if (not NAME_RE.fullmatch(pack) or not NAME_RE.fullmatch(node) or not gen.isdigit() or len(gen) > 19
+            or int(gen) > MAX_GENERATION or len(mac) != 40):
+        return None
+    return PackRun(pack, int(gen), node), mac
+
+
+def verify(node_key: str, node: str, token: str) -> PackRun | None:
+    """The run a token speaks for, if it is a pack token of ``node`` signed with its key; else None.
+    (Whether that run is still on is for the caller to check.)"""
+    parsed = parse(token)
+    if parsed is None or parsed[0].node != node:
+        return None
+    run, mac = parsed
+    return run if hmac.compare_digest(mac.encode(), _mac(node_key, run).encode()) else None
+
+
+__all__ = ["PackRun", "pack_token", "parse", "verify"]

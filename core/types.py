@@ -21,7 +21,7 @@ NAME_RULE = "1-63 characters of letters, digits, '.', '_' or '-', starting with 
 
 def validate_name(kind: str, value: object) -> str:
     """Return ``value`` if it is a valid name for a pack, node, zone, region or cell."""
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):  # "$" alone lets "name\n" through
         shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else repr(value[:40] + "...")
         raise InvalidInput(f"invalid {kind} name {shown}: must be {NAME_RULE}")
     return value
@@ -52,6 +52,19 @@ def _non_negative_int(what: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidInput(f"{what} must be a non-negative integer, got {value!r}")
     return value
+
+
+# The largest amount of one resource a request may give (a pack's reservation, a node's
+# capacity): far above any host, and small enough that sums over a whole fleet stay exact
+# integers everywhere, JSON readers in other languages included.
+MAX_AMOUNT = 2**40 - 1
+
+
+def _amount(what: str, value: object) -> int:
+    _non_negative_int(what, value)
+    if value > MAX_AMOUNT:  # type: ignore[operator]
+        raise InvalidInput(f"{what} must be at most {MAX_AMOUNT}, got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 class Level(StrEnum):
@@ -128,7 +141,9 @@ class Resources:
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> Resources:
-        return Resources(d.get("cpu", 0), d.get("mem", 0), d.get("packs", 0))
+        """Parse a request's or a record's resources, refusing amounts over ``MAX_AMOUNT``."""
+        return Resources(_amount("cpu (millicores)", d.get("cpu", 0)), _amount("memory (MiB)", d.get("mem", 0)),
+                         _amount("packs", d.get("packs", 0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +325,8 @@ class PackSpec:
             return PackSpec(
                 name=d["name"], driver=Driver(d.get("driver", "virtual")),
                 command=tuple(d.get("command", ())), members=d.get("members", 1),
-                resources=Resources(d.get("cpu", 100), d.get("mem", 64), 1),
+                resources=Resources(_amount("cpu (millicores)", d.get("cpu", 100)),
+                                    _amount("memory (MiB)", d.get("mem", 64)), 1),
                 constraints=Constraints.from_dict(d.get("constraints") or {}),
                 restart=RestartPolicy(d.get("restart", "on-failure")),
                 env=tuple(sorted((d.get("env") or {}).items())),
@@ -359,7 +375,7 @@ class Plan:
 
 
 __all__ = [
-    "NAME_RE", "NAME_RULE", "validate_name", "ENV_NAME_RE", "LOADER_VARS", "SEALED_PREFIX", "NETWORKS",
+    "NAME_RE", "NAME_RULE", "MAX_AMOUNT", "validate_name", "ENV_NAME_RE", "LOADER_VARS", "SEALED_PREFIX", "NETWORKS",
     "validate_env_name", "Level", "NodeState", "Role", "Driver", "RestartPolicy",
     "PackState", "PACK_SPEC_FIELDS", "CONSTRAINT_FIELDS", "Resources", "Location", "Node", "Constraints",
     "NO_CONSTRAINTS", "PackSpec",

@@ -17,9 +17,11 @@ import tomllib
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
+from urllib.parse import quote
 
 import httpx
 from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, Timeout, Unavailable
+from canidae.core.types import validate_name
 
 DEFAULT_CONFIG = os.path.join("~", ".config", "canidae", "config.toml")
 
@@ -55,6 +57,13 @@ def resolve_target(addr: str | None = None, token: str | None = None, config: st
     if not tok:
         raise NotAuthenticated("no token: set CANIDAE_TOKEN or --token (cluster up writes one to the config)")
     return Target(addrs, str(tok))
+
+
+def segment(kind: str, name: str) -> str:
+    """A pack or node name as one path segment: refused (``InvalidInput``, nothing sent) unless it
+    follows the name rules, and escaped all the same, so that no name can reach another route
+    (``node cordon ../nodes/c1`` once cordoned c1; ``a?b=1`` looked up ``a``)."""
+    return quote(validate_name(kind, name), safe="")
 
 
 def decode_answer(addr: str, r: httpx.Response) -> Any:
@@ -129,20 +138,20 @@ class Client:
         return self.request("GET", "/v1/nodes", params={"stale": 1} if stale else None)["nodes"]  # type: ignore[no-any-return]
 
     def node(self, node_id: str, stale: bool = False) -> dict[str, Any]:
-        return self.request("GET", f"/v1/nodes/{node_id}", params={"stale": 1} if stale else None)["node"]  # type: ignore[no-any-return]
+        return self.request("GET", f"/v1/nodes/{segment('node', node_id)}", params={"stale": 1} if stale else None)["node"]  # type: ignore[no-any-return]
 
     def set_node_state(self, node_id: str, state: str, reason: str = "") -> dict[str, Any]:
-        return self.request("POST", f"/v1/nodes/{node_id}/state",  # type: ignore[no-any-return]
+        return self.request("POST", f"/v1/nodes/{segment('node', node_id)}/state",  # type: ignore[no-any-return]
                             json={"state": state, "reason": reason, "request_id": uuid.uuid4().hex},
                             retry_for=5.0)
 
     def drain(self, node_id: str, plan: bool = False) -> dict[str, Any]:
-        return self.request("POST", f"/v1/nodes/{node_id}/state",  # type: ignore[no-any-return]
+        return self.request("POST", f"/v1/nodes/{segment('node', node_id)}/state",  # type: ignore[no-any-return]
                             json={"state": "draining", "reason": "drain", "plan": plan,
                                   "request_id": uuid.uuid4().hex}, retry_for=5.0)
 
     def migrate(self, name: str, to: str | None = None) -> dict[str, Any]:
-        return self.request("POST", f"/v1/packs/{name}/migrate",  # type: ignore[no-any-return]
+        return self.request("POST", f"/v1/packs/{segment('pack', name)}/migrate",  # type: ignore[no-any-return]
                             json={"to": to, "request_id": uuid.uuid4().hex}, retry_for=5.0)
 
     def rebalance(self, plan: bool = False) -> dict[str, Any]:
@@ -190,28 +199,30 @@ class Client:
                 return
 
     def pack(self, name: str, stale: bool = False) -> dict[str, Any]:
-        return self.request("GET", f"/v1/packs/{name}", params={"stale": 1} if stale else None)["pack"]  # type: ignore[no-any-return]
+        return self.request("GET", f"/v1/packs/{segment('pack', name)}", params={"stale": 1} if stale else None)["pack"]  # type: ignore[no-any-return]
 
     def pack_action(self, name: str, action: str, *, keep_pending: bool = True) -> dict[str, Any]:
         body: dict[str, Any] = {"request_id": uuid.uuid4().hex}
         if not keep_pending:
             body["keep_pending"] = False
-        return self.request("POST", f"/v1/packs/{name}/{action}", json=body, retry_for=5.0)  # type: ignore[no-any-return]
+        return self.request("POST", f"/v1/packs/{segment('pack', name)}/{quote(action, safe='')}",  # type: ignore[no-any-return]
+                            json=body, retry_for=5.0)
 
     def delete_packs(self, names: list[str], *, force: bool = False) -> dict[str, Any]:
         """Remove packs from the state (their history stays); ``force`` also takes packs that still
         hold a node (their agent stops them)."""
         return self.request("DELETE", "/v1/packs",  # type: ignore[no-any-return]
-                            json={"names": names, "force": force, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                            json={"names": [validate_name("pack", n) for n in names], "force": force,
+                                  "request_id": uuid.uuid4().hex}, retry_for=5.0)
 
     def pack_history(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/packs/{name}/history")  # type: ignore[no-any-return]
+        return self.request("GET", f"/v1/packs/{segment('pack', name)}/history")  # type: ignore[no-any-return]
 
     def ring(self, stale: bool = False) -> dict[str, Any]:
         return self.request("GET", "/v1/ring", params={"stale": 1} if stale else None)  # type: ignore[no-any-return]
 
     def ring_lookup(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/ring/lookup/{name}")  # type: ignore[no-any-return]
+        return self.request("GET", f"/v1/ring/lookup/{segment('pack', name)}")  # type: ignore[no-any-return]
 
     def wait_running(self, names: list[str], timeout: float,
                      generations: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
@@ -245,7 +256,7 @@ class Client:
 
     def pack_events(self, name: str, since_ms: int | None = None) -> dict[str, Any]:
         """A pack's history from the contacted server's event store (``since_ms``: from that time)."""
-        return self.request("GET", f"/v1/packs/{name}/history",  # type: ignore[no-any-return]
+        return self.request("GET", f"/v1/packs/{segment('pack', name)}/history",  # type: ignore[no-any-return]
                             params={"since": since_ms} if since_ms else None)
 
     def events(self, *, after: int = 0, last: int | None = None, pack: str | None = None,

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from canidae.agent.client import Client
+from canidae.agent.client.calls import segment
 
 
 def pack_logs(c: Client, pack: str, *, member: int | None = None, tail: int | None = None,
@@ -20,15 +21,15 @@ def pack_logs(c: Client, pack: str, *, member: int | None = None, tail: int | No
         params["cursor"] = ",".join(f"{m}:{c}" for m, c in sorted(cursors.items()))
     if wait:
         params["wait"] = wait
-    return c.request("GET", f"/v1/exec/packs/{pack}/logs", params=params, timeout=wait + 10.0)  # type: ignore[no-any-return]
+    return c.request("GET", f"/v1/exec/packs/{segment('pack', pack)}/logs", params=params, timeout=wait + 10.0)  # type: ignore[no-any-return]
 
 
 def pack_kill(c: Client, pack: str, signal: str = "KILL") -> dict[str, Any]:
-    return c.request("POST", f"/v1/exec/packs/{pack}/kill", json={"signal": signal})  # type: ignore[no-any-return]
+    return c.request("POST", f"/v1/exec/packs/{segment('pack', pack)}/kill", json={"signal": signal})  # type: ignore[no-any-return]
 
 
 def pack_processes(c: Client, pack: str) -> dict[str, Any]:
-    return c.request("GET", f"/v1/exec/packs/{pack}")["status"]  # type: ignore[no-any-return]
+    return c.request("GET", f"/v1/exec/packs/{segment('pack', pack)}")["status"]  # type: ignore[no-any-return]
 
 
 def exec_info(c: Client) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def yip_send(c: Client, pack: str, *, text: str | None = None, data: Any = None,
         body["text"] = text
     else:
         body["data"] = data
-    return c.request("POST", f"/v1/yips/{pack}", json=body, retry_for=retry_for)  # type: ignore[no-any-return]
+    return c.request("POST", f"/v1/yips/{segment('pack', pack)}", json=body, retry_for=retry_for)  # type: ignore[no-any-return]
 
 
 def yip_recv(c: Client, pack: str, *, after: int = 0, ack: int = 0, wait: int = 0, limit: int = 100
@@ -53,8 +54,8 @@ def yip_recv(c: Client, pack: str, *, after: int = 0, ack: int = 0, wait: int = 
         params["ack"] = ack
     if wait:
         params["wait"] = wait
-    return c.request("GET", f"/v1/yips/{pack}", params=params, timeout=wait + 10.0)  # type: ignore[no-any-return]
+    return c.request("GET", f"/v1/yips/{segment('pack', pack)}", params=params, timeout=wait + 10.0)  # type: ignore[no-any-return]
 
 
 def yip_ack(c: Client, pack: str, through: int) -> dict[str, Any]:
-    return c.request("POST", f"/v1/yips/{pack}/ack", json={"through": through}, retry_for=5.0)  # type: ignore[no-any-return]
+    return c.request("POST", f"/v1/yips/{segment('pack', pack)}/ack", json={"through": through}, retry_for=5.0)  # type: ignore[no-any-return]

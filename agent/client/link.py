@@ -133,10 +133,10 @@ class ServerLink:
                 raise last
             await asyncio.sleep(0.05)
 
-    async def pass_on(self, method: str, path: str, *, params: dict[str, Any], body: Any,
+    async def pass_on(self, method: str, path: str, *, params: dict[str, Any], body: Any, auth: str,
                       timeout: float | None = None) -> tuple[int, bytes]:
-        """A request a client agent hands to a server unchanged: (status, body) of the first server
-        that answers with anything but 503 (no leader there)."""
+        """A request a client agent hands to a server unchanged, with the caller's ``auth`` header:
+        (status, body) of the first server that answers with anything but 503 (no leader there)."""
         total = timeout if timeout is not None else self.timeout_s
         deadline = time.monotonic() + total
         last: CanidaeError = Unavailable("no server reachable")
@@ -147,7 +147,8 @@ class ServerLink:
                     break
                 try:
                     r = await self._send(api, method, path, json=body, params=params,
-                                         timeout=min(left, max(self.attempt_s, total if method == "GET" else 0)))
+                                         timeout=min(left, max(self.attempt_s, total if method == "GET" else 0)),
+                                         headers={"authorization": auth})
                 except httpx.TimeoutException:
                     last = Timeout(f"server {api} did not answer in time")
                     continue

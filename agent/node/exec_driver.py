@@ -596,7 +596,7 @@ class ExecDriver:
         env = {"PATH": f"{DEFAULT_PATH}:{os.path.dirname(sys.executable)}", "HOME": run.work, "LANG": "C.UTF-8"}
         env.update(run.spec.get("env") or {})
         env.update(self._open_secrets(run))
-        token = pack_token(self.token, run.name)
+        token = pack_token(self.token, run.name, run.generation, self.node_id)
         env.update(CANIDAE_PACK=run.name, CANIDAE_MEMBER=str(index), CANIDAE_MEMBERS=str(len(run.members)),
                    CANIDAE_NODE=self.node_id, CANIDAE_GENERATION=str(run.generation), CANIDAE_ADDR=self.api,
                    CANIDAE_MAILBOX=f"http://{self.api}/v1/yips/{run.name}", CANIDAE_TOKEN=token,

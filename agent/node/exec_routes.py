@@ -101,7 +101,7 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
                 "data_dir": node.cfg.data_dir}
 
     return [
-        Route("/v1/exec/info", endpoint(info, forward=False), methods=["GET"]),
+        Route("/v1/exec/info", endpoint(info, forward=False, nodes="read"), methods=["GET"]),  # agent doctor
         Route("/v1/exec/packs/{pack}", endpoint(status, forward=False), methods=["GET"]),
         Route("/v1/exec/packs/{pack}/logs", endpoint(logs, forward=False), methods=["GET"]),
         Route("/v1/exec/packs/{pack}/kill", endpoint(kill, forward=False), methods=["POST"]),

@@ -42,6 +42,11 @@ class PackRouter:
         p = self._desired(pack)
         return p is not None and p.get("state") in ("placed", "running", "stopping")
 
+    def generation_here(self, pack: str) -> int | None:
+        """The generation of ``pack`` this node is assigned to run, None when it runs none here."""
+        p = self._desired(pack)
+        return p.get("generation") if p is not None and self.assigned_here(pack) else None
+
     async def locate(self, pack: str, fresh: bool = False) -> tuple[str, str]:
         """(node, API address) where ``pack`` is (or last was) placed."""
         if self._locate_local is not None:
@@ -84,7 +89,9 @@ class PackRouter:
     async def route(self, request: Request, pack: str, local: Any, *, method: str, path: str,
                     params: dict[str, Any] | None = None, json: Any = None, auth: str | None = None,
                     timeout: float | None = None, here: bool | None = None) -> Any:
-        """Serve with ``local()`` when the pack is here, else hop to its node (once more on a stale cache)."""
+        """Serve with ``local()`` when the pack is here, else hop to its node (once more on a stale
+        cache) with the caller's own credential, for that node to judge (``auth`` overrides it)."""
+        auth = auth or request.headers.get("authorization") or None
         if here is None:
             here = self.assigned_here(pack)
         if here or request.headers.get(HOP):

@@ -6,11 +6,13 @@
 
 Who may do what is decided here, not by the API's admin-token check: the admin token may do
 everything; a pack token (``canidae.core.packtoken``) may send to any pack (the yip is marked
-``from`` that pack) and may receive from and acknowledge *its own* mailbox only. Requests are
+``from`` that pack) and may receive from and acknowledge *its own* mailbox only. A pack token is
+taken only by the agent of its node, only while that run is on (the pack assigned here at the
+token's generation). An agent's own credential may hand on yips it took (relayed). Requests are
 served by the node that holds the pack (``canidae.agent.node.packroute`` takes them there). Sends for
 another node go through a ``Relay``: concurrent ones share a hop, each yip keeping its sender
-(``"relayed": true`` with ``from`` per yip, accepted from the admin token only) and each request
-its own answer (``groups`` says how many yips each request holds). A relay that cannot reach
+(``"relayed": true`` with ``from`` per yip, accepted from an agent's credential or the admin
+token only) and each request its own answer (``groups`` says how many yips each request holds). A relay that cannot reach
 the pack's node sends again (the yips have ids: a resend is queued once) until the node answers,
 the pack moves, or the node is really down (declared down by the servers, or silent for the whole
 request timeout); only then does the sender get 503 ``unavailable``: "node X of pack P is down;
@@ -36,6 +38,7 @@ from canidae.agent.node.mailbox import Mailbox, MailboxStore, new_id, parse_body
 from canidae.agent.node.packroute import PackRouter
 from canidae.core.errors import (CanidaeError, InvalidInput, NotAuthenticated, NotFound, PermissionDenied,
                                  Unavailable, WrongState)
+from canidae.core.packtoken import PREFIX as PACK_TOKEN_PREFIX
 from canidae.core.packtoken import verify
 from canidae.core.types import validate_name
 from starlette.requests import Request
@@ -53,22 +56,30 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.05, 0.5  # a relay's pause before it asks an unre
 def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
     router = node.router
     store: MailboxStore = node.mailboxes
-    token = node.cfg.token
-    admin = token.encode()
+    key, me = node.cfg.token, node.cfg.node_id  # pack tokens are signed with this agent's own secret
     limit = edge.limit
     endpoint = edge.endpoint
     last_gc = [time.monotonic()]
 
-    def principal(request: Request) -> tuple[str, str]:
-        """(who, the raw Authorization header): ``admin`` or the pack whose token it is."""
+    def principal(request: Request) -> tuple[str, str, str]:
+        """(who, the raw Authorization header, kind): ``admin`` for the admin token and server
+        agents; a client agent's credential (kind ``agent``: it may only hand on yips); or the
+        pack whose token it is (kind ``pack``)."""
         header = request.headers.get("authorization", "")
         given = header[7:] if header.lower().startswith("bearer ") else ""
-        if given and hmac.compare_digest(given.encode(), admin):
-            return ADMIN, header
-        pack = verify(token, given) if given else None
-        if pack is None:
+        if given.startswith(PACK_TOKEN_PREFIX):
+            run = verify(key, me, given)
+            if run is None or router.generation_here(run.pack) != run.generation:
+                edge.failures.record(request, True)
+                raise NotAuthenticated("pack token not valid here: it is taken only by the agent of its pack's node, "
+                                       "while that run of the pack is on")
+            return run.pack, header, "pack"
+        who = edge.identify(request)
+        if who is None:
+            if not given:
+                edge.failures.record(request, False)
             raise NotAuthenticated("missing or wrong bearer token (the admin token or a pack token)")
-        return pack, header
+        return (ADMIN, header, "admin") if who.is_admin else (who.describe(), header, "agent")
 
     def may_read(who: str, pack: str) -> None:
         if who != ADMIN and who != pack:
@@ -94,10 +105,12 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
 
     async def send(request: Request) -> Any:
         pack = validate_name("pack", request.path_params["pack"])
-        who, auth = principal(request)
+        who, auth, kind = principal(request)
         body = await read_json(request, limit)
-        relayed = (who == ADMIN and request.headers.get(HOP) is not None and isinstance(body, dict)
+        relayed = (kind != "pack" and request.headers.get(HOP) is not None and isinstance(body, dict)
                    and body.get("relayed") is True)
+        if kind == "agent" and not relayed:
+            raise PermissionDenied(f"the credential of {who} only hands on yips other senders sent")
         if relayed:
             body = {k: v for k, v in body.items() if k != "relayed"}
         groups = body.pop("groups", None) if relayed else None
@@ -187,7 +200,7 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
 
     async def receive(request: Request) -> Any:
         pack = validate_name("pack", request.path_params["pack"])
-        who, auth = principal(request)
+        who, auth, _ = principal(request)
         may_read(who, pack)
         after = query_int(request, "after", 0, 0, 2**62)
         ack = query_int(request, "ack", 0, 0, 2**62)
@@ -206,7 +219,7 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
 
     async def acknowledge(request: Request) -> Any:
         pack = validate_name("pack", request.path_params["pack"])
-        who, auth = principal(request)
+        who, auth, _ = principal(request)
         may_read(who, pack)
         body = expect_object(await read_json(request, limit), {"through"}, {"through"})
         through = body["through"]

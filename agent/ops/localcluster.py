@@ -1,7 +1,9 @@
 """Local clusters of agent processes: ``LocalCluster``, the one handle of ``cluster up|down``,
 drills, soak, scale tests, benchmarks and tests.
 
-Starting one writes an agent.toml per agent under the data dir, starts each agent as a
+Starting one makes the cluster's identity (``identity.toml`` in the data dir, mode 0600: the key
+that issues node credentials, the Raft password, the admin token), writes an agent.toml per agent
+under the data dir (each with its own node credential, never the admin token), starts each agent as a
 background daemon (its own session, pid file and log file), waits for a leader and for every
 agent to register, and writes the CLI config (address list and admin token, mode 0600). The
 agents and their pids are kept in ``cluster.json``, so that another command can ``open`` the
@@ -31,7 +33,8 @@ from typing import Any
 import httpx
 import tomli_w
 from canidae.agent.client import Client, Target
-from canidae.agent.config import AgentConfig, ServerPeer, new_secret, write_config
+from canidae.agent.config import AgentConfig, ServerPeer, write_config
+from canidae.agent.identity import Identity
 from canidae.agent.secretbox import Keyring, key_file
 from canidae.agent.ops import netns
 from canidae.agent.ops.waiting import Abandon, wait_until
@@ -39,6 +42,7 @@ from canidae.core.errors import AlreadyExists, InvalidInput, NotFound, Timeout
 from canidae.core.types import Resources, Role
 
 STATE_FILE = "cluster.json"
+IDENTITY_FILE = "identity.toml"
 
 
 @dataclass(frozen=True)
@@ -114,9 +118,10 @@ def agent_ids(layout: ClusterLayout) -> list[str]:
     return [f"s{i + 1}" for i in range(layout.servers)] + [f"c{j + 1}" for j in range(layout.clients)]
 
 
-def plan_configs(layout: ClusterLayout, data_dir: str, token: str, password: str,
+def plan_configs(layout: ClusterLayout, data_dir: str, identity: Identity,
                  hosts: Mapping[str, str] | None = None) -> list[AgentConfig]:
-    """One config per agent; ``hosts`` (node id -> address) moves agents off 127.0.0.1."""
+    """One config per agent, each with its own credential; ``hosts`` (node id -> address) moves
+    agents off 127.0.0.1."""
     layout.validate()
     assert layout.base_port is not None, "a layout's ports are chosen before its configs"
     p = layout.base_port
@@ -129,15 +134,18 @@ def plan_configs(layout: ClusterLayout, data_dir: str, token: str, password: str
     for i, s in enumerate(servers):
         cfgs.append(AgentConfig(
             node_id=s.id, role=Role.SERVER, api=s.api, raft=s.raft, zone=f"z{i % layout.zones + 1}",
-            region="r1", cell="c1", data_dir=os.path.join(data_dir, "agents", s.id), token=token,
-            cluster_password=password, servers=servers, capacity=layout.capacity,
+            region="r1", cell="c1", data_dir=os.path.join(data_dir, "agents", s.id),
+            token=identity.node_credential(s.id, Role.SERVER), identity_public_key=identity.public_key,
+            admin_token_hash=identity.admin_hash, cluster_password=identity.cluster_password,
+            servers=servers, capacity=layout.capacity,
             log_file=os.path.join(data_dir, "agents", s.id, "agent.log")))
     for j in range(layout.clients):
         cid = f"c{j + 1}"
         cfgs.append(AgentConfig(
             node_id=cid, role=Role.CLIENT, api=at(cid, p + 200 + j),
             zone=f"z{(layout.servers + j) % layout.zones + 1}", region="r1", cell="c1",
-            data_dir=os.path.join(data_dir, "agents", cid), token=token, servers=servers,
+            data_dir=os.path.join(data_dir, "agents", cid), token=identity.node_credential(cid, Role.CLIENT),
+            identity_public_key=identity.public_key, admin_token_hash=identity.admin_hash, servers=servers,
             capacity=layout.capacity, log_file=os.path.join(data_dir, "agents", cid, "agent.log")))
     return cfgs
 
@@ -302,14 +310,17 @@ class LocalCluster:
     @classmethod
     def _launch(cls, layout: ClusterLayout, root: str, env: dict[str, str] | None, hosts: Mapping[str, AgentHost],
                 configure: Callable[[AgentConfig], AgentConfig] | None) -> LocalCluster:
-        token, password = new_secret(), new_secret()
-        cfgs = plan_configs(layout, root, token, password, {n: h.address for n, h in hosts.items()})
+        identity = Identity.new()
+        token = identity.admin_token
+        cfgs = plan_configs(layout, root, identity, {n: h.address for n, h in hosts.items()})
         if configure is not None:
             cfgs = [configure(c) for c in cfgs]
         busy = [port for c in cfgs for port in _loopback_ports_of(c) if not _port_free(port)]
         if busy:
             raise AlreadyExists(f"port {busy[0]} on 127.0.0.1 is busy; choose another --base-port")
         cluster = cls(root, [], token, env=env, started_here=True)
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        identity.write(os.path.join(root, IDENTITY_FILE))  # the operator's: the admin token is in it
         ring = _cluster_keyring([c.data_dir for c in cfgs])
         for c in cfgs:
             os.makedirs(c.data_dir, mode=0o700, exist_ok=True)
@@ -429,10 +440,23 @@ class LocalCluster:
     def client(self, timeout: float = 10.0) -> Client:
         return Client(Target(tuple(a["api"] for a in self.servers()), self.token), timeout=timeout)
 
+    def pack_token(self, pack: str) -> str:
+        """The token the agent of ``pack``'s node gives the members of its current run (signed with
+        that agent's own credential, read from its config): for tests and benchmarks that act as a pack."""
+        import tomllib
+
+        from canidae.core.packtoken import pack_token
+        with self.client() as c:
+            p = c.pack(pack)
+        with open(self.agent(p["node"])["config"], "rb") as f:
+            key = tomllib.load(f)["token"]
+        return pack_token(key, pack, p["generation"], p["node"])
+
     def health(self, agent: str | dict[str, Any]) -> dict[str, Any] | None:
         """An agent's ``/v1/health``, or None when it does not answer."""
         try:
-            return httpx.get(f"http://{self._get(agent)['api']}/v1/health", timeout=0.5).json()  # type: ignore[no-any-return]
+            return httpx.get(f"http://{self._get(agent)['api']}/v1/health", timeout=0.5,  # type: ignore[no-any-return]
+                             headers={"authorization": f"Bearer {self.token}"}).json()
         except (httpx.HTTPError, ValueError):
             return None
 

@@ -42,9 +42,11 @@ from canidae.core.commands import (
 from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound
 from canidae.core.ring import HashRing, bounded_caps
 from canidae.core.state import HOLDING, ClusterState, PackRecord, running_digest
-from canidae.core.types import Node, NodeState, PackSpec, PackState
+from canidae.core.types import Node, NodeState, PackSpec, PackState, validate_name
 
 log = logging.getLogger("canidae.server")
+
+MAX_GENERATION = 2**62  # placements bump a pack's generation by one: never near this
 
 
 def now_ms() -> int:
@@ -228,9 +230,9 @@ class ControlPlane:
         return await self.propose(RegisterNode(id=rid, **self.stamp(), node=parsed))
 
     async def set_node_state(self, node_id: str, state: NodeState, reason: str, rid: str,
-                             plan: bool = False) -> dict[str, Any]:
+                             plan: bool = False, by: str = "operator") -> dict[str, Any]:
         cmd = SetNodeState(id=rid, **self.stamp(), node_id=node_id, state=state, reason=reason or "operator",
-                           by="operator")
+                           by=by)
         if plan:
             return await self._plan(cmd)
         return await self.propose(cmd)
@@ -251,11 +253,11 @@ class ControlPlane:
         return seal_all(self._keyring, plain)
 
     async def create_packs(self, specs: list[PackSpec], count: int, place: bool, rid: str,
-                           keep_pending: bool = True) -> dict[str, Any]:
+                           keep_pending: bool = True, by: str = "api") -> dict[str, Any]:
         if count and len(specs) != 1:
             raise InvalidInput("count needs exactly one spec")
         t0 = time.perf_counter()
-        cmd = CreatePacks(id=rid, **self.stamp(), specs=tuple(specs), place=place, count=count, by="api",
+        cmd = CreatePacks(id=rid, **self.stamp(), specs=tuple(specs), place=place, count=count, by=by,
                           keep_pending=keep_pending)
         # The answer is the very dict the state machine keeps for idempotent retries: copy, never mutate.
         return {**await self.propose(cmd), "commit_ms": round((time.perf_counter() - t0) * 1000, 3)}
@@ -274,21 +276,22 @@ class ControlPlane:
         with self.replica.lock:  # type: ignore[union-attr]
             return {"pack": st.get_pack(name).view()}
 
-    async def pack_action(self, name: str, action: str, rid: str, keep_pending: bool = True) -> dict[str, Any]:
+    async def pack_action(self, name: str, action: str, rid: str, keep_pending: bool = True,
+                          by: str = "api") -> dict[str, Any]:
         if action == "stop":
-            return await self.propose(StopPacks(id=rid, **self.stamp(), names=(name,), by="api"))
-        return await self.propose(PlacePacks(id=rid, **self.stamp(), names=(name,), by="api",
+            return await self.propose(StopPacks(id=rid, **self.stamp(), names=(name,), by=by))
+        return await self.propose(PlacePacks(id=rid, **self.stamp(), names=(name,), by=by,
                                              keep_pending=keep_pending))
 
-    async def delete_packs(self, names: list[str], force: bool, rid: str) -> dict[str, Any]:
-        return await self.propose(DeletePacks(id=rid, **self.stamp(), names=tuple(names), force=force, by="api"))
+    async def delete_packs(self, names: list[str], force: bool, rid: str, by: str = "api") -> dict[str, Any]:
+        return await self.propose(DeletePacks(id=rid, **self.stamp(), names=tuple(names), force=force, by=by))
 
-    async def migrate_pack(self, name: str, to: str | None, rid: str) -> dict[str, Any]:
-        return await self.propose(MigratePacks(id=rid, **self.stamp(), moves=((name, to),), by="api",
+    async def migrate_pack(self, name: str, to: str | None, rid: str, by: str = "api") -> dict[str, Any]:
+        return await self.propose(MigratePacks(id=rid, **self.stamp(), moves=((name, to),), by=by,
                                                reason=f"migrate to {to}" if to else "migrate"))
 
-    async def rebalance(self, plan: bool, rid: str) -> dict[str, Any]:
-        cmd = Rebalance(id=rid, **self.stamp(), by="api")
+    async def rebalance(self, plan: bool, rid: str, by: str = "api") -> dict[str, Any]:
+        cmd = Rebalance(id=rid, **self.stamp(), by=by)
         return await (self._plan(cmd) if plan else self.propose(cmd))
 
     async def pack_history(self, name: str, since_ms: int | None = None) -> dict[str, Any]:
@@ -421,8 +424,10 @@ class ControlPlane:
         for r in reports:
             if not isinstance(r, list) or len(r) != 4:
                 raise InvalidInput("each report is [name, generation, state, reason]")
+            if isinstance(r[1], bool) or not isinstance(r[1], int) or not 0 <= r[1] <= MAX_GENERATION:
+                raise InvalidInput(f"a report's generation must be an integer 0..{MAX_GENERATION}")
             try:
-                parsed.append(PackReport(r[0], int(r[1]), ReportState(r[2]), str(r[3])))
+                parsed.append(PackReport(validate_name("pack", r[0]), r[1], ReportState(r[2]), str(r[3])))
             except (ValueError, TypeError) as e:
                 raise InvalidInput(f"invalid report: {e}") from None
         return await self.propose(ReportPacks(id=rid, **self.stamp(), node_id=node_id, reports=tuple(parsed),

@@ -14,6 +14,7 @@ def openapi_document() -> dict[str, Any]:
             "200": {"description": "ok"},
             "400": {"description": "invalid input", "content": {"application/json": {"schema": err}}},
             "401": {"description": "missing or wrong token"},
+            "403": {"description": "the credential may not do this (a node acts only for itself)"},
             "404": {"description": "not found"}, "409": {"description": "conflict"},
             "413": {"description": "body too large"}, "503": {"description": "no leader / unavailable"}}}
         if body:
@@ -62,7 +63,8 @@ def openapi_document() -> dict[str, Any]:
         },
         "security": [{"bearer": []}],
         "paths": {
-            "/v1/health": {"get": op("liveness (no token needed)")},
+            "/v1/health": {"get": op("liveness (no token needed): without one only {\"ok\": true}; "
+                                      "with one, also the agent's Raft view and auth_failures")},
             "/v1/status": {"get": op("Raft and cluster status")},
             "/v1/digest": {"get": op("this replica's state digest (servers only)")},
             "/v1/nodes": {"get": op("list nodes"), "post": op("register a node")},

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from canidae.agent.httpedge import Edge, expect_object, query_bool, query_int, read_json, request_id
+from canidae.agent.httpedge import Edge, expect_object, principal_of, query_bool, query_int, read_json, request_id
 from canidae.agent.server.openapi import openapi_document
-from canidae.core.errors import InvalidInput, NotFound
-from canidae.core.types import (CONSTRAINT_FIELDS, PACK_SPEC_FIELDS, NodeState, PackSpec, PackState,
+from canidae.core.commands import MAX_SERIES
+from canidae.core.errors import InvalidInput, NotFound, PermissionDenied
+from canidae.core.types import (CONSTRAINT_FIELDS, PACK_SPEC_FIELDS, NodeState, PackSpec, PackState, Role,
                                 validate_env_name, validate_name)
 from starlette.requests import Request
 from starlette.routing import Route
@@ -51,15 +52,21 @@ def parse_spec(d: Any, seal: Callable[[dict[str, str]], dict[str, str]]) -> Pack
     return PackSpec.from_dict(spec)
 
 
+def by(request: Request) -> str:
+    """Who acts, as events record it: the public id of the request's credential."""
+    return principal_of(request).public_id
+
+
 def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[Route]:
     """The cluster routes. ``plane`` is None on a client agent (the edge forwards these routes);
-    ``health`` answers the unauthenticated liveness route."""
+    ``health`` answers the liveness route (the whole story only to a credential)."""
     limit = edge.limit
     endpoint = edge.endpoint
     agent: Any = plane  # None on a client agent: the edge forwards before a handler runs
 
     async def health_route(request: Request) -> Any:
-        return health()
+        # Without a credential: only that the agent is up (no pid, leader, term or index).
+        return health() if edge.identify(request) is not None else {"ok": True}
 
     async def status(request: Request) -> Any:
         return await agent.cluster_status()
@@ -73,6 +80,11 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
 
     async def register_node(request: Request) -> Any:
         body = expect_object(await read_json(request, limit), {"node", "request_id"}, {"node"})
+        who = principal_of(request)
+        if not who.is_admin:  # a client agent registers itself, as a client, and nothing else
+            node = body["node"]
+            if not isinstance(node, dict) or node.get("id") != who.name or node.get("role", "client") != Role.CLIENT:
+                raise PermissionDenied(f"the credential of {who.describe()} may only register client node {who.name}")
         return await agent.register_node(body["node"], request_id(request, body))
 
     async def set_node_state(request: Request) -> Any:
@@ -85,7 +97,7 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
             raise InvalidInput("plan must be true or false")
         return await agent.set_node_state(validate_name("node", request.path_params["node"]), state,
                                           str(body.get("reason", "")), request_id(request, body),
-                                          plan=bool(body.get("plan", False)))
+                                          plan=bool(body.get("plan", False)), by=by(request))
 
     async def heartbeat(request: Request) -> Any:
         body = expect_object(await read_json(request, limit), {"rev", "running", "digest", "corrected"})
@@ -118,13 +130,14 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
                 raise InvalidInput("specs must be a non-empty list")
             specs = [parse_spec(s, agent.seal_secrets) for s in body["specs"]]
         count = body.get("count", 0)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise InvalidInput("count must be a non-negative integer")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_SERIES:
+            raise InvalidInput(f"count must be an integer 0..{MAX_SERIES}")
         place = body.get("place", True)
         keep_pending = body.get("keep_pending", True)
         if not isinstance(place, bool) or not isinstance(keep_pending, bool):
             raise InvalidInput("place and keep_pending must be true or false")
-        return await agent.create_packs(specs, count, place, request_id(request, body), keep_pending=keep_pending)
+        return await agent.create_packs(specs, count, place, request_id(request, body), keep_pending=keep_pending,
+                                        by=by(request))
 
     async def delete_packs(request: Request) -> Any:
         body = expect_object(await read_json(request, limit), {"names", "force", "request_id"}, {"names"})
@@ -134,7 +147,8 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         force = body.get("force", False)
         if not isinstance(force, bool):
             raise InvalidInput("force must be true or false")
-        return await agent.delete_packs([validate_name("pack", n) for n in names], force, request_id(request, body))
+        return await agent.delete_packs([validate_name("pack", n) for n in names], force, request_id(request, body),
+                                        by=by(request))
 
     async def list_packs(request: Request) -> Any:
         node = request.query_params.get("node")
@@ -167,17 +181,18 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         if action == "migrate":
             to = body.get("to")
             return await agent.migrate_pack(name, validate_name("node", to) if to is not None else None,
-                                            request_id(request, body))
+                                            request_id(request, body), by=by(request))
         keep_pending = body.get("keep_pending", True)
         if not isinstance(keep_pending, bool):
             raise InvalidInput("keep_pending must be true or false")
-        return await agent.pack_action(name, action, request_id(request, body), keep_pending=keep_pending)
+        return await agent.pack_action(name, action, request_id(request, body), keep_pending=keep_pending,
+                                       by=by(request))
 
     async def rebalance(request: Request) -> Any:
         body = expect_object(await read_json(request, limit), {"plan", "request_id"})
         if not isinstance(body.get("plan", False), bool):
             raise InvalidInput("plan must be true or false")
-        return await agent.rebalance(bool(body.get("plan", False)), request_id(request, body))
+        return await agent.rebalance(bool(body.get("plan", False)), request_id(request, body), by=by(request))
 
     async def pack_history(request: Request) -> Any:
         since = query_int(request, "since", 0, 0, 1 << 62)  # ms since the epoch; 0: everything
@@ -204,17 +219,19 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         Route("/v1/status", endpoint(status), methods=["GET"]),
         Route("/v1/digest", endpoint(digest, forward=False), methods=["GET"]),
         Route("/v1/nodes", endpoint(list_nodes), methods=["GET"]),
-        Route("/v1/nodes", endpoint(register_node), methods=["POST"]),
-        Route("/v1/nodes/{node}", endpoint(show_node), methods=["GET"]),
+        # What a client agent's own credential may do: act for its node, and look up where a pack
+        # and a node are (to route yips and logs). Everything else takes the admin token.
+        Route("/v1/nodes", endpoint(register_node, nodes="self"), methods=["POST"]),
+        Route("/v1/nodes/{node}", endpoint(show_node, nodes="read"), methods=["GET"]),
         Route("/v1/nodes/{node}/state", endpoint(set_node_state), methods=["POST"]),
-        Route("/v1/nodes/{node}/heartbeat", endpoint(heartbeat), methods=["POST"]),
-        Route("/v1/nodes/{node}/assignments", endpoint(assignments), methods=["GET"]),
-        Route("/v1/nodes/{node}/assignments", endpoint(resync), methods=["POST"]),
-        Route("/v1/nodes/{node}/reports", endpoint(reports), methods=["POST"]),
+        Route("/v1/nodes/{node}/heartbeat", endpoint(heartbeat, nodes="self"), methods=["POST"]),
+        Route("/v1/nodes/{node}/assignments", endpoint(assignments, nodes="self"), methods=["GET"]),
+        Route("/v1/nodes/{node}/assignments", endpoint(resync, nodes="self"), methods=["POST"]),
+        Route("/v1/nodes/{node}/reports", endpoint(reports, nodes="self"), methods=["POST"]),
         Route("/v1/packs", endpoint(create_packs), methods=["POST"]),
         Route("/v1/packs", endpoint(list_packs), methods=["GET"]),
         Route("/v1/packs", endpoint(delete_packs), methods=["DELETE"]),
-        Route("/v1/packs/{name}", endpoint(show_pack), methods=["GET"]),
+        Route("/v1/packs/{name}", endpoint(show_pack, nodes="read"), methods=["GET"]),
         Route("/v1/packs/{name}/history", endpoint(pack_history), methods=["GET"]),
         Route("/v1/packs/{name}/{action}", endpoint(pack_action), methods=["POST"]),
         Route("/v1/ring", endpoint(ring), methods=["GET"]),

@@ -38,7 +38,7 @@ def test_members_get_a_scrubbed_environment_their_directory_and_their_own_user(t
             assert env["CANIDAE_PACK"] == "envy" and env["CANIDAE_MEMBER"] == str(m)
             assert env["CANIDAE_MEMBERS"] == "2" and env["CANIDAE_NODE"] == "n1" and env["CANIDAE_GENERATION"] == "1"
             assert env["CANIDAE_MAILBOX"] == "http://127.0.0.1:9/v1/yips/envy"
-            assert env["CANIDAE_TOKEN"] == env["CANIDAE_PACK_TOKEN"] == pack_token(TOKEN, "envy")
+            assert env["CANIDAE_TOKEN"] == env["CANIDAE_PACK_TOKEN"] == pack_token(TOKEN, "envy", 1, "n1")
             assert env["GREETING"] == "hello"
             assert "CANIDAE_TEST_AGENT_SECRET" not in env
             assert seen["cwd"] == os.path.join(str(rig.data), "exec", "packs", "envy", "work")
@@ -306,7 +306,7 @@ def test_a_pack_cannot_signal_or_inspect_another_pack(tmp_path):
         text = await log_has(rig, "attacker", "environ denied")
         assert "kill denied" in text and "killed" not in text and "read\n" not in text
         assert proc_start_ticks(victim) is not None
-        assert pack_token(TOKEN, "victim") in environ_of(victim)["CANIDAE_TOKEN"]
+        assert pack_token(TOKEN, "victim", 1, "n1") in environ_of(victim)["CANIDAE_TOKEN"]
     run(tmp_path, body)
 
 

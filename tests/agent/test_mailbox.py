@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from canidae.agent.httpedge import Edge
+from canidae.agent.identity import Authenticator, Identity, admin_token_hash
 from canidae.agent.node import yips
 from canidae.agent.node.mailbox import MAX_MESSAGE, SENDER_SHARE, Mailbox, MailboxStore
 from canidae.core.errors import Conflict, PayloadTooLarge
@@ -110,7 +111,8 @@ def test_acknowledge_takes_yips_in_seq_order_and_waiters_wake():
 
 # ---------------------------------------------------------------------------------------- over HTTP
 
-TOKEN = "yip-route-test-token"
+TOKEN = "yip-route-test-token"  # the admin token
+NODE_KEY = "nc.n1.c.node-credential"  # the node's own secret: it signs its packs' tokens
 
 
 class OneNode:
@@ -121,6 +123,9 @@ class OneNode:
     def assigned_here(self, pack: str) -> bool:
         return pack == "inbox"
 
+    def generation_here(self, pack: str) -> int | None:
+        return 1 if pack in ("inbox", "hog") else None  # hog runs here too: its token is good here
+
     async def route(self, request: Any, pack: str, local: Any, **_: Any) -> Any:
         return await local()
 
@@ -128,9 +133,10 @@ class OneNode:
 def app(tmp_path: Path) -> tuple[Starlette, MailboxStore]:
     """The yip routes of one node that holds pack ``inbox``, on a durable store."""
     store = MailboxStore(str(tmp_path / "mailboxes"), max_yips=10, max_bytes=10_000)
-    node: Any = SimpleNamespace(router=OneNode(), mailboxes=store, cfg=SimpleNamespace(token=TOKEN),
+    node: Any = SimpleNamespace(router=OneNode(), mailboxes=store, cfg=SimpleNamespace(token=NODE_KEY, node_id="n1"),
                                 reconciler=SimpleNamespace(rev=1))
-    return Starlette(routes=yips.routes(node, Edge(TOKEN, 1 << 20))), store
+    auth = Authenticator(admin_token_hash(TOKEN), Identity.new().public_key)
+    return Starlette(routes=yips.routes(node, Edge(auth, 1 << 20))), store
 
 
 def test_over_http_a_refused_batch_leaves_nothing_and_a_pack_has_its_share(tmp_path):
@@ -139,7 +145,7 @@ def test_over_http_a_refused_batch_leaves_nothing_and_a_pack_has_its_share(tmp_p
     async def main() -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://n1") as http:
             admin = {"authorization": f"Bearer {TOKEN}"}
-            hog = {"authorization": f"Bearer {pack_token(TOKEN, 'hog')}"}
+            hog = {"authorization": f"Bearer {pack_token(NODE_KEY, 'hog', 1, 'n1')}"}
             six = {"yips": [{"text": str(i)} for i in range(6)]}
             r = await http.post("/v1/yips/inbox", json=six, headers=hog)
             assert r.status_code == 409 and "share of 5 yips" in r.json()["error"]["message"]

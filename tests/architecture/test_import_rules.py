@@ -1,15 +1,16 @@
 """The house rules of imports, checked on the source (every import, also those inside functions).
 
     core          -> core
-    agent.config, agent.httpedge, agent.secretbox, agent.datadir -> core
+    agent.config, agent.identity, agent.secretbox, agent.datadir -> core
+    agent.httpedge -> core, agent.identity
     agent.client  -> core, agent.client
-    agent.server  -> core, agent.config, agent.httpedge, agent.secretbox, agent.client, agent.server
-    agent.node    -> core, agent.config, agent.httpedge, agent.secretbox, agent.client, agent.node
-    agent.ops     -> core, agent.config, agent.secretbox, agent.client, agent.ops  (the doctor also probes
-                     agent.node.isolation and agent.node.confine)
+    agent.server  -> core, agent.config, agent.identity, agent.httpedge, agent.secretbox, agent.client, agent.server
+    agent.node    -> core, agent.config, agent.identity, agent.httpedge, agent.secretbox, agent.client, agent.node
+    agent.ops     -> core, agent.config, agent.identity, agent.secretbox, agent.client, agent.ops  (the doctor
+                     also probes agent.node.isolation and agent.node.confine)
     agent.daemon  -> everything in agent (the composition root)
-    cli           -> core, cli, agent.config, agent.secretbox, agent.client, agent.ops  (``canidae agent run``
-                     starts agent.daemon; ``agent init`` writes the cluster's secret keys)
+    cli           -> core, cli, agent.config, agent.identity, agent.secretbox, agent.client, agent.ops
+                     (``canidae agent run`` starts agent.daemon; ``agent init`` writes the cluster's keys)
 
 and no import cycle between modules. ARCHITECTURE.md explains why.
 """
@@ -30,19 +31,20 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "canidae.core": ("canidae.core",),
     "canidae.agent": ("canidae.core",),
     "canidae.agent.config": ("canidae.core",),
-    "canidae.agent.httpedge": ("canidae.core",),
+    "canidae.agent.identity": ("canidae.core",),
+    "canidae.agent.httpedge": ("canidae.core", "canidae.agent.identity"),
     "canidae.agent.client": ("canidae.core", "canidae.agent.client"),
     "canidae.agent.secretbox": ("canidae.core",),
     "canidae.agent.datadir": ("canidae.core",),
-    "canidae.agent.server": ("canidae.core", "canidae.agent.config", "canidae.agent.httpedge",
+    "canidae.agent.server": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.httpedge",
                              "canidae.agent.secretbox", "canidae.agent.client", "canidae.agent.server"),
-    "canidae.agent.node": ("canidae.core", "canidae.agent.config", "canidae.agent.httpedge",
+    "canidae.agent.node": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.httpedge",
                            "canidae.agent.secretbox", "canidae.agent.client", "canidae.agent.node"),
-    "canidae.agent.ops": ("canidae.core", "canidae.agent.config", "canidae.agent.secretbox", "canidae.agent.client",
-                          "canidae.agent.ops"),
+    "canidae.agent.ops": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.secretbox",
+                          "canidae.agent.client", "canidae.agent.ops"),
     "canidae.agent.daemon": ("canidae.core", "canidae.agent"),
-    "canidae.cli": ("canidae.core", "canidae.cli", "canidae.agent.config", "canidae.agent.secretbox",
-                    "canidae.agent.client", "canidae.agent.ops"),
+    "canidae.cli": ("canidae.core", "canidae.cli", "canidae.agent.config", "canidae.agent.identity",
+                    "canidae.agent.secretbox", "canidae.agent.client", "canidae.agent.ops"),
 }
 EXCEPTIONS = {
     ("canidae.agent.ops.doctor", "canidae.agent.node.isolation"),  # probes isolation as the node runtime will

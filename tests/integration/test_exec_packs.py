@@ -167,10 +167,14 @@ def test_yips_between_packs_on_two_nodes_and_mailbox_rules(cluster):
     wait_until(lambda: 'got {"n": 1} from=admin' in logs(cluster, "rx"), 10, "the JSON yip")
     assert "got hello from=admin" in logs(cluster, "rx")
 
-    # A pack's token reads its own mailbox only.
-    tx_token = pack_token(cluster.token, "tx")
-    p = cli(cluster, "yip", "recv", "--pack", "rx", env={"CANIDAE_TOKEN": tx_token}, check=False)
+    # A pack's token reads its own mailbox only, and is taken only by the agent of its node (s2).
+    tx_token = cluster.pack_token("tx")
+    tx_node = cluster.agent("s2")["api"]
+    p = cli(cluster, "yip", "recv", "--pack", "rx", env={"CANIDAE_TOKEN": tx_token}, addr=tx_node, check=False)
     assert p.returncode == 4 and "may not read the mailbox of pack rx" in p.stderr
+    p = cli(cluster, "yip", "recv", "--pack", "tx", env={"CANIDAE_TOKEN": tx_token},
+            addr=cluster.agent("s3")["api"], check=False)
+    assert p.returncode == 4 and "taken only by the agent of its pack's node" in p.stderr
     r = httpx.get(f"http://{cluster.agent('s3')['api']}/v1/yips/rx", headers={"authorization": "Bearer pk.rx.forged"})
     assert r.status_code == 401
 
@@ -195,7 +199,8 @@ def test_yips_between_packs_on_two_nodes_and_mailbox_rules(cluster):
     r = httpx.post(f"http://{cluster.agent('s2')['api']}/v1/yips/inbox", timeout=10,
                    json={"yips": [{"text": str(i)} for i in range(500)]}, headers={"authorization": f"Bearer {tx_token}"})
     assert r.status_code == 200
-    p = cli(cluster, "yip", "send", "inbox", "one too many", env={"CANIDAE_TOKEN": tx_token}, check=False)
+    p = cli(cluster, "yip", "send", "inbox", "one too many", env={"CANIDAE_TOKEN": tx_token}, addr=tx_node,
+            check=False)
     assert p.returncode == 6 and "mailbox of pack inbox is full" in p.stderr
 
 
@@ -254,17 +259,19 @@ def test_concurrent_sends_through_another_agent_each_get_their_own_answer(cluste
     from concurrent.futures import ThreadPoolExecutor
     cli(cluster, "pack", "spawn", "busy", "--node", "s1", "--", "sleep", "600")
     via = cluster.agent("s2")["api"]  # not the mailbox's node: every send is relayed to s1
-    senders = {"admin": cluster.token, "tx": pack_token(cluster.token, "tx")}
+    for sender in ("f1", "f2", "tx2"):  # senders on s2, whose agent takes their tokens
+        cli(cluster, "pack", "spawn", sender, "--node", "s2", "--", "sleep", "600")
+    senders = {"admin": cluster.token, "tx2": cluster.pack_token("tx2")}
 
     def send(i: int) -> tuple[int, Any]:
-        who = "tx" if i % 2 else "admin"
+        who = "tx2" if i % 2 else "admin"
         r = httpx.post(f"http://{via}/v1/yips/busy", json={"text": f"m{i}", "id": f"id-{i}"},
                        headers={"authorization": f"Bearer {senders[who]}"}, timeout=10)
         return r.status_code, r.json()
 
     for filler in ("f1", "f2"):  # 960 unread yips, from two senders: one holds at most half a mailbox
         r = httpx.post(f"http://{via}/v1/yips/busy", json={"yips": [{"text": "filler"}] * 480}, timeout=10,
-                       headers={"authorization": f"Bearer {pack_token(cluster.token, filler)}"})
+                       headers={"authorization": f"Bearer {cluster.pack_token(filler)}"})
         assert r.status_code == 200
     with cluster.client() as c:
         with ThreadPoolExecutor(16) as pool:
@@ -276,4 +283,4 @@ def test_concurrent_sends_through_another_agent_each_get_their_own_answer(cluste
         assert len({b["yips"][0]["seq"] for b in ok}) == 40
         got = c.request("GET", "/v1/yips/busy", params={"after": 960, "max": 1000})["yips"]
         assert sorted(y["id"] for y in got) == sorted(b["yips"][0]["id"] for b in ok)
-        assert all(y["from"] == ("tx" if int(y["text"][1:]) % 2 else "admin") for y in got)
+        assert all(y["from"] == ("tx2" if int(y["text"][1:]) % 2 else "admin") for y in got)

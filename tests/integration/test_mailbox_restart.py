@@ -28,12 +28,13 @@ def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
     try:
         with c.client() as cl:
             cl.create_packs([{"name": "keeper", "driver": "exec", "command": ["sleep", "600"],
-                              "constraints": {"node": "c1"}}])
-            cl.wait_running(["keeper"], 30)
+                              "constraints": {"node": "c1"}},
+                             {"name": "tx", "constraints": {"node": "c1"}}])  # a sender: its token is taken on c1
+            cl.wait_running(["keeper", "tx"], 30)
         url = f"http://{c.agent('c1')['api']}/v1/yips/keeper"
         admin = {"authorization": f"Bearer {c.token}"}
-        tx = {"authorization": f"Bearer {pack_token(c.token, 'tx')}"}
-        keeper = {"authorization": f"Bearer {pack_token(c.token, 'keeper')}"}
+        tx = {"authorization": f"Bearer {c.pack_token('tx')}"}
+        keeper = {"authorization": f"Bearer {c.pack_token('keeper')}"}
         queued: dict[tuple[str, str], int] = {}  # (sender, id) -> seq, as the senders were told
 
         def told(sender: str, answer: dict[str, Any]) -> None:

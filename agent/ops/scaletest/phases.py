@@ -19,7 +19,6 @@ from canidae.agent.ops.scaletest.report import hist_pcts, pcts, rounded
 from canidae.agent.ops.scaletest.wrk import WRK_READ, WRK_YIP, run_wrk
 from canidae.agent.ops.waiting import seconds_until
 from canidae.core.errors import CanidaeError, InvalidInput, NotFound, Timeout
-from canidae.core.packtoken import pack_token
 from canidae.core.types import NodeState
 
 NO_YIP_API = "the agents have no yip API"
@@ -172,7 +171,7 @@ def run_load(
             progress(f"live: {label}", i, chunks)
             if senders:
                 sender = rng.choice(running)
-                api, token = senders[1][senders[0][sender]], pack_token(cluster.token, sender)
+                api, token = senders[1][senders[0][sender]], cluster.pack_token(sender)
             else:
                 api, token = apis[i % len(apis)], cluster.token
             r = run_wrk(api, script, window, connections, token)
