@@ -28,7 +28,6 @@ a restarted agent never drops a mailbox it has not been told about yet.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from typing import TYPE_CHECKING, Any
 

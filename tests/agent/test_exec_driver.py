@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pytest

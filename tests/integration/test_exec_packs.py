@@ -17,7 +17,6 @@ import pytest
 from canidae.agent.client import Client, Target
 from canidae.agent.client.execcalls import exec_info, pack_processes
 from canidae.agent.node.isolation import parent_name
-from canidae.core.packtoken import pack_token
 from harness import LocalCluster, local_cluster, wait_until
 from packprocs import environ_of, kill_leftovers, member_python, processes_under, remove_cgroups
 

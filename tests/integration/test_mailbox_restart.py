@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 from canidae.agent.node.isolation import parent_name
-from canidae.core.packtoken import pack_token
 from harness import LocalCluster, local_cluster, wait_until
 from packprocs import kill_leftovers, remove_cgroups
 

@@ -13,7 +13,7 @@ import pytest
 from canidae.agent.identity import Identity
 from canidae.core.packtoken import pack_token
 from canidae.core.types import Role
-from harness import LocalCluster, local_cluster, wait_until
+from harness import local_cluster, wait_until
 
 
 @pytest.fixture(scope="module")

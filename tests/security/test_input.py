@@ -11,7 +11,7 @@ import pytest
 
 from canidae.core.errors import InvalidInput
 from canidae.core.types import validate_name
-from harness import LocalCluster, local_cluster
+from harness import local_cluster
 
 
 @pytest.fixture(scope="module")
