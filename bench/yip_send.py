@@ -41,7 +41,6 @@ import httpx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-from canidae.core.packtoken import pack_token  # noqa: E402
 from canidae.agent.ops.localcluster import ClusterLayout, LocalCluster  # noqa: E402
 
 
@@ -81,11 +80,15 @@ end
 """
 
 
-def concurrent(url: str, admin: str, cluster_token: str, senders: int, seconds: float, workdir: str
+def concurrent(url: str, admin: str, cluster: LocalCluster, senders: int, seconds: float, workdir: str
                ) -> dict[str, Any]:
     """``senders`` connections of wrk (a C load generator: a Python client would be the bottleneck),
-    each request from one of ``senders`` pack tokens in turn, while a receiver drains the mailbox."""
-    tokens = ", ".join(f'"{pack_token(cluster_token, f"sender-{i}")}"' for i in range(senders))
+    each request from one of ``senders`` running packs' tokens in turn, while a receiver drains the mailbox."""
+    with cluster.client() as cl:
+        names = [f"sender-{i}" for i in range(senders)]
+        cl.create_packs([{"name": n, "driver": "virtual", "constraints": {"node": "s1"}} for n in names])
+        cl.wait_running(names, 30)
+    tokens = ", ".join(f'"{cluster.pack_token(n)}"' for n in names)
     lua = os.path.join(workdir, "yips.lua")
     with open(lua, "w") as f:
         f.write(WRK_SCRIPT % tokens)
@@ -190,7 +193,7 @@ def main() -> int:
         url = f"http://{c.agent('s1')['api']}/v1/yips/inbox"
         out["sequential"] = sequential(url, c.token, args.sends)
         if shutil.which("wrk") and args.seconds > 0:
-            out["concurrent"] = concurrent(url, c.token, c.token, args.concurrency, args.seconds, tmp)
+            out["concurrent"] = concurrent(url, c.token, c, args.concurrency, args.seconds, tmp)
     finally:
         c.close()
         shutil.rmtree(tmp, ignore_errors=True)
