@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from canidae.agent.client.link import AgentHops, ServerLink, idle_s
+from canidae.agent.identity import Identity
 from canidae.agent.config import AgentConfig, ServerPeer, load_config, write_config
 from canidae.core.errors import InvalidInput, Unavailable
 from canidae.core.types import Role
@@ -133,7 +134,9 @@ def test_a_hop_to_an_agent_that_is_not_listening_is_unavailable():
 
 def test_the_keep_alive_timeout_comes_from_the_config_or_the_environment_and_the_pools_stay_below_it(tmp_path):
     path = str(tmp_path / "agent.toml")
-    write_config(AgentConfig(node_id="a1", role=Role.CLIENT, token="t",
+    ident = Identity.new()
+    write_config(AgentConfig(node_id="a1", role=Role.CLIENT, token=ident.node_credential("a1", Role.CLIENT),
+                             identity_public_key=ident.public_key, admin_token_hash=ident.admin_hash,
                              servers=(ServerPeer("s1", "127.0.0.1:2", "127.0.0.1:3"),)), path)
     assert load_config(path).keep_alive_s == 30.0
     assert load_config(path, env={"CANIDAE_KEEP_ALIVE_S": "1.5"}).keep_alive_s == 1.5

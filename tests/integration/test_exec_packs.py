@@ -147,7 +147,8 @@ def test_a_memory_hog_is_failed_with_the_reason(cluster):
     with cluster.client() as c:
         if exec_info(c)["exec"]["mechanism"] == "rlimits":
             pytest.skip("no cgroup memory controller here")
-    p = cli(cluster, "pack", "spawn", "hog", "--mem", "32", "--restart", "always", "--",
+    # --keep-pending: a pack failed within spawn's check is otherwise removed (the error says why).
+    p = cli(cluster, "pack", "spawn", "hog", "--mem", "32", "--restart", "always", "--keep-pending", "--",
             py, "-c", "b = []\nwhile True:\n    b.append(bytearray(1 << 20))", check=False)
     with cluster.client() as c:
         wait_until(lambda: c.pack("hog")["state"] == "failed", 15, "the hog failed")
