@@ -65,16 +65,8 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("ring", "canidae.cli.ring:app"),
     ("drill", "canidae.cli.drill:app"),
     ("scale-test", "canidae.cli.scale_test:app"),
-    ("autoscale", "canidae.cli.unavailable:autoscale"),
-    ("metrics", "canidae.cli.unavailable:metrics"),
-    ("top", "canidae.cli.unavailable:top"),
     ("events", "canidae.cli.events:app"),
     ("history", "canidae.cli.history:app"),
-    ("token", "canidae.cli.unavailable:token"),
-    ("policy", "canidae.cli.unavailable:policy"),
-    ("keys", "canidae.cli.unavailable:keys"),
-    ("audit", "canidae.cli.unavailable:audit"),
-    ("fleet", "canidae.cli.unavailable:fleet"),
 )
 
 # (command line, what it does): shown in the help epilog and the man page's EXAMPLES.
@@ -90,7 +82,7 @@ HELP = (
     "canidae places and runs isolated workloads (packs) on a fleet of hosts. "
     "It drives the canidae agent running on every host; a few agents (the servers) hold the "
     "cluster state in a Raft group. The target cluster comes from --addr, CANIDAE_ADDR or the "
-    "config file written by 'cluster up' and 'fleet bootstrap'."
+    "config file written by 'cluster up'."
 )
 EPILOG = "\n\n".join([EXIT_CODES_HELP, "\n".join(["Examples:", *(f"  $ {cmd}" for cmd, _ in EXAMPLES)])])
 
