@@ -65,16 +65,8 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("ring", "canidae.cli.ring:app"),
     ("drill", "canidae.cli.drill:app"),
     ("scale-test", "canidae.cli.scale_test:app"),
-    ("autoscale", "canidae.cli.unavailable:autoscale"),
-    ("metrics", "canidae.cli.unavailable:metrics"),
-    ("top", "canidae.cli.unavailable:top"),
     ("events", "canidae.cli.events:app"),
     ("history", "canidae.cli.history:app"),
-    ("token", "canidae.cli.unavailable:token"),
-    ("policy", "canidae.cli.unavailable:policy"),
-    ("keys", "canidae.cli.unavailable:keys"),
-    ("audit", "canidae.cli.unavailable:audit"),
-    ("fleet", "canidae.cli.unavailable:fleet"),
 )
 
 # (command line, what it does): shown in the help epilog and the man page's EXAMPLES.
@@ -90,7 +82,7 @@ HELP = (
     "canidae places and runs isolated workloads (packs) on a fleet of hosts. "
     "It drives the canidae agent running on every host; a few agents (the servers) hold the "
     "cluster state in a Raft group. The target cluster comes from --addr, CANIDAE_ADDR or the "
-    "config file written by 'cluster up' and 'fleet bootstrap'."
+    "config file written by 'cluster up'."
 )
 EPILOG = "\n\n".join([EXIT_CODES_HELP, "\n".join(["Examples:", *(f"  $ {cmd}" for cmd, _ in EXAMPLES)])])
 
@@ -159,8 +151,10 @@ class _NounOrderGroup(TyperGroup):
         return sorted(super().list_commands(ctx), key=lambda name: (order.get(name, len(order)), name))
 
 
-def build_app() -> typer.Typer:
-    """The ``canidae`` typer app with every entry of :data:`NOUNS` registered."""
+def build_app(only: str | None = None) -> typer.Typer:
+    """The ``canidae`` typer app with every entry of :data:`NOUNS` registered (or, with ``only``,
+    that one noun: a command line that names its noun loads no other module, which keeps
+    ``canidae pack list`` from importing the drills, the scale test and the rest)."""
     root = typer.Typer(
         name=PROG,
         cls=_NounOrderGroup,
@@ -174,6 +168,8 @@ def build_app() -> typer.Typer:
     )
     root.callback()(global_options)
     for name, target in NOUNS:
+        if only is not None and name != only:
+            continue
         entry = _load(target)
         if isinstance(entry, typer.Typer):
             root.add_typer(entry, name=name)
@@ -182,7 +178,39 @@ def build_app() -> typer.Typer:
     return root
 
 
-app = build_app()
+_GLOBAL_VALUE_OPTIONS = ("--addr", "--token", "--config")
+
+
+def _noun_of(args: Sequence[str]) -> str | None:
+    """The noun a command line names (its first word after the global options), if it is one."""
+    nouns = {name for name, _ in NOUNS}
+    skip = False
+    for word in args:
+        if skip:
+            skip = False
+            continue
+        if word in _GLOBAL_VALUE_OPTIONS:
+            skip = True
+            continue
+        if word.startswith("-"):
+            continue
+        return word if word in nouns else None
+    return None
+
+
+def _full_app() -> typer.Typer:
+    built = globals().get("app")
+    if built is None:
+        globals()["app"] = built = build_app()
+    return built  # type: ignore[no-any-return]
+
+
+def __getattr__(name: str) -> Any:
+    # ``app``, the whole tree, is built on first use (docs, completions, tests, --help), not on
+    # import: running one command builds only its noun (see main).
+    if name == "app":
+        return _full_app()
+    raise AttributeError(name)
 
 
 def _one_line(text: str) -> str:
@@ -233,7 +261,7 @@ def _command_path(argv: Sequence[str]) -> str:
     """The command that ``argv`` names, for errors raised without a context (an option's value
     missing). Words that are not subcommands are skipped, so it is a best guess."""
     try:
-        command = typer.main.get_command(app)
+        command = typer.main.get_command(_full_app())
         path = [PROG]
         for word in argv:
             sub = getattr(command, "commands", {}).get(word)
@@ -295,8 +323,12 @@ def report_failure(exc: BaseException, argv: Sequence[str] | None = None) -> int
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line on ``argv`` (default: ``sys.argv[1:]``); return its exit code, never raise."""
     args = list(sys.argv[1:] if argv is None else argv)
+    noun = _noun_of(args)
     try:
-        result = app(args=args, prog_name=PROG, standalone_mode=False)
+        if noun is None and args[:1] == ["--version"]:
+            _print_version(True)
+        command = build_app(only=noun) if noun is not None else _full_app()
+        result = command(args=args, prog_name=PROG, standalone_mode=False)
     except BaseException as exc:  # noqa: BLE001 - this is the one place failures are mapped
         return report_failure(exc, args)
     if result == EXIT_INTERRUPTED:

@@ -5,22 +5,16 @@
 # Subcommands of a command path.
 _canidae_children() {
     case "$1" in
-        "canidae") echo "agent audit autoscale cluster drill events fleet history keys metrics node pack place policy ring scale-test token top yip" ;;
+        "canidae") echo "agent cluster drill events history node pack place ring scale-test yip" ;;
         "canidae agent") echo "doctor init run" ;;
-        "canidae audit") echo "list tail" ;;
-        "canidae autoscale") echo "plan status" ;;
         "canidae cluster") echo "down status up" ;;
         "canidae drill") echo "failover node partition soak zone" ;;
         "canidae events") echo "tail" ;;
-        "canidae fleet") echo "bootstrap" ;;
         "canidae history") echo "verify" ;;
-        "canidae keys") echo "list rotate" ;;
         "canidae node") echo "cordon drain list show uncordon" ;;
         "canidae pack") echo "create delete history kill list logs migrate place show spawn stop" ;;
-        "canidae policy") echo "apply delete list show" ;;
         "canidae ring") echo "lookup rebalance show simulate" ;;
         "canidae scale-test") echo "report run" ;;
-        "canidae token") echo "create list revoke" ;;
         "canidae yip") echo "recv send" ;;
     esac
 }
@@ -33,12 +27,6 @@ _canidae_options() {
         "canidae agent doctor") echo "--config --help --json -c -h" ;;
         "canidae agent init") echo "--cell --client --cpu --data-dir --force --help --identity --json --listen --max-packs --mem --name --out --peer --raft --region --server --zone -h -o" ;;
         "canidae agent run") echo "--config --data-dir --help --listen --name -c -h" ;;
-        "canidae audit") echo "--help -h" ;;
-        "canidae audit list") echo "--help --json --limit -h" ;;
-        "canidae audit tail") echo "--help --json -h" ;;
-        "canidae autoscale") echo "--help -h" ;;
-        "canidae autoscale plan") echo "--help --json --stale -h" ;;
-        "canidae autoscale status") echo "--help --json -h" ;;
         "canidae cluster") echo "--help -h" ;;
         "canidae cluster down") echo "--data-dir --help --json -h" ;;
         "canidae cluster status") echo "--help --json -h" ;;
@@ -51,14 +39,8 @@ _canidae_options() {
         "canidae drill zone") echo "--clients --data-dir --expect-failover --help --json --packs --seed --timeout --yes -h -y" ;;
         "canidae events") echo "--help -h" ;;
         "canidae events tail") echo "--after --count --follow --help --json --lines --node --pack --type -f -h -n" ;;
-        "canidae fleet") echo "--help -h" ;;
-        "canidae fleet bootstrap") echo "--help --identity --inventory --json --no-wait --servers --ssh-user --timeout --wait -h -i" ;;
         "canidae history") echo "--help -h" ;;
         "canidae history verify") echo "--full --help --json -h" ;;
-        "canidae keys") echo "--help -h" ;;
-        "canidae keys list") echo "--help --json -h" ;;
-        "canidae keys rotate") echo "--help --json --no-wait --region --timeout --wait -h" ;;
-        "canidae metrics") echo "--help --json --node --prometheus --stale --zone -h" ;;
         "canidae node") echo "--help -h" ;;
         "canidae node cordon") echo "--help --json -h" ;;
         "canidae node drain") echo "--deadline --help --json --no-wait --plan --timeout --wait --yes -h -y" ;;
@@ -78,11 +60,6 @@ _canidae_options() {
         "canidae pack spawn") echo "--cell --check --count --cpu --driver --env --file --group --help --json --keep-pending --mem --members --network --no-wait --node --region --restart --secret --spread --timeout --wait --zone -e -f -h -n" ;;
         "canidae pack stop") echo "--help --json --no-wait --timeout --wait -h" ;;
         "canidae place") echo "--cell --cells --count --cpu --cpu-per-pack --group --help --json --load-factor --max-packs --mem --mem-per-pack --node --nodes --pack --prefix --region --regions --seed --spread --topology --zone --zones -h" ;;
-        "canidae policy") echo "--help -h" ;;
-        "canidae policy apply") echo "--help --json -h" ;;
-        "canidae policy delete") echo "--help --json -h" ;;
-        "canidae policy list") echo "--help --json -h" ;;
-        "canidae policy show") echo "--help --json -h" ;;
         "canidae ring") echo "--help -h" ;;
         "canidae ring lookup") echo "--help --json -h" ;;
         "canidae ring rebalance") echo "--help --json --plan --yes -h -y" ;;
@@ -91,11 +68,6 @@ _canidae_options() {
         "canidae scale-test") echo "--help -h" ;;
         "canidae scale-test report") echo "--help --json --out -h -o" ;;
         "canidae scale-test run") echo "--base-port --batch --chaos --data-dir --duration --full --help --json --kill --mode --no-chaos --no-ramp --node-packs --nodes --out --packs --plan --ramp --rate --rounds --seed --servers --timeout --yes --zones -h -o -y" ;;
-        "canidae token") echo "--help -h" ;;
-        "canidae token create") echo "--help --json --policy --ttl -h" ;;
-        "canidae token list") echo "--help --json -h" ;;
-        "canidae token revoke") echo "--help --json -h" ;;
-        "canidae top") echo "--help --interval --json --once --sort -h" ;;
         "canidae yip") echo "--help -h" ;;
         "canidae yip recv") echo "--follow --help --json --max --pack --wait -f -h -n -p -w" ;;
         "canidae yip send") echo "--file --help --id --json --timeout -f -h" ;;
@@ -130,7 +102,6 @@ _canidae_option_value() {
         "canidae agent run --data-dir") echo "file" ;;
         "canidae agent run --listen") echo "none" ;;
         "canidae agent run --name") echo "none" ;;
-        "canidae audit list --limit") echo "none" ;;
         "canidae cluster down --data-dir") echo "file" ;;
         "canidae cluster up --base-port") echo "none" ;;
         "canidae cluster up --clients") echo "none" ;;
@@ -185,16 +156,6 @@ _canidae_option_value() {
         "canidae events tail --node") echo "node" ;;
         "canidae events tail --pack") echo "pack" ;;
         "canidae events tail --type") echo "none" ;;
-        "canidae fleet bootstrap --identity") echo "file" ;;
-        "canidae fleet bootstrap --inventory") echo "file" ;;
-        "canidae fleet bootstrap -i") echo "file" ;;
-        "canidae fleet bootstrap --servers") echo "none" ;;
-        "canidae fleet bootstrap --ssh-user") echo "none" ;;
-        "canidae fleet bootstrap --timeout") echo "none" ;;
-        "canidae keys rotate --region") echo "none" ;;
-        "canidae keys rotate --timeout") echo "none" ;;
-        "canidae metrics --node") echo "node" ;;
-        "canidae metrics --zone") echo "zone" ;;
         "canidae node drain --deadline") echo "none" ;;
         "canidae node drain --timeout") echo "none" ;;
         "canidae node list --zone") echo "zone" ;;
@@ -305,10 +266,6 @@ _canidae_option_value() {
         "canidae scale-test run --servers") echo "none" ;;
         "canidae scale-test run --timeout") echo "none" ;;
         "canidae scale-test run --zones") echo "none" ;;
-        "canidae token create --policy") echo "none" ;;
-        "canidae token create --ttl") echo "none" ;;
-        "canidae top --interval") echo "none" ;;
-        "canidae top --sort") echo "choice:cpu mem packs name" ;;
         "canidae yip recv --max") echo "none" ;;
         "canidae yip recv -n") echo "none" ;;
         "canidae yip recv --pack") echo "pack" ;;
@@ -328,8 +285,6 @@ _canidae_option_value() {
 _canidae_argument() {
     case "$1 $2" in
         "canidae drill zone 0") echo "zone" ;;
-        "canidae fleet bootstrap 0") echo "none" ;;
-        "canidae fleet bootstrap "*) echo "none" ;;
         "canidae history verify 0") echo "pack" ;;
         "canidae node cordon 0") echo "node" ;;
         "canidae node drain 0") echo "node" ;;
@@ -350,13 +305,8 @@ _canidae_argument() {
         "canidae pack spawn 1") echo "none" ;;
         "canidae pack spawn "*) echo "none" ;;
         "canidae pack stop 0") echo "pack" ;;
-        "canidae policy apply 0") echo "file" ;;
-        "canidae policy delete 0") echo "none" ;;
-        "canidae policy show 0") echo "none" ;;
         "canidae ring lookup 0") echo "pack" ;;
         "canidae scale-test report 0") echo "file" ;;
-        "canidae token create 0") echo "none" ;;
-        "canidae token revoke 0") echo "none" ;;
         "canidae yip send 0") echo "pack" ;;
         "canidae yip send 1") echo "none" ;;
         *) return 1 ;;

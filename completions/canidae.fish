@@ -5,37 +5,25 @@
 function __canidae_children
     switch $argv[1]
         case 'canidae'
-            printf '%s\n' agent audit autoscale cluster drill events fleet history keys metrics node pack place policy ring scale-test token top yip
+            printf '%s\n' agent cluster drill events history node pack place ring scale-test yip
         case 'canidae agent'
             printf '%s\n' doctor init run
-        case 'canidae audit'
-            printf '%s\n' list tail
-        case 'canidae autoscale'
-            printf '%s\n' plan status
         case 'canidae cluster'
             printf '%s\n' down status up
         case 'canidae drill'
             printf '%s\n' failover node partition soak zone
         case 'canidae events'
             printf '%s\n' tail
-        case 'canidae fleet'
-            printf '%s\n' bootstrap
         case 'canidae history'
             printf '%s\n' verify
-        case 'canidae keys'
-            printf '%s\n' list rotate
         case 'canidae node'
             printf '%s\n' cordon drain list show uncordon
         case 'canidae pack'
             printf '%s\n' create delete history kill list logs migrate place show spawn stop
-        case 'canidae policy'
-            printf '%s\n' apply delete list show
         case 'canidae ring'
             printf '%s\n' lookup rebalance show simulate
         case 'canidae scale-test'
             printf '%s\n' report run
-        case 'canidae token'
-            printf '%s\n' create list revoke
         case 'canidae yip'
             printf '%s\n' recv send
     end
@@ -52,8 +40,6 @@ function __canidae_valued
             printf '%s\n' -- --cell --cpu --data-dir --identity --listen --max-packs --mem --name --out --peer --raft --region --zone -o
         case 'canidae agent run'
             printf '%s\n' -- --config --data-dir --listen --name -c
-        case 'canidae audit list'
-            printf '%s\n' -- --limit
         case 'canidae cluster down'
             printf '%s\n' -- --data-dir
         case 'canidae cluster up'
@@ -70,12 +56,6 @@ function __canidae_valued
             printf '%s\n' -- --clients --data-dir --expect-failover --packs --seed --timeout
         case 'canidae events tail'
             printf '%s\n' -- --after --count --lines --node --pack --type -n
-        case 'canidae fleet bootstrap'
-            printf '%s\n' -- --identity --inventory --servers --ssh-user --timeout -i
-        case 'canidae keys rotate'
-            printf '%s\n' -- --region --timeout
-        case 'canidae metrics'
-            printf '%s\n' -- --node --zone
         case 'canidae node drain'
             printf '%s\n' -- --deadline --timeout
         case 'canidae node list'
@@ -108,10 +88,6 @@ function __canidae_valued
             printf '%s\n' -- --out -o
         case 'canidae scale-test run'
             printf '%s\n' -- --base-port --batch --data-dir --duration --kill --mode --node-packs --nodes --out --packs --plan --rate --rounds --seed --servers --timeout --zones -o
-        case 'canidae token create'
-            printf '%s\n' -- --policy --ttl
-        case 'canidae top'
-            printf '%s\n' -- --interval --sort
         case 'canidae yip recv'
             printf '%s\n' -- --max --pack --wait -n -p -w
         case 'canidae yip send'
@@ -184,23 +160,15 @@ complete -c canidae -f
 
 # canidae
 complete -c canidae -n '__canidae_at \'canidae\'' -a agent -d 'Run, set up and check the agent daemon of this host'
-complete -c canidae -n '__canidae_at \'canidae\'' -a audit -d 'Read the audit log of who did what'
-complete -c canidae -n '__canidae_at \'canidae\'' -a autoscale -d 'See what the autoscaler would do and what it did'
 complete -c canidae -n '__canidae_at \'canidae\'' -a cluster -d 'Start, stop and inspect a local cluster of agents'
 complete -c canidae -n '__canidae_at \'canidae\'' -a drill -d 'Inject real faults (SIGKILL, SIGSTOP) and measure the recovery'
 complete -c canidae -n '__canidae_at \'canidae\'' -a events -d 'Follow the cluster\'s event stream'
-complete -c canidae -n '__canidae_at \'canidae\'' -a fleet -d 'Set up agents on many hosts at once'
 complete -c canidae -n '__canidae_at \'canidae\'' -a history -d 'Check the recorded event history against the live cluster state'
-complete -c canidae -n '__canidae_at \'canidae\'' -a keys -d 'Inspect and rotate the cluster\'s signing and encryption keys'
-complete -c canidae -n '__canidae_at \'canidae\'' -a metrics -d 'Print cluster metrics aggregated by cell, region and zone'
 complete -c canidae -n '__canidae_at \'canidae\'' -a node -d 'List and inspect nodes'
 complete -c canidae -n '__canidae_at \'canidae\'' -a pack -d 'Create, place, run, move and stop packs'
 complete -c canidae -n '__canidae_at \'canidae\'' -a place -d 'Dry-run the scheduler offline'
-complete -c canidae -n '__canidae_at \'canidae\'' -a policy -d 'Manage the access policies that tokens grant'
 complete -c canidae -n '__canidae_at \'canidae\'' -a ring -d 'Inspect and simulate the consistent-hash ring'
 complete -c canidae -n '__canidae_at \'canidae\'' -a scale-test -d 'Run scale tests (simulated or live) and report their figures'
-complete -c canidae -n '__canidae_at \'canidae\'' -a token -d 'Create, list and revoke API tokens'
-complete -c canidae -n '__canidae_at \'canidae\'' -a top -d 'Show nodes and packs by resource use, refreshed live'
 complete -c canidae -n '__canidae_at \'canidae\'' -a yip -d 'Send messages (yips) to packs\' mailboxes and receive them'
 complete -c canidae -n '__canidae_at \'canidae\'' -l addr -x -d 'Agent API address(es), comma-separated'
 complete -c canidae -n '__canidae_at \'canidae\'' -l config -r -F -d 'Client config'
@@ -246,34 +214,6 @@ complete -c canidae -n '__canidae_at \'canidae agent run\'' -l data-dir -r -F -d
 complete -c canidae -n '__canidae_at \'canidae agent run\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae agent run\'' -l listen -x -d 'Address of the agent API'
 complete -c canidae -n '__canidae_at \'canidae agent run\'' -l name -x -d 'Name of this node (default'
-
-# canidae audit
-complete -c canidae -n '__canidae_at \'canidae audit\'' -a list -d 'List recent audit entries'
-complete -c canidae -n '__canidae_at \'canidae audit\'' -a tail -d 'Print audit entries as they are written'
-complete -c canidae -n '__canidae_at \'canidae audit\'' -l help -s h -d 'Show this message and exit'
-
-# canidae audit list
-complete -c canidae -n '__canidae_at \'canidae audit list\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae audit list\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae audit list\'' -l limit -x -d 'Entries to show, newest last'
-
-# canidae audit tail
-complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-
-# canidae autoscale
-complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a plan -d 'Show the scaling decision for the current load, without acting on it'
-complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a status -d 'Show the autoscaler\'s policies and its recent decisions'
-complete -c canidae -n '__canidae_at \'canidae autoscale\'' -l help -s h -d 'Show this message and exit'
-
-# canidae autoscale plan
-complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l stale -d 'Read the contacted agent\'s local copy of the state'
-
-# canidae autoscale status
-complete -c canidae -n '__canidae_at \'canidae autoscale status\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae autoscale status\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 
 # canidae cluster
 complete -c canidae -n '__canidae_at \'canidae cluster\'' -a down -d 'Stop exactly the agents started by \'cluster up\' (SIGTERM, then SIGKILL after 10 s)'
@@ -388,21 +328,6 @@ complete -c canidae -n '__canidae_at \'canidae events tail\'' -l node -x -a '(__
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l pack -x -a '(__canidae_names pack)' -d 'Only events of this pack'
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l type -x -d 'Only these event types (PackStarted, PackFailed, NodeDown, ...)'
 
-# canidae fleet
-complete -c canidae -n '__canidae_at \'canidae fleet\'' -a bootstrap -d 'Install and start agents over SSH, then write the client config (mode 0600)'
-complete -c canidae -n '__canidae_at \'canidae fleet\'' -l help -s h -d 'Show this message and exit'
-
-# canidae fleet bootstrap
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l identity -r -F -d 'SSH private key'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l inventory -s i -r -F -d 'Hosts and their labels (TOML)'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l no-wait -d 'Wait until the work is done, or return once it is accepted'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l servers -x -d 'How many hosts become servers'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l ssh-user -x -d 'User to log in as'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l timeout -x -d 'Give up waiting after this many seconds'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l wait -d 'Wait until the work is done, or return once it is accepted'
-
 # canidae history
 complete -c canidae -n '__canidae_at \'canidae history\'' -a verify -d 'Rebuild the projections from each server\'s event log and compare them with the live state'
 complete -c canidae -n '__canidae_at \'canidae history\'' -l help -s h -d 'Show this message and exit'
@@ -412,31 +337,6 @@ complete -c canidae -n '__canidae_at \'canidae history verify\'' -l full -d 'Rep
 complete -c canidae -n '__canidae_at \'canidae history verify\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae history verify\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae history verify\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
-
-# canidae keys
-complete -c canidae -n '__canidae_at \'canidae keys\'' -a list -d 'List keys with their scope, age and state'
-complete -c canidae -n '__canidae_at \'canidae keys\'' -a rotate -d 'Rotate keys'
-complete -c canidae -n '__canidae_at \'canidae keys\'' -l help -s h -d 'Show this message and exit'
-
-# canidae keys list
-complete -c canidae -n '__canidae_at \'canidae keys list\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae keys list\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-
-# canidae keys rotate
-complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l no-wait -d 'Wait until the work is done, or return once it is accepted'
-complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l region -x -d 'Only this region\'s keys'
-complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l timeout -x -d 'Give up waiting after this many seconds'
-complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l wait -d 'Wait until the work is done, or return once it is accepted'
-
-# canidae metrics
-complete -c canidae -n '__canidae_at \'canidae metrics\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae metrics\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae metrics\'' -l node -x -a '(__canidae_names node)' -d 'Only this node'
-complete -c canidae -n '__canidae_at \'canidae metrics\'' -l prometheus -d 'Print the Prometheus text format'
-complete -c canidae -n '__canidae_at \'canidae metrics\'' -l stale -d 'Read the contacted agent\'s local copy of the state'
-complete -c canidae -n '__canidae_at \'canidae metrics\'' -l zone -x -a '(__canidae_names zone)' -d 'Only this zone'
 
 # canidae node
 complete -c canidae -n '__canidae_at \'canidae node\'' -a cordon -d 'Stop placing new packs on a node'
@@ -633,30 +533,6 @@ complete -c canidae -n '__canidae_at \'canidae place\'' -l topology -r -F -d 'Re
 complete -c canidae -n '__canidae_at \'canidae place\'' -l zone -x -a '(__canidae_names zone)' -d 'Pin the packs to this zone'
 complete -c canidae -n '__canidae_at \'canidae place\'' -l zones -x -d 'Zones of a made-up fleet'
 
-# canidae policy
-complete -c canidae -n '__canidae_at \'canidae policy\'' -a apply -d 'Create or replace a policy from a file'
-complete -c canidae -n '__canidae_at \'canidae policy\'' -a delete -d 'Delete a policy'
-complete -c canidae -n '__canidae_at \'canidae policy\'' -a list -d 'List policies'
-complete -c canidae -n '__canidae_at \'canidae policy\'' -a show -d 'Show the rules of a policy'
-complete -c canidae -n '__canidae_at \'canidae policy\'' -l help -s h -d 'Show this message and exit'
-
-# canidae policy apply
-complete -c canidae -n '__canidae_at \'canidae policy apply\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae policy apply\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae policy apply\' 0' -r -F -d 'FILE'
-
-# canidae policy delete
-complete -c canidae -n '__canidae_at \'canidae policy delete\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae policy delete\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-
-# canidae policy list
-complete -c canidae -n '__canidae_at \'canidae policy list\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae policy list\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-
-# canidae policy show
-complete -c canidae -n '__canidae_at \'canidae policy show\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae policy show\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-
 # canidae ring
 complete -c canidae -n '__canidae_at \'canidae ring\'' -a lookup -d 'Show where NAME lands on the cluster\'s ring (first choice of the ring of ready nodes), its preference list, and where the pack runs now if it exists'
 complete -c canidae -n '__canidae_at \'canidae ring\'' -a rebalance -d 'Move the minimal set of packs onto nodes that joined (sticky bounded-load rebalance)'
@@ -729,33 +605,6 @@ complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l servers -x -
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l timeout -x -d 'live'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l yes -s y -d 'Act without asking (for scripts)'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l zones -x -d 'Zones the nodes are dealt over'
-
-# canidae token
-complete -c canidae -n '__canidae_at \'canidae token\'' -a create -d 'Create a token and print its secret once'
-complete -c canidae -n '__canidae_at \'canidae token\'' -a list -d 'List tokens (never their secrets)'
-complete -c canidae -n '__canidae_at \'canidae token\'' -a revoke -d 'Revoke a token at once on every agent'
-complete -c canidae -n '__canidae_at \'canidae token\'' -l help -s h -d 'Show this message and exit'
-
-# canidae token create
-complete -c canidae -n '__canidae_at \'canidae token create\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae token create\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae token create\'' -l policy -x -d 'Policy granted'
-complete -c canidae -n '__canidae_at \'canidae token create\'' -l ttl -x -d 'Lifetime, e.g'
-
-# canidae token list
-complete -c canidae -n '__canidae_at \'canidae token list\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae token list\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-
-# canidae token revoke
-complete -c canidae -n '__canidae_at \'canidae token revoke\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae token revoke\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-
-# canidae top
-complete -c canidae -n '__canidae_at \'canidae top\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae top\'' -l interval -x -d 'Refresh period'
-complete -c canidae -n '__canidae_at \'canidae top\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae top\'' -l once -d 'Print one screen and exit'
-complete -c canidae -n '__canidae_at \'canidae top\'' -l sort -x -a 'cpu mem packs name' -d 'Order of the rows'
 
 # canidae yip
 complete -c canidae -n '__canidae_at \'canidae yip\'' -a recv -d 'Receive yips from a pack\'s mailbox and acknowledge them'
