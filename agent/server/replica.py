@@ -414,8 +414,11 @@ class Replica(SyncObj):  # type: ignore[misc]
         entries = message.get("entries") or []
         prev_idx, prev_term = message["prevLogIdx"], message["prevLogTerm"]
         last_idx = entries[-1][1] if entries else prev_idx
-        if last_idx >= self._SyncObj__getCurrentLogIndex():
-            return None  # it reaches our end: pysyncobj's handling is already right
+        ours_last = self._SyncObj__getCurrentLogIndex()
+        if prev_idx >= ours_last:
+            return None  # nothing of ours follows prevLogIdx: pysyncobj deletes nothing
+        if last_idx >= ours_last:
+            return self._extension_without_conflict(message, entries, prev_idx, prev_term, ours_last)
         held = self._SyncObj__getEntries(prev_idx, len(entries) + 1)
         if len(held) < len(entries) + 1 or held[0][2] != prev_term:
             return None  # a gap or a conflict at prevLogIdx: pysyncobj answers failure
@@ -425,6 +428,19 @@ class Replica(SyncObj):  # type: ignore[misc]
         last_term = entries[-1][2] if entries else prev_term
         return {**message, "prevLogIdx": last_idx, "prevLogTerm": last_term, "entries": [],
                 "commit_index": min(message["commit_index"], last_idx)}
+
+    def _extension_without_conflict(self, message: dict[str, Any], entries: list[Any], prev_idx: int,
+                                    prev_term: int, ours_last: int) -> dict[str, Any] | None:
+        """A message that overlaps the end of our log and goes beyond it: when the overlap matches,
+        only what is new is appended (pysyncobj would delete the overlap and write it again)."""
+        held = self._SyncObj__getEntries(prev_idx, ours_last - prev_idx + 1)
+        if len(held) != ours_last - prev_idx + 1 or held[0][2] != prev_term:
+            return None
+        overlap = len(held) - 1
+        for ours, theirs in zip(held[1:], entries[:overlap]):
+            if ours[1] != theirs[1] or ours[2] != theirs[2]:
+                return None  # a real conflict: deleting from prevLogIdx + 1 is what Raft does
+        return {**message, "prevLogIdx": ours_last, "prevLogTerm": held[-1][2], "entries": entries[overlap:]}
 
     def _SyncObj__deleteEntriesFrom(self, fromIdx: int) -> None:  # noqa: N802 (pysyncobj's name)
         if _keep_log.active:

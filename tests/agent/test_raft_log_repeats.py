@@ -3,6 +3,8 @@ the first conflicting entry); a real conflict is still cut. Real replicas over r
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from canidae.core.commands import RegisterNode
 from canidae.core.types import Location, Node, Resources
@@ -58,3 +60,26 @@ def test_a_repeated_append_entries_deletes_nothing_and_a_conflict_still_truncate
     g.deliver(follower, lead, _append(lead, prev, [conflicting]))
     assert _log(follower)[-1] == (mine[1], mine[2] + 1)
     assert len(_log(follower)) == len(before) - 2
+
+
+def test_an_append_that_overlaps_the_end_and_goes_beyond_keeps_the_overlap_and_appends_the_rest(group, caplog):
+    g = group
+    _fill(g, 8)
+    lead = g.leader()
+    follower = g.followers()[0]
+    wait_until(lambda: _log(follower) == _log(lead) and follower.raftLastApplied == _log(lead)[-1][0], 10,
+               "the follower to hold and apply the leader's log")
+    g.isolate(g.index(follower))
+    _fill_partitioned = lead  # the leader goes on alone with the other follower
+    node = Node("late", Location("z1", "r1", "c1"), Resources(1000, 1000, 10))
+    [res] = g.propose(_fill_partitioned, [RegisterNode(id="reg-late", at=1, node=node)])
+    assert res.get("ok"), res
+    before = _log(follower)
+    last = before[-1][0]
+    # From three entries back, through the leader's new one: the overlap matches.
+    prev, *rest = lead._SyncObj__getEntries(last - 3)
+    assert rest[-1][1] == last + 1
+    with caplog.at_level(logging.CRITICAL, logger="pysyncobj.syncobj"):
+        g.deliver(follower, lead, _append(lead, prev, list(rest)))
+    assert _log(follower) == before + [(rest[-1][1], rest[-1][2])]
+    assert not [r for r in caplog.records if "truncating" in r.getMessage()], "applied entries were deleted"
