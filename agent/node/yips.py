@@ -47,6 +47,7 @@ GC_EVERY_S = 5.0
 def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
     router = node.router
     store: MailboxStore = node.mailboxes
+    usage = node.usage
     token = node.cfg.token
     admin = token.encode()
     limit = edge.limit
@@ -123,6 +124,7 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
                     answers.extend([e.to_wire()] * n)
                     continue
                 answers.extend({"id": y["id"], "seq": y["seq"]} for y in queued)
+                usage.queued(pack, len(queued))
             # Nobody hears "queued" before the yips are on disk.
             await box.flush()
             return {"pack": pack, "node": router.me, "yips": answers}
@@ -160,6 +162,7 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
             if ack:
                 box.ack(ack)
             got = await box.wait(after, most, float(wait))
+            usage.delivered(pack, len(got))
             return {"pack": pack, "node": router.me, "yips": got, "unread": len(box.items),
                     "next": got[-1]["seq"] if got else after}
         return await router.route(request, pack, local, method="GET", path=f"/v1/yips/{pack}",
