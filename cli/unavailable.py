@@ -19,18 +19,15 @@ from typing import Annotated, NoReturn
 import typer
 
 from canidae.cli.output import (
-    ZONE_METAVAR,
     JsonOption,
     StaleOption,
     TimeoutOption,
     WaitOption,
 )
-from canidae.cli.params import NodeOpt, TopSort, ZoneOpt
 from canidae.core.errors import NotImplementedYet
 
 __all__ = [
-    "audit", "autoscale", "fleet", "keys", "metrics", "policy",
-    "token", "top",
+    "audit", "autoscale", "fleet", "keys", "policy", "token",
 ]
 
 
@@ -194,32 +191,3 @@ def fleet_bootstrap(
 ) -> None:
     """Install and start agents over SSH, then write the client config (mode 0600)."""
     _unavailable("fleet bootstrap")
-
-
-# ---------------------------------------------------------------------------------------------
-# Top-level commands (no verb).
-
-
-def metrics(
-    node_name: NodeOpt = None,
-    zone: ZoneOpt = None,
-    prometheus: Annotated[
-        bool, typer.Option("--prometheus", help="Print the Prometheus text format.")
-    ] = False,
-    stale: StaleOption = False,
-    json: JsonOption = False,
-) -> None:
-    """Print cluster metrics aggregated by cell, region and zone."""
-    _unavailable("metrics")
-
-
-def top(
-    interval: Annotated[
-        float, typer.Option("--interval", metavar="SECONDS", min=0.1, help="Refresh period.")
-    ] = 2.0,
-    sort: Annotated[TopSort, typer.Option("--sort", help="Order of the rows.")] = TopSort.CPU,
-    once: Annotated[bool, typer.Option("--once", help="Print one screen and exit.")] = False,
-    json: JsonOption = False,
-) -> None:
-    """Show nodes and packs by resource use, refreshed live."""
-    _unavailable("top")

@@ -58,7 +58,7 @@ _canidae_options() {
         "canidae keys") echo "--help -h" ;;
         "canidae keys list") echo "--help --json -h" ;;
         "canidae keys rotate") echo "--help --json --no-wait --region --timeout --wait -h" ;;
-        "canidae metrics") echo "--help --json --node --prometheus --stale --zone -h" ;;
+        "canidae metrics") echo "--by --cell --help --json --zone -h" ;;
         "canidae node") echo "--help -h" ;;
         "canidae node cordon") echo "--help --json -h" ;;
         "canidae node drain") echo "--deadline --help --json --no-wait --plan --timeout --wait --yes -h -y" ;;
@@ -94,7 +94,7 @@ _canidae_options() {
         "canidae token create") echo "--help --json --policy --ttl -h" ;;
         "canidae token list") echo "--help --json -h" ;;
         "canidae token revoke") echo "--help --json -h" ;;
-        "canidae top") echo "--help --interval --json --once --sort -h" ;;
+        "canidae top") echo "--cell --help --interval --json --once --sort --zone -h" ;;
         "canidae yip") echo "--help -h" ;;
         "canidae yip recv") echo "--follow --help --json --max --pack --wait -f -h -n -p -w" ;;
         "canidae yip send") echo "--file --help --id --json --timeout -f -h" ;;
@@ -193,7 +193,8 @@ _canidae_option_value() {
         "canidae fleet bootstrap --timeout") echo "none" ;;
         "canidae keys rotate --region") echo "none" ;;
         "canidae keys rotate --timeout") echo "none" ;;
-        "canidae metrics --node") echo "node" ;;
+        "canidae metrics --by") echo "choice:zone region cell node" ;;
+        "canidae metrics --cell") echo "none" ;;
         "canidae metrics --zone") echo "zone" ;;
         "canidae node drain --deadline") echo "none" ;;
         "canidae node drain --timeout") echo "none" ;;
@@ -305,8 +306,10 @@ _canidae_option_value() {
         "canidae scale-test run --zones") echo "none" ;;
         "canidae token create --policy") echo "none" ;;
         "canidae token create --ttl") echo "none" ;;
+        "canidae top --cell") echo "none" ;;
         "canidae top --interval") echo "none" ;;
-        "canidae top --sort") echo "choice:cpu mem packs name" ;;
+        "canidae top --sort") echo "choice:cpu mem packs restarts yips name" ;;
+        "canidae top --zone") echo "zone" ;;
         "canidae yip recv --max") echo "none" ;;
         "canidae yip recv -n") echo "none" ;;
         "canidae yip recv --pack") echo "pack" ;;

@@ -75,7 +75,7 @@ function __canidae_valued
         case 'canidae keys rotate'
             printf '%s\n' -- --region --timeout
         case 'canidae metrics'
-            printf '%s\n' -- --node --zone
+            printf '%s\n' -- --by --cell --zone
         case 'canidae node drain'
             printf '%s\n' -- --deadline --timeout
         case 'canidae node list'
@@ -109,7 +109,7 @@ function __canidae_valued
         case 'canidae token create'
             printf '%s\n' -- --policy --ttl
         case 'canidae top'
-            printf '%s\n' -- --interval --sort
+            printf '%s\n' -- --cell --interval --sort --zone
         case 'canidae yip recv'
             printf '%s\n' -- --max --pack --wait -n -p -w
         case 'canidae yip send'
@@ -190,7 +190,7 @@ complete -c canidae -n '__canidae_at \'canidae\'' -a events -d 'Follow the clust
 complete -c canidae -n '__canidae_at \'canidae\'' -a fleet -d 'Set up agents on many hosts at once'
 complete -c canidae -n '__canidae_at \'canidae\'' -a history -d 'Check the recorded event history against the live cluster state'
 complete -c canidae -n '__canidae_at \'canidae\'' -a keys -d 'Inspect and rotate the cluster\'s signing and encryption keys'
-complete -c canidae -n '__canidae_at \'canidae\'' -a metrics -d 'Print cluster metrics aggregated by cell, region and zone'
+complete -c canidae -n '__canidae_at \'canidae\'' -a metrics -d 'Print cluster metrics merged by the leader from every node\'s heartbeat summary'
 complete -c canidae -n '__canidae_at \'canidae\'' -a node -d 'List and inspect nodes'
 complete -c canidae -n '__canidae_at \'canidae\'' -a pack -d 'Create, place, run, move and stop packs'
 complete -c canidae -n '__canidae_at \'canidae\'' -a place -d 'Dry-run the scheduler offline'
@@ -198,7 +198,7 @@ complete -c canidae -n '__canidae_at \'canidae\'' -a policy -d 'Manage the acces
 complete -c canidae -n '__canidae_at \'canidae\'' -a ring -d 'Inspect and simulate the consistent-hash ring'
 complete -c canidae -n '__canidae_at \'canidae\'' -a scale-test -d 'Run scale tests (simulated or live) and report their figures'
 complete -c canidae -n '__canidae_at \'canidae\'' -a token -d 'Create, list and revoke API tokens'
-complete -c canidae -n '__canidae_at \'canidae\'' -a top -d 'Show nodes and packs by resource use, refreshed live'
+complete -c canidae -n '__canidae_at \'canidae\'' -a top -d 'Show nodes and sampled packs by CPU, memory, restarts and yip rate, refreshed live (Ctrl-C ends)'
 complete -c canidae -n '__canidae_at \'canidae\'' -a yip -d 'Send messages (yips) to packs\' mailboxes and receive them'
 complete -c canidae -n '__canidae_at \'canidae\'' -l addr -x -d 'Agent API address(es), comma-separated'
 complete -c canidae -n '__canidae_at \'canidae\'' -l config -r -F -d 'Client config'
@@ -430,11 +430,10 @@ complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l timeout -x -d '
 complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l wait -d 'Wait until the work is done, or return once it is accepted'
 
 # canidae metrics
+complete -c canidae -n '__canidae_at \'canidae metrics\'' -l by -x -a 'zone region cell node' -d 'Deepest level of the tree shown'
+complete -c canidae -n '__canidae_at \'canidae metrics\'' -l cell -x -d 'Only this cell (c1, or z1/r1/c1)'
 complete -c canidae -n '__canidae_at \'canidae metrics\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae metrics\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae metrics\'' -l node -x -a '(__canidae_names node)' -d 'Only this node'
-complete -c canidae -n '__canidae_at \'canidae metrics\'' -l prometheus -d 'Print the Prometheus text format'
-complete -c canidae -n '__canidae_at \'canidae metrics\'' -l stale -d 'Read the contacted agent\'s local copy of the state'
 complete -c canidae -n '__canidae_at \'canidae metrics\'' -l zone -x -a '(__canidae_names zone)' -d 'Only this zone'
 
 # canidae node
@@ -738,11 +737,13 @@ complete -c canidae -n '__canidae_at \'canidae token revoke\'' -l help -s h -d '
 complete -c canidae -n '__canidae_at \'canidae token revoke\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 
 # canidae top
+complete -c canidae -n '__canidae_at \'canidae top\'' -l cell -x -d 'Only this cell (c1, or z1/r1/c1)'
 complete -c canidae -n '__canidae_at \'canidae top\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae top\'' -l interval -x -d 'Refresh period'
 complete -c canidae -n '__canidae_at \'canidae top\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae top\'' -l once -d 'Print one screen and exit'
-complete -c canidae -n '__canidae_at \'canidae top\'' -l sort -x -a 'cpu mem packs name' -d 'Order of the rows'
+complete -c canidae -n '__canidae_at \'canidae top\'' -l sort -x -a 'cpu mem packs restarts yips name' -d 'Order of the rows'
+complete -c canidae -n '__canidae_at \'canidae top\'' -l zone -x -a '(__canidae_names zone)' -d 'Only this zone'
 
 # canidae yip
 complete -c canidae -n '__canidae_at \'canidae yip\'' -a recv -d 'Receive yips from a pack\'s mailbox and acknowledge them'

@@ -140,3 +140,50 @@ def test_a_heartbeat_with_a_bad_summary_is_refused_and_changes_nothing(cluster):
     wrong_node = {"running": 0, "metrics": {**bad["metrics"], "counters": {}}}
     r = httpx.post(f"http://{api}/v1/nodes/c1/heartbeat", json=wrong_node, headers=h, timeout=5.0)
     assert r.status_code == 400 and "not c1" in r.json()["error"]["message"]
+
+
+def cli(cluster, *args):
+    import os
+    import subprocess
+    import sys
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CANIDAE_")}, "COLUMNS": "200"}
+    addr = ",".join(a["api"] for a in cluster.agents if a["role"] == "server")
+    return subprocess.run([sys.executable, "-m", "canidae", "--addr", addr, "--token", cluster.token, *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_metrics_command_prints_the_tree_with_the_rate_in_force(cluster):
+    import json
+    wait_for(lambda: json.loads(cli(cluster, "metrics", "--json").stdout)["tree"]["nodes"] == 4, 15,
+             "every node in the tree")
+    doc = json.loads(cli(cluster, "metrics", "--by", "region", "--json").stdout)
+    assert doc["by"] == "region" and {r["level"] for r in doc["rows"]} == {"cluster", "zone", "region"}
+    p = cli(cluster, "metrics", "--by", "node")
+    assert p.returncode == 0, p.stderr
+    assert "sampled at 100%" in p.stdout and "s1" in p.stdout and "heartbeat_ms" in p.stdout
+    bad = cli(cluster, "metrics", "--by", "planet")
+    assert bad.returncode == 2 and bad.stdout == ""
+
+
+def test_top_once_and_json_read_the_aggregated_view(cluster):
+    import json
+    with cluster.client() as c:
+        c.create_packs([{"name": "busy", "cpu": 100, "mem": 64}])
+        c.wait_running(["busy"], 10)
+
+    def sampled():
+        s = json.loads(cli(cluster, "top", "--json", "--sort", "name").stdout)
+        return s if s["packs"] and s["packs"][0]["name"] == "busy" else None
+    by_name = wait_for(sampled, 15, "the new pack in the sampled view")
+    assert by_name["packs"][0]["node"] in {"c1", "s1", "s2", "s3"} and len(by_name["packs"]) == 20
+    snap = json.loads(cli(cluster, "top", "--json", "--sort", "packs").stdout)
+    assert snap["sort"] == "packs" and snap["nodes_total"] == 4
+    assert [n["packs"] for n in snap["nodes"]] == sorted((n["packs"] for n in snap["nodes"]), reverse=True)
+    assert sum(n["packs"] for n in snap["nodes"]) == snap["packs_total"]
+    assert all(p["weight"] == 1.0 for p in snap["packs"])  # under 100 packs every pack is sampled
+    only = json.loads(cli(cluster, "top", "--json", "--zone", "nowhere").stdout)
+    assert only["nodes"] == [] and only["packs"] == []
+    p = cli(cluster, "top", "--once", "--sort", "name")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout
+    assert "sampled at 100%" in lines and lines.index("c1") < lines.index("s1") < lines.index("s3")
