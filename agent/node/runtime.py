@@ -27,7 +27,7 @@ from canidae.agent.node.packroute import PackRouter
 from canidae.agent.node.reconcile import Reconciler
 from canidae.agent.node.usage import PackProcs, PackUsage, from_specs, reserved
 from canidae.agent.telemetry import Reading
-from canidae.core.errors import CanidaeError, NotFound
+from canidae.core.errors import CanidaeError, InvalidInput, NotFound
 from canidae.core.metrics import (
     GAUGE_CPU_RESERVED,
     GAUGE_CPU_USED,
@@ -102,12 +102,21 @@ class NodeRuntime:
                 leader_before = self.link.leader_hint
                 rec = self.reconciler
                 count, digest = rec.summary()
+                body: dict[str, Any] = {"running": count, "digest": digest, "corrected": rec.corrected}
+                try:
+                    body["metrics"] = self.metrics_summary().to_wire()
+                except Exception:  # metrics must never cost the heartbeat (and so the node's packs)
+                    log.exception("metrics summary")
                 t0 = time.perf_counter()
-                reply = await self.link.call("POST", f"/v1/nodes/{self.cfg.node_id}/heartbeat",
-                                             json={"running": count, "digest": digest,
-                                                   "corrected": rec.corrected,
-                                                   "metrics": self.metrics_summary().to_wire()},
-                                             timeout=max(interval, 0.5), attempt_s=max(interval, 0.5))
+                try:
+                    reply = await self._heartbeat(body, interval)
+                except InvalidInput as e:
+                    if "metrics" not in body:
+                        raise
+                    log.warning("the leader refused this node's metrics summary (%s): heartbeat without it",
+                                e.message)
+                    del body["metrics"]
+                    reply = await self._heartbeat(body, interval)
                 self.heartbeats += 1
                 self._heartbeat_ms.add(max((time.perf_counter() - t0) * 1000.0, 0.001))
                 rate = reply.get("sample_rate")
@@ -133,6 +142,10 @@ class NodeRuntime:
             except Exception:
                 log.exception("heartbeat loop")
             await asyncio.sleep(interval)
+
+    async def _heartbeat(self, body: dict[str, Any], interval: float) -> dict[str, Any]:
+        return await self.link.call("POST", f"/v1/nodes/{self.cfg.node_id}/heartbeat",  # type: ignore[no-any-return]
+                                    json=body, timeout=max(interval, 0.5), attempt_s=max(interval, 0.5))
 
     # ------------------------------------------------------------------ metrics
 
