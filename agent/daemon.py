@@ -37,11 +37,14 @@ from canidae.agent.server import history
 from canidae.agent.server.control import ControlPlane
 from canidae.agent.server.failure import FailureDetector
 from canidae.agent.server.routes import cluster_routes
+from canidae.agent.telemetry import RequestMetrics, Telemetry
 from canidae.core.errors import CanidaeError, NotFound
 from canidae.core.types import Role
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
 
 log = logging.getLogger("canidae.agent")
 
@@ -65,6 +68,16 @@ class Agent:
         self.edge = Edge(Authenticator(cfg.admin_token_hash, cfg.identity_public_key), cfg.max_body_bytes,
                          forward=None if self.plane is not None else self.forward)
         self.tasks: list[asyncio.Task[Any]] = []
+        self.telemetry = Telemetry()
+        self.telemetry.add_source(self.node.readings)
+        self.node.summary_extras = self._summary_extras
+        if self.plane is not None:
+            self.telemetry.add_source(self.plane.readings)
+            self.telemetry.add_source(lambda: self.failure.readings() if self.failure is not None else [])
+
+    def _summary_extras(self) -> tuple[dict[str, int], dict[str, Any]]:
+        t = self.telemetry
+        return ({"api_requests": t.api_requests, "api_errors": t.api_errors}, {"api_ms": t.take_api_sketch()})
 
     async def start(self) -> None:
         if self.plane is not None:
@@ -105,8 +118,9 @@ class Agent:
             return error_response(e)
         return Response(content, status_code=status, media_type="application/json")
 
-    def app(self) -> Starlette:
-        routes = cluster_routes(self.plane, self.edge, self.health)
+    def app(self) -> ASGIApp:
+        routes = [Route("/v1/metrics", self.edge.endpoint(self.telemetry.handle, forward=False), methods=["GET"])]
+        routes += cluster_routes(self.plane, self.edge, self.health)
         routes += history.routes(self.plane, self.edge.endpoint)
         routes += exec_routes.routes(self.node, self.edge)
         routes += yips.routes(self.node, self.edge)
@@ -120,7 +134,8 @@ class Agent:
                                            "message": f"{request.method} is not allowed on {request.url.path}"}},
                                 status_code=405)
 
-        return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+        app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+        return RequestMetrics(app, self.telemetry)
 
 
 def _forward_timeout(request: Request, default: float) -> float:

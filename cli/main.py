@@ -65,6 +65,8 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("ring", "canidae.cli.ring:app"),
     ("drill", "canidae.cli.drill:app"),
     ("scale-test", "canidae.cli.scale_test:app"),
+    ("metrics", "canidae.cli.metrics:metrics"),
+    ("top", "canidae.cli.top:top"),
     ("events", "canidae.cli.events:app"),
     ("history", "canidae.cli.history:app"),
 )

@@ -29,6 +29,8 @@ class TopSort(str, Enum):
     CPU = "cpu"
     MEM = "mem"
     PACKS = "packs"
+    RESTARTS = "restarts"
+    YIPS = "yips"
     NAME = "name"
 
 

@@ -5,7 +5,7 @@
 # Subcommands of a command path.
 _canidae_children() {
     case "$1" in
-        "canidae") echo "agent cluster drill events history node pack place ring scale-test yip" ;;
+        "canidae") echo "agent cluster drill events history metrics node pack place ring scale-test top yip" ;;
         "canidae agent") echo "doctor init run" ;;
         "canidae cluster") echo "down status up" ;;
         "canidae drill") echo "failover node partition soak zone" ;;
@@ -41,6 +41,7 @@ _canidae_options() {
         "canidae events tail") echo "--after --count --follow --help --json --lines --node --pack --type -f -h -n" ;;
         "canidae history") echo "--help -h" ;;
         "canidae history verify") echo "--full --help --json -h" ;;
+        "canidae metrics") echo "--by --cell --help --json --zone -h" ;;
         "canidae node") echo "--help -h" ;;
         "canidae node cordon") echo "--help --json -h" ;;
         "canidae node drain") echo "--deadline --help --json --no-wait --plan --timeout --wait --yes -h -y" ;;
@@ -68,6 +69,7 @@ _canidae_options() {
         "canidae scale-test") echo "--help -h" ;;
         "canidae scale-test report") echo "--help --json --out -h -o" ;;
         "canidae scale-test run") echo "--base-port --batch --chaos --data-dir --duration --full --help --json --kill --mode --no-chaos --no-ramp --node-packs --nodes --out --packs --plan --ramp --rate --rounds --seed --servers --timeout --yes --zones -h -o -y" ;;
+        "canidae top") echo "--cell --help --interval --json --once --sort --zone -h" ;;
         "canidae yip") echo "--help -h" ;;
         "canidae yip recv") echo "--follow --help --json --max --pack --wait -f -h -n -p -w" ;;
         "canidae yip send") echo "--file --help --id --json --timeout -f -h" ;;
@@ -156,6 +158,9 @@ _canidae_option_value() {
         "canidae events tail --node") echo "node" ;;
         "canidae events tail --pack") echo "pack" ;;
         "canidae events tail --type") echo "none" ;;
+        "canidae metrics --by") echo "choice:zone region cell node" ;;
+        "canidae metrics --cell") echo "none" ;;
+        "canidae metrics --zone") echo "zone" ;;
         "canidae node drain --deadline") echo "none" ;;
         "canidae node drain --timeout") echo "none" ;;
         "canidae node list --zone") echo "zone" ;;
@@ -266,6 +271,10 @@ _canidae_option_value() {
         "canidae scale-test run --servers") echo "none" ;;
         "canidae scale-test run --timeout") echo "none" ;;
         "canidae scale-test run --zones") echo "none" ;;
+        "canidae top --cell") echo "none" ;;
+        "canidae top --interval") echo "none" ;;
+        "canidae top --sort") echo "choice:cpu mem packs restarts yips name" ;;
+        "canidae top --zone") echo "zone" ;;
         "canidae yip recv --max") echo "none" ;;
         "canidae yip recv -n") echo "none" ;;
         "canidae yip recv --pack") echo "pack" ;;

@@ -5,7 +5,7 @@
 function __canidae_children
     switch $argv[1]
         case 'canidae'
-            printf '%s\n' agent cluster drill events history node pack place ring scale-test yip
+            printf '%s\n' agent cluster drill events history metrics node pack place ring scale-test top yip
         case 'canidae agent'
             printf '%s\n' doctor init run
         case 'canidae cluster'
@@ -56,6 +56,8 @@ function __canidae_valued
             printf '%s\n' -- --clients --data-dir --expect-failover --packs --seed --timeout
         case 'canidae events tail'
             printf '%s\n' -- --after --count --lines --node --pack --type -n
+        case 'canidae metrics'
+            printf '%s\n' -- --by --cell --zone
         case 'canidae node drain'
             printf '%s\n' -- --deadline --timeout
         case 'canidae node list'
@@ -88,6 +90,8 @@ function __canidae_valued
             printf '%s\n' -- --out -o
         case 'canidae scale-test run'
             printf '%s\n' -- --base-port --batch --data-dir --duration --kill --mode --node-packs --nodes --out --packs --plan --rate --rounds --seed --servers --timeout --zones -o
+        case 'canidae top'
+            printf '%s\n' -- --cell --interval --sort --zone
         case 'canidae yip recv'
             printf '%s\n' -- --max --pack --wait -n -p -w
         case 'canidae yip send'
@@ -164,11 +168,13 @@ complete -c canidae -n '__canidae_at \'canidae\'' -a cluster -d 'Start, stop and
 complete -c canidae -n '__canidae_at \'canidae\'' -a drill -d 'Inject real faults (SIGKILL, SIGSTOP) and measure the recovery'
 complete -c canidae -n '__canidae_at \'canidae\'' -a events -d 'Follow the cluster\'s event stream'
 complete -c canidae -n '__canidae_at \'canidae\'' -a history -d 'Check the recorded event history against the live cluster state'
+complete -c canidae -n '__canidae_at \'canidae\'' -a metrics -d 'Print cluster metrics merged by the leader from every node\'s heartbeat summary'
 complete -c canidae -n '__canidae_at \'canidae\'' -a node -d 'List and inspect nodes'
 complete -c canidae -n '__canidae_at \'canidae\'' -a pack -d 'Create, place, run, move and stop packs'
 complete -c canidae -n '__canidae_at \'canidae\'' -a place -d 'Dry-run the scheduler offline'
 complete -c canidae -n '__canidae_at \'canidae\'' -a ring -d 'Inspect and simulate the consistent-hash ring'
 complete -c canidae -n '__canidae_at \'canidae\'' -a scale-test -d 'Run scale tests (simulated or live) and report their figures'
+complete -c canidae -n '__canidae_at \'canidae\'' -a top -d 'Show nodes and sampled packs by CPU, memory, restarts and yip rate, refreshed live (Ctrl-C ends)'
 complete -c canidae -n '__canidae_at \'canidae\'' -a yip -d 'Send messages (yips) to packs\' mailboxes and receive them'
 complete -c canidae -n '__canidae_at \'canidae\'' -l addr -x -d 'Agent API address(es), comma-separated'
 complete -c canidae -n '__canidae_at \'canidae\'' -l config -r -F -d 'Client config'
@@ -337,6 +343,13 @@ complete -c canidae -n '__canidae_at \'canidae history verify\'' -l full -d 'Rep
 complete -c canidae -n '__canidae_at \'canidae history verify\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae history verify\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae history verify\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
+
+# canidae metrics
+complete -c canidae -n '__canidae_at \'canidae metrics\'' -l by -x -a 'zone region cell node' -d 'Deepest level of the tree shown'
+complete -c canidae -n '__canidae_at \'canidae metrics\'' -l cell -x -d 'Only this cell (c1, or z1/r1/c1)'
+complete -c canidae -n '__canidae_at \'canidae metrics\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae metrics\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae metrics\'' -l zone -x -a '(__canidae_names zone)' -d 'Only this zone'
 
 # canidae node
 complete -c canidae -n '__canidae_at \'canidae node\'' -a cordon -d 'Stop placing new packs on a node'
@@ -605,6 +618,15 @@ complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l servers -x -
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l timeout -x -d 'live'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l yes -s y -d 'Act without asking (for scripts)'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l zones -x -d 'Zones the nodes are dealt over'
+
+# canidae top
+complete -c canidae -n '__canidae_at \'canidae top\'' -l cell -x -d 'Only this cell (c1, or z1/r1/c1)'
+complete -c canidae -n '__canidae_at \'canidae top\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae top\'' -l interval -x -d 'Refresh period'
+complete -c canidae -n '__canidae_at \'canidae top\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae top\'' -l once -d 'Print one screen and exit'
+complete -c canidae -n '__canidae_at \'canidae top\'' -l sort -x -a 'cpu mem packs restarts yips name' -d 'Order of the rows'
+complete -c canidae -n '__canidae_at \'canidae top\'' -l zone -x -a '(__canidae_names zone)' -d 'Only this zone'
 
 # canidae yip
 complete -c canidae -n '__canidae_at \'canidae yip\'' -a recv -d 'Receive yips from a pack\'s mailbox and acknowledge them'

@@ -252,6 +252,18 @@ class Client:
             time.sleep(0.01)
         return seen
 
+    # ------------------------------------------------------------ metrics
+
+    def metrics_cluster(self, by: str = "cell", *, zone: str | None = None, cell: str | None = None,
+                        packs: int = 0, sort: str = "cpu") -> dict[str, Any]:
+        """The leader's merged tree of the nodes' metrics summaries, down to ``by``; with ``packs``,
+        that many sampled packs (each with its weight) in ``sort`` order."""
+        params: dict[str, Any] = {"by": by, "packs": packs, "sort": sort}
+        for key, v in (("zone", zone), ("cell", cell)):
+            if v:
+                params[key] = v
+        return self.request("GET", "/v1/metrics/cluster", params=params)  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------ event history
 
     def pack_events(self, name: str, since_ms: int | None = None) -> dict[str, Any]:

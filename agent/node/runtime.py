@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from typing import Any, Awaitable, Callable
 
@@ -24,7 +25,18 @@ from canidae.agent.node.exec_driver import ExecDriver
 from canidae.agent.node.mailbox import MailboxStore
 from canidae.agent.node.packroute import PackRouter
 from canidae.agent.node.reconcile import Reconciler
-from canidae.core.errors import CanidaeError, NotFound
+from canidae.agent.node.usage import PackProcs, PackUsage, from_specs, reserved
+from canidae.agent.telemetry import Reading
+from canidae.core.errors import CanidaeError, InvalidInput, NotFound
+from canidae.core.metrics import (
+    GAUGE_CPU_RESERVED,
+    GAUGE_CPU_USED,
+    GAUGE_MEM_RESERVED,
+    GAUGE_MEM_USED,
+    NodeSummary,
+)
+from canidae.core.sampling import check_rate, sample_packs, sample_rate
+from canidae.core.sketch import Sketch
 from canidae.core.types import NodeState
 
 log = logging.getLogger("canidae.node")
@@ -32,6 +44,9 @@ log = logging.getLogger("canidae.node")
 LocalAssignments = Callable[[str, int, float], Awaitable[dict[str, Any]]]
 LocalResync = Callable[[str, dict[str, int]], Awaitable[dict[str, Any]]]
 LocatePack = Callable[[str], tuple[str | None, str, str]]
+# What the composition root adds to the node's summary: counters and latency sketches of the agent
+# itself (its API), taken once per heartbeat.
+SummaryExtras = Callable[[], tuple[dict[str, int], dict[str, Sketch]]]
 
 # A client agent's assignment long-poll waits this long at most: a server that was paused or cut
 # off mid-poll holds the agent back no longer than this (the heartbeat loop also ends the poll
@@ -58,6 +73,11 @@ class NodeRuntime:
                                  cfg.request_timeout_s, locate_local=locate_local)
         self.stopping = False
         self.tasks: list[asyncio.Task[Any]] = []
+        self.usage = PackUsage()
+        self.summary_extras: SummaryExtras | None = None
+        self.sample_rate: float | None = None  # handed out by the leader in each heartbeat reply
+        self.heartbeats = 0
+        self._heartbeat_ms = Sketch()  # round trips of this interval's heartbeats
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self.reconciler.run())]
@@ -83,10 +103,29 @@ class NodeRuntime:
                 leader_before = self.link.leader_hint
                 rec = self.reconciler
                 count, digest = rec.summary()
-                reply = await self.link.call("POST", f"/v1/nodes/{self.cfg.node_id}/heartbeat",
-                                             json={"running": count, "digest": digest,
-                                                   "corrected": rec.corrected},
-                                             timeout=max(interval, 0.5), attempt_s=max(interval, 0.5))
+                body: dict[str, Any] = {"running": count, "digest": digest, "corrected": rec.corrected}
+                try:
+                    body["metrics"] = self.metrics_summary().to_wire()
+                except Exception:  # metrics must never cost the heartbeat (and so the node's packs)
+                    log.exception("metrics summary")
+                t0 = time.perf_counter()
+                try:
+                    reply = await self._heartbeat(body, interval)
+                except InvalidInput as e:
+                    if "metrics" not in body:
+                        raise
+                    log.warning("the leader refused this node's metrics summary (%s): heartbeat without it",
+                                e.message)
+                    del body["metrics"]
+                    reply = await self._heartbeat(body, interval)
+                self.heartbeats += 1
+                self._heartbeat_ms.add(max((time.perf_counter() - t0) * 1000.0, 0.001))
+                rate = reply.get("sample_rate")
+                if rate is not None:
+                    try:
+                        self.sample_rate = check_rate(rate)
+                    except CanidaeError:
+                        log.warning("the leader handed out an invalid sampling rate %r", rate)
                 if self.link.leader_hint != leader_before and self._local_assignments is None:
                     rec.interrupt()  # a poll on the old leader may never end: ask the new one
                 if reply.get("resync"):
@@ -104,6 +143,68 @@ class NodeRuntime:
             except Exception:
                 log.exception("heartbeat loop")
             await asyncio.sleep(interval)
+
+    async def _heartbeat(self, body: dict[str, Any], interval: float) -> dict[str, Any]:
+        return await self.link.call("POST", f"/v1/nodes/{self.cfg.node_id}/heartbeat",  # type: ignore[no-any-return]
+                                    json=body, timeout=max(interval, 0.5), attempt_s=max(interval, 0.5))
+
+    # ------------------------------------------------------------------ metrics
+
+    def _procs(self) -> list[PackProcs]:
+        running = {}
+        for name, run in self.exec_driver.runs.items():
+            members = run.members
+            running[name] = PackProcs(name, tuple(m.pid for m in members if m.alive and m.pid),
+                                      run.state != "running" or all(m.alive for m in members),
+                                      sum(m.restarts for m in members))
+        return from_specs(self.reconciler.desired, running)
+
+    def metrics_summary(self) -> NodeSummary:
+        """What this node measured since its last heartbeat, sampled at the rate in force."""
+        packs = self._procs()
+        readings, interval = self.usage.readings(packs, time.monotonic())
+        cpu_res, mem_res = reserved(packs)
+        cap = self.cfg.capacity
+        # Until the leader says, the rate this node's own pack count calls for (never below the
+        # cluster's: the cluster holds at least these packs).
+        rate = self.sample_rate or sample_rate(len(packs))
+        yips = sum(r.yips for r in readings)
+        gauges: dict[str, float] = {
+            GAUGE_CPU_USED: sum(r.cpu_m for r in readings), GAUGE_CPU_RESERVED: float(cpu_res),
+            GAUGE_MEM_USED: sum(r.mem_mib for r in readings), GAUGE_MEM_RESERVED: float(mem_res),
+            "cpu_capacity_m": float(cap.cpu), "mem_capacity_mib": float(cap.mem),
+            "yips_per_s": yips / interval if interval else 0.0,
+        }
+        counters = {"yips_queued": self.usage.yips_queued, "yips_delivered": self.usage.yips_delivered,
+                    "restarts": self.usage.restarts, "heartbeats": self.heartbeats}
+        sketches: dict[str, Sketch] = {}
+        if self._heartbeat_ms.count:
+            sketches["heartbeat_ms"], self._heartbeat_ms = self._heartbeat_ms, Sketch()
+        if self.summary_extras is not None:
+            more_counters, more_sketches = self.summary_extras()
+            counters.update(more_counters)
+            sketches.update((k, v) for k, v in more_sketches.items() if v.count)
+        return NodeSummary(node=self.cfg.node_id, location=self.cfg.location, at_ms=int(time.time() * 1000),
+                           pack_count=len(packs), sample_rate=rate, counters=counters,
+                           gauges=gauges, sketches=sketches, packs=tuple(sample_packs(readings, rate)))
+
+    def readings(self) -> list[Reading]:
+        """This node's packs and yips, for ``/v1/metrics``."""
+        states: dict[str, int] = {}
+        for a in self.reconciler.desired.values():
+            states[a["state"]] = states.get(a["state"], 0) + 1
+        out = [Reading("node_packs", "gauge", "Packs this node holds, by the state the cluster gives them.",
+                       n, {"state": st}) for st, n in sorted(states.items())]
+        return out + [
+            Reading("node_packs_running", "gauge", "Packs this node's drivers run.", self.reconciler.summary()[0]),
+            Reading("yips_queued", "counter", "Yips taken into this node's mailboxes.", self.usage.yips_queued),
+            Reading("yips_delivered", "counter", "Yips handed to readers by this node's mailboxes.",
+                    self.usage.yips_delivered),
+            Reading("pack_restarts", "counter", "Member restarts seen on this node.", self.usage.restarts),
+            Reading("heartbeats", "counter", "Heartbeats this node's leader acknowledged.", self.heartbeats),
+            Reading("metrics_sample_rate", "gauge", "Share of packs whose metrics this node sends.",
+                    self.sample_rate or 1.0),
+        ]
 
     async def _fetch_assignments(self, after: int) -> dict[str, Any]:
         # A server holds a replica: it reads its own assignments from it instead of asking the

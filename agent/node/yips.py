@@ -56,6 +56,7 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
     router = node.router
     store: MailboxStore = node.mailboxes
     key, me = node.cfg.token, node.cfg.node_id  # pack tokens are signed with this agent's own secret
+    usage = node.usage
     limit = edge.limit
     endpoint = edge.endpoint
     last_gc = [time.monotonic()]
@@ -142,6 +143,7 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
                     answers.extend([e.to_wire()] * n)
                     continue
                 answers.extend({"id": y["id"], "seq": y["seq"]} for y in queued)
+                usage.queued(pack, len(queued))
             # Nobody hears "queued" before the yips are on disk.
             await box.flush()
             return {"pack": pack, "node": router.me, "yips": answers}
@@ -211,6 +213,7 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
             if ack:
                 box.ack(ack)
             got = await box.wait(after, most, float(wait))
+            usage.delivered(pack, len(got))
             return {"pack": pack, "node": router.me, "yips": got, "unread": len(box.items),
                     "next": got[-1]["seq"] if got else after}
         return await router.route(request, pack, local, method="GET", path=f"/v1/yips/{pack}",

@@ -25,6 +25,7 @@ from canidae.agent.server import history
 from canidae.agent.server.eventstore import EventStore
 from canidae.agent.server.proposer import Proposer
 from canidae.agent.server.replica import Replica
+from canidae.agent.telemetry import Reading
 from canidae.core.commands import (
     Command,
     CreatePacks,
@@ -40,6 +41,8 @@ from canidae.core.commands import (
     StopPacks,
 )
 from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound
+from canidae.core.metrics import NodeSummary, aggregate, render_rows
+from canidae.core.sampling import sample_rate
 from canidae.core.ring import HashRing, bounded_caps
 from canidae.core.state import HOLDING, ClusterState, PackRecord, running_digest
 from canidae.core.types import Node, NodeState, PackSpec, PackState, validate_name
@@ -72,6 +75,7 @@ class ControlPlane:
         self.last_seen: dict[str, float] = {}
         self.running_on: dict[str, int] = {}  # what each agent says it runs
         self.convergence = Convergence()
+        self.summaries: dict[str, NodeSummary] = {}  # the latest metrics summary of each node
         self._keyring: Keyring | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -168,6 +172,55 @@ class ControlPlane:
                 "nodes": n_nodes, "nodes_down": down, "packs": sum(counts.values()), "pack_states": counts,
                 "group_commit": {"batches": self.proposer.batches if self.proposer else 0,
                                  "commands": self.proposer.commands if self.proposer else 0}}
+
+    def readings(self) -> list[Reading]:
+        """This server's Raft, group commit, replicated state and event store, for ``/v1/metrics``."""
+        if self.replica is None:
+            return []
+        st = self.replica.raft_status()
+        commit, applied = st["commit_index"] or 0, st["last_applied"] or 0
+        out = [
+            Reading("raft_term", "gauge", "Current Raft term of this server.", st["term"] or 0),
+            Reading("raft_commit_index", "gauge", "Highest log index known committed.", commit),
+            Reading("raft_applied_index", "gauge", "Highest log index applied to the state.", applied),
+            Reading("raft_apply_lag_entries", "gauge", "Committed entries not yet applied.", max(0, commit - applied)),
+            Reading("raft_leader", "gauge", "1 while this server is the Raft leader.", 1 if st["state"] == "leader" else 0),
+            Reading("raft_has_quorum", "gauge", "1 while this server sees a quorum.", 1 if st["has_quorum"] else 0),
+            Reading("raft_leader_changes", "counter", "Times the leader this server knows of changed.",
+                    self.replica.leader_changes),
+            Reading("raft_apply_seconds", "counter", "Time spent applying log entries to the state.",
+                    self.replica.apply_seconds),
+        ]
+        if self.proposer is not None:
+            out += [Reading("group_commit_batches", "counter", "Log entries proposed by group commit.",
+                            self.proposer.batches),
+                    Reading("group_commit_commands", "counter", "Commands proposed by group commit.",
+                            self.proposer.commands)]
+        with self.replica.lock:
+            state = self.replica.state
+            packs = state.counts()
+            nodes: dict[str, int] = {}
+            for n in state.nodes.values():
+                nodes[n.state.value] = nodes.get(n.state.value, 0) + 1
+        for ps in PackState:
+            out.append(Reading("cluster_packs", "gauge", "Packs in the replicated state, by state.",
+                               packs.get(ps.value, 0), {"state": ps.value}))
+        for ns in NodeState:
+            out.append(Reading("cluster_nodes", "gauge", "Nodes in the replicated state, by state.",
+                               nodes.get(ns.value, 0), {"state": ns.value}))
+        if self.store is not None:
+            out += [Reading("event_store_appends", "counter", "Events appended to this server's event store.",
+                            self.store.appended),
+                    Reading("event_store_syncs", "counter", "Group commits (fdatasync) of the event store.",
+                            self.store.commits),
+                    Reading("event_store_durable_seq", "gauge", "Last event sequence number on disk.",
+                            self.store.durable_seq)]
+        if self.is_leader():
+            now = time.monotonic()
+            for node_id, seen in sorted(self.last_seen.items()):
+                out.append(Reading("heartbeat_age_seconds", "gauge", "Time since the leader last heard each "
+                                   "node's heartbeat.", max(0.0, now - seen), {"node": node_id}))
+        return out
 
     def state_digest(self) -> dict[str, Any]:
         assert self.replica is not None
@@ -332,17 +385,57 @@ class ControlPlane:
                 raise NoLeader("no leader to take heartbeats")
             return await self.link.call("POST", f"/v1/nodes/{node_id}/heartbeat", json=body,  # type: ignore[no-any-return]
                                         prefer=leader, timeout=self.cfg.heartbeat_interval_s + 0.5)
+        summary = None
+        if body.get("metrics") is not None:  # checked whole before anything of the heartbeat is taken
+            summary = NodeSummary.from_wire(body["metrics"])
+            if summary.node != node_id:
+                raise InvalidInput(f"the metrics summary is of node {summary.node}, not {node_id}")
         st = self.replica.state  # dict reads only: a heartbeat never waits for the state's lock
         node = st.nodes.get(node_id)
         rev = st.node_rev.get(node_id, 0)
         if node is None:
             raise NotFound(f"no node {node_id!r}: register first")
         self.last_seen[node_id] = time.monotonic()
+        if summary is not None:
+            self.summaries[node_id] = summary
         if isinstance(body.get("running"), int):
             self.running_on[node_id] = body["running"]
         self.convergence.heard(node_id, body.get("digest"), body.get("corrected"))
         return {"state": node.state.value, "rev": rev, "leader_api": self.cfg.api,
-                "resync": self.convergence.take_resync(node_id)}
+                "resync": self.convergence.take_resync(node_id), "sample_rate": sample_rate(len(st.packs))}
+
+    async def metrics_tree(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The latest summaries of live nodes merged into one tree (``canidae.core.metrics``), as
+        the leader holds them; ``params`` are the checked query (see ``routes.metrics_query``)."""
+        assert self.replica is not None
+        if not self.is_leader():
+            leader = self.leader_api()
+            if leader is None:
+                raise NoLeader("no leader holds the nodes' metrics")
+            return await self.link.call("GET", "/v1/metrics/cluster", params=params,  # type: ignore[no-any-return]
+                                        prefer=leader, timeout=self.cfg.request_timeout_s)
+        st = self.replica.state
+        zone, cell = params.get("zone"), params.get("cell")
+        chosen = []
+        for node_id, s in list(self.summaries.items()):
+            node = st.nodes.get(node_id)
+            if node is None or node.state is NodeState.DOWN:
+                continue  # its packs moved: what it last said is no longer the cluster's
+            loc = s.location
+            if (zone and loc.zone != zone) or (cell and cell not in (loc.cell, f"{loc.zone}/{loc.region}/{loc.cell}")):
+                continue
+            chosen.append(s)
+        tree = aggregate(chosen, by=params["by"])
+        out: dict[str, Any] = {"by": params["by"], "sample_rate": sample_rate(len(st.packs)),
+                               "rows": render_rows(tree), "tree": tree.to_dict()}
+        most = params.get("packs", 0)
+        if most:
+            key = {"cpu": "cpu_m", "mem": "mem_mib"}.get(params.get("sort", "cpu"), params.get("sort", "cpu"))
+            samples = [{"node": s.node, **_sample_view(p)} for s in chosen for p in s.packs]
+            samples.sort(key=lambda p: (p["name"],) if key == "name" else (-p[key], p["name"]))
+            out["packs"] = samples[:most]
+            out["packs_sampled"] = len(samples)
+        return out
 
     def check_convergence(self) -> None:
         """Leader only: order a resync of every node whose agent's digest has disagreed with the
@@ -432,6 +525,11 @@ class ControlPlane:
                 raise InvalidInput(f"invalid report: {e}") from None
         return await self.propose(ReportPacks(id=rid, **self.stamp(), node_id=node_id, reports=tuple(parsed),
                                               by=f"agent:{node_id}"))
+
+
+def _sample_view(p: Any) -> dict[str, Any]:
+    return {"name": p.name, "weight": p.weight, "cpu_m": p.cpu_m, "mem_mib": p.mem_mib, "restarts": p.restarts,
+            "yips": p.yips, "error": p.error, "outlier": p.outlier}
 
 
 def assignment(rec: PackRecord) -> dict[str, Any]:

@@ -401,6 +401,7 @@ class EventStore:
         self.durable_seq = 0
         self._settled_seq = 0  # durable, and the sealing and snapshot it caused are done
         self.commits = 0  # group commits (one fdatasync per segment written)
+        self.appended = 0  # events accepted by append since this store was opened
         self._closing = False
         self._stopped = False
         self.error: str | None = None
@@ -450,6 +451,7 @@ class EventStore:
             gap = new[0]["seq"] > accepted + 1
             self._pending.extend(new)
             self._accepted = new[-1]["seq"]
+            self.appended += len(new)
             if gap and live is not None:
                 try:
                     view = live()

@@ -40,6 +40,7 @@ import uuid
 
 from canidae.agent.client.link import AgentHops
 from canidae.agent.server.control import ControlPlane
+from canidae.agent.telemetry import Reading
 from canidae.core.commands import SetNodeState
 from canidae.core.errors import CanidaeError
 from canidae.core.types import NodeState
@@ -81,6 +82,12 @@ class FailureDetector:
                     self.plane.check_convergence()
             except Exception:
                 log.exception("failure detector")
+
+    def readings(self) -> list[Reading]:
+        return [Reading("failure_nodes_kept_by_probe", "counter", "Silent nodes that answered the leader's "
+                        "probe and so were not declared down.", self.kept_by_probe),
+                Reading("failure_in_flight", "gauge", "Nodes being probed or declared down right now.",
+                        len(self.in_flight))]
 
     def check(self, now: float, stalled: bool, late: float = 0.0) -> None:
         plane = self.plane

@@ -306,6 +306,8 @@ class Replica(SyncObj):  # type: ignore[misc]
             _FSYNC_JOURNALS.add(os.path.abspath(journal))
         self.lock = threading.RLock()
         self.apply_seconds = 0.0
+        self.leader_changes = 0  # times the leader this member knows of changed (to another, or none)
+        self._known_leader: str | None = None
         self.state = state_factory()
         self._state_factory = state_factory
         self._on_applied = on_applied
@@ -499,6 +501,10 @@ class Replica(SyncObj):  # type: ignore[misc]
         self._forgiven_s = 0.0
         self._prevote.before_tick(monotonic())
         super()._onTick(timeToWait)
+        leader = self.leader_address()
+        if leader != self._known_leader:
+            self._known_leader = leader
+            self.leader_changes += 1
 
     def _forgive_own_stall(self, busy: float) -> None:
         now = monotonic()

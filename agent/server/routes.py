@@ -57,6 +57,31 @@ def by(request: Request) -> str:
     return principal_of(request).public_id
 
 
+METRICS_LEVELS = ("cluster", "zone", "region", "cell", "node")
+PACK_SORTS = ("cpu", "mem", "restarts", "yips", "name")
+
+
+def metrics_query(request: Request) -> dict[str, Any]:
+    """``by`` (level), ``zone`` and ``cell`` filters, ``packs`` (how many sampled packs, 0..1000)
+    and ``sort`` (their order) of ``GET /v1/metrics/cluster``, checked."""
+    q = request.query_params
+    by = q.get("by", "cell")
+    if by not in METRICS_LEVELS:
+        raise InvalidInput(f"by must be one of {', '.join(METRICS_LEVELS)}")
+    out: dict[str, Any] = {"by": by, "packs": query_int(request, "packs", 0, 0, 1000)}
+    sort = q.get("sort", "cpu")
+    if sort not in PACK_SORTS:
+        raise InvalidInput(f"sort must be one of {', '.join(PACK_SORTS)}")
+    out["sort"] = sort
+    for key in ("zone", "cell"):
+        if q.get(key):
+            value = q[key]
+            for part in value.split("/"):
+                validate_name(key, part)
+            out[key] = value
+    return out
+
+
 def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[Route]:
     """The cluster routes. ``plane`` is None on a client agent (the edge forwards these routes);
     ``health`` answers the liveness route (the whole story only to a credential)."""
@@ -100,7 +125,7 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
                                           plan=bool(body.get("plan", False)), by=by(request))
 
     async def heartbeat(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit), {"rev", "running", "digest", "corrected"})
+        body = expect_object(await read_json(request, limit), {"rev", "running", "digest", "corrected", "metrics"})
         return await agent.heartbeat(validate_name("node", request.path_params["node"]), body)
 
     async def assignments(request: Request) -> Any:
@@ -210,6 +235,9 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
             raise NotFound("a client agent holds no replicated state")
         return agent.state_digest()
 
+    async def metrics_cluster(request: Request) -> Any:
+        return await agent.metrics_tree(metrics_query(request))
+
     async def openapi(request: Request) -> Any:
         return openapi_document()
 
@@ -237,6 +265,7 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         Route("/v1/ring", endpoint(ring), methods=["GET"]),
         Route("/v1/rebalance", endpoint(rebalance), methods=["POST"]),
         Route("/v1/ring/lookup/{name}", endpoint(ring_lookup), methods=["GET"]),
+        Route("/v1/metrics/cluster", endpoint(metrics_cluster), methods=["GET"]),
     ]
 
     return routes

@@ -1,11 +1,13 @@
 """The house rules of imports, checked on the source (every import, also those inside functions).
 
     core          -> core
-    agent.config, agent.identity, agent.secretbox, agent.datadir -> core
+    agent.config, agent.identity, agent.secretbox, agent.datadir, agent.telemetry -> core
     agent.httpedge -> core, agent.identity
     agent.client  -> core, agent.client
-    agent.server  -> core, agent.config, agent.identity, agent.httpedge, agent.secretbox, agent.client, agent.server
-    agent.node    -> core, agent.config, agent.identity, agent.httpedge, agent.secretbox, agent.client, agent.node
+    agent.server  -> core, agent.config, agent.identity, agent.httpedge, agent.telemetry, agent.secretbox,
+                     agent.client, agent.server
+    agent.node    -> core, agent.config, agent.identity, agent.httpedge, agent.telemetry, agent.secretbox,
+                     agent.client, agent.node
     agent.ops     -> core, agent.config, agent.identity, agent.secretbox, agent.client, agent.ops  (the doctor
                      also probes agent.node.isolation and agent.node.confine)
     agent.daemon  -> everything in agent (the composition root)
@@ -36,10 +38,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "canidae.agent.client": ("canidae.core", "canidae.agent.client"),
     "canidae.agent.secretbox": ("canidae.core",),
     "canidae.agent.datadir": ("canidae.core",),
+    "canidae.agent.telemetry": ("canidae.core",),
     "canidae.agent.server": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.httpedge",
-                             "canidae.agent.secretbox", "canidae.agent.client", "canidae.agent.server"),
+                             "canidae.agent.telemetry", "canidae.agent.secretbox", "canidae.agent.client",
+                             "canidae.agent.server"),
     "canidae.agent.node": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.httpedge",
-                           "canidae.agent.secretbox", "canidae.agent.client", "canidae.agent.node"),
+                           "canidae.agent.telemetry", "canidae.agent.secretbox", "canidae.agent.client",
+                           "canidae.agent.node"),
     "canidae.agent.ops": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.secretbox",
                           "canidae.agent.client", "canidae.agent.ops"),
     "canidae.agent.daemon": ("canidae.core", "canidae.agent"),

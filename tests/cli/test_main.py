@@ -32,8 +32,8 @@ CONTRACT_NOUNS = {
     "events": {"tail"},
     "history": {"verify"},
 }
-CONTRACT_COMMANDS = {"place"}
-# DESIGN.md's contract also names autoscale, fleet, metrics, top, token, policy, keys and audit:
+CONTRACT_COMMANDS = {"place", "metrics", "top"}
+# DESIGN.md's contract also names autoscale, fleet, token, policy, keys and audit:
 # they join the tree (and this table) when they are built, never before.
 
 

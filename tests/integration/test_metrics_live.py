@@ -1,0 +1,189 @@
+"""Metrics on a real cluster (3 servers + 1 client agent on loopback): every agent's
+``GET /v1/metrics`` parsed with prometheus_client's own parser, and the leader's merged tree of the
+summaries nodes send with their heartbeats."""
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from canidae.agent.client.execcalls import yip_recv, yip_send
+from harness import LocalCluster, wait_for
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalCluster(str(tmp_path_factory.mktemp("metrics") / "cluster"), servers=3, clients=1).up()
+    try:
+        yield c
+    finally:
+        c.down()
+
+
+def scrape(cluster, ident, **params):
+    r = httpx.get(f"http://{cluster.agent(ident)['api']}/v1/metrics", params=params,
+                  headers={"authorization": f"Bearer {cluster.token}"}, timeout=5.0)
+    return r
+
+
+def families(cluster, ident):
+    r = scrape(cluster, ident)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {f.name: f for f in text_string_to_metric_families(r.text)}
+
+
+def value(fams, name, **labels):
+    fam = fams[name]
+    found = [s.value for s in fam.samples if all(s.labels.get(k) == v for k, v in labels.items())
+             and not s.name.endswith(("_created", "_bucket"))]
+    assert found, f"no sample of {name} with {labels}"
+    return found[0]
+
+
+def test_every_agent_exposes_prometheus_metrics_with_canonical_names(cluster):
+    with cluster.client() as c:
+        c.create_packs([{"name": "m"}], count=20)
+        wait_for(lambda: c.packs(state="placed", limit=1)["packs"] == [], 15, "all packs running")
+        c.create_packs([{"name": "talker"}])
+        c.wait_running(["talker"], 10)
+        for i in range(3):
+            yip_send(c, "talker", text=f"hello {i}")
+        got = yip_recv(c, "talker")
+        assert len(got["yips"]) == 3
+    leader = cluster.leader()
+    wait_for(lambda: value(families(cluster, leader), "canidae_cluster_packs", state="running") == 21, 10,
+             "the leader's gauge of running packs")
+    fams = families(cluster, leader)
+    assert value(fams, "canidae_raft_leader") == 1
+    assert value(fams, "canidae_raft_term") >= 1
+    assert value(fams, "canidae_raft_commit_index") >= value(fams, "canidae_raft_applied_index") > 0
+    assert value(fams, "canidae_raft_leader_changes") >= 1
+    assert fams["canidae_raft_leader_changes"].type == "counter"
+    assert value(fams, "canidae_cluster_nodes", state="ready") == 4
+    assert value(fams, "canidae_event_store_appends") > 21
+    assert value(fams, "canidae_failure_nodes_kept_by_probe") == 0
+    assert {s.labels["node"] for s in fams["canidae_heartbeat_age_seconds"].samples} >= {"s1", "s2", "s3", "c1"}
+    # The client asked whichever server answered first: the servers' counts add up to its requests.
+    posts = sum(sum(s.value for s in families(cluster, a)["canidae_api_requests"].samples
+                    if s.name == "canidae_api_requests_total"
+                    and s.labels == {"route": "/v1/packs", "method": "POST", "code": "200"})
+                for a in ("s1", "s2", "s3"))
+    assert posts == 2
+    assert fams["canidae_api_request_duration_seconds"].type == "histogram"
+
+    # Yips are counted where the pack's mailbox lives; the cluster's total is the sum over agents.
+    queued = delivered = 0
+    for a in cluster.agents:
+        families(cluster, a["id"])  # a scrape is counted once answered: the next one shows it
+        f = families(cluster, a["id"])
+        queued += value(f, "canidae_yips_queued")
+        delivered += value(f, "canidae_yips_delivered")
+        assert "canidae_raft_term" in f if a["role"] == "server" else "canidae_raft_term" not in f
+        assert value(f, "canidae_api_requests", route="/v1/metrics", method="GET", code="200") >= 1
+        # Canonical names, base units, no label that names a pack.
+        for fam in f.values():
+            assert fam.name.startswith("canidae_"), fam.name
+            for s in fam.samples:
+                assert not any(v.startswith(("m-", "talker")) for v in s.labels.values()), s
+    assert (queued, delivered) == (3, 3)
+
+
+def test_json_format_and_bad_format(cluster):
+    r = scrape(cluster, "c1", format="json")
+    assert r.status_code == 200
+    doc = r.json()["metrics"]
+    assert doc["canidae_api_requests"]["type"] == "counter"
+    assert doc["canidae_node_packs_running"]["samples"][0]["value"] >= 0
+    bad = scrape(cluster, "c1", format="xml")
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input"
+    anon = httpx.get(f"http://{cluster.agent('c1')['api']}/v1/metrics", timeout=5.0)
+    assert anon.status_code == 401
+
+
+def test_the_leader_merges_the_summaries_nodes_send_with_heartbeats(cluster):
+    with cluster.client() as c:
+        c.create_packs([{"name": "t", "cpu": 10, "mem": 4}], count=40)
+        wait_for(lambda: c.packs(state="placed", limit=1)["packs"] == [], 15, "all packs running")
+
+        def merged():
+            doc = c.request("GET", "/v1/metrics/cluster", params={"by": "node"})
+            root = doc["tree"]
+            return doc if root["nodes"] == 4 and root["packs"] >= 40 + 21 else None
+        doc = wait_for(merged, 15, "every node's summary in the leader's tree")
+        root = doc["tree"]
+        assert doc["by"] == "node" and doc["sample_rate"] == 1.0 and root["sample_rates"] == [1.0]
+        # Reserved CPU is an additive gauge: the cluster's is the sum of its nodes'.
+        nodes = [row for row in doc["rows"] if row["level"] == "node"]
+        assert sorted(r["name"] for r in nodes) == ["c1", "s1", "s2", "s3"]
+        assert doc["rows"][0]["cpu_reserved_m"] == sum(r["cpu_reserved_m"] for r in nodes) >= 400
+        assert root["pack_estimates"]["packs"]["value"] == root["packs"]  # rate 1: the estimate is exact
+        assert root["counters"]["heartbeats"] >= 4
+        assert "heartbeat_ms" in root["sketches"]
+        # The same tree by zone; filters; bad input is refused whole.
+        by_zone = c.request("GET", "/v1/metrics/cluster", params={"by": "zone", "packs": 5, "sort": "name"})
+        assert [ch["level"] for ch in by_zone["tree"]["children"]] == ["zone"]
+        assert len(by_zone["packs"]) == 5 and by_zone["packs"] == sorted(by_zone["packs"], key=lambda p: p["name"])
+        none = c.request("GET", "/v1/metrics/cluster", params={"zone": "nowhere"})
+        assert none["tree"]["nodes"] == 0
+        from canidae.core.errors import InvalidInput
+        with pytest.raises(InvalidInput):
+            c.request("GET", "/v1/metrics/cluster", params={"by": "planet"})
+
+
+def test_a_heartbeat_with_a_bad_summary_is_refused_and_changes_nothing(cluster):
+    leader = cluster.leader()
+    api = cluster.agent(leader)["api"]
+    h = {"authorization": f"Bearer {cluster.token}"}
+    bad = {"running": 0, "metrics": {"v": 1, "node": "s2", "zone": "z1", "region": "r1", "cell": "c1",
+                                     "at_ms": 1, "counters": {"BAD NAME": 1}}}
+    r = httpx.post(f"http://{api}/v1/nodes/c1/heartbeat", json=bad, headers=h, timeout=5.0)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input"
+    wrong_node = {"running": 0, "metrics": {**bad["metrics"], "counters": {}}}
+    r = httpx.post(f"http://{api}/v1/nodes/c1/heartbeat", json=wrong_node, headers=h, timeout=5.0)
+    assert r.status_code == 400 and "not c1" in r.json()["error"]["message"]
+
+
+def cli(cluster, *args):
+    import os
+    import subprocess
+    import sys
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CANIDAE_")}, "COLUMNS": "200"}
+    addr = ",".join(a["api"] for a in cluster.agents if a["role"] == "server")
+    return subprocess.run([sys.executable, "-m", "canidae", "--addr", addr, "--token", cluster.token, *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_metrics_command_prints_the_tree_with_the_rate_in_force(cluster):
+    import json
+    wait_for(lambda: json.loads(cli(cluster, "metrics", "--json").stdout)["tree"]["nodes"] == 4, 15,
+             "every node in the tree")
+    doc = json.loads(cli(cluster, "metrics", "--by", "region", "--json").stdout)
+    assert doc["by"] == "region" and {r["level"] for r in doc["rows"]} == {"cluster", "zone", "region"}
+    p = cli(cluster, "metrics", "--by", "node")
+    assert p.returncode == 0, p.stderr
+    assert "sampled at 100%" in p.stdout and "s1" in p.stdout and "heartbeat_ms" in p.stdout
+    bad = cli(cluster, "metrics", "--by", "planet")
+    assert bad.returncode == 2 and bad.stdout == ""
+
+
+def test_top_once_and_json_read_the_aggregated_view(cluster):
+    import json
+    with cluster.client() as c:
+        c.create_packs([{"name": "busy", "cpu": 100, "mem": 64}])
+        c.wait_running(["busy"], 10)
+
+    def sampled():
+        s = json.loads(cli(cluster, "top", "--json", "--sort", "name").stdout)
+        return s if s["packs"] and s["packs"][0]["name"] == "busy" else None
+    by_name = wait_for(sampled, 15, "the new pack in the sampled view")
+    assert by_name["packs"][0]["node"] in {"c1", "s1", "s2", "s3"} and len(by_name["packs"]) == 20
+    snap = json.loads(cli(cluster, "top", "--json", "--sort", "packs").stdout)
+    assert snap["sort"] == "packs" and snap["nodes_total"] == 4
+    assert [n["packs"] for n in snap["nodes"]] == sorted((n["packs"] for n in snap["nodes"]), reverse=True)
+    assert sum(n["packs"] for n in snap["nodes"]) == snap["packs_total"]
+    assert all(p["weight"] == 1.0 for p in snap["packs"])  # under 100 packs every pack is sampled
+    only = json.loads(cli(cluster, "top", "--json", "--zone", "nowhere").stdout)
+    assert only["nodes"] == [] and only["packs"] == []
+    p = cli(cluster, "top", "--once", "--sort", "name")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout
+    assert "sampled at 100%" in lines and lines.index("c1") < lines.index("s1") < lines.index("s3")
