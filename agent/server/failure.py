@@ -49,7 +49,7 @@ log = logging.getLogger("canidae.failure")
 
 CONVERGENCE_EVERY_S = 1.0  # how often the leader compares agents' digests with the state
 APPLY_GRACE_FROM_S = 0.05  # applies longer than this (between two checks) extend every node's TTL
-PROBE_S = 1.0  # how long a silent node's own answer is waited for before it is declared down
+PROBE_S = 1.5  # how long a silent node's own answer is waited for before it is declared down
 MASS_SILENCE_CAP_S = 10.0  # the longest a mass silence is put down to this leader's own trouble
 
 

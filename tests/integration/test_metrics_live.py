@@ -7,16 +7,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from canidae.agent.client.execcalls import yip_recv, yip_send
-from harness import LocalCluster, wait_for
+from harness import local_cluster, wait_until
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("metrics") / "cluster"), servers=3, clients=1).up()
+    c = local_cluster(str(tmp_path_factory.mktemp("metrics") / "cluster"), servers=3, clients=1)
     try:
         yield c
     finally:
-        c.down()
+        c.close()
 
 
 def scrape(cluster, ident, **params):
@@ -42,7 +42,7 @@ def value(fams, name, **labels):
 def test_every_agent_exposes_prometheus_metrics_with_canonical_names(cluster):
     with cluster.client() as c:
         c.create_packs([{"name": "m"}], count=20)
-        wait_for(lambda: c.packs(state="placed", limit=1)["packs"] == [], 15, "all packs running")
+        wait_until(lambda: c.packs(state="placed", limit=1)["packs"] == [], 15, "all packs running")
         c.create_packs([{"name": "talker"}])
         c.wait_running(["talker"], 10)
         for i in range(3):
@@ -50,7 +50,7 @@ def test_every_agent_exposes_prometheus_metrics_with_canonical_names(cluster):
         got = yip_recv(c, "talker")
         assert len(got["yips"]) == 3
     leader = cluster.leader()
-    wait_for(lambda: value(families(cluster, leader), "canidae_cluster_packs", state="running") == 21, 10,
+    wait_until(lambda: value(families(cluster, leader), "canidae_cluster_packs", state="running") == 21, 10,
              "the leader's gauge of running packs")
     fams = families(cluster, leader)
     assert value(fams, "canidae_raft_leader") == 1
@@ -102,13 +102,13 @@ def test_json_format_and_bad_format(cluster):
 def test_the_leader_merges_the_summaries_nodes_send_with_heartbeats(cluster):
     with cluster.client() as c:
         c.create_packs([{"name": "t", "cpu": 10, "mem": 4}], count=40)
-        wait_for(lambda: c.packs(state="placed", limit=1)["packs"] == [], 15, "all packs running")
+        wait_until(lambda: c.packs(state="placed", limit=1)["packs"] == [], 15, "all packs running")
 
         def merged():
             doc = c.request("GET", "/v1/metrics/cluster", params={"by": "node"})
             root = doc["tree"]
             return doc if root["nodes"] == 4 and root["packs"] >= 40 + 21 else None
-        doc = wait_for(merged, 15, "every node's summary in the leader's tree")
+        doc = wait_until(merged, 15, "every node's summary in the leader's tree")
         root = doc["tree"]
         assert doc["by"] == "node" and doc["sample_rate"] == 1.0 and root["sample_rates"] == [1.0]
         # Reserved CPU is an additive gauge: the cluster's is the sum of its nodes'.
@@ -154,7 +154,7 @@ def cli(cluster, *args):
 
 def test_metrics_command_prints_the_tree_with_the_rate_in_force(cluster):
     import json
-    wait_for(lambda: json.loads(cli(cluster, "metrics", "--json").stdout)["tree"]["nodes"] == 4, 15,
+    wait_until(lambda: json.loads(cli(cluster, "metrics", "--json").stdout)["tree"]["nodes"] == 4, 15,
              "every node in the tree")
     doc = json.loads(cli(cluster, "metrics", "--by", "region", "--json").stdout)
     assert doc["by"] == "region" and {r["level"] for r in doc["rows"]} == {"cluster", "zone", "region"}
@@ -174,7 +174,7 @@ def test_top_once_and_json_read_the_aggregated_view(cluster):
     def sampled():
         s = json.loads(cli(cluster, "top", "--json", "--sort", "name").stdout)
         return s if s["packs"] and s["packs"][0]["name"] == "busy" else None
-    by_name = wait_for(sampled, 15, "the new pack in the sampled view")
+    by_name = wait_until(sampled, 15, "the new pack in the sampled view")
     assert by_name["packs"][0]["node"] in {"c1", "s1", "s2", "s3"} and len(by_name["packs"]) == 20
     snap = json.loads(cli(cluster, "top", "--json", "--sort", "packs").stdout)
     assert snap["sort"] == "packs" and snap["nodes_total"] == 4
