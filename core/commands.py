@@ -13,9 +13,10 @@ and no whitespace, so the same batch always encodes to the same bytes. Never pic
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 from canidae.core.errors import InvalidInput
 from canidae.core.types import Node, NodeState, PackSpec, validate_name
@@ -391,7 +392,27 @@ def command_fields(cls: type[Command]) -> list[str]:
 
 
 __all__ = [
-    "WIRE_VERSION", "Command", "Noop", "RegisterNode", "SetNodeState", "RemoveNode", "CreatePacks",
-    "PlacePacks", "StopPacks", "DeletePacks", "CreateToken", "RevokeToken", "ApplyPolicy", "DeletePolicy", "PackReport", "ReportPacks", "MigratePacks", "Rebalance", "COMMAND_TYPES", "command_from_wire",
-    "encode_batch", "decode_batch", "command_fields",
+    "COMMAND_TYPES",
+    "WIRE_VERSION",
+    "ApplyPolicy",
+    "Command",
+    "CreatePacks",
+    "CreateToken",
+    "DeletePacks",
+    "DeletePolicy",
+    "MigratePacks",
+    "Noop",
+    "PackReport",
+    "PlacePacks",
+    "Rebalance",
+    "RegisterNode",
+    "RemoveNode",
+    "ReportPacks",
+    "RevokeToken",
+    "SetNodeState",
+    "StopPacks",
+    "command_fields",
+    "command_from_wire",
+    "decode_batch",
+    "encode_batch",
 ]

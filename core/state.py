@@ -34,16 +34,32 @@ import bisect
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import xxhash
 
 from canidae.core.acl import Policy
 from canidae.core.audit import MASK
 from canidae.core.commands import (
-    ApplyPolicy, Command, CreatePacks, CreateToken, DeletePacks, DeletePolicy, MigratePacks, Noop, PlacePacks,
-    Rebalance, RegisterNode, RemoveNode, ReportPacks, ReportState, RevokeToken, SetNodeState, StopPacks,
+    ApplyPolicy,
+    Command,
+    CreatePacks,
+    CreateToken,
+    DeletePacks,
+    DeletePolicy,
+    MigratePacks,
+    Noop,
+    PlacePacks,
+    Rebalance,
+    RegisterNode,
+    RemoveNode,
+    ReportPacks,
+    ReportState,
+    RevokeToken,
+    SetNodeState,
+    StopPacks,
 )
 from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NoCapacity, NotFound, WrongState
 from canidae.core.scheduler import Scheduler
@@ -71,7 +87,7 @@ HOLDING = frozenset({PackState.PLACED, PackState.RUNNING, PackState.STOPPING})
 class PackRecord:
     """One pack in the replicated state. Slotted: 100,000 of these must stay small."""
 
-    __slots__ = ("spec", "state", "node", "generation", "reason", "created_at", "updated_at", "crashloop")
+    __slots__ = ("crashloop", "created_at", "generation", "node", "reason", "spec", "state", "updated_at")
 
     def __init__(self, spec: PackSpec, state: PackState, at: int) -> None:
         self.spec = spec
@@ -174,8 +190,7 @@ class ClusterState:
         if seen is not None:
             return {**seen, "duplicate": True}
         self.applied += 1
-        if cmd.term > self.max_term:
-            self.max_term = cmd.term
+        self.max_term = max(self.max_term, cmd.term)
         fenced = self._fence(cmd, entry_term)
         if fenced is not None:
             # Not remembered for retries: the command did nothing, and a retry of the same request
@@ -875,5 +890,12 @@ def _with_state(node: Node, state: NodeState) -> Node:
     return replace(node, state=state)
 
 
-__all__ = ["ClusterState", "PackRecord", "HOLDING", "DEDUP_WINDOW", "DELETED_REASON", "EVENT_TYPES",
-           "running_digest"]
+__all__ = [
+    "DEDUP_WINDOW",
+    "DELETED_REASON",
+    "EVENT_TYPES",
+    "HOLDING",
+    "ClusterState",
+    "PackRecord",
+    "running_digest",
+]

@@ -3,13 +3,28 @@ the record, the policy version moving on every change, snapshots and the wire ca
 
 from __future__ import annotations
 
-from canidae.core.acl import Capability, PolicySet, ResourceKind, check_token, format_accessor, format_secret, hash_secret
-from canidae.core.commands import (ApplyPolicy, CreateToken, DeletePolicy, RevokeToken, command_from_wire, decode_batch,
-                                   encode_batch)
+import pytest
+
+from canidae.core.acl import (
+    Capability,
+    PolicySet,
+    ResourceKind,
+    check_token,
+    format_accessor,
+    format_secret,
+    hash_secret,
+)
+from canidae.core.commands import (
+    ApplyPolicy,
+    CreateToken,
+    DeletePolicy,
+    RevokeToken,
+    command_from_wire,
+    decode_batch,
+    encode_batch,
+)
 from canidae.core.errors import NotAuthenticated
 from canidae.core.state import ClusterState
-
-import pytest
 
 PEPPER = b"test pepper"
 CI = {"name": "ci", "pack": {"ci-*": {"access": "read", "capabilities": ["spawn", "stop"]}}}
