@@ -67,6 +67,8 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("scale-test", "canidae.cli.scale_test:app"),
     ("events", "canidae.cli.events:app"),
     ("history", "canidae.cli.history:app"),
+    ("token", "canidae.cli.token:app"),
+    ("policy", "canidae.cli.policy:app"),
 )
 
 # (command line, what it does): shown in the help epilog and the man page's EXAMPLES.

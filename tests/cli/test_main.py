@@ -26,6 +26,8 @@ CONTRACT_NOUNS = {
     "node": {"list", "show", "drain", "cordon", "uncordon"},
     "pack": {"create", "place", "spawn", "list", "show", "migrate", "stop", "kill", "logs", "history"},
     "yip": {"send", "recv"},
+    "token": {"create", "list", "show", "revoke", "self"},
+    "policy": {"apply", "list", "show", "delete"},
     "ring": {"show", "lookup", "simulate"},
     "drill": {"failover", "node", "zone", "partition"},
     "scale-test": {"run", "report"},
