@@ -35,7 +35,7 @@ CONTRACT_NOUNS = {
     "history": {"verify"},
 }
 CONTRACT_COMMANDS = {"place"}
-# DESIGN.md's contract also names autoscale, fleet, metrics, top, token, policy, keys and audit:
+# DESIGN.md's contract also names autoscale, fleet, metrics, top, keys and audit:
 # they join the tree (and this table) when they are built, never before.
 
 

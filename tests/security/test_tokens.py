@@ -131,3 +131,45 @@ def test_tokens_cannot_call_agent_routes_and_unknown_secrets_are_refused(cluster
     for api in apis(cluster):
         with as_token(api, bogus) as t, pytest.raises(NotAuthenticated):
             t.packs()
+
+
+def test_the_cli_worked_example(cluster: LocalCluster, tmp_path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's example, through the real command line: exit 4 and the reason for web."""
+    import json
+
+    from canidae.cli import main as cli_main
+
+    def canidae(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        rc = cli_main.main(["--addr", ",".join(apis(cluster)), *argv])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    monkeypatch.setenv("CANIDAE_TOKEN", cluster.token)
+    policy = tmp_path / "ci.toml"
+    policy.write_text('name = "ci"\n\n[pack."ci-*"]\naccess = "read"\ncapabilities = ["spawn", "stop"]\n')
+    assert canidae("policy", "apply", str(policy))[0] == 0
+    rc, out, _ = canidae("--json", "token", "create", "--name", "ci-cli", "--policy", "ci", "--ttl", "1h")
+    assert rc == 0
+    made = json.loads(out)
+    assert made["token"]["expires_at_ms"] is not None
+    rc, out, _ = canidae("--json", "policy", "show", "ci")
+    assert rc == 0 and made["token"]["accessor"] in json.loads(out)["tokens"]
+
+    monkeypatch.setenv("CANIDAE_TOKEN", made["secret"])
+    rc, _, err = canidae("pack", "spawn", "ci-cli-1", "--no-wait")
+    assert rc == 0, err
+    rc, out, err = canidae("pack", "spawn", "web", "--no-wait")
+    assert rc == 4 and out == "" and "'spawn' on pack 'web'" in err and "ci: pack 'ci-*'" in err
+    rc, out, err = canidae("token", "self", "--can", "spawn", "web")
+    assert rc == 4 and out == "" and "lacks 'spawn' on pack 'web'" in err and err.count("\n") == 1
+    assert canidae("token", "self", "--can", "spawn", "ci-9")[0] == 0
+    rc, _, err = canidae("token", "list")
+    assert rc == 4 and "'tokens'" not in err and "operator" in err
+
+    monkeypatch.setenv("CANIDAE_TOKEN", cluster.token)
+    assert canidae("token", "revoke", made["token"]["accessor"])[0] == 0
+    monkeypatch.setenv("CANIDAE_TOKEN", made["secret"])
+    rc, _, err = canidae("token", "self")
+    assert rc == 4 and "revoked" in err
