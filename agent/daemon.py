@@ -26,6 +26,10 @@ import time
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
 from canidae.agent.client.link import ServerLink, idle_s
 from canidae.agent.config import AgentConfig
 from canidae.agent.datadir import make_private
@@ -34,6 +38,8 @@ from canidae.agent.identity import Authenticator
 from canidae.agent.node import exec_routes, status_routes, yips
 from canidae.agent.node.runtime import NodeRuntime
 from canidae.agent.server import history
+from canidae.agent.server.access import TokenAccess, token_pepper
+from canidae.agent.server.acl_routes import acl_routes
 from canidae.agent.server.control import ControlPlane
 from canidae.agent.server.failure import FailureDetector
 from canidae.agent.server.routes import cluster_routes
@@ -65,8 +71,13 @@ class Agent:
             local_assignments=self.plane.assignments if self.plane is not None else None,
             local_resync=self.plane.resync if self.plane is not None else None,
             locate_local=self.plane.locate_pack if self.plane is not None else None)
-        self.edge = Edge(Authenticator(cfg.admin_token_hash, cfg.identity_public_key), cfg.max_body_bytes,
-                         forward=None if self.plane is not None else self.forward)
+        plane = self.plane
+        # Servers find API tokens in their replica; client agents pass them on to a server.
+        self.access = None if plane is None else TokenAccess(lambda: plane.state, token_pepper(cfg.cluster_password))
+        self.edge = Edge(Authenticator(cfg.admin_token_hash, cfg.identity_public_key,
+                                       find_token=self.access.find_token if self.access else None),
+                         cfg.max_body_bytes, forward=None if self.plane is not None else self.forward,
+                         access=self.access)
         self.tasks: list[asyncio.Task[Any]] = []
         self.telemetry = Telemetry()
         self.telemetry.add_source(self.node.readings)
@@ -121,6 +132,7 @@ class Agent:
     def app(self) -> ASGIApp:
         routes = [Route("/v1/metrics", self.edge.endpoint(self.telemetry.handle, forward=False), methods=["GET"])]
         routes += cluster_routes(self.plane, self.edge, self.health)
+        routes += acl_routes(self.plane, self.edge, self.access)
         routes += history.routes(self.plane, self.edge.endpoint)
         routes += exec_routes.routes(self.node, self.edge)
         routes += yips.routes(self.node, self.edge)

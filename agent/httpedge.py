@@ -10,8 +10,14 @@ wraps it with what every route needs, in one place:
 * authorization by kind: the admin token and server agents may call every route; a client
   agent's node credential only the routes marked ``nodes=`` (``"self"``: the ``{node}`` in the
   path must be its own; ``"read"``: the lookups it routes yips and logs with);
+* authorization by policy: an API token may call a route only if the route says what it
+  needs (``need=(kind, capability, path parameter naming the resource)``, or ``HANDLER`` when
+  the body names the resources and the handler calls ``Edge.require`` for each) and the
+  token's policies grant it; the decision (``access``, a server's ``TokenAccess``) is cached.
+  Routes without a ``need`` are for agents and the admin token only;
 * on a client agent (which holds no replicated state), cluster routes are passed on to a server
-  unchanged by the ``forward`` callable the composition root gives;
+  unchanged by the ``forward`` callable the composition root gives, API tokens included
+  (the client agent cannot check them: the server does);
 * typed errors (``canidae.core.errors``) become ``{"error": {"code", "message"}}`` with their
   HTTP status; anything else is logged and answered 500, never taking the agent down.
 
@@ -26,17 +32,37 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
-from canidae.agent.identity import Authenticator, Principal
-from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, PayloadTooLarge, PermissionDenied
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from canidae.agent.identity import Authenticator, Kind, Principal
+from canidae.core.acl import SECRET_RE, Capability, Decision, ResourceKind
+from canidae.core.errors import (
+    CanidaeError,
+    InvalidInput,
+    NotAuthenticated,
+    PayloadTooLarge,
+    PermissionDenied,
+)
 
 log = logging.getLogger("canidae.api")
 
 Handler = Callable[[Request], Awaitable[Response]]
 Forward = Callable[[Request], Awaitable[Response]]
+# What a route needs of an API token: the capability on the resource kind, and the path parameter
+# naming the resource (None: every resource of the kind, as a listing reads them, shown as '*').
+Need = tuple[ResourceKind, Capability, str | None]
+HANDLER = "handler"  # the body names the resources: the handler calls Edge.require for each
+EVERY = "*"
+
+
+class Decider(Protocol):
+    """Decides what an API token may do (a server agent's ``TokenAccess``)."""
+
+    def decide(self, who: Principal, kind: ResourceKind, name: str, capability: Capability) -> Decision: ...
 
 
 def error_response(err: CanidaeError) -> JSONResponse:
@@ -162,8 +188,10 @@ def principal_of(request: Request) -> Principal:
 class Edge:
     """Wraps route handlers with authentication, authorization by kind, forwarding and error answers."""
 
-    def __init__(self, auth: Authenticator, max_body_bytes: int, forward: Forward | None = None) -> None:
+    def __init__(self, auth: Authenticator, max_body_bytes: int, forward: Forward | None = None,
+                 access: Decider | None = None) -> None:
         self.auth = auth
+        self.access = access
         self.limit = max_body_bytes
         self._forward = forward
         self.failures = AuthFailures()
@@ -171,23 +199,57 @@ class Edge:
     def identify(self, request: Request) -> Principal | None:
         """The principal of the request's credential, None (and counted) if it names none; no
         credential at all is None without counting (an unauthenticated health probe)."""
-        given = bearer(request)
-        who = self.auth.identify(given) if given else None
-        if who is None and given:
-            self.failures.record(request, True)
-        return who
+        try:
+            return self.authenticate(request, count_missing=False)
+        except NotAuthenticated:
+            return None
 
-    def authenticate(self, request: Request) -> Principal:
-        who = self.identify(request)
-        if who is None:
-            if not bearer(request):
+    def authenticate(self, request: Request, count_missing: bool = True) -> Principal:
+        given = bearer(request)
+        if not given:
+            if count_missing:
                 self.failures.record(request, False)
+            raise NotAuthenticated("missing or wrong bearer token")
+        try:
+            who = self.auth.identify(given)
+        except NotAuthenticated:  # a known token that may no longer be used: says why
+            self.failures.record(request, True)
+            raise
+        if who is None:
+            self.failures.record(request, True)
             raise NotAuthenticated("missing or wrong bearer token")
         return who
 
-    @staticmethod
-    def authorize(request: Request, who: Principal, nodes: str) -> None:
+    def require(self, request: Request, kind: ResourceKind, name: str, capability: Capability) -> None:
+        """Refuse (403, naming the capability and the rules consulted) unless the request's principal
+        may ``capability`` on the resource. Agents and the admin token were authorized by kind."""
+        who = principal_of(request)
+        if who.kind is not Kind.TOKEN:
+            return
+        if self.access is None:
+            raise PermissionDenied("this agent cannot check API tokens")
+        self.access.decide(who, kind, name, capability).require()
+
+    def _passes_on(self, request: Request) -> bool:
+        """Whether a client agent passes the request on unchecked: an API token it cannot check
+        (only servers hold the token records), never a credential it can."""
+        given = bearer(request)
+        return (self._forward is not None and self.access is None and SECRET_RE.fullmatch(given) is not None
+                and self.auth.identify(given) is None)
+
+    def authorize(self, request: Request, who: Principal, nodes: str, need: Need | str | None = None) -> None:
         if who.is_admin:
+            return
+        if who.kind is Kind.TOKEN:
+            if need is None:
+                raise PermissionDenied(f"{request.method} {request.url.path} is for agents and the admin token: "
+                                       f"token {who.public_id} ({who.name}) may not call it")
+            if need == HANDLER:
+                return
+            assert not isinstance(need, str)
+            kind, capability, param = need
+            request.state.principal = who
+            self.require(request, kind, request.path_params[param] if param else EVERY, capability)
             return
         node = request.path_params.get("node")
         if nodes == "read" or (nodes == "self" and (node is None or who.may_act_for_node(node))):
@@ -196,14 +258,17 @@ class Edge:
                                + (" (a node acts only for itself)" if nodes == "self" else ""))
 
     def endpoint(self, fn: Callable[[Request], Awaitable[Any]], *, auth: bool = True, forward: bool = True,
-                 nodes: str = "") -> Handler:
+                 nodes: str = "", need: Need | str | None = None) -> Handler:
         """``nodes``: what a client agent's credential may do here: "" nothing, "self" act for its
-        own node (the path's ``{node}``, or the handler checks the body), "read" a lookup."""
+        own node (the path's ``{node}``, or the handler checks the body), "read" a lookup.
+        ``need``: what an API token must be granted here (see the module docstring)."""
         async def handler(request: Request) -> Response:
             try:
                 if auth:
+                    if forward and self._passes_on(request):
+                        return await self._forward(request)  # type: ignore[misc]
                     who = self.authenticate(request)
-                    self.authorize(request, who, nodes)
+                    self.authorize(request, who, nodes, need)
                     request.state.principal = who
                 if forward and self._forward is not None:
                     return await self._forward(request)

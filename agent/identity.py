@@ -12,7 +12,10 @@ Three kinds of bearer credential reach an agent's API (none is kept in the repli
   without asking anyone. A client agent's credential may only act for that node (heartbeat,
   report, fetch assignments, register itself, relay yips); a server's may do what the admin
   may, since a server holds the Raft password and the whole state anyway;
-* a **pack token** (``canidae.core.packtoken``), checked by the agent of the pack's node.
+* a **pack token** (``canidae.core.packtoken``), checked by the agent of the pack's node;
+* an **API token** (``cs_`` secret, its record in the replicated state: ``canidae token create``),
+  found by a server agent in its local replica (``find_token``, given by the composition root);
+  its principal's public id is the token's accessor and its rights are its policies'.
 
 A principal's public id (``ca_`` and 32 hex digits, derived one-way from the credential) is what
 logs and events show; a secret never is. ``Authenticator.identify`` maps a bearer credential to
@@ -26,12 +29,14 @@ import hashlib
 import os
 import secrets
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 import tomli_w
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from canidae.core.errors import InvalidInput
 from canidae.core.tokens import format_accessor, format_secret, hash_secret
 from canidae.core.types import NAME_RE, Role, validate_name
@@ -50,6 +55,7 @@ class Kind(StrEnum):
     SERVER = "server"  # a server agent: every right
     NODE = "node"      # a client agent: acts only for its own node
     PACK = "pack"      # a pack's members: their mailbox, yips to others
+    TOKEN = "token"    # an API token: what its policies allow (canidae.core.acl)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +111,10 @@ class Authenticator:
     """Maps bearer credentials to principals, in constant time for the admin token. Checked node
     credentials are remembered (a signature check costs about 50 us); failures never are."""
 
-    def __init__(self, admin_hash: str, public_key: str) -> None:
+    def __init__(self, admin_hash: str, public_key: str,
+                 find_token: Callable[[str], Principal | None] | None = None) -> None:
         self._admin_hash = admin_hash
+        self._find_token = find_token
         self._key = parse_public_key(public_key)
         self._admin = Principal(Kind.ADMIN, "admin", "")
         self._known: dict[str, Principal] = {}
@@ -118,6 +126,9 @@ class Authenticator:
             return self._node(credential)
         if secrets.compare_digest(admin_token_hash(credential), self._admin_hash):
             return Principal(Kind.ADMIN, "admin", public_id(credential))
+        if self._find_token is not None:
+            # May raise NotAuthenticated naming why (revoked, expired): the caller says so.
+            return self._find_token(credential)
         return None
 
     def _node(self, credential: str) -> Principal | None:

@@ -69,6 +69,8 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("top", "canidae.cli.top:top"),
     ("events", "canidae.cli.events:app"),
     ("history", "canidae.cli.history:app"),
+    ("token", "canidae.cli.token:app"),
+    ("policy", "canidae.cli.policy:app"),
 )
 
 # (command line, what it does): shown in the help epilog and the man page's EXAMPLES.

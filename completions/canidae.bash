@@ -5,7 +5,7 @@
 # Subcommands of a command path.
 _canidae_children() {
     case "$1" in
-        "canidae") echo "agent cluster drill events history metrics node pack place ring scale-test top yip" ;;
+        "canidae") echo "agent cluster drill events history metrics node pack place policy ring scale-test token top yip" ;;
         "canidae agent") echo "doctor init run" ;;
         "canidae cluster") echo "down status up" ;;
         "canidae drill") echo "failover node partition soak zone" ;;
@@ -13,8 +13,10 @@ _canidae_children() {
         "canidae history") echo "verify" ;;
         "canidae node") echo "cordon drain list show uncordon" ;;
         "canidae pack") echo "create delete history kill list logs migrate place show spawn stop" ;;
+        "canidae policy") echo "apply delete list show" ;;
         "canidae ring") echo "lookup rebalance show simulate" ;;
         "canidae scale-test") echo "report run" ;;
+        "canidae token") echo "create list revoke self show" ;;
         "canidae yip") echo "recv send" ;;
     esac
 }
@@ -61,6 +63,11 @@ _canidae_options() {
         "canidae pack spawn") echo "--cell --check --count --cpu --driver --env --file --group --help --json --keep-pending --mem --members --network --no-wait --node --region --restart --secret --spread --timeout --wait --zone -e -f -h -n" ;;
         "canidae pack stop") echo "--help --json --no-wait --timeout --wait -h" ;;
         "canidae place") echo "--cell --cells --count --cpu --cpu-per-pack --group --help --json --load-factor --max-packs --mem --mem-per-pack --node --nodes --pack --prefix --region --regions --seed --spread --topology --zone --zones -h" ;;
+        "canidae policy") echo "--help -h" ;;
+        "canidae policy apply") echo "--help --json -h" ;;
+        "canidae policy delete") echo "--help --json -h" ;;
+        "canidae policy list") echo "--help --json -h" ;;
+        "canidae policy show") echo "--help --json -h" ;;
         "canidae ring") echo "--help -h" ;;
         "canidae ring lookup") echo "--help --json -h" ;;
         "canidae ring rebalance") echo "--help --json --plan --yes -h -y" ;;
@@ -69,6 +76,12 @@ _canidae_options() {
         "canidae scale-test") echo "--help -h" ;;
         "canidae scale-test report") echo "--help --json --out -h -o" ;;
         "canidae scale-test run") echo "--base-port --batch --chaos --data-dir --duration --full --help --json --kill --mode --no-chaos --no-ramp --node-packs --nodes --out --packs --plan --ramp --rate --rounds --seed --servers --timeout --yes --zones -h -o -y" ;;
+        "canidae token") echo "--help -h" ;;
+        "canidae token create") echo "--help --json --name --policy --ttl -h" ;;
+        "canidae token list") echo "--help --json -h" ;;
+        "canidae token revoke") echo "--help --json -h" ;;
+        "canidae token self") echo "--can --help --json --kind -h" ;;
+        "canidae token show") echo "--help --json -h" ;;
         "canidae top") echo "--cell --help --interval --json --once --sort --zone -h" ;;
         "canidae yip") echo "--help -h" ;;
         "canidae yip recv") echo "--follow --help --json --max --pack --wait -f -h -n -p -w" ;;
@@ -271,6 +284,11 @@ _canidae_option_value() {
         "canidae scale-test run --servers") echo "none" ;;
         "canidae scale-test run --timeout") echo "none" ;;
         "canidae scale-test run --zones") echo "none" ;;
+        "canidae token create --name") echo "none" ;;
+        "canidae token create --policy") echo "none" ;;
+        "canidae token create --ttl") echo "none" ;;
+        "canidae token self --can") echo "none" ;;
+        "canidae token self --kind") echo "none" ;;
         "canidae top --cell") echo "none" ;;
         "canidae top --interval") echo "none" ;;
         "canidae top --sort") echo "choice:cpu mem packs restarts yips name" ;;
@@ -314,8 +332,13 @@ _canidae_argument() {
         "canidae pack spawn 1") echo "none" ;;
         "canidae pack spawn "*) echo "none" ;;
         "canidae pack stop 0") echo "pack" ;;
+        "canidae policy apply 0") echo "none" ;;
+        "canidae policy delete 0") echo "none" ;;
+        "canidae policy show 0") echo "none" ;;
         "canidae ring lookup 0") echo "pack" ;;
         "canidae scale-test report 0") echo "file" ;;
+        "canidae token revoke 0") echo "none" ;;
+        "canidae token show 0") echo "none" ;;
         "canidae yip send 0") echo "pack" ;;
         "canidae yip send 1") echo "none" ;;
         *) return 1 ;;

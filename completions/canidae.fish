@@ -5,7 +5,7 @@
 function __canidae_children
     switch $argv[1]
         case 'canidae'
-            printf '%s\n' agent cluster drill events history metrics node pack place ring scale-test top yip
+            printf '%s\n' agent cluster drill events history metrics node pack place policy ring scale-test token top yip
         case 'canidae agent'
             printf '%s\n' doctor init run
         case 'canidae cluster'
@@ -20,10 +20,14 @@ function __canidae_children
             printf '%s\n' cordon drain list show uncordon
         case 'canidae pack'
             printf '%s\n' create delete history kill list logs migrate place show spawn stop
+        case 'canidae policy'
+            printf '%s\n' apply delete list show
         case 'canidae ring'
             printf '%s\n' lookup rebalance show simulate
         case 'canidae scale-test'
             printf '%s\n' report run
+        case 'canidae token'
+            printf '%s\n' create list revoke self show
         case 'canidae yip'
             printf '%s\n' recv send
     end
@@ -90,6 +94,10 @@ function __canidae_valued
             printf '%s\n' -- --out -o
         case 'canidae scale-test run'
             printf '%s\n' -- --base-port --batch --data-dir --duration --kill --mode --node-packs --nodes --out --packs --plan --rate --rounds --seed --servers --timeout --zones -o
+        case 'canidae token create'
+            printf '%s\n' -- --name --policy --ttl
+        case 'canidae token self'
+            printf '%s\n' -- --can --kind
         case 'canidae top'
             printf '%s\n' -- --cell --interval --sort --zone
         case 'canidae yip recv'
@@ -172,8 +180,10 @@ complete -c canidae -n '__canidae_at \'canidae\'' -a metrics -d 'Print cluster m
 complete -c canidae -n '__canidae_at \'canidae\'' -a node -d 'List and inspect nodes'
 complete -c canidae -n '__canidae_at \'canidae\'' -a pack -d 'Create, place, run, move and stop packs'
 complete -c canidae -n '__canidae_at \'canidae\'' -a place -d 'Dry-run the scheduler offline'
+complete -c canidae -n '__canidae_at \'canidae\'' -a policy -d 'Apply, list, show and delete access policies'
 complete -c canidae -n '__canidae_at \'canidae\'' -a ring -d 'Inspect and simulate the consistent-hash ring'
 complete -c canidae -n '__canidae_at \'canidae\'' -a scale-test -d 'Run scale tests (simulated or live) and report their figures'
+complete -c canidae -n '__canidae_at \'canidae\'' -a token -d 'Create, list, show and revoke API tokens'
 complete -c canidae -n '__canidae_at \'canidae\'' -a top -d 'Show nodes and sampled packs by CPU, memory, restarts and yip rate, refreshed live (Ctrl-C ends)'
 complete -c canidae -n '__canidae_at \'canidae\'' -a yip -d 'Send messages (yips) to packs\' mailboxes and receive them'
 complete -c canidae -n '__canidae_at \'canidae\'' -l addr -x -d 'Agent API address(es), comma-separated'
@@ -546,6 +556,29 @@ complete -c canidae -n '__canidae_at \'canidae place\'' -l topology -r -F -d 'Re
 complete -c canidae -n '__canidae_at \'canidae place\'' -l zone -x -a '(__canidae_names zone)' -d 'Pin the packs to this zone'
 complete -c canidae -n '__canidae_at \'canidae place\'' -l zones -x -d 'Zones of a made-up fleet'
 
+# canidae policy
+complete -c canidae -n '__canidae_at \'canidae policy\'' -a apply -d 'Create or replace the policy FILE describes'
+complete -c canidae -n '__canidae_at \'canidae policy\'' -a delete -d 'Delete a policy'
+complete -c canidae -n '__canidae_at \'canidae policy\'' -a list -d 'List policies, the built-in ones first'
+complete -c canidae -n '__canidae_at \'canidae policy\'' -a show -d 'Show a policy\'s rules and the live tokens that name it'
+complete -c canidae -n '__canidae_at \'canidae policy\'' -l help -s h -d 'Show this message and exit'
+
+# canidae policy apply
+complete -c canidae -n '__canidae_at \'canidae policy apply\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae policy apply\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae policy delete
+complete -c canidae -n '__canidae_at \'canidae policy delete\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae policy delete\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae policy list
+complete -c canidae -n '__canidae_at \'canidae policy list\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae policy list\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae policy show
+complete -c canidae -n '__canidae_at \'canidae policy show\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae policy show\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
 # canidae ring
 complete -c canidae -n '__canidae_at \'canidae ring\'' -a lookup -d 'Show where NAME lands on the cluster\'s ring (first choice of the ring of ready nodes), its preference list, and where the pack runs now if it exists'
 complete -c canidae -n '__canidae_at \'canidae ring\'' -a rebalance -d 'Move the minimal set of packs onto nodes that joined (sticky bounded-load rebalance)'
@@ -618,6 +651,39 @@ complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l servers -x -
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l timeout -x -d 'live'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l yes -s y -d 'Act without asking (for scripts)'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l zones -x -d 'Zones the nodes are dealt over'
+
+# canidae token
+complete -c canidae -n '__canidae_at \'canidae token\'' -a create -d 'Create a token'
+complete -c canidae -n '__canidae_at \'canidae token\'' -a list -d 'List tokens (revoked and expired ones included)'
+complete -c canidae -n '__canidae_at \'canidae token\'' -a revoke -d 'Revoke a token'
+complete -c canidae -n '__canidae_at \'canidae token\'' -a self -d 'Who the current token is'
+complete -c canidae -n '__canidae_at \'canidae token\'' -a show -d 'Show one token (never its secret)'
+complete -c canidae -n '__canidae_at \'canidae token\'' -l help -s h -d 'Show this message and exit'
+
+# canidae token create
+complete -c canidae -n '__canidae_at \'canidae token create\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae token create\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae token create\'' -l name -x -d 'A name for people (not unique)'
+complete -c canidae -n '__canidae_at \'canidae token create\'' -l policy -x -d 'A policy the token acts under (repeat for more)'
+complete -c canidae -n '__canidae_at \'canidae token create\'' -l ttl -x -d 'Expire after this long (90s, 15m, 1h, 30d)'
+
+# canidae token list
+complete -c canidae -n '__canidae_at \'canidae token list\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae token list\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae token revoke
+complete -c canidae -n '__canidae_at \'canidae token revoke\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae token revoke\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae token self
+complete -c canidae -n '__canidae_at \'canidae token self\'' -l can -x -d 'Ask whether the token may CAP (spawn, stop, read, cordon ...) on RESOURCE (a pack or node name'
+complete -c canidae -n '__canidae_at \'canidae token self\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae token self\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae token self\'' -l kind -x -d 'The resource kind when CAP fits several (read'
+
+# canidae token show
+complete -c canidae -n '__canidae_at \'canidae token show\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae token show\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 
 # canidae top
 complete -c canidae -n '__canidae_at \'canidae top\'' -l cell -x -d 'Only this cell (c1, or z1/r1/c1)'

@@ -13,9 +13,10 @@ and no whitespace, so the same batch always encodes to the same bytes. Never pic
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 from canidae.core.errors import InvalidInput
 from canidae.core.types import Node, NodeState, PackSpec, validate_name
@@ -225,9 +226,63 @@ class ReportPacks(Command):
         return {"node_id": self.node_id, "reports": [r.to_wire() for r in self.reports]}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateToken(Command):
+    """A new API token: its public accessor id and the hash of its secret (never the secret),
+    the policies it acts under and, with a TTL, when it expires (``at`` is its creation time)."""
+
+    TYPE = "CreateToken"
+    accessor: str
+    secret_hash: str
+    name: str
+    policies: tuple[str, ...]
+    expires_at: int | None = None
+
+    def payload(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"accessor": self.accessor, "secret_hash": self.secret_hash, "name": self.name,
+                             "policies": list(self.policies)}
+        if self.expires_at is not None:
+            d["expires_at"] = self.expires_at
+        return d
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevokeToken(Command):
+    """The token is refused from the next request on (its record stays, marked revoked)."""
+
+    TYPE = "RevokeToken"
+    accessor: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"accessor": self.accessor}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyPolicy(Command):
+    """Create or replace a policy; ``policy`` is its TOML form (``canidae.core.acl.Policy``)."""
+
+    TYPE = "ApplyPolicy"
+    policy: Mapping[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {"policy": dict(self.policy)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeletePolicy(Command):
+    """Remove a policy; tokens that name it lose what it granted (default deny)."""
+
+    TYPE = "DeletePolicy"
+    name: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.TYPE: c for c in (Noop, RegisterNode, SetNodeState, RemoveNode, CreatePacks, PlacePacks,
-                        StopPacks, ReportPacks, MigratePacks, Rebalance, DeletePacks)
+                        StopPacks, ReportPacks, MigratePacks, Rebalance, DeletePacks,
+                        CreateToken, RevokeToken, ApplyPolicy, DeletePolicy)
 }
 
 
@@ -294,6 +349,23 @@ def command_from_wire(d: Mapping[str, Any]) -> Command:
             reports = tuple(PackReport(validate_name("pack", r[0]), int(r[1]), ReportState(r[2]), str(r[3]))
                             for r in d["reports"])
             return ReportPacks(**env, node_id=validate_name("node", d["node_id"]), reports=reports)
+        if cls is CreateToken:
+            policies = d["policies"]
+            if not isinstance(policies, list) or not all(isinstance(p, str) for p in policies):
+                raise InvalidInput("policies must be a list of names")
+            expires = d.get("expires_at")
+            if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int)):
+                raise InvalidInput("expires_at must be an integer (ms)")
+            return CreateToken(**env, accessor=str(d["accessor"]), secret_hash=str(d["secret_hash"]),
+                               name=validate_name("token", d["name"]), policies=tuple(policies), expires_at=expires)
+        if cls is RevokeToken:
+            return RevokeToken(**env, accessor=str(d["accessor"]))
+        if cls is ApplyPolicy:
+            if not isinstance(d["policy"], Mapping):
+                raise InvalidInput("policy must be an object")
+            return ApplyPolicy(**env, policy=d["policy"])
+        if cls is DeletePolicy:
+            return DeletePolicy(**env, name=validate_name("policy", d["name"]))
     except KeyError as e:
         raise InvalidInput(f"{cls.TYPE} is missing {e.args[0]!r}") from None
     except (TypeError, ValueError, IndexError) as e:
@@ -320,7 +392,27 @@ def command_fields(cls: type[Command]) -> list[str]:
 
 
 __all__ = [
-    "WIRE_VERSION", "Command", "Noop", "RegisterNode", "SetNodeState", "RemoveNode", "CreatePacks",
-    "PlacePacks", "StopPacks", "DeletePacks", "PackReport", "ReportPacks", "MigratePacks", "Rebalance", "COMMAND_TYPES", "command_from_wire",
-    "encode_batch", "decode_batch", "command_fields",
+    "COMMAND_TYPES",
+    "WIRE_VERSION",
+    "ApplyPolicy",
+    "Command",
+    "CreatePacks",
+    "CreateToken",
+    "DeletePacks",
+    "DeletePolicy",
+    "MigratePacks",
+    "Noop",
+    "PackReport",
+    "PlacePacks",
+    "Rebalance",
+    "RegisterNode",
+    "RemoveNode",
+    "ReportPacks",
+    "RevokeToken",
+    "SetNodeState",
+    "StopPacks",
+    "command_fields",
+    "command_from_wire",
+    "decode_batch",
+    "encode_batch",
 ]

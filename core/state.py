@@ -34,18 +34,36 @@ import bisect
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import xxhash
 
+from canidae.core.acl import Policy
 from canidae.core.audit import MASK
 from canidae.core.commands import (
-    Command, CreatePacks, DeletePacks, MigratePacks, Noop, PlacePacks, Rebalance, RegisterNode, RemoveNode, ReportPacks,
-    ReportState, SetNodeState, StopPacks,
+    ApplyPolicy,
+    Command,
+    CreatePacks,
+    CreateToken,
+    DeletePacks,
+    DeletePolicy,
+    MigratePacks,
+    Noop,
+    PlacePacks,
+    Rebalance,
+    RegisterNode,
+    RemoveNode,
+    ReportPacks,
+    ReportState,
+    RevokeToken,
+    SetNodeState,
+    StopPacks,
 )
 from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NoCapacity, NotFound, WrongState
 from canidae.core.scheduler import Scheduler
+from canidae.core.tokens import TokenKind, TokenRecord
 from canidae.core.types import NO_CONSTRAINTS, Node, NodeState, PackSpec, PackState, Resources
 
 DEDUP_WINDOW = 20_000       # request ids remembered for idempotent retries
@@ -69,7 +87,7 @@ HOLDING = frozenset({PackState.PLACED, PackState.RUNNING, PackState.STOPPING})
 class PackRecord:
     """One pack in the replicated state. Slotted: 100,000 of these must stay small."""
 
-    __slots__ = ("spec", "state", "node", "generation", "reason", "created_at", "updated_at", "crashloop")
+    __slots__ = ("crashloop", "created_at", "generation", "node", "reason", "spec", "state", "updated_at")
 
     def __init__(self, spec: PackSpec, state: PackState, at: int) -> None:
         self.spec = spec
@@ -140,6 +158,13 @@ class ClusterState:
         self.node_log: dict[str, dict[str, int]] = {}
         self.horizon: dict[str, int] = {}
         self.applied = 0  # commands applied (not log entries)
+        # Access control: tokens by accessor (revoked ones stay, marked), their secret hashes, the
+        # user policies, and the policy version (``applied`` at the last token or policy change)
+        # that keys every agent's decision cache.
+        self.tokens: dict[str, TokenRecord] = {}
+        self.token_hashes: dict[str, str] = {}
+        self.policies: dict[str, Policy] = {}
+        self.acl_version = 0
         self._events: list[dict[str, Any]] = []
         self._sorted_names: list[str] | None = None
         self._handlers: dict[type[Command], Callable[[Any], dict[str, Any]]] = {
@@ -149,6 +174,8 @@ class ClusterState:
             StopPacks: self._apply_stop_packs, ReportPacks: self._apply_report_packs,
             MigratePacks: self._apply_migrate_packs, Rebalance: self._apply_rebalance,
             DeletePacks: self._apply_delete_packs,
+            CreateToken: self._apply_create_token, RevokeToken: self._apply_revoke_token,
+            ApplyPolicy: self._apply_policy, DeletePolicy: self._apply_delete_policy,
         }
 
     # ------------------------------------------------------------------ apply
@@ -163,8 +190,7 @@ class ClusterState:
         if seen is not None:
             return {**seen, "duplicate": True}
         self.applied += 1
-        if cmd.term > self.max_term:
-            self.max_term = cmd.term
+        self.max_term = max(self.max_term, cmd.term)
         fenced = self._fence(cmd, entry_term)
         if fenced is not None:
             # Not remembered for retries: the command did nothing, and a retry of the same request
@@ -269,6 +295,47 @@ class ClusterState:
         self.scheduler.remove_node(cmd.node_id)
         self._event(cmd, "NodeRemoved", node=cmd.node_id)
         return {"ok": True, "moved": moved}
+
+    # ----------------------------------------------------------- access control
+
+    def _apply_create_token(self, cmd: CreateToken) -> dict[str, Any]:
+        if cmd.accessor in self.tokens:
+            raise AlreadyExists(f"token {cmd.accessor} exists")
+        if cmd.secret_hash in self.token_hashes:
+            raise AlreadyExists("a token with this secret exists")
+        rec = TokenRecord(cmd.accessor, cmd.secret_hash, cmd.name, TokenKind.CLIENT, cmd.policies,
+                          created_at_ms=cmd.at, expires_at_ms=cmd.expires_at)
+        self.tokens[rec.accessor] = rec
+        self.token_hashes[rec.secret_hash] = rec.accessor
+        self.acl_version = self.applied
+        return {"ok": True, "token": rec.to_dict(with_hash=False)}
+
+    def _apply_revoke_token(self, cmd: RevokeToken) -> dict[str, Any]:
+        rec = self.tokens.get(cmd.accessor)
+        if rec is None:
+            raise NotFound(f"no token {cmd.accessor}")
+        if not rec.revoked:
+            self.tokens[rec.accessor] = rec = replace(rec, revoked=True)
+            self.acl_version = self.applied
+        return {"ok": True, "token": rec.to_dict(with_hash=False)}
+
+    def _apply_policy(self, cmd: ApplyPolicy) -> dict[str, Any]:
+        policy = Policy.from_toml_dict(cmd.policy)
+        created = policy.name not in self.policies
+        self.policies[policy.name] = policy
+        self.acl_version = self.applied
+        return {"ok": True, "created": created, "policy": policy.to_dict()}
+
+    def _apply_delete_policy(self, cmd: DeletePolicy) -> dict[str, Any]:
+        if self.policies.pop(cmd.name, None) is None:
+            raise NotFound(f"no policy {cmd.name!r}")
+        self.acl_version = self.applied
+        return {"ok": True, "deleted": cmd.name}
+
+    def find_token(self, secret_hash: str) -> TokenRecord | None:
+        """The token whose secret hashes to ``secret_hash`` (revoked and expired ones included)."""
+        accessor = self.token_hashes.get(secret_hash)
+        return None if accessor is None else self.tokens.get(accessor)
 
     def _evacuate(self, cmd: Command, node_id: str, why: str) -> list[dict[str, Any]]:
         """Move every pack holding a reservation on ``node_id`` elsewhere (or to pending)."""
@@ -754,6 +821,9 @@ class ClusterState:
             "max_term": self.max_term, "event_seq": self.event_seq, "applied": self.applied,
             "node_rev": dict(sorted(self.node_rev.items())), "rev_seq": self.rev_seq,
             "deleted": [[k, v] for k, v in self.deleted.items()],
+            "tokens": [self.tokens[k].to_dict() for k in sorted(self.tokens)],
+            "policies": [self.policies[k].to_dict() for k in sorted(self.policies)],
+            "acl_version": self.acl_version,
         }
 
     @staticmethod
@@ -781,6 +851,14 @@ class ClusterState:
         st.node_rev = dict(d["node_rev"])
         st.rev_seq = d.get("rev_seq", max(st.node_rev.values(), default=0))
         st.deleted = OrderedDict((k, v) for k, v in d.get("deleted", []))
+        for td in d.get("tokens", []):
+            rec = TokenRecord.from_dict(td)
+            st.tokens[rec.accessor] = rec
+            st.token_hashes[rec.secret_hash] = rec.accessor
+        for pd in d.get("policies", []):
+            policy = Policy.from_toml_dict(pd)
+            st.policies[policy.name] = policy
+        st.acl_version = d.get("acl_version", 0)
         st.node_log = {n: {} for n in st.node_rev}
         st.horizon = dict(st.node_rev)
         return st
@@ -812,5 +890,12 @@ def _with_state(node: Node, state: NodeState) -> Node:
     return replace(node, state=state)
 
 
-__all__ = ["ClusterState", "PackRecord", "HOLDING", "DEDUP_WINDOW", "DELETED_REASON", "EVENT_TYPES",
-           "running_digest"]
+__all__ = [
+    "DEDUP_WINDOW",
+    "DELETED_REASON",
+    "EVENT_TYPES",
+    "HOLDING",
+    "ClusterState",
+    "PackRecord",
+    "running_digest",
+]

@@ -15,11 +15,13 @@ import os
 import time
 import tomllib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import httpx
+
 from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, Timeout, Unavailable
 from canidae.core.types import validate_name
 
@@ -91,7 +93,7 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
@@ -263,6 +265,41 @@ class Client:
             if v:
                 params[key] = v
         return self.request("GET", "/v1/metrics/cluster", params=params)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ access control
+
+    def create_token(self, name: str, policies: list[str], ttl_s: int | None = None) -> dict[str, Any]:
+        """A new API token; the answer holds its secret, shown this once."""
+        body: dict[str, Any] = {"name": name, "policies": policies, "request_id": uuid.uuid4().hex}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        return self.request("POST", "/v1/acl/tokens", json=body, retry_for=5.0)  # type: ignore[no-any-return]
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/acl/tokens")["tokens"]  # type: ignore[no-any-return]
+
+    def token(self, accessor: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/acl/tokens/{segment('accessor', accessor)}")["token"]  # type: ignore[no-any-return]
+
+    def revoke_token(self, accessor: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/v1/acl/tokens/{segment('accessor', accessor)}")  # type: ignore[no-any-return]
+
+    def token_self(self, can: str | None = None, kind: str | None = None, name: str | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in (("can", can), ("kind", kind), ("name", name)) if v is not None}
+        return self.request("GET", "/v1/acl/token/self", params=params or None)  # type: ignore[no-any-return]
+
+    def apply_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/v1/acl/policies",  # type: ignore[no-any-return]
+                            json={"policy": policy, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+
+    def policies(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/acl/policies")["policies"]  # type: ignore[no-any-return]
+
+    def policy(self, name: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/acl/policies/{segment('policy', name)}")  # type: ignore[no-any-return]
+
+    def delete_policy(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/v1/acl/policies/{segment('policy', name)}")  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------ event history
 

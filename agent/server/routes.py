@@ -9,16 +9,36 @@ passed on to a server by the edge before its handler would run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from canidae.agent.httpedge import Edge, expect_object, principal_of, query_bool, query_int, read_json, request_id
-from canidae.agent.server.openapi import openapi_document
-from canidae.core.commands import MAX_SERIES
-from canidae.core.errors import InvalidInput, NotFound, PermissionDenied
-from canidae.core.types import (CONSTRAINT_FIELDS, PACK_SPEC_FIELDS, NodeState, PackSpec, PackState, Role,
-                                validate_env_name, validate_name)
 from starlette.requests import Request
 from starlette.routing import Route
+
+from canidae.agent.httpedge import (
+    HANDLER,
+    Edge,
+    expect_object,
+    principal_of,
+    query_bool,
+    query_int,
+    read_json,
+    request_id,
+)
+from canidae.agent.server.openapi import openapi_document
+from canidae.core.acl import Capability, ResourceKind
+from canidae.core.commands import MAX_SERIES
+from canidae.core.errors import InvalidInput, NotFound, PermissionDenied
+from canidae.core.types import (
+    CONSTRAINT_FIELDS,
+    PACK_SPEC_FIELDS,
+    NodeState,
+    PackSpec,
+    PackState,
+    Role,
+    validate_env_name,
+    validate_name,
+)
 
 if TYPE_CHECKING:
     from canidae.agent.server.control import ControlPlane
@@ -118,6 +138,8 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
             state = NodeState(body["state"])
         except ValueError:
             raise InvalidInput("state must be ready, cordoned, draining or down") from None
+        edge.require(request, ResourceKind.NODE, request.path_params["node"],
+                     Capability.CORDON if state in (NodeState.READY, NodeState.CORDONED) else Capability.DRAIN)
         if not isinstance(body.get("plan", False), bool):
             raise InvalidInput("plan must be true or false")
         return await agent.set_node_state(validate_name("node", request.path_params["node"]), state,
@@ -154,6 +176,12 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
             if not isinstance(body["specs"], list) or not body["specs"]:
                 raise InvalidInput("specs must be a non-empty list")
             specs = [parse_spec(s, agent.seal_secrets) for s in body["specs"]]
+        if isinstance(body.get("count"), int) and body.get("count"):
+            names = [f"{specs[0].name}-{i}" for i in range(min(int(body["count"]), MAX_SERIES))]
+        else:
+            names = [s.name for s in specs]
+        for name in names:
+            edge.require(request, ResourceKind.PACK, name, Capability.SPAWN)
         count = body.get("count", 0)
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_SERIES:
             raise InvalidInput(f"count must be an integer 0..{MAX_SERIES}")
@@ -172,6 +200,8 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         force = body.get("force", False)
         if not isinstance(force, bool):
             raise InvalidInput("force must be true or false")
+        for n in names:
+            edge.require(request, ResourceKind.PACK, validate_name("pack", n), Capability.DELETE)
         return await agent.delete_packs([validate_name("pack", n) for n in names], force, request_id(request, body),
                                         by=by(request))
 
@@ -201,6 +231,8 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         action = request.path_params["action"]
         if action not in ("stop", "place", "migrate"):
             raise NotFound(f"no action {action!r} for packs")
+        edge.require(request, ResourceKind.PACK, name, {"stop": Capability.STOP, "place": Capability.SPAWN,
+                                                         "migrate": Capability.MIGRATE}[action])
         body = expect_object(await read_json(request, limit), {"request_id", "to"} if action == "migrate"
                              else {"request_id", "keep_pending"} if action == "place" else {"request_id"})
         if action == "migrate":
@@ -241,31 +273,34 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
     async def openapi(request: Request) -> Any:
         return openapi_document()
 
+    P, N, O = ResourceKind.PACK, ResourceKind.NODE, ResourceKind.OPERATOR
+    read = Capability.READ
     routes = [
         Route("/v1/health", endpoint(health_route, auth=False, forward=False), methods=["GET"]),
-        Route("/v1/openapi.json", endpoint(openapi, forward=False), methods=["GET"]),
-        Route("/v1/status", endpoint(status), methods=["GET"]),
-        Route("/v1/digest", endpoint(digest, forward=False), methods=["GET"]),
-        Route("/v1/nodes", endpoint(list_nodes), methods=["GET"]),
+        Route("/v1/openapi.json", endpoint(openapi, forward=False, need=HANDLER), methods=["GET"]),
+        Route("/v1/status", endpoint(status, need=(O, read, None)), methods=["GET"]),
+        Route("/v1/digest", endpoint(digest, forward=False, need=(O, read, None)), methods=["GET"]),
+        Route("/v1/nodes", endpoint(list_nodes, need=(N, read, None)), methods=["GET"]),
         # What a client agent's own credential may do: act for its node, and look up where a pack
-        # and a node are (to route yips and logs). Everything else takes the admin token.
+        # and a node are (to route yips and logs). Everything else takes the admin token or, for an
+        # API token, what ``need`` names (the handler checks what the body names).
         Route("/v1/nodes", endpoint(register_node, nodes="self"), methods=["POST"]),
-        Route("/v1/nodes/{node}", endpoint(show_node, nodes="read"), methods=["GET"]),
-        Route("/v1/nodes/{node}/state", endpoint(set_node_state), methods=["POST"]),
+        Route("/v1/nodes/{node}", endpoint(show_node, nodes="read", need=(N, read, "node")), methods=["GET"]),
+        Route("/v1/nodes/{node}/state", endpoint(set_node_state, need=HANDLER), methods=["POST"]),
         Route("/v1/nodes/{node}/heartbeat", endpoint(heartbeat, nodes="self"), methods=["POST"]),
         Route("/v1/nodes/{node}/assignments", endpoint(assignments, nodes="self"), methods=["GET"]),
         Route("/v1/nodes/{node}/assignments", endpoint(resync, nodes="self"), methods=["POST"]),
         Route("/v1/nodes/{node}/reports", endpoint(reports, nodes="self"), methods=["POST"]),
-        Route("/v1/packs", endpoint(create_packs), methods=["POST"]),
-        Route("/v1/packs", endpoint(list_packs), methods=["GET"]),
-        Route("/v1/packs", endpoint(delete_packs), methods=["DELETE"]),
-        Route("/v1/packs/{name}", endpoint(show_pack, nodes="read"), methods=["GET"]),
-        Route("/v1/packs/{name}/history", endpoint(pack_history), methods=["GET"]),
-        Route("/v1/packs/{name}/{action}", endpoint(pack_action), methods=["POST"]),
-        Route("/v1/ring", endpoint(ring), methods=["GET"]),
-        Route("/v1/rebalance", endpoint(rebalance), methods=["POST"]),
-        Route("/v1/ring/lookup/{name}", endpoint(ring_lookup), methods=["GET"]),
-        Route("/v1/metrics/cluster", endpoint(metrics_cluster), methods=["GET"]),
+        Route("/v1/packs", endpoint(create_packs, need=HANDLER), methods=["POST"]),
+        Route("/v1/packs", endpoint(list_packs, need=(P, read, None)), methods=["GET"]),
+        Route("/v1/packs", endpoint(delete_packs, need=HANDLER), methods=["DELETE"]),
+        Route("/v1/packs/{name}", endpoint(show_pack, nodes="read", need=(P, read, "name")), methods=["GET"]),
+        Route("/v1/packs/{name}/history", endpoint(pack_history, need=(P, read, "name")), methods=["GET"]),
+        Route("/v1/packs/{name}/{action}", endpoint(pack_action, need=HANDLER), methods=["POST"]),
+        Route("/v1/ring", endpoint(ring, need=(N, read, None)), methods=["GET"]),
+        Route("/v1/rebalance", endpoint(rebalance, need=(O, Capability.REBALANCE, None)), methods=["POST"]),
+        Route("/v1/ring/lookup/{name}", endpoint(ring_lookup, need=(P, read, "name")), methods=["GET"]),
+        Route("/v1/metrics/cluster", endpoint(metrics_cluster, need=(N, read, None)), methods=["GET"]),
     ]
 
     return routes

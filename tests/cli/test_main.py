@@ -26,6 +26,8 @@ CONTRACT_NOUNS = {
     "node": {"list", "show", "drain", "cordon", "uncordon"},
     "pack": {"create", "place", "spawn", "list", "show", "migrate", "stop", "kill", "logs", "history"},
     "yip": {"send", "recv"},
+    "token": {"create", "list", "show", "revoke", "self"},
+    "policy": {"apply", "list", "show", "delete"},
     "ring": {"show", "lookup", "simulate"},
     "drill": {"failover", "node", "zone", "partition"},
     "scale-test": {"run", "report"},
@@ -33,7 +35,7 @@ CONTRACT_NOUNS = {
     "history": {"verify"},
 }
 CONTRACT_COMMANDS = {"place", "metrics", "top"}
-# DESIGN.md's contract also names autoscale, fleet, token, policy, keys and audit:
+# DESIGN.md's contract also names autoscale, fleet, keys and audit:
 # they join the tree (and this table) when they are built, never before.
 
 
