@@ -46,9 +46,6 @@ from canidae.agent.server.routes import cluster_routes
 from canidae.agent.telemetry import RequestMetrics, Telemetry
 from canidae.core.errors import CanidaeError, NotFound
 from canidae.core.types import Role
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
