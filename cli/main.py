@@ -74,7 +74,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("policy", "canidae.cli.unavailable:policy"),
     ("keys", "canidae.cli.unavailable:keys"),
     ("audit", "canidae.cli.unavailable:audit"),
-    ("fleet", "canidae.cli.unavailable:fleet"),
+    ("fleet", "canidae.cli.fleet:app"),
 )
 
 # (command line, what it does): shown in the help epilog and the man page's EXAMPLES.

@@ -19,7 +19,6 @@ from typing import Annotated, NoReturn
 import typer
 
 from canidae.cli.output import (
-    ZONE_METAVAR,
     JsonOption,
     StaleOption,
     TimeoutOption,
@@ -29,7 +28,7 @@ from canidae.cli.params import NodeOpt, TopSort, ZoneOpt
 from canidae.core.errors import NotImplementedYet
 
 __all__ = [
-    "audit", "autoscale", "fleet", "keys", "metrics", "policy",
+    "audit", "autoscale", "keys", "metrics", "policy",
     "token", "top",
 ]
 
@@ -169,31 +168,6 @@ def audit_list(
 def audit_tail(json: JsonOption = False) -> None:
     """Print audit entries as they are written."""
     _unavailable("audit tail")
-
-
-# ---------------------------------------------------------------------------------------------
-fleet = _noun("Set up agents on many hosts at once.")
-
-
-@fleet.command("bootstrap")
-def fleet_bootstrap(
-    hosts: Annotated[
-        list[str] | None, typer.Argument(metavar="HOST...", help="Hosts to set up (or use --inventory).")
-    ] = None,
-    inventory: Annotated[
-        Path | None, typer.Option("--inventory", "-i", metavar="FILE", help="Hosts and their labels (TOML).")
-    ] = None,
-    servers: Annotated[int, typer.Option("--servers", min=1, help="How many hosts become servers.")] = 3,
-    ssh_user: Annotated[str | None, typer.Option("--ssh-user", help="User to log in as.")] = None,
-    identity: Annotated[
-        Path | None, typer.Option("--identity", metavar="FILE", help="SSH private key.")
-    ] = None,
-    wait: WaitOption = True,
-    timeout: TimeoutOption = 300.0,
-    json: JsonOption = False,
-) -> None:
-    """Install and start agents over SSH, then write the client config (mode 0600)."""
-    _unavailable("fleet bootstrap")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ _canidae_options() {
         "canidae events") echo "--help -h" ;;
         "canidae events tail") echo "--after --count --follow --help --json --lines --node --pack --type -f -h -n" ;;
         "canidae fleet") echo "--help -h" ;;
-        "canidae fleet bootstrap") echo "--help --identity --inventory --json --no-wait --servers --ssh-user --timeout --wait -h -i" ;;
+        "canidae fleet bootstrap") echo "--accept-new --help --json --limit --parallel --plan --wheelhouse --yes -h -y" ;;
         "canidae history") echo "--help -h" ;;
         "canidae history verify") echo "--full --help --json -h" ;;
         "canidae keys") echo "--help -h" ;;
@@ -185,12 +185,9 @@ _canidae_option_value() {
         "canidae events tail --node") echo "node" ;;
         "canidae events tail --pack") echo "pack" ;;
         "canidae events tail --type") echo "none" ;;
-        "canidae fleet bootstrap --identity") echo "file" ;;
-        "canidae fleet bootstrap --inventory") echo "file" ;;
-        "canidae fleet bootstrap -i") echo "file" ;;
-        "canidae fleet bootstrap --servers") echo "none" ;;
-        "canidae fleet bootstrap --ssh-user") echo "none" ;;
-        "canidae fleet bootstrap --timeout") echo "none" ;;
+        "canidae fleet bootstrap --limit") echo "none" ;;
+        "canidae fleet bootstrap --parallel") echo "none" ;;
+        "canidae fleet bootstrap --wheelhouse") echo "file" ;;
         "canidae keys rotate --region") echo "none" ;;
         "canidae keys rotate --timeout") echo "none" ;;
         "canidae metrics --node") echo "node" ;;
@@ -328,8 +325,7 @@ _canidae_option_value() {
 _canidae_argument() {
     case "$1 $2" in
         "canidae drill zone 0") echo "zone" ;;
-        "canidae fleet bootstrap 0") echo "none" ;;
-        "canidae fleet bootstrap "*) echo "none" ;;
+        "canidae fleet bootstrap 0") echo "file" ;;
         "canidae history verify 0") echo "pack" ;;
         "canidae node cordon 0") echo "node" ;;
         "canidae node drain 0") echo "node" ;;

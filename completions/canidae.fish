@@ -71,7 +71,7 @@ function __canidae_valued
         case 'canidae events tail'
             printf '%s\n' -- --after --count --lines --node --pack --type -n
         case 'canidae fleet bootstrap'
-            printf '%s\n' -- --identity --inventory --servers --ssh-user --timeout -i
+            printf '%s\n' -- --limit --parallel --wheelhouse
         case 'canidae keys rotate'
             printf '%s\n' -- --region --timeout
         case 'canidae metrics'
@@ -189,7 +189,7 @@ complete -c canidae -n '__canidae_at \'canidae\'' -a autoscale -d 'See what the 
 complete -c canidae -n '__canidae_at \'canidae\'' -a cluster -d 'Start, stop and inspect a local cluster of agents'
 complete -c canidae -n '__canidae_at \'canidae\'' -a drill -d 'Inject real faults (SIGKILL, SIGSTOP) and measure the recovery'
 complete -c canidae -n '__canidae_at \'canidae\'' -a events -d 'Follow the cluster\'s event stream'
-complete -c canidae -n '__canidae_at \'canidae\'' -a fleet -d 'Set up agents on many hosts at once'
+complete -c canidae -n '__canidae_at \'canidae\'' -a fleet -d 'Set up agents on many hosts at once, over SSH'
 complete -c canidae -n '__canidae_at \'canidae\'' -a history -d 'Check the recorded event history against the live cluster state'
 complete -c canidae -n '__canidae_at \'canidae\'' -a keys -d 'Inspect and rotate the cluster\'s signing and encryption keys'
 complete -c canidae -n '__canidae_at \'canidae\'' -a metrics -d 'Print cluster metrics aggregated by cell, region and zone'
@@ -389,19 +389,19 @@ complete -c canidae -n '__canidae_at \'canidae events tail\'' -l pack -x -a '(__
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l type -x -d 'Only these event types (PackStarted, PackFailed, NodeDown, ...)'
 
 # canidae fleet
-complete -c canidae -n '__canidae_at \'canidae fleet\'' -a bootstrap -d 'Install and start agents over SSH, then write the client config (mode 0600)'
+complete -c canidae -n '__canidae_at \'canidae fleet\'' -a bootstrap -d 'Install and start an agent on every host of INVENTORY, servers first, then clients'
 complete -c canidae -n '__canidae_at \'canidae fleet\'' -l help -s h -d 'Show this message and exit'
 
 # canidae fleet bootstrap
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l accept-new -d 'Record the host key of a host not yet in known_hosts (a changed key is always refused)'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l identity -r -F -d 'SSH private key'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l inventory -s i -r -F -d 'Hosts and their labels (TOML)'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l no-wait -d 'Wait until the work is done, or return once it is accepted'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l servers -x -d 'How many hosts become servers'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l ssh-user -x -d 'User to log in as'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l timeout -x -d 'Give up waiting after this many seconds'
-complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l wait -d 'Wait until the work is done, or return once it is accepted'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l limit -x -d 'Only these hosts (comma-separated names), or @failed'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l parallel -x -d 'Hosts worked on at once'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l plan -d 'Print what would be done on each host'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l wheelhouse -r -F -d 'Install from these wheels (canidae\'s and its dependencies\')'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l yes -s y -d 'Do not ask before changing the hosts'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\' 0' -r -F -d 'INVENTORY'
 
 # canidae history
 complete -c canidae -n '__canidae_at \'canidae history\'' -a verify -d 'Rebuild the projections from each server\'s event log and compare them with the live state'

@@ -35,8 +35,9 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from canidae.agent.config import AgentConfig, ServerPeer, config_from_mapping, config_to_mapping
 from canidae.agent.identity import Identity

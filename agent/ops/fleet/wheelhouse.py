@@ -70,7 +70,7 @@ def describe(path: str) -> Wheelhouse:
 
 
 def _pip_wheel(args: list[str], what: str) -> None:
-    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", *args], check=False, capture_output=True, text=True,
                        env={**os.environ, "SOURCE_DATE_EPOCH": _EPOCH}, timeout=900)
     if p.returncode != 0:
         tail = " ".join((p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1:])
