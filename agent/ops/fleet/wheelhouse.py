@@ -2,8 +2,9 @@
 operator's machine so that the hosts need no package index.
 
 ``prepare`` builds canidae's wheel from its source tree (``pip wheel . --no-deps``, with a fixed
-``SOURCE_DATE_EPOCH`` so unchanged sources give the same bytes) and the dependencies' wheels
-once per dependency list and Python version (``pip wheel .``, kept in a cache directory), or
+``SOURCE_DATE_EPOCH`` so unchanged sources give the same bytes; again only when the sources
+changed) and the dependencies' wheels once per dependency list and Python version (``pip wheel
+.``); both are kept in a cache directory. Or it
 takes a directory of wheels given by the operator. Its ``digest`` names exactly the files, so a
 host that already runs these wheels is not reinstalled.
 """
@@ -84,6 +85,19 @@ def _deps_key(root: str) -> str:
     return hashlib.sha256(f"{sys.version}\n{sys.platform}\n{spec}".encode()).hexdigest()[:16]
 
 
+def _tree_key(root: str) -> str:
+    """A digest of what goes into canidae's wheel: the packages' sources and the metadata files."""
+    h = hashlib.sha256()
+    for top in ("pyproject.toml", "README.md", "core", "agent", "cli", "src"):
+        base = os.path.join(root, top)
+        paths = [base] if os.path.isfile(base) else sorted(
+            os.path.join(d, f) for d, dirs, files in os.walk(base) if "__pycache__" not in d for f in files
+            if not f.endswith((".pyc", ".pyo")))
+        for path in paths:
+            h.update(f"{os.path.relpath(path, root)}\0{_sha256(path)}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def default_cache() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "canidae", "wheels")
 
@@ -109,17 +123,21 @@ def prepare(dest: str, given: str | None = None, cache: str | None = None) -> Wh
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    build = tempfile.mkdtemp(prefix="canidae-wheel-")
-    try:
-        _pip_wheel(["--no-deps", "-w", build, root], "canidae's wheel")
-        shutil.rmtree(dest, ignore_errors=True)
-        os.makedirs(dest, mode=0o700)
-        for f in os.listdir(deps):
-            shutil.copyfile(os.path.join(deps, f), os.path.join(dest, f))
-        for f in os.listdir(build):
-            shutil.copyfile(os.path.join(build, f), os.path.join(dest, f))
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
+    # canidae's wheel is built again only when its sources changed.
+    own = os.path.join(cache or default_cache(), f"canidae-{_tree_key(root)}")
+    if not os.path.isdir(own):
+        tmp = tempfile.mkdtemp(prefix="canidae-", dir=os.path.dirname(own))
+        try:
+            _pip_wheel(["--no-deps", "-w", tmp, root], "canidae's wheel")
+            os.replace(tmp, own)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    shutil.rmtree(dest, ignore_errors=True)
+    os.makedirs(dest, mode=0o700)
+    for src in (deps, own):
+        for f in os.listdir(src):
+            shutil.copyfile(os.path.join(src, f), os.path.join(dest, f))
     return describe(dest)
 
 
