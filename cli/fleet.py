@@ -109,3 +109,27 @@ def fleet_bootstrap(
     emit(result, json, human)
     if result["failed"]:
         raise typer.Exit(1)
+
+
+@app.command("status")
+def fleet_status(inventory: InventoryArg, json: JsonOption = False) -> None:
+    """Show each host's agent: up or not, role, version, Raft state (asked of its API; no SSH).
+
+    Exits 3 when any host's agent does not answer.
+    """
+    inv = load_inventory(str(inventory))
+    from canidae.agent.ops.fleet import bootstrap as bs
+    identity, _ = bs.open_state(inv)
+    import asyncio
+    rows = asyncio.run(bs.status(inv, identity.admin_token))
+    down = [r["host"] for r in rows if not r["up"]]
+
+    def human() -> None:
+        t = Table("host", "role", "api", "up", "version", "raft", "detail")
+        for r in rows:
+            t.add_row(r["host"], r["role"], r["api"], "yes" if r["up"] else "[red]no[/]", str(r.get("version") or "-"),
+                      str(r.get("raft_state") or "-"), r.get("error", ""))
+        console.print(t)
+    emit({"inventory": inv.path, "hosts": rows, "down": down}, json, human)
+    if down:
+        raise typer.Exit(3)

@@ -12,7 +12,7 @@ _canidae_children() {
         "canidae cluster") echo "down status up" ;;
         "canidae drill") echo "failover node partition soak zone" ;;
         "canidae events") echo "tail" ;;
-        "canidae fleet") echo "bootstrap" ;;
+        "canidae fleet") echo "bootstrap status" ;;
         "canidae history") echo "verify" ;;
         "canidae keys") echo "list rotate" ;;
         "canidae node") echo "cordon drain list show uncordon" ;;
@@ -53,6 +53,7 @@ _canidae_options() {
         "canidae events tail") echo "--after --count --follow --help --json --lines --node --pack --type -f -h -n" ;;
         "canidae fleet") echo "--help -h" ;;
         "canidae fleet bootstrap") echo "--accept-new --help --json --limit --parallel --plan --wheelhouse --yes -h -y" ;;
+        "canidae fleet status") echo "--help --json -h" ;;
         "canidae history") echo "--help -h" ;;
         "canidae history verify") echo "--full --help --json -h" ;;
         "canidae keys") echo "--help -h" ;;
@@ -326,6 +327,7 @@ _canidae_argument() {
     case "$1 $2" in
         "canidae drill zone 0") echo "zone" ;;
         "canidae fleet bootstrap 0") echo "file" ;;
+        "canidae fleet status 0") echo "file" ;;
         "canidae history verify 0") echo "pack" ;;
         "canidae node cordon 0") echo "node" ;;
         "canidae node drain 0") echo "node" ;;

@@ -19,7 +19,7 @@ function __canidae_children
         case 'canidae events'
             printf '%s\n' tail
         case 'canidae fleet'
-            printf '%s\n' bootstrap
+            printf '%s\n' bootstrap status
         case 'canidae history'
             printf '%s\n' verify
         case 'canidae keys'
@@ -390,6 +390,7 @@ complete -c canidae -n '__canidae_at \'canidae events tail\'' -l type -x -d 'Onl
 
 # canidae fleet
 complete -c canidae -n '__canidae_at \'canidae fleet\'' -a bootstrap -d 'Install and start an agent on every host of INVENTORY, servers first, then clients'
+complete -c canidae -n '__canidae_at \'canidae fleet\'' -a status -d 'Show each host\'s agent'
 complete -c canidae -n '__canidae_at \'canidae fleet\'' -l help -s h -d 'Show this message and exit'
 
 # canidae fleet bootstrap
@@ -402,6 +403,11 @@ complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l plan -d 'Pr
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l wheelhouse -r -F -d 'Install from these wheels (canidae\'s and its dependencies\')'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l yes -s y -d 'Do not ask before changing the hosts'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\' 0' -r -F -d 'INVENTORY'
+
+# canidae fleet status
+complete -c canidae -n '__canidae_at \'canidae fleet status\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae fleet status\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae fleet status\' 0' -r -F -d 'INVENTORY'
 
 # canidae history
 complete -c canidae -n '__canidae_at \'canidae history\'' -a verify -d 'Rebuild the projections from each server\'s event log and compare them with the live state'

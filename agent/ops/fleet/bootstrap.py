@@ -332,3 +332,22 @@ def plan(inv: Inventory, hosts: list[Host]) -> list[dict[str, Any]]:
 
 
 __all__ = ["Bootstrap", "HostOutcome", "open_state", "plan", "read_failed", "write_failed"]
+
+
+async def status(inv: Inventory, token: str, timeout: float = 2.0) -> list[dict[str, Any]]:
+    """Each host's agent as its API reports it (``/v1/health``): up or not, role, version, Raft state."""
+    async def one(http: httpx.AsyncClient, h: Host) -> dict[str, Any]:
+        row: dict[str, Any] = {"host": h.name, "role": h.role.value, "api": h.api, "up": False}
+        try:
+            r = await http.get(f"http://{h.api}/v1/health")
+            body = r.json()
+        except (httpx.HTTPError, ValueError) as e:
+            return {**row, "error": str(e) or type(e).__name__}
+        if r.status_code != 200 or not isinstance(body, dict):
+            return {**row, "error": f"HTTP {r.status_code}"}
+        raft = body.get("raft") if isinstance(body.get("raft"), dict) else {}
+        return {**row, "up": True, "node": body.get("node"), "agent_role": body.get("role"),
+                "version": body.get("version"), "uptime_s": body.get("uptime_s"),
+                "raft_state": raft.get("state") if raft else None}
+    async with httpx.AsyncClient(timeout=timeout, headers={"authorization": f"Bearer {token}"}) as http:
+        return list(await asyncio.gather(*(one(http, h) for h in inv.hosts)))
