@@ -133,3 +133,12 @@ def test_limit_failed_picks_the_hosts_recorded_as_failed(tmp_path):
     assert [h.name for h in select_hosts(inv, ["@failed"], ["c1", "s2"])] == ["s2", "c1"]
     assert select_hosts(inv, ["@failed"], []) == []
     assert len(select_hosts(inv, None, ["c1"])) == 4
+
+
+def test_the_readme_inventory_example_is_valid(tmp_path):
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Bring up a fleet"):]
+    example = section[section.index("```toml\n") + 8:section.index("```\n", section.index("```toml\n") + 8)]
+    inv = load_inventory(str(write(tmp_path, example)))
+    assert [(h.name, h.role.value, h.port) for h in inv.hosts] == [("s1", "server", 22), ("c1", "client", 2222)]

@@ -148,7 +148,7 @@ def install(host: Host, wheels_digest: str) -> str:
     venv, py = os.path.join(d, "venv"), os.path.join(d, "venv", "bin", "python")
     s = _sudo(host)
     return (f"set -e; [ -x {shlex.quote(py)} ] || {s}{shlex.quote(host.python)} -m venv {shlex.quote(venv)}; "
-            f"{s}env PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 {shlex.quote(py)} -m pip install -q "
+            f"{s}env PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 {shlex.quote(py)} -m pip install -q --no-compile "
             f"--no-index --find-links {shlex.quote(os.path.join(d, 'wheels'))} --upgrade --force-reinstall "
             f"--no-deps {shlex.quote(os.path.join(d, 'wheels'))}/*.whl; "
             f"{s}{shlex.quote(py)} -m canidae --version; "
