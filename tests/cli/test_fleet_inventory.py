@@ -55,7 +55,8 @@ def write(tmp_path, text, name="lab.toml"):
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "canidae", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "canidae", *args], check=False, capture_output=True, text=True,
+                          timeout=60,
                           cwd=cwd)
 
 

@@ -30,6 +30,7 @@ from canidae import __version__
 from canidae.agent.ops import netns
 from canidae.agent.ops.localcluster import kill_pack_leftovers, pid_alive
 from canidae.agent.ops.waiting import wait_until
+from canidae.core.errors import Timeout
 
 pytestmark = pytest.mark.netns
 
@@ -92,9 +93,9 @@ class Fleet:
             Subsystem sftp internal-sftp
             """))
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-        self.sshd[name] = subprocess.Popen([*self.net.prefix(name), SSHD, "-D", "-e", "-f", str(cfg)],
-                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                           stderr=open(d / "sshd.log", "ab"))
+        with open(d / "sshd.log", "ab") as log:
+            self.sshd[name] = subprocess.Popen([*self.net.prefix(name), SSHD, "-D", "-e", "-f", str(cfg)],
+                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         wait_until(lambda: self.sshd[name].poll() is None and _listening(self.addrs[name], 22), 15,
                    f"sshd of {name} listening")
 
@@ -123,12 +124,12 @@ class Fleet:
         os.kill(pid, signal.SIGTERM)
         try:
             wait_until(lambda: self.agent_pid(name) is None, 15, f"agent {name} stopped")
-        except Exception:
+        except Timeout:
             os.killpg(pid, signal.SIGKILL)
 
     def cli(self, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
         p = subprocess.run([sys.executable, "-m", "canidae", "--config", str(self.cli_config), *args],
-                           capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+                           check=False, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
         assert p.returncode == code, f"exit {p.returncode} (expected {code}): {p.stderr[-3000:]}\n{p.stdout[-3000:]}"
         return p
 
@@ -181,7 +182,7 @@ def fleet() -> Iterator[Fleet]:
             install_dir = "{f.host_dir(name)}"
             capacity = {{ cpu = 4000, mem = 4096, packs = 100 }}
             """ for i, (name, role) in enumerate(HOSTS))
-        f.inventory.write_text(textwrap.dedent(f"""\
+        f.inventory.write_text(textwrap.dedent("""\
             [cluster]
             name = "lab"
             user = "root"
