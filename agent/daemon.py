@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 import uvicorn
+from canidae import __version__
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -106,7 +107,7 @@ class Agent:
             self.plane.stop()
 
     def health(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ok": True, "node": self.cfg.node_id, "role": self.cfg.role.value,
+        out: dict[str, Any] = {"ok": True, "node": self.cfg.node_id, "role": self.cfg.role.value, "version": __version__,
                                "api": self.cfg.api, "uptime_s": round(time.monotonic() - self.started, 3),
                                "pid": os.getpid(), "auth_failures": self.edge.failures.total}
         if self.plane is not None:

@@ -71,6 +71,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("history", "canidae.cli.history:app"),
     ("token", "canidae.cli.token:app"),
     ("policy", "canidae.cli.policy:app"),
+    ("fleet", "canidae.cli.fleet:app"),
 )
 
 # (command line, what it does): shown in the help epilog and the man page's EXAMPLES.
@@ -86,7 +87,7 @@ HELP = (
     "canidae places and runs isolated workloads (packs) on a fleet of hosts. "
     "It drives the canidae agent running on every host; a few agents (the servers) hold the "
     "cluster state in a Raft group. The target cluster comes from --addr, CANIDAE_ADDR or the "
-    "config file written by 'cluster up'."
+    "config file written by 'cluster up' or 'fleet bootstrap'."
 )
 EPILOG = "\n\n".join([EXIT_CODES_HELP, "\n".join(["Examples:", *(f"  $ {cmd}" for cmd, _ in EXAMPLES)])])
 

@@ -5,11 +5,12 @@
 # Subcommands of a command path.
 _canidae_children() {
     case "$1" in
-        "canidae") echo "agent cluster drill events history metrics node pack place policy ring scale-test token top yip" ;;
+        "canidae") echo "agent cluster drill events fleet history metrics node pack place policy ring scale-test token top yip" ;;
         "canidae agent") echo "doctor init run" ;;
         "canidae cluster") echo "down status up" ;;
         "canidae drill") echo "failover node partition soak zone" ;;
         "canidae events") echo "tail" ;;
+        "canidae fleet") echo "bootstrap status" ;;
         "canidae history") echo "verify" ;;
         "canidae node") echo "cordon drain list show uncordon" ;;
         "canidae pack") echo "create delete history kill list logs migrate place show spawn stop" ;;
@@ -41,6 +42,9 @@ _canidae_options() {
         "canidae drill zone") echo "--clients --data-dir --expect-failover --help --json --packs --seed --timeout --yes -h -y" ;;
         "canidae events") echo "--help -h" ;;
         "canidae events tail") echo "--after --count --follow --help --json --lines --node --pack --type -f -h -n" ;;
+        "canidae fleet") echo "--help -h" ;;
+        "canidae fleet bootstrap") echo "--accept-new --help --json --limit --parallel --plan --wheelhouse --yes -h -y" ;;
+        "canidae fleet status") echo "--help --json -h" ;;
         "canidae history") echo "--help -h" ;;
         "canidae history verify") echo "--full --help --json -h" ;;
         "canidae metrics") echo "--by --cell --help --json --zone -h" ;;
@@ -171,6 +175,9 @@ _canidae_option_value() {
         "canidae events tail --node") echo "node" ;;
         "canidae events tail --pack") echo "pack" ;;
         "canidae events tail --type") echo "none" ;;
+        "canidae fleet bootstrap --limit") echo "none" ;;
+        "canidae fleet bootstrap --parallel") echo "none" ;;
+        "canidae fleet bootstrap --wheelhouse") echo "file" ;;
         "canidae metrics --by") echo "choice:zone region cell node" ;;
         "canidae metrics --cell") echo "none" ;;
         "canidae metrics --zone") echo "zone" ;;
@@ -312,6 +319,8 @@ _canidae_option_value() {
 _canidae_argument() {
     case "$1 $2" in
         "canidae drill zone 0") echo "zone" ;;
+        "canidae fleet bootstrap 0") echo "file" ;;
+        "canidae fleet status 0") echo "file" ;;
         "canidae history verify 0") echo "pack" ;;
         "canidae node cordon 0") echo "node" ;;
         "canidae node drain 0") echo "node" ;;

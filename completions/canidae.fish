@@ -5,7 +5,7 @@
 function __canidae_children
     switch $argv[1]
         case 'canidae'
-            printf '%s\n' agent cluster drill events history metrics node pack place policy ring scale-test token top yip
+            printf '%s\n' agent cluster drill events fleet history metrics node pack place policy ring scale-test token top yip
         case 'canidae agent'
             printf '%s\n' doctor init run
         case 'canidae cluster'
@@ -14,6 +14,8 @@ function __canidae_children
             printf '%s\n' failover node partition soak zone
         case 'canidae events'
             printf '%s\n' tail
+        case 'canidae fleet'
+            printf '%s\n' bootstrap status
         case 'canidae history'
             printf '%s\n' verify
         case 'canidae node'
@@ -60,6 +62,8 @@ function __canidae_valued
             printf '%s\n' -- --clients --data-dir --expect-failover --packs --seed --timeout
         case 'canidae events tail'
             printf '%s\n' -- --after --count --lines --node --pack --type -n
+        case 'canidae fleet bootstrap'
+            printf '%s\n' -- --limit --parallel --wheelhouse
         case 'canidae metrics'
             printf '%s\n' -- --by --cell --zone
         case 'canidae node drain'
@@ -175,6 +179,7 @@ complete -c canidae -n '__canidae_at \'canidae\'' -a agent -d 'Run, set up and c
 complete -c canidae -n '__canidae_at \'canidae\'' -a cluster -d 'Start, stop and inspect a local cluster of agents'
 complete -c canidae -n '__canidae_at \'canidae\'' -a drill -d 'Inject real faults (SIGKILL, SIGSTOP) and measure the recovery'
 complete -c canidae -n '__canidae_at \'canidae\'' -a events -d 'Follow the cluster\'s event stream'
+complete -c canidae -n '__canidae_at \'canidae\'' -a fleet -d 'Set up agents on many hosts at once, over SSH'
 complete -c canidae -n '__canidae_at \'canidae\'' -a history -d 'Check the recorded event history against the live cluster state'
 complete -c canidae -n '__canidae_at \'canidae\'' -a metrics -d 'Print cluster metrics merged by the leader from every node\'s heartbeat summary'
 complete -c canidae -n '__canidae_at \'canidae\'' -a node -d 'List and inspect nodes'
@@ -343,6 +348,27 @@ complete -c canidae -n '__canidae_at \'canidae events tail\'' -l lines -s n -x -
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l node -x -a '(__canidae_names node)' -d 'Only events on this node (moves away from it included)'
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l pack -x -a '(__canidae_names pack)' -d 'Only events of this pack'
 complete -c canidae -n '__canidae_at \'canidae events tail\'' -l type -x -d 'Only these event types (PackStarted, PackFailed, NodeDown, ...)'
+
+# canidae fleet
+complete -c canidae -n '__canidae_at \'canidae fleet\'' -a bootstrap -d 'Install and start an agent on every host of INVENTORY, servers first, then clients'
+complete -c canidae -n '__canidae_at \'canidae fleet\'' -a status -d 'Show each host\'s agent'
+complete -c canidae -n '__canidae_at \'canidae fleet\'' -l help -s h -d 'Show this message and exit'
+
+# canidae fleet bootstrap
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l accept-new -d 'Record the host key of a host not yet in known_hosts (a changed key is always refused)'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l limit -x -d 'Only these hosts (comma-separated names), or @failed'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l parallel -x -d 'Hosts worked on at once'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l plan -d 'Print what would be done on each host'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l wheelhouse -r -F -d 'Install from these wheels (canidae\'s and its dependencies\')'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l yes -s y -d 'Do not ask before changing the hosts'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\' 0' -r -F -d 'INVENTORY'
+
+# canidae fleet status
+complete -c canidae -n '__canidae_at \'canidae fleet status\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae fleet status\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae fleet status\' 0' -r -F -d 'INVENTORY'
 
 # canidae history
 complete -c canidae -n '__canidae_at \'canidae history\'' -a verify -d 'Rebuild the projections from each server\'s event log and compare them with the live state'

@@ -33,9 +33,10 @@ CONTRACT_NOUNS = {
     "scale-test": {"run", "report"},
     "events": {"tail"},
     "history": {"verify"},
+    "fleet": {"bootstrap", "status"},
 }
 CONTRACT_COMMANDS = {"place", "metrics", "top"}
-# DESIGN.md's contract also names autoscale, fleet, keys and audit:
+# DESIGN.md's contract also names autoscale, keys and audit:
 # they join the tree (and this table) when they are built, never before.
 
 

@@ -1,0 +1,353 @@
+"""``fleet bootstrap``: bring every host of an inventory to a running agent, servers first.
+
+A run connects to the selected hosts (at most ``parallel`` at once) and, per host: checks sudo,
+probes, computes the host's config hash (its agent.toml, the secret keys, the wheels, how it is
+supervised) and, when the hash recorded on the host differs or the agent is not running, stops
+the old agent, copies the wheelhouse and installs it into a venv (only when the wheels differ),
+writes the config and the secret keys (mode 0600), starts the agent supervised, waits until its
+API answers and records the hash. Servers go first; clients start once the servers have a leader
+with quorum. Each host ends ``ok``, ``unchanged``, ``failed`` (at a named step, with the remote
+stderr) or ``unreachable``.
+
+The operator's side lives in the inventory's state dir: the cluster identity (made on the first
+run, then reused, so every run issues the same credentials), the cluster's secret keys (the same
+file on every agent) and ``failed.json``, the hosts ``--limit @failed`` retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+import tomli_w
+
+from canidae.agent.config import config_to_mapping
+from canidae.agent.identity import Identity
+from canidae.agent.ops.fleet import remote
+from canidae.agent.ops.fleet.inventory import Host, Inventory, agent_config, config_hash
+from canidae.agent.ops.fleet.sshlink import HostKeyChanged, HostKeyUnknown, Link, Unreachable
+from canidae.agent.ops.fleet.wheelhouse import Wheelhouse
+from canidae.agent.secretbox import Keyring, key_file
+from canidae.core.errors import CanidaeError, OperationFailed
+from canidae.core.types import Resources, Role
+
+FAILED_FILE = "failed.json"
+IDENTITY_FILE = "identity.toml"
+KEYS_FILE = "secret.keys"
+UP_TIMEOUT_S = 30.0
+LEADER_TIMEOUT_S = 30.0
+
+
+@dataclass
+class HostOutcome:
+    host: str
+    role: str
+    address: str
+    status: str = "ok"            # ok | unchanged | failed | unreachable
+    step: str = ""                # the step that failed
+    error: str = ""               # why, with the remote stderr
+    changed: list[str] = field(default_factory=list)
+    hash: str = ""
+    seconds: float = 0.0
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, error: str) -> None:
+        super().__init__(f"{step}: {error}")
+        self.step, self.error = step, error
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
+
+
+def open_state(inv: Inventory) -> tuple[Identity, bytes]:
+    """The fleet's identity and secret keys, made on the first run (mode 0600 in a 0700 dir)."""
+    os.makedirs(inv.state_dir, mode=0o700, exist_ok=True)
+    os.chmod(inv.state_dir, 0o700)
+    ident_path = os.path.join(inv.state_dir, IDENTITY_FILE)
+    if not os.path.exists(ident_path):
+        Identity.new().write(ident_path)
+    keys_path = os.path.join(inv.state_dir, KEYS_FILE)
+    if not os.path.exists(keys_path):
+        Keyring.new().save(keys_path)
+    Keyring.load(keys_path)
+    with open(keys_path, "rb") as f:
+        return Identity.load(ident_path), f.read()
+
+
+def read_failed(inv: Inventory) -> list[str]:
+    try:
+        with open(os.path.join(inv.state_dir, FAILED_FILE)) as f:
+            return [str(h) for h in json.load(f).get("hosts", [])]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def write_failed(inv: Inventory, hosts: list[str]) -> None:
+    os.makedirs(inv.state_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(inv.state_dir, FAILED_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"inventory": inv.path, "hosts": hosts}, f)
+    os.replace(path + ".tmp", path)
+
+
+@dataclass
+class Bootstrap:
+    inv: Inventory
+    identity: Identity
+    secret_keys: bytes
+    wheels: Wheelhouse
+    accept_new: bool = False
+    parallel: int = 32
+    say: Callable[[str], None] = lambda line: None
+
+    async def run(self, hosts: list[Host]) -> dict[str, Any]:
+        t0 = time.monotonic()
+        sem = asyncio.Semaphore(self.parallel)
+        outcomes: dict[str, HostOutcome] = {}
+
+        async def one(h: Host) -> None:
+            async with sem:
+                outcomes[h.name] = await self.host(h)
+                o = outcomes[h.name]
+                self.say(f"{h.name}: {o.status}" + (f" at {o.step}: {o.error}" if o.error else ""))
+
+        servers = [h for h in hosts if h.role is Role.SERVER]
+        clients = [h for h in hosts if h.role is Role.CLIENT]
+        await asyncio.gather(*(one(h) for h in servers))
+        leader: str | None = None
+        leader_error = ""
+        try:
+            leader = await self.wait_leader()
+        except OperationFailed as e:
+            leader_error = e.message
+        if clients:
+            if leader is None:
+                for h in clients:
+                    outcomes[h.name] = HostOutcome(h.name, h.role.value, h.address, "failed", "leader",
+                                                   f"not started: the servers have no leader ({leader_error})")
+            else:
+                await asyncio.gather(*(one(h) for h in clients))
+        ready = False
+        if leader is not None:
+            up = sum(o.status in ("ok", "unchanged") for o in outcomes.values()) + \
+                sum(h.name not in outcomes for h in self.inv.hosts)
+            ready = await self.wait_registered(up)
+        ordered = [outcomes[h.name] for h in hosts]
+        return {"inventory": self.inv.path, "cluster": self.inv.name, "leader": leader, "registered": ready,
+                "wheels": self.wheels.digest, "seconds": round(time.monotonic() - t0, 3),
+                "hosts": [asdict(o) for o in ordered],
+                "changed": sum(o.status == "ok" for o in ordered),
+                "unchanged": sum(o.status == "unchanged" for o in ordered),
+                "failed": [o.host for o in ordered if o.status in ("failed", "unreachable")]}
+
+    # ------------------------------------------------------------------ one host
+
+    async def host(self, h: Host) -> HostOutcome:
+        out = HostOutcome(h.name, h.role.value, h.address)
+        t0 = time.monotonic()
+        try:
+            link = await Link.open(h, self.inv.known_hosts, self.accept_new, self.inv.connect_timeout_s)
+        except Unreachable as e:
+            out.status, out.step, out.error = "unreachable", "connect", e.message
+            return out
+        except (HostKeyChanged, HostKeyUnknown) as e:
+            out.status, out.step, out.error = "failed", "host-key", e.message
+            return out
+        try:
+            async with link:
+                await self._steps(link, h, out)
+        except StepFailed as e:
+            out.status, out.step, out.error = "failed", e.step, e.error
+        except Unreachable as e:
+            out.status, out.step, out.error = "unreachable", out.changed[-1] if out.changed else "connect", e.message
+        except CanidaeError as e:
+            out.status, out.step, out.error = "failed", "internal", e.message
+        out.seconds = round(time.monotonic() - t0, 3)
+        return out
+
+    async def _sh(self, link: Link, step: str, command: str, timeout: float = 600.0) -> str:
+        try:
+            r = await link.run(command, timeout)
+        except OperationFailed as e:
+            if isinstance(e, Unreachable):
+                raise
+            raise StepFailed(step, e.message) from None
+        if r.status != 0:
+            raise StepFailed(step, f"exit {r.status}: {_tail(r.stderr or r.stdout) or '(no output)'}")
+        return r.stdout
+
+    async def _steps(self, link: Link, h: Host, out: HostOutcome) -> None:
+        sudo = remote.sudo_check(h)
+        if sudo is not None:
+            await self._sh(link, "sudo", sudo, 30)
+        t_sent = time.time()
+        probe = remote.parse_probe(await self._sh(link, "probe", remote.helper(h, "probe"), 60))
+        offset = probe["time"] - (t_sent + time.time()) / 2
+        running = bool(probe["running"])
+        problems = remote.probe_problems(h, probe, offset)
+        if problems:
+            raise StepFailed("probe", "; ".join(problems))
+        capacity = Resources(int(probe["cpus"]) * 1000, max(1, int(probe["mem_mib"])), 1000)
+        cfg = agent_config(self.inv, h, self.identity, capacity)
+        toml = tomli_w.dumps(config_to_mapping(cfg)).encode()
+        systemd = bool(probe["systemd"])
+        digest = config_hash(toml, self.secret_keys, self.wheels.digest, "systemd" if systemd else "detached")
+        out.hash = digest
+        if running and probe["hash"] == digest:
+            out.status = "unchanged"
+            return
+        if running:
+            out.changed.append("stop")
+            await self._sh(link, "stop", remote.helper(h, "stop", systemd=systemd), 60)
+        await self._sh(link, "prepare", f"{remote.clear_hash(h)} && {remote.prepare_dirs(h)}", 60)
+        if probe["wheels"] != self.wheels.digest:
+            out.changed.append("copy")
+            await self._sh(link, "copy", f"find {shlex.quote(h.install_dir)}/wheels -maxdepth 1 -name '*.whl' "
+                                         f"-delete", 60)
+            await self._put(link, h, "copy", [(os.path.join(self.wheels.path, f),
+                                               os.path.join(h.install_dir, "wheels", f)) for f in self.wheels.files])
+            out.changed.append("install")
+            await self._sh(link, "install", remote.install(h, self.wheels.digest), 900)
+        out.changed.append("configure")
+        await self._write(link, h, "configure", h.config_path, toml)
+        await self._write(link, h, "configure", key_file(h.data_dir), self.secret_keys)
+        out.changed.append("start")
+        if systemd:
+            unit_path = f"/etc/systemd/system/{remote.unit_name(h)}"
+            await self._write(link, h, "start", unit_path, remote.systemd_unit(h).encode(), 0o644)
+            await self._sh(link, "start", remote.systemd_start(h, unit_path), 60)
+        else:
+            await self._sh(link, "start", remote.helper(h, "start"), 60)
+        await self._wait_up(link, h)
+        await self._sh(link, "record", remote.record_hash(h, digest), 30)
+
+    async def _put(self, link: Link, h: Host, step: str, files: list[tuple[str, str]]) -> None:
+        """Copy files over SFTP; a login that is not root copies to a stage in its home, then sudo moves them."""
+        try:
+            if h.user == "root":
+                await link.put(files)
+                return
+            stage = f".canidae-stage-{h.name}"
+            await self._sh(link, step, f"rm -rf {stage} && mkdir -m 0700 {stage}", 30)
+            await link.put([(local, f"{stage}/{os.path.basename(r)}") for local, r in files])
+            for d in sorted({os.path.dirname(r) for _, r in files}):
+                await self._sh(link, step, f"sudo -n cp {stage}/* {shlex.quote(d)}/ && rm -rf {stage}", 120)
+        except Unreachable:
+            raise
+        except OperationFailed as e:
+            raise StepFailed(step, e.message) from None
+
+    async def _write(self, link: Link, h: Host, step: str, path: str, data: bytes, mode: int = 0o600) -> None:
+        try:
+            if h.user == "root":
+                await link.write(path, data, mode)
+                return
+            stage = f".canidae-stage-{h.name}.{os.path.basename(path)}"
+            await link.write(stage, data, mode)
+            await self._sh(link, step, f"sudo -n install -m {mode:o} {stage} {shlex.quote(path)} && rm -f {stage}", 30)
+        except Unreachable:
+            raise
+        except OperationFailed as e:
+            raise StepFailed(step, e.message) from None
+
+    async def _wait_up(self, link: Link, h: Host) -> None:
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        headers = {"authorization": f"Bearer {self.identity.admin_token}"}
+        async with httpx.AsyncClient(timeout=1.0, headers=headers) as http:
+            while True:
+                try:
+                    r = await http.get(f"http://{h.api}/v1/health")
+                    if r.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                probe = remote.parse_probe(await self._sh(link, "start", remote.helper(h, "probe"), 60))
+                if not probe["running"] or time.monotonic() > deadline:
+                    log = await link.run(f"tail -n 8 {shlex.quote(os.path.join(h.install_dir, 'stdout.log'))}", 30)
+                    why = "exited" if not probe["running"] else f"did not answer on {h.api} within {UP_TIMEOUT_S:g} s"
+                    raise StepFailed("start", f"the agent {why}: {_tail(log.stdout) or '(no output)'}")
+                await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ the cluster
+
+    async def _status(self, http: httpx.AsyncClient, api: str) -> dict[str, Any] | None:
+        try:
+            r = await http.get(f"http://{api}/v1/status", params={"stale": 1})
+            return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    async def wait_leader(self) -> str:
+        """The id of a server that leads with quorum, waiting up to ``LEADER_TIMEOUT_S``."""
+        deadline = time.monotonic() + LEADER_TIMEOUT_S
+        headers = {"authorization": f"Bearer {self.identity.admin_token}"}
+        async with httpx.AsyncClient(timeout=1.0, headers=headers) as http:
+            while True:
+                for s in self.inv.servers:
+                    st = await self._status(http, s.api)
+                    if st and st.get("raft_state") == "leader" and st.get("has_quorum"):
+                        return str(st["node"])
+                if time.monotonic() > deadline:
+                    raise OperationFailed(f"no server led with quorum within {LEADER_TIMEOUT_S:g} s")
+                await asyncio.sleep(0.1)
+
+    async def wait_registered(self, n: int) -> bool:
+        """Whether the leader counts at least ``n`` nodes within ``LEADER_TIMEOUT_S``."""
+        deadline = time.monotonic() + LEADER_TIMEOUT_S
+        headers = {"authorization": f"Bearer {self.identity.admin_token}"}
+        async with httpx.AsyncClient(timeout=1.0, headers=headers) as http:
+            while time.monotonic() < deadline:
+                for s in self.inv.servers:
+                    st = await self._status(http, s.api)
+                    if st and st.get("raft_state") == "leader" and st.get("nodes", 0) >= n:
+                        return True
+                await asyncio.sleep(0.1)
+        return False
+
+
+def plan(inv: Inventory, hosts: list[Host]) -> list[dict[str, Any]]:
+    """What a run would do on each host, without connecting to any."""
+    rows = []
+    for h in sorted(hosts, key=lambda h: h.role is not Role.SERVER):
+        rows.append({
+            "host": h.name, "role": h.role.value, "ssh": f"{h.user}@{h.address}:{h.port}",
+            "api": h.api, "raft": h.raft, "labels": f"{h.zone}/{h.region}/{h.cell}",
+            "capacity": h.capacity.to_dict() if h.capacity else "from the host",
+            "install_dir": h.install_dir,
+            "steps": (["sudo"] if h.user != "root" else []) + [
+                "probe (python >= 3.11, setpriv, ports, clock)", "skip if the config hash matches and it runs",
+                "copy wheels + install venv (when the wheels differ)", "write agent.toml + secret.keys (0600)",
+                "start (systemd unit, or detached with a pid file)", "wait for its API, record the hash"],
+        })
+    return rows
+
+
+__all__ = ["Bootstrap", "HostOutcome", "open_state", "plan", "read_failed", "write_failed"]
+
+
+async def status(inv: Inventory, token: str, timeout: float = 2.0) -> list[dict[str, Any]]:
+    """Each host's agent as its API reports it (``/v1/health``): up or not, role, version, Raft state."""
+    async def one(http: httpx.AsyncClient, h: Host) -> dict[str, Any]:
+        row: dict[str, Any] = {"host": h.name, "role": h.role.value, "api": h.api, "up": False}
+        try:
+            r = await http.get(f"http://{h.api}/v1/health")
+            body = r.json()
+        except (httpx.HTTPError, ValueError) as e:
+            return {**row, "error": str(e) or type(e).__name__}
+        if r.status_code != 200 or not isinstance(body, dict):
+            return {**row, "error": f"HTTP {r.status_code}"}
+        raft = body.get("raft") if isinstance(body.get("raft"), dict) else {}
+        return {**row, "up": True, "node": body.get("node"), "agent_role": body.get("role"),
+                "version": body.get("version"), "uptime_s": body.get("uptime_s"),
+                "raft_state": raft.get("state") if raft else None}
+    async with httpx.AsyncClient(timeout=timeout, headers={"authorization": f"Bearer {token}"}) as http:
+        return list(await asyncio.gather(*(one(http, h) for h in inv.hosts)))
