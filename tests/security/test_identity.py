@@ -157,7 +157,9 @@ def test_events_name_the_acting_credential(cluster):
     with cluster.client() as c:
         c.create_packs([{"name": "audited"}])
         c.pack_action("audited", "stop")
-        events = c.events(pack="audited")["events"]
+        # The event store is written after apply: wait until this agent's copy has both events.
+        events = wait_until(lambda: (lambda evs: evs if {"PackCreated", "PackStopped"} <= {e["type"] for e in evs}
+                                     else None)(c.events(pack="audited")["events"]), 10, "the pack's events")
     by = {e["type"]: e.get("by") for e in events}
     assert by["PackCreated"] == public_id(cluster.token) and by["PackCreated"].startswith("ca_")
     assert cluster.token not in str(events) and "api" not in by.values()
