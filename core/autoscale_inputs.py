@@ -84,7 +84,7 @@ def _gauge(leaf: Mapping[str, Any], name: str) -> int | None:
     g = leaf.get("gauges", {}).get(name)
     if g is None:
         return None
-    return int(round(g.get("sum", g.get("mean", 0.0))))
+    return round(float(g.get("sum", g.get("mean", 0.0))))
 
 
 def _int(d: Mapping[str, Any], key: str, what: str) -> int:
@@ -108,6 +108,8 @@ def cluster_inputs(nodes: Sequence[Mapping[str, Any]], tree: Mapping[str, Any], 
         what = f"node {node_id}"
         cpu_cap, mem_cap = _int(cap, "cpu", what), _int(cap, "mem", what)
         leaf = leaves.get(node_id)
+        cpu_used: int | None
+        mem_used: int | None
         if usage is Usage.RESERVED:
             used = n.get("used") or {}
             cpu_used, mem_used = _int(used, "cpu", what), _int(used, "mem", what)
@@ -118,9 +120,9 @@ def cluster_inputs(nodes: Sequence[Mapping[str, Any]], tree: Mapping[str, Any], 
                 oldest = at if oldest is None else min(oldest, at)
         else:
             cpu_used = mem_used = None
-        counted = state == "ready" and (usage is Usage.RESERVED or leaf is not None)
+        capacity = state == "ready" and (usage is Usage.RESERVED or leaf is not None)
         rows.append(NodeInput(node_id, state, _int(n, "packs", what), cpu_cap, mem_cap, cpu_used, mem_used,
-                              counted))
+                              capacity))
     ready = [r for r in rows if r.state == "ready"]
     silent = [r.node for r in ready if not r.counted]
     note = f"no metrics summary yet from {', '.join(silent)}: not counted as capacity" if silent else ""
