@@ -33,6 +33,8 @@ app = typer.Typer(help="See what the autoscaler would decide, from the cluster's
 NO_HISTORY = ("no decision recorded yet: cooldown, scale-down window and scale-up rate limits "
               "have nothing to count from, and the forecast has no samples")
 
+NODES_SHOWN = 20  # per-node rows printed for people; --json has them all
+
 PolicyOpt = Annotated[
     Path | None,
     typer.Option("--policy", metavar="FILE", show_default=False,
@@ -89,11 +91,14 @@ def plan(policy: PolicyOpt = None, usage: UsageOpt = Usage.MEASURED, json: JsonO
     def human() -> None:
         for line in doc["explain"]:
             console.print(line, markup=False)
-        for row in doc["inputs"]["nodes"]:
+        rows = doc["inputs"]["nodes"]
+        for row in rows[:NODES_SHOWN]:
             used = (f"cpu {row['cpu_used_m']:,}/{row['cpu_capacity_m']:,} m, "
                     f"mem {row['mem_used_mib']:,}/{row['mem_capacity_mib']:,} MiB"
                     if row["cpu_used_m"] is not None else "no metrics summary")
             console.print(f"  node {row['node']} ({row['state']}): {row['packs']:,} packs, {used}", markup=False)
+        if len(rows) > NODES_SHOWN:
+            console.print(f"  ... and {len(rows) - NODES_SHOWN:,} more nodes (--json lists every one)", markup=False)
         for note in doc["notes"]:
             console.print(f"note: {note}", markup=False)
         console.print(f"plan only ({usage.value} usage, "
