@@ -72,6 +72,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("token", "canidae.cli.token:app"),
     ("policy", "canidae.cli.policy:app"),
     ("fleet", "canidae.cli.fleet:app"),
+    ("autoscale", "canidae.cli.autoscale:app"),
 )
 
 # (command line, what it does): shown in the help epilog and the man page's EXAMPLES.

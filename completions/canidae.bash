@@ -5,8 +5,9 @@
 # Subcommands of a command path.
 _canidae_children() {
     case "$1" in
-        "canidae") echo "agent cluster drill events fleet history metrics node pack place policy ring scale-test token top yip" ;;
+        "canidae") echo "agent autoscale cluster drill events fleet history metrics node pack place policy ring scale-test token top yip" ;;
         "canidae agent") echo "doctor init run" ;;
+        "canidae autoscale") echo "plan" ;;
         "canidae cluster") echo "down status up" ;;
         "canidae drill") echo "failover node partition soak zone" ;;
         "canidae events") echo "tail" ;;
@@ -30,6 +31,8 @@ _canidae_options() {
         "canidae agent doctor") echo "--config --help --json -c -h" ;;
         "canidae agent init") echo "--cell --client --cpu --data-dir --force --help --identity --json --listen --max-packs --mem --name --out --peer --raft --region --server --zone -h -o" ;;
         "canidae agent run") echo "--config --data-dir --help --listen --name -c -h" ;;
+        "canidae autoscale") echo "--help -h" ;;
+        "canidae autoscale plan") echo "--help --json --policy --usage -h" ;;
         "canidae cluster") echo "--help -h" ;;
         "canidae cluster down") echo "--data-dir --help --json -h" ;;
         "canidae cluster status") echo "--help --json -h" ;;
@@ -121,6 +124,8 @@ _canidae_option_value() {
         "canidae agent run --data-dir") echo "file" ;;
         "canidae agent run --listen") echo "none" ;;
         "canidae agent run --name") echo "none" ;;
+        "canidae autoscale plan --policy") echo "file" ;;
+        "canidae autoscale plan --usage") echo "choice:measured reserved" ;;
         "canidae cluster down --data-dir") echo "file" ;;
         "canidae cluster up --base-port") echo "none" ;;
         "canidae cluster up --clients") echo "none" ;;

@@ -5,9 +5,11 @@
 function __canidae_children
     switch $argv[1]
         case 'canidae'
-            printf '%s\n' agent cluster drill events fleet history metrics node pack place policy ring scale-test token top yip
+            printf '%s\n' agent autoscale cluster drill events fleet history metrics node pack place policy ring scale-test token top yip
         case 'canidae agent'
             printf '%s\n' doctor init run
+        case 'canidae autoscale'
+            printf '%s\n' plan
         case 'canidae cluster'
             printf '%s\n' down status up
         case 'canidae drill'
@@ -46,6 +48,8 @@ function __canidae_valued
             printf '%s\n' -- --cell --cpu --data-dir --identity --listen --max-packs --mem --name --out --peer --raft --region --zone -o
         case 'canidae agent run'
             printf '%s\n' -- --config --data-dir --listen --name -c
+        case 'canidae autoscale plan'
+            printf '%s\n' -- --policy --usage
         case 'canidae cluster down'
             printf '%s\n' -- --data-dir
         case 'canidae cluster up'
@@ -176,6 +180,7 @@ complete -c canidae -f
 
 # canidae
 complete -c canidae -n '__canidae_at \'canidae\'' -a agent -d 'Run, set up and check the agent daemon of this host'
+complete -c canidae -n '__canidae_at \'canidae\'' -a autoscale -d 'See what the autoscaler would decide, from the cluster\'s live metrics'
 complete -c canidae -n '__canidae_at \'canidae\'' -a cluster -d 'Start, stop and inspect a local cluster of agents'
 complete -c canidae -n '__canidae_at \'canidae\'' -a drill -d 'Inject real faults (SIGKILL, SIGSTOP) and measure the recovery'
 complete -c canidae -n '__canidae_at \'canidae\'' -a events -d 'Follow the cluster\'s event stream'
@@ -235,6 +240,16 @@ complete -c canidae -n '__canidae_at \'canidae agent run\'' -l data-dir -r -F -d
 complete -c canidae -n '__canidae_at \'canidae agent run\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae agent run\'' -l listen -x -d 'Address of the agent API'
 complete -c canidae -n '__canidae_at \'canidae agent run\'' -l name -x -d 'Name of this node (default'
+
+# canidae autoscale
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a plan -d 'Show what the autoscaler would decide now (add nodes, remove nodes or hold) from the cluster\'s current CPU, memory, packs per node and node count'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -l help -s h -d 'Show this message and exit'
+
+# canidae autoscale plan
+complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l policy -r -F -d 'Autoscale policy as TOML (every key optional)'
+complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l usage -x -a 'measured reserved' -d 'CPU and memory used'
 
 # canidae cluster
 complete -c canidae -n '__canidae_at \'canidae cluster\'' -a down -d 'Stop exactly the agents started by \'cluster up\' (SIGTERM, then SIGKILL after 10 s)'

@@ -34,9 +34,10 @@ CONTRACT_NOUNS = {
     "events": {"tail"},
     "history": {"verify"},
     "fleet": {"bootstrap", "status"},
+    "autoscale": {"plan"},
 }
 CONTRACT_COMMANDS = {"place", "metrics", "top"}
-# DESIGN.md's contract also names autoscale, keys and audit:
+# DESIGN.md's contract also names keys and audit:
 # they join the tree (and this table) when they are built, never before.
 
 
