@@ -1,5 +1,5 @@
 """``python -m canidae`` runs the command-line tool."""
 
-from canidae.cli.main import run
+from canidae.cli.entry import run
 
 run()

@@ -321,3 +321,13 @@ def test_click_package_usage_error_maps_to_2(capsys: pytest.CaptureFixture[str])
     click = pytest.importorskip("click", reason="the click package is not installed")
     assert cli_main.report_failure(click.UsageError("bad usage")) == 2
     assert capsys.readouterr().err == "canidae: error: bad usage\n"
+
+
+def test_version_loads_no_command_tree() -> None:
+    # Scripts ask for the version often: it must not pay for typer, rich or any noun.
+    code = ("import sys; sys.argv = ['canidae', '--version']\n"
+            "from canidae.cli.entry import run\n"
+            "try:\n    run()\nexcept SystemExit as e:\n"
+            "    print(e.code, sorted(m for m in ('typer', 'rich', 'httpx', 'canidae.cli.main') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
+    assert out.splitlines() == [f"canidae {__version__}", "0 []"], out
