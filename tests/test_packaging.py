@@ -20,6 +20,15 @@ def test_wheel_holds_only_the_canidae_namespace(tmp_path):
     assert tops == {"canidae"}
     for module in ("canidae/core/state.py", "canidae/agent/daemon.py", "canidae/cli/main.py", "canidae/py.typed"):
         assert module in names
+    # Every module of the source tree is in the wheel (a package left out of pyproject's list
+    # works in an editable install and breaks every real one).
+    for top in ("core", "agent", "cli"):
+        for folder, dirs, files in os.walk(os.path.join(ROOT, top)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for f in files:
+                if f.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(folder, f), ROOT)
+                    assert f"canidae/{rel}" in names, f"{rel} is not in the wheel"
 
 
 def test_installed_distribution_records_no_top_level_core_agent_or_cli():
