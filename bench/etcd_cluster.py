@@ -67,15 +67,14 @@ class EtcdCluster:
 
     def _launch(self, m: EtcdMember) -> None:
         os.makedirs(m.data_dir, exist_ok=True)
-        log = open(os.path.join(self.root, f"{m.name}.log"), "ab")
-        m.proc = subprocess.Popen(
-            [etcd_binary() or "etcd", "--name", m.name, "--data-dir", m.data_dir,
-             "--listen-client-urls", f"http://{m.client}", "--advertise-client-urls", f"http://{m.client}",
-             "--listen-peer-urls", f"http://{m.peer}", "--initial-advertise-peer-urls", f"http://{m.peer}",
-             "--initial-cluster", self.initial_cluster, "--initial-cluster-state", "new",
-             "--initial-cluster-token", self.token, "--logger", "zap", "--log-level", "warn"],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        log.close()
+        with open(os.path.join(self.root, f"{m.name}.log"), "ab") as log:
+            m.proc = subprocess.Popen(
+                [etcd_binary() or "etcd", "--name", m.name, "--data-dir", m.data_dir,
+                 "--listen-client-urls", f"http://{m.client}", "--advertise-client-urls", f"http://{m.client}",
+                 "--listen-peer-urls", f"http://{m.peer}", "--initial-advertise-peer-urls", f"http://{m.peer}",
+                 "--initial-cluster", self.initial_cluster, "--initial-cluster-state", "new",
+                 "--initial-cluster-token", self.token, "--logger", "zap", "--log-level", "warn"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
     # ------------------------------------------------------------------ look
 
@@ -129,7 +128,7 @@ class EtcdCluster:
                 m.proc.wait()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> EtcdCluster:
+    def __enter__(self) -> EtcdCluster:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -33,19 +33,20 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from cluster import pct, run_wrk  # noqa: E402
-from etcd_cluster import INSTALL_HINT, EtcdCluster, etcd_binary  # noqa: E402
+from cluster import pct, run_wrk
+from etcd_cluster import INSTALL_HINT, EtcdCluster, etcd_binary
 
-from canidae.agent.ops.localcluster import ClusterLayout, LocalCluster  # noqa: E402
-from canidae.agent.ops.waiting import wait_until  # noqa: E402
+from canidae.agent.ops.localcluster import ClusterLayout, LocalCluster
+from canidae.agent.ops.waiting import wait_until
 
 
 @dataclass
@@ -147,7 +148,7 @@ def measure(t: Target, args: argparse.Namespace, tag: str) -> dict[str, Any]:
 
 
 def etcd_version() -> str:
-    out = subprocess.run([etcd_binary() or "etcd", "--version"], capture_output=True, text=True).stdout
+    out = subprocess.run([etcd_binary() or "etcd", "--version"], capture_output=True, text=True, check=False).stdout
     return out.split()[2] if out.startswith("etcd Version:") else "?"
 
 
@@ -194,9 +195,9 @@ def main() -> None:
                            "clients": args.clients}
     with EtcdCluster.start() as ec:
         res["etcd"] = measure(etcd_target(ec), args, tag)
-    with tempfile.TemporaryDirectory(prefix="canidae-vs-etcd-") as tmp:
-        with LocalCluster.start(ClusterLayout(servers=3, base_port=None), os.path.join(tmp, "c")) as cc:
-            res["canidae"] = measure(canidae_target(cc), args, tag)
+    with tempfile.TemporaryDirectory(prefix="canidae-vs-etcd-") as tmp, \
+            LocalCluster.start(ClusterLayout(servers=3, base_port=None), os.path.join(tmp, "c")) as cc:
+        res["canidae"] = measure(canidae_target(cc), args, tag)
     res["machine"]["load_after"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(res, indent=1))
