@@ -87,6 +87,28 @@ async def _concurrent(apis: list[str], token: str, total: int, workers: int, pre
         return time.perf_counter() - t0, lat
 
 
+def run_wrk(url: str, script: str, env: dict[str, str], clients: int, seconds: float) -> dict[str, Any]:
+    """Run wrk (2 threads, ``clients`` connections, ``seconds``) with a Lua ``script`` against
+    ``url`` (``env`` added to its environment for the script) and parse its summary."""
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(clients), "-d", f"{seconds:g}", "--latency", "-s", script, url],
+                         capture_output=True, text=True, env={**os.environ, **env}, check=True).stdout
+    res: dict[str, Any] = {"tool": "wrk", "clients": clients, "seconds": seconds, "errors": 0}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            res["per_s"] = float(parts[1])
+        elif parts[:1] in (["50%"], ["99%"]):
+            v = parts[1]
+            ms = float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") \
+                else float(v[:-1]) * 1000
+            res["p50_ms" if parts[0] == "50%" else "p99_ms"] = round(ms, 3)
+        elif "Non-2xx" in line or "Socket errors" in line:
+            res["errors"] += sum(int(x.rstrip(",")) for x in parts if x.rstrip(",").isdigit())
+        elif "requests in" in line:
+            res["requests"] = int(parts[0])
+    return res
+
+
 def bench_concurrent(cluster: LocalCluster, total: int, workers: int, seconds: float) -> dict[str, Any]:
     """Single-pack spawns from ``workers`` concurrent connections.
 
@@ -95,27 +117,9 @@ def bench_concurrent(cluster: LocalCluster, total: int, workers: int, seconds: f
     here while the agent served 1,600). Falls back to httpx, and says so.
     """
     leader = cluster.agent(cluster.wait_leader())["api"]
-    wrk = shutil.which("wrk")
-    if wrk:
-        env = {**os.environ, "CANIDAE_TOKEN": cluster.token, "RUN": f"c{workers}x"}
-        out = subprocess.run([wrk, "-t", "2", "-c", str(workers), "-d", f"{seconds:g}", "--latency",
-                              "-s", os.path.join(HERE, "spawn.lua"), f"http://{leader}"],
-                             capture_output=True, text=True, env=env, check=True).stdout
-        res: dict[str, Any] = {"tool": "wrk", "clients": workers, "seconds": seconds}
-        for line in out.splitlines():
-            parts = line.split()
-            if line.startswith("Requests/sec:"):
-                res["per_s"] = float(parts[1])
-            elif parts[:1] in (["50%"], ["99%"]):
-                v = parts[1]
-                ms = float(v[:-2]) if v.endswith("ms") else float(v[:-2]) / 1000 if v.endswith("us") \
-                    else float(v[:-1]) * 1000
-                res["p50_ms" if parts[0] == "50%" else "p99_ms"] = round(ms, 3)
-            elif "Non-2xx" in line:
-                res["errors"] = int(parts[-1])
-            elif "requests in" in line:
-                res["requests"] = int(parts[0])
-        return res
+    if shutil.which("wrk"):
+        env = {"CANIDAE_TOKEN": cluster.token, "RUN": f"c{workers}x"}
+        return run_wrk(f"http://{leader}", os.path.join(HERE, "spawn.lua"), env, workers, seconds)
     elapsed, lat = asyncio.run(_concurrent([leader], cluster.token, total, workers, f"{workers}x-"))
     return {"tool": "httpx (wrk not installed)", "requests": total, "clients": workers,
             "per_s": round(total / elapsed, 1), "p50_ms": round(pct(lat, 50), 3), "p99_ms": round(pct(lat, 99), 3)}

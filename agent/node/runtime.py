@@ -35,7 +35,7 @@ from canidae.core.metrics import (
     GAUGE_MEM_USED,
     NodeSummary,
 )
-from canidae.core.sampling import check_rate, sample_packs, sample_rate
+from canidae.core.sampling import check_rate, is_sampled, sample_packs, sample_rate
 from canidae.core.sketch import Sketch
 from canidae.core.types import NodeState
 
@@ -162,12 +162,13 @@ class NodeRuntime:
     def metrics_summary(self) -> NodeSummary:
         """What this node measured since its last heartbeat, sampled at the rate in force."""
         packs = self._procs()
-        readings, interval = self.usage.readings(packs, time.monotonic())
-        cpu_res, mem_res = reserved(packs)
-        cap = self.cfg.capacity
         # Until the leader says, the rate this node's own pack count calls for (never below the
         # cluster's: the cluster holds at least these packs).
         rate = self.sample_rate or sample_rate(len(packs))
+        # Only the readings sample_packs may keep: all-zero ones outside the sample are not built.
+        readings, interval = self.usage.readings(packs, time.monotonic(), keep=lambda name: is_sampled(name, rate))
+        cpu_res, mem_res = reserved(packs)
+        cap = self.cfg.capacity
         yips = sum(r.yips for r in readings)
         gauges: dict[str, float] = {
             GAUGE_CPU_USED: sum(r.cpu_m for r in readings), GAUGE_CPU_RESERVED: float(cpu_res),

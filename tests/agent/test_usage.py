@@ -50,3 +50,28 @@ def test_held_packs_come_with_their_reservations_and_stopped_ones_are_left_out()
     packs = from_specs(desired, {"x": PackProcs("x", (1,), restarts=4)})
     assert [(p.name, p.pids, p.restarts) for p in packs] == [("x", (1,), 4), ("y", (), 0)]
     assert reserved(packs) == (150, 96)
+
+
+def test_leaving_out_unsampled_zero_readings_changes_neither_the_sample_nor_the_sums():
+    from canidae.core.sampling import is_sampled, sample_packs
+
+    rate = 0.01
+    me = os.getpid()
+    full, lean = PackUsage(), PackUsage()
+
+    def packs(restarts: int) -> list[PackProcs]:
+        virtual = [PackProcs(f"v{i}", cpu_reserved_m=5) for i in range(2000)]
+        return virtual + [PackProcs("exec", (me,), restarts=restarts), PackProcs("dead", alive=False),
+                          PackProcs("gone", restarts=restarts)]
+
+    for now, restarts in ((1.0, 0), (2.0, 2)):
+        for u in (full, lean):
+            u.queued("v7", 2)
+        a, _ = full.readings(packs(restarts), now)
+        b, _ = lean.readings(packs(restarts), now, keep=lambda name: is_sampled(name, rate))
+        assert len(b) < len(a) / 10
+        assert sample_packs(a, rate) == sample_packs(b, rate)
+        for field in ("cpu_m", "mem_mib", "yips", "restarts"):
+            assert sum(getattr(r, field) for r in a) == sum(getattr(r, field) for r in b)
+        assert {r.name for r in b} >= {"exec", "dead", "v7"} | ({"gone"} if restarts else set())
+    assert full.restarts == lean.restarts == 4
