@@ -56,7 +56,9 @@ def test_leaving_out_unsampled_zero_readings_changes_neither_the_sample_nor_the_
     from canidae.core.sampling import is_sampled, sample_packs
 
     rate = 0.01
-    me = os.getpid()
+    # A sleeping process: its CPU and memory do not move between the two readings compared.
+    idle = subprocess.Popen(["sleep", "60"])
+    me = idle.pid
     full, lean = PackUsage(), PackUsage()
 
     def packs(restarts: int) -> list[PackProcs]:
@@ -75,3 +77,5 @@ def test_leaving_out_unsampled_zero_readings_changes_neither_the_sample_nor_the_
             assert sum(getattr(r, field) for r in a) == sum(getattr(r, field) for r in b)
         assert {r.name for r in b} >= {"exec", "dead", "v7"} | ({"gone"} if restarts else set())
     assert full.restarts == lean.restarts == 4
+    idle.kill()
+    idle.wait()
