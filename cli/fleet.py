@@ -45,6 +45,10 @@ def fleet_bootstrap(
         "--wheelhouse", metavar="DIR",
         help="Install from these wheels (canidae's and its dependencies'); default: build them from the "
              "source tree.")] = None,
+    source: Annotated[Path | None, typer.Option(
+        "--source", metavar="DIR",
+        help="Build the wheels from this canidae source tree (default: the one this command runs from, "
+             "when it runs from one).")] = None,
     json: JsonOption = False,
 ) -> None:
     """Install and start an agent on every host of INVENTORY, servers first, then clients; write the
@@ -79,7 +83,8 @@ def fleet_bootstrap(
             raise typer.Abort()
     from canidae.agent.ops.fleet.wheelhouse import prepare
     identity, keys = bs.open_state(inv)
-    wheels = prepare(os.path.join(inv.state_dir, "wheelhouse"), str(wheelhouse) if wheelhouse else None)
+    wheels = prepare(os.path.join(inv.state_dir, "wheelhouse"), str(wheelhouse) if wheelhouse else None,
+                     source=str(source) if source else None)
     say = (lambda line: err_console.print(line, markup=False)) if not wants_json(json) else (lambda line: None)
     runner = bs.Bootstrap(inv, identity, keys, wheels, accept_new=accept_new, parallel=parallel, say=say)
     import asyncio

@@ -46,7 +46,7 @@ _canidae_options() {
         "canidae events") echo "--help -h" ;;
         "canidae events tail") echo "--after --count --follow --help --json --lines --node --pack --type -f -h -n" ;;
         "canidae fleet") echo "--help -h" ;;
-        "canidae fleet bootstrap") echo "--accept-new --help --json --limit --parallel --plan --wheelhouse --yes -h -y" ;;
+        "canidae fleet bootstrap") echo "--accept-new --help --json --limit --parallel --plan --source --wheelhouse --yes -h -y" ;;
         "canidae fleet status") echo "--help --json -h" ;;
         "canidae history") echo "--help -h" ;;
         "canidae history verify") echo "--full --help --json -h" ;;
@@ -182,6 +182,7 @@ _canidae_option_value() {
         "canidae events tail --type") echo "none" ;;
         "canidae fleet bootstrap --limit") echo "none" ;;
         "canidae fleet bootstrap --parallel") echo "none" ;;
+        "canidae fleet bootstrap --source") echo "file" ;;
         "canidae fleet bootstrap --wheelhouse") echo "file" ;;
         "canidae metrics --by") echo "choice:zone region cell node" ;;
         "canidae metrics --cell") echo "none" ;;

@@ -67,7 +67,7 @@ function __canidae_valued
         case 'canidae events tail'
             printf '%s\n' -- --after --count --lines --node --pack --type -n
         case 'canidae fleet bootstrap'
-            printf '%s\n' -- --limit --parallel --wheelhouse
+            printf '%s\n' -- --limit --parallel --source --wheelhouse
         case 'canidae metrics'
             printf '%s\n' -- --by --cell --zone
         case 'canidae node drain'
@@ -376,6 +376,7 @@ complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l json -d 'Pr
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l limit -x -d 'Only these hosts (comma-separated names), or @failed'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l parallel -x -d 'Hosts worked on at once'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l plan -d 'Print what would be done on each host'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l source -r -F -d 'Build the wheels from this canidae source tree (default'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l wheelhouse -r -F -d 'Install from these wheels (canidae\'s and its dependencies\')'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l yes -s y -d 'Do not ask before changing the hosts'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\' 0' -r -F -d 'INVENTORY'

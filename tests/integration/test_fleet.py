@@ -35,6 +35,10 @@ from canidae.core.errors import Timeout
 pytestmark = pytest.mark.netns
 
 SSHD = "/usr/sbin/sshd"
+# The source tree under test: the wheels installed on the hosts are built from it (an installed,
+# non-editable canidae does not know where it came from).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 HOSTS = (("s1", "server"), ("s2", "server"), ("s3", "server"), ("c1", "client"), ("c2", "client"))
 
 
@@ -134,7 +138,7 @@ class Fleet:
         return p
 
     def bootstrap(self, *args: str, code: int = 0) -> dict[str, Any]:
-        p = self.cli("fleet", "bootstrap", str(self.inventory), "--yes", "--json", *args, code=code)
+        p = self.cli("fleet", "bootstrap", str(self.inventory), "--yes", "--json", "--source", ROOT, *args, code=code)
         doc: dict[str, Any] = json.loads(p.stdout)
         return doc
 
@@ -258,7 +262,7 @@ def test_fleet_bootstrap_over_ssh(fleet: Fleet) -> None:
     doc = fleet.bootstrap()
     assert {h["status"] for h in doc["hosts"]} == {"unchanged"} and doc["changed"] == 0
     assert {n: fleet.agent_pid(n) for n, _ in HOSTS} == pids
-    human = fleet.cli("fleet", "bootstrap", str(fleet.inventory), "--yes").stdout
+    human = fleet.cli("fleet", "bootstrap", str(fleet.inventory), "--yes", "--source", ROOT).stdout
     assert "nothing changed: 5 host(s)" in human
 
     # A host cut off fails alone (unreachable); once back, --limit @failed completes it.

@@ -37,10 +37,14 @@ class Wheelhouse:
         return next(f for f in self.files if f.startswith("canidae-"))
 
 
-def source_tree() -> str | None:
-    """The canidae source tree this program runs from, when it runs from one (an editable install)."""
-    import canidae
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(canidae.__file__))))
+def source_tree(given: str | None = None) -> str | None:
+    """The canidae source tree ``given`` (when it is one), else the one this program runs from,
+    when it runs from one (an editable install)."""
+    if given is not None:
+        root = os.path.abspath(given)
+    else:
+        import canidae
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(canidae.__file__))))
     try:
         with open(os.path.join(root, "pyproject.toml"), "rb") as f:
             return root if tomllib.load(f).get("project", {}).get("name") == "canidae" else None
@@ -102,14 +106,18 @@ def default_cache() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "canidae", "wheels")
 
 
-def prepare(dest: str, given: str | None = None, cache: str | None = None) -> Wheelhouse:
-    """A wheelhouse in ``dest``: a copy of ``given``, else built from the source tree."""
+def prepare(dest: str, given: str | None = None, cache: str | None = None,
+            source: str | None = None) -> Wheelhouse:
+    """A wheelhouse in ``dest``: a copy of ``given``, else built from the source tree (``source``,
+    else the one this program runs from)."""
     if given is not None:
         return describe(given)
-    root = source_tree()
+    root = source_tree(source)
     if root is None:
+        if source is not None:
+            raise InvalidInput(f"--source {source}: not a canidae source tree (no pyproject.toml naming canidae)")
         raise InvalidInput("canidae does not run from its source tree here: give a directory of wheels "
-                           "(canidae's and its dependencies') with --wheelhouse")
+                           "(canidae's and its dependencies') with --wheelhouse, or a source tree with --source")
     deps = os.path.join(cache or default_cache(), f"deps-{_deps_key(root)}")
     if not os.path.isdir(deps):
         os.makedirs(os.path.dirname(deps), exist_ok=True)
