@@ -73,7 +73,7 @@ async def read_json(request: Request, limit: int) -> Any:
     """Read and parse the body, refusing more than ``limit`` bytes (413) and non-JSON (400)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise InvalidInput("invalid Content-Length")
         if int(declared) > limit:
             raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
@@ -140,7 +140,8 @@ def query_int(request: Request, key: str, default: int, lo: int, hi: int) -> int
     v = request.query_params.get(key)
     if v is None:
         return default
-    if not v.isdigit() or not lo <= int(v) <= hi:
+    # ASCII digits only: str.isdigit() also holds for "²", which int() refuses (a 500 once)
+    if not (v.isascii() and v.isdigit()) or not lo <= int(v) <= hi:
         raise InvalidInput(f"query parameter {key} must be an integer {lo}..{hi}")
     return int(v)
 

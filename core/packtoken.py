@@ -54,7 +54,7 @@ def parse(token: str) -> tuple[PackRun, str] | None:
     if len(parts) != 4:
         return None
     pack, gen, node, mac = parts
-    if (not NAME_RE.fullmatch(pack) or not NAME_RE.fullmatch(node) or not gen.isdigit() or len(gen) > 19
+    if (not NAME_RE.fullmatch(pack) or not NAME_RE.fullmatch(node) or not (gen.isascii() and gen.isdigit()) or len(gen) > 19
             or int(gen) > MAX_GENERATION or len(mac) != 40):
         return None
     return PackRun(pack, int(gen), node), mac

@@ -31,13 +31,18 @@ MAX_WAIT_S = 30
 SIGNALS = {"TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT"}
 
 
+def digits(s: str) -> bool:
+    """ASCII digits only: str.isdigit() also holds for "²", which int() refuses."""
+    return s.isascii() and s.isdigit()
+
+
 def parse_cursors(raw: str | None) -> dict[int, int]:
     out: dict[int, int] = {}
     for part in (raw or "").split(","):
         if not part:
             continue
         m, sep, c = part.partition(":")
-        if not sep or not m.isdigit() or not c.isdigit():
+        if not sep or not digits(m) or not digits(c):
             raise InvalidInput("cursor must look like MEMBER:OFFSET[,MEMBER:OFFSET...]")
         out[int(m)] = int(c)
     return out
@@ -52,10 +57,10 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
     async def logs(request: Request) -> Any:
         pack = validate_name("pack", request.path_params["pack"])
         member = request.query_params.get("member")
-        if member is not None and not member.isdigit():
+        if member is not None and not digits(member):
             raise InvalidInput("member must be a member index (0, 1, ...)")
         tail = request.query_params.get("tail")
-        if tail is not None and not tail.isdigit():
+        if tail is not None and not digits(tail):
             raise InvalidInput("tail must be a number of lines")
         cursors = parse_cursors(request.query_params.get("cursor"))
         wait = query_int(request, "wait", 0, 0, MAX_WAIT_S)

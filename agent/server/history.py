@@ -142,7 +142,7 @@ def _query_int(request: Request, key: str, default: int | None, lo: int, hi: int
     v = request.query_params.get(key)
     if v is None or v == "":
         return default
-    if not v.isdigit() or not lo <= int(v) <= hi:
+    if not (v.isascii() and v.isdigit()) or not lo <= int(v) <= hi:  # "²".isdigit() holds
         raise InvalidInput(f"query parameter {key} must be an integer {lo}..{hi}")
     return int(v)
 

@@ -94,3 +94,11 @@ def test_cli_node_cordon_of_a_path_changes_nothing(cluster):
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     with cluster.client() as c:
         assert {n["id"]: n["state"] for n in c.nodes()}["c1"] == "ready"
+
+
+@pytest.mark.parametrize("query", ["/v1/packs?limit=%C2%B2", "/v1/events?after=%C2%B2",
+                                   "/v1/packs/x/history?since=%C2%B2"])
+def test_non_ascii_digits_in_a_query_integer_are_a_400(cluster, query):
+    # "²".isdigit() holds but int("²") raises: these were 500s.
+    r = api(cluster, "GET", query)
+    assert bad_request(r), r.text
