@@ -63,10 +63,14 @@ def test_writes_through_any_agent_including_a_client(cluster):
 
 
 def test_status_names_leader_and_peers(cluster):
-    leader = cluster.wait_leader()
+    cluster.wait_leader()
     with cluster.client() as c:
-        st = c.status()
-    assert st["leader_api"] == cluster.agent(leader)["api"]
+        # Just after an election a follower may not know the leader yet: wait until the status
+        # names the leader that the agents' health says leads.
+        def agreed():
+            st, leader = c.status(), cluster.leader()
+            return st if leader and st["leader_api"] == cluster.agent(leader)["api"] else None
+        st = wait_until(agreed, 15, "the status naming the leader")
     assert len(st["peers"]) == 3 and st["has_quorum"]
 
 
