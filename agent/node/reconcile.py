@@ -132,6 +132,12 @@ class Reconciler:
                 except CanidaeError as e:
                     log.debug("assignments: %s", e.message)
                     await asyncio.sleep(0.1)
+                except Exception:
+                    # Nothing may end this loop but a stop: a node whose reconciler died would go
+                    # on heartbeating, look healthy, and run nothing it is given. Start afresh.
+                    log.exception("reconcile: unexpected error; resynchronising")
+                    self.need_resync = True
+                    await asyncio.sleep(self.retry_s)
         finally:
             sender.cancel()
 
@@ -220,8 +226,11 @@ class Reconciler:
                 continue
             try:
                 await self.send(batch)
-            except CanidaeError as e:
-                log.warning("could not send %d report(s): %s; retrying", len(batch), e.message)
+            except Exception as e:  # noqa: BLE001 - reports are never dropped: keep them and retry
+                if isinstance(e, CanidaeError):
+                    log.warning("could not send %d report(s): %s; retrying", len(batch), e.message)
+                else:
+                    log.exception("could not send %d report(s); retrying", len(batch))
                 self._outbox = batch + self._outbox
                 await asyncio.sleep(self.retry_s)
                 self._outbox_ready.set()

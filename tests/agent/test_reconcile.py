@@ -104,3 +104,38 @@ def test_an_interrupted_poll_is_asked_again_and_a_resync_request_is_honoured():
         task.cancel()
         assert calls == ["resync", "fetch 3", "fetch 3", "resync", "fetch 3"]
     run(body())
+
+
+def test_an_unexpected_error_does_not_end_the_loop_it_resynchronises():
+    async def body() -> None:
+        fetches = 0
+        resynced = asyncio.Event()
+
+        async def fetch(after: int) -> dict[str, Any]:
+            nonlocal fetches
+            fetches += 1
+            if fetches == 1:
+                raise KeyError("rev")  # an answer the loop did not expect
+            await asyncio.sleep(30)
+            raise AssertionError("not reached")
+
+        async def resync(running: dict[str, int]) -> dict[str, Any]:
+            resynced.set()
+            return {"rev": 3, "packs": [pack("a")], "gone": []}
+
+        async def send(batch: list[list[Any]]) -> None:
+            return None
+
+        r = Reconciler(fetch, resync, send, retry_s=0.01)
+        d = VirtualDriver(r.report)
+        r.add_driver(d)
+        task = asyncio.create_task(r.run())
+        await asyncio.wait_for(resynced.wait(), 5)
+        for _ in range(100):
+            if d.running() == {"a": 1}:
+                break
+            await asyncio.sleep(0.01)
+        assert d.running() == {"a": 1} and not task.done()
+        r.stopping = True
+        task.cancel()
+    run(body())
