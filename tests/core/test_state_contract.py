@@ -12,24 +12,13 @@ from canidae.core.commands import (
     ReportState,
     StopPacks,
 )
+from statekit import Ids, registered
 from canidae.core.state import ClusterState, running_digest
 from canidae.core.types import Constraints, Location, Node, PackSpec, PackState, Resources
 
 
-class Ids:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def __call__(self) -> dict:
-        self.n += 1
-        return {"id": f"r{self.n}", "at": 1000 + self.n, "term": 1}
-
-
 def cluster(nodes: int = 3) -> tuple[ClusterState, Ids]:
-    st, ids = ClusterState(), Ids()
-    for i in range(nodes):
-        st.apply(RegisterNode(**ids(), node=Node(f"n{i}", Location("z1", "r1", "c1"), Resources(10_000, 10_000, 100))))
-    return st, ids
+    return registered(nodes, Resources(10_000, 10_000, 100))
 
 
 def running(st: ClusterState, ids: Ids, name: str) -> str:

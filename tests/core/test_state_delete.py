@@ -3,27 +3,16 @@ agents, and the exit-code classes of pack commands (unknown name: not found; can
 conflict)."""
 
 from canidae.core.commands import (
-    CreatePacks, DeletePacks, MigratePacks, PackReport, PlacePacks, RegisterNode, ReportPacks, ReportState,
+    CreatePacks, DeletePacks, MigratePacks, PackReport, PlacePacks, ReportPacks, ReportState,
     StopPacks, command_from_wire,
 )
+from statekit import Ids, registered
 from canidae.core.state import ClusterState
-from canidae.core.types import Constraints, Location, Node, PackSpec, PackState, Resources
-
-
-class Ids:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def __call__(self) -> dict:
-        self.n += 1
-        return {"id": f"r{self.n}", "at": 1000 + self.n, "term": 1}
+from canidae.core.types import Constraints, PackSpec, PackState, Resources
 
 
 def _cluster(n_nodes: int = 2) -> tuple[ClusterState, Ids]:
-    st, ids = ClusterState(), Ids()
-    for i in range(n_nodes):
-        st.apply(RegisterNode(**ids(), node=Node(f"n{i}", Location("z1", "r1", "c1"), Resources(1000, 1000, 10))))
-    return st, ids
+    return registered(n_nodes, Resources(1000, 1000, 10))
 
 
 def _report(st: ClusterState, ids: Ids, name: str, state: ReportState, reason: str = "") -> dict:

@@ -5,7 +5,8 @@ closes it (or uses it as a context manager). Waits go through ``canidae.agent.op
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from canidae.agent.config import AgentConfig
 from canidae.agent.ops import localcluster
@@ -13,7 +14,7 @@ from canidae.agent.ops.localcluster import ClusterLayout, LocalCluster
 from canidae.agent.ops.waiting import wait_until
 from canidae.core.types import Resources
 
-__all__ = ["LocalCluster", "local_cluster", "pick_base_port", "wait_until"]
+__all__ = ["LocalCluster", "for_the_cli", "local_cluster", "pick_base_port", "wait_until"]
 
 
 def pick_base_port(servers: int, clients: int) -> int:
@@ -30,3 +31,19 @@ def local_cluster(data_dir: str, servers: int = 3, clients: int = 0, *,
     layout = ClusterLayout(servers=servers, clients=clients, base_port=pick_base_port(servers, clients),
                            capacity=capacity)
     return LocalCluster.start(layout, data_dir, timeout=30, env=env, configure=configure, namespaces=namespaces)
+
+
+@contextmanager
+def for_the_cli(cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """``cluster`` as the target of in-process CLI runs (CANIDAE_CONFIG) for the block; the
+    variable is put back and the cluster closed after it."""
+    old = os.environ.get("CANIDAE_CONFIG")
+    os.environ["CANIDAE_CONFIG"] = os.path.join(cluster.data_dir, "cli.toml")
+    try:
+        yield cluster
+    finally:
+        if old is None:
+            os.environ.pop("CANIDAE_CONFIG", None)
+        else:
+            os.environ["CANIDAE_CONFIG"] = old
+        cluster.close()

@@ -5,13 +5,12 @@ packs, capacity), its proposals follow from them, and planning changes nothing."
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import LocalCluster, local_cluster, wait_until
+from harness import LocalCluster, for_the_cli, local_cluster, wait_until
 
 from canidae.cli import main as cli_main
 from canidae.core.types import Resources
@@ -24,17 +23,8 @@ PACK_CPU, PACK_MEM = 100, 128  # 12,000 m of 16,000 CPU (75 %, above 70 %); 15,3
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     data = tmp_path_factory.mktemp("autoscale")
-    lc = local_cluster(str(data / "cluster"), servers=3, clients=1, capacity=CAP)
-    old = os.environ.get("CANIDAE_CONFIG")
-    os.environ["CANIDAE_CONFIG"] = os.path.join(str(data / "cluster"), "cli.toml")
-    try:
+    with for_the_cli(local_cluster(str(data / "cluster"), servers=3, clients=1, capacity=CAP)) as lc:
         yield lc
-    finally:
-        if old is None:
-            os.environ.pop("CANIDAE_CONFIG", None)
-        else:
-            os.environ["CANIDAE_CONFIG"] = old
-        lc.close()
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from canidae.cli import main as cli_main
-from harness import LocalCluster, local_cluster, wait_until
+from harness import LocalCluster, for_the_cli, local_cluster, wait_until
 from canidae.core.types import Resources
 
 NODE_CPU = 4000
@@ -27,17 +27,8 @@ NODE_CPU = 4000
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     data = tmp_path_factory.mktemp("clipacks")
-    lc = local_cluster(str(data), servers=1, clients=1, capacity=Resources(NODE_CPU, 8192, 200))
-    old = os.environ.get("CANIDAE_CONFIG")
-    os.environ["CANIDAE_CONFIG"] = os.path.join(str(data), "cli.toml")
-    try:
+    with for_the_cli(local_cluster(str(data), servers=1, clients=1, capacity=Resources(NODE_CPU, 8192, 200))) as lc:
         yield lc
-    finally:
-        if old is None:
-            os.environ.pop("CANIDAE_CONFIG", None)
-        else:
-            os.environ["CANIDAE_CONFIG"] = old
-        lc.close()
 
 
 class Cli:
