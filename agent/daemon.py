@@ -41,6 +41,7 @@ from canidae.agent.node.runtime import NodeRuntime
 from canidae.agent.server import history
 from canidae.agent.server.access import TokenAccess, token_pepper
 from canidae.agent.server.acl_routes import acl_routes
+from canidae.agent.server.autoscale_routes import autoscale_routes
 from canidae.agent.server.control import ControlPlane
 from canidae.agent.server.failure import FailureDetector
 from canidae.agent.server.routes import cluster_routes
@@ -131,6 +132,7 @@ class Agent:
         routes = [Route("/v1/metrics", self.edge.endpoint(self.telemetry.handle, forward=False), methods=["GET"])]
         routes += cluster_routes(self.plane, self.edge, self.health)
         routes += acl_routes(self.plane, self.edge, self.access)
+        routes += autoscale_routes(self.plane, self.edge)
         routes += history.routes(self.plane, self.edge.endpoint)
         routes += exec_routes.routes(self.node, self.edge)
         routes += yips.routes(self.node, self.edge)

@@ -28,6 +28,7 @@ from canidae.agent.server.replica import Replica
 from canidae.agent.telemetry import Reading
 from canidae.core.commands import (
     Command,
+    RemoveNode,
     CreatePacks,
     DeletePacks,
     MigratePacks,
@@ -40,7 +41,7 @@ from canidae.core.commands import (
     SetNodeState,
     StopPacks,
 )
-from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound
+from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound, WrongState
 from canidae.core.metrics import NodeSummary, aggregate, render_rows
 from canidae.core.sampling import sample_rate
 from canidae.core.ring import HashRing, bounded_caps
@@ -289,6 +290,19 @@ class ControlPlane:
         if plan:
             return await self._plan(cmd)
         return await self.propose(cmd)
+
+    async def remove_node(self, node_id: str, rid: str, by: str = "operator") -> dict[str, Any]:
+        """Forget a node that was drained or is down (its agent stopped first: a running agent
+        whose node is removed would register again). Refused while it may still run packs."""
+        st = await self.read_state(False)
+        with self.replica.lock:  # type: ignore[union-attr]
+            node = st.nodes.get(node_id)
+            if node is None:
+                raise NotFound(f"no node {node_id!r}")
+            if node.state not in (NodeState.DRAINING, NodeState.DOWN):
+                raise WrongState(f"node {node_id} is {node.state.value}: drain it (or let it be declared down) "
+                                 "before removing it")
+        return await self.propose(RemoveNode(id=rid, **self.stamp(), node_id=node_id, by=by))
 
     async def _plan(self, cmd: Command) -> dict[str, Any]:
         """What ``cmd`` would do, computed by applying it to a copy of the current state."""
