@@ -204,6 +204,14 @@ def run(
             help="live: give up each wait (start, settle, recovery) after this.",
         ),
     ] = 120.0,
+    autoscale: Annotated[
+        bool,
+        typer.Option(
+            "--autoscale",
+            help="sim: also drive the autoscaler's decisions over a simulated day of diurnal load on "
+            "thousands of nodes (figures, and a timeline 'report' draws).",
+        ),
+    ] = False,
     yes: YesOption = False,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", metavar="RUN.json", help="Save the run to this file.")
@@ -228,7 +236,7 @@ def run(
             "--data-dir": data_dir,
             "--base-port": base_port,
         },
-        Mode.SIM: {"--rounds": rounds},
+        Mode.SIM: {"--rounds": rounds, "--autoscale": autoscale or None},
     }
     for other, options in only.items():
         given = [name for name, value in options.items() if value is not None]
@@ -280,6 +288,10 @@ def run(
         bar, update = _progress()
         with bar:
             doc = scaletest.run_live(live, update)
+    if autoscale:
+        from canidae.agent.ops.scaletest.autoscale_day import autoscale_day
+
+        doc["autoscale"] = autoscale_day(seed)
     doc["plan"] = preset.name if plan else None
     doc["full"] = full
     if out is not None:
@@ -355,6 +367,8 @@ def _render(doc: dict[str, Any], saved: Path | None = None) -> None:
     if doc["mode"] == "live":
         for e in doc["live"]["timeline"]:
             console.print(f"  [dim]+{e['t_s']:.2f}s[/] {e['event']}")
+    if doc.get("autoscale"):
+        console.print(_autoscale_line(doc["autoscale"]))
     if saved is not None:
         console.print(f"saved to {saved}")
     console.print("[green]ok[/]" if doc["ok"] else f"[red]{len(doc['problems'])} problem(s)[/]")
@@ -388,6 +402,16 @@ def _summary_line(doc: dict[str, Any]) -> str:
             f"{took}, {s['duplicated']} running twice"
         )
     return line + f"; {s['wall_s']:.1f} s wall"
+
+
+def _autoscale_line(a: dict[str, Any]) -> str:
+    f = a["figures"]
+    return (
+        f"autoscale ({a['what']}): {f['adds']} adds + {f['removes']} removes ({f['decisions_per_day']:.0f} "
+        f"decisions/day), {f['node_hours']:,.0f} node-hours vs the oracle's {f['oracle_node_hours']:,.0f} "
+        f"({f['node_hours_ratio']:.3f}x), under-provisioned {f['under_provisioned']:.1%} of the day, "
+        f"peak {f['peak_nodes']:,} nodes (oracle {f['peak_oracle']:,})"
+    )
 
 
 def _ms(x: float | None) -> str:
@@ -634,11 +658,12 @@ def render_svg(doc: dict[str, Any]) -> str:
     """The run as one SVG document: a title, latency percentiles over time, packs per node."""
     svg = _Svg()
     p, s = doc["params"], doc["summary"]
+    height = H + AUTOSCALE_PANEL_H if doc.get("autoscale") else H
     svg.add(
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" viewBox="0 0 {W} {height}" '
         'font-family="DejaVu Sans, Arial, sans-serif">'
     )
-    svg.add(f'<rect width="{W}" height="{H}" fill="white"/>')
+    svg.add(f'<rect width="{W}" height="{height}" fill="white"/>')
     flags = ", ".join(x for x, on in (("chaos", p["chaos"]), ("ramp", p["ramp"])) if on)
     svg.text(
         24,
@@ -732,9 +757,56 @@ def render_svg(doc: dict[str, Any]) -> str:
         mx = sx(h["mean"])
         svg.line(mx, box2[1], mx, box2[1] + box2[3], "#d7301f", 1.5, "4,3")
         svg.text(mx + 4, box2[1] + 12, "mean", 11, fill="#d7301f")
-    svg.text(24, H - 16, f"{doc['mode']} run · {s.get('wall_s', 0):.1f} s wall", 11, fill="#888")
+    if doc.get("autoscale"):
+        _autoscale_panel(svg, doc["autoscale"], top=H - 30)
+    svg.text(24, height - 16, f"{doc['mode']} run · {s.get('wall_s', 0):.1f} s wall", 11, fill="#888")
     svg.add("</svg>")
     return "\n".join(svg.parts) + "\n"
+
+
+AUTOSCALE_PANEL_H = 330
+NODE_COLORS = {"billed": "#2b8cbe", "ready": "#74c476", "oracle": "#999999"}
+
+
+def _autoscale_panel(svg: _Svg, a: dict[str, Any], top: float) -> None:
+    """Nodes (billed, ready, the oracle's) and offered packs over the simulated day, with a tick
+    for every add (up) and remove (down)."""
+    f = a["figures"]
+    svg.text(24, top + 10, f"Autoscaling over a simulated day: {f['adds']} adds, {f['removes']} removes, "
+             f"node-hours {f['node_hours_ratio']:.3f}x the oracle's, under-provisioned "
+             f"{f['under_provisioned']:.1%}", 14, weight="bold")
+    pts = a["series"]
+    if not pts:
+        return
+    box = (90, top + 40, W - 180, 230)
+    top_nodes = max(max(p["billed"], p["oracle"]) for p in pts)
+    sx, sy = _axes(svg, box, (0.0, 24.0), (0.0, top_nodes * 1.1), "hour of the day", "nodes")
+    for key, color in NODE_COLORS.items():
+        path = " ".join(f"{sx(p['t_h']):.1f},{sy(p[key]):.1f}" for p in pts)
+        dash = ' stroke-dasharray="5,3"' if key == "oracle" else ""
+        svg.add(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
+    # Offered packs on their own scale, at the right.
+    top_packs = max(p["packs"] for p in pts)
+    x_right = box[0] + box[2]
+
+    def py(v: float) -> float:
+        return box[1] + box[3] - v / (top_packs * 1.1) * box[3]
+    path = " ".join(f"{sx(p['t_h']):.1f},{py(p['packs']):.1f}" for p in pts)
+    svg.add(f'<polyline points="{path}" fill="none" stroke="#f0a030" stroke-width="1.5"/>')
+    for t in _nice_ticks(0, top_packs * 1.1):
+        svg.text(x_right + 6, py(t) + 4, _fmt_tick(t), 11, fill="#b07010")
+    svg.text(x_right + 60, box[1] + box[3] / 2, "offered packs", 12, "middle", fill="#b07010", rotate=90)
+    for d in a["decisions"]:
+        x = sx(d["t_h"])
+        up = d["action"] == "add"
+        y = box[1] + box[3]
+        svg.add(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{x:.1f}" y2="{y - 10 if up else y + 10:.1f}" '
+                f'stroke="{"#238b45" if up else "#d7301f"}" stroke-width="2"><title>{escape(d["reason"])}</title></line>')
+    lx = box[0] + 8
+    for key, color in (*NODE_COLORS.items(), ("offered packs", "#f0a030")):
+        svg.line(lx, box[1] - 10, lx + 22, box[1] - 10, color, 3)
+        svg.text(lx + 26, box[1] - 6, f"{key} nodes" if key in NODE_COLORS else key, 11)
+        lx += 40 + 7 * (len(key) + 6)
 
 
 __all__ = ["app", "histogram", "load_run", "render_svg", "seed_table"]
