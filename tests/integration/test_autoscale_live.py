@@ -15,10 +15,11 @@ import pytest
 from harness import for_the_cli, local_cluster
 
 from canidae.agent.client import Client, Target
-from canidae.agent.ops.autoscaler import AutoscaleController, CommandProvider, LocalProvider
+from canidae.agent.ops.autoscaler import AutoscaleController, CommandProvider, LocalProvider, read_inputs
 from canidae.agent.ops.localcluster import LocalCluster
 from canidae.agent.ops.waiting import wait_until
 from canidae.cli import main as cli_main
+from canidae.core.autoscale_checks import Metrics
 from canidae.core.autoscale_inputs import Usage
 from canidae.core.errors import PermissionDenied
 from canidae.core.types import Resources
@@ -33,13 +34,14 @@ max = 3
 [packs]
 per_node = 4
 [cpu]
-up = 60
-down = 20
+up = 20
+down = 5
 [scale_down]
 window_s = 3
 """
 
-BURN = [sys.executable, "-c", "while True: pass"]
+ZERO = Metrics(at_ms=0, nodes_ready=0, cpu_total_m=0, cpu_used_m=0, mem_total_mib=0, mem_used_mib=0, packs=0)
+BURN = ["sh", "-c", "while :; do :; done"]  # what any pack user can run
 SLEEP = ["sleep", "600"]
 
 
@@ -62,22 +64,29 @@ def member_processes(data_dir: str, pack: str) -> int:
 
 
 def test_load_adds_a_node_and_its_end_removes_one_without_losing_a_pack(tmp_path: Path, capsys) -> None:
-    cluster = local_cluster(str(tmp_path / "cluster"), servers=1, clients=1, capacity=Resources(2000, 4096, 100))
+    # Half a core per node; two packs burning up to the 400 m they reserve (their cgroup's quota)
+    # push the measured CPU over the policy's 20 % even on a busy machine.
+    cluster = local_cluster(str(tmp_path / "cluster"), servers=1, clients=1, capacity=Resources(500, 4096, 100))
     policy = tmp_path / "autoscale.toml"
     policy.write_text(POLICY)
     with for_the_cli(cluster):
         assert cli_main.main(["autoscale", "policy", "apply", str(policy)]) == 0
         with cluster.client(timeout=30.0) as c:
             ctl = AutoscaleController(c, LocalProvider(cluster), name="test", usage=Usage.MEASURED)
-            # Load rises: two packs burn a core each, eight more wait: 10 packs on 2 nodes.
-            c.create_packs([{"name": f"burn-{i}", "driver": "exec", "command": BURN, "cpu": 100} for i in range(2)]
+            # Load rises: two packs burn CPU, eight more wait: 10 packs on 2 nodes.
+            c.create_packs([{"name": f"burn-{i}", "driver": "exec", "command": BURN, "cpu": 400} for i in range(2)]
                            + [{"name": f"idle-{i}", "driver": "exec", "command": SLEEP, "cpu": 10} for i in range(8)])
             c.wait_running([f"burn-{i}" for i in range(2)] + [f"idle-{i}" for i in range(8)], 60)
+            # The burn shows in the nodes' measured usage (heartbeat summaries) before the step.
+            wait_until(lambda: (read_inputs(c, Usage.MEASURED, 0).metrics or ZERO).cpu_used_m >= 250, 30,
+                       "the burning packs' CPU measured", interval=0.25)
 
             first = ctl.step()
             assert first.decision.action.value == "add", first.to_dict()["explain"]
             assert first.outcome == "done" and first.nodes == ["c2"], first.to_dict()
-            assert first.decision.desired == 3
+            assert first.decision.desired == 3 and first.decision.clamps[-1].kind.value == "max"
+            cpu = next(p for p in first.decision.proposals if p.check == "cpu")
+            assert cpu.desired > 3, cpu  # the measured CPU asked for more than nodes.max allows
             assert c.node("c2")["state"] == "ready" and cluster.alive("c2")
             # Within the cooldown nothing more happens, though the load is still there.
             held = ctl.step()
@@ -124,7 +133,7 @@ def test_load_adds_a_node_and_its_end_removes_one_without_losing_a_pack(tmp_path
         assert ("add", "done") in outcomes and ("remove", "done") in outcomes
         assert cli_main.main(["autoscale", "explain", str(first.decision_id)]) == 0
         text = capsys.readouterr().out
-        assert "check packs:" in text and "winner:" in text and "outcome: done, nodes c2" in text
+        assert "check cpu:" in text and "clamp max" in text and "outcome: done, nodes c2" in text
 
 
 PROVIDER = """
