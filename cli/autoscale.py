@@ -12,10 +12,7 @@
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from canidae.cli.connect import client
-from canidae.cli.output import JsonOption, console, emit
+from canidae.cli.output import JsonOption, console, emit, sigterm_as_interrupt
 from canidae.core.autoscale import evaluate, explain
 from canidae.core.autoscale_inputs import ClusterInputs, Usage
 from canidae.core.autoscale_policy import DEFAULT_POLICY, Policy
@@ -277,17 +274,6 @@ class Provider(StrEnum):
     COMMAND = "command"
 
 
-@contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    def stop(*_: Any) -> None:
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 @app.command("run", epilog="Examples: canidae autoscale run --provider local --data-dir ./cluster; "
                            "canidae autoscale run --provider command --command ./nodes.sh --once --json")
 def run(provider: Annotated[Provider, typer.Option("--provider", help="Where nodes come from.")],
@@ -306,7 +292,7 @@ def run(provider: Annotated[Provider, typer.Option("--provider", help="Where nod
     validate_name("controller", name)
     chosen = provider_for(provider.value, data_dir=str(data_dir) if data_dir else None,
                           command=[command] if command else [])
-    with client() as c, _stop_on_sigterm():
+    with client() as c, sigterm_as_interrupt():
         ctl = AutoscaleController(c, chosen, name=name, usage=usage)
         try:
             while True:
