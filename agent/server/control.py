@@ -28,7 +28,6 @@ from canidae.agent.server.replica import Replica
 from canidae.agent.telemetry import Reading
 from canidae.core.commands import (
     Command,
-    RemoveNode,
     CreatePacks,
     DeletePacks,
     MigratePacks,
@@ -36,15 +35,16 @@ from canidae.core.commands import (
     PlacePacks,
     Rebalance,
     RegisterNode,
-    ReportState,
+    RemoveNode,
     ReportPacks,
+    ReportState,
     SetNodeState,
     StopPacks,
 )
 from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound, WrongState
 from canidae.core.metrics import NodeSummary, aggregate, render_rows
-from canidae.core.sampling import sample_rate
 from canidae.core.ring import HashRing, bounded_caps
+from canidae.core.sampling import sample_rate
 from canidae.core.state import HOLDING, ClusterState, PackRecord, running_digest
 from canidae.core.types import Node, NodeState, PackSpec, PackState, validate_name
 
@@ -508,7 +508,7 @@ class ControlPlane:
             try:
                 # Wake at least every half second: a server that lost its leader ends the poll.
                 await asyncio.wait_for(signal.wait(), timeout=max(0.0, min(0.5, deadline - time.monotonic())))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if self.replica.leader_address() is None:
                     raise NoLeader("this server lost its leader: ask another") from None
 
@@ -656,4 +656,4 @@ def dry_place(st: ClusterState, name: str) -> tuple[str | None, list[str]]:
     return ring.lookup(name), pref
 
 
-__all__ = ["ControlPlane", "now_ms", "ring_view", "dry_place"]
+__all__ = ["ControlPlane", "dry_place", "now_ms", "ring_view"]
