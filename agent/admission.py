@@ -1,0 +1,337 @@
+"""Admission control: which requests an agent takes on now, which wait, and which it refuses.
+
+Theory of operation (after Kubernetes' API Priority and Fairness and Envoy's overload manager):
+
+* Every route belongs to one **priority class** (``ROUTE_CLASSES``, by method and route
+  template; unlisted routes: GET is ``read``, anything else ``write``):
+
+  ======  ==================================================================  ===============
+  class   routes                                                             when refused
+  ======  ==================================================================  ===============
+  system  heartbeats, reports, registration, assignments, health             never
+  write   everything that changes the cluster                                 queue full, wait
+  read    lookups and listings                                               queue full, wait
+  bulk    metrics, the cluster metrics tree (``top``), events and history    queue full, wait
+  ======  ==================================================================  ===============
+
+  ``system`` is agent-internal traffic: it is never counted against a limit, never queued and
+  never refused, so no flood of client requests can make a node miss heartbeats (a false
+  NodeDown). Raft travels on its own TCP port and never meets this module.
+* Each other class has **its own** concurrency limit, a bounded FIFO queue and a bound on the
+  time a request may wait in it (``ClassLimits``). Classes share nothing: a flood of reads
+  fills the read queue and is refused there, while writes keep their own slots.
+* A **pressure** source (``Pressure``: a level in [0, 1]) sheds whole classes, lowest priority
+  first: ``bulk`` from ``shed_at`` 0.5, ``read`` from 0.8, ``write`` from 0.95. The default
+  source, ``LoopLag``, measures how late the agent's event loop runs its timers (everything an
+  agent does shares that loop, so its lag is what every request would wait on); tests inject a
+  fixed level (``FixedPressure``), or, in a real agent, ``FilePressure`` through the
+  ``CANIDAE_PRESSURE_FILE`` variable.
+* A refused request is answered **429** with ``Retry-After`` and ``{"error": {"code":
+  "overloaded", "details": {"class", "reason", "retry_after_s"}}}`` (``core.errors.Overloaded``),
+  before its handler has done anything: repeating it is always safe. The clients
+  (``ServerLink``, ``Client``) wait as told, with jitter, a bounded number of times.
+
+Long-polls (a ``wait`` query parameter) hold no slot: their duration is idle waiting. They are
+still refused under pressure like the rest of their class.
+
+This module decides and counts; it reads the monotonic clock and the loop, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from canidae.agent.telemetry import Reading
+from canidae.core.errors import Overloaded
+
+
+class Priority(str, Enum):
+    SYSTEM = "system"
+    WRITE = "write"
+    READ = "read"
+    BULK = "bulk"
+
+
+# Routes whose class is not the default (GET read, else write), by (method, route template).
+ROUTE_CLASSES: dict[tuple[str, str], Priority] = {
+    ("GET", "/v1/health"): Priority.SYSTEM,
+    ("POST", "/v1/nodes"): Priority.SYSTEM,  # registration of an agent
+    ("POST", "/v1/nodes/{node}/heartbeat"): Priority.SYSTEM,
+    ("GET", "/v1/nodes/{node}/assignments"): Priority.SYSTEM,
+    ("POST", "/v1/nodes/{node}/assignments"): Priority.SYSTEM,  # resync
+    ("POST", "/v1/nodes/{node}/reports"): Priority.SYSTEM,
+    ("GET", "/v1/digest"): Priority.SYSTEM,  # replicas compared by drills and tests
+    ("GET", "/v1/exec/info"): Priority.SYSTEM,  # agent doctor, and probes of the failure detector
+    ("GET", "/v1/metrics"): Priority.BULK,
+    ("GET", "/v1/metrics/cluster"): Priority.BULK,  # top and metrics
+    ("GET", "/v1/events"): Priority.BULK,
+    ("GET", "/v1/history/verify"): Priority.BULK,
+    ("GET", "/v1/history/stats"): Priority.BULK,
+    ("GET", "/v1/packs/{name}/history"): Priority.BULK,
+    ("GET", "/v1/exec/packs/{pack}/logs"): Priority.BULK,
+}
+
+
+def route_class(method: str, template: str | None) -> Priority:
+    if template is not None:
+        cls = ROUTE_CLASSES.get((method, template))
+        if cls is not None:
+            return cls
+    return Priority.READ if method in ("GET", "HEAD") else Priority.WRITE
+
+
+@dataclass(frozen=True, slots=True)
+class ClassLimits:
+    """What one class may hold: ``concurrency`` requests in their handlers, ``queue`` more waiting
+    (each at most ``max_wait_s``), and refused outright from pressure ``shed_at`` on."""
+
+    concurrency: int
+    queue: int
+    max_wait_s: float
+    shed_at: float
+
+
+# Writes wait in the group commit, not on the CPU: many may be in flight (batches grow with them).
+# Reads cost the loop CPU while in flight; bulk reads (metrics trees, history scans) the most.
+DEFAULT_LIMITS: dict[Priority, ClassLimits] = {
+    Priority.WRITE: ClassLimits(concurrency=512, queue=2048, max_wait_s=2.0, shed_at=0.95),
+    Priority.READ: ClassLimits(concurrency=64, queue=256, max_wait_s=1.0, shed_at=0.8),
+    Priority.BULK: ClassLimits(concurrency=4, queue=32, max_wait_s=1.0, shed_at=0.5),
+}
+
+
+class Pressure(Protocol):
+    """How loaded the agent is, 0 (idle) .. 1 (saturated)."""
+
+    def level(self) -> float: ...
+
+
+class FixedPressure:
+    """A level set by hand (tests, drills)."""
+
+    def __init__(self, level: float = 0.0) -> None:
+        self.value = level
+
+    def level(self) -> float:
+        return self.value
+
+
+class FilePressure:
+    """The level written, as a decimal number, in a file (``CANIDAE_PRESSURE_FILE``): lets a test
+    drive the pressure of a real agent process. Read at most every ``EVERY_S``; a missing or
+    unreadable file is level 0."""
+
+    EVERY_S = 0.1
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._value, self._read_at = 0.0, float("-inf")
+
+    def level(self) -> float:
+        now = time.monotonic()
+        if now - self._read_at >= self.EVERY_S:
+            self._read_at = now
+            try:
+                with open(self.path) as f:
+                    v = float(f.read().strip() or 0)
+                self._value = min(1.0, max(0.0, v)) if math.isfinite(v) else 0.0
+            except (OSError, ValueError):
+                self._value = 0.0
+        return self._value
+
+
+class LoopLag:
+    """The event loop's lag: how late a timer set every ``INTERVAL_S`` fires, smoothed (EWMA);
+    level 0 below ``low_s`` of lag, 1 from ``high_s``, linear between."""
+
+    INTERVAL_S = 0.05
+    ALPHA = 0.3
+
+    def __init__(self, low_s: float = 0.02, high_s: float = 0.25) -> None:
+        self.low_s, self.high_s = low_s, high_s
+        self.lag_s = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(self.INTERVAL_S)
+            late = max(0.0, time.monotonic() - t0 - self.INTERVAL_S)
+            self.lag_s += self.ALPHA * (late - self.lag_s)
+
+    def level(self) -> float:
+        return min(1.0, max(0.0, (self.lag_s - self.low_s) / (self.high_s - self.low_s)))
+
+
+def pressure_from_env() -> Pressure:
+    """``FilePressure`` when ``CANIDAE_PRESSURE_FILE`` names a file, else the loop's lag."""
+    path = os.environ.get("CANIDAE_PRESSURE_FILE")
+    return FilePressure(path) if path else LoopLag()
+
+
+class _Class:
+    """One class's slots, queue and counts."""
+
+    def __init__(self, priority: Priority, limits: ClassLimits | None) -> None:
+        self.priority = priority
+        self.limits = limits  # None: never limited (system)
+        self.in_flight = 0
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.admitted = 0
+        self.queued = 0  # admitted after waiting in the queue
+        self.rejected: dict[str, int] = {"queue_full": 0, "queue_wait": 0, "pressure": 0}
+        self.wait_s = 0.0  # total time admitted requests spent queued
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        # Hand the slot to the oldest waiter still waiting (one that timed out is done already).
+        while self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                self.in_flight += 1
+                fut.set_result(None)
+                return
+
+
+class Admission:
+    """The admission decision of one agent (see the module docstring)."""
+
+    def __init__(self, pressure: Pressure | None = None,
+                 limits: dict[Priority, ClassLimits] | None = None) -> None:
+        self.pressure: Pressure = pressure if pressure is not None else LoopLag()
+        lim = {**DEFAULT_LIMITS, **(limits or {})}
+        self.classes = {p: _Class(p, None if p is Priority.SYSTEM else lim[p]) for p in Priority}
+
+    def _refuse(self, c: _Class, reason: str, retry_after_s: float, why: str) -> Overloaded:
+        c.rejected[reason] += 1
+        return Overloaded(f"this agent is overloaded: {c.priority.value} request refused ({why}); "
+                          f"retry after {retry_after_s:g} s",
+                          {"class": c.priority.value, "reason": reason, "retry_after_s": retry_after_s})
+
+    @asynccontextmanager
+    async def admit(self, method: str, template: str | None, long_poll: bool = False) -> AsyncIterator[Priority]:
+        """Hold a slot of the route's class for the block; ``Overloaded`` when refused."""
+        c = self.classes[route_class(method, template)]
+        lim = c.limits
+        if lim is None:
+            c.admitted += 1
+            yield c.priority
+            return
+        level = self.pressure.level()
+        if level >= lim.shed_at:
+            # Pressure moves fast (the loop's lag, smoothed over a fraction of a second): one second.
+            raise self._refuse(c, "pressure", 1.0,
+                               f"load level {level:.2f}, {c.priority.value} shed from {lim.shed_at:g}")
+        if long_poll:
+            c.admitted += 1
+            yield c.priority
+            return
+        if c.in_flight < lim.concurrency and not c.waiting:
+            c.in_flight += 1
+        else:
+            if len(c.waiting) >= lim.queue:
+                raise self._refuse(c, "queue_full", float(max(1, math.ceil(lim.max_wait_s))),
+                                   f"{c.in_flight} in flight and {len(c.waiting)} queued")
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            c.waiting.append(fut)
+            t0 = time.monotonic()
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), lim.max_wait_s)
+            except TimeoutError:
+                if fut.done() and not fut.cancelled():  # the slot came just as the wait ended: keep it
+                    pass
+                else:
+                    fut.cancel()
+                    raise self._refuse(c, "queue_wait", float(max(1, math.ceil(lim.max_wait_s))),
+                                       f"queued longer than {lim.max_wait_s:g} s") from None
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    c.release()  # we were given a slot but are going away: pass it on
+                else:
+                    fut.cancel()
+                raise
+            c.queued += 1
+            c.wait_s += time.monotonic() - t0
+        c.admitted += 1
+        try:
+            yield c.priority
+        finally:
+            c.release()
+
+    def readings(self) -> list[Reading]:
+        """Admitted, queued and refused requests by class, and the pressure, for ``/v1/metrics``."""
+        out = [Reading("admission_pressure", "gauge", "Load level admission control sees, 0 (idle) to 1.",
+                       self.pressure.level())]
+        if isinstance(self.pressure, LoopLag):
+            out.append(Reading("event_loop_lag_seconds", "gauge", "How late the agent's event loop runs timers "
+                               "(smoothed).", self.pressure.lag_s))
+        for p, c in self.classes.items():
+            lab = {"class": p.value}
+            out += [Reading("admission_admitted", "counter", "Requests admitted, by priority class.", c.admitted, lab),
+                    Reading("admission_queued", "counter", "Requests admitted after waiting in their class's "
+                            "queue.", c.queued, lab),
+                    Reading("admission_queue_wait_seconds", "counter", "Time admitted requests spent queued.",
+                            c.wait_s, lab),
+                    Reading("admission_in_flight", "gauge", "Requests holding a slot of their class.",
+                            c.in_flight, lab),
+                    Reading("admission_queue_depth", "gauge", "Requests waiting in their class's queue.",
+                            sum(1 for f in c.waiting if not f.done()), lab)]
+            out += [Reading("admission_rejected", "counter", "Requests refused with 429, by class and reason.",
+                            n, {**lab, "reason": reason}) for reason, n in c.rejected.items()]
+        return out
+
+    def summary(self) -> dict[str, object]:
+        """The pressure and the requests refused so far by class (``/v1/health`` to a credential:
+        answered even while every other class is refused)."""
+        return {"pressure": round(self.pressure.level(), 3),
+                "rejected": {p.value: sum(c.rejected.values()) for p, c in self.classes.items()
+                             if c.limits is not None}}
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        """Per class: in flight, queued now, admitted, queued, rejected (by reason), wait seconds."""
+        return {p.value: {"in_flight": c.in_flight, "waiting": sum(1 for f in c.waiting if not f.done()),
+                          "admitted": c.admitted, "queued": c.queued, "wait_s": c.wait_s,
+                          **{f"rejected_{k}": v for k, v in c.rejected.items()}}
+                for p, c in self.classes.items()}
+
+
+def long_poll(query: Iterable[tuple[str, str]]) -> bool:
+    """Whether a request's query asks to wait (``wait`` above 0)."""
+    for k, v in query:
+        if k == "wait":
+            return v not in ("", "0")
+    return False
+
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "ROUTE_CLASSES",
+    "Admission",
+    "ClassLimits",
+    "FilePressure",
+    "FixedPressure",
+    "LoopLag",
+    "Pressure",
+    "Priority",
+    "long_poll",
+    "pressure_from_env",
+    "route_class",
+]
