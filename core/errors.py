@@ -43,7 +43,7 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 operation failed; 2 usage or invalid input; "
     "3 cluster unavailable (no leader, timeout, unreachable); 4 not authenticated or denied by policy; "
     "5 not found; 6 conflict (exists, no capacity, wrong state); "
-    "7 overloaded (refused for load with Retry-After; retried, still refused)."
+    "7 overloaded (refused for load: Retry-After waited out, still refused)."
 )
 
 
