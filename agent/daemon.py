@@ -74,7 +74,8 @@ class Agent:
         plane = self.plane
         # Servers find API tokens in their replica; client agents pass them on to a server.
         self.access = None if plane is None else TokenAccess(lambda: plane.state, token_pepper(cfg.cluster_password))
-        self.admission = Admission(pressure_from_env())
+        # CANIDAE_ADMISSION=off: every request is taken on (benchmarks compare; an operator's way out).
+        self.admission = Admission(pressure_from_env(), enabled=os.environ.get("CANIDAE_ADMISSION") != "off")
         self.edge = Edge(Authenticator(cfg.admin_token_hash, cfg.identity_public_key,
                                        find_token=self.access.find_token if self.access else None),
                          cfg.max_body_bytes, forward=None if self.plane is not None else self.forward,

@@ -41,7 +41,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_pressure_sheds_the_lowest_classes_first_and_never_system():
+def test_pressure_sheds_the_lowest_classes_first_and_never_system_or_writes():
     async def go():
         adm = Admission(FixedPressure(0.0))
         got = {}
@@ -62,9 +62,10 @@ def test_pressure_sheds_the_lowest_classes_first_and_never_system():
     assert got[0.0] == {"system": "ok", "write": "ok", "read": "ok", "bulk": "ok"}
     assert got[0.6] == {"system": "ok", "write": "ok", "read": "ok", "bulk": "pressure"}
     assert got[0.85] == {"system": "ok", "write": "ok", "read": "pressure", "bulk": "pressure"}
-    assert got[1.0] == {"system": "ok", "write": "pressure", "read": "pressure", "bulk": "pressure"}
+    # Writes are bounded by their slots and queue, never shed by pressure (see DEFAULT_LIMITS).
+    assert got[1.0] == {"system": "ok", "write": "ok", "read": "pressure", "bulk": "pressure"}
     assert snap["system"]["admitted"] == 5 and snap["bulk"]["rejected_pressure"] == 4
-    assert snap["write"]["rejected_pressure"] == 2 and snap["write"]["admitted"] == 3
+    assert snap["write"]["rejected_pressure"] == 0 and snap["write"]["admitted"] == 5
 
 
 def test_a_full_class_queues_then_refuses_and_other_classes_keep_their_slots():
