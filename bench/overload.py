@@ -169,7 +169,8 @@ def bench_metrics_cost(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
             if total > have:
                 c.create_packs([{"name": f"mc{total}", "constraints": {"node": node}}], count=total - have,
                                retry_for=60)
-            wait_until(lambda: c.packs(state="placed", limit=1, stale=True)["packs"] == [], 300, "packs running", 0.5)
+            wait_until(lambda: c.packs(node=node, state="running", limit=1, total=True)["total"] >= total, 300,  # noqa: B023
+                       "packs running", 0.5)
             time.sleep(3.0)  # the rate handed out settles with the next heartbeats
             before = {a["id"]: (scrape(cluster, a["id"]), cpu_ticks(a["pid"])) for a in cluster.agents}
             t0 = time.monotonic()
