@@ -17,8 +17,8 @@ Theory of operation (after Kubernetes' API Priority and Fairness and Envoy's ove
   ``system`` is agent-internal traffic: it is never counted against a limit, never queued and
   never refused, so no flood of client requests can make a node miss heartbeats (a false
   NodeDown). Raft travels on its own TCP port and never meets this module.
-* Each other class has **its own** concurrency limit, a bounded FIFO queue and a bound on the
-  time a request may wait in it (``ClassLimits``). Classes share nothing: a flood of reads
+* Each other class has **its own** concurrency limit (adaptive: see ``_Class``), a bounded FIFO
+  queue and a bound on the time a request may wait in it (``ClassLimits``). Classes share nothing: a flood of reads
   fills the read queue and is refused there, while writes keep their own slots.
 * A **pressure** source (``Pressure``: a level in [0, 1]) sheds whole classes, lowest priority
   first: ``bulk`` from ``shed_at`` 0.5, ``read`` from 0.8; writes never (see ``DEFAULT_LIMITS``:
@@ -45,7 +45,7 @@ import collections
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -92,26 +92,31 @@ def route_class(method: str, template: str | None) -> Priority:
 
 @dataclass(frozen=True, slots=True)
 class ClassLimits:
-    """What one class may hold: ``concurrency`` requests in their handlers, ``queue`` more waiting
-    (each at most ``max_wait_s``), and refused outright from pressure ``shed_at`` on."""
+    """What one class may hold: up to ``concurrency`` requests in their handlers (the ceiling of an
+    adaptive limit, see ``_Class``), ``queue`` more waiting (each at most ``max_wait_s``), and
+    refused outright from pressure ``shed_at`` on. ``target_s``: the time in a slot the adaptive
+    limit steers to; ``floor``: the least it goes down to."""
 
     concurrency: int
     queue: int
     max_wait_s: float
     shed_at: float
+    target_s: float = 1.0
+    floor: int = 8
 
 
 # Writes wait in the group commit, not on the CPU: many may be in flight, and the more there are
 # the bigger the batches and the higher the throughput (bench/overload.py, admission off: 365
 # accepted/s from 32 connections, 608/s from 128, 866/s from 1,280). So writes are never shed by
 # pressure (shedding them when the loop lagged cut accepted writes from 538/s to 204/s at 640
-# connections) and get many slots (256 slots held 1,280 connections to 465/s): slots and queue
-# bound them. Reads cost the loop CPU while in flight; bulk reads (metrics, history) the most.
+# connections); their limit adapts instead: as many in flight as keep a write's time in its slot
+# near ``target_s`` (a fixed 1,024 let p99 reach 9 s on a slower run). Reads cost the loop CPU
+# while in flight; bulk reads (metrics, history) the most.
 NEVER = math.inf
 DEFAULT_LIMITS: dict[Priority, ClassLimits] = {
-    Priority.WRITE: ClassLimits(concurrency=1024, queue=4096, max_wait_s=1.0, shed_at=NEVER),
-    Priority.READ: ClassLimits(concurrency=64, queue=256, max_wait_s=1.0, shed_at=0.8),
-    Priority.BULK: ClassLimits(concurrency=4, queue=32, max_wait_s=1.0, shed_at=0.5),
+    Priority.WRITE: ClassLimits(concurrency=1024, queue=4096, max_wait_s=1.0, shed_at=NEVER, target_s=1.0, floor=32),
+    Priority.READ: ClassLimits(concurrency=64, queue=256, max_wait_s=1.0, shed_at=0.8, target_s=0.5),
+    Priority.BULK: ClassLimits(concurrency=4, queue=32, max_wait_s=1.0, shed_at=0.5, target_s=2.0, floor=1),
 }
 
 
@@ -194,38 +199,77 @@ def pressure_from_env() -> Pressure:
 
 
 class _Class:
-    """One class's slots, queue and counts."""
+    """One class's slots, queue and counts, and its adaptive limit.
 
-    def __init__(self, priority: Priority, limits: ClassLimits | None) -> None:
+    The limit starts at the ceiling (``concurrency``) and is revised once per ``WINDOW_S`` from the
+    mean time admitted requests held their slot: above ``target_s`` it shrinks in proportion
+    (at most by half), never below ``floor``; at or below it, and with the slots nearly all used,
+    it grows by a quarter (additive-increase, proportional-decrease, as TCP and adaptive
+    concurrency limiters do). Little's law makes this the number of requests the agent finishes
+    in ``target_s``: more would only wait longer, holding memory and making every answer late.
+    """
+
+    WINDOW_S = 0.5
+
+    def __init__(self, priority: Priority, limits: ClassLimits | None, clock: Callable[[], float]) -> None:
         self.priority = priority
         self.limits = limits  # None: never limited (system)
+        self.clock = clock
+        self.limit = float(limits.concurrency) if limits is not None else math.inf
         self.in_flight = 0
         self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self.admitted = 0
         self.queued = 0  # admitted after waiting in the queue
         self.rejected: dict[str, int] = {"queue_full": 0, "queue_wait": 0, "pressure": 0}
         self.wait_s = 0.0  # total time admitted requests spent queued
+        self._window_at = clock()
+        self._window_n = 0
+        self._window_held_s = 0.0
+        self._window_busy = 0  # the most slots in use during the window
 
-    def release(self) -> None:
+    def has_slot(self) -> bool:
+        return self.in_flight < self.limit
+
+    def take(self) -> None:
+        self.in_flight += 1
+        self._window_busy = max(self._window_busy, self.in_flight)
+
+    def release(self, held_s: float) -> None:
         self.in_flight -= 1
-        # Hand the slot to the oldest waiter still waiting (one that timed out is done already).
-        while self.waiting:
+        self._window_n += 1
+        self._window_held_s += held_s
+        now = self.clock()
+        if now - self._window_at >= self.WINDOW_S and self.limits is not None:
+            self._adapt(self.limits)
+            self._window_at, self._window_n, self._window_held_s = now, 0, 0.0
+            self._window_busy = self.in_flight
+        # Hand free slots to the oldest waiters still waiting (timed-out ones are done already).
+        while self.waiting and self.has_slot():
             fut = self.waiting.popleft()
             if not fut.done():
-                self.in_flight += 1
+                self.take()
                 fut.set_result(None)
-                return
+
+    def _adapt(self, lim: ClassLimits) -> None:
+        if not self._window_n:
+            return
+        held = self._window_held_s / self._window_n
+        if held > lim.target_s:
+            self.limit = max(float(lim.floor), self.limit * max(0.5, lim.target_s / held))
+        elif self._window_busy >= 0.8 * self.limit:
+            self.limit = min(float(lim.concurrency), self.limit * 1.25 + 1)
 
 
 class Admission:
     """The admission decision of one agent (see the module docstring)."""
 
-    def __init__(self, pressure: Pressure | None = None,
-                 limits: dict[Priority, ClassLimits] | None = None, enabled: bool = True) -> None:
+    def __init__(self, pressure: Pressure | None = None, limits: dict[Priority, ClassLimits] | None = None,
+                 enabled: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.enabled = enabled  # off: every request is admitted at once (and counted)
         self.pressure: Pressure = pressure if pressure is not None else LoopLag()
+        self.clock = clock
         lim = {**DEFAULT_LIMITS, **(limits or {})}
-        self.classes = {p: _Class(p, None if p is Priority.SYSTEM else lim[p]) for p in Priority}
+        self.classes = {p: _Class(p, None if p is Priority.SYSTEM else lim[p], clock) for p in Priority}
 
     def _refuse(self, c: _Class, reason: str, retry_after_s: float, why: str) -> Overloaded:
         c.rejected[reason] += 1
@@ -251,15 +295,15 @@ class Admission:
             c.admitted += 1
             yield c.priority
             return
-        if c.in_flight < lim.concurrency and not c.waiting:
-            c.in_flight += 1
+        if c.has_slot() and not c.waiting:
+            c.take()
         else:
             if len(c.waiting) >= lim.queue:
                 raise self._refuse(c, "queue_full", float(max(1, math.ceil(lim.max_wait_s))),
                                    f"{c.in_flight} in flight and {len(c.waiting)} queued")
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             c.waiting.append(fut)
-            t0 = time.monotonic()
+            t0 = self.clock()
             try:
                 await asyncio.wait_for(asyncio.shield(fut), lim.max_wait_s)
             except TimeoutError:
@@ -271,17 +315,18 @@ class Admission:
                                        f"queued longer than {lim.max_wait_s:g} s") from None
             except BaseException:
                 if fut.done() and not fut.cancelled():
-                    c.release()  # we were given a slot but are going away: pass it on
+                    c.release(0.0)  # we were given a slot but are going away: pass it on
                 else:
                     fut.cancel()
                 raise
             c.queued += 1
-            c.wait_s += time.monotonic() - t0
+            c.wait_s += self.clock() - t0
         c.admitted += 1
+        t_slot = self.clock()
         try:
             yield c.priority
         finally:
-            c.release()
+            c.release(self.clock() - t_slot)
 
     def readings(self) -> list[Reading]:
         """Admitted, queued and refused requests by class, and the pressure, for ``/v1/metrics``."""
@@ -297,6 +342,8 @@ class Admission:
                             "queue.", c.queued, lab),
                     Reading("admission_queue_wait_seconds", "counter", "Time admitted requests spent queued.",
                             c.wait_s, lab),
+                    Reading("admission_limit", "gauge", "Slots of the class now (adaptive; +Inf: unlimited).",
+                            c.limit, lab),
                     Reading("admission_in_flight", "gauge", "Requests holding a slot of their class.",
                             c.in_flight, lab),
                     Reading("admission_queue_depth", "gauge", "Requests waiting in their class's queue.",
@@ -314,7 +361,7 @@ class Admission:
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Per class: in flight, queued now, admitted, queued, rejected (by reason), wait seconds."""
-        return {p.value: {"in_flight": c.in_flight, "waiting": sum(1 for f in c.waiting if not f.done()),
+        return {p.value: {"limit": c.limit, "in_flight": c.in_flight, "waiting": sum(1 for f in c.waiting if not f.done()),
                           "admitted": c.admitted, "queued": c.queued, "wait_s": c.wait_s,
                           **{f"rejected_{k}": v for k, v in c.rejected.items()}}
                 for p, c in self.classes.items()}

@@ -179,3 +179,40 @@ def test_the_429_answer_and_the_clients_wait():
     waits = [overload_wait(back, rng) for _ in range(200)]
     assert all(2.5 <= w <= 3.75 for w in waits) and max(waits) - min(waits) > 0.5  # jittered, never early
     assert overload_wait(Overloaded("x", {"retry_after_s": 10_000})) <= 30.0
+
+
+def test_the_limit_shrinks_when_slots_are_held_too_long_and_grows_back_when_fast():
+    now = [0.0]
+    lim = ClassLimits(concurrency=100, queue=1000, max_wait_s=5.0, shed_at=0.95, target_s=1.0, floor=4)
+
+    async def go():
+        adm = Admission(FixedPressure(0.0), {Priority.WRITE: lim}, clock=lambda: now[0])
+        c = adm.classes[Priority.WRITE]
+
+        async def write(hold_s):
+            async with adm.admit("POST", "/v1/packs"):
+                now[0] += hold_s  # each request holds its slot this long (the clock is ours)
+
+        assert c.limit == 100
+        # Requests held 4 s each against a 1 s target: the limit halves per window, down to the floor.
+        seen = []
+        for _ in range(8):
+            await write(4.0)
+            seen.append(c.limit)
+        assert seen[0] == 50 and seen == sorted(seen, reverse=True) and seen[-1] == 4
+        # Fast again, and the slots busy: it grows back by a quarter per window, up to the ceiling.
+        async def held(go):
+            async with adm.admit("POST", "/v1/packs"):
+                await go.wait()
+        for _ in range(40):
+            go = asyncio.Event()
+            holders = [asyncio.create_task(held(go)) for _ in range(int(c.limit))]
+            await asyncio.sleep(0)
+            assert c.in_flight == int(c.limit)  # every slot in use ...
+            now[0] += 0.6  # ... each for 0.6 s, under the 1 s target
+            go.set()
+            await asyncio.gather(*holders)
+        assert c.limit == 100
+        return adm.snapshot()["write"]
+    snap = run(go())
+    assert snap["in_flight"] == 0 and snap["rejected_queue_wait"] == 0
