@@ -342,12 +342,12 @@ class Admission:
                             "queue.", c.queued, lab),
                     Reading("admission_queue_wait_seconds", "counter", "Time admitted requests spent queued.",
                             c.wait_s, lab),
-                    Reading("admission_limit", "gauge", "Slots of the class now (adaptive; +Inf: unlimited).",
-                            c.limit, lab),
                     Reading("admission_in_flight", "gauge", "Requests holding a slot of their class.",
                             c.in_flight, lab),
                     Reading("admission_queue_depth", "gauge", "Requests waiting in their class's queue.",
                             sum(1 for f in c.waiting if not f.done()), lab)]
+            if c.limits is not None:  # system has none (and JSON has no infinity)
+                out.append(Reading("admission_limit", "gauge", "Slots of the class now (adaptive).", c.limit, lab))
             out += [Reading("admission_rejected", "counter", "Requests refused with 429, by class and reason.",
                             n, {**lab, "reason": reason}) for reason, n in c.rejected.items()]
         return out
