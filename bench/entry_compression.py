@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import zstandard
+
 from canidae.core.commands import CreatePacks, encode_batch
 from canidae.core.types import PackSpec
 

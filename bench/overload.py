@@ -45,7 +45,7 @@ def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     if not values:
         return float("nan")
-    return values[min(len(values) - 1, max(0, int(round(p / 100 * (len(values) - 1)))))]
+    return values[min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))]
 
 
 def cpu_ticks(pid: int) -> int:

@@ -2,6 +2,7 @@
 waits, shedding by pressure, and the 429 answer the edge gives. Real asyncio, no agent."""
 
 import asyncio
+import json
 
 import pytest
 
@@ -16,6 +17,7 @@ from canidae.agent.admission import (
     route_class,
 )
 from canidae.agent.client.calls import overload_wait
+from canidae.agent.client.link import ServerLink
 from canidae.agent.httpedge import error_response
 from canidae.core.errors import EXIT_OVERLOADED, CanidaeError, Overloaded
 
@@ -158,7 +160,7 @@ def test_pressure_sources(tmp_path):
         idle = lag.level()
         import time
         for _ in range(4):
-            time.sleep(0.2)  # the loop is blocked: the pending timer fires at least 0.15 s late
+            time.sleep(0.2)  # noqa: ASYNC251 -- the loop is blocked: the pending timer fires at least 0.15 s late
             for _ in range(3):
                 await asyncio.sleep(0)
         busy = lag.level()
@@ -216,3 +218,56 @@ def test_the_limit_shrinks_when_slots_are_held_too_long_and_grows_back_when_fast
         return adm.snapshot()["write"]
     snap = run(go())
     assert snap["in_flight"] == 0 and snap["rejected_queue_wait"] == 0
+
+
+class RefusingPeer:
+    """A real HTTP/1.1 server on loopback answering 429 (Retry-After in the body: 50 ms) to the
+    first ``refuse`` requests, then 200."""
+
+    def __init__(self, refuse: int) -> None:
+        self.refuse = refuse
+        self.requests = 0
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(v) for k, _, v in (ln.partition(b":") for ln in head.split(b"\r\n"))
+                               if k.strip().lower() == b"content-length"), 0)
+                await reader.readexactly(length)
+                self.requests += 1
+                if self.requests <= self.refuse:
+                    status = b"429 Too Many Requests"
+                    out = Overloaded("busy", {"class": "read", "reason": "pressure", "retry_after_s": 0.05}).to_wire()
+                else:
+                    status, out = b"200 OK", {"ok": True}
+                data = json.dumps(out).encode()
+                writer.write(b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (status, len(data), data))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_the_server_link_waits_out_429s_then_gives_up():
+    async def go(refuse):
+        peer = RefusingPeer(refuse)
+        api = await peer.start()
+        link = ServerLink([api], "token", timeout_s=5.0)
+        try:
+            return await link.call("GET", "/v1/packs"), peer.requests
+        except Overloaded as e:
+            return e, peer.requests
+        finally:
+            await link.close()
+            peer.server.close()
+    answer, tries = run(go(2))
+    assert answer == {"ok": True} and tries == 3
+    err, tries = run(go(100))
+    assert isinstance(err, Overloaded) and tries == 4  # one try and 3 retries

@@ -11,10 +11,10 @@ import sys
 
 import httpx
 import pytest
+from harness import local_cluster, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from canidae.core.errors import EXIT_OVERLOADED
-from harness import local_cluster, wait_until
 
 
 @pytest.fixture(scope="module")
