@@ -32,8 +32,8 @@ Theory of operation (after Kubernetes' API Priority and Fairness and Envoy's ove
   before its handler has done anything: repeating it is always safe. The clients
   (``ServerLink``, ``Client``) wait as told, with jitter, a bounded number of times.
 
-Long-polls (a ``wait`` query parameter) hold no slot: their duration is idle waiting. They are
-still refused under pressure like the rest of their class.
+Long-polls (a ``wait`` query parameter on a route in ``LONG_POLLS``) hold no slot: their
+duration is idle waiting. They are still refused under pressure like the rest of their class.
 
 This module decides and counts; it reads the monotonic clock and the loop, nothing else.
 """
@@ -80,6 +80,11 @@ ROUTE_CLASSES: dict[tuple[str, str], Priority] = {
     ("GET", "/v1/packs/{name}/history"): Priority.BULK,
     ("GET", "/v1/exec/packs/{pack}/logs"): Priority.BULK,
 }
+
+
+# The routes that long-poll (``wait``): only these may hold no slot while they wait. Anywhere else
+# a ``wait`` parameter is ignored by the handler, and must not let a request skip its slot.
+LONG_POLLS = frozenset({("GET", "/v1/events"), ("GET", "/v1/yips/{pack}"), ("GET", "/v1/nodes/{node}/assignments")})
 
 
 def route_class(method: str, template: str | None) -> Priority:
@@ -292,7 +297,7 @@ class Admission:
             # Pressure moves fast (the loop's lag, smoothed over a fraction of a second): one second.
             raise self._refuse(c, "pressure", 1.0,
                                f"load level {level:.2f}, {c.priority.value} shed from {lim.shed_at:g}")
-        if long_poll:
+        if long_poll and (method, template) in LONG_POLLS:
             c.admitted += 1
             yield c.priority
             return

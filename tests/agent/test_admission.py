@@ -133,7 +133,11 @@ def test_long_polls_hold_no_slot():
         polls = [asyncio.create_task(poller()) for _ in range(5)]
         await asyncio.sleep(0.01)
         async with adm.admit("GET", "/v1/events"):  # the one slot is still free
-            pass
+            # A "wait" on a route that does not long-poll takes a slot all the same: the one
+            # slot is taken and there is no queue, so it is refused.
+            with pytest.raises(Overloaded):
+                async with adm.admit("GET", "/v1/metrics", long_poll=True):
+                    pass
         hold.set()
         await asyncio.gather(*polls)
     run(go())
