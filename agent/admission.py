@@ -18,8 +18,9 @@ Theory of operation (after Kubernetes' API Priority and Fairness and Envoy's ove
   never refused, so no flood of client requests can make a node miss heartbeats (a false
   NodeDown). Raft travels on its own TCP port and never meets this module.
 * Each other class has **its own** concurrency limit (adaptive: see ``_Class``), a bounded FIFO
-  queue and a bound on the time a request may wait in it (``ClassLimits``). Classes share nothing: a flood of reads
-  fills the read queue and is refused there, while writes keep their own slots.
+  queue and a bound on the time a request may wait in it (``ClassLimits``). Classes share
+  nothing: a flood of reads fills the read queue and is refused there, while writes keep their
+  own slots.
 * A **pressure** source (``Pressure``: a level in [0, 1]) sheds whole classes, lowest priority
   first: ``bulk`` from ``shed_at`` 0.5, ``read`` from 0.8; writes never (see ``DEFAULT_LIMITS``:
   measured, shedding them costs throughput), they are bounded by slots and queue. The default
@@ -35,7 +36,9 @@ Theory of operation (after Kubernetes' API Priority and Fairness and Envoy's ove
 Long-polls (a ``wait`` query parameter on a route in ``LONG_POLLS``) hold no slot: their
 duration is idle waiting. They are still refused under pressure like the rest of their class.
 
-This module decides and counts; it reads the monotonic clock and the loop, nothing else.
+This module decides and counts; it reads the monotonic clock (or the one it is given), the
+loop, and the pressure file, nothing else. What it cannot see: the time a request waits in the
+event loop before it reaches the edge (a CPU-starved agent); only the loop's lag reflects that.
 """
 
 from __future__ import annotations
