@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from canidae.agent.admission import Admission, LoopLag, pressure_from_env
 from canidae.agent.client.link import ServerLink, idle_s
 from canidae.agent.config import AgentConfig
 from canidae.agent.datadir import make_private
@@ -46,7 +48,7 @@ from canidae.agent.server.control import ControlPlane
 from canidae.agent.server.failure import FailureDetector
 from canidae.agent.server.routes import cluster_routes
 from canidae.agent.telemetry import RequestMetrics, Telemetry
-from canidae.core.errors import CanidaeError, NotFound
+from canidae.core.errors import CanidaeError, NotFound, Overloaded
 from canidae.core.types import Role
 from starlette.routing import Route
 from starlette.types import ASGIApp
@@ -73,15 +75,20 @@ class Agent:
         plane = self.plane
         # Servers find API tokens in their replica; client agents pass them on to a server.
         self.access = None if plane is None else TokenAccess(lambda: plane.state, token_pepper(cfg.cluster_password))
+        # CANIDAE_ADMISSION=off: every request is taken on (benchmarks compare; an operator's way out).
+        self.admission = Admission(pressure_from_env(), enabled=os.environ.get("CANIDAE_ADMISSION") != "off")
         self.edge = Edge(Authenticator(cfg.admin_token_hash, cfg.identity_public_key,
                                        find_token=self.access.find_token if self.access else None),
                          cfg.max_body_bytes, forward=None if self.plane is not None else self.forward,
-                         access=self.access)
+                         access=self.access, admission=self.admission)
         self.tasks: list[asyncio.Task[Any]] = []
         self.telemetry = Telemetry()
+        self.telemetry.add_source(self.admission.readings)
         self.telemetry.add_source(self.node.readings)
         self.node.summary_extras = self._summary_extras
         if self.plane is not None:
+            self.plane.observe_commit = self.telemetry.raft_commit.observe
+            self.plane.observe_store_commit = self.telemetry.store_commit.observe
             self.telemetry.add_source(self.plane.readings)
             self.telemetry.add_source(lambda: self.failure.readings() if self.failure is not None else [])
 
@@ -90,6 +97,8 @@ class Agent:
         return ({"api_requests": t.api_requests, "api_errors": t.api_errors}, {"api_ms": t.take_api_sketch()})
 
     async def start(self) -> None:
+        if isinstance(self.admission.pressure, LoopLag):
+            self.admission.pressure.start()
         if self.plane is not None:
             self.plane.start(asyncio.get_running_loop())
             self.failure = FailureDetector(self.plane)
@@ -97,6 +106,8 @@ class Agent:
         self.node.start()
 
     async def stop(self) -> None:
+        if isinstance(self.admission.pressure, LoopLag):
+            self.admission.pressure.stop()
         if self.failure is not None:
             self.failure.stopping = True
             self.failure.hops.close()
@@ -110,7 +121,8 @@ class Agent:
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": True, "node": self.cfg.node_id, "role": self.cfg.role.value, "version": __version__,
                                "api": self.cfg.api, "uptime_s": round(time.monotonic() - self.started, 3),
-                               "pid": os.getpid(), "auth_failures": self.edge.failures.total}
+                               "pid": os.getpid(), "auth_failures": self.edge.failures.total,
+                               "heartbeats": self.node.heartbeats, "admission": self.admission.summary()}
         if self.plane is not None:
             out.update(self.plane.raft_health())
         return out
@@ -126,6 +138,11 @@ class Agent:
                                                       timeout=_forward_timeout(request, self.cfg.request_timeout_s))
         except CanidaeError as e:
             return error_response(e)
+        if status == Overloaded.http_status:  # the server's own refusal: keep its Retry-After
+            try:
+                return error_response(CanidaeError.from_wire(json.loads(content), status))
+            except ValueError:
+                pass
         return Response(content, status_code=status, media_type="application/json")
 
     def app(self) -> ASGIApp:
