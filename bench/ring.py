@@ -24,7 +24,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from canidae.core.ring import HashRing, place_bounded, rebalance
+from canidae.core.ring import HashRing
+from canidae.core.ringbounded import place_bounded, rebalance
 from canidae.core.ringstats import balance, load_counts, movement
 
 try:

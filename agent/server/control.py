@@ -43,7 +43,8 @@ from canidae.core.commands import (
 from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound
 from canidae.core.metrics import NodeSummary, aggregate, render_rows
 from canidae.core.sampling import sample_rate
-from canidae.core.ring import HashRing, bounded_caps
+from canidae.core.ring import HashRing
+from canidae.core.ringbounded import bounded_caps
 from canidae.core.state import HOLDING, ClusterState, PackRecord, running_digest
 from canidae.core.types import Node, NodeState, PackSpec, PackState, validate_name
 

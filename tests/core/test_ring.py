@@ -15,15 +15,8 @@ import canidae.core.ring as ring_mod
 import pytest
 import xxhash
 from canidae.core.errors import InvalidInput, NoCapacity, NotFound
-from canidae.core.ring import (
-    HASH_SPACE,
-    HashRing,
-    bounded_caps,
-    key_hash,
-    place_bounded,
-    rebalance,
-    replicas,
-)
+from canidae.core.ring import HASH_SPACE, HashRing, key_hash, replicas
+from canidae.core.ringbounded import bounded_caps, place_bounded, rebalance
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -588,7 +581,8 @@ def test_replicas_one_per_zone_in_preference_order() -> None:
 
 DIGEST_SCRIPT = textwrap.dedent("""
     import hashlib, json
-    from canidae.core.ring import HashRing, place_bounded, rebalance, replicas
+    from canidae.core.ring import HashRing, replicas
+    from canidae.core.ringbounded import place_bounded, rebalance
     names = {f"node-{i}" for i in range(40)}        # set order depends on PYTHONHASHSEED
     r = HashRing(32)
     for n in names:
