@@ -236,8 +236,8 @@ def lookup(
     name: Annotated[str, typer.Argument(metavar=PACK_METAVAR, help="Pack name to look up.")],
     json: JsonOption = False,
 ) -> None:
-    """Show where NAME lands on the cluster's ring (first choice of the ring of ready nodes), its
-    preference list, and where the pack runs now if it exists."""
+    """Show where the scheduler's rings send NAME (its first choice among ready nodes, loads and
+    capacity aside), the order its placement walk tries nodes in, and where the pack runs now."""
     with client() as c:
         res = c.ring_lookup(name)
     emit(res, json, lambda: console.print(

@@ -39,7 +39,7 @@ from canidae.core.errors import InvalidInput
 from canidae.core.ringindex import LoadBound
 from canidae.core.scheduler_explain import reasons, require_placed
 from canidae.core.scheduler_feasible import ScopeKey, fits, in_scope, scope, scope_key
-from canidae.core.scheduler_rank import choose_in, first_choice, rank
+from canidae.core.scheduler_rank import choose_in, first_choice, preference, rank
 from canidae.core.scheduler_rebalance import REASON_REBALANCE
 from canidae.core.scheduler_rebalance import plan as rebalance_moves
 from canidae.core.scheduler_spread import SpreadCounts, choose_spread
@@ -165,6 +165,17 @@ class Scheduler:
     def spread_counts(self, level: Level, group: str | None) -> dict[str, int]:
         """Packs of a spread group per group of ``level`` (sorted ids), as reservations told us."""
         return self._spread.nonzero(level, group)
+
+    def preference(self, name: str, limit: int | None = None) -> list[str]:
+        """READY node ids in the order ``place`` walks them for an unpinned pack called ``name``,
+        loads and capacity aside (at most ``limit``): the first is where the rings send it."""
+        self._fleet.refresh()
+        out: list[str] = []
+        for s in preference(self._fleet.root, hashes(name)):
+            out.append(s.id)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
 
     def scope_matches(self, c: Constraints) -> bool:
         """Whether some known zone, region or cell matches the pins of ``c`` (a typo does not)."""

@@ -170,6 +170,16 @@ def feasible(g: Group, hs: Hashes, cpu: int, mem: int, exclude: frozenset[str]) 
             yield from feasible(child, hs, cpu, mem, exclude)
 
 
+def preference(g: Group, hs: Hashes) -> Iterator[Slot]:
+    """Every READY node under ``g`` in the order the walk meets them, loads and capacity aside."""
+    for cid in g.idx.walk(hs[g.depth]):
+        child = g.children[cid]
+        if isinstance(child, Slot):
+            yield child
+        else:
+            yield from preference(child, hs)
+
+
 def rank(scope: list[Group], hs: Hashes) -> list[Group]:
     """The groups of ``scope`` in the order a walk from the root meets them."""
     if len(scope) == 1:
@@ -200,4 +210,4 @@ def natural(g: Group, hs: Hashes) -> Slot | None:
         g = child
 
 
-__all__ = ["choose_in", "feasible", "first_choice", "natural", "rank", "walk"]
+__all__ = ["choose_in", "feasible", "first_choice", "natural", "preference", "rank", "walk"]

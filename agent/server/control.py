@@ -632,15 +632,10 @@ def ring_view(st: ClusterState) -> dict[str, Any]:
 
 
 def dry_place(st: ClusterState, name: str) -> tuple[str | None, list[str]]:
-    ring = live_ring(st)
-    if not len(ring):
-        return None, []
-    pref = []
-    for node in ring.preference(name):
-        pref.append(node)
-        if len(pref) >= 10:
-            break
-    return ring.lookup(name), pref
+    """Where the scheduler's rings send an unpinned pack called ``name`` (loads and capacity
+    aside), and the first ten READY nodes in the order its placement walk would try them."""
+    pref = st.scheduler.preference(name, limit=10)
+    return (pref[0] if pref else None), pref
 
 
 __all__ = ["ControlPlane", "now_ms", "ring_view", "dry_place"]

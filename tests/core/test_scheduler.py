@@ -436,3 +436,27 @@ def test_rebalance_keeps_constraints() -> None:
     assert moves == []
     with pytest.raises(InvalidInput, match="no spec for pack"):
         sched.rebalance_plan({"ghost": "n1"}, {}, newcomers=["new-z2"])
+
+
+def test_preference_is_the_order_placement_walks_and_starts_at_the_first_choice() -> None:
+    nodes = build_nodes(3, 2, 2, 24, Resources(1000, 1000, 100))
+    down = nodes[5]
+
+    def fleet() -> Scheduler:
+        s = Scheduler(load_factor=1.25, vnodes=32)
+        for n in nodes:
+            s.add_node(n)
+        s.update_node(Node(down.id, down.location, down.capacity, down.weight, NodeState.DOWN))
+        return s
+
+    s = fleet()
+    for i in range(40):
+        name = f"solo-{i}"
+        pref = s.preference(name)
+        assert sorted(pref) == sorted(n.id for n in nodes if n.id != down.id)  # every READY node once
+        assert s.preference(name, limit=4) == pref[:4]
+        # On an empty fleet a pack goes to the rings' first choice...
+        assert fleet().place([PackSpec(name)], seed=0).placements[0].node == pref[0]
+        # ...and, that one excluded, to the next node of the walk.
+        assert fleet().place([PackSpec(name)], seed=0, exclude=frozenset(pref[:1])).placements[0].node == pref[1]
+    assert Scheduler().preference("anything") == []
