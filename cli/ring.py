@@ -10,6 +10,7 @@ running cluster.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated, Any
 
@@ -39,8 +40,8 @@ def _check(nodes: int, packs: int, vnodes: int, load_factor: float, zones: int, 
         raise InvalidInput(f"--packs must be at least 1, got {packs}")
     if vnodes < 1:
         raise InvalidInput(f"--vnodes must be at least 1, got {vnodes}")
-    if not load_factor > 1:  # also rejects nan
-        raise InvalidInput(f"--load-factor must be greater than 1, got {load_factor}")
+    if not 1 < load_factor < math.inf:  # also rejects nan
+        raise InvalidInput(f"--load-factor must be a finite number greater than 1, got {load_factor}")
     if zones < 1:
         raise InvalidInput(f"--zones must be at least 1, got {zones}")
     if add < 0:
