@@ -177,6 +177,12 @@ class Scheduler:
                 break
         return out
 
+    def shares(self) -> dict[str, float]:
+        """Each READY node's share of unpinned packs' first choices: its part of the hash space
+        as the fleet's, zone's, region's and cell's rings split it (sums to 1), by node id."""
+        self._fleet.refresh()
+        return self._fleet.shares()
+
     def scope_matches(self, c: Constraints) -> bool:
         """Whether some known zone, region or cell matches the pins of ``c`` (a typo does not)."""
         return scope(self._fleet, c) is not None

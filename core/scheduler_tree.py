@@ -292,6 +292,23 @@ class Fleet:
             g.idx = g.ring.index()
         self._reread.clear()
 
+    def shares(self) -> dict[str, float]:
+        """Each READY node's share of the hash space as the rings split it level by level (the
+        product of its groups' and its own ownership of their parents' rings), by node id."""
+        out: dict[str, float] = {}
+
+        def down(g: Group, share: float) -> None:
+            own = g.ring.ownership()
+            for name in sorted(own):
+                child = g.children[name]
+                if isinstance(child, Slot):
+                    out[name] = share * own[name]
+                else:
+                    down(child, share * own[name])
+
+        down(self.root, 1.0)
+        return dict(sorted(out.items()))
+
     # ------------------------------------------------------------------ internals
 
     def _cell_for(self, node: Node) -> Group:

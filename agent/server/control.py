@@ -609,6 +609,8 @@ class Convergence:
 
 
 def live_ring(st: ClusterState) -> HashRing:
+    """The READY nodes at their weights, for their virtual-node counts and bounded caps (shares
+    and lookups come from the scheduler's own rings)."""
     ring = HashRing(vnodes=st.vnodes)
     for n in st.iter_nodes():
         if n.state is NodeState.READY:
@@ -617,10 +619,11 @@ def live_ring(st: ClusterState) -> HashRing:
 
 
 def ring_view(st: ClusterState) -> dict[str, Any]:
-    """The ring of READY nodes: share of the hash space, virtual nodes, packs against the bounded cap."""
+    """The ring of READY nodes: share of the hash space (as the scheduler's rings split it, level
+    by level), virtual nodes, packs against the bounded cap."""
     ring = live_ring(st)
     total = sum(st.node_usage(n).packs for n in st.nodes)
-    share = ring.ownership() if len(ring) else {}
+    share = st.scheduler.shares()
     caps = bounded_caps(ring, max(total, 1), st.load_factor) if len(ring) else {}
     nodes = []
     for n in st.iter_nodes():
