@@ -2,6 +2,11 @@
 placement with bounded loads, build time and memory, incremental add/remove, balance and
 movement. One thread. Prints a table, or one JSON document with ``--json``.
 
+Two placements are measured. ``place_bounded``/``rebalance`` (canidae.core.ringbounded) are the
+textbook bounded-loads algorithm over one flat ring, in bulk: the baseline. The last section is
+what the cluster runs: the same packs through the scheduler, as ``canidae ring simulate`` drives
+it (one ``place`` call; join + ``rebalance_plan``; nodes declared down one by one).
+
 Timings are the best of several runs (the machine may be shared; the best run is the one least
 disturbed), with the median alongside. Lookup rates are over a list of precomputed key strings:
 "single" calls ``lookup(key)`` once per key in a Python loop, "bulk" calls ``lookup_many(keys)``
@@ -24,8 +29,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from canidae.core.ring import HashRing, place_bounded, rebalance
+from canidae.core.ring import HashRing
+from canidae.core.ringbounded import place_bounded, rebalance
 from canidae.core.ringstats import balance, load_counts, movement
+
+from canidae.cli.ring import run_simulation
 
 try:
     import uhashring
@@ -231,6 +239,24 @@ def bench_movement() -> list[dict[str, Any]]:
     return rows
 
 
+def bench_cluster_placement() -> list[dict[str, Any]]:
+    """The scheduler over a flat fleet (one zone, region and cell), as ``ring simulate`` runs it."""
+    rows = []
+    for n in (100, 1000):
+        for change in (1, 10):
+            gc.collect()
+            doc, _ = run_simulation(n, PACKS, VNODES, LOAD_FACTOR, add=change, remove=change, seed=0)
+            t = doc["timings_ms"]
+            rows.append({"nodes": n, "change": change, "place_ms": t["place"], "build_ms": t["build"],
+                         **{k: doc["balance"][k] for k in ("max_over_mean", "min_over_mean")},
+                         "add": {k: doc["add"][k] for k in ("moved", "optimum", "ratio", "between_survivors")},
+                         "add_ms": t["rebalance_add"],
+                         "remove": {k: doc["remove"][k] for k in ("moved", "optimum", "ratio",
+                                                                  "between_survivors")},
+                         "remove_ms": t["rebalance_remove"]})
+    return rows
+
+
 # -- output -----------------------------------------------------------------------------------
 
 
@@ -279,6 +305,20 @@ def render(doc: dict[str, Any]) -> str:
         [[str(r["nodes"]), r["op"], str(r["moved"]), f"{r['optimum']:.1f}",
           "-" if r["ratio"] is None else f"{r['ratio']:.3f}", str(r["between_survivors"]),
           f"{r['rebalance_ms']:.0f}"] for r in doc["movement"]]))
+
+    def ratio(m: dict[str, Any]) -> str:
+        return "-" if m["ratio"] is None else f"{m['ratio']:.3f}"
+
+    parts.append(_table(
+        f"what the cluster runs: the scheduler on {PACKS:,} packs (as ring simulate; one run, "
+        "+A nodes and a rebalance, or A nodes declared down one by one)",
+        ["nodes", "A", "place ms", "max/mean", "min/mean", "add moved", "ratio", "between", "add ms",
+         "remove moved", "ratio", "between", "remove ms"],
+        [[str(r["nodes"]), str(r["change"]), f"{r['place_ms']:.0f}", f"{r['max_over_mean']:.3f}",
+          f"{r['min_over_mean']:.3f}", str(r["add"]["moved"]), ratio(r["add"]),
+          str(r["add"]["between_survivors"]), f"{r['add_ms']:.0f}", str(r["remove"]["moved"]),
+          ratio(r["remove"]), str(r["remove"]["between_survivors"]), f"{r['remove_ms']:.0f}"]
+         for r in doc["cluster"]]))
     return "\n\n".join(parts)
 
 
@@ -295,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "build": bench_build(repeat),
         "balance": bench_balance(),
         "movement": bench_movement(),
+        "cluster": bench_cluster_placement(),
     }
     if args.json:
         print(json.dumps(doc))

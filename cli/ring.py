@@ -1,14 +1,16 @@
 """``canidae ring``: inspect and simulate the consistent-hash ring.
 
-``simulate`` runs entirely in memory on ``canidae.core.ring``: it builds a ring of made-up nodes,
-places made-up packs with bounded loads, then measures balance and how many packs move when
-nodes join or leave. It is the one place that times ring work for users (core never reads a
-clock). ``show``, ``lookup`` and ``rebalance`` ask a running cluster.
+``simulate`` runs entirely in memory, through the cluster's own scheduler
+(``canidae.core.ringsim``): made-up nodes, made-up packs placed with bounded loads, then nodes
+joining (and a rebalance) or leaving (and their packs placed again), exactly as the replicated
+state machine would; it measures balance and how many packs move. It is the one place that times
+placement work for users (core never reads a clock). ``show``, ``lookup`` and ``rebalance`` ask a
+running cluster.
 """
 
 from __future__ import annotations
 
-import random
+import math
 import time
 from typing import Annotated, Any
 
@@ -17,7 +19,8 @@ from canidae.cli.connect import client
 from canidae.cli.output import PACK_METAVAR, JsonOption, StaleOption, console, emit
 from canidae.cli.plans import PlanOption, YesOption, confirm, moves_table, predict_seconds
 from canidae.core.errors import InvalidInput
-from canidae.core.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES, HashRing, place_bounded, rebalance
+from canidae.core.ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES
+from canidae.core.ringsim import RingSim
 from canidae.core.ringstats import balance, load_counts, movement
 from rich.table import Table
 
@@ -37,8 +40,8 @@ def _check(nodes: int, packs: int, vnodes: int, load_factor: float, zones: int, 
         raise InvalidInput(f"--packs must be at least 1, got {packs}")
     if vnodes < 1:
         raise InvalidInput(f"--vnodes must be at least 1, got {vnodes}")
-    if not load_factor > 1:  # also rejects nan
-        raise InvalidInput(f"--load-factor must be greater than 1, got {load_factor}")
+    if not 1 < load_factor < math.inf:  # also rejects nan
+        raise InvalidInput(f"--load-factor must be a finite number greater than 1, got {load_factor}")
     if zones < 1:
         raise InvalidInput(f"--zones must be at least 1, got {zones}")
     if add < 0:
@@ -53,61 +56,57 @@ def simulate_ring(nodes: int, packs: int, vnodes: int = DEFAULT_VNODES,
                   load_factor: float = DEFAULT_LOAD_FACTOR, zones: int = 1, add: int = 0,
                   remove: int = 0, seed: int = 0) -> dict[str, Any]:
     """Run the simulation and return its report (the ``--json`` document)."""
+    report, _ = run_simulation(nodes, packs, vnodes, load_factor, zones, add, remove, seed)
+    return report
+
+
+def run_simulation(nodes: int, packs: int, vnodes: int = DEFAULT_VNODES,
+                   load_factor: float = DEFAULT_LOAD_FACTOR, zones: int = 1, add: int = 0,
+                   remove: int = 0, seed: int = 0) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """The report, and where every pack was after each step (``placed``, ``after_add``,
+    ``after_remove``: pack name -> node id)."""
     _check(nodes, packs, vnodes, load_factor, zones, add, remove)
-    width = max(4, len(str(nodes + add - 1)))
-    ids = [f"n{i:0{width}d}" for i in range(nodes + add)]
-    zone_of = {n: f"z{i % zones}" for i, n in enumerate(ids)}
-    original, joining = ids[:nodes], ids[nodes:]
-    rng = random.Random(seed)
-    # Distinct pack names drawn from the seed.
-    names = [f"pack-{x:012x}" for x in rng.sample(range(1 << 48), packs)]
-    leaving = sorted(random.Random(seed).sample(original, remove))
+    sim = RingSim.build(nodes, packs, vnodes, load_factor, zones, add, remove, seed)
+    original = [n.id for n in sim.nodes]
+    leaving = list(sim.leaving)
 
     t0 = time.perf_counter()
-    ring = HashRing(vnodes)
-    for n in original:
-        ring.add_node(n)
-    ring.build_index()
+    sched = sim.scheduler()
     t1 = time.perf_counter()
-    placed = place_bounded(ring, names, load_factor)
+    placed = sim.place(sched)
     t2 = time.perf_counter()
 
-    # Nodes join: rebalance, then take them out again to get back the original ring.
+    # Nodes join, then a rebalance.
     t3 = time.perf_counter()
-    for n in joining:
-        ring.add_node(n)
-    add_moves = rebalance(ring, placed, load_factor) if joining else []
+    add_moves = sim.join(sched, placed)
     t4 = time.perf_counter()
     after_add = dict(placed)
     for m in add_moves:
         after_add[m.pack] = m.target
-    add_balance = balance(load_counts(after_add, ring.nodes()))
-    for n in joining:
-        ring.remove_node(n)
+    add_balance = balance(load_counts(after_add, original + [n.id for n in sim.joining]))
 
-    # Nodes leave (from the original ring, separately).
+    # Nodes leave, separately: from the original placement, on a scheduler of its own (the
+    # one above has rebalanced onto the newcomers). Laying it out and placing again is untimed.
+    sched = sim.scheduler()
+    sim.place(sched)
     t5 = time.perf_counter()
-    for n in leaving:
-        ring.remove_node(n)
-    remove_moves = rebalance(ring, placed, load_factor) if leaving else []
+    after_remove = sim.leave(sched, placed)
     t6 = time.perf_counter()
-    after_remove = dict(placed)
-    for m in remove_moves:
-        after_remove[m.pack] = m.target
-    remove_balance = balance(load_counts(after_remove, ring.nodes()))
-
     gone = set(leaving)
+    remove_balance = balance(load_counts(after_remove, set(original) - gone))
+
     add_move = movement(placed, after_add, set(original), packs * add / (nodes + add))
     remove_move = movement(placed, after_remove, set(original) - gone,
                            float(sum(1 for n in placed.values() if n in gone)))
     loads = load_counts(placed, original)
+    zone_of = {n.id: n.location.zone for n in sim.nodes}
     zone_packs: dict[str, int] = {}
     zone_nodes: dict[str, int] = {}
     for n in original:
         z = zone_of[n]
         zone_packs[z] = zone_packs.get(z, 0) + loads[n]
         zone_nodes[z] = zone_nodes.get(z, 0) + 1
-    return {
+    report = {
         "nodes": nodes, "packs": packs, "vnodes": vnodes, "load_factor": load_factor,
         "zones": zones, "seed": seed,
         "balance": balance(loads).to_dict(),
@@ -121,6 +120,7 @@ def simulate_ring(nodes: int, packs: int, vnodes: int = DEFAULT_VNODES,
                        "rebalance": _ms((t4 - t3) + (t6 - t5)),
                        "rebalance_add": _ms(t4 - t3), "rebalance_remove": _ms(t6 - t5)},
     }
+    return report, {"placed": placed, "after_add": after_add, "after_remove": after_remove}
 
 
 def _ratio(value: float | None) -> str:
@@ -181,7 +181,8 @@ def simulate(
     seed: Annotated[int, typer.Option("--seed", metavar="S", help="Seed for pack names and leaving nodes.")] = 0,
     json: JsonOption = False,
 ) -> None:
-    """Place packs on an in-memory ring, then report balance, movement on join/leave, and timings."""
+    """Place packs with the cluster's scheduler on an in-memory fleet, then report balance, movement
+    when nodes join (and a rebalance runs) or leave (and their packs are placed again), and timings."""
     report = simulate_ring(nodes, packs, vnodes, load_factor, zones, add, remove, seed)
     emit(report, json, lambda: _render(report))
 
@@ -236,8 +237,8 @@ def lookup(
     name: Annotated[str, typer.Argument(metavar=PACK_METAVAR, help="Pack name to look up.")],
     json: JsonOption = False,
 ) -> None:
-    """Show where NAME lands on the cluster's ring (first choice of the ring of ready nodes), its
-    preference list, and where the pack runs now if it exists."""
+    """Show where the scheduler's rings send NAME (its first choice among ready nodes, loads and
+    capacity aside), the order its placement walk tries nodes in, and where the pack runs now."""
     with client() as c:
         res = c.ring_lookup(name)
     emit(res, json, lambda: console.print(

@@ -679,10 +679,10 @@ complete -c canidae -n '__canidae_at \'canidae policy show\'' -l help -s h -d 'S
 complete -c canidae -n '__canidae_at \'canidae policy show\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 
 # canidae ring
-complete -c canidae -n '__canidae_at \'canidae ring\'' -a lookup -d 'Show where NAME lands on the cluster\'s ring (first choice of the ring of ready nodes), its preference list, and where the pack runs now if it exists'
+complete -c canidae -n '__canidae_at \'canidae ring\'' -a lookup -d 'Show where the scheduler\'s rings send NAME (its first choice among ready nodes, loads and capacity aside), the order its placement walk tries nodes in, and where the pack runs now'
 complete -c canidae -n '__canidae_at \'canidae ring\'' -a rebalance -d 'Move the minimal set of packs onto nodes that joined (sticky bounded-load rebalance)'
 complete -c canidae -n '__canidae_at \'canidae ring\'' -a show -d 'Show the cluster\'s ring'
-complete -c canidae -n '__canidae_at \'canidae ring\'' -a simulate -d 'Place packs on an in-memory ring, then report balance, movement on join/leave, and timings'
+complete -c canidae -n '__canidae_at \'canidae ring\'' -a simulate -d 'Place packs with the cluster\'s scheduler on an in-memory fleet, then report balance, movement when nodes join (and a rebalance runs) or leave (and their packs are placed again), and timings'
 complete -c canidae -n '__canidae_at \'canidae ring\'' -l help -s h -d 'Show this message and exit'
 
 # canidae ring lookup

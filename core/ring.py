@@ -1,5 +1,5 @@
 """The consistent-hash ring of nodes: key hashing, the weighted virtual-node layout, lookups,
-preference lists, placement with bounded loads, sticky rebalancing and zone-aware replicas.
+preference lists and zone-aware replicas.
 
 This module owns where a key (a pack name) lands given only the set of node ids and their
 weights. It knows nothing else about nodes: capacity, state and constraints are the scheduler's.
@@ -15,30 +15,27 @@ plus one sentinel copy of the first owner at the end, so ``bisect_left`` returni
 ``len(points)`` wraps to the first point without a modulo on the hot path). Membership changes
 are recorded at once and merged into the lists by the next read: one node is merged in
 O(points) with slice copies (no full rebuild), and many nodes added in a row cost one sort. The
-lists are replaced, never mutated in place, so a running ``preference`` walk keeps a consistent
-snapshot. Bulk lookups (and single ones, once it exists) go through a bucket index over the
-circle (``HashRing._index``): built by the first bulk call, then patched by each merge.
+lists are replaced, never mutated in place, so a snapshot of them stays consistent.
 
-Bounded loads. ``place_bounded`` and ``rebalance`` cap every node at
-``ceil(load_factor * total * weight / total_weight)`` keys (Mirrokni, Thorup, Zadimoghaddam,
-"Consistent Hashing with Bounded Loads"); a key on a full node walks clockwise to the next
-node with room.
+Reads. ``index()`` hands out a ``core.ringindex.RingIndex``, the layout frozen with a bucket
+index: every walk over the ring (``preference``, the scheduler's, the bounded-load walks of
+``core.ringbounded``) goes through it. Bulk lookups (``lookup_many``, ``lookup_hashes``, and
+``lookup`` once it exists) go through a second table tuned for ``map`` over many keys
+(``HashRing._index``): built by the first bulk call, then patched by each merge rather than
+rebuilt, which matters to a ring of 300,000 points changing one node at a time.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from bisect import bisect_left
-from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from fractions import Fraction
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain, compress, repeat
 from operator import add, is_, rshift
 
 import xxhash
 from canidae.core.errors import InvalidInput, NoCapacity, NotFound
-from canidae.core.types import Migration
+from canidae.core.ringindex import RingIndex
 
 HASH_BITS = 64
 HASH_SPACE = 1 << HASH_BITS
@@ -51,9 +48,6 @@ MAX_VNODES_PER_NODE = 1 << 20
 # more, fewer keys need a bisection but the table leaves the CPU caches.
 _BUCKETS_PER_POINT = 4
 
-REASON_NODE_LEFT = "node-left"
-REASON_REBALANCE = "rebalance"
-
 _xxh64 = xxhash.xxh64_intdigest
 _encode = str.encode
 
@@ -61,6 +55,11 @@ _encode = str.encode
 def key_hash(key: str) -> int:
     """The 64-bit position of ``key`` on the ring: xxh64 of its UTF-8 bytes, seed 0."""
     return _xxh64(key.encode())
+
+
+def key_hashes(keys: Sequence[str]) -> list[int]:
+    """``[key_hash(k) for k in keys]``, hashed in C by ``map``."""
+    return list(map(_xxh64, map(_encode, keys)))
 
 
 # b"#0", b"#1", ...: the decimal index after the last '#' makes the labels of different nodes
@@ -90,16 +89,6 @@ def _check_weight(node_id: str, weight: object) -> float:
     return w
 
 
-def _check_load_factor(load_factor: object) -> Fraction:
-    if isinstance(load_factor, bool) or not isinstance(load_factor, (int, float)):
-        raise InvalidInput(f"load factor must be a number greater than 1, got {load_factor!r}")
-    if not (math.isfinite(load_factor) and load_factor > 1):
-        raise InvalidInput(f"load factor must be greater than 1, got {load_factor!r}")
-    # The decimal the user wrote (1.1 is 11/10), not the binary float just above it: with the
-    # float, ceil(1.1 * 100) would be 111.
-    return Fraction(repr(float(load_factor)))
-
-
 class HashRing:
     """A consistent-hash ring of weighted nodes with ``vnodes`` points per unit of weight."""
 
@@ -113,6 +102,7 @@ class HashRing:
         "_points",
         "_removed",
         "_shift",
+        "_snapshot",
         "_span",
         "_stale",
         "_table",
@@ -139,6 +129,7 @@ class HashRing:
         self._span = 0
         self._padded: list[int] = []           # the index's sorted runs of points, see _index
         self._padded_owners: list[str] = []    # their owners, aligned
+        self._snapshot: RingIndex | None = None  # index() of the current lists, once asked for
 
     # -- membership -------------------------------------------------------------------------
 
@@ -217,8 +208,9 @@ class HashRing:
     def _arrays(self) -> tuple[list[int], list[str]]:
         """The merged ``(points, owners)``; ``owners`` carries the wrap-around sentinel.
 
-        ``core.scheduler`` walks these directly: both lists are sorted by (position, node id),
-        ``len(owners) == len(points) + 1``, and they are replaced, never mutated, by a change.
+        Both lists are sorted by (position, node id), ``len(owners) == len(points) + 1``, and
+        they are replaced, never mutated, by a change. Outside this class, read them through
+        ``index()``.
         """
         if self._stale:
             self._merge()
@@ -249,6 +241,7 @@ class HashRing:
         if owners:
             owners.append(owners[0])
         self._points, self._owners = points, owners
+        self._snapshot = None
         self._stale = False
         if self._table is not None and not self._patch(changed, old_first):
             self._table = None
@@ -451,10 +444,15 @@ class HashRing:
 
     def lookup_hash(self, h: int) -> str:
         """The owner of ring position ``h`` (``lookup`` of a key whose hash is known)."""
+        return self.index().owner(h)
+
+    def index(self) -> RingIndex:
+        """The current layout as a ``RingIndex`` (kept until the membership next changes)."""
         points, owners = self._arrays()
-        if not owners:
-            raise NoCapacity("the ring has no nodes")
-        return owners[bisect_left(points, h)]
+        snap = self._snapshot
+        if snap is None:
+            snap = self._snapshot = RingIndex(points, owners, len(self._merged))
+        return snap
 
     def lookup_many(self, keys: Sequence[str]) -> list[str]:
         """``[lookup(k) for k in keys]``, with hashing and bisection done in C by ``map``."""
@@ -462,6 +460,13 @@ class HashRing:
         if not owners:
             raise NoCapacity("the ring has no nodes")
         return self._owners_of(list(map(_xxh64, map(_encode, keys))))
+
+    def lookup_hashes(self, hashes: list[int]) -> list[str]:
+        """``[lookup_hash(h) for h in hashes]``, in bulk like ``lookup_many``."""
+        _, owners = self._arrays()
+        if not owners:
+            raise NoCapacity("the ring has no nodes")
+        return self._owners_of(hashes)
 
     def build_index(self) -> None:
         """Merge pending changes and build the bulk-lookup index now rather than at first use."""
@@ -471,10 +476,10 @@ class HashRing:
 
     def preference(self, key: str) -> Iterator[str]:
         """Distinct node ids in clockwise order from ``key``'s position, each once, all of them."""
-        points, owners = self._arrays()
-        if not owners:
+        idx = self.index()
+        if not len(idx):
             raise NoCapacity("the ring has no nodes")
-        return _walk(points, owners, len(self._merged), bisect_left(points, key_hash(key)))
+        return idx.walk(key_hash(key))
 
     def ownership(self) -> dict[str, float]:
         """Each node's share of the hash space (the shares sum to 1), by node id."""
@@ -487,277 +492,6 @@ class HashRing:
             arcs[n] += p - prev
             prev = p
         return {n: a / HASH_SPACE for n, a in arcs.items()}
-
-
-def _walk(points: list[int], owners: list[str], distinct: int, start: int) -> Iterator[str]:
-    size = len(points)
-    start %= size
-    seen: set[str] = set()
-    for i in chain(range(start, size), range(start)):
-        n = owners[i]
-        if n not in seen:
-            seen.add(n)
-            yield n
-            if len(seen) == distinct:
-                return
-
-
-# -- bounded loads ----------------------------------------------------------------------------
-
-
-def _exact_weights(ring: HashRing) -> tuple[dict[str, Fraction], Fraction]:
-    # Weights as the decimals they print as, so caps are exact and independent of summation order.
-    exact: dict[float, Fraction] = {}
-    per_node: dict[str, Fraction] = {}
-    for n in ring.nodes():
-        w = ring.weight(n)
-        f = exact.get(w)
-        if f is None:
-            f = exact[w] = Fraction(repr(w))
-        per_node[n] = f
-    total = sum((f * c for f, c in Counter(per_node.values()).items()), Fraction(0))
-    return per_node, total
-
-
-def bounded_caps(ring: HashRing, total: int, load_factor: float = DEFAULT_LOAD_FACTOR) -> dict[str, int]:
-    """Per-node cap ``ceil(load_factor * total * weight / total_weight)``, by node id."""
-    c = _check_load_factor(load_factor)
-    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
-        raise InvalidInput(f"total must be a non-negative integer, got {total!r}")
-    per_node, total_weight = _exact_weights(ring)
-    by_weight: dict[Fraction, int] = {}
-    caps: dict[str, int] = {}
-    for n, w in per_node.items():
-        cap = by_weight.get(w)
-        if cap is None:
-            cap = by_weight[w] = math.ceil(c * total * w / total_weight)
-        caps[n] = cap
-    return caps
-
-
-def place_bounded(
-    ring: HashRing,
-    keys: Sequence[str],
-    load_factor: float = DEFAULT_LOAD_FACTOR,
-    loads: Mapping[str, int] | None = None,
-) -> dict[str, str]:
-    """Place distinct ``keys`` with consistent hashing and bounded loads (Mirrokni et al.).
-
-    Caps are ``bounded_caps`` over the existing ``loads`` (of nodes on the ring) plus
-    ``len(keys)``. Two rounds, both in the given key order: first every node accepts the keys
-    whose first choice it is until it reaches its cap; then each key left over walks the ring
-    clockwise (its preference list) and takes the first node still under its cap. Serving first
-    choices before overflow keeps more keys on their first choice than a single pass would, and
-    lets the bulk of the work run in C; the result is deterministic for a given key order.
-    """
-    keys = keys if isinstance(keys, list) else list(keys)
-    if not keys:
-        return {}
-    points, owners = ring._arrays()
-    if not owners:
-        raise NoCapacity("the ring has no nodes")
-    base: dict[str, int] = {}
-    if loads:
-        for n in ring.nodes():
-            v = loads.get(n, 0)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise InvalidInput(f"load of node {n!r} must be a non-negative integer, got {v!r}")
-            if v:
-                base[n] = v
-    caps = bounded_caps(ring, sum(base.values()) + len(keys), load_factor)
-    room = {n: cap - base.get(n, 0) for n, cap in caps.items()}
-
-    hashes = list(map(_xxh64, map(_encode, keys)))
-    chosen = ring._owners_of(hashes)
-    demand = Counter(chosen)
-    full = {n for n, d in demand.items() if d > room[n]}
-    if full:
-        for n, d in demand.items():
-            room[n] = max(0, room[n]) if n in full else room[n] - d
-        spill: list[int] = []
-        for i in compress(range(len(chosen)), map(full.__contains__, chosen)):
-            n = chosen[i]
-            if room[n] > 0:
-                room[n] -= 1
-            else:
-                spill.append(i)
-        for i in spill:
-            target = _first_with_room(points, owners, bisect_left(points, hashes[i]), room)
-            if target is None:  # pragma: no cover - caps sum to more than the keys, so a node has room
-                raise NoCapacity("bounded loads left no room on the ring")
-            room[target] -= 1
-            chosen[i] = target
-    placed = dict(zip(keys, chosen))
-    if len(placed) != len(keys):
-        raise InvalidInput("place_bounded: keys must be distinct")
-    return placed
-
-
-def _first_with_room(
-    points: list[int], owners: list[str], slot: int, room: Mapping[str, int],
-    allowed: Collection[str] | None = None,
-) -> str | None:
-    """The first node clockwise from ``slot`` (inclusive) with room (and in ``allowed``)."""
-    size = len(points)
-    j = slot % size
-    for _ in range(size):
-        n = owners[j]
-        if room[n] > 0 and (allowed is None or n in allowed):
-            return n
-        j += 1
-        if j == size:
-            j = 0
-    return None
-
-
-def _met_before(points: list[int], owners: list[str], slot: int, stop: str,
-                wanted: Collection[str]) -> list[str]:
-    """Nodes of ``wanted`` met clockwise from ``slot`` before ``stop``, in that order."""
-    size = len(points)
-    j = slot % size
-    met: list[str] = []
-    for _ in range(size):
-        n = owners[j]
-        if n == stop:
-            break
-        if n in wanted and n not in met:
-            met.append(n)
-        j += 1
-        if j == size:
-            j = 0
-    return met
-
-
-def rebalance(
-    ring: HashRing,
-    assignment: Mapping[str, str],
-    load_factor: float = DEFAULT_LOAD_FACTOR,
-    joined: Collection[str] | None = None,
-) -> list[Migration]:
-    """The sticky moves that bring ``assignment`` (key -> node) in line with ``ring``.
-
-    * Keys on nodes no longer on the ring move (``node-left``), each to the first node clockwise
-      from it with room under its cap.
-    * Keys stay where they are unless their node is gone or over its new cap; a node over its cap
-      sheds the excess (``rebalance``), keys whose first choice is now elsewhere first, to the
-      first newcomer with room clockwise from each key.
-    * Nodes that joined (``joined``; by default the ring's nodes holding no key) are brought up to
-      their fair share ``floor(K * weight / total_weight)`` (``rebalance``), taking only keys
-      whose preference now puts the newcomer before their current node, from the most loaded
-      donors first. A newcomer whose arcs attract fewer keys stays below its share.
-
-    Keys never move between two nodes that were there before and are still there, except when a
-    node is over its cap and no newcomer has room. Caps are ``bounded_caps(ring, len(assignment),
-    load_factor)``. Keys are considered in sorted order, so the result does not depend on the
-    mapping's order; it is sorted by key and each key moves at most once.
-    """
-    caps = bounded_caps(ring, len(assignment), load_factor)
-    if not assignment:
-        return []
-    points, owners = ring._arrays()
-    if not owners:
-        raise NoCapacity("the ring has no nodes")
-    # Keys are handled by position in the mapping's order, which may be anything; wherever the
-    # order matters (who moves first, who is taken), candidates are sorted by key.
-    keys = list(assignment)
-    by_key = keys.__getitem__
-    current = list(assignment.values())
-    hashes = list(map(_xxh64, map(_encode, keys)))
-    first = ring._owners_of(hashes)
-    everyone = range(len(keys))
-
-    counted = Counter(current)
-    loads = {n: counted.get(n, 0) for n in caps}
-    room = {n: caps[n] - loads[n] for n in caps}
-    if joined is None:
-        newcomers = {n for n in caps if n not in counted}
-    else:
-        newcomers = {n for n in joined if n in caps}
-    moves: dict[int, tuple[str, str, str]] = {}
-
-    def move(i: int, target: str, reason: str) -> None:
-        source = current[i]
-        if source in room:
-            room[source] += 1
-            loads[source] -= 1
-        room[target] -= 1
-        loads[target] += 1
-        moves[i] = (source, target, reason)
-        current[i] = target
-
-    def place(i: int, allowed: Collection[str] | None, reason: str) -> None:
-        target = _first_with_room(points, owners, bisect_left(points, hashes[i]), room, allowed)
-        if target is None:  # pragma: no cover - caps sum to more than the keys, so a node has room
-            raise NoCapacity("bounded loads left no room on the ring")
-        move(i, target, reason)
-
-    # 1. Keys whose node left the ring.
-    for i in sorted([i for i in everyone if current[i] not in caps], key=by_key):
-        place(i, None, REASON_NODE_LEFT)
-
-    # 2. Nodes over their (new) cap shed the excess, to a newcomer when one has room.
-    over = sorted(n for n in caps if room[n] < 0)
-    if over:
-        held: dict[str, list[int]] = {n: [] for n in over}
-        for i in compress(everyone, map(held.__contains__, current)):
-            held[current[i]].append(i)
-        for n in over:
-            # Keys whose first choice is now another node go first; then by key.
-            stays_first = [first[i] == n for i in held[n]]
-            ranked = [i for _, _, i in sorted(zip(stays_first, map(by_key, held[n]), held[n]))]
-            for i in ranked[: -room[n]]:
-                fits = [m for m in newcomers if room[m] > 0]
-                place(i, fits or None, REASON_REBALANCE)
-
-    # 3. Newcomers up to their fair share, from keys that now prefer them.
-    per_node, total_weight = _exact_weights(ring)
-    need = {y: min(caps[y], math.floor(len(keys) * per_node[y] / total_weight)) - loads[y]
-            for y in newcomers}
-    hungry = {y for y, k in need.items() if k > 0}
-    if hungry:
-        # Tier 1: keys whose first choice is now the newcomer.
-        tier1: dict[str, list[int]] = {y: [] for y in hungry}
-        for i in compress(everyone, map(hungry.__contains__, first)):
-            if i not in moves and current[i] not in newcomers:
-                tier1[first[i]].append(i)
-        for y in sorted(hungry):
-            tier1[y].sort(key=by_key)
-            need[y] -= _take(tier1[y], need[y], y, current, loads, moves, move)
-        hungry = {y for y in hungry if need[y] > 0}
-    if hungry:
-        # Tier 2: keys that overflowed past their first choice and meet the newcomer before
-        # the node they are on.
-        tier2: dict[str, list[int]] = {y: [] for y in hungry}
-        for i in compress(everyone, map(str.__ne__, current, first)):
-            n = current[i]
-            if i in moves or n in newcomers:
-                continue
-            for y in _met_before(points, owners, bisect_left(points, hashes[i]), n, hungry):
-                tier2[y].append(i)
-        for y in sorted(hungry):
-            tier2[y].sort(key=by_key)
-            _take(tier2[y], need[y], y, current, loads, moves, move)
-
-    return [Migration(keys[i], *moves[i]) for i in sorted(moves, key=by_key)]
-
-
-def _take(candidates: list[int], need: int, target: str, current: list[str], loads: Mapping[str, int],
-          moves: Mapping[int, object], move: Callable[[int, str, str], None]) -> int:
-    """Move up to ``need`` of ``candidates`` to ``target``, always from the most loaded donor."""
-    by_donor: dict[str, list[int]] = {}
-    for i in candidates:  # in key order, so each donor's list is too
-        if i not in moves:
-            by_donor.setdefault(current[i], []).append(i)
-    heap = [(-loads[d], d, 0) for d in by_donor]
-    heapq.heapify(heap)
-    taken = 0
-    while heap and taken < need:
-        _, d, k = heapq.heappop(heap)
-        move(by_donor[d][k], target, REASON_REBALANCE)
-        taken += 1
-        if k + 1 < len(by_donor[d]):
-            heapq.heappush(heap, (-loads[d], d, k + 1))
-    return taken
 
 
 # -- replicas ---------------------------------------------------------------------------------
@@ -789,13 +523,9 @@ __all__ = [
     "DEFAULT_VNODES",
     "HASH_BITS",
     "HASH_SPACE",
-    "REASON_NODE_LEFT",
-    "REASON_REBALANCE",
     "HashRing",
-    "bounded_caps",
     "key_hash",
-    "place_bounded",
-    "rebalance",
+    "key_hashes",
     "replicas",
     "vnode_positions",
 ]

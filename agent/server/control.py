@@ -44,7 +44,8 @@ from canidae.core.commands import (
 )
 from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound, WrongState
 from canidae.core.metrics import NodeSummary, aggregate, render_rows
-from canidae.core.ring import HashRing, bounded_caps
+from canidae.core.ring import HashRing
+from canidae.core.ringbounded import bounded_caps
 from canidae.core.sampling import sample_rate
 from canidae.core.scheduler import UNPLACED_KINDS, unplaced_kind
 from canidae.core.state import HOLDING, ClusterState, PackRecord, running_digest
@@ -644,6 +645,8 @@ class Convergence:
 
 
 def live_ring(st: ClusterState) -> HashRing:
+    """The READY nodes at their weights, for their virtual-node counts and bounded caps (shares
+    and lookups come from the scheduler's own rings)."""
     ring = HashRing(vnodes=st.vnodes)
     for n in st.iter_nodes():
         if n.state is NodeState.READY:
@@ -652,10 +655,11 @@ def live_ring(st: ClusterState) -> HashRing:
 
 
 def ring_view(st: ClusterState) -> dict[str, Any]:
-    """The ring of READY nodes: share of the hash space, virtual nodes, packs against the bounded cap."""
+    """The ring of READY nodes: share of the hash space (as the scheduler's rings split it, level
+    by level), virtual nodes, packs against the bounded cap."""
     ring = live_ring(st)
     total = sum(st.node_usage(n).packs for n in st.nodes)
-    share = ring.ownership() if len(ring) else {}
+    share = st.scheduler.shares()
     caps = bounded_caps(ring, max(total, 1), st.load_factor) if len(ring) else {}
     nodes = []
     for n in st.iter_nodes():
@@ -667,15 +671,10 @@ def ring_view(st: ClusterState) -> dict[str, Any]:
 
 
 def dry_place(st: ClusterState, name: str) -> tuple[str | None, list[str]]:
-    ring = live_ring(st)
-    if not len(ring):
-        return None, []
-    pref = []
-    for node in ring.preference(name):
-        pref.append(node)
-        if len(pref) >= 10:
-            break
-    return ring.lookup(name), pref
+    """Where the scheduler's rings send an unpinned pack called ``name`` (loads and capacity
+    aside), and the first ten READY nodes in the order its placement walk would try them."""
+    pref = st.scheduler.preference(name, limit=10)
+    return (pref[0] if pref else None), pref
 
 
 __all__ = ["ControlPlane", "dry_place", "now_ms", "ring_view"]

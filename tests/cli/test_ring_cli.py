@@ -79,6 +79,8 @@ def test_simulate_human_output() -> None:
     ["--nodes", "5", "--packs", "0"],
     ["--nodes", "5", "--packs", "10", "--load-factor", "1.0"],
     ["--nodes", "5", "--packs", "10", "--load-factor", "0.5"],
+    ["--nodes", "5", "--packs", "10", "--load-factor", "inf"],
+    ["--nodes", "5", "--packs", "10", "--load-factor", "nan"],
     ["--nodes", "5", "--packs", "10", "--remove", "5"],
     ["--nodes", "5", "--packs", "10", "--remove", "9"],
     ["--nodes", "5", "--packs", "10", "--vnodes", "0"],

@@ -6,6 +6,7 @@ import math
 from collections import Counter
 
 import pytest
+
 from canidae.core.errors import InvalidInput, NoCapacity, NotFound
 from canidae.core.scheduler import Scheduler, require_placed
 from canidae.core.topology import build_nodes
@@ -455,3 +456,45 @@ def test_unplaced_reasons_are_counted_under_one_kind_each():
     for reason, kind in cases.items():
         assert unplaced_kind(reason) == kind, reason
         assert kind in UNPLACED_KINDS
+
+
+def test_preference_is_the_order_placement_walks_and_starts_at_the_first_choice() -> None:
+    nodes = build_nodes(3, 2, 2, 24, Resources(1000, 1000, 100))
+    down = nodes[5]
+
+    def fleet() -> Scheduler:
+        s = Scheduler(load_factor=1.25, vnodes=32)
+        for n in nodes:
+            s.add_node(n)
+        s.update_node(Node(down.id, down.location, down.capacity, down.weight, NodeState.DOWN))
+        return s
+
+    s = fleet()
+    for i in range(40):
+        name = f"solo-{i}"
+        pref = s.preference(name)
+        assert sorted(pref) == sorted(n.id for n in nodes if n.id != down.id)  # every READY node once
+        assert s.preference(name, limit=4) == pref[:4]
+        # On an empty fleet a pack goes to the rings' first choice...
+        assert fleet().place([PackSpec(name)], seed=0).placements[0].node == pref[0]
+        # ...and, that one excluded, to the next node of the walk.
+        assert fleet().place([PackSpec(name)], seed=0, exclude=frozenset(pref[:1])).placements[0].node == pref[1]
+    assert Scheduler().preference("anything") == []
+
+
+def test_shares_split_the_hash_space_level_by_level() -> None:
+    nodes = build_nodes(3, 2, 2, 24, Resources(1000, 1000, 100))
+    s = Scheduler(load_factor=1.25, vnodes=64)
+    for n in nodes:
+        s.add_node(n)
+    down = nodes[0]
+    s.update_node(Node(down.id, down.location, down.capacity, down.weight, NodeState.DOWN))
+    shares = s.shares()
+    assert sorted(shares) == sorted(n.id for n in nodes if n.id != down.id)
+    assert math.isclose(sum(shares.values()), 1.0)
+    assert all(0.01 < v < 0.1 for v in shares.values())  # 23 nodes of equal weight, near 1/23
+    # The share is where first choices go: on an empty fleet, many packs land in proportion.
+    counts = Counter(s.preference(f"k{i}", limit=1)[0] for i in range(20_000))
+    for nid, v in shares.items():
+        assert abs(counts[nid] / 20_000 - v) < 0.01
+    assert Scheduler().shares() == {}
