@@ -227,35 +227,18 @@ def _last_output(c: Any, name: str, member: int) -> str:
 
 
 def _wait_started(c: Any, names: list[str], timeout: float) -> dict[str, dict[str, Any]]:
-    """Poll until every pack runs, failed or already ended; a short interval first, so that the
-    startup time printed is the pack's, not the poll's."""
-    t0 = time.monotonic()
-    left = set(names)
-    seen: dict[str, dict[str, Any]] = {}
-    while left:
-        for n in sorted(left):
-            p = c.pack(n, stale=True)
-            if p["state"] in ("running", "failed", "stopped"):
-                seen[n] = p
-                left.discard(n)
-        if not left:
-            break
-        waited = time.monotonic() - t0
-        if waited >= timeout:
-            raise Timeout(f"{len(left)} pack(s) not running after {timeout:g} s (e.g. {sorted(left)[0]})")
-        time.sleep(0.002 if waited < 0.5 else 0.02)
-    return seen
+    """Wait until every pack runs, failed or already ended (blocking reads: the startup time printed
+    is the pack's, not a poll interval's)."""
+    return c.wait_packs(names, lambda p: p["state"] in ("running", "failed", "stopped"),  # type: ignore[no-any-return]
+                        timeout)
 
 
 def _wait_bulk(c: Any, prefix: str, n: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        page = c.packs(state="placed", limit=1, stale=True)
-        if not page["packs"]:
-            return
-        if time.monotonic() > deadline:
-            raise Timeout(f"packs of {prefix} still not running after {timeout:g} s")
-        time.sleep(0.05)
+    """Wait until no pack is placed and not yet running (blocking reads of the pack list)."""
+    got = c.watch(lambda index, wait: c.packs(state="placed", limit=1, index=index, wait=wait),
+                  lambda page: not page["packs"], time.monotonic() + timeout)
+    if got is None:
+        raise Timeout(f"packs of {prefix} still not running after {timeout:g} s")
 
 
 class StateFilter(str, Enum):
@@ -410,18 +393,7 @@ def pack_show(pack_name: PackArg, stale: StaleOption = False, json: JsonOption =
 
 
 def _wait_ended(c: Any, names: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    left = set(names)
-    while left:
-        for n in sorted(left):
-            if c.pack(n, stale=True)["state"] in ENDED:
-                left.discard(n)
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            raise Timeout(f"pack {sorted(left)[0]} not stopped after {timeout:g} s"
-                          + (f" (and {len(left) - 1} more)" if len(left) > 1 else ""))
-        time.sleep(0.02)
+    c.wait_packs(names, lambda p: p["state"] in ENDED, timeout, what="not stopped")
 
 
 @app.command("stop")
@@ -431,7 +403,6 @@ def pack_stop(pack_name: PackArg, wait: WaitOption = True, timeout: TimeoutOptio
     with client() as c:
         result = c.pack_action(pack_name, "stop")
         if wait:
-            c.wait_running([pack_name], timeout)  # returns on running, stopped or failed
             _wait_ended(c, [pack_name], timeout)
     emit(result, json, lambda: console.print(f"pack {pack_name} stopped" if wait else f"pack {pack_name} stopping"))
 

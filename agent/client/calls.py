@@ -15,7 +15,7 @@ import os
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +26,7 @@ from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, No
 from canidae.core.types import validate_name
 
 DEFAULT_CONFIG = os.path.join("~", ".config", "canidae", "config.toml")
+MAX_WAIT_S = 60  # the longest blocking read a server takes (``?index=N&wait=S``)
 
 
 @dataclass(frozen=True)
@@ -177,9 +178,11 @@ class Client:
         return self.request("POST", "/v1/packs", json=body, retry_for=retry_for)  # type: ignore[no-any-return]
 
     def packs(self, *, node: str | None = None, state: str | None = None, after: str | None = None,
-              limit: int = 1000, stale: bool = False, total: bool = False) -> dict[str, Any]:
-        """A page of packs. ``total``: also count every pack matching the filters (a walk over all
-        packs when filtered: leave it off when polling)."""
+              limit: int = 1000, stale: bool = False, total: bool = False, index: int | None = None,
+              wait: float = 0.0) -> dict[str, Any]:
+        """A page of packs and the list's modify ``index``. ``total``: also count every pack
+        matching the filters (a walk over all packs when filtered: leave it off when polling).
+        ``index``: a blocking read, answered once the list's index is above it (see ``watch``)."""
         params: dict[str, Any] = {"limit": limit, "total": 1 if total else 0}
         if node:
             params["node"] = node
@@ -189,7 +192,7 @@ class Client:
             params["after"] = after
         if stale:
             params["stale"] = 1
-        return self.request("GET", "/v1/packs", params=params)  # type: ignore[no-any-return]
+        return self._read("/v1/packs", params, index, wait)
 
     def iter_packs(self, **kw: Any) -> Iterator[dict[str, Any]]:
         after = None
@@ -201,7 +204,12 @@ class Client:
                 return
 
     def pack(self, name: str, stale: bool = False) -> dict[str, Any]:
-        return self.request("GET", f"/v1/packs/{segment('pack', name)}", params={"stale": 1} if stale else None)["pack"]  # type: ignore[no-any-return]
+        return self.pack_read(name, stale=stale)["pack"]  # type: ignore[no-any-return]
+
+    def pack_read(self, name: str, *, stale: bool = False, index: int | None = None, wait: float = 0.0
+                  ) -> dict[str, Any]:
+        """``{"pack", "index"}``: a pack and its modify index; with ``index``, a blocking read."""
+        return self._read(f"/v1/packs/{segment('pack', name)}", {"stale": 1} if stale else {}, index, wait)
 
     def pack_action(self, name: str, action: str, *, keep_pending: bool = True) -> dict[str, Any]:
         body: dict[str, Any] = {"request_id": uuid.uuid4().hex}
@@ -226,33 +234,58 @@ class Client:
     def ring_lookup(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/ring/lookup/{segment('pack', name)}")  # type: ignore[no-any-return]
 
+    def _read(self, path: str, params: dict[str, Any], index: int | None, wait: float) -> dict[str, Any]:
+        if index is not None:
+            # Whole seconds, at most what the server takes; the answer may take that long.
+            wait_s = max(0, min(MAX_WAIT_S, int(wait)))
+            params = {**params, "index": index, "wait": wait_s}
+            return self.request("GET", path, params=params, timeout=wait_s + 10.0)  # type: ignore[no-any-return]
+        return self.request("GET", path, params=params or None)  # type: ignore[no-any-return]
+
+    def watch(self, read: Callable[[int | None, float], dict[str, Any]], done: Callable[[dict[str, Any]], bool],
+              deadline: float) -> dict[str, Any] | None:
+        """The one wait of the client on the cluster's state: blocking reads (``read(index, wait)``
+        answers once the modify index is above ``index``, or after ``wait`` seconds) until
+        ``done(answer)``; the answer, or None once ``deadline`` (monotonic) has passed.
+
+        No polling: each read parks on the server until the state changes. An index that went
+        backwards (another agent, a replica behind) starts over from a plain read.
+        """
+        answer = read(None, 0.0)
+        while not done(answer):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            index = answer["index"]
+            # A blocking read of at least a second: whole seconds are what the server takes.
+            nxt = read(index, max(1.0, min(left, MAX_WAIT_S)))
+            answer = read(None, 0.0) if nxt["index"] < index else nxt
+        return answer
+
+    def wait_packs(self, names: list[str], done: Callable[[dict[str, Any]], bool], timeout: float,
+                   what: str = "not running") -> dict[str, dict[str, Any]]:
+        """Wait until ``done(pack)`` holds for every named pack (blocking reads, one pack at a time:
+        the whole wait takes as long as the slowest pack). ``Timeout`` after ``timeout`` seconds;
+        ``NotFound`` if a pack is deleted meanwhile."""
+        deadline = time.monotonic() + timeout
+        seen: dict[str, dict[str, Any]] = {}
+        for i, name in enumerate(names):
+            def read(index: int | None, wait: float, name: str = name) -> dict[str, Any]:
+                return self.pack_read(name, index=index, wait=wait)
+            got = self.watch(read, lambda a: done(a["pack"]), deadline)
+            if got is None:
+                left = len(names) - i
+                raise Timeout(f"{left} pack(s) {what} after {timeout:g} s (e.g. {name})")
+            seen[name] = got["pack"]
+        return seen
+
     def wait_running(self, names: list[str], timeout: float,
                      generations: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
-        """Poll until every named pack runs (or fails); Timeout when the deadline passes.
-
-        Reads are cheap local reads of whichever agent answers, which may lag the leader by a
-        moment: a pack not there yet, or still at an older placement ``generation``, is waited for.
-        """
-        deadline = time.monotonic() + timeout
-        left = set(names)
-        seen: dict[str, dict[str, Any]] = {}
-        while left:
-            for name in sorted(left):
-                try:
-                    p = self.pack(name, stale=True)
-                except NotFound:
-                    continue
-                if generations and p["generation"] < generations.get(name, 0):
-                    continue
-                if p["state"] in ("running", "failed", "stopped"):
-                    seen[name] = p
-                    left.discard(name)
-            if not left:
-                break
-            if time.monotonic() >= deadline:
-                raise Timeout(f"{len(left)} pack(s) not running after {timeout:g} s (e.g. {sorted(left)[0]})")
-            time.sleep(0.01)
-        return seen
+        """Wait until every named pack runs (or has failed or stopped), at its placement
+        ``generation`` or a newer one when ``generations`` names it; ``Timeout`` at the deadline."""
+        gens = generations or {}
+        return self.wait_packs(names, lambda p: p["generation"] >= gens.get(p["name"], 0)
+                               and p["state"] in ("running", "failed", "stopped"), timeout)
 
     # ------------------------------------------------------------ metrics
 
