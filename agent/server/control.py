@@ -77,6 +77,7 @@ class ControlPlane:
         self.convergence = Convergence()
         self.summaries: dict[str, NodeSummary] = {}  # the latest metrics summary of each node
         self._keyring: Keyring | None = None
+        self.blocked_reads = 0  # blocking pack reads parked right now, waiting for a change
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -191,6 +192,8 @@ class ControlPlane:
             Reading("raft_apply_seconds", "counter", "Time spent applying log entries to the state.",
                     self.replica.apply_seconds),
         ]
+        out.append(Reading("blocking_reads_waiting", "gauge", "Blocking pack reads (?index=N&wait=S) parked "
+                           "on this server, waiting for a change.", self.blocked_reads))
         if self.proposer is not None:
             out += [Reading("group_commit_batches", "counter", "Log entries proposed by group commit.",
                             self.proposer.batches),
@@ -333,7 +336,7 @@ class ControlPlane:
                                                         crashlooping=crashlooping, count=count)
                     return {"packs": [r.view() for r in page], "next": cursor, "total": total,
                             "index": st.packs_index}
-            await self._next_apply(deadline)
+            await self._parked(deadline)
 
     async def show_pack(self, name: str, stale: bool, index: int | None = None, wait: float = 0.0
                         ) -> dict[str, Any]:
@@ -347,7 +350,15 @@ class ControlPlane:
                 rec = self.replica.state.get_pack(name)
                 if index is None or rec.index > index or time.monotonic() >= deadline:
                     return {"pack": rec.view(), "index": rec.index}
+            await self._parked(deadline)
+
+    async def _parked(self, deadline: float) -> None:
+        """``_next_apply`` for a blocking pack read, counted in ``blocked_reads`` while it waits."""
+        self.blocked_reads += 1
+        try:
             await self._next_apply(deadline)
+        finally:
+            self.blocked_reads -= 1
 
     async def pack_action(self, name: str, action: str, rid: str, keep_pending: bool = True,
                           by: str = "api") -> dict[str, Any]:
