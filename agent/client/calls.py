@@ -14,25 +14,26 @@ from __future__ import annotations
 import os
 import time
 import tomllib
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
-import httpx
-
-from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, Timeout, Unavailable
-from canidae.core.types import validate_name
+from canidae.agent.client.http11 import Answer, Connections
+from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, Timeout, Unavailable
+from canidae.core.names import validate_name
 
 DEFAULT_CONFIG = os.path.join("~", ".config", "canidae", "config.toml")
 MAX_WAIT_S = 60  # the longest blocking read a server takes (``?index=N&wait=S``)
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     addrs: tuple[str, ...]
     token: str
+
+
+def new_request_id() -> str:
+    """A random request id (128 bits, as a uuid4 has; ``uuid`` itself is slow to import)."""
+    return os.urandom(16).hex()
 
 
 def config_path(explicit: str | None = None) -> str:
@@ -69,8 +70,9 @@ def segment(kind: str, name: str) -> str:
     return quote(validate_name(kind, name), safe="")
 
 
-def decode_answer(addr: str, r: httpx.Response) -> Any:
-    """The JSON of an answer, or its typed error. ``Unavailable`` means: try another agent."""
+def decode_answer(addr: str, r: Answer | Any) -> Any:
+    """The JSON of an answer (``status_code`` and ``json()``: an ``Answer`` or an httpx response),
+    or its typed error. ``Unavailable`` means: try another agent."""
     try:
         data = r.json()
     except ValueError:
@@ -84,9 +86,8 @@ class Client:
     def __init__(self, target: Target, timeout: float = 10.0) -> None:
         self.target = target
         self.addrs = list(target.addrs)
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=2.0),
-                                 headers={"authorization": f"Bearer {target.token}"},
-                                 limits=httpx.Limits(max_keepalive_connections=8))
+        self.http = Connections({"authorization": f"Bearer {target.token}", "accept": "application/json"},
+                                timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
@@ -96,6 +97,11 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def ask(self, addr: str, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+            timeout: float | None = None) -> Any:
+        """One request to the agent at ``addr`` only (no failover): its JSON or its typed error."""
+        return decode_answer(addr, self.http.request(method, addr, path, json=json, params=params, timeout=timeout))
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                 timeout: float | None = None, retry_for: float = 0.0) -> Any:
@@ -109,17 +115,8 @@ class Client:
         while True:
             for i, addr in enumerate(list(self.addrs)):
                 try:
-                    r = self.http.request(method, f"http://{addr}{path}", json=json, params=params,
-                                          timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
-                except httpx.TimeoutException:
-                    last = Timeout(f"agent {addr} did not answer in time")
-                    continue
-                except httpx.HTTPError as e:
-                    last = Unavailable(f"agent {addr} unreachable ({type(e).__name__})")
-                    continue
-                try:
-                    data = decode_answer(addr, r)
-                except Unavailable as e:
+                    data = self.ask(addr, method, path, json=json, params=params, timeout=timeout)
+                except Unavailable as e:  # unreachable, no answer in time, no leader there
                     last = e
                     continue
                 if i:  # remember who answered
@@ -145,28 +142,28 @@ class Client:
 
     def set_node_state(self, node_id: str, state: str, reason: str = "") -> dict[str, Any]:
         return self.request("POST", f"/v1/nodes/{segment('node', node_id)}/state",  # type: ignore[no-any-return]
-                            json={"state": state, "reason": reason, "request_id": uuid.uuid4().hex},
+                            json={"state": state, "reason": reason, "request_id": new_request_id()},
                             retry_for=5.0)
 
     def drain(self, node_id: str, plan: bool = False) -> dict[str, Any]:
         return self.request("POST", f"/v1/nodes/{segment('node', node_id)}/state",  # type: ignore[no-any-return]
                             json={"state": "draining", "reason": "drain", "plan": plan,
-                                  "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                                  "request_id": new_request_id()}, retry_for=5.0)
 
     def migrate(self, name: str, to: str | None = None) -> dict[str, Any]:
         return self.request("POST", f"/v1/packs/{segment('pack', name)}/migrate",  # type: ignore[no-any-return]
-                            json={"to": to, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                            json={"to": to, "request_id": new_request_id()}, retry_for=5.0)
 
     def rebalance(self, plan: bool = False) -> dict[str, Any]:
         return self.request("POST", "/v1/rebalance",  # type: ignore[no-any-return]
-                            json={"plan": plan, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                            json={"plan": plan, "request_id": new_request_id()}, retry_for=5.0)
 
     def create_packs(self, specs: list[dict[str, Any]], *, count: int = 0, place: bool = True,
                      request_id: str | None = None, retry_for: float = 5.0,
                      keep_pending: bool = True) -> dict[str, Any]:
         """Create (and place) packs. ``keep_pending=False``: if any fits nowhere, nothing is created
         (a ``NoCapacity`` error); else such packs wait, pending, until room appears."""
-        body: dict[str, Any] = {"request_id": request_id or uuid.uuid4().hex, "place": place}
+        body: dict[str, Any] = {"request_id": request_id or new_request_id(), "place": place}
         if not keep_pending:
             body["keep_pending"] = False
         if len(specs) == 1 and not count:
@@ -212,7 +209,7 @@ class Client:
         return self._read(f"/v1/packs/{segment('pack', name)}", {"stale": 1} if stale else {}, index, wait)
 
     def pack_action(self, name: str, action: str, *, keep_pending: bool = True) -> dict[str, Any]:
-        body: dict[str, Any] = {"request_id": uuid.uuid4().hex}
+        body: dict[str, Any] = {"request_id": new_request_id()}
         if not keep_pending:
             body["keep_pending"] = False
         return self.request("POST", f"/v1/packs/{segment('pack', name)}/{quote(action, safe='')}",  # type: ignore[no-any-return]
@@ -223,7 +220,7 @@ class Client:
         hold a node (their agent stops them)."""
         return self.request("DELETE", "/v1/packs",  # type: ignore[no-any-return]
                             json={"names": [validate_name("pack", n) for n in names], "force": force,
-                                  "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                                  "request_id": new_request_id()}, retry_for=5.0)
 
     def pack_history(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/packs/{segment('pack', name)}/history")  # type: ignore[no-any-return]
@@ -303,7 +300,7 @@ class Client:
 
     def create_token(self, name: str, policies: list[str], ttl_s: int | None = None) -> dict[str, Any]:
         """A new API token; the answer holds its secret, shown this once."""
-        body: dict[str, Any] = {"name": name, "policies": policies, "request_id": uuid.uuid4().hex}
+        body: dict[str, Any] = {"name": name, "policies": policies, "request_id": new_request_id()}
         if ttl_s is not None:
             body["ttl_s"] = ttl_s
         return self.request("POST", "/v1/acl/tokens", json=body, retry_for=5.0)  # type: ignore[no-any-return]
@@ -323,7 +320,7 @@ class Client:
 
     def apply_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", "/v1/acl/policies",  # type: ignore[no-any-return]
-                            json={"policy": policy, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                            json={"policy": policy, "request_id": new_request_id()}, retry_for=5.0)
 
     def policies(self) -> list[dict[str, Any]]:
         return self.request("GET", "/v1/acl/policies")["policies"]  # type: ignore[no-any-return]
