@@ -43,7 +43,7 @@ from canidae.agent.server.access import TokenAccess, token_pepper
 from canidae.agent.server.acl_routes import acl_routes
 from canidae.agent.server.control import ControlPlane
 from canidae.agent.server.failure import FailureDetector
-from canidae.agent.server.routes import cluster_routes
+from canidae.agent.server.routes import DEFAULT_WAIT_S, cluster_routes
 from canidae.agent.telemetry import RequestMetrics, Telemetry
 from canidae.core.errors import CanidaeError, NotFound
 from canidae.core.types import Role
@@ -149,8 +149,11 @@ class Agent:
 
 
 def _forward_timeout(request: Request, default: float) -> float:
-    """Long-polls passed on wait for as long as they asked, and a little more."""
+    """Long-polls passed on wait for as long as they asked, and a little more (a blocking pack
+    read with an ``index`` and no ``wait`` waits for the routes' default)."""
     wait = request.query_params.get("wait")
+    if wait is None and "index" in request.query_params:
+        return default + DEFAULT_WAIT_S
     try:
         return default + (float(wait) if wait else 0.0)
     except ValueError:

@@ -1,6 +1,7 @@
 """The wire of the blocking ``Client``: HTTP/1.1 over the standard library's ``http.client``.
 
-One keep-alive connection per agent address, a connect timeout and a per-request read timeout.
+Kept-alive connections per agent address (a request holds one of its own: a ``Client`` may be
+shared by threads), a connect timeout and a per-request read timeout.
 A request sent on a kept connection that the agent had closed meanwhile (idle keep-alive) is
 sent once more on a fresh one: writes carry request ids, so a repeat is safe.
 
@@ -43,18 +44,21 @@ def _query(params: dict[str, Any] | None) -> str:
 
 
 class Connections:
-    """Kept connections to agents, by ``host:port``. Not thread-safe: one per ``Client``."""
+    """Kept connections to agents, by ``host:port``: a request takes an idle one (or opens one)
+    and puts it back when done, so threads sharing a ``Client`` never share a connection."""
+
+    MAX_IDLE = 8  # kept connections per agent
 
     def __init__(self, headers: dict[str, str], timeout: float, connect_timeout: float = 2.0) -> None:
         self.headers = headers
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self._conns: dict[str, http.client.HTTPConnection] = {}
+        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
 
     def close(self) -> None:
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
+        for conns in list(self._idle.values()):
+            while conns:
+                conns.pop().close()
 
     def request(self, method: str, addr: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                 timeout: float | None = None) -> Answer:
@@ -64,27 +68,35 @@ class Connections:
             headers["content-type"] = "application/json"
         target = path + _query(params)
         read_timeout = self.timeout if timeout is None else timeout
+        idle = self._idle.setdefault(addr, [])
         for attempt in (0, 1):
-            conn = self._conns.get(addr)
+            try:
+                conn: http.client.HTTPConnection | None = idle.pop()  # atomic: no two threads get one
+            except IndexError:
+                conn = None
             fresh = conn is None
             try:
                 if conn is None:
-                    conn = self._conns[addr] = self._connect(addr)
+                    conn = self._connect(addr)
                 conn.sock.settimeout(read_timeout)  # type: ignore[union-attr]
                 conn.request(method, target, body=body, headers=headers)
                 r = conn.getresponse()
                 content = r.read()
-                if r.will_close:
-                    self._drop(addr)
-                return Answer(r.status, content)
             except TimeoutError:
-                self._drop(addr)
+                if conn is not None:
+                    conn.close()
                 raise Timeout(f"agent {addr} did not answer in time") from None
             except (OSError, http.client.HTTPException) as e:
-                self._drop(addr)
+                if conn is not None:
+                    conn.close()
                 if fresh or attempt:
                     raise Unavailable(f"agent {addr} unreachable ({type(e).__name__})") from None
-                # A kept connection the agent had closed: once more, on a fresh one.
+                continue  # a kept connection the agent had closed: once more, on a fresh one
+            if r.will_close or len(idle) >= self.MAX_IDLE:
+                conn.close()
+            else:
+                idle.append(conn)
+            return Answer(r.status, content)
         raise AssertionError("unreachable")
 
     def _connect(self, addr: str) -> http.client.HTTPConnection:
@@ -94,8 +106,3 @@ class Connections:
         conn.connect()
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
         return conn
-
-    def _drop(self, addr: str) -> None:
-        conn = self._conns.pop(addr, None)
-        if conn is not None:
-            conn.close()
