@@ -246,17 +246,27 @@ class Client:
         ``done(answer)``; the answer, or None once ``deadline`` (monotonic) has passed.
 
         No polling: each read parks on the server until the state changes. An index that went
-        backwards (another agent, a replica behind) starts over from a plain read.
+        backwards (another agent, a replica behind) starts over from a plain read. A cluster
+        without a leader for a moment (an election) is waited out, up to ``deadline``.
         """
-        answer = read(None, 0.0)
+        def attempt(index: int | None, wait: float) -> dict[str, Any]:
+            while True:
+                try:
+                    return read(index, wait)
+                except Unavailable:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.1)  # every agent refused: no leader yet, or none reachable
+
+        answer = attempt(None, 0.0)
         while not done(answer):
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             index = answer["index"]
             # A blocking read of at least a second: whole seconds are what the server takes.
-            nxt = read(index, max(1.0, min(left, MAX_WAIT_S)))
-            answer = read(None, 0.0) if nxt["index"] < index else nxt
+            nxt = attempt(index, max(1.0, min(left, MAX_WAIT_S)))
+            answer = attempt(None, 0.0) if nxt["index"] < index else nxt
         return answer
 
     def wait_packs(self, names: list[str], done: Callable[[dict[str, Any]], bool], timeout: float,
