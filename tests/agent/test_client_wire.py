@@ -25,7 +25,7 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         if self.path.startswith("/hold"):
             RELEASE.wait(10)
         if self.path.startswith("/missing"):
@@ -35,7 +35,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/drop"):
             self.close_connection = True  # without saying so: the client still thinks it is kept
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         self._answer(200, {"echo": body})
 
@@ -88,9 +88,8 @@ def test_an_answer_that_does_not_come_in_time_is_a_timeout(server: str) -> None:
 
 
 def test_a_closed_port_is_unavailable() -> None:
-    with Client(Target(("127.0.0.1:1",), "t")) as c:
-        with pytest.raises(Unavailable):
-            c.request("GET", "/x")
+    with Client(Target(("127.0.0.1:1",), "t")) as c, pytest.raises(Unavailable):
+        c.request("GET", "/x")
 
 
 def test_threads_sharing_a_client_never_share_a_connection(server: str) -> None:

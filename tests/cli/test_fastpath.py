@@ -10,6 +10,7 @@ from canidae.cli import pack as pack_cli
 from canidae.cli.fastpath import parse
 from canidae.cli.packlist import DEFAULT_LIMIT, STATES
 
+
 @pytest.mark.parametrize("argv, expected", [
     (["--json", "pack", "list"], {}),
     (["pack", "list", "--json"], {}),

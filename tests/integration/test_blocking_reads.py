@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from harness import LocalCluster, local_cluster, wait_until
 
 from canidae.agent.client import Client, Target
 from canidae.core.errors import NotFound
-from harness import LocalCluster, local_cluster, wait_until
 
 WAIT_S = 30  # what a parked read asks for; a wake on a change comes well before it
 WOKE_WITHIN_S = 15  # generous on a loaded machine, and still far from WAIT_S
@@ -47,7 +47,7 @@ def parked(cluster: LocalCluster) -> int:
     for s in cluster.servers():
         text = httpx.get(f"http://{s['api']}/v1/metrics", timeout=5.0,
                          headers={"authorization": f"Bearer {cluster.token}"}).text
-        m = re.search(r"^canidae_blocking_reads_waiting (\S+)$", text, re.M)
+        m = re.search(r"^canidae_blocking_reads_waiting (\S+)$", text, re.MULTILINE)
         assert m, "no canidae_blocking_reads_waiting gauge"
         total += int(float(m.group(1)))
     return total
@@ -67,7 +67,7 @@ class Waiter:
         t0 = time.monotonic()
         try:
             self.answer = read()
-        except BaseException as e:  # handed to the test
+        except BaseException as e:  # noqa: BLE001 - handed to the test
             self.error = e
         self.took = time.monotonic() - t0
 
