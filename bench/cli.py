@@ -3,6 +3,7 @@
 
     python bench/cli.py                 # 20 runs of each command
     python bench/cli.py --runs 50
+    /other/venv/bin/python bench/cli.py     # the tree installed in another environment (before/after)
 
 Each command runs as a fresh process (``python -m canidae`` is not used: the console script is
 what people run), once to warm the page cache, then ``--runs`` times; the median and the range
@@ -56,14 +57,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=20)
     args = ap.parse_args()
-    exe = shutil.which("canidae") or os.path.join(os.path.dirname(sys.executable), "canidae")
+    # The console script of this Python's environment: ``venv/bin/python bench/cli.py`` times that tree.
+    exe = os.path.join(os.path.dirname(sys.executable), "canidae")
+    if not os.path.exists(exe):
+        exe = shutil.which("canidae") or exe
     root = tempfile.mkdtemp(prefix="canidae-bench-cli-")
     layout = ClusterLayout(servers=3, clients=0, base_port=find_base_port(3, 0))
     with LocalCluster.start(layout, root, timeout=60) as lc:
         env = {**os.environ, "CANIDAE_ADDR": ",".join(s["api"] for s in lc.servers()), "CANIDAE_TOKEN": lc.token}
         with lc.client() as c:
             c.create_packs([{"name": "bench"}], count=100)
-            c.wait_packs([f"bench-{i}" for i in range(100)], lambda p: p["state"] == "running", 60)
+            c.wait_running([f"bench-{i}" for i in range(100)], 60)
         print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; {args.runs} runs each")
         for cmd in COMMANDS:
             r = time_command([exe, *cmd], args.runs, env)
