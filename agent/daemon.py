@@ -43,7 +43,7 @@ from canidae.agent.server.access import TokenAccess, token_pepper
 from canidae.agent.server.acl_routes import acl_routes
 from canidae.agent.server.control import ControlPlane
 from canidae.agent.server.failure import FailureDetector
-from canidae.agent.server.routes import DEFAULT_WAIT_S, cluster_routes
+from canidae.agent.server.routes import DEFAULT_WAIT_S, INDEX_HEADER, cluster_routes
 from canidae.agent.telemetry import RequestMetrics, Telemetry
 from canidae.core.errors import CanidaeError, NotFound
 from canidae.core.types import Role
@@ -119,13 +119,14 @@ class Agent:
         credential (never its own: the server decides what the caller may do)."""
         body = await read_json(request, self.cfg.max_body_bytes) if request.method == "POST" else None
         try:
-            status, content = await self.link.pass_on(request.method, request.url.path,
-                                                      params=dict(request.query_params), body=body,
-                                                      auth=request.headers.get("authorization", ""),
-                                                      timeout=_forward_timeout(request, self.cfg.request_timeout_s))
+            status, content, index = await self.link.pass_on(
+                request.method, request.url.path, params=dict(request.query_params), body=body,
+                auth=request.headers.get("authorization", ""),
+                timeout=_forward_timeout(request, self.cfg.request_timeout_s))
         except CanidaeError as e:
             return error_response(e)
-        return Response(content, status_code=status, media_type="application/json")
+        return Response(content, status_code=status, media_type="application/json",
+                        headers={INDEX_HEADER: index} if index is not None else None)
 
     def app(self) -> ASGIApp:
         routes = [Route("/v1/metrics", self.edge.endpoint(self.telemetry.handle, forward=False), methods=["GET"])]

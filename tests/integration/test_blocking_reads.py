@@ -128,9 +128,12 @@ def test_a_parked_list_read_wakes_on_a_new_pack_and_carries_the_index_header(clu
         got = w.result()
         assert got["index"] > page["index"]
         assert w.took < WOKE_WITHIN_S, f"woke after {w.took:.1f} s"
-    r = httpx.get(f"http://{cluster.servers()[0]['api']}/v1/packs", params={"limit": 1},
-                  headers={"authorization": f"Bearer {cluster.token}"}, timeout=10.0)
-    assert r.status_code == 200 and int(r.headers["x-canidae-index"]) == r.json()["index"] >= got["index"]
+    for agent in (cluster.servers()[0], cluster.clients()[0]):  # a client agent passes the header on
+        for path in ("/v1/packs", "/v1/packs/newcomer"):
+            r = httpx.get(f"http://{agent['api']}{path}", params={"limit": 1},
+                          headers={"authorization": f"Bearer {cluster.token}"}, timeout=10.0)
+            assert r.status_code == 200 and int(r.headers["x-canidae-index"]) == r.json()["index"] > 0, \
+                (agent["id"], path, dict(r.headers))
 
 
 def test_a_pack_deleted_while_waited_on_answers_not_found(cluster: LocalCluster) -> None:
