@@ -46,7 +46,7 @@ from canidae.agent.server.acl_routes import acl_routes
 from canidae.agent.server.autoscale_routes import autoscale_routes
 from canidae.agent.server.control import ControlPlane
 from canidae.agent.server.failure import FailureDetector
-from canidae.agent.server.routes import cluster_routes
+from canidae.agent.server.routes import DEFAULT_WAIT_S, INDEX_HEADER, cluster_routes
 from canidae.agent.telemetry import RequestMetrics, Telemetry
 from canidae.core.errors import CanidaeError, NotFound, Overloaded
 from canidae.core.types import Role
@@ -132,10 +132,10 @@ class Agent:
         credential (never its own: the server decides what the caller may do)."""
         body = await read_json(request, self.cfg.max_body_bytes) if request.method == "POST" else None
         try:
-            status, content = await self.link.pass_on(request.method, request.url.path,
-                                                      params=dict(request.query_params), body=body,
-                                                      auth=request.headers.get("authorization", ""),
-                                                      timeout=_forward_timeout(request, self.cfg.request_timeout_s))
+            status, content, index = await self.link.pass_on(
+                request.method, request.url.path, params=dict(request.query_params), body=body,
+                auth=request.headers.get("authorization", ""),
+                timeout=_forward_timeout(request, self.cfg.request_timeout_s))
         except CanidaeError as e:
             return error_response(e)
         if status == Overloaded.http_status:  # the server's own refusal: keep its Retry-After
@@ -143,7 +143,8 @@ class Agent:
                 return error_response(CanidaeError.from_wire(json.loads(content), status))
             except ValueError:
                 pass
-        return Response(content, status_code=status, media_type="application/json")
+        return Response(content, status_code=status, media_type="application/json",
+                        headers={INDEX_HEADER: index} if index is not None else None)
 
     def app(self) -> ASGIApp:
         routes = [Route("/v1/metrics", self.edge.endpoint(self.telemetry.handle, forward=False), methods=["GET"])]
@@ -168,8 +169,11 @@ class Agent:
 
 
 def _forward_timeout(request: Request, default: float) -> float:
-    """Long-polls passed on wait for as long as they asked, and a little more."""
+    """Long-polls passed on wait for as long as they asked, and a little more (a blocking pack
+    read with an ``index`` and no ``wait`` waits for the routes' default)."""
     wait = request.query_params.get("wait")
+    if wait is None and "index" in request.query_params:
+        return default + DEFAULT_WAIT_S
     try:
         return default + (float(wait) if wait else 0.0)
     except ValueError:

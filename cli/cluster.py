@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.table import Table
 
@@ -13,6 +12,7 @@ from canidae.agent.ops import localcluster
 from canidae.cli.connect import client
 from canidae.cli.output import GLOBALS, JsonOption, TimeoutOption, console, emit
 from canidae.cli.params import DataDirOpt
+from canidae.core.errors import CanidaeError
 from canidae.core.types import Resources
 
 app = typer.Typer(help="Start, stop and inspect a local cluster of agents.", no_args_is_help=True,
@@ -76,7 +76,7 @@ def cluster_status(json: JsonOption = False) -> None:
                 h = _health(c, p["api"])
                 health.append({**p, "up": True, "raft_state": h.get("raft", {}).get("state"),
                                "term": h.get("raft", {}).get("term"), "commit_index": h.get("raft", {}).get("commit_index")})
-            except (httpx.HTTPError, ValueError) as e:  # an unreachable peer is what status shows
+            except CanidaeError as e:  # an unreachable peer is what status shows
                 health.append({**p, "up": False, "error": str(e)})
     st["peers"] = health
 
@@ -93,5 +93,4 @@ def cluster_status(json: JsonOption = False) -> None:
 
 
 def _health(c: Any, api: str) -> dict[str, Any]:
-    r = c.http.get(f"http://{api}/v1/health", timeout=1.0)
-    return r.json()  # type: ignore[no-any-return]
+    return c.ask(api, "GET", "/v1/health", timeout=1.0)  # type: ignore[no-any-return]

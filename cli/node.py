@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import typer
@@ -101,13 +102,17 @@ def node_drain(node_name: NodeArg, wait: WaitOption = True,
         took = None
         if wait:
             names = [m["name"] for m in moved if m.get("node")]
+            t0 = time.monotonic()
+            # The moved packs running: blocking reads, woken by each change of the state.
+            c.wait_running(names, deadline)
 
             def progress() -> tuple[int, int]:
-                running = sum(1 for n in names if c.pack(n, stale=True)["state"] == "running")
+                # What the drained node's agent still runs is heard in its heartbeats, not in the
+                # replicated state: no modify index moves when it stops, so this one is polled.
                 node = c.node(node_name)
-                left_here = node["packs"] + (node.get("running_here") or 0)
-                return running + (1 if left_here == 0 else 0), len(names) + 1
-            took = wait_until(progress, deadline, f"draining {node_name}")
+                return (1 if node["packs"] + (node.get("running_here") or 0) == 0 else 0), 1
+            took = time.monotonic() - t0
+            took += wait_until(progress, max(0.0, deadline - took), f"draining {node_name}")
     out = {"node": node_name, "moved": moved, "pending": [m["name"] for m in moved if not m.get("node")],
            "seconds": None if took is None else round(took, 3)}
     emit(out, json, lambda: console.print(

@@ -25,6 +25,7 @@ from canidae.cli.params import (
     ZoneOpt,
 )
 from canidae.cli.output import PACK_METAVAR
+from canidae.cli.packlist import DEFAULT_LIMIT, list_packs
 from canidae.cli.spec import merge_spec, read_spec_file
 from canidae.core.errors import CanidaeError, InvalidInput, NoCapacity, NotFound, OperationFailed, Timeout
 from canidae.core.types import Driver, RestartPolicy
@@ -227,35 +228,18 @@ def _last_output(c: Any, name: str, member: int) -> str:
 
 
 def _wait_started(c: Any, names: list[str], timeout: float) -> dict[str, dict[str, Any]]:
-    """Poll until every pack runs, failed or already ended; a short interval first, so that the
-    startup time printed is the pack's, not the poll's."""
-    t0 = time.monotonic()
-    left = set(names)
-    seen: dict[str, dict[str, Any]] = {}
-    while left:
-        for n in sorted(left):
-            p = c.pack(n, stale=True)
-            if p["state"] in ("running", "failed", "stopped"):
-                seen[n] = p
-                left.discard(n)
-        if not left:
-            break
-        waited = time.monotonic() - t0
-        if waited >= timeout:
-            raise Timeout(f"{len(left)} pack(s) not running after {timeout:g} s (e.g. {sorted(left)[0]})")
-        time.sleep(0.002 if waited < 0.5 else 0.02)
-    return seen
+    """Wait until every pack runs, failed or already ended (blocking reads: the startup time printed
+    is the pack's, not a poll interval's)."""
+    return c.wait_packs(names, lambda p: p["state"] in ("running", "failed", "stopped"),  # type: ignore[no-any-return]
+                        timeout)
 
 
 def _wait_bulk(c: Any, prefix: str, n: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        page = c.packs(state="placed", limit=1, stale=True)
-        if not page["packs"]:
-            return
-        if time.monotonic() > deadline:
-            raise Timeout(f"packs of {prefix} still not running after {timeout:g} s")
-        time.sleep(0.05)
+    """Wait until no pack is placed and not yet running (blocking reads of the pack list)."""
+    got = c.watch(lambda index, wait: c.packs(state="placed", limit=1, index=index, wait=wait),
+                  lambda page: not page["packs"], time.monotonic() + timeout)
+    if got is None:
+        raise Timeout(f"packs of {prefix} still not running after {timeout:g} s")
 
 
 class StateFilter(str, Enum):
@@ -277,27 +261,11 @@ def shown_state(p: dict[str, Any]) -> str:
     return "crashlooping" if p.get("crashlooping") else str(p["state"])
 
 
-def _read_packs(c: Any, limit: int, after: str | None, stale: bool, **filters: Any) -> tuple[list[dict[str, Any]],
-                                                                                           str | None, int]:
-    packs: list[dict[str, Any]] = []
-    cursor, total = after, 0
-    while len(packs) < limit:
-        page = c.packs(after=cursor, limit=min(10_000, limit - len(packs)), stale=stale, total=cursor == after,
-                       **filters)
-        if page["total"] is not None:
-            total = page["total"]
-        packs.extend(page["packs"])
-        cursor = page["next"]
-        if not cursor:
-            break
-    return packs, cursor, total
-
-
 @app.command("list")
 def pack_list(
     node_name: NodeOpt = None, zone: ZoneOpt = None,
     state: Annotated[StateFilter | None, typer.Option("--state", help="Only packs in this state.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many packs.")] = 1000,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many packs.")] = DEFAULT_LIMIT,
     after: Annotated[str | None, typer.Option("--after", metavar=PACK_METAVAR,
                                               help="Start after this name (paging).")] = None,
     stale: StaleOption = False, json: JsonOption = False,
@@ -307,28 +275,10 @@ def pack_list(
     With --json, "total" counts every pack matching the filters (not only the ones printed).
     An unknown --node or --zone exits 5.
     """
-    wanted = state.value if state else None
     with client() as c:
-        if zone:
-            nodes = [n["id"] for n in c.nodes(stale=stale) if n["zone"] == zone]
-            if not nodes:
-                raise NotFound(f"no zone {zone!r}: no node is in it")
-            if node_name and node_name not in nodes:
-                raise NotFound(f"no node {node_name!r} in zone {zone!r}")
-            packs, total, more = [], 0, False
-            for n in [node_name] if node_name else nodes:
-                got, next_cursor, count = _read_packs(c, limit, after, stale, node=n, state=wanted)
-                packs.extend(got)
-                total += count
-                more = more or next_cursor is not None
-            packs.sort(key=lambda p: p["name"])
-            more = more or len(packs) > limit
-            packs = packs[:limit]
-            cursor = packs[-1]["name"] if more and packs else None
-        else:
-            if node_name:
-                c.node(node_name, stale=True)  # an unknown node is an error (5), not an empty list
-            packs, cursor, total = _read_packs(c, limit, after, stale, node=node_name, state=wanted)
+        listed = list_packs(c, node=node_name, zone=zone, state=state.value if state else None, limit=limit,
+                            after=after, stale=stale)
+    packs, cursor = listed["packs"], listed["next"]
     whole = full_values()
 
     def human() -> None:
@@ -340,7 +290,7 @@ def pack_list(
         console.print(t)
         if cursor:
             err_console.print(f"more packs after {cursor} (use --after {cursor})")
-    emit({"packs": packs, "next": cursor, "total": total}, json, human)
+    emit(listed, json, human)
 
 
 WAITING = {
@@ -410,18 +360,7 @@ def pack_show(pack_name: PackArg, stale: StaleOption = False, json: JsonOption =
 
 
 def _wait_ended(c: Any, names: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    left = set(names)
-    while left:
-        for n in sorted(left):
-            if c.pack(n, stale=True)["state"] in ENDED:
-                left.discard(n)
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            raise Timeout(f"pack {sorted(left)[0]} not stopped after {timeout:g} s"
-                          + (f" (and {len(left) - 1} more)" if len(left) > 1 else ""))
-        time.sleep(0.02)
+    c.wait_packs(names, lambda p: p["state"] in ENDED, timeout, what="not stopped")
 
 
 @app.command("stop")
@@ -431,7 +370,6 @@ def pack_stop(pack_name: PackArg, wait: WaitOption = True, timeout: TimeoutOptio
     with client() as c:
         result = c.pack_action(pack_name, "stop")
         if wait:
-            c.wait_running([pack_name], timeout)  # returns on running, stopped or failed
             _wait_ended(c, [pack_name], timeout)
     emit(result, json, lambda: console.print(f"pack {pack_name} stopped" if wait else f"pack {pack_name} stopping"))
 

@@ -93,7 +93,7 @@ HOLDING = frozenset({PackState.PLACED, PackState.RUNNING, PackState.STOPPING})
 class PackRecord:
     """One pack in the replicated state. Slotted: 100,000 of these must stay small."""
 
-    __slots__ = ("crashloop", "created_at", "generation", "node", "reason", "spec", "state", "updated_at")
+    __slots__ = ("crashloop", "created_at", "generation", "index", "node", "reason", "spec", "state", "updated_at")
 
     def __init__(self, spec: PackSpec, state: PackState, at: int) -> None:
         self.spec = spec
@@ -106,11 +106,14 @@ class PackRecord:
         # A running pack whose members keep failing and are being restarted (``reason`` says how
         # the last one ended). A condition of a running pack, not a state: it still holds its node.
         self.crashloop = False
+        # The modify index: the ``event_seq`` of the pack's latest event (every change of a pack
+        # emits one), what a blocking read (``?index=N&wait=S``) compares against.
+        self.index = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = {"spec": self.spec.to_dict(), "state": self.state.value, "node": self.node,
              "generation": self.generation, "reason": self.reason,
-             "created_at": self.created_at, "updated_at": self.updated_at}
+             "created_at": self.created_at, "updated_at": self.updated_at, "index": self.index}
         if self.crashloop:
             d["crashloop"] = True
         return d
@@ -120,6 +123,7 @@ class PackRecord:
         r = PackRecord(PackSpec.from_dict(d["spec"]), PackState(d["state"]), d["created_at"])
         r.node, r.generation, r.reason, r.updated_at = d["node"], d["generation"], d["reason"], d["updated_at"]
         r.crashloop = bool(d.get("crashloop", False))
+        r.index = d.get("index", 0)
         return r
 
     def view(self) -> dict[str, Any]:
@@ -152,6 +156,9 @@ class ClusterState:
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.max_term = 0
         self.event_seq = 0
+        # The modify index of the pack list: the ``event_seq`` of the latest event of any pack
+        # (creations and deletions included). Blocking list reads compare against it.
+        self.packs_index = 0
         # A node's revision: the value of one cluster-wide counter (``rev_seq``) at the last change of
         # its assignments. One counter for all nodes means a revision never repeats, not even for
         # a node removed and registered again, so an agent can always tell an older view from a
@@ -834,6 +841,10 @@ class ClusterState:
         ev: dict[str, Any] = {"seq": self.event_seq, "at": cmd.at, "type": kind, "cause": cmd.id}
         if pack is not None:
             ev["pack"] = pack
+            self.packs_index = self.event_seq
+            rec = self.packs.get(pack)
+            if rec is not None:
+                rec.index = self.event_seq
         if node is not None:
             ev["node"] = node
         if cmd.by:
@@ -863,7 +874,7 @@ class ClusterState:
             "deleted": [[k, v] for k, v in self.deleted.items()],
             "tokens": [self.tokens[k].to_dict() for k in sorted(self.tokens)],
             "policies": [self.policies[k].to_dict() for k in sorted(self.policies)],
-            "acl_version": self.acl_version,
+            "acl_version": self.acl_version, "packs_index": self.packs_index,
             "autoscale": self.autoscale.to_snapshot(),
         }
 
@@ -901,6 +912,7 @@ class ClusterState:
             st.policies[policy.name] = policy
         st.acl_version = d.get("acl_version", 0)
         st.autoscale = AutoscaleState.from_snapshot(d.get("autoscale"))
+        st.packs_index = d.get("packs_index", 0)
         st.node_log = {n: {} for n in st.node_rev}
         st.horizon = dict(st.node_rev)
         return st

@@ -14,18 +14,7 @@ from enum import StrEnum
 from typing import Any, Mapping
 
 from canidae.core.errors import InvalidInput
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-NAME_RULE = "1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
-
-
-def validate_name(kind: str, value: object) -> str:
-    """Return ``value`` if it is a valid name for a pack, node, zone, region or cell."""
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value):  # "$" alone lets "name\n" through
-        shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else repr(value[:40] + "...")
-        raise InvalidInput(f"invalid {kind} name {shown}: must be {NAME_RULE}")
-    return value
-
+from canidae.core.names import NAME_RE, NAME_RULE, validate_name  # re-exported: the rule of names
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # Variables that make the dynamic loader or glibc load code or data from a path: a pack may not

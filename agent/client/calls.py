@@ -20,32 +20,26 @@ import os
 import random
 import time
 import tomllib
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
-import httpx
-
-from canidae.core.errors import (
-    CanidaeError,
-    InvalidInput,
-    NotAuthenticated,
-    NotFound,
-    Overloaded,
-    Timeout,
-    Unavailable,
-)
-from canidae.core.types import validate_name
+from canidae.agent.client.http11 import Answer, Connections
+from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, Overloaded, Timeout, Unavailable
+from canidae.core.names import validate_name
 
 DEFAULT_CONFIG = os.path.join("~", ".config", "canidae", "config.toml")
+MAX_WAIT_S = 60  # the longest blocking read a server takes (``?index=N&wait=S``)
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     addrs: tuple[str, ...]
     token: str
+
+
+def new_request_id() -> str:
+    """A random request id (128 bits, as a uuid4 has; ``uuid`` itself is slow to import)."""
+    return os.urandom(16).hex()
 
 
 def config_path(explicit: str | None = None) -> str:
@@ -93,8 +87,9 @@ def overload_wait(err: Overloaded, rng: random.Random | None = None) -> float:
     return min(MAX_OVERLOAD_WAIT_S, base * (1.0 + 0.5 * (rng or random).random()))
 
 
-def decode_answer(addr: str, r: httpx.Response) -> Any:
-    """The JSON of an answer, or its typed error. ``Unavailable`` means: try another agent."""
+def decode_answer(addr: str, r: Answer | Any) -> Any:
+    """The JSON of an answer (``status_code`` and ``json()``: an ``Answer`` or an httpx response),
+    or its typed error. ``Unavailable`` means: try another agent."""
     try:
         data = r.json()
     except ValueError:
@@ -114,9 +109,8 @@ class Client:
         self.target = target
         self.overload_retries = overload_retries
         self.addrs = list(target.addrs)
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=2.0),
-                                 headers={"authorization": f"Bearer {target.token}"},
-                                 limits=httpx.Limits(max_keepalive_connections=8))
+        self.http = Connections({"authorization": f"Bearer {target.token}", "accept": "application/json"},
+                                timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
@@ -126,6 +120,11 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def ask(self, addr: str, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+            timeout: float | None = None) -> Any:
+        """One request to the agent at ``addr`` only (no failover): its JSON or its typed error."""
+        return decode_answer(addr, self.http.request(method, addr, path, json=json, params=params, timeout=timeout))
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                 timeout: float | None = None, retry_for: float = 0.0) -> Any:
@@ -141,17 +140,8 @@ class Client:
         while True:
             for i, addr in enumerate(list(self.addrs)):
                 try:
-                    r = self.http.request(method, f"http://{addr}{path}", json=json, params=params,
-                                          timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
-                except httpx.TimeoutException:
-                    last = Timeout(f"agent {addr} did not answer in time")
-                    continue
-                except httpx.HTTPError as e:
-                    last = Unavailable(f"agent {addr} unreachable ({type(e).__name__})")
-                    continue
-                try:
-                    data = decode_answer(addr, r)
-                except Unavailable as e:
+                    data = self.ask(addr, method, path, json=json, params=params, timeout=timeout)
+                except Unavailable as e:  # unreachable, no answer in time, no leader there
                     last = e
                     continue
                 except Overloaded as e:
@@ -185,13 +175,13 @@ class Client:
 
     def set_node_state(self, node_id: str, state: str, reason: str = "") -> dict[str, Any]:
         return self.request("POST", f"/v1/nodes/{segment('node', node_id)}/state",  # type: ignore[no-any-return]
-                            json={"state": state, "reason": reason, "request_id": uuid.uuid4().hex},
+                            json={"state": state, "reason": reason, "request_id": new_request_id()},
                             retry_for=5.0)
 
     def drain(self, node_id: str, plan: bool = False) -> dict[str, Any]:
         return self.request("POST", f"/v1/nodes/{segment('node', node_id)}/state",  # type: ignore[no-any-return]
                             json={"state": "draining", "reason": "drain", "plan": plan,
-                                  "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                                  "request_id": new_request_id()}, retry_for=5.0)
 
     def remove_node(self, node_id: str) -> dict[str, Any]:
         """Forget a drained (or down) node whose agent has stopped."""
@@ -199,18 +189,18 @@ class Client:
 
     def migrate(self, name: str, to: str | None = None) -> dict[str, Any]:
         return self.request("POST", f"/v1/packs/{segment('pack', name)}/migrate",  # type: ignore[no-any-return]
-                            json={"to": to, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                            json={"to": to, "request_id": new_request_id()}, retry_for=5.0)
 
     def rebalance(self, plan: bool = False) -> dict[str, Any]:
         return self.request("POST", "/v1/rebalance",  # type: ignore[no-any-return]
-                            json={"plan": plan, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                            json={"plan": plan, "request_id": new_request_id()}, retry_for=5.0)
 
     def create_packs(self, specs: list[dict[str, Any]], *, count: int = 0, place: bool = True,
                      request_id: str | None = None, retry_for: float = 5.0,
                      keep_pending: bool = True) -> dict[str, Any]:
         """Create (and place) packs. ``keep_pending=False``: if any fits nowhere, nothing is created
         (a ``NoCapacity`` error); else such packs wait, pending, until room appears."""
-        body: dict[str, Any] = {"request_id": request_id or uuid.uuid4().hex, "place": place}
+        body: dict[str, Any] = {"request_id": request_id or new_request_id(), "place": place}
         if not keep_pending:
             body["keep_pending"] = False
         if len(specs) == 1 and not count:
@@ -222,9 +212,11 @@ class Client:
         return self.request("POST", "/v1/packs", json=body, retry_for=retry_for)  # type: ignore[no-any-return]
 
     def packs(self, *, node: str | None = None, state: str | None = None, after: str | None = None,
-              limit: int = 1000, stale: bool = False, total: bool = False) -> dict[str, Any]:
-        """A page of packs. ``total``: also count every pack matching the filters (a walk over all
-        packs when filtered: leave it off when polling)."""
+              limit: int = 1000, stale: bool = False, total: bool = False, index: int | None = None,
+              wait: float = 0.0) -> dict[str, Any]:
+        """A page of packs and the list's modify ``index``. ``total``: also count every pack
+        matching the filters (a walk over all packs when filtered: leave it off when polling).
+        ``index``: a blocking read, answered once the list's index is above it (see ``watch``)."""
         params: dict[str, Any] = {"limit": limit, "total": 1 if total else 0}
         if node:
             params["node"] = node
@@ -234,7 +226,7 @@ class Client:
             params["after"] = after
         if stale:
             params["stale"] = 1
-        return self.request("GET", "/v1/packs", params=params)  # type: ignore[no-any-return]
+        return self._read("/v1/packs", params, index, wait)
 
     def iter_packs(self, **kw: Any) -> Iterator[dict[str, Any]]:
         after = None
@@ -246,10 +238,15 @@ class Client:
                 return
 
     def pack(self, name: str, stale: bool = False) -> dict[str, Any]:
-        return self.request("GET", f"/v1/packs/{segment('pack', name)}", params={"stale": 1} if stale else None)["pack"]  # type: ignore[no-any-return]
+        return self.pack_read(name, stale=stale)["pack"]  # type: ignore[no-any-return]
+
+    def pack_read(self, name: str, *, stale: bool = False, index: int | None = None, wait: float = 0.0
+                  ) -> dict[str, Any]:
+        """``{"pack", "index"}``: a pack and its modify index; with ``index``, a blocking read."""
+        return self._read(f"/v1/packs/{segment('pack', name)}", {"stale": 1} if stale else {}, index, wait)
 
     def pack_action(self, name: str, action: str, *, keep_pending: bool = True) -> dict[str, Any]:
-        body: dict[str, Any] = {"request_id": uuid.uuid4().hex}
+        body: dict[str, Any] = {"request_id": new_request_id()}
         if not keep_pending:
             body["keep_pending"] = False
         return self.request("POST", f"/v1/packs/{segment('pack', name)}/{quote(action, safe='')}",  # type: ignore[no-any-return]
@@ -260,7 +257,7 @@ class Client:
         hold a node (their agent stops them)."""
         return self.request("DELETE", "/v1/packs",  # type: ignore[no-any-return]
                             json={"names": [validate_name("pack", n) for n in names], "force": force,
-                                  "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                                  "request_id": new_request_id()}, retry_for=5.0)
 
     def pack_history(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/packs/{segment('pack', name)}/history")  # type: ignore[no-any-return]
@@ -271,33 +268,68 @@ class Client:
     def ring_lookup(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/ring/lookup/{segment('pack', name)}")  # type: ignore[no-any-return]
 
+    def _read(self, path: str, params: dict[str, Any], index: int | None, wait: float) -> dict[str, Any]:
+        if index is not None:
+            # Whole seconds, at most what the server takes; the answer may take that long.
+            wait_s = max(0, min(MAX_WAIT_S, int(wait)))
+            params = {**params, "index": index, "wait": wait_s}
+            return self.request("GET", path, params=params, timeout=wait_s + 10.0)  # type: ignore[no-any-return]
+        return self.request("GET", path, params=params or None)  # type: ignore[no-any-return]
+
+    def watch(self, read: Callable[[int | None, float], dict[str, Any]], done: Callable[[dict[str, Any]], bool],
+              deadline: float) -> dict[str, Any] | None:
+        """The one wait of the client on the cluster's state: blocking reads (``read(index, wait)``
+        answers once the modify index is above ``index``, or after ``wait`` seconds) until
+        ``done(answer)``; the answer, or None once ``deadline`` (monotonic) has passed.
+
+        No polling: each read parks on the server until the state changes. An index that went
+        backwards (another agent, a replica behind) starts over from a plain read. A cluster
+        without a leader for a moment (an election) is waited out, up to ``deadline``.
+        """
+        def attempt(index: int | None, wait: float) -> dict[str, Any]:
+            while True:
+                try:
+                    return read(index, wait)
+                except Unavailable:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.1)  # every agent refused: no leader yet, or none reachable
+
+        answer = attempt(None, 0.0)
+        while not done(answer):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            index = answer["index"]
+            # A blocking read of at least a second: whole seconds are what the server takes.
+            nxt = attempt(index, max(1.0, min(left, MAX_WAIT_S)))
+            answer = attempt(None, 0.0) if nxt["index"] < index else nxt
+        return answer
+
+    def wait_packs(self, names: list[str], done: Callable[[dict[str, Any]], bool], timeout: float,
+                   what: str = "not running") -> dict[str, dict[str, Any]]:
+        """Wait until ``done(pack)`` holds for every named pack (blocking reads, one pack at a time:
+        the whole wait takes as long as the slowest pack). ``Timeout`` after ``timeout`` seconds;
+        ``NotFound`` if a pack is deleted meanwhile."""
+        deadline = time.monotonic() + timeout
+        seen: dict[str, dict[str, Any]] = {}
+        for i, name in enumerate(names):
+            def read(index: int | None, wait: float, name: str = name) -> dict[str, Any]:
+                return self.pack_read(name, index=index, wait=wait)
+            got = self.watch(read, lambda a: done(a["pack"]), deadline)
+            if got is None:
+                left = len(names) - i
+                raise Timeout(f"{left} pack(s) {what} after {timeout:g} s (e.g. {name})")
+            seen[name] = got["pack"]
+        return seen
+
     def wait_running(self, names: list[str], timeout: float,
                      generations: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
-        """Poll until every named pack runs (or fails); Timeout when the deadline passes.
-
-        Reads are cheap local reads of whichever agent answers, which may lag the leader by a
-        moment: a pack not there yet, or still at an older placement ``generation``, is waited for.
-        """
-        deadline = time.monotonic() + timeout
-        left = set(names)
-        seen: dict[str, dict[str, Any]] = {}
-        while left:
-            for name in sorted(left):
-                try:
-                    p = self.pack(name, stale=True)
-                except NotFound:
-                    continue
-                if generations and p["generation"] < generations.get(name, 0):
-                    continue
-                if p["state"] in ("running", "failed", "stopped"):
-                    seen[name] = p
-                    left.discard(name)
-            if not left:
-                break
-            if time.monotonic() >= deadline:
-                raise Timeout(f"{len(left)} pack(s) not running after {timeout:g} s (e.g. {sorted(left)[0]})")
-            time.sleep(0.01)
-        return seen
+        """Wait until every named pack runs (or has failed or stopped), at its placement
+        ``generation`` or a newer one when ``generations`` names it; ``Timeout`` at the deadline."""
+        gens = generations or {}
+        return self.wait_packs(names, lambda p: p["generation"] >= gens.get(p["name"], 0)
+                               and p["state"] in ("running", "failed", "stopped"), timeout)
 
     # ------------------------------------------------------------ metrics
 
@@ -315,7 +347,7 @@ class Client:
 
     def create_token(self, name: str, policies: list[str], ttl_s: int | None = None) -> dict[str, Any]:
         """A new API token; the answer holds its secret, shown this once."""
-        body: dict[str, Any] = {"name": name, "policies": policies, "request_id": uuid.uuid4().hex}
+        body: dict[str, Any] = {"name": name, "policies": policies, "request_id": new_request_id()}
         if ttl_s is not None:
             body["ttl_s"] = ttl_s
         return self.request("POST", "/v1/acl/tokens", json=body, retry_for=5.0)  # type: ignore[no-any-return]
@@ -335,7 +367,7 @@ class Client:
 
     def apply_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", "/v1/acl/policies",  # type: ignore[no-any-return]
-                            json={"policy": policy, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                            json={"policy": policy, "request_id": new_request_id()}, retry_for=5.0)
 
     def policies(self) -> list[dict[str, Any]]:
         return self.request("GET", "/v1/acl/policies")["policies"]  # type: ignore[no-any-return]
@@ -357,23 +389,23 @@ class Client:
 
     def set_autoscale_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", "/v1/autoscale/policy",  # type: ignore[no-any-return]
-                            json={"policy": policy, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                            json={"policy": policy, "request_id": new_request_id()}, retry_for=5.0)
 
     def set_autoscale_paused(self, paused: bool, reason: str = "") -> dict[str, Any]:
         return self.request("POST", "/v1/autoscale/pause" if paused else "/v1/autoscale/resume",  # type: ignore[no-any-return]
-                            json={"reason": reason, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                            json={"reason": reason, "request_id": new_request_id()}, retry_for=5.0)
 
     def record_autoscale_decision(self, decision: dict[str, Any], controller: str) -> int:
         """Keep one evaluation in the cluster; returns its id."""
         answer = self.request("POST", "/v1/autoscale/decisions", retry_for=5.0,
-                              json={"decision": decision, "controller": controller, "request_id": uuid.uuid4().hex})
+                              json={"decision": decision, "controller": controller, "request_id": new_request_id()})
         return int(answer["id"])
 
     def set_autoscale_outcome(self, decision_id: int, status: str, nodes: list[str] | None = None,
                               error: str = "") -> dict[str, Any]:
         return self.request("POST", f"/v1/autoscale/decisions/{int(decision_id)}/outcome",  # type: ignore[no-any-return]
                             json={"status": status, "nodes": nodes or [], "error": error,
-                                  "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                                  "request_id": new_request_id()}, retry_for=5.0)
 
     def delete_policy(self, name: str) -> dict[str, Any]:
         return self.request("DELETE", f"/v1/acl/policies/{segment('policy', name)}")  # type: ignore[no-any-return]

@@ -147,9 +147,10 @@ class ServerLink:
             await asyncio.sleep(0.05)
 
     async def pass_on(self, method: str, path: str, *, params: dict[str, Any], body: Any, auth: str,
-                      timeout: float | None = None) -> tuple[int, bytes]:
+                      timeout: float | None = None) -> tuple[int, bytes, str | None]:
         """A request a client agent hands to a server unchanged, with the caller's ``auth`` header:
-        (status, body) of the first server that answers with anything but 503 (no leader there)."""
+        (status, body, its ``X-Canidae-Index`` header) of the first server that answers with
+        anything but 503 (no leader there)."""
         total = timeout if timeout is not None else self.timeout_s
         deadline = time.monotonic() + total
         last: CanidaeError = Unavailable("no server reachable")
@@ -170,7 +171,7 @@ class ServerLink:
                     continue
                 if r.status_code == 503:
                     continue
-                return r.status_code, r.content
+                return r.status_code, r.content, r.headers.get("x-canidae-index")
             if time.monotonic() + 0.05 >= deadline:
                 raise last
             await asyncio.sleep(0.05)

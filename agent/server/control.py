@@ -87,6 +87,7 @@ class ControlPlane:
         # What placement did in the entries this replica applied (every replica counts the same).
         self.placements = 0
         self.unplaced: dict[str, int] = {}
+        self.blocked_reads = 0  # blocking pack reads parked right now, waiting for a change
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -210,6 +211,8 @@ class ControlPlane:
             Reading("raft_apply_seconds", "counter", "Time spent applying log entries to the state.",
                     self.replica.apply_seconds),
         ]
+        out.append(Reading("blocking_reads_waiting", "gauge", "Blocking pack reads (?index=N&wait=S) parked "
+                           "on this server, waiting for a change.", self.blocked_reads))
         if self.proposer is not None:
             out += [Reading("group_commit_batches", "counter", "Log entries proposed by group commit.",
                             self.proposer.batches),
@@ -353,18 +356,46 @@ class ControlPlane:
         return {**await self.propose(cmd), "commit_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
     async def list_packs(self, *, node: str | None, state: PackState | None, after: str | None, limit: int,
-                         stale: bool, crashlooping: bool = False, count: bool = True) -> dict[str, Any]:
-        """A page of packs; ``total`` counts every pack matching the filters, not only this page."""
-        st = await self.read_state(stale)
-        with self.replica.lock:  # type: ignore[union-attr]
-            page, cursor, total = st.list_packs(node=node, state=state, after=after, limit=limit,
-                                                crashlooping=crashlooping, count=count)
-            return {"packs": [r.view() for r in page], "next": cursor, "total": total}
+                         stale: bool, crashlooping: bool = False, count: bool = True,
+                         index: int | None = None, wait: float = 0.0) -> dict[str, Any]:
+        """A page of packs; ``total`` counts every pack matching the filters, not only this page.
 
-    async def show_pack(self, name: str, stale: bool) -> dict[str, Any]:
-        st = await self.read_state(stale)
-        with self.replica.lock:  # type: ignore[union-attr]
-            return {"pack": st.get_pack(name).view()}
+        A blocking read (``index`` given) answers once the list's modify index (``packs_index``)
+        is above ``index``, or when ``wait`` seconds have passed (with the same index)."""
+        await self.read_state(stale)
+        deadline = time.monotonic() + wait
+        while True:
+            assert self.replica is not None
+            with self.replica.lock:
+                st = self.replica.state
+                if index is None or st.packs_index > index or time.monotonic() >= deadline:
+                    page, cursor, total = st.list_packs(node=node, state=state, after=after, limit=limit,
+                                                        crashlooping=crashlooping, count=count)
+                    return {"packs": [r.view() for r in page], "next": cursor, "total": total,
+                            "index": st.packs_index}
+            await self._parked(deadline)
+
+    async def show_pack(self, name: str, stale: bool, index: int | None = None, wait: float = 0.0
+                        ) -> dict[str, Any]:
+        """One pack. A blocking read (``index`` given) answers once the pack's modify index is
+        above ``index`` or ``wait`` seconds have passed; a pack deleted meanwhile is ``NotFound``."""
+        await self.read_state(stale)
+        deadline = time.monotonic() + wait
+        while True:
+            assert self.replica is not None
+            with self.replica.lock:
+                rec = self.replica.state.get_pack(name)
+                if index is None or rec.index > index or time.monotonic() >= deadline:
+                    return {"pack": rec.view(), "index": rec.index}
+            await self._parked(deadline)
+
+    async def _parked(self, deadline: float) -> None:
+        """``_next_apply`` for a blocking pack read, counted in ``blocked_reads`` while it waits."""
+        self.blocked_reads += 1
+        try:
+            await self._next_apply(deadline)
+        finally:
+            self.blocked_reads -= 1
 
     async def pack_action(self, name: str, action: str, rid: str, keep_pending: bool = True,
                           by: str = "api") -> dict[str, Any]:
@@ -527,13 +558,19 @@ class ControlPlane:
                     return {"rev": rev, "resync": False, "node_state": st.nodes[node_id].state.value,
                             "packs": [assignment(r) for r in items if not isinstance(r, str)],
                             "gone": gone, "deleted": [n for n in gone if n not in st.packs]}
-            signal = self.applied_signal
-            try:
-                # Wake at least every half second: a server that lost its leader ends the poll.
-                await asyncio.wait_for(signal.wait(), timeout=max(0.0, min(0.5, deadline - time.monotonic())))
-            except TimeoutError:
-                if self.replica.leader_address() is None:
-                    raise NoLeader("this server lost its leader: ask another") from None
+            await self._next_apply(deadline)
+
+    async def _next_apply(self, deadline: float) -> None:
+        """The wait of every long-poll (assignments, blocking pack reads): until the replica applies
+        another entry (``_wake``), or ``deadline`` (monotonic) passes. No polling of the state."""
+        assert self.replica is not None and self.applied_signal is not None
+        signal = self.applied_signal
+        try:
+            # Wake at least every half second: a server that lost its leader ends the poll.
+            await asyncio.wait_for(signal.wait(), timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+        except TimeoutError:
+            if self.replica.leader_address() is None:
+                raise NoLeader("this server lost its leader: ask another") from None
 
     async def resync(self, node_id: str, running: Any) -> dict[str, Any]:
         """Everything ``node_id`` holds, read linearizably, and an explicit instruction for each pack

@@ -118,14 +118,19 @@ def openapi_document() -> dict[str, Any]:
             "/v1/nodes/{node}/assignments": {"get": op("packs assigned to a node (wait=S long-polls, up to 30)", params=["node"],
                                                                query={"after": uint(2**62)})},
             "/v1/nodes/{node}/reports": {"post": op("an agent reports pack states", "Reports", ["node"])},
-            "/v1/packs": {"get": op("list packs (paged; total counts the packs matching the filters, total=0 skips that count)",
+            # Long-poll parameters (wait, index) are named in the summaries, not in the query
+            # schemas: generated requests would park on them.
+            "/v1/packs": {"get": op("list packs (paged; total counts the packs matching the filters, total=0 skips that "
+                                    "count; index=N blocks until the list's modify index is above N, wait=S seconds "
+                                    "at most, up to 60, default 30)",
                                       query={**stale, "node": name, "after": name, "limit": uint(10_000, 1),
                                              "total": uint(1), "state": {"enum": [
                                                  "created", "pending", "placed", "running", "stopping",
                                                  "stopped", "failed", "crashlooping"]}}),
                           "post": op("create, place or spawn packs", "CreatePacks"),
                           "delete": op("delete packs: {names, force}; their history stays", "DeletePacks")},
-            "/v1/packs/{name}": {"get": op("show a pack", params=["name"], query=stale)},
+            "/v1/packs/{name}": {"get": op("show a pack (index=N blocks until its modify index is above N, "
+                                           "wait=S seconds at most)", params=["name"], query=stale)},
             "/v1/packs/{name}/history": {"get": op("a pack's events (since=MS: from that time)", params=["name"],
                                                        query={"since": uint(2**62)})},
             "/v1/packs/{name}/{action}": {"post": op("stop, place or migrate a pack", "PackAction", ["name", "action"],

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from canidae.agent.httpedge import (
@@ -100,6 +101,27 @@ def metrics_query(request: Request) -> dict[str, Any]:
                 validate_name(key, part)
             out[key] = value
     return out
+
+
+MAX_WAIT_S = 60  # the longest a blocking read waits
+DEFAULT_WAIT_S = 30  # what it waits when the request gives an index but no wait
+INDEX_HEADER = "X-Canidae-Index"
+
+
+def blocking_query(request: Request) -> tuple[int | None, float]:
+    """``index`` and ``wait`` (whole seconds, at most ``MAX_WAIT_S``) of a blocking read, checked:
+    (None, 0) for a plain read. ``wait`` without ``index`` is refused: it would wait for nothing."""
+    q = request.query_params
+    if "index" not in q:
+        if "wait" in q:
+            raise InvalidInput("wait needs index: the modify index the answer must be newer than")
+        return None, 0.0
+    return query_int(request, "index", 0, 0, 2**62), float(query_int(request, "wait", DEFAULT_WAIT_S, 0, MAX_WAIT_S))
+
+
+def with_index(result: dict[str, Any]) -> JSONResponse:
+    """A read that carries a modify index: in the body (``index``) and in ``X-Canidae-Index``."""
+    return JSONResponse(result, headers={INDEX_HEADER: str(result["index"])})
 
 
 def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[Route]:
@@ -221,15 +243,17 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
             raise InvalidInput(f"unknown pack state {state!r}: one of "
                                f"{', '.join([*(s.value for s in PackState), 'crashlooping'])}") from None
         after = request.query_params.get("after")
-        return await agent.list_packs(
+        index, wait = blocking_query(request)
+        return with_index(await agent.list_packs(
             node=validate_name("node", node) if node else None, state=pstate,
             after=validate_name("pack", after) if after else None,
             limit=query_int(request, "limit", 1000, 1, 10_000), stale=query_bool(request, "stale"),
-            crashlooping=crashlooping, count=query_int(request, "total", 1, 0, 1) == 1)
+            crashlooping=crashlooping, count=query_int(request, "total", 1, 0, 1) == 1, index=index, wait=wait))
 
     async def show_pack(request: Request) -> Any:
-        return await agent.show_pack(validate_name("pack", request.path_params["name"]),
-                                     stale=query_bool(request, "stale"))
+        name = validate_name("pack", request.path_params["name"])
+        index, wait = blocking_query(request)
+        return with_index(await agent.show_pack(name, stale=query_bool(request, "stale"), index=index, wait=wait))
 
     async def pack_action(request: Request) -> Any:
         name = validate_name("pack", request.path_params["name"])

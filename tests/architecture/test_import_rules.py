@@ -168,3 +168,13 @@ def test_the_command_line_starts_without_server_code(argv):
     p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
     loaded = [line for line in p.stderr.splitlines() if line.startswith("LOADED")]
     assert loaded == ["LOADED "], p.stderr[-2000:]
+
+
+def test_json_pack_list_is_answered_without_the_command_tree():
+    """``canidae --json pack list`` (``canidae.cli.fastpath``) loads no typer, rich, httpx,
+    cryptography, Raft or server code: scripts call it in loops."""
+    heavy = ("typer", "rich", "httpx", "cryptography", "pysyncobj", "click", "starlette", "uvicorn",
+             "canidae.cli.main", "canidae.agent.server", "canidae.agent.node", "canidae.agent.daemon")
+    code = f"import sys\nimport canidae.cli.fastpath\nprint(sorted(m for m in sys.modules if m.startswith({heavy!r})))"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr[-2000:]

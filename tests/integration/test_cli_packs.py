@@ -276,3 +276,27 @@ def test_shell_completions_offer_the_live_cluster_names(cluster: LocalCluster, c
             [fish, "--no-config", "-c", cmd], capture_output=True, text=True, env=env, timeout=60).stdout.splitlines()]
         assert got == ["complete-me"], got
     cli("pack", "delete", "complete-me")
+
+
+def test_json_pack_list_answers_as_the_full_cli_without_loading_it(cli: Cli) -> None:
+    """The fast path of ``--json pack list`` (``canidae.cli.fastpath``) prints what the typer
+    command prints, exits as it exits, and loads neither typer, rich nor httpx."""
+    cli("pack", "create", "fast", "--count", "3")
+    heavy = ("typer", "rich", "httpx", "cryptography", "pysyncobj")
+    code = ("import runpy, sys\nsys.argv = ['canidae', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('canidae', run_name='__main__')\nexcept SystemExit as e:\n    rc = e.code\n"
+            f"print('LOADED', rc, sorted(m for m in sys.modules if m.startswith({heavy!r})), file=sys.stderr)\n")
+    for argv, rc in ((["--json", "pack", "list"], 0), (["pack", "list", "--state", "created", "--limit", "2", "--json"], 0),
+                     (["--json", "pack", "list", "--after", "fast-0", "--stale"], 0),
+                     (["--json", "pack", "list", "--zone", "z1", "--limit", "1"], 0),
+                     (["--json", "pack", "list", "--node", "nosuch"], 5),
+                     (["--json", "pack", "list", "--zone", "nosuch"], 5)):
+        fast = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+        *err_lines, loaded = fast.stderr.splitlines()
+        if rc == 0:
+            assert loaded == "LOADED 0 []", fast.stderr
+        else:
+            assert loaded.startswith(f"LOADED {rc} "), fast.stderr
+        full_rc, full_out, full_err = cli(*argv, code=rc)
+        assert fast.stdout == full_out and "\n".join(err_lines) == full_err.rstrip("\n"), argv
+    cli("pack", "delete", "fast-0", "fast-1", "fast-2")
