@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from canidae.agent.ops.drain import drain_progress
 from canidae.cli.connect import client
 from canidae.cli.output import JsonOption, StaleOption, TimeoutOption, WaitOption, console, emit
 from canidae.cli.params import NodeArg, ZoneOpt
@@ -100,14 +101,7 @@ def node_drain(node_name: NodeArg, wait: WaitOption = True,
         moved = result["moved"]
         took = None
         if wait:
-            names = [m["name"] for m in moved if m.get("node")]
-
-            def progress() -> tuple[int, int]:
-                running = sum(1 for n in names if c.pack(n, stale=True)["state"] == "running")
-                node = c.node(node_name)
-                left_here = node["packs"] + (node.get("running_here") or 0)
-                return running + (1 if left_here == 0 else 0), len(names) + 1
-            took = wait_until(progress, deadline, f"draining {node_name}")
+            took = wait_until(drain_progress(c, node_name, moved), deadline, f"draining {node_name}")
     out = {"node": node_name, "moved": moved, "pending": [m["name"] for m in moved if not m.get("node")],
            "seconds": None if took is None else round(took, 3)}
     emit(out, json, lambda: console.print(

@@ -152,6 +152,10 @@ class Client:
                             json={"state": "draining", "reason": "drain", "plan": plan,
                                   "request_id": uuid.uuid4().hex}, retry_for=5.0)
 
+    def remove_node(self, node_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/v1/nodes/{segment('node', node_id)}",  # type: ignore[no-any-return]
+                            json={"request_id": uuid.uuid4().hex}, retry_for=5.0)
+
     def migrate(self, name: str, to: str | None = None) -> dict[str, Any]:
         return self.request("POST", f"/v1/packs/{segment('pack', name)}/migrate",  # type: ignore[no-any-return]
                             json={"to": to, "request_id": uuid.uuid4().hex}, retry_for=5.0)

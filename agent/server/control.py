@@ -35,6 +35,7 @@ from canidae.core.commands import (
     PlacePacks,
     Rebalance,
     RegisterNode,
+    RemoveNode,
     ReportState,
     ReportPacks,
     SetNodeState,
@@ -289,6 +290,11 @@ class ControlPlane:
         if plan:
             return await self._plan(cmd)
         return await self.propose(cmd)
+
+    async def remove_node(self, node_id: str, rid: str) -> dict[str, Any]:
+        """Forget a node: its packs move elsewhere (as in a drain), then it leaves the node list.
+        Its agent should be stopped first: a running one registers itself again."""
+        return await self.propose(RemoveNode(id=rid, **self.stamp(), node_id=node_id))
 
     async def _plan(self, cmd: Command) -> dict[str, Any]:
         """What ``cmd`` would do, computed by applying it to a copy of the current state."""
