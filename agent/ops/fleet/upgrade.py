@@ -27,7 +27,7 @@ from canidae.agent.client.calls import Client, Target
 from canidae.agent.ops.drain import drain_if_known
 from canidae.agent.ops.fleet.bootstrap import Bootstrap, HostOutcome, status
 from canidae.agent.ops.fleet.inventory import Host
-from canidae.core.errors import OperationFailed
+from canidae.core.errors import CanidaeError, OperationFailed
 from canidae.core.types import Role
 
 DRAIN_TIMEOUT_S = 180.0
@@ -154,14 +154,14 @@ class Upgrade:
             drained.append(await asyncio.to_thread(self._drain, host.name, running))
 
         o = await self.boot.host(h, before_change=drain)
-        if o.status == "ok" and any(drained):
-            try:
-                await asyncio.to_thread(self._ready, h.name)
-                o.changed.append("uncordon")
-            except OperationFailed as e:
-                o.status, o.step, o.error = "failed", "uncordon", e.message
-        elif drained:
+        if any(drained):
             o.changed.insert(0, "drain")
+            if o.status == "ok":
+                try:
+                    await asyncio.to_thread(self._ready, h.name)
+                    o.changed.append("uncordon")
+                except CanidaeError as e:
+                    o.status, o.step, o.error = "failed", "uncordon", e.message
         return o
 
     def _drain(self, node: str, running: bool) -> bool:
