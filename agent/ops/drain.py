@@ -40,6 +40,12 @@ def drain_and_wait(c: Client, node: str, timeout: float) -> dict[str, Any]:
     return result
 
 
+def stranded(c: Client, node: str) -> list[str]:
+    """The packs a drain of ``node`` would leave with nowhere to go (pinned to it, or no room
+    elsewhere): they would wait, pending, and run nowhere."""
+    return [m["name"] for m in c.drain(node, plan=True)["moved"] if not m.get("node")]
+
+
 def drain_if_known(c: Client, node: str, agent_runs: bool, timeout: float) -> bool:
     """Drain ``node`` before its agent is stopped for good or for an upgrade: and wait for it when
     its agent runs (one that does not cannot confirm it runs nothing). False when the cluster does
@@ -55,4 +61,4 @@ def drain_if_known(c: Client, node: str, agent_runs: bool, timeout: float) -> bo
     return True
 
 
-__all__ = ["drain_and_wait", "drain_if_known", "drain_progress"]
+__all__ = ["drain_and_wait", "drain_if_known", "drain_progress", "stranded"]

@@ -1,7 +1,8 @@
 """``fleet remove``: take a client host out of the cluster for good.
 
 In order, stopping at the first failure (each step is safe to repeat, so a re-run finishes the
-job): drain the node (``agent.ops.drain``: its packs run elsewhere first), stop its agent,
+job): refuse if any pack of the node would have nowhere to go (pinned to it, or no room
+elsewhere); drain the node (``agent.ops.drain``: its packs run elsewhere first), stop its agent,
 forget the node (``DELETE /v1/nodes/{node}``: it leaves ``node list``), and uninstall (the
 systemd unit and the files bootstrap wrote; nothing else of the host is touched). The order
 matters: a node forgotten while its agent still ran would register itself again.
@@ -21,12 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from canidae.agent.client.calls import Client, Target
-from canidae.agent.ops.drain import drain_if_known
+from canidae.agent.ops.drain import drain_if_known, stranded
 from canidae.agent.ops.fleet import remote
 from canidae.agent.ops.fleet.bootstrap import Bootstrap, StepFailed
 from canidae.agent.ops.fleet.inventory import Host
 from canidae.agent.ops.fleet.sshlink import HostKeyChanged, HostKeyUnknown, Link, Unreachable
-from canidae.core.errors import CanidaeError, InvalidInput, NotFound
+from canidae.core.errors import CanidaeError, InvalidInput, NotFound, OperationFailed
 from canidae.core.types import Role
 
 DRAIN_TIMEOUT_S = 180.0
@@ -91,6 +92,14 @@ class Removal:
 
     def _drain(self, node: str, running: bool) -> bool:
         with self._client() as c:
+            try:
+                left = stranded(c, node)
+            except NotFound:
+                return False
+            if left:  # refused before anything is done: a removal must not leave packs running nowhere
+                more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+                raise OperationFailed(f"{len(left)} pack(s) of {node} would have nowhere to go ({', '.join(left[:3])}"
+                                      f"{more}: pinned to it, or no room elsewhere): move, stop or delete them first")
             return drain_if_known(c, node, running, DRAIN_TIMEOUT_S)
 
     def _forget(self, node: str) -> bool:
