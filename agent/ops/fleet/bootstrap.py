@@ -183,7 +183,7 @@ class Bootstrap:
         out.seconds = round(time.monotonic() - t0, 3)
         return out
 
-    async def _sh(self, link: Link, step: str, command: str, timeout: float = 600.0, as_root: bool = True) -> str:
+    async def sh(self, link: Link, step: str, command: str, timeout: float = 600.0, as_root: bool = True) -> str:
         """Run ``command`` on the host (as root unless ``as_root`` is false); its stdout, or ``StepFailed``."""
         h = link.host
         password = self._passwords.get(h.name) if as_root else None
@@ -220,7 +220,7 @@ class Bootstrap:
     async def _steps(self, link: Link, h: Host, out: HostOutcome, before_change: BeforeChange | None) -> None:
         await self.sudo_step(link, h)
         t_sent = time.time()
-        probe = remote.parse_probe(await self._sh(link, "probe", remote.helper(h, "probe"), 60))
+        probe = remote.parse_probe(await self.sh(link, "probe", remote.helper(h, "probe"), 60))
         offset = probe["time"] - (t_sent + time.time()) / 2
         running = bool(probe["running"])
         problems = remote.probe_problems(h, probe, offset)
@@ -242,8 +242,8 @@ class Bootstrap:
                 raise StepFailed("drain", e.message) from None
         if running:
             out.changed.append("stop")
-            await self._sh(link, "stop", remote.helper(h, "stop", systemd=systemd), 60)
-        await self._sh(link, "prepare", f"{remote.clear_hash(h)} && {remote.prepare_dirs(h)}", 60)
+            await self.sh(link, "stop", remote.helper(h, "stop", systemd=systemd), 60)
+        await self.sh(link, "prepare", f"{remote.clear_hash(h)} && {remote.prepare_dirs(h)}", 60)
         if probe["wheels"] != self.wheels.digest:
             await self._install_wheels(link, h, out)
         out.changed.append("configure")
@@ -252,25 +252,25 @@ class Bootstrap:
         out.changed.append("start")
         if systemd:
             await self._write(link, h, "start", remote.unit_path(h), remote.systemd_unit(h).encode(), 0o644)
-            await self._sh(link, "start", remote.systemd_start(h), 60)
+            await self.sh(link, "start", remote.systemd_start(h), 60)
         else:
-            await self._sh(link, "start", remote.helper(h, "start"), 60)
+            await self.sh(link, "start", remote.helper(h, "start"), 60)
         await self._wait_up(link, h)
-        await self._sh(link, "record", remote.record_hash(h, digest), 30)
+        await self.sh(link, "record", remote.record_hash(h, digest), 30)
 
     async def _install_wheels(self, link: Link, h: Host, out: HostOutcome) -> None:
         """Copy the wheels the host lacks (by content), drop the ones it no longer needs, and install
         the copied ones (every wheel into a new venv)."""
-        there = remote.parse_sums(await self._sh(link, "copy", remote.list_wheels(h), 60))
+        there = remote.parse_sums(await self.sh(link, "copy", remote.list_wheels(h), 60))
         here = dict(zip(self.wheels.files, self.wheels.sums, strict=True))
         stale = sorted(f for f, s in there.items() if here.get(f) != s)
         missing = [f for f in self.wheels.files if there.get(f) != here[f]]
         out.changed.append("copy")
-        await self._sh(link, "copy", remote.remove_wheels(h, stale), 60)
+        await self.sh(link, "copy", remote.remove_wheels(h, stale), 60)
         await self._put(link, h, "copy", [(os.path.join(self.wheels.path, f), os.path.join(h.install_dir, "wheels", f))
                                           for f in missing])
         out.changed.append("install")
-        await self._sh(link, "install", remote.install(h, self.wheels.digest, missing), 900)
+        await self.sh(link, "install", remote.install(h, self.wheels.digest, missing), 900)
 
     async def _put(self, link: Link, h: Host, step: str, files: list[tuple[str, str]]) -> None:
         """Copy files over SFTP; a login that is not root copies to a stage in its home, then root moves them."""
@@ -281,10 +281,10 @@ class Bootstrap:
                 await link.put(files)
                 return
             stage = f".canidae-stage-{h.name}"
-            await self._sh(link, step, f"rm -rf {stage} && mkdir -m 0700 {stage}", 30, as_root=False)
+            await self.sh(link, step, f"rm -rf {stage} && mkdir -m 0700 {stage}", 30, as_root=False)
             await link.put([(local, f"{stage}/{os.path.basename(r)}") for local, r in files])
             for d in sorted({os.path.dirname(r) for _, r in files}):
-                await self._sh(link, step, f"cp {stage}/* {shlex.quote(d)}/ && rm -rf {stage}", 120)
+                await self.sh(link, step, f"cp {stage}/* {shlex.quote(d)}/ && rm -rf {stage}", 120)
         except Unreachable:
             raise
         except OperationFailed as e:
@@ -297,7 +297,7 @@ class Bootstrap:
                 return
             stage = f".canidae-stage-{h.name}.{os.path.basename(path)}"
             await link.write(stage, data, mode)
-            await self._sh(link, step, f"install -m {mode:o} {stage} {shlex.quote(path)} && rm -f {stage}", 30)
+            await self.sh(link, step, f"install -m {mode:o} {stage} {shlex.quote(path)} && rm -f {stage}", 30)
         except Unreachable:
             raise
         except OperationFailed as e:
@@ -314,9 +314,9 @@ class Bootstrap:
                         return
                 except httpx.HTTPError:
                     pass
-                probe = remote.parse_probe(await self._sh(link, "start", remote.helper(h, "probe"), 60))
+                probe = remote.parse_probe(await self.sh(link, "start", remote.helper(h, "probe"), 60))
                 if not probe["running"] or time.monotonic() > deadline:
-                    log = await self._sh(link, "start", f"tail -n 8 {shlex.quote(os.path.join(h.install_dir, 'stdout.log'))}"
+                    log = await self.sh(link, "start", f"tail -n 8 {shlex.quote(os.path.join(h.install_dir, 'stdout.log'))}"
                                          " || true", 30)
                     why = "exited" if not probe["running"] else f"did not answer on {h.api} within {UP_TIMEOUT_S:g} s"
                     raise StepFailed("start", f"the agent {why}: {_tail(log) or '(no output)'}")
@@ -324,7 +324,7 @@ class Bootstrap:
 
     # ------------------------------------------------------------------ the cluster
 
-    async def _status(self, http: httpx.AsyncClient, api: str) -> dict[str, Any] | None:
+    async def server_status(self, http: httpx.AsyncClient, api: str) -> dict[str, Any] | None:
         try:
             r = await http.get(f"http://{api}/v1/status", params={"stale": 1})
             return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
@@ -338,7 +338,7 @@ class Bootstrap:
         async with httpx.AsyncClient(timeout=1.0, headers=headers) as http:
             while True:
                 for s in self.inv.servers:
-                    st = await self._status(http, s.api)
+                    st = await self.server_status(http, s.api)
                     if st and st.get("raft_state") == "leader" and st.get("has_quorum"):
                         return str(st["node"])
                 if time.monotonic() > deadline:
@@ -352,7 +352,7 @@ class Bootstrap:
         async with httpx.AsyncClient(timeout=1.0, headers=headers) as http:
             while time.monotonic() < deadline:
                 for s in self.inv.servers:
-                    st = await self._status(http, s.api)
+                    st = await self.server_status(http, s.api)
                     if st and st.get("raft_state") == "leader" and st.get("nodes", 0) >= n:
                         return True
                 await asyncio.sleep(0.1)

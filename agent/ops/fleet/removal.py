@@ -73,21 +73,21 @@ class Removal:
 
     async def _steps(self, link: Link, h: Host) -> None:
         await self.boot.sudo_step(link, h)
-        probe = remote.parse_probe(await self.boot._sh(link, "probe", remote.helper(h, "probe"), 60))
+        probe = remote.parse_probe(await self.boot.sh(link, "probe", remote.helper(h, "probe"), 60))
         try:
             known = await asyncio.to_thread(self._drain, h.name, bool(probe["running"]))
         except CanidaeError as e:
             raise StepFailed("drain", e.message) from None
         if known:
             self.done.append("drain")
-        await self.boot._sh(link, "stop", remote.helper(h, "stop", systemd=bool(probe["systemd"])), 60)
+        await self.boot.sh(link, "stop", remote.helper(h, "stop", systemd=bool(probe["systemd"])), 60)
         self.done.append("stop")
         try:
             if await asyncio.to_thread(self._forget, h.name):
                 self.done.append("forget")
         except CanidaeError as e:
             raise StepFailed("forget", e.message) from None
-        await self.boot._sh(link, "uninstall", remote.uninstall(h), 120)
+        await self.boot.sh(link, "uninstall", remote.uninstall(h), 120)
         self.done.append("uninstall")
 
     def _drain(self, node: str, running: bool) -> bool:

@@ -120,7 +120,7 @@ class Upgrade:
         commit = 0
         async with httpx.AsyncClient(timeout=2.0, headers={"authorization": f"Bearer {self._token}"}) as http:
             for s in servers:
-                st = await self.boot._status(http, s.api)
+                st = await self.boot.server_status(http, s.api)
                 if st and st.get("raft_state") == "leader":
                     commit = int(st.get("commit_index") or 0)
                 if s.name != h.name and st and st.get("raft_state") in ("leader", "follower"):
@@ -136,7 +136,7 @@ class Upgrade:
         last: dict[str, Any] | None = None
         async with httpx.AsyncClient(timeout=2.0, headers={"authorization": f"Bearer {self._token}"}) as http:
             while time.monotonic() < deadline:
-                last = await self.boot._status(http, h.api)
+                last = await self.boot.server_status(http, h.api)
                 if last and last.get("raft_state") in ("leader", "follower") and \
                         int(last.get("last_applied") or 0) >= commit:
                     return
