@@ -172,6 +172,23 @@ def test_rolling_upgrade_keeps_a_leader_then_remove_a_client(fleet: Fleet, tmp_p
     assert {r["status"] for r in again["hosts"]} == {"unchanged"} and again["upgraded"] == 0, again
     assert {n: fleet.agent_pid(n) for n, _ in HOSTS} == pids
 
+    # The first failure stops the run, with the table: s1's agent stopped (the run restarts it: it
+    # needs a change, and the others keep quorum), c1 cut off (unreachable); c2 is not reached.
+    fleet.stop_agent("s1")
+    fleet.net.cut("c1")
+    try:
+        bad = _upgrade(fleet, "--source", str(tree), code=1)
+        human = fleet.cli("fleet", "upgrade", str(fleet.inventory), "--yes", "--source", str(tree), code=1).stdout
+    finally:
+        fleet.net.heal("c1")
+    rows = by_host(bad)
+    assert [rows[n]["status"] for n in ("s1", "c1", "c2")] == ["ok", "unreachable", "skipped"], bad
+    assert {rows["s2"]["status"], rows["s3"]["status"]} == {"unchanged"} and bad["stopped"] == "c1 failed", bad
+    assert "stopped: c1 failed" in human and "skipped" in human
+    assert fleet.agent_pid("s1") is not None and fleet.agent_pid("c2") == pids["c2"]
+    wait_until(lambda: c.node("c1")["state"] == "ready", 60, "c1 back")
+    pids["s1"] = fleet.agent_pid("s1")
+
     # A server cannot be removed; a client can.
     p = fleet.cli("fleet", "remove", "s2", str(fleet.inventory), "--yes", code=2)
     assert "is a server" in p.stderr and fleet.agent_pid("s2") == pids["s2"]

@@ -46,7 +46,8 @@ KEYS_FILE = "secret.keys"
 UP_TIMEOUT_S = 30.0
 LEADER_TIMEOUT_S = 30.0
 
-# Called with a host and whether its agent runs, once the host is known to need a change.
+# Called with a host and whether its agent runs, once the host is known to need a change; it
+# refuses with StepFailed.
 BeforeChange = Callable[[Host, bool], Awaitable[None]]
 
 
@@ -236,10 +237,7 @@ class Bootstrap:
             out.status = "unchanged"
             return
         if before_change is not None:
-            try:
-                await before_change(h, running)
-            except CanidaeError as e:
-                raise StepFailed("drain", e.message) from None
+            await before_change(h, running)  # raises StepFailed, naming its own step
         if running:
             out.changed.append("stop")
             await self.sh(link, "stop", remote.helper(h, "stop", systemd=systemd), 60)

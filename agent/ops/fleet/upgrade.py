@@ -1,7 +1,7 @@
 """``fleet upgrade``: a new canidae on every host of an inventory, rolling, with the cluster up.
 
 Servers go one at a time, the current leader last (so the group elects once, not once per
-server). Before a server is stopped, every other server must answer as a Raft member and enough
+server). Before a server that must change is stopped, every other server must answer as a Raft member and enough
 of them that the group keeps quorum without it; once it is back, it must have rejoined (follower
 or leader) and applied at least the log the leader had committed before it stopped, and the
 group must have a leader with quorum again, before the next one. Then clients, ``batch`` at a
@@ -25,7 +25,7 @@ import httpx
 
 from canidae.agent.client.calls import Client, Target
 from canidae.agent.ops.drain import drain_if_known
-from canidae.agent.ops.fleet.bootstrap import Bootstrap, HostOutcome, status
+from canidae.agent.ops.fleet.bootstrap import Bootstrap, HostOutcome, StepFailed, status
 from canidae.agent.ops.fleet.inventory import Host
 from canidae.core.errors import CanidaeError, OperationFailed
 from canidae.core.types import Role
@@ -98,14 +98,18 @@ class Upgrade:
     # ------------------------------------------------------------------ servers
 
     async def _server(self, h: Host) -> HostOutcome:
-        try:
-            commit = await self._quorum_without(h)
-        except OperationFailed as e:
-            return HostOutcome(h.name, h.role.value, h.address, "failed", "quorum", e.message)
-        o = await self.boot.host(h)
-        if o.status == "ok":
+        commit: list[int] = []
+
+        async def gate(host: Host, running: bool) -> None:
             try:
-                await self._rejoined(h, commit)
+                commit.append(await self._quorum_without(host))
+            except OperationFailed as e:
+                raise StepFailed("quorum", e.message) from None
+
+        o = await self.boot.host(h, before_change=gate)
+        if o.status == "ok" and commit:
+            try:
+                await self._rejoined(h, commit[0])
                 await self.boot.wait_leader()
             except OperationFailed as e:
                 o.status, o.step, o.error = "failed", "rejoin", e.message
@@ -151,7 +155,10 @@ class Upgrade:
         drained: list[bool] = []
 
         async def drain(host: Host, running: bool) -> None:
-            drained.append(await asyncio.to_thread(self._drain, host.name, running))
+            try:
+                drained.append(await asyncio.to_thread(self._drain, host.name, running))
+            except CanidaeError as e:
+                raise StepFailed("drain", e.message) from None
 
         o = await self.boot.host(h, before_change=drain)
         if any(drained):
