@@ -84,10 +84,10 @@ class Discard(asyncssh.SFTPServer):
     """SFTP that accepts every file and keeps none (the bench measures the sender)."""
 
     def open(self, path: bytes, pflags: int, attrs: Any) -> Any:
-        return open(os.devnull, "wb")  # noqa: SIM115 (the SFTP server closes it)
+        return open(os.devnull, "wb")  # the SFTP server closes it
 
     def open56(self, path: bytes, desired_access: int, flags: int, attrs: Any) -> Any:
-        return open(os.devnull, "wb")  # noqa: SIM115
+        return open(os.devnull, "wb")
 
     def setstat(self, path: bytes, attrs: Any) -> None:
         return None
