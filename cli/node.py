@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from canidae.agent.ops.drain import drain_progress
 from canidae.cli.connect import client
-from canidae.cli.output import JsonOption, StaleOption, TimeoutOption, WaitOption, console, emit
+from canidae.cli.output import JsonOption, StaleOption, WaitOption, console, emit
 from canidae.cli.params import NodeArg, ZoneOpt
 from canidae.cli.plans import PlanOption, YesOption, confirm, moves_table, predict_seconds, wait_until
 
@@ -101,18 +101,7 @@ def node_drain(node_name: NodeArg, wait: WaitOption = True,
         moved = result["moved"]
         took = None
         if wait:
-            names = [m["name"] for m in moved if m.get("node")]
-            t0 = time.monotonic()
-            # The moved packs running: blocking reads, woken by each change of the state.
-            c.wait_running(names, deadline)
-
-            def progress() -> tuple[int, int]:
-                # What the drained node's agent still runs is heard in its heartbeats, not in the
-                # replicated state: no modify index moves when it stops, so this one is polled.
-                node = c.node(node_name)
-                return (1 if node["packs"] + (node.get("running_here") or 0) == 0 else 0), 1
-            took = time.monotonic() - t0
-            took += wait_until(progress, max(0.0, deadline - took), f"draining {node_name}")
+            took = wait_until(drain_progress(c, node_name, moved), deadline, f"draining {node_name}")
     out = {"node": node_name, "moved": moved, "pending": [m["name"] for m in moved if not m.get("node")],
            "seconds": None if took is None else round(took, 3)}
     emit(out, json, lambda: console.print(

@@ -12,7 +12,7 @@ _canidae_children() {
         "canidae cluster") echo "down status up" ;;
         "canidae drill") echo "failover node partition soak zone" ;;
         "canidae events") echo "tail" ;;
-        "canidae fleet") echo "bootstrap status" ;;
+        "canidae fleet") echo "bootstrap remove status upgrade" ;;
         "canidae history") echo "verify" ;;
         "canidae node") echo "cordon drain list show uncordon" ;;
         "canidae pack") echo "create delete history kill list logs migrate place show spawn stop" ;;
@@ -55,8 +55,10 @@ _canidae_options() {
         "canidae events") echo "--help -h" ;;
         "canidae events tail") echo "--after --count --follow --help --json --lines --node --pack --type -f -h -n" ;;
         "canidae fleet") echo "--help -h" ;;
-        "canidae fleet bootstrap") echo "--accept-new --help --json --limit --parallel --plan --source --wheelhouse --yes -h -y" ;;
+        "canidae fleet bootstrap") echo "--accept-new --help --json --limit --parallel --plan --source --sudo-password-file --wheelhouse --yes -h -y" ;;
+        "canidae fleet remove") echo "--accept-new --help --json --sudo-password-file --yes -h -y" ;;
         "canidae fleet status") echo "--help --json -h" ;;
+        "canidae fleet upgrade") echo "--accept-new --help --json --parallel --source --sudo-password-file --wheel --yes -h -y" ;;
         "canidae history") echo "--help -h" ;;
         "canidae history verify") echo "--full --help --json -h" ;;
         "canidae metrics") echo "--by --cell --help --json --zone -h" ;;
@@ -200,7 +202,13 @@ _canidae_option_value() {
         "canidae fleet bootstrap --limit") echo "none" ;;
         "canidae fleet bootstrap --parallel") echo "none" ;;
         "canidae fleet bootstrap --source") echo "file" ;;
+        "canidae fleet bootstrap --sudo-password-file") echo "file" ;;
         "canidae fleet bootstrap --wheelhouse") echo "file" ;;
+        "canidae fleet remove --sudo-password-file") echo "file" ;;
+        "canidae fleet upgrade --parallel") echo "none" ;;
+        "canidae fleet upgrade --source") echo "file" ;;
+        "canidae fleet upgrade --sudo-password-file") echo "file" ;;
+        "canidae fleet upgrade --wheel") echo "file" ;;
         "canidae metrics --by") echo "choice:zone region cell node" ;;
         "canidae metrics --cell") echo "none" ;;
         "canidae metrics --zone") echo "zone" ;;
@@ -345,7 +353,10 @@ _canidae_argument() {
         "canidae autoscale policy apply 0") echo "file" ;;
         "canidae drill zone 0") echo "zone" ;;
         "canidae fleet bootstrap 0") echo "file" ;;
+        "canidae fleet remove 0") echo "none" ;;
+        "canidae fleet remove 1") echo "file" ;;
         "canidae fleet status 0") echo "file" ;;
+        "canidae fleet upgrade 0") echo "file" ;;
         "canidae history verify 0") echo "pack" ;;
         "canidae node cordon 0") echo "node" ;;
         "canidae node drain 0") echo "node" ;;

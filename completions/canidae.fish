@@ -19,7 +19,7 @@ function __canidae_children
         case 'canidae events'
             printf '%s\n' tail
         case 'canidae fleet'
-            printf '%s\n' bootstrap status
+            printf '%s\n' bootstrap remove status upgrade
         case 'canidae history'
             printf '%s\n' verify
         case 'canidae node'
@@ -75,7 +75,11 @@ function __canidae_valued
         case 'canidae events tail'
             printf '%s\n' -- --after --count --lines --node --pack --type -n
         case 'canidae fleet bootstrap'
-            printf '%s\n' -- --limit --parallel --source --wheelhouse
+            printf '%s\n' -- --limit --parallel --source --sudo-password-file --wheelhouse
+        case 'canidae fleet remove'
+            printf '%s\n' -- --sudo-password-file
+        case 'canidae fleet upgrade'
+            printf '%s\n' -- --parallel --source --sudo-password-file --wheel
         case 'canidae metrics'
             printf '%s\n' -- --by --cell --zone
         case 'canidae node drain'
@@ -423,7 +427,9 @@ complete -c canidae -n '__canidae_at \'canidae events tail\'' -l type -x -d 'Onl
 
 # canidae fleet
 complete -c canidae -n '__canidae_at \'canidae fleet\'' -a bootstrap -d 'Install and start an agent on every host of INVENTORY, servers first, then clients'
+complete -c canidae -n '__canidae_at \'canidae fleet\'' -a remove -d 'Take a client host out of the cluster'
 complete -c canidae -n '__canidae_at \'canidae fleet\'' -a status -d 'Show each host\'s agent'
+complete -c canidae -n '__canidae_at \'canidae fleet\'' -a upgrade -d 'Upgrade every host of INVENTORY to a new canidae, rolling, keeping a leader throughout'
 complete -c canidae -n '__canidae_at \'canidae fleet\'' -l help -s h -d 'Show this message and exit'
 
 # canidae fleet bootstrap
@@ -434,14 +440,34 @@ complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l limit -x -d
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l parallel -x -d 'Hosts worked on at once'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l plan -d 'Print what would be done on each host'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l source -r -F -d 'Build the wheels from this canidae source tree (default'
+complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l sudo-password-file -r -F -d 'The sudo password of the hosts whose login is not root, for scripts (or $CANIDAE_SUDO_PASSWORD)'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l wheelhouse -r -F -d 'Install from these wheels (canidae\'s and its dependencies\')'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\'' -l yes -s y -d 'Do not ask before changing the hosts'
 complete -c canidae -n '__canidae_at \'canidae fleet bootstrap\' 0' -r -F -d 'INVENTORY'
+
+# canidae fleet remove
+complete -c canidae -n '__canidae_at \'canidae fleet remove\'' -l accept-new -d 'Record the host key of a host not yet in known_hosts (a changed key is always refused)'
+complete -c canidae -n '__canidae_at \'canidae fleet remove\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae fleet remove\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae fleet remove\'' -l sudo-password-file -r -F -d 'The sudo password of the hosts whose login is not root, for scripts (or $CANIDAE_SUDO_PASSWORD)'
+complete -c canidae -n '__canidae_at \'canidae fleet remove\'' -l yes -s y -d 'Do not ask before changing the hosts'
+complete -c canidae -n '__canidae_at \'canidae fleet remove\' 1' -r -F -d 'INVENTORY'
 
 # canidae fleet status
 complete -c canidae -n '__canidae_at \'canidae fleet status\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae fleet status\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae fleet status\' 0' -r -F -d 'INVENTORY'
+
+# canidae fleet upgrade
+complete -c canidae -n '__canidae_at \'canidae fleet upgrade\'' -l accept-new -d 'Record the host key of a host not yet in known_hosts (a changed key is always refused)'
+complete -c canidae -n '__canidae_at \'canidae fleet upgrade\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae fleet upgrade\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae fleet upgrade\'' -l parallel -x -d 'Clients upgraded at once (servers always go one by one)'
+complete -c canidae -n '__canidae_at \'canidae fleet upgrade\'' -l source -r -F -d 'Upgrade to canidae built from this source tree (default'
+complete -c canidae -n '__canidae_at \'canidae fleet upgrade\'' -l sudo-password-file -r -F -d 'The sudo password of the hosts whose login is not root, for scripts (or $CANIDAE_SUDO_PASSWORD)'
+complete -c canidae -n '__canidae_at \'canidae fleet upgrade\'' -l wheel -r -F -d 'Upgrade to this canidae wheel (the other wheels stay those of the last bootstrap), or to this directory of wheels'
+complete -c canidae -n '__canidae_at \'canidae fleet upgrade\'' -l yes -s y -d 'Do not ask before changing the hosts'
+complete -c canidae -n '__canidae_at \'canidae fleet upgrade\' 0' -r -F -d 'INVENTORY'
 
 # canidae history
 complete -c canidae -n '__canidae_at \'canidae history\'' -a verify -d 'Rebuild the projections from each server\'s event log and compare them with the live state'

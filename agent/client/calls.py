@@ -185,7 +185,8 @@ class Client:
 
     def remove_node(self, node_id: str) -> dict[str, Any]:
         """Forget a drained (or down) node whose agent has stopped."""
-        return self.request("DELETE", f"/v1/nodes/{segment('node', node_id)}")  # type: ignore[no-any-return]
+        return self.request("DELETE", f"/v1/nodes/{segment('node', node_id)}",  # type: ignore[no-any-return]
+                            json={"request_id": new_request_id()}, retry_for=5.0)
 
     def migrate(self, name: str, to: str | None = None) -> dict[str, Any]:
         return self.request("POST", f"/v1/packs/{segment('pack', name)}/migrate",  # type: ignore[no-any-return]

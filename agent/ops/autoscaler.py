@@ -33,15 +33,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from canidae.agent.client import Client
+from canidae.agent.ops.drain import drain_and_wait, stranded
 from canidae.agent.ops.localcluster import LocalCluster
-from canidae.agent.ops.waiting import wait_until
 from canidae.core.autoscale import Action, AutoscaleHistory, Decision, evaluate, explain
 from canidae.core.autoscale_inputs import ClusterInputs, Usage, cluster_inputs
 from canidae.core.autoscale_policy import Policy
 from canidae.core.autoscale_state import replayable
 from canidae.core.errors import CanidaeError, InvalidInput, Timeout
 
-HOLDING_STATES = ("placed", "running", "stopping")
 COMMAND_TIMEOUT_S = 300.0
 
 
@@ -243,9 +242,9 @@ class AutoscaleController:
             f"{self.provider.name} provider")
         removed: list[str] = []
         for node in victims:
-            moved = self._drain(node)
-            if moved is None:
-                why = f"node {node}: its packs did not run elsewhere within {self.drain_timeout_s:g} s; put back in service"
+            if not self._drain(node):
+                why = (f"node {node}: its packs would have nowhere to go, or did not run elsewhere within "
+                       f"{self.drain_timeout_s:g} s; left in service")
                 self.client.set_node_state(node, "ready", "autoscale: drain did not finish")
                 continue
             self.provider.remove([node])
@@ -253,38 +252,17 @@ class AutoscaleController:
             removed.append(node)
         return removed, why
 
-    def _drain(self, node: str) -> list[str] | None:
-        """Drain ``node`` and wait until it holds nothing and every pack it held runs elsewhere;
-        None when that did not happen in time."""
-        before = [p["name"] for p in self._packs_on(node)]
-        self.client.drain(node)
-
-        def settled() -> bool:
-            if self._packs_on(node):
-                return False
-            for name in before:
-                try:
-                    p = self.client.pack(name)
-                except CanidaeError:
-                    continue  # deleted meanwhile: nothing to keep running
-                if p["state"] != "running" or p.get("node") == node:
-                    return False
-            return True
+    def _drain(self, node: str) -> bool:
+        """Drain ``node`` (``canidae node drain``'s one way) and wait until every pack it held runs
+        elsewhere and its agent runs nothing; False when a pack would be stranded (pinned to it, or
+        no room elsewhere: the node is left alone) or the drain did not finish in time."""
+        if stranded(self.client, node):
+            return False
         try:
-            wait_until(settled, self.drain_timeout_s, f"the packs of {node} running elsewhere", interval=0.2)
+            drain_and_wait(self.client, node, self.drain_timeout_s)
         except Timeout:
-            return None
-        return before
-
-    def _packs_on(self, node: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        after: str | None = None
-        while True:
-            page = self.client.packs(node=node, after=after)
-            out += [p for p in page["packs"] if p["state"] in HOLDING_STATES]
-            after = page.get("next")
-            if not after:
-                return out
+            return False
+        return True
 
 
 def provider_for(kind: str, *, data_dir: str | None = None, command: Sequence[str] = ()) -> NodeProvider:

@@ -101,6 +101,7 @@ def openapi_document() -> dict[str, Any]:
                                 "request_id": rid}},
                 "PackAction": {"type": "object", "additionalProperties": False, "properties": {
                     "request_id": rid, "keep_pending": {"type": "boolean"}, "to": name}},
+                "RemoveNode": {"type": "object", "additionalProperties": False, "properties": {"request_id": rid}},
                 "Rebalance": {"type": "object", "additionalProperties": False, "properties": {
                     "plan": {"type": "boolean"}, "request_id": rid}},
             },
@@ -112,7 +113,9 @@ def openapi_document() -> dict[str, Any]:
             "/v1/status": {"get": op("Raft and cluster status")},
             "/v1/digest": {"get": op("this replica's state digest (servers only)")},
             "/v1/nodes": {"get": op("list nodes", query=stale), "post": op("register a node", "RegisterNode")},
-            "/v1/nodes/{node}": {"get": op("show a node", params=["node"], query=stale)},
+            "/v1/nodes/{node}": {"get": op("show a node", params=["node"], query=stale),
+                                 "delete": op("forget a node (its packs move elsewhere; stop its agent first)",
+                                              "RemoveNode", ["node"], body_required=False)},
             "/v1/nodes/{node}/state": {"post": op("cordon/uncordon/drain a node", "NodeState", ["node"])},
             "/v1/nodes/{node}/heartbeat": {"post": op("agent heartbeat", "Heartbeat", ["node"], body_required=False)},
             "/v1/nodes/{node}/assignments": {"get": op("packs assigned to a node (wait=S long-polls, up to 30)", params=["node"],

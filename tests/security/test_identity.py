@@ -53,6 +53,8 @@ def test_the_admin_token_is_in_no_agent_config(cluster):
     ("GET", "/v1/status", None),
     ("POST", "/v1/nodes/c2/state", {"state": "cordoned"}),
     ("POST", "/v1/nodes/c1/state", {"state": "cordoned"}),
+    ("DELETE", "/v1/nodes/c2", {}),  # fleet remove's call: no node may forget another, or itself
+    ("DELETE", "/v1/nodes/c1", {}),
     ("POST", "/v1/rebalance", {}),
     ("GET", "/v1/events", None),
     ("GET", "/v1/agent/running", None),

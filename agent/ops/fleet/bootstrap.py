@@ -21,7 +21,7 @@ import json
 import os
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +33,8 @@ from canidae.agent.identity import Identity
 from canidae.agent.ops.fleet import remote
 from canidae.agent.ops.fleet.inventory import Host, Inventory, agent_config, config_hash
 from canidae.agent.ops.fleet.sshlink import HostKeyChanged, HostKeyUnknown, Link, Unreachable
+from canidae.agent.ops.fleet.sudo import ENV as sudo_env
+from canidae.agent.ops.fleet.sudo import SudoPassword
 from canidae.agent.ops.fleet.wheelhouse import Wheelhouse
 from canidae.agent.secretbox import Keyring, key_file
 from canidae.core.errors import CanidaeError, OperationFailed
@@ -43,6 +45,10 @@ IDENTITY_FILE = "identity.toml"
 KEYS_FILE = "secret.keys"
 UP_TIMEOUT_S = 30.0
 LEADER_TIMEOUT_S = 30.0
+
+# Called with a host and whether its agent runs, once the host is known to need a change; it
+# refuses with StepFailed.
+BeforeChange = Callable[[Host, bool], Awaitable[None]]
 
 
 @dataclass
@@ -108,6 +114,8 @@ class Bootstrap:
     accept_new: bool = False
     parallel: int = 32
     say: Callable[[str], None] = lambda line: None
+    sudo: SudoPassword = field(default_factory=SudoPassword)
+    _passwords: dict[str, str] = field(default_factory=dict, repr=False)  # host -> the sudo password it takes
 
     async def run(self, hosts: list[Host]) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -151,7 +159,9 @@ class Bootstrap:
 
     # ------------------------------------------------------------------ one host
 
-    async def host(self, h: Host) -> HostOutcome:
+    async def host(self, h: Host, before_change: BeforeChange | None = None) -> HostOutcome:
+        """Bring ``h`` to this run's config; ``before_change`` runs once it is known that the host
+        must change, before its agent is stopped (an upgrade drains the node there)."""
         out = HostOutcome(h.name, h.role.value, h.address)
         t0 = time.monotonic()
         try:
@@ -164,7 +174,7 @@ class Bootstrap:
             return out
         try:
             async with link:
-                await self._steps(link, h, out)
+                await self._steps(link, h, out, before_change)
         except StepFailed as e:
             out.status, out.step, out.error = "failed", e.step, e.error
         except Unreachable as e:
@@ -174,9 +184,14 @@ class Bootstrap:
         out.seconds = round(time.monotonic() - t0, 3)
         return out
 
-    async def _sh(self, link: Link, step: str, command: str, timeout: float = 600.0) -> str:
+    async def sh(self, link: Link, step: str, command: str, timeout: float = 600.0, as_root: bool = True) -> str:
+        """Run ``command`` on the host (as root unless ``as_root`` is false); its stdout, or ``StepFailed``."""
+        h = link.host
+        password = self._passwords.get(h.name) if as_root else None
+        if as_root:
+            command = remote.root(h, command, password is not None)
         try:
-            r = await link.run(command, timeout)
+            r = await link.run(command, timeout, stdin=None if password is None else password + "\n")
         except OperationFailed as e:
             if isinstance(e, Unreachable):
                 raise
@@ -185,12 +200,28 @@ class Bootstrap:
             raise StepFailed(step, f"exit {r.status}: {_tail(r.stderr or r.stdout) or '(no output)'}")
         return r.stdout
 
-    async def _steps(self, link: Link, h: Host, out: HostOutcome) -> None:
-        sudo = remote.sudo_check(h)
-        if sudo is not None:
-            await self._sh(link, "sudo", sudo, 30)
+    async def sudo_step(self, link: Link, h: Host) -> None:
+        """Check sudo up front: without a password, else with the run's one password (asked once)."""
+        if h.user == "root":
+            return
+        r = await link.run(remote.SUDO_CHECK, 30)
+        if r.status == 0:
+            return
+        password = await self.sudo.get()
+        if password is None:
+            raise StepFailed("sudo", f"sudo -n true failed for {h.user} ({_tail(r.stderr) or f'exit {r.status}'}): "
+                                     f"give the sudo password on a terminal, with --sudo-password-file FILE or "
+                                     f"in ${sudo_env}")
+        r = await link.run(remote.SUDO_WITH_PASSWORD, 30, stdin=password + "\n")
+        if r.status != 0:
+            raise StepFailed("sudo", f"sudo refused the password for {h.user}: "
+                                     f"{_tail(r.stderr) or f'exit {r.status}'}")
+        self._passwords[h.name] = password
+
+    async def _steps(self, link: Link, h: Host, out: HostOutcome, before_change: BeforeChange | None) -> None:
+        await self.sudo_step(link, h)
         t_sent = time.time()
-        probe = remote.parse_probe(await self._sh(link, "probe", remote.helper(h, "probe"), 60))
+        probe = remote.parse_probe(await self.sh(link, "probe", remote.helper(h, "probe"), 60))
         offset = probe["time"] - (t_sent + time.time()) / 2
         running = bool(probe["running"])
         problems = remote.probe_problems(h, probe, offset)
@@ -205,42 +236,53 @@ class Bootstrap:
         if running and probe["hash"] == digest:
             out.status = "unchanged"
             return
+        if before_change is not None:
+            await before_change(h, running)  # raises StepFailed, naming its own step
         if running:
             out.changed.append("stop")
-            await self._sh(link, "stop", remote.helper(h, "stop", systemd=systemd), 60)
-        await self._sh(link, "prepare", f"{remote.clear_hash(h)} && {remote.prepare_dirs(h)}", 60)
+            await self.sh(link, "stop", remote.helper(h, "stop", systemd=systemd), 60)
+        await self.sh(link, "prepare", f"{remote.clear_hash(h)} && {remote.prepare_dirs(h)}", 60)
         if probe["wheels"] != self.wheels.digest:
-            out.changed.append("copy")
-            await self._sh(link, "copy", f"find {shlex.quote(h.install_dir)}/wheels -maxdepth 1 -name '*.whl' "
-                                         f"-delete", 60)
-            await self._put(link, h, "copy", [(os.path.join(self.wheels.path, f),
-                                               os.path.join(h.install_dir, "wheels", f)) for f in self.wheels.files])
-            out.changed.append("install")
-            await self._sh(link, "install", remote.install(h, self.wheels.digest), 900)
+            await self._install_wheels(link, h, out)
         out.changed.append("configure")
         await self._write(link, h, "configure", h.config_path, toml)
         await self._write(link, h, "configure", key_file(h.data_dir), self.secret_keys)
         out.changed.append("start")
         if systemd:
-            unit_path = f"/etc/systemd/system/{remote.unit_name(h)}"
-            await self._write(link, h, "start", unit_path, remote.systemd_unit(h).encode(), 0o644)
-            await self._sh(link, "start", remote.systemd_start(h, unit_path), 60)
+            await self._write(link, h, "start", remote.unit_path(h), remote.systemd_unit(h).encode(), 0o644)
+            await self.sh(link, "start", remote.systemd_start(h), 60)
         else:
-            await self._sh(link, "start", remote.helper(h, "start"), 60)
+            await self.sh(link, "start", remote.helper(h, "start"), 60)
         await self._wait_up(link, h)
-        await self._sh(link, "record", remote.record_hash(h, digest), 30)
+        await self.sh(link, "record", remote.record_hash(h, digest), 30)
+
+    async def _install_wheels(self, link: Link, h: Host, out: HostOutcome) -> None:
+        """Copy the wheels the host lacks (by content), drop the ones it no longer needs, and install
+        the copied ones (every wheel into a new venv)."""
+        there = remote.parse_sums(await self.sh(link, "copy", remote.list_wheels(h), 60))
+        here = dict(zip(self.wheels.files, self.wheels.sums, strict=True))
+        stale = sorted(f for f, s in there.items() if here.get(f) != s)
+        missing = [f for f in self.wheels.files if there.get(f) != here[f]]
+        out.changed.append("copy")
+        await self.sh(link, "copy", remote.remove_wheels(h, stale), 60)
+        await self._put(link, h, "copy", [(os.path.join(self.wheels.path, f), os.path.join(h.install_dir, "wheels", f))
+                                          for f in missing])
+        out.changed.append("install")
+        await self.sh(link, "install", remote.install(h, self.wheels.digest, missing), 900)
 
     async def _put(self, link: Link, h: Host, step: str, files: list[tuple[str, str]]) -> None:
-        """Copy files over SFTP; a login that is not root copies to a stage in its home, then sudo moves them."""
+        """Copy files over SFTP; a login that is not root copies to a stage in its home, then root moves them."""
+        if not files:
+            return
         try:
             if h.user == "root":
                 await link.put(files)
                 return
             stage = f".canidae-stage-{h.name}"
-            await self._sh(link, step, f"rm -rf {stage} && mkdir -m 0700 {stage}", 30)
+            await self.sh(link, step, f"rm -rf {stage} && mkdir -m 0700 {stage}", 30, as_root=False)
             await link.put([(local, f"{stage}/{os.path.basename(r)}") for local, r in files])
             for d in sorted({os.path.dirname(r) for _, r in files}):
-                await self._sh(link, step, f"sudo -n cp {stage}/* {shlex.quote(d)}/ && rm -rf {stage}", 120)
+                await self.sh(link, step, f"cp {stage}/* {shlex.quote(d)}/ && rm -rf {stage}", 120)
         except Unreachable:
             raise
         except OperationFailed as e:
@@ -253,7 +295,7 @@ class Bootstrap:
                 return
             stage = f".canidae-stage-{h.name}.{os.path.basename(path)}"
             await link.write(stage, data, mode)
-            await self._sh(link, step, f"sudo -n install -m {mode:o} {stage} {shlex.quote(path)} && rm -f {stage}", 30)
+            await self.sh(link, step, f"install -m {mode:o} {stage} {shlex.quote(path)} && rm -f {stage}", 30)
         except Unreachable:
             raise
         except OperationFailed as e:
@@ -270,16 +312,17 @@ class Bootstrap:
                         return
                 except httpx.HTTPError:
                     pass
-                probe = remote.parse_probe(await self._sh(link, "start", remote.helper(h, "probe"), 60))
+                probe = remote.parse_probe(await self.sh(link, "start", remote.helper(h, "probe"), 60))
                 if not probe["running"] or time.monotonic() > deadline:
-                    log = await link.run(f"tail -n 8 {shlex.quote(os.path.join(h.install_dir, 'stdout.log'))}", 30)
+                    log = await self.sh(link, "start", f"tail -n 8 {shlex.quote(os.path.join(h.install_dir, 'stdout.log'))}"
+                                         " || true", 30)
                     why = "exited" if not probe["running"] else f"did not answer on {h.api} within {UP_TIMEOUT_S:g} s"
-                    raise StepFailed("start", f"the agent {why}: {_tail(log.stdout) or '(no output)'}")
+                    raise StepFailed("start", f"the agent {why}: {_tail(log) or '(no output)'}")
                 await asyncio.sleep(0.1)
 
     # ------------------------------------------------------------------ the cluster
 
-    async def _status(self, http: httpx.AsyncClient, api: str) -> dict[str, Any] | None:
+    async def server_status(self, http: httpx.AsyncClient, api: str) -> dict[str, Any] | None:
         try:
             r = await http.get(f"http://{api}/v1/status", params={"stale": 1})
             return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
@@ -293,7 +336,7 @@ class Bootstrap:
         async with httpx.AsyncClient(timeout=1.0, headers=headers) as http:
             while True:
                 for s in self.inv.servers:
-                    st = await self._status(http, s.api)
+                    st = await self.server_status(http, s.api)
                     if st and st.get("raft_state") == "leader" and st.get("has_quorum"):
                         return str(st["node"])
                 if time.monotonic() > deadline:
@@ -307,7 +350,7 @@ class Bootstrap:
         async with httpx.AsyncClient(timeout=1.0, headers=headers) as http:
             while time.monotonic() < deadline:
                 for s in self.inv.servers:
-                    st = await self._status(http, s.api)
+                    st = await self.server_status(http, s.api)
                     if st and st.get("raft_state") == "leader" and st.get("nodes", 0) >= n:
                         return True
                 await asyncio.sleep(0.1)

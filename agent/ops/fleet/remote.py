@@ -2,7 +2,8 @@
 supervised start and stop of the agent.
 
 Everything a host runs is built here from an inventory ``Host``, so ``--plan`` can show it and
-the runner only sends it. The probe, start and stop are one small Python program (``HELPER``,
+the runner only sends it. Builders give what runs as root; ``root`` puts it under sudo when the
+login is not root. The probe, start and stop are one small Python program (``HELPER``,
 plain enough for any Python 3 so that the probe can report an old one), sent base64-encoded on
 the command line with its arguments as JSON: no file is left on the host for it and no quoting
 can break it. The agent runs under systemd when systemd is PID 1 (a rendered unit), else as a
@@ -109,12 +110,23 @@ elif op == "start":
 '''
 
 
-def _sudo(host: Host) -> str:
-    return "" if host.user == "root" else "sudo -n "
+def root(host: Host, body: str, password: bool = False) -> str:
+    """``body`` (a shell command line) run as root on ``host``: as it is when the login is root, else
+    under ``sudo``: ``-n`` (no password), or ``-S`` with an empty prompt when the run feeds the sudo
+    password on stdin (the password is never on a command line). One ``sudo`` per command line, so
+    the password is read once, before ``body`` runs (whose own stdin is then what is left: nothing)."""
+    if host.user == "root":
+        return body
+    flags = "-S -p ''" if password else "-n"
+    return f"sudo {flags} sh -c {shlex.quote(body)}"
 
 
 def unit_name(host: Host) -> str:
     return f"canidae-agent-{host.name}.service"
+
+
+def unit_path(host: Host) -> str:
+    return f"/etc/systemd/system/{unit_name(host)}"
 
 
 def helper_args(host: Host, systemd: bool = False) -> dict[str, Any]:
@@ -124,35 +136,56 @@ def helper_args(host: Host, systemd: bool = False) -> dict[str, Any]:
 
 
 def helper(host: Host, op: str, python: str | None = None, systemd: bool = False) -> str:
-    """The command line that runs ``op`` (probe, start, stop) of ``HELPER`` on ``host``."""
+    """The command line (run as root) of ``op`` (probe, start, stop) of ``HELPER`` on ``host``."""
     code = base64.b64encode(HELPER.encode()).decode()
     prog = f"import base64; exec(base64.b64decode('{code}'))"
-    return (f"{_sudo(host)}{shlex.quote(python or host.python)} -c {shlex.quote(prog)} {op} "
+    return (f"{shlex.quote(python or host.python)} -c {shlex.quote(prog)} {op} "
             f"{shlex.quote(json.dumps(helper_args(host, systemd)))}")
 
 
-def sudo_check(host: Host) -> str | None:
-    """The command that proves sudo needs no password (None: the login is root already)."""
-    return None if host.user == "root" else "sudo -n true"
+SUDO_CHECK = "sudo -n true"               # proves sudo needs no password
+SUDO_WITH_PASSWORD = "sudo -S -p '' true"  # proves the password fed on stdin is accepted
 
 
 def prepare_dirs(host: Host) -> str:
     d = shlex.quote(host.install_dir)
-    return (f"{_sudo(host)}mkdir -p {d}/wheels {d}/data && {_sudo(host)}chmod 0700 {d} {d}/data && "
-            f"{_sudo(host)}find {d}/wheels -maxdepth 1 -name '*.whl' -delete")
+    return f"mkdir -p {d}/wheels {d}/data && chmod 0700 {d} {d}/data"
 
 
-def install(host: Host, wheels_digest: str) -> str:
-    """Make the venv (once) and install canidae from the copied wheels only (no index)."""
+def list_wheels(host: Host) -> str:
+    """``sha256sum`` lines of the wheels copied to ``host`` before (none: no output)."""
+    w = shlex.quote(os.path.join(host.install_dir, "wheels"))
+    return f"cd {w} 2>/dev/null && for f in *.whl; do [ -e \"$f\" ] && sha256sum \"$f\"; done; true"
+
+
+def parse_sums(stdout: str) -> dict[str, str]:
+    out = {}
+    for line in stdout.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2:
+            out[parts[1].strip().lstrip("*")] = parts[0]
+    return out
+
+
+def remove_wheels(host: Host, names: list[str]) -> str:
+    w = os.path.join(host.install_dir, "wheels")
+    return "rm -f " + " ".join(shlex.quote(os.path.join(w, n)) for n in names) if names else "true"
+
+
+def install(host: Host, wheels_digest: str, names: list[str] | None = None) -> str:
+    """Make the venv (once) and install from the copied wheels only (no index): ``names`` (the wheels
+    that changed), or every wheel (a new venv always gets every wheel)."""
     d = host.install_dir
     venv, py = os.path.join(d, "venv"), os.path.join(d, "venv", "bin", "python")
-    s = _sudo(host)
-    return (f"set -e; [ -x {shlex.quote(py)} ] || {s}{shlex.quote(host.python)} -m venv {shlex.quote(venv)}; "
-            f"{s}env PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 {shlex.quote(py)} -m pip install -q --no-compile "
-            f"--no-index --find-links {shlex.quote(os.path.join(d, 'wheels'))} --upgrade --force-reinstall "
-            f"--no-deps {shlex.quote(os.path.join(d, 'wheels'))}/*.whl; "
-            f"{s}{shlex.quote(py)} -m canidae --version; "
-            f"echo {wheels_digest} | {s}tee {shlex.quote(os.path.join(d, WHEELS_FILE))} >/dev/null")
+    wheels = os.path.join(d, "wheels")
+    every = f"{shlex.quote(wheels)}/*.whl"
+    chosen = " ".join(shlex.quote(os.path.join(wheels, n)) for n in names) if names else every
+    pip = (f"env PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 {shlex.quote(py)} -m pip install -q "
+           f"--no-compile --no-index --find-links {shlex.quote(wheels)} --upgrade --force-reinstall --no-deps")
+    return (f"set -e; if [ -x {shlex.quote(py)} ]; then {pip} {chosen}; else "
+            f"{shlex.quote(host.python)} -m venv {shlex.quote(venv)}; {pip} {every}; fi; "
+            f"{shlex.quote(py)} -m canidae --version; "
+            f"echo {wheels_digest} > {shlex.quote(os.path.join(d, WHEELS_FILE))}")
 
 
 def systemd_unit(host: Host) -> str:
@@ -179,20 +212,44 @@ def systemd_unit(host: Host) -> str:
     ])
 
 
-def systemd_start(host: Host, unit_path: str) -> str:
-    s, unit = _sudo(host), shlex.quote(unit_name(host))
-    verify = (f"if command -v systemd-analyze >/dev/null; then {s}systemd-analyze verify "
-              f"{shlex.quote(unit_path)}; fi; ")
-    return (f"set -e; {verify}{s}systemctl daemon-reload; {s}systemctl enable -q {unit}; "
-            f"{s}systemctl restart {unit}")
+def systemd_verify(path: str) -> str:
+    """``systemd-analyze verify`` of a unit file, where systemd-analyze is installed (else nothing).
+    It checks the unit's syntax and that ExecStart's program exists; it only warns (exit 0) of an
+    unknown key or a bad value, so any line naming the unit file fails the check too."""
+    p, name = shlex.quote(path), shlex.quote(os.path.basename(path))
+    return (f"if command -v systemd-analyze >/dev/null; then out=$(systemd-analyze verify {p} 2>&1); rc=$?; "
+            f"if [ $rc -ne 0 ] || printf '%s' \"$out\" | grep -qF {name}; then printf '%s\\n' \"$out\" >&2; exit 1; fi; fi")
+
+
+def systemd_start(host: Host) -> str:
+    unit = shlex.quote(unit_name(host))
+    return (f"{systemd_verify(unit_path(host))}; set -e; systemctl daemon-reload; systemctl enable -q {unit}; "
+            f"systemctl restart {unit}")
+
+
+# What bootstrap leaves in a host's install dir: uninstall removes these and nothing else.
+INSTALLED = ("venv", "wheels", "data", "agent.toml", "agent.toml.tmp", "agent.log", "stdout.log", "agent.pid",
+             HASH_FILE, WHEELS_FILE)
+
+
+def uninstall(host: Host) -> str:
+    """Remove what bootstrap put on ``host``: its unit (stopped, disabled) and the files it wrote in
+    the install dir (only those: the dir itself goes only when that leaves it empty)."""
+    unit = shlex.quote(unit_name(host))
+    d = host.install_dir
+    files = " ".join(shlex.quote(os.path.join(d, f)) for f in INSTALLED)
+    logs = shlex.quote(os.path.join(d, "agent.log")) + ".*"
+    return (f"if [ -e {shlex.quote(unit_path(host))} ]; then systemctl disable -q --now {unit} || true; "
+            f"rm -f {shlex.quote(unit_path(host))}; systemctl daemon-reload || true; fi; "
+            f"rm -rf {files} {logs} && (rmdir {shlex.quote(d)} 2>/dev/null || true)")
 
 
 def record_hash(host: Host, digest: str) -> str:
-    return f"echo {digest} | {_sudo(host)}tee {shlex.quote(os.path.join(host.install_dir, HASH_FILE))} >/dev/null"
+    return f"echo {digest} > {shlex.quote(os.path.join(host.install_dir, HASH_FILE))}"
 
 
 def clear_hash(host: Host) -> str:
-    return f"{_sudo(host)}rm -f {shlex.quote(os.path.join(host.install_dir, HASH_FILE))}"
+    return f"rm -f {shlex.quote(os.path.join(host.install_dir, HASH_FILE))}"
 
 
 def parse_probe(stdout: str) -> dict[str, Any]:
@@ -215,4 +272,6 @@ def probe_problems(host: Host, probe: dict[str, Any], clock_offset_s: float) -> 
     return out
 
 
-__all__ = ["HELPER", "helper", "install", "parse_probe", "probe_problems", "systemd_unit", "unit_name"]
+__all__ = ["HELPER", "SUDO_CHECK", "SUDO_WITH_PASSWORD", "helper", "install", "list_wheels", "parse_probe",
+           "parse_sums", "probe_problems", "remove_wheels", "root", "systemd_unit", "systemd_verify", "uninstall",
+           "unit_name", "unit_path"]

@@ -108,9 +108,10 @@ class Link:
         self.conn.close()
         await self.conn.wait_closed()
 
-    async def run(self, command: str, timeout: float = 600.0) -> Result:
+    async def run(self, command: str, timeout: float = 600.0, stdin: str | None = None) -> Result:
+        """Run ``command``; ``stdin`` is fed to it (then end of file)."""
         try:
-            p = await asyncio.wait_for(self.conn.run(command, check=False), timeout)
+            p = await asyncio.wait_for(self.conn.run(command, check=False, input=stdin), timeout)
         except asyncssh.Error as e:
             raise Unreachable(f"ssh {self.host.name}: {e.reason}") from None
         except TimeoutError:

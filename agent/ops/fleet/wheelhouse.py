@@ -31,6 +31,7 @@ class Wheelhouse:
     path: str
     files: tuple[str, ...]   # file names of the wheels, sorted
     digest: str              # sha256 over names and contents
+    sums: tuple[str, ...] = ()  # each file's sha256, in the order of files
 
     @property
     def canidae_wheel(self) -> str:
@@ -68,10 +69,11 @@ def describe(path: str) -> Wheelhouse:
         raise InvalidInput(f"wheelhouse {path}: {e.strerror}") from None
     if not any(f.startswith("canidae-") for f in files):
         raise InvalidInput(f"wheelhouse {path} has no canidae wheel (canidae-*.whl)")
+    sums = tuple(_sha256(os.path.join(path, f)) for f in files)
     h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f}\0{_sha256(os.path.join(path, f))}\n".encode())
-    return Wheelhouse(os.path.abspath(path), files, h.hexdigest())
+    for f, s in zip(files, sums, strict=True):
+        h.update(f"{f}\0{s}\n".encode())
+    return Wheelhouse(os.path.abspath(path), files, h.hexdigest(), sums)
 
 
 def _pip_wheel(args: list[str], what: str) -> None:
@@ -149,4 +151,26 @@ def prepare(dest: str, given: str | None = None, cache: str | None = None,
     return describe(dest)
 
 
-__all__ = ["Wheelhouse", "default_cache", "describe", "prepare", "source_tree"]
+def with_wheel(base: str, wheel: str, dest: str) -> Wheelhouse:
+    """The wheelhouse ``base`` (the one the last bootstrap installed) with its canidae wheel replaced
+    by ``wheel``, in ``dest``: an upgrade given only a new canidae wheel."""
+    name = os.path.basename(wheel)
+    if not (name.startswith("canidae-") and name.endswith(".whl")) or not os.path.isfile(wheel):
+        raise InvalidInput(f"--wheel {wheel}: not a canidae wheel file (canidae-*.whl), nor a directory of wheels")
+    old = describe(base) if os.path.isdir(base) else None
+    if old is None:
+        raise InvalidInput(f"--wheel {wheel}: no earlier wheelhouse in {base} to take the dependencies from: "
+                           "give a directory of every wheel, or --source")
+    tmp = dest + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp, mode=0o700)
+    for f in old.files:
+        if not f.startswith("canidae-"):
+            shutil.copyfile(os.path.join(base, f), os.path.join(tmp, f))
+    shutil.copyfile(wheel, os.path.join(tmp, name))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return describe(dest)
+
+
+__all__ = ["Wheelhouse", "default_cache", "describe", "prepare", "source_tree", "with_wheel"]
