@@ -279,10 +279,24 @@ class DeletePolicy(Command):
         return {"name": self.name}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitAuditCheckpoint(Command):
+    """A node's signed audit chain head (``canidae.core.audit.Checkpoint`` as a dict) and the public
+    key that checks it (``canidae.core.audit_heads``); the proposer checked the signature."""
+
+    TYPE = "CommitAuditCheckpoint"
+    node_id: str
+    public_key: str
+    checkpoint: Mapping[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "public_key": self.public_key, "checkpoint": dict(self.checkpoint)}
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.TYPE: c for c in (Noop, RegisterNode, SetNodeState, RemoveNode, CreatePacks, PlacePacks,
                         StopPacks, ReportPacks, MigratePacks, Rebalance, DeletePacks,
-                        CreateToken, RevokeToken, ApplyPolicy, DeletePolicy)
+                        CreateToken, RevokeToken, ApplyPolicy, DeletePolicy, CommitAuditCheckpoint)
 }
 
 
@@ -366,6 +380,11 @@ def command_from_wire(d: Mapping[str, Any]) -> Command:
             return ApplyPolicy(**env, policy=d["policy"])
         if cls is DeletePolicy:
             return DeletePolicy(**env, name=validate_name("policy", d["name"]))
+        if cls is CommitAuditCheckpoint:
+            if not isinstance(d["checkpoint"], Mapping) or not isinstance(d["public_key"], str):
+                raise InvalidInput("checkpoint must be an object and public_key a string")
+            return CommitAuditCheckpoint(**env, node_id=validate_name("node", d["node_id"]),
+                                         public_key=d["public_key"], checkpoint=d["checkpoint"])
     except KeyError as e:
         raise InvalidInput(f"{cls.TYPE} is missing {e.args[0]!r}") from None
     except (TypeError, ValueError, IndexError) as e:
@@ -396,6 +415,7 @@ __all__ = [
     "WIRE_VERSION",
     "ApplyPolicy",
     "Command",
+    "CommitAuditCheckpoint",
     "CreatePacks",
     "CreateToken",
     "DeletePacks",

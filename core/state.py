@@ -41,10 +41,12 @@ from typing import Any
 import xxhash
 
 from canidae.core.acl import Policy
-from canidae.core.audit import MASK
+from canidae.core.audit import MASK, Checkpoint
+from canidae.core.audit_heads import AuditHeads
 from canidae.core.commands import (
     ApplyPolicy,
     Command,
+    CommitAuditCheckpoint,
     CreatePacks,
     CreateToken,
     DeletePacks,
@@ -165,6 +167,7 @@ class ClusterState:
         self.token_hashes: dict[str, str] = {}
         self.policies: dict[str, Policy] = {}
         self.acl_version = 0
+        self.audit = AuditHeads()  # every agent's signed audit chain heads
         self._events: list[dict[str, Any]] = []
         self._sorted_names: list[str] | None = None
         self._handlers: dict[type[Command], Callable[[Any], dict[str, Any]]] = {
@@ -176,6 +179,7 @@ class ClusterState:
             DeletePacks: self._apply_delete_packs,
             CreateToken: self._apply_create_token, RevokeToken: self._apply_revoke_token,
             ApplyPolicy: self._apply_policy, DeletePolicy: self._apply_delete_policy,
+            CommitAuditCheckpoint: self._apply_audit_checkpoint,
         }
 
     # ------------------------------------------------------------------ apply
@@ -331,6 +335,10 @@ class ClusterState:
             raise NotFound(f"no policy {cmd.name!r}")
         self.acl_version = self.applied
         return {"ok": True, "deleted": cmd.name}
+
+    def _apply_audit_checkpoint(self, cmd: CommitAuditCheckpoint) -> dict[str, Any]:
+        self._node(cmd.node_id)
+        return self.audit.commit(cmd.node_id, cmd.public_key, Checkpoint.from_dict(cmd.checkpoint), cmd.at)
 
     def find_token(self, secret_hash: str) -> TokenRecord | None:
         """The token whose secret hashes to ``secret_hash`` (revoked and expired ones included)."""
@@ -824,6 +832,7 @@ class ClusterState:
             "tokens": [self.tokens[k].to_dict() for k in sorted(self.tokens)],
             "policies": [self.policies[k].to_dict() for k in sorted(self.policies)],
             "acl_version": self.acl_version,
+            "audit": self.audit.to_snapshot(),
         }
 
     @staticmethod
@@ -859,6 +868,7 @@ class ClusterState:
             policy = Policy.from_toml_dict(pd)
             st.policies[policy.name] = policy
         st.acl_version = d.get("acl_version", 0)
+        st.audit = AuditHeads.from_snapshot(d.get("audit", {}))
         st.node_log = {n: {} for n in st.node_rev}
         st.horizon = dict(st.node_rev)
         return st
