@@ -117,7 +117,7 @@ class Agent:
         try:  # pin the head a last time, if the servers are still there to take it
             if self.audit_log.durable_seq != self.checkpointer.committed_seq and self.audit_log.durable_seq:
                 await asyncio.wait_for(self.checkpointer.commit_now(), 2.0)
-        except Exception as e:
+        except (CanidaeError, OSError, TimeoutError) as e:
             log.info("audit: no last checkpoint at stop: %s", e)
         self.audit_log.close()
         await self.link.close()

@@ -19,7 +19,7 @@ import typer
 from canidae.cli.connect import client
 from canidae.cli.history import fmt_time, parse_since
 from canidae.cli.output import NODE_METAVAR, JsonOption, NdjsonOption, console, emit, wants_json
-from canidae.core.errors import OperationFailed
+from canidae.core.errors import CanidaeError, OperationFailed
 
 app = typer.Typer(help="Read, export and verify the agents' audit logs.", no_args_is_help=True,
                   add_completion=False)
@@ -142,7 +142,7 @@ def audit_verify(
             try:
                 with client() as c:
                     heads = auditcheck.fetch_heads(c, agent or meta["agent"])
-            except Exception as e:  # offline: the chain alone is still checked
+            except CanidaeError as e:  # offline: the chain alone is still checked
                 console.print(f"note: no signed heads from the cluster ({e}); checking the chain only",
                               style="yellow", markup=False) if not wants_json(json) else None
     else:

@@ -121,7 +121,7 @@ def routes(audit_log: AuditLog | None, checkpointer: Checkpointer | None, edge: 
                 break
             try:
                 await asyncio.wait_for(changed.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         head = {"seq": alog.durable_seq, "hash": alog.durable_hash}
         return {"agent": me, "key_id": alog.key_id, "head": head, "records": [r.to_dict() for r in got],

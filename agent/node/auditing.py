@@ -296,7 +296,7 @@ class Checkpointer:
                 self.last_error = ""
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # retried at the next tick; the log says why
+            except Exception as e:  # noqa: BLE001 - retried at the next tick; the log says why
                 if str(e) != self.last_error:
                     log.warning("audit: checkpoint not committed: %s", e)
                 self.last_error = str(e)

@@ -35,7 +35,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from canidae.core.audit import GENESIS_HASH, AuditRecord, Checkpoint, chain, checkpoint_message, decode_record, encode_record
+from canidae.core.audit import (
+    GENESIS_HASH,
+    AuditRecord,
+    Checkpoint,
+    chain,
+    checkpoint_message,
+    decode_record,
+    encode_record,
+)
 from canidae.core.audit_heads import key_id_for
 from canidae.core.auditseg import first_seq_of, segment_name
 from canidae.core.errors import AuditUnavailable, InvalidInput
