@@ -22,6 +22,7 @@ from harness import LocalCluster, local_cluster, wait_until
 
 from canidae.agent.client import Client, Target
 from canidae.agent.config import AuditSettings
+from canidae.core.audit import chain, encode_record
 from canidae.core.errors import AuditUnavailable, NotAuthenticated, PermissionDenied
 
 POLICY = {"name": "au", "description": "au-* packs", "pack": {"au-*": {"access": "write"}}}
@@ -117,6 +118,19 @@ def test_a_wrong_credential_is_recorded_and_a_flood_of_them_is_counted_not_writt
     assert len(denials) + dropped == 401
 
 
+def test_an_agent_credential_cannot_read_the_audit_log(cluster: LocalCluster) -> None:
+    """A client agent's own credential (a stolen node config) acts for its node only: no audit reads."""
+    import tomllib
+    with open(os.path.join(cluster.data_dir, "agents", "c1", "agent.toml"), "rb") as f:
+        node_token = tomllib.load(f)["token"]
+    for ident in ("s1", "c1"):
+        with on(cluster, ident, node_token) as c:
+            with pytest.raises(PermissionDenied):
+                c.request("GET", "/v1/audit", params={"agent": "s1"})
+            with pytest.raises(PermissionDenied):
+                c.request("GET", "/v1/audit/checkpoints", params={"agent": "s1"})
+
+
 def test_no_secret_reaches_the_audit_files(cluster: LocalCluster) -> None:
     cli(cluster, "pack", "spawn", "au-secret", "--secret", f"API_KEY={SECRET_VALUE}",
         "--env", f"DB_PASSWORD={ENV_SECRET}", "--env", "MODE=plain")
@@ -190,6 +204,20 @@ def _tamper_with_c1(cluster: LocalCluster, change: Any) -> None:
         f.write(change(data))
 
 
+def rehashed_from(lines: list[bytes], index: int) -> bytes:
+    """The log with record ``index``'s target changed and it and every later record re-hashed."""
+    out, prev = list(lines[:index]), json.loads(lines[index - 1])["hash"]
+    for i, line in enumerate(lines[index:]):
+        d = json.loads(line)
+        fields = {k: v for k, v in d.items() if k not in ("prev_hash", "hash")}
+        if i == 0:
+            fields["target"] = "someone-else"
+        rec = chain(prev, fields)
+        out.append(encode_record(rec))
+        prev = rec.hash
+    return b"\n".join(out) + b"\n"
+
+
 def test_verify_names_the_first_bad_record_edited_removed_or_cut(cluster: LocalCluster) -> None:
     """c1's log is tampered with on disk, three ways, each found with exit 1; restored in between."""
     with on(cluster, "c1") as c:  # records on c1's own log: requests it passes on to the server
@@ -218,6 +246,11 @@ def test_verify_names_the_first_bad_record_edited_removed_or_cut(cluster: LocalC
         _tamper_with_c1(cluster, lambda b: lines[0] + b"\n")
         err = verify(cluster, "--agent", "c1", code=1)["stderr"]
         assert "truncated" in err, err
+        # The second record rewritten and every record after it re-hashed: a consistent chain, but
+        # not the one the committed heads pin.
+        _tamper_with_c1(cluster, lambda b: rehashed_from(lines, 1))
+        err = verify(cluster, "--agent", "c1", code=1)["stderr"]
+        assert "checkpoint_mismatch" in err and "rewritten" in err, err
     finally:
         _tamper_with_c1(cluster, lambda b: original)
     assert verify(cluster, "--agent", "c1")["ok"]
