@@ -57,7 +57,7 @@ def _params(agent: str | None, token: str | None, action: str | None, since: str
 
 
 def _line(r: dict[str, Any]) -> str:
-    who = r["accessor"] or r["detail"].get("credential", "-")
+    who = r["accessor"] or r["detail"].get("caller", "-")
     code = f" {r['code']}" if r["code"] else ""
     return (f"{fmt_time(r['at_ms'])}  #{r['seq']:<6} {r['agent']:<8} {r['action']:<18} {r['target'] or '-':<20} "
             f"{r['outcome']}{code:<14} {who}  {r['remote']}  {r['request_id']}")

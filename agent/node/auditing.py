@@ -205,7 +205,7 @@ class Auditor:
             header = request.headers.get("authorization", "")
             given = header[7:] if header.lower().startswith("bearer ") else ""
             accessor = ""
-            detail["credential"] = f"not identified here: {public_id(given)}" if given else "none"
+            detail["caller"] = f"not identified here: {public_id(given)}" if given else "no credential"
         if body not in (None, {}):
             detail["body"] = bounded(body)
         if denied and self.denials.dropped:

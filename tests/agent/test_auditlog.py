@@ -111,3 +111,33 @@ def test_the_signed_head_checks_with_the_public_key(tmp_path: Path) -> None:
     assert base64.urlsafe_b64decode(alog.public_key + "=")
     alog.close()
     reopened.close()
+
+
+def test_a_write_the_disk_refuses_fails_the_append_and_leaves_no_torn_line(tmp_path: Path) -> None:
+    """A file size limit (RLIMIT_FSIZE, SIGXFSZ ignored) stands in for a full disk: the write fails
+    with EFBIG part-way, the append raises, the part written is cut off; once the disk takes writes
+    again the chain goes on in a new segment."""
+    import resource
+    import signal
+
+    async def go() -> None:
+        alog = AuditLog(str(tmp_path), "n1", 1 << 20)
+        alog.open()
+        await alog.append(fields(0))
+        old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+        try:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (alog.size + 40, old_limit[1]))
+            with pytest.raises(AuditUnavailable, match="write to"):
+                await alog.append(fields(1))
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+            signal.signal(signal.SIGXFSZ, old_handler)
+        assert alog.durable_seq == 1
+        with open(os.path.join(str(tmp_path), "audit", segment_name(1)), "rb") as f:
+            assert f.read().endswith(b"}\n")  # the partial line was cut off
+        await alog.append(fields(1))
+        assert alog.durable_seq == 2 and len(segments(alog)) == 2
+        assert check_log(segments(alog)).ok
+        alog.close()
+    asyncio.run(go())
