@@ -7,6 +7,8 @@ Every host runs the same process. ``Agent`` wires, from one ``AgentConfig``:
   commit, event store) and its ``FailureDetector``;
 * on every agent, the ``NodeRuntime`` (``canidae.agent.node.runtime``: reconcile loop, drivers,
   mailboxes, heartbeats);
+* on every agent, its audit log (``canidae.agent.node.auditlog``), the ``Auditor`` the Edge
+  records requests with and the ``Checkpointer`` that commits the log's signed head;
 * the HTTP app: the cluster routes (answered by the control plane on a server, passed on to a
   server by a client agent), the event history routes, and the node's exec and yip routes, all
   behind one ``Edge`` (``canidae.agent.httpedge``).

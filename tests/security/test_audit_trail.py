@@ -279,3 +279,20 @@ def test_a_request_that_cannot_be_audited_is_refused_before_it_is_done(tmp_path:
             assert {"before", "after"} <= {r["target"] for r in c.request("GET", "/v1/audit")["records"]}
     finally:
         lc.close()
+
+
+def test_bad_audit_queries_are_refused_with_a_4xx(cluster: LocalCluster) -> None:
+    from canidae.core.errors import InvalidInput, NotFound
+    with on(cluster, "s1") as c:
+        for params in ({"after": "x"}, {"after": "²"}, {"limit": 0}, {"wait": 99}, {"token": "cs_nope"},
+                       {"outcome": "maybe"}, {"raw": 1, "segment": "../key"}, {"raw": 1, "segment": "key"},
+                       {"agent": "../s1"}):
+            with pytest.raises(InvalidInput):
+                c.request("GET", "/v1/audit", params=params)
+        with pytest.raises(NotFound):
+            c.request("GET", "/v1/audit", params={"agent": "nobody"})
+        with pytest.raises(NotFound):
+            c.request("GET", "/v1/audit", params={"raw": 1, "segment": "seg-99999999999999999999.log"})
+        with pytest.raises(InvalidInput):  # a forged head: the signature does not check
+            cp = {"seq": 1, "head_hash": "0" * 64, "at_ms": 1, "key_id": "s1/0000000000000000", "signature": "00" * 64}
+            c.request("POST", "/v1/audit/checkpoints", json={"node": "s1", "public_key": "A" * 43, "checkpoint": cp})
