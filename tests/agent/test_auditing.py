@@ -13,16 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
 from canidae.agent.config import AuditSettings
 from canidae.agent.httpedge import Edge
 from canidae.agent.identity import Authenticator, Identity
 from canidae.agent.node.auditing import Auditor
 from canidae.agent.node.auditlog import AuditLog
 from canidae.core.auditseg import check_log
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.routing import Route
-from starlette.testclient import TestClient
 
 IDENT = Identity.new()
 

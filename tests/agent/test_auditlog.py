@@ -11,12 +11,13 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from canidae.agent.node.auditlog import AuditLog
 from canidae.core.audit import checkpoint_message
 from canidae.core.audit_heads import public_key_bytes
 from canidae.core.auditseg import check_log, segment_name
 from canidae.core.errors import AuditUnavailable
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
 def fields(i: int) -> dict:

@@ -8,14 +8,15 @@ from __future__ import annotations
 import base64
 
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from canidae.core.audit import GENESIS_HASH, Checkpoint, chain, checkpoint_message, encode_log
 from canidae.core.audit_heads import MAX_CHECKPOINTS, AuditHeads, key_id_for
 from canidae.core.auditseg import check_log, first_seq_of, segment_name
 from canidae.core.commands import CommitAuditCheckpoint, command_from_wire
 from canidae.core.errors import InvalidInput, WrongState
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 PUB = base64.urlsafe_b64encode(KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).rstrip(b"=").decode()
