@@ -28,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -75,17 +77,25 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+def text(v: Any) -> str:
+    """A string a record can hold: lone surrogates (which JSON bodies may carry) replaced."""
+    return str(v).encode("utf-8", "replace").decode("utf-8")
+
+
 def bounded(value: Any, budget: int = MAX_DETAIL_CHARS) -> Any:
-    """A redacted body small enough for a record: long lists keep their first items and say how
-    many there were; a body still too large keeps only its scalar fields."""
+    """A redacted body small enough for a record, and plain JSON whatever the body held: long
+    lists keep their first items and say how many there were, NaN and infinities become text,
+    lone surrogates are replaced; a body still too large keeps only its scalar fields."""
     def trim(v: Any) -> Any:
         if isinstance(v, dict):
-            return {k: trim(x) for k, x in v.items()}
+            return {text(k): trim(x) for k, x in v.items()}
         if isinstance(v, list):
             head = [trim(x) for x in v[:MAX_LIST_ITEMS]]
             return head if len(v) <= MAX_LIST_ITEMS else [*head, f"... {len(v)} in all"]
-        if isinstance(v, str) and len(v) > 256:
-            return v[:256] + f"... ({len(v)} characters)"
+        if isinstance(v, str):
+            return text(v if len(v) <= 256 else v[:256] + f"... ({len(v)} characters)")
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
         return v
     out = trim(redact(value))
     if len(json.dumps(out, default=str)) <= budget:
@@ -178,10 +188,9 @@ class Auditor:
             body = getattr(request.state, "body", None)
             rid = (body.get("request_id") if isinstance(body, dict) else None) or request.headers.get("x-request-id")
             if not isinstance(rid, str) or not rid or len(rid) > 128:
-                import uuid
                 rid = uuid.uuid4().hex
             request.state.request_id = rid
-        return str(rid)[:128]
+        return text(rid)[:128]
 
     def _fields(self, request: Request, response: Response, action: str | None, denied: bool,
                 rid: str) -> dict[str, Any]:
@@ -198,7 +207,7 @@ class Auditor:
         outcome = Outcome.DENIED if denied else Outcome.OK if status < 400 else Outcome.FAILED
         who = getattr(request.state, "principal", None)
         body = getattr(request.state, "body", None)
-        detail: dict[str, Any] = {"status": status, "method": request.method, "path": request.url.path}
+        detail: dict[str, Any] = {"status": status, "method": request.method, "path": text(request.url.path)[:1024]}
         if who is not None:
             accessor, detail["principal"] = who.public_id, f"{who.kind.value} {who.name}"
         else:
@@ -212,7 +221,7 @@ class Auditor:
             detail["denials_dropped"], self.denials.dropped = self.denials.dropped, 0
         if code:
             err = answer.get("error", {}) if isinstance(answer, dict) else {}
-            detail["message"] = str(err.get("message", ""))[:512] if isinstance(err, dict) else ""
+            detail["message"] = text(err.get("message", ""))[:512] if isinstance(err, dict) else ""
         action = action or f"{request.method} {self._route(request)}"
         if action == "node.state" and isinstance(body, dict):
             action = _NODE_STATES.get(str(body.get("state")), action)
@@ -220,8 +229,8 @@ class Auditor:
             action = "pack.spawn"
         client = request.client
         return {"at_ms": self.clock(), "accessor": accessor, "agent": self.agent,
-                "remote": f"{client.host}:{client.port}" if client else "", "action": action,
-                "target": _target(request, body, answer)[:1024], "outcome": outcome.value, "code": code,
+                "remote": f"{client.host}:{client.port}" if client else "", "action": text(action)[:128],
+                "target": text(_target(request, body, answer))[:1024], "outcome": outcome.value, "code": code,
                 "request_id": rid, "detail": detail}
 
     async def note_dropped(self) -> None:

@@ -94,3 +94,19 @@ def test_an_answer_that_cannot_be_audited_becomes_a_503(served: tuple[TestClient
     assert check_log(list(alog.raw())).ok
     assert os.path.isdir(alog.dir) and json.loads(client.post("/v1/packs/web/stop", json={},
                                                              headers=ADMIN).text) == {"ok": True}
+
+
+def test_whatever_a_body_or_path_holds_the_record_is_written(served: tuple[TestClient, AuditLog, Auditor]) -> None:
+    """NaN, a lone surrogate, a huge list, an action segment far over a field's limit: recorded
+    (the request's own answer stands), never a failed audit."""
+    client, alog, auditor = served
+    body = b'{"x": NaN, "y": "\\ud800", "names": [' + b",".join(b'"n%d"' % i for i in range(5000)) + b"]}"
+    r = client.post("/v1/packs/web/stop", content=body, headers={**ADMIN, "content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/packs/web/" + "a" * 3000, json={}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert auditor.failed == 0 and alog.durable_seq == 2
+    first = alog.records()[0]
+    assert first.detail["body"]["x"] == "nan" and first.detail["body"]["names"][-1] == "... 5000 in all"
+    assert len(alog.records()[1].action) == 128
+    assert check_log(list(alog.raw())).ok
