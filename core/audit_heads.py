@@ -27,7 +27,7 @@ from canidae.core.audit import Checkpoint
 from canidae.core.errors import InvalidInput, WrongState
 from canidae.core.types import validate_name
 
-MAX_CHECKPOINTS = 256   # kept per audit key (the newest; older ones only localise a rewrite)
+MAX_CHECKPOINTS = 32    # kept per audit key (the newest pins the whole log; older ones only localise a rewrite)
 MAX_KEYS = 16           # audit keys remembered per node (the oldest retired one goes first)
 
 
