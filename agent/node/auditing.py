@@ -167,7 +167,8 @@ class Auditor:
             rid = self._request_id(request)
             await self.log.append(self._fields(request, response, action, denied, rid))
             self.written += 1
-            response.headers["x-request-id"] = rid
+            if rid.isascii() and rid.isprintable():  # a header cannot carry anything else
+                response.headers["x-request-id"] = rid
             return response
         except CanidaeError as e:
             failure = e

@@ -110,3 +110,12 @@ def test_whatever_a_body_or_path_holds_the_record_is_written(served: tuple[TestC
     assert first.detail["body"]["x"] == "nan" and first.detail["body"]["names"][-1] == "... 5000 in all"
     assert len(alog.records()[1].action) == 128
     assert check_log(list(alog.raw())).ok
+
+
+def test_a_request_id_no_header_can_carry_is_recorded_not_echoed(served: tuple[TestClient, AuditLog, Auditor]) -> None:
+    """A body refused before its request id was checked may name any id: the record keeps it, the
+    answer (a 400 here) goes out without the header rather than breaking the connection."""
+    client, alog, _ = served
+    r = client.post("/v1/packs/web/stop", json={"request_id": "\u001f\u00e9"}, headers=ADMIN)
+    assert r.status_code == 400 and "x-request-id" not in r.headers
+    assert alog.records()[-1].request_id == "\u001f\u00e9"
