@@ -46,6 +46,7 @@ from canidae.agent.server import audit_routes as audit_heads_routes
 from canidae.agent.server import history
 from canidae.agent.server.access import TokenAccess, token_pepper
 from canidae.agent.server.acl_routes import acl_routes
+from canidae.agent.server.autoscale_routes import autoscale_routes
 from canidae.agent.server.control import ControlPlane
 from canidae.agent.server.failure import FailureDetector
 from canidae.agent.server.routes import cluster_routes
@@ -160,6 +161,7 @@ class Agent:
         routes += audit_heads_routes.routes(self.plane, self.edge)
         routes += audit_routes.routes(self.audit_log, self.checkpointer, self.edge, self.cfg.node_id, self.link,
                                       self.node.hops, self._address_of if self.plane is not None else None)
+        routes += autoscale_routes(self.plane, self.edge)
         routes += history.routes(self.plane, self.edge.endpoint)
         routes += exec_routes.routes(self.node, self.edge)
         routes += yips.routes(self.node, self.edge)

@@ -5,13 +5,13 @@
 function __canidae_children
     switch $argv[1]
         case 'canidae'
-            printf '%s\n' agent audit autoscale cluster drill events fleet history metrics node pack place policy ring scale-test token top yip
+            printf '%s\n' agent autoscale cluster drill events fleet history metrics node pack place policy ring scale-test token top yip
         case 'canidae agent'
             printf '%s\n' doctor init run
-        case 'canidae audit'
-            printf '%s\n' checkpoint checkpoints export tail verify
         case 'canidae autoscale'
-            printf '%s\n' plan
+            printf '%s\n' explain pause plan policy resume run status
+        case 'canidae autoscale policy'
+            printf '%s\n' apply show
         case 'canidae cluster'
             printf '%s\n' down status up
         case 'canidae drill'
@@ -50,18 +50,14 @@ function __canidae_valued
             printf '%s\n' -- --cell --cpu --data-dir --identity --listen --max-packs --mem --name --out --peer --raft --region --zone -o
         case 'canidae agent run'
             printf '%s\n' -- --config --data-dir --listen --name -c
-        case 'canidae audit checkpoint'
-            printf '%s\n' -- --agent
-        case 'canidae audit checkpoints'
-            printf '%s\n' -- --agent
-        case 'canidae audit export'
-            printf '%s\n' -- --action --agent --since --token
-        case 'canidae audit tail'
-            printf '%s\n' -- --action --agent --lines --since --token -n
-        case 'canidae audit verify'
-            printf '%s\n' -- --agent --checkpoints --dir
+        case 'canidae autoscale pause'
+            printf '%s\n' -- --reason
         case 'canidae autoscale plan'
             printf '%s\n' -- --policy --usage
+        case 'canidae autoscale run'
+            printf '%s\n' -- --command --data-dir --interval --name --provider --usage
+        case 'canidae autoscale status'
+            printf '%s\n' -- --last
         case 'canidae cluster down'
             printf '%s\n' -- --data-dir
         case 'canidae cluster up'
@@ -192,8 +188,7 @@ complete -c canidae -f
 
 # canidae
 complete -c canidae -n '__canidae_at \'canidae\'' -a agent -d 'Run, set up and check the agent daemon of this host'
-complete -c canidae -n '__canidae_at \'canidae\'' -a audit -d 'Read, export and verify the agents\' audit logs'
-complete -c canidae -n '__canidae_at \'canidae\'' -a autoscale -d 'See what the autoscaler would decide, from the cluster\'s live metrics'
+complete -c canidae -n '__canidae_at \'canidae\'' -a autoscale -d 'Autoscaling'
 complete -c canidae -n '__canidae_at \'canidae\'' -a cluster -d 'Start, stop and inspect a local cluster of agents'
 complete -c canidae -n '__canidae_at \'canidae\'' -a drill -d 'Inject real faults (SIGKILL, SIGSTOP) and measure the recovery'
 complete -c canidae -n '__canidae_at \'canidae\'' -a events -d 'Follow the cluster\'s event stream'
@@ -254,57 +249,64 @@ complete -c canidae -n '__canidae_at \'canidae agent run\'' -l help -s h -d 'Sho
 complete -c canidae -n '__canidae_at \'canidae agent run\'' -l listen -x -d 'Address of the agent API'
 complete -c canidae -n '__canidae_at \'canidae agent run\'' -l name -x -d 'Name of this node (default'
 
-# canidae audit
-complete -c canidae -n '__canidae_at \'canidae audit\'' -a checkpoint -d 'Have an agent sign its audit head now and commit it through Raft (it also does so every audit.checkpoint_s when its log grew)'
-complete -c canidae -n '__canidae_at \'canidae audit\'' -a checkpoints -d 'The audit heads agent N signed and committed'
-complete -c canidae -n '__canidae_at \'canidae audit\'' -a export -d 'Write an agent\'s whole audit log (or what the filters keep) to stdout as NDJSON, oldest first'
-complete -c canidae -n '__canidae_at \'canidae audit\'' -a tail -d 'Print an agent\'s newest audit records, oldest first'
-complete -c canidae -n '__canidae_at \'canidae audit\'' -a verify -d 'Check an audit log'
-complete -c canidae -n '__canidae_at \'canidae audit\'' -l help -s h -d 'Show this message and exit'
-
-# canidae audit checkpoint
-complete -c canidae -n '__canidae_at \'canidae audit checkpoint\'' -l agent -x -a '(__canidae_names node)' -d 'Agent N\'s log (default'
-complete -c canidae -n '__canidae_at \'canidae audit checkpoint\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae audit checkpoint\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-
-# canidae audit checkpoints
-complete -c canidae -n '__canidae_at \'canidae audit checkpoints\'' -l agent -x -a '(__canidae_names node)' -d 'The agent'
-complete -c canidae -n '__canidae_at \'canidae audit checkpoints\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae audit checkpoints\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-
-# canidae audit export
-complete -c canidae -n '__canidae_at \'canidae audit export\'' -l action -x -d 'Only this action (pack.spawn, token.create '
-complete -c canidae -n '__canidae_at \'canidae audit export\'' -l agent -x -a '(__canidae_names node)' -d 'Agent N\'s log (default'
-complete -c canidae -n '__canidae_at \'canidae audit export\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae audit export\'' -l since -x -d 'Only records since then'
-complete -c canidae -n '__canidae_at \'canidae audit export\'' -l token -x -d 'Only requests made with this token (its accessor, ca_...)'
-
-# canidae audit tail
-complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l action -x -d 'Only this action (pack.spawn, token.create '
-complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l agent -x -a '(__canidae_names node)' -d 'Agent N\'s log (default'
-complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l follow -s f -d 'Keep printing new records until interrupted'
-complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l json -d 'Print NDJSON'
-complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l lines -s n -x -d 'Start with the last N matching records'
-complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l since -x -d 'Only records since then'
-complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l token -x -d 'Only requests made with this token (its accessor, ca_...)'
-
-# canidae audit verify
-complete -c canidae -n '__canidae_at \'canidae audit verify\'' -l agent -x -a '(__canidae_names node)' -d 'Agent N\'s log (default'
-complete -c canidae -n '__canidae_at \'canidae audit verify\'' -l checkpoints -x -d 'With --dir'
-complete -c canidae -n '__canidae_at \'canidae audit verify\'' -l dir -x -d 'Check a copy of an agent\'s data dir instead (offline)'
-complete -c canidae -n '__canidae_at \'canidae audit verify\'' -l help -s h -d 'Show this message and exit'
-complete -c canidae -n '__canidae_at \'canidae audit verify\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
-
 # canidae autoscale
-complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a plan -d 'Show what the autoscaler would decide now (add nodes, remove nodes or hold) from the cluster\'s current CPU, memory, packs per node and node count'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a explain -d 'Explain one recorded decision'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a pause -d 'Pause autoscaling cluster-wide'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a plan -d 'Show what the autoscaler would decide now (add nodes, remove nodes or hold) from the cluster\'s current CPU, memory, packs per node and node count and the decisions recorded so far'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a policy -d 'The autoscale policy the cluster\'s controllers use (TOML, replicated)'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a resume -d 'Resume autoscaling after a pause (a policy with paused = true stays paused)'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a run -d 'Run the autoscaling controller'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a status -d 'Show the policy in force, whether autoscaling is paused (by whom, why), and the last decisions'
 complete -c canidae -n '__canidae_at \'canidae autoscale\'' -l help -s h -d 'Show this message and exit'
+
+# canidae autoscale explain
+complete -c canidae -n '__canidae_at \'canidae autoscale explain\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale explain\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae autoscale pause
+complete -c canidae -n '__canidae_at \'canidae autoscale pause\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale pause\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae autoscale pause\'' -l reason -x -d 'Why (kept with the pause, shown by status)'
 
 # canidae autoscale plan
 complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l policy -r -F -d 'Autoscale policy as TOML (every key optional)'
 complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l usage -x -a 'measured reserved' -d 'CPU and memory used'
+
+# canidae autoscale policy
+complete -c canidae -n '__canidae_at \'canidae autoscale policy\'' -a apply -d 'Replace the cluster\'s autoscale policy (keys left out take the seed\'s defaults)'
+complete -c canidae -n '__canidae_at \'canidae autoscale policy\'' -a show -d 'Print the cluster\'s autoscale policy as TOML (every key, defaults included)'
+complete -c canidae -n '__canidae_at \'canidae autoscale policy\'' -l help -s h -d 'Show this message and exit'
+
+# canidae autoscale policy apply
+complete -c canidae -n '__canidae_at \'canidae autoscale policy apply\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale policy apply\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae autoscale policy apply\' 0' -r -F -d 'FILE'
+
+# canidae autoscale policy show
+complete -c canidae -n '__canidae_at \'canidae autoscale policy show\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale policy show\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae autoscale resume
+complete -c canidae -n '__canidae_at \'canidae autoscale resume\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale resume\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae autoscale run
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l command -x -d 'command provider'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l data-dir -r -F -d 'local provider'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l interval -x -d 'Seconds between evaluations (default'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l name -x -d 'This controller\'s name in the records'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l once -d 'Evaluate (and act) once, then exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l provider -x -a 'local command' -d 'Where nodes come from'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l usage -x -a 'measured reserved' -d 'CPU and memory used'
+
+# canidae autoscale status
+complete -c canidae -n '__canidae_at \'canidae autoscale status\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale status\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae autoscale status\'' -l last -x -d 'How many recent decisions to list'
 
 # canidae cluster
 complete -c canidae -n '__canidae_at \'canidae cluster\'' -a down -d 'Stop exactly the agents started by \'cluster up\' (SIGTERM, then SIGKILL after 10 s)'
@@ -723,6 +725,7 @@ complete -c canidae -n '__canidae_at \'canidae scale-test report\'' -l out -s o 
 complete -c canidae -n '__canidae_at \'canidae scale-test report\' 0' -r -F -d 'RUN.json'
 
 # canidae scale-test run
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l autoscale -d 'sim'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l base-port -x -d 'live'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l batch -x -d 'Packs per placement call (sim, default 1,000) or bulk request (live, default 100)'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l chaos -d 'sim'

@@ -152,6 +152,10 @@ class Client:
                             json={"state": "draining", "reason": "drain", "plan": plan,
                                   "request_id": uuid.uuid4().hex}, retry_for=5.0)
 
+    def remove_node(self, node_id: str) -> dict[str, Any]:
+        """Forget a drained (or down) node whose agent has stopped."""
+        return self.request("DELETE", f"/v1/nodes/{segment('node', node_id)}")  # type: ignore[no-any-return]
+
     def migrate(self, name: str, to: str | None = None) -> dict[str, Any]:
         return self.request("POST", f"/v1/packs/{segment('pack', name)}/migrate",  # type: ignore[no-any-return]
                             json={"to": to, "request_id": uuid.uuid4().hex}, retry_for=5.0)
@@ -297,6 +301,38 @@ class Client:
 
     def policy(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/acl/policies/{segment('policy', name)}")  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ autoscale
+
+    def autoscale_status(self, last: int = 10) -> dict[str, Any]:
+        return self.request("GET", "/v1/autoscale", params={"last": last})  # type: ignore[no-any-return]
+
+    def autoscale_records(self, since: int = 0) -> dict[str, Any]:
+        """Whole recorded decisions after id ``since``, oldest first (``records``, ``last_id``)."""
+        return self.request("GET", "/v1/autoscale/decisions", params={"since": since})  # type: ignore[no-any-return]
+
+    def autoscale_decision(self, decision_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/v1/autoscale/decisions/{int(decision_id)}")["record"]  # type: ignore[no-any-return]
+
+    def set_autoscale_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/v1/autoscale/policy",  # type: ignore[no-any-return]
+                            json={"policy": policy, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+
+    def set_autoscale_paused(self, paused: bool, reason: str = "") -> dict[str, Any]:
+        return self.request("POST", "/v1/autoscale/pause" if paused else "/v1/autoscale/resume",  # type: ignore[no-any-return]
+                            json={"reason": reason, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+
+    def record_autoscale_decision(self, decision: dict[str, Any], controller: str) -> int:
+        """Keep one evaluation in the cluster; returns its id."""
+        answer = self.request("POST", "/v1/autoscale/decisions", retry_for=5.0,
+                              json={"decision": decision, "controller": controller, "request_id": uuid.uuid4().hex})
+        return int(answer["id"])
+
+    def set_autoscale_outcome(self, decision_id: int, status: str, nodes: list[str] | None = None,
+                              error: str = "") -> dict[str, Any]:
+        return self.request("POST", f"/v1/autoscale/decisions/{int(decision_id)}/outcome",  # type: ignore[no-any-return]
+                            json={"status": status, "nodes": nodes or [], "error": error,
+                                  "request_id": uuid.uuid4().hex}, retry_for=5.0)
 
     def delete_policy(self, name: str) -> dict[str, Any]:
         return self.request("DELETE", f"/v1/acl/policies/{segment('policy', name)}")  # type: ignore[no-any-return]

@@ -35,15 +35,16 @@ from canidae.core.commands import (
     PlacePacks,
     Rebalance,
     RegisterNode,
-    ReportState,
+    RemoveNode,
     ReportPacks,
+    ReportState,
     SetNodeState,
     StopPacks,
 )
-from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound
+from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound, WrongState
 from canidae.core.metrics import NodeSummary, aggregate, render_rows
-from canidae.core.sampling import sample_rate
 from canidae.core.ring import HashRing, bounded_caps
+from canidae.core.sampling import sample_rate
 from canidae.core.state import HOLDING, ClusterState, PackRecord, running_digest
 from canidae.core.types import Node, NodeState, PackSpec, PackState, validate_name
 
@@ -290,6 +291,19 @@ class ControlPlane:
             return await self._plan(cmd)
         return await self.propose(cmd)
 
+    async def remove_node(self, node_id: str, rid: str, by: str = "operator") -> dict[str, Any]:
+        """Forget a node that was drained or is down (its agent stopped first: a running agent
+        whose node is removed would register again). Refused while it may still run packs."""
+        st = await self.read_state(False)
+        with self.replica.lock:  # type: ignore[union-attr]
+            node = st.nodes.get(node_id)
+            if node is None:
+                raise NotFound(f"no node {node_id!r}")
+            if node.state not in (NodeState.DRAINING, NodeState.DOWN):
+                raise WrongState(f"node {node_id} is {node.state.value}: drain it (or let it be declared down) "
+                                 "before removing it")
+        return await self.propose(RemoveNode(id=rid, **self.stamp(), node_id=node_id, by=by))
+
     async def _plan(self, cmd: Command) -> dict[str, Any]:
         """What ``cmd`` would do, computed by applying it to a copy of the current state."""
         st = await self.read_state(False)
@@ -494,7 +508,7 @@ class ControlPlane:
             try:
                 # Wake at least every half second: a server that lost its leader ends the poll.
                 await asyncio.wait_for(signal.wait(), timeout=max(0.0, min(0.5, deadline - time.monotonic())))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if self.replica.leader_address() is None:
                     raise NoLeader("this server lost its leader: ask another") from None
 
@@ -642,4 +656,4 @@ def dry_place(st: ClusterState, name: str) -> tuple[str | None, list[str]]:
     return ring.lookup(name), pref
 
 
-__all__ = ["ControlPlane", "now_ms", "ring_view", "dry_place"]
+__all__ = ["ControlPlane", "dry_place", "now_ms", "ring_view"]
