@@ -291,6 +291,9 @@ class CommitAuditCheckpoint(Command):
 
     def payload(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "public_key": self.public_key, "checkpoint": dict(self.checkpoint)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SetAutoscalePolicy(Command):
     """Replace the autoscale policy; ``policy`` is its nested TOML form (``core.autoscale_policy``)."""
 
