@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from canidae.agent.admission import Admission, LoopLag, pressure_from_env
 from canidae.agent.client.link import ServerLink, idle_s
 from canidae.agent.config import AgentConfig
 from canidae.agent.datadir import make_private
@@ -51,7 +53,7 @@ from canidae.agent.server.control import ControlPlane
 from canidae.agent.server.failure import FailureDetector
 from canidae.agent.server.routes import cluster_routes
 from canidae.agent.telemetry import RequestMetrics, Telemetry
-from canidae.core.errors import CanidaeError, NotFound
+from canidae.core.errors import CanidaeError, NotFound, Overloaded
 from canidae.core.types import Role
 from starlette.routing import Route
 from starlette.types import ASGIApp
@@ -78,6 +80,8 @@ class Agent:
         plane = self.plane
         # Servers find API tokens in their replica; client agents pass them on to a server.
         self.access = None if plane is None else TokenAccess(lambda: plane.state, token_pepper(cfg.cluster_password))
+        # CANIDAE_ADMISSION=off: every request is taken on (benchmarks compare; an operator's way out).
+        self.admission = Admission(pressure_from_env(), enabled=os.environ.get("CANIDAE_ADMISSION") != "off")
         # Every agent audits what it is asked to change (and every refusal) in its own log, and
         # commits its signed head through the servers.
         self.audit_log = AuditLog(cfg.data_dir, cfg.node_id, cfg.audit.segment_bytes)
@@ -88,12 +92,15 @@ class Agent:
         self.edge = Edge(Authenticator(cfg.admin_token_hash, cfg.identity_public_key,
                                        find_token=self.access.find_token if self.access else None),
                          cfg.max_body_bytes, forward=None if self.plane is not None else self.forward,
-                         access=self.access, audit=self.auditor)
+                         access=self.access, admission=self.admission, audit=self.auditor)
         self.tasks: list[asyncio.Task[Any]] = []
         self.telemetry = Telemetry()
+        self.telemetry.add_source(self.admission.readings)
         self.telemetry.add_source(self.node.readings)
         self.node.summary_extras = self._summary_extras
         if self.plane is not None:
+            self.plane.observe_commit = self.telemetry.raft_commit.observe
+            self.plane.observe_store_commit = self.telemetry.store_commit.observe
             self.telemetry.add_source(self.plane.readings)
             self.telemetry.add_source(lambda: self.failure.readings() if self.failure is not None else [])
 
@@ -104,6 +111,8 @@ class Agent:
     async def start(self) -> None:
         self.audit_log.open()
         self.tasks.append(asyncio.create_task(self.checkpointer.run()))
+        if isinstance(self.admission.pressure, LoopLag):
+            self.admission.pressure.start()
         if self.plane is not None:
             self.plane.start(asyncio.get_running_loop())
             self.failure = FailureDetector(self.plane)
@@ -111,6 +120,8 @@ class Agent:
         self.node.start()
 
     async def stop(self) -> None:
+        if isinstance(self.admission.pressure, LoopLag):
+            self.admission.pressure.stop()
         if self.failure is not None:
             self.failure.stopping = True
             self.failure.hops.close()
@@ -130,7 +141,8 @@ class Agent:
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": True, "node": self.cfg.node_id, "role": self.cfg.role.value, "version": __version__,
                                "api": self.cfg.api, "uptime_s": round(time.monotonic() - self.started, 3),
-                               "pid": os.getpid(), "auth_failures": self.edge.failures.total}
+                               "pid": os.getpid(), "auth_failures": self.edge.failures.total,
+                               "heartbeats": self.node.heartbeats, "admission": self.admission.summary()}
         if self.plane is not None:
             out.update(self.plane.raft_health())
         return out
@@ -152,6 +164,11 @@ class Agent:
                                                       timeout=_forward_timeout(request, self.cfg.request_timeout_s))
         except CanidaeError as e:
             return error_response(e)
+        if status == Overloaded.http_status:  # the server's own refusal: keep its Retry-After
+            try:
+                return error_response(CanidaeError.from_wire(json.loads(content), status))
+            except ValueError:
+                pass
         return Response(content, status_code=status, media_type="application/json")
 
     def app(self) -> ASGIApp:

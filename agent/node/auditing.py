@@ -14,7 +14,8 @@
   second (a bucket of ``denial_burst``): the ones beyond are counted and the count goes into
   the next denial written, or into an ``audit.denials_dropped`` record at the next checkpoint.
 
-Not audited: reads that succeed, and the agents' own machine traffic (heartbeats, reports,
+Not audited: reads that succeed, requests refused for load (429: nothing was done, and a
+refusal under overload must stay cheap), and the agents' own machine traffic (heartbeats, reports,
 assignment resyncs, yips, audit heads): their refusals still are. The action and target of a
 request come from its route (``ACTIONS``); a state-changing route not listed there is audited
 as ``"<METHOD> <path template>"``.
@@ -159,6 +160,8 @@ class Auditor:
         status = response.status_code
         action, audited = self._action(request)
         denied = status in (401, 403)
+        if status == 429:  # refused for load before anything was done: cheap, and nothing to audit
+            return response
         if not audited and not denied:
             return response
         if denied and not self.denials.take():

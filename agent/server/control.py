@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from canidae.agent.client.link import ServerLink
@@ -45,6 +46,7 @@ from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound, 
 from canidae.core.metrics import NodeSummary, aggregate, render_rows
 from canidae.core.ring import HashRing, bounded_caps
 from canidae.core.sampling import sample_rate
+from canidae.core.scheduler import UNPLACED_KINDS, unplaced_kind
 from canidae.core.state import HOLDING, ClusterState, PackRecord, running_digest
 from canidae.core.types import Node, NodeState, PackSpec, PackState, validate_name
 
@@ -78,6 +80,12 @@ class ControlPlane:
         self.convergence = Convergence()
         self.summaries: dict[str, NodeSummary] = {}  # the latest metrics summary of each node
         self._keyring: Keyring | None = None
+        # Metric hooks the composition root may set before ``start`` (seconds; called off the loop).
+        self.observe_commit: Callable[[float], None] | None = None  # Raft: propose to commit and apply
+        self.observe_store_commit: Callable[[float], None] | None = None  # event store: write + fdatasync
+        # What placement did in the entries this replica applied (every replica counts the same).
+        self.placements = 0
+        self.unplaced: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -86,11 +94,13 @@ class ControlPlane:
         self.applied_signal = asyncio.Event()
         os.makedirs(self.cfg.data_dir, exist_ok=True)
         self.store = history.open_store(self.cfg.data_dir, loop)  # before the replica: it may replay at once
+        self.store.on_commit = self.observe_store_commit
         self.replica = Replica(
             self.cfg.raft, self.cfg.raft_peers(), os.path.join(self.cfg.data_dir, "raft"),
             self.cfg.cluster_password, self.cfg.raft_settings, ClusterState, self._on_applied,
             before_snapshot=lambda: self.store.flush(timeout=10.0) if self.store is not None else None)
-        self.proposer = Proposer(self.replica, loop, timeout_s=self.cfg.request_timeout_s)
+        self.proposer = Proposer(self.replica, loop, timeout_s=self.cfg.request_timeout_s,
+                                 on_commit=self.observe_commit)
 
     def stop(self) -> None:
         if self.replica is not None:
@@ -100,6 +110,13 @@ class ControlPlane:
 
     def _on_applied(self, events: list[dict[str, Any]]) -> None:
         # Tick thread: the store only buffers (its writer thread does the I/O); hand over to the loop.
+        for ev in events:
+            kind = ev.get("type")
+            if kind == "PackPlaced":
+                self.placements += 1
+            elif kind == "PackPending":
+                why = unplaced_kind(str((ev.get("detail") or {}).get("reason", "")))
+                self.unplaced[why] = self.unplaced.get(why, 0) + 1
         if self.store is not None:
             self.store.append(events, live=self.live_view)
         if self.loop is not None and self.applied_signal is not None:
@@ -197,6 +214,11 @@ class ControlPlane:
                             self.proposer.batches),
                     Reading("group_commit_commands", "counter", "Commands proposed by group commit.",
                             self.proposer.commands)]
+        out.append(Reading("scheduler_placements", "counter", "Packs placed on a node (new, moved or retried) "
+                           "by the entries this server applied.", self.placements))
+        for kind in UNPLACED_KINDS:
+            out.append(Reading("scheduler_unplaced", "counter", "Packs left pending because nothing fitted, by "
+                               "the kind of reason.", self.unplaced.get(kind, 0), {"reason": kind}))
         with self.replica.lock:
             state = self.replica.state
             packs = state.counts()

@@ -144,6 +144,8 @@ class EventStore(EventQueries, EventMaintenance):
         self._settled_seq = 0  # durable, and the sealing and snapshot it caused are done
         self.commits = 0  # group commits (one fdatasync per segment written)
         self.appended = 0  # events accepted by append since this store was opened
+        # Told the seconds each group commit took to write and fdatasync (a metric); writer thread.
+        self.on_commit: Callable[[float], None] | None = None
         self._closing = False
         self._stopped = False
         self.error: str | None = None
@@ -306,7 +308,10 @@ class EventStore(EventQueries, EventMaintenance):
         """Write ``batch`` durably (retrying on I/O errors), publish it, acknowledge it."""
         while True:
             try:
+                t0 = time.monotonic()
                 chunks = self._write(batch)
+                if self.on_commit is not None:
+                    self.on_commit(time.monotonic() - t0)
                 break
             except OSError as e:
                 # Nothing is acknowledged before fsync succeeds: cut what was half written, retry.
