@@ -64,6 +64,12 @@ ACTIONS: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/acl/policies"): "policy.apply",
     ("DELETE", "/v1/acl/policies/{name}"): "policy.delete",
     ("POST", "/v1/audit/checkpoint"): "audit.checkpoint",
+    ("DELETE", "/v1/nodes/{node}"): "node.remove",
+    ("POST", "/v1/autoscale/policy"): "autoscale.policy",
+    ("POST", "/v1/autoscale/pause"): "autoscale.pause",
+    ("POST", "/v1/autoscale/resume"): "autoscale.resume",
+    ("POST", "/v1/autoscale/decisions"): "autoscale.decision",
+    ("POST", "/v1/autoscale/decisions/{id}/outcome"): "autoscale.outcome",
     ("POST", "/v1/nodes/{node}/heartbeat"): None,
     ("POST", "/v1/nodes/{node}/reports"): None,
     ("POST", "/v1/nodes/{node}/assignments"): None,
@@ -248,7 +254,7 @@ class Auditor:
 
 def _target(request: Request, body: Any, answer: Any) -> str:
     p = request.path_params
-    for key in ("name", "pack", "node", "accessor"):
+    for key in ("name", "pack", "node", "accessor", "id"):
         if key in p:
             return str(p[key])
     if not isinstance(body, dict):
