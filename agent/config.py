@@ -44,6 +44,18 @@ class RaftSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """The agent's audit log (``canidae.agent.node.auditlog``): how often its head is signed and
+    committed through Raft, the size at which a segment is closed, and how many refused requests
+    per second are written (more are counted, so a flood of bad credentials cannot fill the disk)."""
+
+    checkpoint_s: float = 10.0
+    segment_bytes: int = 16 * 1024 * 1024
+    denials_per_s: float = 20.0
+    denial_burst: int = 200
+
+
+@dataclass(frozen=True)
 class ServerPeer:
     id: str
     api: str
@@ -68,6 +80,7 @@ class AgentConfig:
     capacity: Resources = Resources(4000, 8192, 1000)
     weight: float = 1.0
     raft_settings: RaftSettings = field(default_factory=RaftSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     heartbeat_interval_s: float = 0.5
     heartbeat_ttl_s: float = 1.5
     max_body_bytes: int = 8 * 1024 * 1024
@@ -135,7 +148,7 @@ def _keep_alive(value: Any) -> float:
 _TOP_KEYS = {"node_id", "role", "api", "raft", "zone", "region", "cell", "data_dir", "token",
              "identity_public_key", "admin_token_hash",
              "cluster_password", "servers", "capacity", "weight", "raft_settings", "heartbeat",
-             "max_body_bytes", "request_timeout_s", "keep_alive_s", "log_file"}
+             "max_body_bytes", "request_timeout_s", "keep_alive_s", "log_file", "audit"}
 
 
 def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
@@ -181,6 +194,7 @@ def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
         raise InvalidInput(f"unknown configuration key 'raft_settings.{unknown_rs[0]}'")
     hb = d.get("heartbeat", {})
     cfg = AgentConfig(
+        audit=_audit_settings(d.get("audit", {})),
         node_id=node_id, role=role,
         api=_addr("api", d.get("api", "127.0.0.1:7100")),
         raft=_addr("raft", d["raft"]) if d.get("raft") else "",
@@ -221,6 +235,21 @@ def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
     return cfg
 
 
+def _audit_settings(a: Any) -> AuditSettings:
+    if not isinstance(a, Mapping):
+        raise InvalidInput("audit must be a table")
+    known = {f.name for f in fields(AuditSettings)}
+    unknown = sorted(set(a) - known)
+    if unknown:
+        raise InvalidInput(f"unknown configuration key 'audit.{unknown[0]}'")
+    d = AuditSettings()
+    return AuditSettings(
+        checkpoint_s=_pos_float("audit.checkpoint_s", a.get("checkpoint_s", d.checkpoint_s)),
+        segment_bytes=_pos_int("audit.segment_bytes", a.get("segment_bytes", d.segment_bytes)),
+        denials_per_s=_pos_float("audit.denials_per_s", a.get("denials_per_s", d.denials_per_s)),
+        denial_burst=_pos_int("audit.denial_burst", a.get("denial_burst", d.denial_burst)))
+
+
 ENV_KEYS = {  # CANIDAE_* environment variables that override the file
     "CANIDAE_NODE_ID": "node_id", "CANIDAE_ROLE": "role", "CANIDAE_API": "api", "CANIDAE_RAFT": "raft",
     "CANIDAE_ZONE": "zone", "CANIDAE_REGION": "region", "CANIDAE_CELL": "cell",
@@ -258,7 +287,7 @@ def config_to_mapping(cfg: AgentConfig) -> dict[str, Any]:
         "weight": cfg.weight, "capacity": cfg.capacity.to_dict(),
         "servers": [{"id": s.id, "api": s.api, "raft": s.raft} for s in cfg.servers],
         "heartbeat": {"interval_s": cfg.heartbeat_interval_s, "ttl_s": cfg.heartbeat_ttl_s},
-        "raft_settings": asdict(cfg.raft_settings),
+        "raft_settings": asdict(cfg.raft_settings), "audit": asdict(cfg.audit),
         "max_body_bytes": cfg.max_body_bytes, "request_timeout_s": cfg.request_timeout_s,
         "keep_alive_s": cfg.keep_alive_s,
     }

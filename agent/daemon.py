@@ -7,6 +7,8 @@ Every host runs the same process. ``Agent`` wires, from one ``AgentConfig``:
   commit, event store) and its ``FailureDetector``;
 * on every agent, the ``NodeRuntime`` (``canidae.agent.node.runtime``: reconcile loop, drivers,
   mailboxes, heartbeats);
+* on every agent, its audit log (``canidae.agent.node.auditlog``), the ``Auditor`` the Edge
+  records requests with and the ``Checkpointer`` that commits the log's signed head;
 * the HTTP app: the cluster routes (answered by the control plane on a server, passed on to a
   server by a client agent), the event history routes, and the node's exec and yip routes, all
   behind one ``Edge`` (``canidae.agent.httpedge``).
@@ -38,8 +40,11 @@ from canidae.agent.config import AgentConfig
 from canidae.agent.datadir import make_private
 from canidae.agent.httpedge import Edge, error_response, read_json
 from canidae.agent.identity import Authenticator
-from canidae.agent.node import exec_routes, status_routes, yips
+from canidae.agent.node import audit_routes, exec_routes, status_routes, yips
+from canidae.agent.node.auditing import Auditor, Checkpointer
+from canidae.agent.node.auditlog import AuditLog
 from canidae.agent.node.runtime import NodeRuntime
+from canidae.agent.server import audit_routes as audit_heads_routes
 from canidae.agent.server import history
 from canidae.agent.server.access import TokenAccess, token_pepper
 from canidae.agent.server.acl_routes import acl_routes
@@ -77,10 +82,17 @@ class Agent:
         self.access = None if plane is None else TokenAccess(lambda: plane.state, token_pepper(cfg.cluster_password))
         # CANIDAE_ADMISSION=off: every request is taken on (benchmarks compare; an operator's way out).
         self.admission = Admission(pressure_from_env(), enabled=os.environ.get("CANIDAE_ADMISSION") != "off")
+        # Every agent audits what it is asked to change (and every refusal) in its own log, and
+        # commits its signed head through the servers.
+        self.audit_log = AuditLog(cfg.data_dir, cfg.node_id, cfg.audit.segment_bytes)
+        self.auditor = Auditor(self.audit_log, cfg.node_id, cfg.audit)
+        self.checkpointer = Checkpointer(
+            self.auditor, lambda body: self.link.call("POST", "/v1/audit/checkpoints", json=body),
+            cfg.audit.checkpoint_s)
         self.edge = Edge(Authenticator(cfg.admin_token_hash, cfg.identity_public_key,
                                        find_token=self.access.find_token if self.access else None),
                          cfg.max_body_bytes, forward=None if self.plane is not None else self.forward,
-                         access=self.access, admission=self.admission)
+                         access=self.access, admission=self.admission, audit=self.auditor)
         self.tasks: list[asyncio.Task[Any]] = []
         self.telemetry = Telemetry()
         self.telemetry.add_source(self.admission.readings)
@@ -97,6 +109,8 @@ class Agent:
         return ({"api_requests": t.api_requests, "api_errors": t.api_errors}, {"api_ms": t.take_api_sketch()})
 
     async def start(self) -> None:
+        self.audit_log.open()
+        self.tasks.append(asyncio.create_task(self.checkpointer.run()))
         if isinstance(self.admission.pressure, LoopLag):
             self.admission.pressure.start()
         if self.plane is not None:
@@ -114,6 +128,12 @@ class Agent:
         await self.node.stop()
         for t in self.tasks:
             t.cancel()
+        try:  # pin the head a last time, if the servers are still there to take it
+            if self.audit_log.durable_seq != self.checkpointer.committed_seq and self.audit_log.durable_seq:
+                await asyncio.wait_for(self.checkpointer.commit_now(), 2.0)
+        except (CanidaeError, OSError, TimeoutError) as e:
+            log.info("audit: no last checkpoint at stop: %s", e)
+        self.audit_log.close()
         await self.link.close()
         if self.plane is not None:
             self.plane.stop()
@@ -126,6 +146,12 @@ class Agent:
         if self.plane is not None:
             out.update(self.plane.raft_health())
         return out
+
+    def _address_of(self, node: str) -> str | None:
+        """Agent ``node``'s API address in this server's replica (None: no such node)."""
+        assert self.plane is not None
+        found = self.plane.state.nodes.get(node)
+        return None if found is None else found.address
 
     async def forward(self, request: Request) -> Response:
         """A client agent passes cluster requests on to a server, unchanged, with the caller's own
@@ -150,6 +176,9 @@ class Agent:
         routes = [Route("/v1/metrics", self.edge.endpoint(self.telemetry.handle, forward=False), methods=["GET"])]
         routes += cluster_routes(self.plane, self.edge, self.health)
         routes += acl_routes(self.plane, self.edge, self.access)
+        routes += audit_heads_routes.routes(self.plane, self.edge)
+        routes += audit_routes.routes(self.audit_log, self.checkpointer, self.edge, self.cfg.node_id, self.link,
+                                      self.node.hops, self._address_of if self.plane is not None else None)
         routes += autoscale_routes(self.plane, self.edge)
         routes += history.routes(self.plane, self.edge.endpoint)
         routes += exec_routes.routes(self.node, self.edge)

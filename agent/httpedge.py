@@ -22,7 +22,10 @@ wraps it with what every route needs, in one place:
   caller is known, the request takes a slot of its route's priority class or is refused with 429
   and ``Retry-After`` before anything is done or passed on;
 * typed errors (``canidae.core.errors``) become ``{"error": {"code", "message"}}`` with their
-  HTTP status; anything else is logged and answered 500, never taking the agent down.
+  HTTP status; anything else is logged and answered 500, never taking the agent down;
+* auditing (``audit``, the agent's ``canidae.agent.node.auditing.Auditor``): admitted before the
+  handler runs (a log that cannot be written refuses a state change up front) and recorded,
+  durably, before the answer is sent.
 
 The parsing helpers (``read_json``, ``expect_object``, ``query_int`` ...) refuse bad input with
 ``InvalidInput`` (400) and oversized bodies with ``PayloadTooLarge`` (413). This module decides
@@ -66,6 +69,14 @@ HANDLER = "handler"  # the body names the resources: the handler calls Edge.requ
 EVERY = "*"
 
 
+class Audit(Protocol):
+    """Records requests in the agent's audit log (``canidae.agent.node.auditing.Auditor``)."""
+
+    async def admit(self, request: Request) -> None: ...
+
+    async def record(self, request: Request, response: Response) -> Response: ...
+
+
 class Decider(Protocol):
     """Decides what an API token may do (a server agent's ``TokenAccess``)."""
 
@@ -95,6 +106,7 @@ async def read_json(request: Request, limit: int) -> Any:
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw:
+        request.state.body = {}
         return {}
     try:
         body = json.loads(raw)
@@ -105,6 +117,7 @@ async def read_json(request: Request, limit: int) -> Any:
     # Only a body with more than MAX_NESTING opening brackets can be nested that deep.
     if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and nested_deeper(body, MAX_NESTING):
         raise InvalidInput(f"JSON body nested deeper than {MAX_NESTING} levels")
+    request.state.body = body  # what the audit record shows of the request (redacted)
     return body
 
 
@@ -160,6 +173,7 @@ def request_id(request: Request, body: Mapping[str, Any] | None = None) -> str:
     rid = (body or {}).get("request_id") or request.headers.get("x-request-id") or uuid.uuid4().hex
     if not isinstance(rid, str) or not 1 <= len(rid) <= 128 or not rid.isprintable():
         raise InvalidInput("request_id must be 1-128 printable characters")
+    request.state.request_id = rid  # the audit record names the id the command carried
     return rid
 
 
@@ -200,9 +214,11 @@ class Edge:
     """Wraps route handlers with authentication, authorization by kind, forwarding and error answers."""
 
     def __init__(self, auth: Authenticator, max_body_bytes: int, forward: Forward | None = None,
-                 access: Decider | None = None, admission: Admission | None = None) -> None:
+                 access: Decider | None = None, admission: Admission | None = None,
+                 audit: Audit | None = None) -> None:
         self.auth = auth
         self.admission = admission
+        self.audit = audit
         self.access = access
         self.limit = max_body_bytes
         self._forward = forward
@@ -282,6 +298,15 @@ class Edge:
         own node (the path's ``{node}``, or the handler checks the body), "read" a lookup.
         ``need``: what an API token must be granted here (see the module docstring)."""
         async def handler(request: Request) -> Response:
+            if self.audit is None:
+                return await answer(request)
+            try:
+                await self.audit.admit(request)
+            except CanidaeError as e:
+                return error_response(e)
+            return await self.audit.record(request, await answer(request))
+
+        async def answer(request: Request) -> Response:
             try:
                 if auth:
                     if forward and self._passes_on(request):

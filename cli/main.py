@@ -71,6 +71,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("history", "canidae.cli.history:app"),
     ("token", "canidae.cli.token:app"),
     ("policy", "canidae.cli.policy:app"),
+    ("audit", "canidae.cli.audit:app"),
     ("fleet", "canidae.cli.fleet:app"),
     ("autoscale", "canidae.cli.autoscale:app"),
 )

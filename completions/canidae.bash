@@ -5,8 +5,9 @@
 # Subcommands of a command path.
 _canidae_children() {
     case "$1" in
-        "canidae") echo "agent autoscale cluster drill events fleet history metrics node pack place policy ring scale-test token top yip" ;;
+        "canidae") echo "agent audit autoscale cluster drill events fleet history metrics node pack place policy ring scale-test token top yip" ;;
         "canidae agent") echo "doctor init run" ;;
+        "canidae audit") echo "checkpoint checkpoints export tail verify" ;;
         "canidae autoscale") echo "explain pause plan policy resume run status" ;;
         "canidae autoscale policy") echo "apply show" ;;
         "canidae cluster") echo "down status up" ;;
@@ -32,6 +33,12 @@ _canidae_options() {
         "canidae agent doctor") echo "--config --help --json -c -h" ;;
         "canidae agent init") echo "--cell --client --cpu --data-dir --force --help --identity --json --listen --max-packs --mem --name --out --peer --raft --region --server --zone -h -o" ;;
         "canidae agent run") echo "--config --data-dir --help --listen --name -c -h" ;;
+        "canidae audit") echo "--help -h" ;;
+        "canidae audit checkpoint") echo "--agent --help --json -h" ;;
+        "canidae audit checkpoints") echo "--agent --help --json -h" ;;
+        "canidae audit export") echo "--action --agent --help --since --token -h" ;;
+        "canidae audit tail") echo "--action --agent --follow --help --json --lines --since --token -f -h -n" ;;
+        "canidae audit verify") echo "--agent --checkpoints --dir --help --json -h" ;;
         "canidae autoscale") echo "--help -h" ;;
         "canidae autoscale explain") echo "--help --json -h" ;;
         "canidae autoscale pause") echo "--help --json --reason -h" ;;
@@ -135,6 +142,21 @@ _canidae_option_value() {
         "canidae agent run --data-dir") echo "file" ;;
         "canidae agent run --listen") echo "none" ;;
         "canidae agent run --name") echo "none" ;;
+        "canidae audit checkpoint --agent") echo "node" ;;
+        "canidae audit checkpoints --agent") echo "node" ;;
+        "canidae audit export --action") echo "none" ;;
+        "canidae audit export --agent") echo "node" ;;
+        "canidae audit export --since") echo "none" ;;
+        "canidae audit export --token") echo "none" ;;
+        "canidae audit tail --action") echo "none" ;;
+        "canidae audit tail --agent") echo "node" ;;
+        "canidae audit tail --lines") echo "none" ;;
+        "canidae audit tail -n") echo "none" ;;
+        "canidae audit tail --since") echo "none" ;;
+        "canidae audit tail --token") echo "none" ;;
+        "canidae audit verify --agent") echo "node" ;;
+        "canidae audit verify --checkpoints") echo "none" ;;
+        "canidae audit verify --dir") echo "none" ;;
         "canidae autoscale pause --reason") echo "none" ;;
         "canidae autoscale plan --policy") echo "file" ;;
         "canidae autoscale plan --usage") echo "choice:measured reserved" ;;

@@ -5,9 +5,11 @@
 function __canidae_children
     switch $argv[1]
         case 'canidae'
-            printf '%s\n' agent autoscale cluster drill events fleet history metrics node pack place policy ring scale-test token top yip
+            printf '%s\n' agent audit autoscale cluster drill events fleet history metrics node pack place policy ring scale-test token top yip
         case 'canidae agent'
             printf '%s\n' doctor init run
+        case 'canidae audit'
+            printf '%s\n' checkpoint checkpoints export tail verify
         case 'canidae autoscale'
             printf '%s\n' explain pause plan policy resume run status
         case 'canidae autoscale policy'
@@ -50,6 +52,16 @@ function __canidae_valued
             printf '%s\n' -- --cell --cpu --data-dir --identity --listen --max-packs --mem --name --out --peer --raft --region --zone -o
         case 'canidae agent run'
             printf '%s\n' -- --config --data-dir --listen --name -c
+        case 'canidae audit checkpoint'
+            printf '%s\n' -- --agent
+        case 'canidae audit checkpoints'
+            printf '%s\n' -- --agent
+        case 'canidae audit export'
+            printf '%s\n' -- --action --agent --since --token
+        case 'canidae audit tail'
+            printf '%s\n' -- --action --agent --lines --since --token -n
+        case 'canidae audit verify'
+            printf '%s\n' -- --agent --checkpoints --dir
         case 'canidae autoscale pause'
             printf '%s\n' -- --reason
         case 'canidae autoscale plan'
@@ -192,6 +204,7 @@ complete -c canidae -f
 
 # canidae
 complete -c canidae -n '__canidae_at \'canidae\'' -a agent -d 'Run, set up and check the agent daemon of this host'
+complete -c canidae -n '__canidae_at \'canidae\'' -a audit -d 'Read, export and verify the agents\' audit logs'
 complete -c canidae -n '__canidae_at \'canidae\'' -a autoscale -d 'Autoscaling'
 complete -c canidae -n '__canidae_at \'canidae\'' -a cluster -d 'Start, stop and inspect a local cluster of agents'
 complete -c canidae -n '__canidae_at \'canidae\'' -a drill -d 'Inject real faults (SIGKILL, SIGSTOP) and measure the recovery'
@@ -252,6 +265,48 @@ complete -c canidae -n '__canidae_at \'canidae agent run\'' -l data-dir -r -F -d
 complete -c canidae -n '__canidae_at \'canidae agent run\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae agent run\'' -l listen -x -d 'Address of the agent API'
 complete -c canidae -n '__canidae_at \'canidae agent run\'' -l name -x -d 'Name of this node (default'
+
+# canidae audit
+complete -c canidae -n '__canidae_at \'canidae audit\'' -a checkpoint -d 'Have an agent sign its audit head now and commit it through Raft (it also does so every audit.checkpoint_s when its log grew)'
+complete -c canidae -n '__canidae_at \'canidae audit\'' -a checkpoints -d 'The audit heads agent N signed and committed'
+complete -c canidae -n '__canidae_at \'canidae audit\'' -a export -d 'Write an agent\'s whole audit log (or what the filters keep) to stdout as NDJSON, oldest first'
+complete -c canidae -n '__canidae_at \'canidae audit\'' -a tail -d 'Print an agent\'s newest audit records, oldest first'
+complete -c canidae -n '__canidae_at \'canidae audit\'' -a verify -d 'Check an audit log'
+complete -c canidae -n '__canidae_at \'canidae audit\'' -l help -s h -d 'Show this message and exit'
+
+# canidae audit checkpoint
+complete -c canidae -n '__canidae_at \'canidae audit checkpoint\'' -l agent -x -a '(__canidae_names node)' -d 'Agent N\'s log (default'
+complete -c canidae -n '__canidae_at \'canidae audit checkpoint\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae audit checkpoint\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae audit checkpoints
+complete -c canidae -n '__canidae_at \'canidae audit checkpoints\'' -l agent -x -a '(__canidae_names node)' -d 'The agent'
+complete -c canidae -n '__canidae_at \'canidae audit checkpoints\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae audit checkpoints\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae audit export
+complete -c canidae -n '__canidae_at \'canidae audit export\'' -l action -x -d 'Only this action (pack.spawn, token.create '
+complete -c canidae -n '__canidae_at \'canidae audit export\'' -l agent -x -a '(__canidae_names node)' -d 'Agent N\'s log (default'
+complete -c canidae -n '__canidae_at \'canidae audit export\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae audit export\'' -l since -x -d 'Only records since then'
+complete -c canidae -n '__canidae_at \'canidae audit export\'' -l token -x -d 'Only requests made with this token (its accessor, ca_...)'
+
+# canidae audit tail
+complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l action -x -d 'Only this action (pack.spawn, token.create '
+complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l agent -x -a '(__canidae_names node)' -d 'Agent N\'s log (default'
+complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l follow -s f -d 'Keep printing new records until interrupted'
+complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l json -d 'Print NDJSON'
+complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l lines -s n -x -d 'Start with the last N matching records'
+complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l since -x -d 'Only records since then'
+complete -c canidae -n '__canidae_at \'canidae audit tail\'' -l token -x -d 'Only requests made with this token (its accessor, ca_...)'
+
+# canidae audit verify
+complete -c canidae -n '__canidae_at \'canidae audit verify\'' -l agent -x -a '(__canidae_names node)' -d 'Agent N\'s log (default'
+complete -c canidae -n '__canidae_at \'canidae audit verify\'' -l checkpoints -x -d 'With --dir'
+complete -c canidae -n '__canidae_at \'canidae audit verify\'' -l dir -x -d 'Check a copy of an agent\'s data dir instead (offline)'
+complete -c canidae -n '__canidae_at \'canidae audit verify\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae audit verify\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 
 # canidae autoscale
 complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a explain -d 'Explain one recorded decision'

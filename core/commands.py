@@ -280,6 +280,20 @@ class DeletePolicy(Command):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CommitAuditCheckpoint(Command):
+    """A node's signed audit chain head (``canidae.core.audit.Checkpoint`` as a dict) and the public
+    key that checks it (``canidae.core.audit_heads``); the proposer checked the signature."""
+
+    TYPE = "CommitAuditCheckpoint"
+    node_id: str
+    public_key: str
+    checkpoint: Mapping[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "public_key": self.public_key, "checkpoint": dict(self.checkpoint)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SetAutoscalePolicy(Command):
     """Replace the autoscale policy; ``policy`` is its nested TOML form (``core.autoscale_policy``)."""
 
@@ -332,7 +346,7 @@ class SetAutoscaleOutcome(Command):
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.TYPE: c for c in (Noop, RegisterNode, SetNodeState, RemoveNode, CreatePacks, PlacePacks,
                         StopPacks, ReportPacks, MigratePacks, Rebalance, DeletePacks,
-                        CreateToken, RevokeToken, ApplyPolicy, DeletePolicy,
+                        CreateToken, RevokeToken, ApplyPolicy, DeletePolicy, CommitAuditCheckpoint,
                         SetAutoscalePolicy, SetAutoscalePaused, RecordAutoscaleDecision, SetAutoscaleOutcome)
 }
 
@@ -417,6 +431,11 @@ def command_from_wire(d: Mapping[str, Any]) -> Command:
             return ApplyPolicy(**env, policy=d["policy"])
         if cls is DeletePolicy:
             return DeletePolicy(**env, name=validate_name("policy", d["name"]))
+        if cls is CommitAuditCheckpoint:
+            if not isinstance(d["checkpoint"], Mapping) or not isinstance(d["public_key"], str):
+                raise InvalidInput("checkpoint must be an object and public_key a string")
+            return CommitAuditCheckpoint(**env, node_id=validate_name("node", d["node_id"]),
+                                         public_key=d["public_key"], checkpoint=d["checkpoint"])
         if cls is SetAutoscalePolicy:
             if not isinstance(d["policy"], Mapping):
                 raise InvalidInput("policy must be an object")
@@ -468,6 +487,7 @@ __all__ = [
     "WIRE_VERSION",
     "ApplyPolicy",
     "Command",
+    "CommitAuditCheckpoint",
     "CreatePacks",
     "CreateToken",
     "DeletePacks",

@@ -16,6 +16,7 @@ exits with ``exit_code``. Nothing else in the code base invents codes.
     │   └── WrongState                wrong_state        6   409
     ├── Unavailable                   unavailable        3   503
     │   ├── NoLeader                  no_leader          3   503
+    │   ├── AuditUnavailable          audit_unavailable  3   503
     │   └── Timeout                   timeout            3   504
     ├── Overloaded                    overloaded         7   429
     ├── NotImplementedYet             not_implemented    1   501
@@ -124,6 +125,12 @@ class NoLeader(Unavailable):
     code = "no_leader"
 
 
+class AuditUnavailable(Unavailable):
+    """The agent cannot write its audit log, so it refuses (or could not confirm) the request."""
+
+    code = "audit_unavailable"
+
+
 class Timeout(Unavailable):
     code, http_status = "timeout", 504
 
@@ -165,6 +172,7 @@ _BY_STATUS: dict[int, type[CanidaeError]] = {
 __all__ = [
     "CanidaeError", "InvalidInput", "PayloadTooLarge", "NotAuthenticated", "PermissionDenied",
     "NotFound", "Conflict", "AlreadyExists", "NoCapacity", "WrongState", "Unavailable", "NoLeader",
-    "Timeout", "Overloaded", "NotImplementedYet", "OperationFailed", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE",
-    "EXIT_UNAVAILABLE", "EXIT_DENIED", "EXIT_NOT_FOUND", "EXIT_CONFLICT", "EXIT_OVERLOADED", "EXIT_CODES_HELP",
+    "AuditUnavailable", "Timeout", "Overloaded", "NotImplementedYet", "OperationFailed", "EXIT_OK", "EXIT_FAILED",
+    "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_DENIED", "EXIT_NOT_FOUND", "EXIT_CONFLICT", "EXIT_OVERLOADED",
+    "EXIT_CODES_HELP",
 ]

@@ -41,11 +41,13 @@ from typing import Any
 import xxhash
 
 from canidae.core.acl import Policy
-from canidae.core.audit import MASK
+from canidae.core.audit import MASK, Checkpoint
+from canidae.core.audit_heads import AuditHeads
 from canidae.core.autoscale_state import AutoscaleState
 from canidae.core.commands import (
     ApplyPolicy,
     Command,
+    CommitAuditCheckpoint,
     CreatePacks,
     CreateToken,
     DeletePacks,
@@ -178,6 +180,7 @@ class ClusterState:
         self.token_hashes: dict[str, str] = {}
         self.policies: dict[str, Policy] = {}
         self.acl_version = 0
+        self.audit = AuditHeads()  # every agent's signed audit chain heads
         self.autoscale = AutoscaleState()
         self._events: list[dict[str, Any]] = []
         self._sorted_names: list[str] | None = None
@@ -190,6 +193,7 @@ class ClusterState:
             DeletePacks: self._apply_delete_packs,
             CreateToken: self._apply_create_token, RevokeToken: self._apply_revoke_token,
             ApplyPolicy: self._apply_policy, DeletePolicy: self._apply_delete_policy,
+            CommitAuditCheckpoint: self._apply_audit_checkpoint,
             SetAutoscalePolicy: self._apply_autoscale_policy, SetAutoscalePaused: self._apply_autoscale_paused,
             RecordAutoscaleDecision: self._apply_autoscale_decision,
             SetAutoscaleOutcome: self._apply_autoscale_outcome,
@@ -349,6 +353,9 @@ class ClusterState:
         self.acl_version = self.applied
         return {"ok": True, "deleted": cmd.name}
 
+    def _apply_audit_checkpoint(self, cmd: CommitAuditCheckpoint) -> dict[str, Any]:
+        self._node(cmd.node_id)
+        return self.audit.commit(cmd.node_id, cmd.public_key, Checkpoint.from_dict(cmd.checkpoint), cmd.at)
     # --------------------------------------------------------------- autoscale
 
     def _apply_autoscale_policy(self, cmd: SetAutoscalePolicy) -> dict[str, Any]:
@@ -875,6 +882,7 @@ class ClusterState:
             "tokens": [self.tokens[k].to_dict() for k in sorted(self.tokens)],
             "policies": [self.policies[k].to_dict() for k in sorted(self.policies)],
             "acl_version": self.acl_version, "packs_index": self.packs_index,
+            "audit": self.audit.to_snapshot(),
             "autoscale": self.autoscale.to_snapshot(),
         }
 
@@ -911,6 +919,7 @@ class ClusterState:
             policy = Policy.from_toml_dict(pd)
             st.policies[policy.name] = policy
         st.acl_version = d.get("acl_version", 0)
+        st.audit = AuditHeads.from_snapshot(d.get("audit", {}))
         st.autoscale = AutoscaleState.from_snapshot(d.get("autoscale"))
         st.packs_index = d.get("packs_index", 0)
         st.node_log = {n: {} for n in st.node_rev}
