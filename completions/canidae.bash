@@ -5,7 +5,7 @@
 # Subcommands of a command path.
 _canidae_children() {
     case "$1" in
-        "canidae") echo "agent autoscale cluster drill events fleet history metrics node pack place policy ring scale-test token top yip" ;;
+        "canidae") echo "agent autoscale cluster drill events fleet history keys metrics node pack place policy ring scale-test token top yip" ;;
         "canidae agent") echo "doctor init run" ;;
         "canidae autoscale") echo "plan" ;;
         "canidae cluster") echo "down status up" ;;
@@ -13,12 +13,13 @@ _canidae_children() {
         "canidae events") echo "tail" ;;
         "canidae fleet") echo "bootstrap status" ;;
         "canidae history") echo "verify" ;;
+        "canidae keys") echo "list retire rotate status" ;;
         "canidae node") echo "cordon drain list show uncordon" ;;
         "canidae pack") echo "create delete history kill list logs migrate place show spawn stop" ;;
         "canidae policy") echo "apply delete list show" ;;
         "canidae ring") echo "lookup rebalance show simulate" ;;
         "canidae scale-test") echo "report run" ;;
-        "canidae token") echo "create list revoke self show" ;;
+        "canidae token") echo "create list revoke rotate-bootstrap self show" ;;
         "canidae yip") echo "recv send" ;;
     esac
 }
@@ -50,6 +51,11 @@ _canidae_options() {
         "canidae fleet status") echo "--help --json -h" ;;
         "canidae history") echo "--help -h" ;;
         "canidae history verify") echo "--full --help --json -h" ;;
+        "canidae keys") echo "--help -h" ;;
+        "canidae keys list") echo "--help --json -h" ;;
+        "canidae keys retire") echo "--help --json -h" ;;
+        "canidae keys rotate") echo "--by --help --json --no-wait --prepublish --purpose --timeout --wait -h" ;;
+        "canidae keys status") echo "--help --json -h" ;;
         "canidae metrics") echo "--by --cell --help --json --zone -h" ;;
         "canidae node") echo "--help -h" ;;
         "canidae node cordon") echo "--help --json -h" ;;
@@ -87,6 +93,7 @@ _canidae_options() {
         "canidae token create") echo "--help --json --name --policy --ttl -h" ;;
         "canidae token list") echo "--help --json -h" ;;
         "canidae token revoke") echo "--help --json -h" ;;
+        "canidae token rotate-bootstrap") echo "--help --json -h" ;;
         "canidae token self") echo "--can --help --json --kind -h" ;;
         "canidae token show") echo "--help --json -h" ;;
         "canidae top") echo "--cell --help --interval --json --once --sort --zone -h" ;;
@@ -184,6 +191,10 @@ _canidae_option_value() {
         "canidae fleet bootstrap --parallel") echo "none" ;;
         "canidae fleet bootstrap --source") echo "file" ;;
         "canidae fleet bootstrap --wheelhouse") echo "file" ;;
+        "canidae keys rotate --by") echo "none" ;;
+        "canidae keys rotate --prepublish") echo "none" ;;
+        "canidae keys rotate --purpose") echo "none" ;;
+        "canidae keys rotate --timeout") echo "none" ;;
         "canidae metrics --by") echo "choice:zone region cell node" ;;
         "canidae metrics --cell") echo "none" ;;
         "canidae metrics --zone") echo "zone" ;;
@@ -328,6 +339,7 @@ _canidae_argument() {
         "canidae fleet bootstrap 0") echo "file" ;;
         "canidae fleet status 0") echo "file" ;;
         "canidae history verify 0") echo "pack" ;;
+        "canidae keys retire 0") echo "none" ;;
         "canidae node cordon 0") echo "node" ;;
         "canidae node drain 0") echo "node" ;;
         "canidae node show 0") echo "node" ;;

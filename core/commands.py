@@ -237,12 +237,15 @@ class CreateToken(Command):
     name: str
     policies: tuple[str, ...]
     expires_at: int | None = None
+    key: str = ""  # the token keyring's key the hash is made with ("": the first one)
 
     def payload(self) -> dict[str, Any]:
         d: dict[str, Any] = {"accessor": self.accessor, "secret_hash": self.secret_hash, "name": self.name,
                              "policies": list(self.policies)}
         if self.expires_at is not None:
             d["expires_at"] = self.expires_at
+        if self.key:
+            d["key"] = self.key
         return d
 
 
@@ -279,10 +282,22 @@ class DeletePolicy(Command):
         return {"name": self.name}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyringOp(Command):
+    """A change of the cluster's keyrings (``canidae.core.keyring``: publish, activate, retire,
+    rewrap, admin); ``op`` is its wire form, validated by ``keyring.parse_op``."""
+
+    TYPE = "KeyringOp"
+    op: Mapping[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {"op": dict(self.op)}
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.TYPE: c for c in (Noop, RegisterNode, SetNodeState, RemoveNode, CreatePacks, PlacePacks,
                         StopPacks, ReportPacks, MigratePacks, Rebalance, DeletePacks,
-                        CreateToken, RevokeToken, ApplyPolicy, DeletePolicy)
+                        CreateToken, RevokeToken, ApplyPolicy, DeletePolicy, KeyringOp)
 }
 
 
@@ -357,7 +372,8 @@ def command_from_wire(d: Mapping[str, Any]) -> Command:
             if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int)):
                 raise InvalidInput("expires_at must be an integer (ms)")
             return CreateToken(**env, accessor=str(d["accessor"]), secret_hash=str(d["secret_hash"]),
-                               name=validate_name("token", d["name"]), policies=tuple(policies), expires_at=expires)
+                               name=validate_name("token", d["name"]), policies=tuple(policies), expires_at=expires,
+                               key=str(d.get("key", "")))
         if cls is RevokeToken:
             return RevokeToken(**env, accessor=str(d["accessor"]))
         if cls is ApplyPolicy:
@@ -366,6 +382,9 @@ def command_from_wire(d: Mapping[str, Any]) -> Command:
             return ApplyPolicy(**env, policy=d["policy"])
         if cls is DeletePolicy:
             return DeletePolicy(**env, name=validate_name("policy", d["name"]))
+        if cls is KeyringOp:
+            from canidae.core.keyring import parse_op
+            return KeyringOp(**env, op=parse_op(d["op"]))
     except KeyError as e:
         raise InvalidInput(f"{cls.TYPE} is missing {e.args[0]!r}") from None
     except (TypeError, ValueError, IndexError) as e:
@@ -400,6 +419,7 @@ __all__ = [
     "CreateToken",
     "DeletePacks",
     "DeletePolicy",
+    "KeyringOp",
     "MigratePacks",
     "Noop",
     "PackReport",

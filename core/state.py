@@ -49,6 +49,7 @@ from canidae.core.commands import (
     CreateToken,
     DeletePacks,
     DeletePolicy,
+    KeyringOp,
     MigratePacks,
     Noop,
     PlacePacks,
@@ -62,6 +63,7 @@ from canidae.core.commands import (
     StopPacks,
 )
 from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NoCapacity, NotFound, WrongState
+from canidae.core.keyring import Keyrings, sealed_key_id
 from canidae.core.scheduler import Scheduler
 from canidae.core.tokens import TokenKind, TokenRecord
 from canidae.core.types import NO_CONSTRAINTS, Node, NodeState, PackSpec, PackState, Resources
@@ -165,6 +167,7 @@ class ClusterState:
         self.token_hashes: dict[str, str] = {}
         self.policies: dict[str, Policy] = {}
         self.acl_version = 0
+        self.keyrings = Keyrings()  # wrapped keys per purpose, the admin token's hash (core.keyring)
         self._events: list[dict[str, Any]] = []
         self._sorted_names: list[str] | None = None
         self._handlers: dict[type[Command], Callable[[Any], dict[str, Any]]] = {
@@ -176,6 +179,7 @@ class ClusterState:
             DeletePacks: self._apply_delete_packs,
             CreateToken: self._apply_create_token, RevokeToken: self._apply_revoke_token,
             ApplyPolicy: self._apply_policy, DeletePolicy: self._apply_delete_policy,
+            KeyringOp: self._apply_keyring_op,
         }
 
     # ------------------------------------------------------------------ apply
@@ -304,7 +308,7 @@ class ClusterState:
         if cmd.secret_hash in self.token_hashes:
             raise AlreadyExists("a token with this secret exists")
         rec = TokenRecord(cmd.accessor, cmd.secret_hash, cmd.name, TokenKind.CLIENT, cmd.policies,
-                          created_at_ms=cmd.at, expires_at_ms=cmd.expires_at)
+                          created_at_ms=cmd.at, expires_at_ms=cmd.expires_at, key=cmd.key)
         self.tokens[rec.accessor] = rec
         self.token_hashes[rec.secret_hash] = rec.accessor
         self.acl_version = self.applied
@@ -331,6 +335,43 @@ class ClusterState:
             raise NotFound(f"no policy {cmd.name!r}")
         self.acl_version = self.applied
         return {"ok": True, "deleted": cmd.name}
+
+    def _apply_keyring_op(self, cmd: KeyringOp) -> dict[str, Any]:
+        op = cmd.op
+        if op["op"] == "rewrap":
+            return self._rewrap(op["packs"])
+        in_use = self.keys_in_use(cmd.at) if op["op"] == "retire" else {}
+        return self.keyrings.apply(op, cmd.at, in_use)
+
+    def _rewrap(self, packs: dict[str, dict[str, str]]) -> dict[str, Any]:
+        """Pack secrets sealed again under another key: the same variables, each value sealed with
+        a key that is not retired. A pack gone or changed meanwhile is skipped (the next pass
+        sees it again); the generation does not change, so nothing restarts."""
+        done = 0
+        for name, sealed in packs.items():
+            rec = self.packs.get(name)
+            if rec is None or set(dict(rec.spec.secrets)) != set(sealed):
+                continue
+            if any(self.keyrings.opening(sealed_key_id(v)) is None for v in sealed.values()):
+                raise InvalidInput(f"rewrap of {name}: a value is sealed with a key that is not in the keyring")
+            rec.spec = replace(rec.spec, secrets=tuple(sorted(sealed.items())))
+            done += 1
+        return {"ok": True, "rewrapped": done}
+
+    def keys_in_use(self, now_ms: int) -> dict[str, int]:
+        """Per key id, what still needs it: sealed secret values, live API tokens' hashes."""
+        out: dict[str, int] = {}
+        for rec in self.packs.values():
+            for _, v in rec.spec.secrets:
+                kid = sealed_key_id(v)
+                out[kid] = out.get(kid, 0) + 1
+        first = next(iter(k.id for k in self.keyrings.of("token")), "")
+        for t in self.tokens.values():
+            if t.revoked or (t.expires_at_ms is not None and now_ms >= t.expires_at_ms):
+                continue
+            kid = t.key or first
+            out[kid] = out.get(kid, 0) + 1
+        return out
 
     def find_token(self, secret_hash: str) -> TokenRecord | None:
         """The token whose secret hashes to ``secret_hash`` (revoked and expired ones included)."""
@@ -824,6 +865,7 @@ class ClusterState:
             "tokens": [self.tokens[k].to_dict() for k in sorted(self.tokens)],
             "policies": [self.policies[k].to_dict() for k in sorted(self.policies)],
             "acl_version": self.acl_version,
+            "keyrings": self.keyrings.to_dict(),
         }
 
     @staticmethod
@@ -859,6 +901,7 @@ class ClusterState:
             policy = Policy.from_toml_dict(pd)
             st.policies[policy.name] = policy
         st.acl_version = d.get("acl_version", 0)
+        st.keyrings = Keyrings.from_dict(d.get("keyrings"))
         st.node_log = {n: {} for n in st.node_rev}
         st.horizon = dict(st.node_rev)
         return st

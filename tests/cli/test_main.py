@@ -26,7 +26,7 @@ CONTRACT_NOUNS = {
     "node": {"list", "show", "drain", "cordon", "uncordon"},
     "pack": {"create", "place", "spawn", "list", "show", "migrate", "stop", "kill", "logs", "history"},
     "yip": {"send", "recv"},
-    "token": {"create", "list", "show", "revoke", "self"},
+    "token": {"create", "list", "show", "revoke", "self", "rotate-bootstrap"},
     "policy": {"apply", "list", "show", "delete"},
     "ring": {"show", "lookup", "simulate"},
     "drill": {"failover", "node", "zone", "partition"},
@@ -35,9 +35,10 @@ CONTRACT_NOUNS = {
     "history": {"verify"},
     "fleet": {"bootstrap", "status"},
     "autoscale": {"plan"},
+    "keys": {"list", "status", "rotate", "retire"},
 }
 CONTRACT_COMMANDS = {"place", "metrics", "top"}
-# DESIGN.md's contract also names keys and audit:
+# DESIGN.md's contract also names audit:
 # they join the tree (and this table) when they are built, never before.
 
 
