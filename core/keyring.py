@@ -59,7 +59,9 @@ class KeyRecord:
     kek: str              # id of the key-encryption key (a key of the agents' cluster key file)
     created_at: int
     changed_at: int
-    regions: tuple[str, ...] = ()  # prepublished: the regions where it already signs
+    # The regions switched to it one by one (``--by region``), in that order: a prepublished key
+    # signs there already; an active key keeps the list as the record of its rollout.
+    regions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not KEY_ID_RE.match(self.id):
@@ -246,13 +248,13 @@ class Keyrings:
         if rec.state is not KeyState.PREPUBLISHED:
             raise WrongState(f"key {rec.id} is {rec.state.value}: only a prepublished key can be activated")
         if regions is not None:
-            merged = tuple(sorted(set(rec.regions) | set(regions)))
+            merged = rec.regions + tuple(r for r in regions if r not in rec.regions)
             self.keys[rec.id] = replace(rec, regions=merged, changed_at=at)
         else:
             old = self.active(rec.purpose)
             if old is not None:
                 self.keys[old.id] = replace(old, state=KeyState.RETIRING, changed_at=at, regions=())
-            self.keys[rec.id] = replace(rec, state=KeyState.ACTIVE, regions=(), changed_at=at)
+            self.keys[rec.id] = replace(rec, state=KeyState.ACTIVE, changed_at=at)
         self.version += 1
         now = self.keys[rec.id]
         return {"ok": True, "id": rec.id, "state": now.state.value, "regions": list(now.regions)}
