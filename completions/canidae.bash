@@ -8,7 +8,7 @@ _canidae_children() {
         "canidae") echo "agent autoscale cluster drill events fleet history keys metrics node pack place policy ring scale-test token top yip" ;;
         "canidae agent") echo "doctor init run" ;;
         "canidae autoscale") echo "plan" ;;
-        "canidae cluster") echo "down status up" ;;
+        "canidae cluster") echo "down rotate-raft-password status up" ;;
         "canidae drill") echo "failover node partition soak zone" ;;
         "canidae events") echo "tail" ;;
         "canidae fleet") echo "bootstrap status" ;;
@@ -36,6 +36,7 @@ _canidae_options() {
         "canidae autoscale plan") echo "--help --json --policy --usage -h" ;;
         "canidae cluster") echo "--help -h" ;;
         "canidae cluster down") echo "--data-dir --help --json -h" ;;
+        "canidae cluster rotate-raft-password") echo "--data-dir --help --json --timeout -h" ;;
         "canidae cluster status") echo "--help --json -h" ;;
         "canidae cluster up") echo "--agents --base-port --clients --cpu --data-dir --help --json --max-packs --mem --servers --timeout --zones -h" ;;
         "canidae drill") echo "--help -h" ;;
@@ -134,6 +135,8 @@ _canidae_option_value() {
         "canidae autoscale plan --policy") echo "file" ;;
         "canidae autoscale plan --usage") echo "choice:measured reserved" ;;
         "canidae cluster down --data-dir") echo "file" ;;
+        "canidae cluster rotate-raft-password --data-dir") echo "file" ;;
+        "canidae cluster rotate-raft-password --timeout") echo "none" ;;
         "canidae cluster up --base-port") echo "none" ;;
         "canidae cluster up --clients") echo "none" ;;
         "canidae cluster up --cpu") echo "none" ;;

@@ -11,7 +11,7 @@ function __canidae_children
         case 'canidae autoscale'
             printf '%s\n' plan
         case 'canidae cluster'
-            printf '%s\n' down status up
+            printf '%s\n' down rotate-raft-password status up
         case 'canidae drill'
             printf '%s\n' failover node partition soak zone
         case 'canidae events'
@@ -54,6 +54,8 @@ function __canidae_valued
             printf '%s\n' -- --policy --usage
         case 'canidae cluster down'
             printf '%s\n' -- --data-dir
+        case 'canidae cluster rotate-raft-password'
+            printf '%s\n' -- --data-dir --timeout
         case 'canidae cluster up'
             printf '%s\n' -- --agents --base-port --clients --cpu --data-dir --max-packs --mem --servers --timeout --zones
         case 'canidae drill failover'
@@ -258,6 +260,7 @@ complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l usage -x -a 
 
 # canidae cluster
 complete -c canidae -n '__canidae_at \'canidae cluster\'' -a down -d 'Stop exactly the agents started by \'cluster up\' (SIGTERM, then SIGKILL after 10 s)'
+complete -c canidae -n '__canidae_at \'canidae cluster\'' -a rotate-raft-password -d 'Change the servers\' Raft password (a new random one)'
 complete -c canidae -n '__canidae_at \'canidae cluster\'' -a status -d 'Show the leader, its term and commit index, and each server\'s health'
 complete -c canidae -n '__canidae_at \'canidae cluster\'' -a up -d 'Start agents on loopback as daemons, wait for a leader, and write the client config (0600)'
 complete -c canidae -n '__canidae_at \'canidae cluster\'' -l help -s h -d 'Show this message and exit'
@@ -266,6 +269,12 @@ complete -c canidae -n '__canidae_at \'canidae cluster\'' -l help -s h -d 'Show 
 complete -c canidae -n '__canidae_at \'canidae cluster down\'' -l data-dir -r -F -d 'Where state, logs and events are kept'
 complete -c canidae -n '__canidae_at \'canidae cluster down\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae cluster down\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae cluster rotate-raft-password
+complete -c canidae -n '__canidae_at \'canidae cluster rotate-raft-password\'' -l data-dir -r -F -d 'Where state, logs and events are kept'
+complete -c canidae -n '__canidae_at \'canidae cluster rotate-raft-password\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae cluster rotate-raft-password\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae cluster rotate-raft-password\'' -l timeout -x -d 'Give up waiting after this many seconds'
 
 # canidae cluster status
 complete -c canidae -n '__canidae_at \'canidae cluster status\'' -l help -s h -d 'Show this message and exit'
