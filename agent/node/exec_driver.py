@@ -62,10 +62,10 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from canidae.agent.keyring import ClusterKeys
 from canidae.agent.node import confine, packlogs
 from canidae.agent.node.drivers import Report
 from canidae.agent.node.isolation import Isolation, Limits, Sandbox
-from canidae.agent.keyring import ClusterKeys
 from canidae.core.errors import InvalidInput, NotFound
 
 log = logging.getLogger("canidae.exec")

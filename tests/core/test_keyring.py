@@ -7,7 +7,7 @@ import pytest
 
 from canidae.core.commands import CreatePacks, CreateToken, KeyringOp, RevokeToken, command_from_wire
 from canidae.core.errors import InvalidInput
-from canidae.core.keyring import KeyRecord, KeyState, Keyrings, parse_op
+from canidae.core.keyring import KeyRecord, Keyrings, KeyState, parse_op
 from canidae.core.state import ClusterState
 from canidae.core.types import PackSpec
 
