@@ -224,3 +224,36 @@ def test_the_raft_journal_and_snapshots_hold_no_plain_key(cluster: LocalCluster)
     for m in materials:
         for form in (m, base64.b64encode(m), base64.urlsafe_b64encode(m), m.hex().encode()):
             assert form not in blobs
+
+
+def test_the_keys_commands_answer_json_and_exit_codes_and_need_the_keys_capability(cluster: LocalCluster) -> None:
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "CANIDAE_CONFIG": os.path.join(cluster.data_dir, "cli.toml")}
+        env.pop("CANIDAE_TOKEN", None)
+        extra = ["--token", token] if token else []
+        return subprocess.run([sys.executable, "-m", "canidae", *extra, "keys", *args], capture_output=True,
+                              text=True, env=env, timeout=120, check=False)
+    listed = json.loads(cli("list", "--json").stdout)["keys"]
+    assert {k["purpose"] for k in listed} == {"token", "pack", "secrets", "audit"}
+    assert all("wrapped" not in k for k in listed)  # material, even wrapped, is for agents only
+    status = json.loads(cli("status", "--json").stdout)
+    assert set(status["purposes"]) == {"token", "pack", "secrets", "audit"} and "rewrap" in status
+    assert cli("rotate", "--purpose", "bogus").returncode == 2
+    assert cli("rotate", "--by", "zone").returncode == 2
+    assert cli("rotate", "--prepublish", "soon").returncode == 2
+    active_audit = next(k["id"] for k in listed if k["purpose"] == "audit" and k["state"] == "active")
+    refused = cli("retire", active_audit)
+    assert refused.returncode == 6 and "only a retiring key" in refused.stderr
+    assert cli("retire", "0000dead").returncode == 5
+    assert cli("retire", "not-an-id").returncode == 2
+    with cluster.client() as c:
+        reader = c.create_token("reader", ["read-only"])["secret"]
+    assert cli("list", token=reader).returncode == 0          # read may look
+    denied = cli("rotate", "--purpose", "audit", token=reader)  # but not rotate
+    assert denied.returncode == 4 and "'keys'" in denied.stderr
+    rotated = json.loads(cli("rotate", "--purpose", "audit", "--prepublish", "0", "--json").stdout)
+    assert rotated["active"] and rotated["keys"][0]["purpose"] == "audit" and rotated["keys"][0]["state"] == "active"
