@@ -123,12 +123,13 @@ def parse_op(op: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "rewrap":
         packs = op.get("packs")
         if not isinstance(packs, Mapping) or not packs:
-            raise InvalidInput("rewrap needs packs: {pack: {variable: sealed value}}")
+            raise InvalidInput("rewrap needs packs: {pack: {variable: [sealed value now, sealed again]}}")
         for name, secrets in packs.items():
             validate_name("pack", name)
-            if not isinstance(secrets, Mapping) or not all(isinstance(v, str) for v in secrets.values()):
-                raise InvalidInput(f"rewrap of {name}: secrets must map names to sealed values")
-        return {"op": kind, "packs": {k: dict(v) for k, v in packs.items()}}
+            if not isinstance(secrets, Mapping) or not all(
+                    isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v) for v in secrets.values()):
+                raise InvalidInput(f"rewrap of {name}: each variable maps to [sealed value now, sealed again]")
+        return {"op": kind, "packs": {k: {var: list(v) for var, v in vs.items()} for k, vs in packs.items()}}
     if kind == "admin":
         h = op.get("hash")
         if not isinstance(h, str) or not _HASH_RE.match(h):

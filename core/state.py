@@ -343,18 +343,19 @@ class ClusterState:
         in_use = self.keys_in_use(cmd.at) if op["op"] == "retire" else {}
         return self.keyrings.apply(op, cmd.at, in_use)
 
-    def _rewrap(self, packs: dict[str, dict[str, str]]) -> dict[str, Any]:
-        """Pack secrets sealed again under another key: the same variables, each value sealed with
-        a key that is not retired. A pack gone or changed meanwhile is skipped (the next pass
-        sees it again); the generation does not change, so nothing restarts."""
+    def _rewrap(self, packs: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
+        """Pack secrets sealed again under another key: each variable's value is replaced only if
+        it is still the one that was resealed (a pack changed or made again meanwhile is skipped:
+        the next pass sees it), by one sealed with a key that is not retired. The generation does
+        not change, so nothing restarts."""
         done = 0
-        for name, sealed in packs.items():
+        for name, values in packs.items():
             rec = self.packs.get(name)
-            if rec is None or set(dict(rec.spec.secrets)) != set(sealed):
+            if rec is None or dict(rec.spec.secrets) != {var: v[0] for var, v in values.items()}:
                 continue
-            if any(self.keyrings.opening(sealed_key_id(v)) is None for v in sealed.values()):
+            if any(self.keyrings.opening(sealed_key_id(v[1])) is None for v in values.values()):
                 raise InvalidInput(f"rewrap of {name}: a value is sealed with a key that is not in the keyring")
-            rec.spec = replace(rec.spec, secrets=tuple(sorted(sealed.items())))
+            rec.spec = replace(rec.spec, secrets=tuple(sorted((var, v[1]) for var, v in values.items())))
             done += 1
         return {"ok": True, "rewrapped": done}
 

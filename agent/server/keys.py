@@ -40,7 +40,7 @@ from canidae.agent.server.acl_routes import in_force_everywhere
 from canidae.core.acl import Capability, ResourceKind
 from canidae.core.commands import KeyringOp
 from canidae.core.errors import CanidaeError, InvalidInput, WrongState
-from canidae.core.keyring import KEY_ID_RE, PURPOSES, KeyState, sealed_key_id
+from canidae.core.keyring import KEY_ID_RE, PURPOSES, KeyState, parse_op, sealed_key_id
 
 if TYPE_CHECKING:
     from canidae.agent.server.control import ControlPlane
@@ -118,7 +118,7 @@ class KeyKeeper:
                         break
         if not batch:
             return
-        fresh = {name: {k: plane.keys.reseal(k, v) for k, v in sealed.items()} for name, sealed in batch.items()}
+        fresh = {name: {k: [v, plane.keys.reseal(k, v)] for k, v in sealed.items()} for name, sealed in batch.items()}
         out = await plane.propose(KeyringOp(id=_uuid(), **plane.stamp(), by="keyring",
                                             op={"op": "rewrap", "packs": fresh}))
         log.info("rewrapped the secrets of %s pack(s) under key %s", out.get("rewrapped"), active.id)
@@ -248,8 +248,8 @@ def keys_routes(plane: ControlPlane | None, edge: Edge, keeper: KeyKeeper | None
 
     async def bootstrap(request: Request) -> Any:
         body = expect_object(await read_json(request, edge.limit), {"hash", "request_id"}, {"hash"})
-        answer = await agent.propose(KeyringOp(id=request_id(request, body), **agent.stamp(), by="admin",
-                                               op={"op": "admin", "hash": body["hash"]}))
+        op = parse_op({"op": "admin", "hash": body["hash"]})  # refused here (400), never in the log
+        answer = await agent.propose(KeyringOp(id=request_id(request, body), **agent.stamp(), by="admin", op=op))
         return {**answer, **await in_force_everywhere(agent)}
 
     read = (ResourceKind.OPERATOR, Capability.READ, None)

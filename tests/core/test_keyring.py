@@ -81,12 +81,18 @@ def test_a_key_still_needed_by_live_tokens_or_sealed_secrets_is_not_retired() ->
     assert op(st, {"op": "retire", "purpose": "token", "id": ids["token"]}, at=2_500)["ok"]  # t2 expired at 2,000
     assert "1 sealed secrets" in op(st, {"op": "retire", "purpose": "secrets", "id": ids["secrets"]})["error"]["message"]
     new_secrets = st.keyrings.active("secrets").id
-    assert op(st, {"op": "rewrap", "packs": {"vault": {"PASS": f"sealed:v1:{new_secrets}:BBBB"}}})["rewrapped"] == 1
+    # a rewrap made from another value than the pack holds now (it changed meanwhile) is skipped
+    stale = {"vault": {"PASS": [f"sealed:v1:{ids['secrets']}:ZZZZ", f"sealed:v1:{new_secrets}:BBBB"]}}
+    assert op(st, {"op": "rewrap", "packs": stale})["rewrapped"] == 0
+    fresh = {"vault": {"PASS": [sealed, f"sealed:v1:{new_secrets}:BBBB"]}}
+    assert op(st, {"op": "rewrap", "packs": fresh})["rewrapped"] == 1
     assert dict(st.packs["vault"].spec.secrets)["PASS"].startswith(f"sealed:v1:{new_secrets}:")
     assert st.packs["vault"].generation == 0  # nothing restarts for a rewrap
     assert op(st, {"op": "retire", "purpose": "secrets", "id": ids["secrets"]})["ok"]
     # a rewrap to a key the keyring cannot open is refused, changing nothing
-    assert "error" in op(st, {"op": "rewrap", "packs": {"vault": {"PASS": f"sealed:v1:{ids['secrets']}:CCCC"}}})
+    now = dict(st.packs["vault"].spec.secrets)["PASS"]
+    back = {"vault": {"PASS": [now, f"sealed:v1:{ids['secrets']}:CCCC"]}}
+    assert "error" in op(st, {"op": "rewrap", "packs": back})
 
 
 def test_the_admin_hash_and_the_keyrings_survive_a_snapshot() -> None:
@@ -104,6 +110,7 @@ def test_the_admin_hash_and_the_keyrings_survive_a_snapshot() -> None:
     {"op": "activate", "purpose": "pack", "id": "00000001", "regions": []},
     {"op": "admin", "hash": "short"},
     {"op": "rewrap", "packs": {"bad name!": {}}},
+    {"op": "rewrap", "packs": {"vault": {"PASS": "only the new value"}}},
     {"op": "explode"},
     "not an object",
 ])

@@ -257,3 +257,34 @@ def test_the_keys_commands_answer_json_and_exit_codes_and_need_the_keys_capabili
     assert denied.returncode == 4 and "'keys'" in denied.stderr
     rotated = json.loads(cli("rotate", "--purpose", "audit", "--prepublish", "0", "--json").stdout)
     assert rotated["active"] and rotated["keys"][0]["purpose"] == "audit" and rotated["keys"][0]["state"] == "active"
+
+
+def test_bad_requests_and_foreign_credentials_change_no_key(cluster: LocalCluster) -> None:
+    lc = cluster
+    api = lc.servers()[0]["api"]
+    admin = {"authorization": f"Bearer {lc.token}"}
+    with lc.client() as c:
+        before = c.keys()
+        c.create_packs([{"name": "prober"}])
+        c.wait_running(["prober"], 30)
+    for path, body in (("/v1/acl/bootstrap", {"hash": "nope"}), ("/v1/keys/rotate", {"purposes": ["nope"]}),
+                       ("/v1/keys/rotate", {"prepublish_s": -1}), ("/v1/keys/rotate", {"surprise": 1}),
+                       ("/v1/keys/retire", {"id": "../../x"})):
+        r = httpx.post(f"http://{api}{path}", json=body, headers=admin, timeout=10)
+        assert r.status_code == 400 and set(r.json()["error"]) >= {"code", "message"}, (path, r.text)
+    # A pack's own token reaches no key route, not even the wrapped keys.
+    pack_token = lc.pack_token("prober")
+    for a in lc.agents:
+        r = httpx.get(f"http://{a['api']}/v1/keys/sealed", headers={"authorization": f"Bearer {pack_token}"},
+                      timeout=10)
+        assert r.status_code == 401
+    # A client agent's own credential may fetch the wrapped keys (it unwraps them with its key file)
+    # but may neither rotate nor replace the admin token.
+    cred = load_config(lc.agent("c1")["config"]).token
+    headers = {"authorization": f"Bearer {cred}"}
+    assert httpx.get(f"http://{api}/v1/keys/sealed", headers=headers, timeout=10).status_code == 200
+    assert httpx.post(f"http://{api}/v1/keys/rotate", json={}, headers=headers, timeout=10).status_code == 403
+    assert httpx.post(f"http://{api}/v1/acl/bootstrap", json={"hash": "a" * 64}, headers=headers,
+                      timeout=10).status_code == 403
+    with lc.client() as c:
+        assert c.keys() == before
