@@ -19,7 +19,8 @@ and accepts what it signs; waits ``prepublish_s`` (at least ``MIN_PREPUBLISH_S``
 periods of the agents) and until every server applied it; then, with ``by_region``, activates it
 region after region in name order (agents of a switched region sign with it, the others still
 with the old key: both verify everywhere); then activates it everywhere, the old key becoming
-retiring. ``KeyKeeper`` keeps this server's ``ClusterKeys`` in step with its replica and, on the
+retiring. A rotation left part way (its server stopped) is carried out by the next ``rotate``
+of that purpose, on any server. ``KeyKeeper`` keeps this server's ``ClusterKeys`` in step with its replica and, on the
 leader only, seeds the keyrings once and rewraps sealed pack secrets under the active key, a
 batch per pass. Retiring keys are retired by an operator (``keys retire``), once nothing needs them.
 """
@@ -125,16 +126,26 @@ class KeyKeeper:
 
     # ------------------------------------------------------------------ rotation
 
-    async def rotate(self, purposes: list[str], prepublish_s: float, by_region: bool, by: str) -> dict[str, Any]:
+    def running(self) -> set[str]:
+        """Purposes whose rotation this server is carrying out now."""
+        return {p for r in self.rotations if r["step"] not in ("active", "failed") for p in r["keys"]}
+
+    async def rotate(self, purposes: list[str], prepublish_s: float, by_region: bool, by: str,
+                     resume: dict[str, str] | None = None) -> dict[str, Any]:
+        """Publish a new key per purpose (or take over the prepublished ones of ``resume``: a rotation
+        whose server stopped part way) and carry the rotation out in the background."""
         plane = self.plane
-        keys = [new_record(plane.keys.file, p, KeyState.PREPUBLISHED) for p in purposes]
-        await plane.propose(KeyringOp(id=_uuid(), **plane.stamp(), by=by,
-                                      op={"op": "publish", "keys": [k.to_dict() for k in keys]}))
+        resume = resume or {}
+        keys = [new_record(plane.keys.file, p, KeyState.PREPUBLISHED) for p in purposes if p not in resume]
+        if keys:
+            await plane.propose(KeyringOp(id=_uuid(), **plane.stamp(), by=by,
+                                          op={"op": "publish", "keys": [k.to_dict() for k in keys]}))
         with plane.replica.lock:  # type: ignore[union-attr]
             regions = sorted({n.location.region for n in plane.state.nodes.values()}) if by_region else []
-        rotation = {"keys": {k.purpose: k.id for k in keys}, "by_region": by_region, "regions": regions,
+        ids = {**{k.purpose: k.id for k in keys}, **resume}
+        rotation = {"keys": {p: ids[p] for p in purposes}, "by_region": by_region, "regions": regions,
                     "step": "prepublished", "regions_done": [], "started_at_ms": plane.stamp()["at"],
-                    "error": None}
+                    "resumed": sorted(resume), "error": None}
         self.rotations = (self.rotations + [rotation])[-10:]
         asyncio.get_running_loop().create_task(self._finish(rotation, max(prepublish_s, MIN_PREPUBLISH_S), by))
         return rotation
@@ -156,7 +167,7 @@ class KeyKeeper:
                 await plane.propose(KeyringOp(id=_uuid(), **plane.stamp(), by=by,
                                               op={"op": "activate", "purpose": purpose, "id": kid}))
             rotation["step"] = "active"
-        except Exception as e:  # said in keys status; the keys stay prepublished, a new rotate is refused until
+        except Exception as e:  # said in keys status; the keys stay prepublished: the next rotate carries them out
             log.exception("rotation %s failed", rotation["keys"])
             rotation["error"] = str(e)
             rotation["step"] = "failed"
@@ -213,16 +224,20 @@ def keys_routes(plane: ControlPlane | None, edge: Edge, keeper: KeyKeeper | None
         if not isinstance(by_region, bool):
             raise InvalidInput("by_region must be true or false")
         await agent.read_state(False)
+        assert keeper is not None
         with agent.replica.lock:
             rings = agent.state.keyrings
-            busy = [p for p in purposes if any(k.state is KeyState.PREPUBLISHED for k in rings.of(p))]
+            # A prepublished key whose rotation no longer runs here (its server stopped part way) is
+            # taken over and carried out; one this server is rotating now is refused.
+            resume = {p: k.id for p in purposes for k in rings.of(p) if k.state is KeyState.PREPUBLISHED}
             unseeded = [p for p in purposes if not rings.initialized(p)]
         if unseeded:
             raise WrongState(f"the {unseeded[0]} keyring is not seeded yet (the leader does it at once): try again")
+        busy = sorted(set(purposes) & keeper.running())
         if busy:
             raise WrongState(f"a rotation of the {busy[0]} keyring is under way: see 'canidae keys status'")
-        assert keeper is not None
-        rotation = await keeper.rotate(purposes, float(pre), by_region, principal_of(request).public_id or "admin")
+        rotation = await keeper.rotate(purposes, float(pre), by_region, principal_of(request).public_id or "admin",
+                                       resume)
         return {"ok": True, "rotation": rotation}
 
     async def retire(request: Request) -> Any:

@@ -94,3 +94,19 @@ def test_the_raft_password_is_changed_by_a_coordinated_restart(cluster: LocalClu
     # Every server took part again (each applied the last write).
     for a in lc.servers():
         wait_until(lambda a=a: (lc.health(a) or {}).get("raft", {}).get("has_quorum"), 20, f"{a['id']} in the group")
+
+
+def test_a_rotation_whose_server_died_part_way_is_carried_out_by_the_next_rotate(cluster: LocalCluster) -> None:
+    lc = cluster
+    s3 = lc.agent("s3")
+    with Client(Target((s3["api"],), lc.token)) as on_s3:
+        started = on_s3.rotate_keys(["pack"], 60)["rotation"]  # s3 would wait a minute before activating
+    kid = started["keys"]["pack"]
+    lc.kill("s3")
+    with Client(Target(tuple(a["api"] for a in lc.servers() if a["id"] != "s3"), lc.token)) as c:
+        assert next(k for k in c.keys() if k["id"] == kid)["state"] == "prepublished"
+        again = c.rotate_keys(["pack"], 0)["rotation"]
+        assert again["keys"]["pack"] == kid and again["resumed"] == ["pack"]
+        wait_until(lambda: next(k for k in c.keys() if k["id"] == kid)["state"] == "active", 30,
+                   "the taken-over key active")
+    lc.restart("s3")
