@@ -109,8 +109,12 @@ class KeyKeeper:
         plane = self.plane
         batch: dict[str, dict[str, str]] = {}
         with plane.replica.lock:  # type: ignore[union-attr]
-            active = plane.state.keyrings.active("secrets")
+            rings = plane.state.keyrings
+            active = rings.active("secrets")
             if active is None or active.id not in plane.keys.rings.keys:
+                return
+            # Only a key other than the active one can have sealed something: none, nothing to scan.
+            if all(k.state in (KeyState.ACTIVE, KeyState.RETIRED) for k in rings.of("secrets")):
                 return
             for name, rec in plane.state.packs.items():
                 if rec.spec.secrets and any(sealed_key_id(v) != active.id for _, v in rec.spec.secrets):
