@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from canidae.agent.admission import Admission, LoopLag, pressure_from_env
 from canidae.agent.client.link import ServerLink, idle_s
 from canidae.agent.config import AgentConfig
 from canidae.agent.datadir import make_private
@@ -42,12 +44,13 @@ from canidae.agent.node.runtime import NodeRuntime
 from canidae.agent.server import history
 from canidae.agent.server.access import TokenAccess
 from canidae.agent.server.acl_routes import acl_routes
+from canidae.agent.server.autoscale_routes import autoscale_routes
 from canidae.agent.server.control import ControlPlane
 from canidae.agent.server.failure import FailureDetector
 from canidae.agent.server.keys import KeyKeeper, keys_routes
 from canidae.agent.server.routes import cluster_routes
 from canidae.agent.telemetry import RequestMetrics, Telemetry
-from canidae.core.errors import CanidaeError, NotFound
+from canidae.core.errors import CanidaeError, NotFound, Overloaded
 from canidae.core.types import Role
 from starlette.routing import Route
 from starlette.types import ASGIApp
@@ -81,16 +84,21 @@ class Agent:
         keys = self.keys
         admin_hash = ((lambda: plane.state.keyrings.admin_hash or keys.admin_hash) if plane is not None
                       else (lambda: keys.admin_hash))
+        # CANIDAE_ADMISSION=off: every request is taken on (benchmarks compare; an operator's way out).
+        self.admission = Admission(pressure_from_env(), enabled=os.environ.get("CANIDAE_ADMISSION") != "off")
         self.edge = Edge(Authenticator(cfg.admin_token_hash, cfg.identity_public_key,
                                        find_token=self.access.find_token if self.access else None,
                                        current_admin_hash=admin_hash),
                          cfg.max_body_bytes, forward=None if self.plane is not None else self.forward,
-                         access=self.access)
+                         access=self.access, admission=self.admission)
         self.tasks: list[asyncio.Task[Any]] = []
         self.telemetry = Telemetry()
+        self.telemetry.add_source(self.admission.readings)
         self.telemetry.add_source(self.node.readings)
         self.node.summary_extras = self._summary_extras
         if self.plane is not None:
+            self.plane.observe_commit = self.telemetry.raft_commit.observe
+            self.plane.observe_store_commit = self.telemetry.store_commit.observe
             self.telemetry.add_source(self.plane.readings)
             self.telemetry.add_source(lambda: self.failure.readings() if self.failure is not None else [])
 
@@ -99,6 +107,8 @@ class Agent:
         return ({"api_requests": t.api_requests, "api_errors": t.api_errors}, {"api_ms": t.take_api_sketch()})
 
     async def start(self) -> None:
+        if isinstance(self.admission.pressure, LoopLag):
+            self.admission.pressure.start()
         if self.plane is not None:
             self.plane.start(asyncio.get_running_loop())
             self.failure = FailureDetector(self.plane)
@@ -121,6 +131,8 @@ class Agent:
             await asyncio.sleep(KEYS_FETCH_S)
 
     async def stop(self) -> None:
+        if isinstance(self.admission.pressure, LoopLag):
+            self.admission.pressure.stop()
         if self.failure is not None:
             self.failure.stopping = True
             self.failure.hops.close()
@@ -134,7 +146,8 @@ class Agent:
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": True, "node": self.cfg.node_id, "role": self.cfg.role.value, "version": __version__,
                                "api": self.cfg.api, "uptime_s": round(time.monotonic() - self.started, 3),
-                               "pid": os.getpid(), "auth_failures": self.edge.failures.total}
+                               "pid": os.getpid(), "auth_failures": self.edge.failures.total,
+                               "heartbeats": self.node.heartbeats, "admission": self.admission.summary()}
         if self.plane is not None:
             out.update(self.plane.raft_health())
         return out
@@ -150,6 +163,11 @@ class Agent:
                                                       timeout=_forward_timeout(request, self.cfg.request_timeout_s))
         except CanidaeError as e:
             return error_response(e)
+        if status == Overloaded.http_status:  # the server's own refusal: keep its Retry-After
+            try:
+                return error_response(CanidaeError.from_wire(json.loads(content), status))
+            except ValueError:
+                pass
         return Response(content, status_code=status, media_type="application/json")
 
     def app(self) -> ASGIApp:
@@ -157,6 +175,7 @@ class Agent:
         routes += cluster_routes(self.plane, self.edge, self.health)
         routes += acl_routes(self.plane, self.edge, self.access)
         routes += keys_routes(self.plane, self.edge, self.keeper)
+        routes += autoscale_routes(self.plane, self.edge)
         routes += history.routes(self.plane, self.edge.endpoint)
         routes += exec_routes.routes(self.node, self.edge)
         routes += yips.routes(self.node, self.edge)

@@ -18,6 +18,9 @@ wraps it with what every route needs, in one place:
 * on a client agent (which holds no replicated state), cluster routes are passed on to a server
   unchanged by the ``forward`` callable the composition root gives, API tokens included
   (the client agent cannot check them: the server does);
+* admission control (``canidae.agent.admission``, when the composition root gives one): once the
+  caller is known, the request takes a slot of its route's priority class or is refused with 429
+  and ``Retry-After`` before anything is done or passed on;
 * typed errors (``canidae.core.errors``) become ``{"error": {"code", "message"}}`` with their
   HTTP status; anything else is logged and answered 500, never taking the agent down.
 
@@ -30,20 +33,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from canidae.agent.admission import Admission, long_poll
 from canidae.agent.identity import Authenticator, Kind, Principal
 from canidae.core.acl import SECRET_RE, Capability, Decision, ResourceKind
 from canidae.core.errors import (
     CanidaeError,
     InvalidInput,
     NotAuthenticated,
+    Overloaded,
     PayloadTooLarge,
     PermissionDenied,
 )
@@ -66,7 +73,10 @@ class Decider(Protocol):
 
 
 def error_response(err: CanidaeError) -> JSONResponse:
-    return JSONResponse(err.to_wire(), status_code=err.http_status)
+    headers = None
+    if isinstance(err, Overloaded):  # HTTP wants whole seconds
+        headers = {"retry-after": str(max(1, math.ceil(err.retry_after_s)))}
+    return JSONResponse(err.to_wire(), status_code=err.http_status, headers=headers)
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -190,8 +200,9 @@ class Edge:
     """Wraps route handlers with authentication, authorization by kind, forwarding and error answers."""
 
     def __init__(self, auth: Authenticator, max_body_bytes: int, forward: Forward | None = None,
-                 access: Decider | None = None) -> None:
+                 access: Decider | None = None, admission: Admission | None = None) -> None:
         self.auth = auth
+        self.admission = admission
         self.access = access
         self.limit = max_body_bytes
         self._forward = forward
@@ -258,6 +269,13 @@ class Edge:
         raise PermissionDenied(f"the credential of {who.describe()} may not {request.method} {request.url.path}"
                                + (" (a node acts only for itself)" if nodes == "self" else ""))
 
+    def _admit(self, request: Request) -> AbstractAsyncContextManager[Any]:
+        if self.admission is None:
+            return nullcontext()
+        route = request.scope.get("route")
+        return self.admission.admit(request.method, getattr(route, "path", None),
+                                    long_poll(request.query_params.multi_items()))
+
     def endpoint(self, fn: Callable[[Request], Awaitable[Any]], *, auth: bool = True, forward: bool = True,
                  nodes: str = "", need: Need | str | None = None) -> Handler:
         """``nodes``: what a client agent's credential may do here: "" nothing, "self" act for its
@@ -267,13 +285,15 @@ class Edge:
             try:
                 if auth:
                     if forward and self._passes_on(request):
-                        return await self._forward(request)  # type: ignore[misc]
+                        async with self._admit(request):
+                            return await self._forward(request)  # type: ignore[misc]
                     who = self.authenticate(request)
                     self.authorize(request, who, nodes, need)
                     request.state.principal = who
-                if forward and self._forward is not None:
-                    return await self._forward(request)
-                result = await fn(request)
+                async with self._admit(request):
+                    if forward and self._forward is not None:
+                        return await self._forward(request)
+                    result = await fn(request)
                 if isinstance(result, Response):
                     return result
                 return JSONResponse(result)

@@ -77,6 +77,14 @@ class Telemetry:
                                 "status code.", ["route", "method", "code"], registry=self.registry)
         self.latency = Histogram("canidae_api_request_duration_seconds", "Time to answer an API request, by "
                                  "route template.", ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        # Observed from other threads too (pysyncobj's tick thread, the event store's writer):
+        # prometheus_client's histograms take a lock.
+        self.raft_commit = Histogram("canidae_raft_commit_seconds", "Time from proposing a group-commit log "
+                                     "entry to its commit and apply on this leader.", buckets=LATENCY_BUCKETS,
+                                     registry=self.registry)
+        self.store_commit = Histogram("canidae_event_store_commit_seconds", "Time one group commit of the event "
+                                      "store takes to write and fdatasync.", buckets=LATENCY_BUCKETS,
+                                      registry=self.registry)
         self._sources: list[Source] = []
         self.registry.register(_Sources(self._sources))
         self._lock = threading.Lock()

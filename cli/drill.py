@@ -10,9 +10,7 @@ say so.
 
 from __future__ import annotations
 
-import contextlib
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +19,15 @@ from rich.table import Table
 
 from canidae.agent.ops import drill as drills
 from canidae.agent.ops import localcluster
-from canidae.cli.output import JsonOption, TimeoutOption, console, emit, err_console, wants_json
+from canidae.cli.output import (
+    JsonOption,
+    TimeoutOption,
+    console,
+    emit,
+    err_console,
+    sigterm_as_interrupt,
+    wants_json,
+)
 from canidae.cli.plans import YesOption, confirm
 from canidae.core.errors import OperationFailed
 
@@ -106,7 +112,7 @@ def _run(kind: str, kill: str, packs: int, rounds: int, expect: float | None, da
          sig: int = signal.SIGKILL, cut: bool = False, method: str | None = None) -> None:
     cluster = _open(data_dir, clients, zones, yes, namespaces=cut)
     try:
-        with _cleanup_on_sigterm():
+        with sigterm_as_interrupt():
             done = drills.run_drill(cluster, kill, packs, rounds, seed, zone=zone, sig=sig, timeout=timeout,
                                     cut=cut, progress=lambda r: err_console.print(
                                         f"round {r.round}: {r.fault} {','.join(r.victims)} -> recovered in "
@@ -114,18 +120,6 @@ def _run(kind: str, kill: str, packs: int, rounds: int, expect: float | None, da
     finally:
         cluster.close()
     _report(kind, done, expect, json, method)
-
-
-@contextlib.contextmanager
-def _cleanup_on_sigterm() -> Iterator[None]:
-    """While a drill runs, SIGTERM unwinds like Ctrl-C, so the cluster and namespaces are removed."""
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command("failover")
@@ -219,7 +213,7 @@ def drill_soak(
                     env=SOAK_AGENT_ENV)
     result = None
     try:
-        with _cleanup_on_sigterm():
+        with sigterm_as_interrupt():
             result = soaks.Soak(cluster, opts, log=lambda line: err_console.print(line, markup=False)).run()
     finally:
         # A failed soak keeps the agents' logs and journals for the post-mortem.

@@ -64,7 +64,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("yip", "canidae.cli.yip:app"),
     ("ring", "canidae.cli.ring:app"),
     ("drill", "canidae.cli.drill:app"),
-    ("scale-test", "canidae.cli.scale_test:app"),
+    ("scale-test", "canidae.cli.scaletest:app"),
     ("metrics", "canidae.cli.metrics:metrics"),
     ("keys", "canidae.cli.keys:app"),
     ("top", "canidae.cli.top:top"),

@@ -7,7 +7,8 @@ _canidae_children() {
     case "$1" in
         "canidae") echo "agent autoscale cluster drill events fleet history keys metrics node pack place policy ring scale-test token top yip" ;;
         "canidae agent") echo "doctor init run" ;;
-        "canidae autoscale") echo "plan" ;;
+        "canidae autoscale") echo "explain pause plan policy resume run status" ;;
+        "canidae autoscale policy") echo "apply show" ;;
         "canidae cluster") echo "down rotate-raft-password status up" ;;
         "canidae drill") echo "failover node partition soak zone" ;;
         "canidae events") echo "tail" ;;
@@ -33,7 +34,15 @@ _canidae_options() {
         "canidae agent init") echo "--cell --client --cpu --data-dir --force --help --identity --json --listen --max-packs --mem --name --out --peer --raft --region --server --zone -h -o" ;;
         "canidae agent run") echo "--config --data-dir --help --listen --name -c -h" ;;
         "canidae autoscale") echo "--help -h" ;;
+        "canidae autoscale explain") echo "--help --json -h" ;;
+        "canidae autoscale pause") echo "--help --json --reason -h" ;;
         "canidae autoscale plan") echo "--help --json --policy --usage -h" ;;
+        "canidae autoscale policy") echo "--help -h" ;;
+        "canidae autoscale policy apply") echo "--help --json -h" ;;
+        "canidae autoscale policy show") echo "--help --json -h" ;;
+        "canidae autoscale resume") echo "--help --json -h" ;;
+        "canidae autoscale run") echo "--command --data-dir --help --interval --json --name --once --provider --usage -h" ;;
+        "canidae autoscale status") echo "--help --json --last -h" ;;
         "canidae cluster") echo "--help -h" ;;
         "canidae cluster down") echo "--data-dir --help --json -h" ;;
         "canidae cluster rotate-raft-password") echo "--data-dir --help --json --timeout -h" ;;
@@ -89,7 +98,7 @@ _canidae_options() {
         "canidae ring simulate") echo "--add --help --json --load-factor --nodes --packs --remove --seed --vnodes --zones -h" ;;
         "canidae scale-test") echo "--help -h" ;;
         "canidae scale-test report") echo "--help --json --out -h -o" ;;
-        "canidae scale-test run") echo "--base-port --batch --chaos --data-dir --duration --full --help --json --kill --mode --no-chaos --no-ramp --node-packs --nodes --out --packs --plan --ramp --rate --rounds --seed --servers --timeout --yes --zones -h -o -y" ;;
+        "canidae scale-test run") echo "--autoscale --base-port --batch --chaos --data-dir --duration --full --help --json --kill --mode --no-chaos --no-ramp --node-packs --nodes --out --packs --plan --ramp --rate --rounds --seed --servers --timeout --yes --zones -h -o -y" ;;
         "canidae token") echo "--help -h" ;;
         "canidae token create") echo "--help --json --name --policy --ttl -h" ;;
         "canidae token list") echo "--help --json -h" ;;
@@ -132,8 +141,16 @@ _canidae_option_value() {
         "canidae agent run --data-dir") echo "file" ;;
         "canidae agent run --listen") echo "none" ;;
         "canidae agent run --name") echo "none" ;;
+        "canidae autoscale pause --reason") echo "none" ;;
         "canidae autoscale plan --policy") echo "file" ;;
         "canidae autoscale plan --usage") echo "choice:measured reserved" ;;
+        "canidae autoscale run --command") echo "none" ;;
+        "canidae autoscale run --data-dir") echo "file" ;;
+        "canidae autoscale run --interval") echo "none" ;;
+        "canidae autoscale run --name") echo "none" ;;
+        "canidae autoscale run --provider") echo "choice:local command" ;;
+        "canidae autoscale run --usage") echo "choice:measured reserved" ;;
+        "canidae autoscale status --last") echo "none" ;;
         "canidae cluster down --data-dir") echo "file" ;;
         "canidae cluster rotate-raft-password --data-dir") echo "file" ;;
         "canidae cluster rotate-raft-password --timeout") echo "none" ;;
@@ -338,6 +355,8 @@ _canidae_option_value() {
 # How the positional argument at index $2 (from 0) of a command path completes.
 _canidae_argument() {
     case "$1 $2" in
+        "canidae autoscale explain 0") echo "none" ;;
+        "canidae autoscale policy apply 0") echo "file" ;;
         "canidae drill zone 0") echo "zone" ;;
         "canidae fleet bootstrap 0") echo "file" ;;
         "canidae fleet status 0") echo "file" ;;

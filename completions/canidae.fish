@@ -9,7 +9,9 @@ function __canidae_children
         case 'canidae agent'
             printf '%s\n' doctor init run
         case 'canidae autoscale'
-            printf '%s\n' plan
+            printf '%s\n' explain pause plan policy resume run status
+        case 'canidae autoscale policy'
+            printf '%s\n' apply show
         case 'canidae cluster'
             printf '%s\n' down rotate-raft-password status up
         case 'canidae drill'
@@ -50,8 +52,14 @@ function __canidae_valued
             printf '%s\n' -- --cell --cpu --data-dir --identity --listen --max-packs --mem --name --out --peer --raft --region --zone -o
         case 'canidae agent run'
             printf '%s\n' -- --config --data-dir --listen --name -c
+        case 'canidae autoscale pause'
+            printf '%s\n' -- --reason
         case 'canidae autoscale plan'
             printf '%s\n' -- --policy --usage
+        case 'canidae autoscale run'
+            printf '%s\n' -- --command --data-dir --interval --name --provider --usage
+        case 'canidae autoscale status'
+            printf '%s\n' -- --last
         case 'canidae cluster down'
             printf '%s\n' -- --data-dir
         case 'canidae cluster rotate-raft-password'
@@ -186,7 +194,7 @@ complete -c canidae -f
 
 # canidae
 complete -c canidae -n '__canidae_at \'canidae\'' -a agent -d 'Run, set up and check the agent daemon of this host'
-complete -c canidae -n '__canidae_at \'canidae\'' -a autoscale -d 'See what the autoscaler would decide, from the cluster\'s live metrics'
+complete -c canidae -n '__canidae_at \'canidae\'' -a autoscale -d 'Autoscaling'
 complete -c canidae -n '__canidae_at \'canidae\'' -a cluster -d 'Start, stop and inspect a local cluster of agents'
 complete -c canidae -n '__canidae_at \'canidae\'' -a drill -d 'Inject real faults (SIGKILL, SIGSTOP) and measure the recovery'
 complete -c canidae -n '__canidae_at \'canidae\'' -a events -d 'Follow the cluster\'s event stream'
@@ -249,14 +257,63 @@ complete -c canidae -n '__canidae_at \'canidae agent run\'' -l listen -x -d 'Add
 complete -c canidae -n '__canidae_at \'canidae agent run\'' -l name -x -d 'Name of this node (default'
 
 # canidae autoscale
-complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a plan -d 'Show what the autoscaler would decide now (add nodes, remove nodes or hold) from the cluster\'s current CPU, memory, packs per node and node count'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a explain -d 'Explain one recorded decision'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a pause -d 'Pause autoscaling cluster-wide'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a plan -d 'Show what the autoscaler would decide now (add nodes, remove nodes or hold) from the cluster\'s current CPU, memory, packs per node and node count and the decisions recorded so far'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a policy -d 'The autoscale policy the cluster\'s controllers use (TOML, replicated)'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a resume -d 'Resume autoscaling after a pause (a policy with paused = true stays paused)'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a run -d 'Run the autoscaling controller'
+complete -c canidae -n '__canidae_at \'canidae autoscale\'' -a status -d 'Show the policy in force, whether autoscaling is paused (by whom, why), and the last decisions'
 complete -c canidae -n '__canidae_at \'canidae autoscale\'' -l help -s h -d 'Show this message and exit'
+
+# canidae autoscale explain
+complete -c canidae -n '__canidae_at \'canidae autoscale explain\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale explain\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae autoscale pause
+complete -c canidae -n '__canidae_at \'canidae autoscale pause\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale pause\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae autoscale pause\'' -l reason -x -d 'Why (kept with the pause, shown by status)'
 
 # canidae autoscale plan
 complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l policy -r -F -d 'Autoscale policy as TOML (every key optional)'
 complete -c canidae -n '__canidae_at \'canidae autoscale plan\'' -l usage -x -a 'measured reserved' -d 'CPU and memory used'
+
+# canidae autoscale policy
+complete -c canidae -n '__canidae_at \'canidae autoscale policy\'' -a apply -d 'Replace the cluster\'s autoscale policy (keys left out take the seed\'s defaults)'
+complete -c canidae -n '__canidae_at \'canidae autoscale policy\'' -a show -d 'Print the cluster\'s autoscale policy as TOML (every key, defaults included)'
+complete -c canidae -n '__canidae_at \'canidae autoscale policy\'' -l help -s h -d 'Show this message and exit'
+
+# canidae autoscale policy apply
+complete -c canidae -n '__canidae_at \'canidae autoscale policy apply\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale policy apply\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae autoscale policy apply\' 0' -r -F -d 'FILE'
+
+# canidae autoscale policy show
+complete -c canidae -n '__canidae_at \'canidae autoscale policy show\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale policy show\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae autoscale resume
+complete -c canidae -n '__canidae_at \'canidae autoscale resume\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale resume\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae autoscale run
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l command -x -d 'command provider'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l data-dir -r -F -d 'local provider'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l interval -x -d 'Seconds between evaluations (default'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l name -x -d 'This controller\'s name in the records'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l once -d 'Evaluate (and act) once, then exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l provider -x -a 'local command' -d 'Where nodes come from'
+complete -c canidae -n '__canidae_at \'canidae autoscale run\'' -l usage -x -a 'measured reserved' -d 'CPU and memory used'
+
+# canidae autoscale status
+complete -c canidae -n '__canidae_at \'canidae autoscale status\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae autoscale status\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae autoscale status\'' -l last -x -d 'How many recent decisions to list'
 
 # canidae cluster
 complete -c canidae -n '__canidae_at \'canidae cluster\'' -a down -d 'Stop exactly the agents started by \'cluster up\' (SIGTERM, then SIGKILL after 10 s)'
@@ -711,6 +768,7 @@ complete -c canidae -n '__canidae_at \'canidae scale-test report\'' -l out -s o 
 complete -c canidae -n '__canidae_at \'canidae scale-test report\' 0' -r -F -d 'RUN.json'
 
 # canidae scale-test run
+complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l autoscale -d 'sim'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l base-port -x -d 'live'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l batch -x -d 'Packs per placement call (sim, default 1,000) or bulk request (live, default 100)'
 complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l chaos -d 'sim'

@@ -108,6 +108,7 @@ class Capability(StrEnum):
     KEYS = "keys"
     POLICIES = "policies"    # write policies
     TOKENS = "tokens"        # create, revoke tokens
+    AUTOSCALE = "autoscale"  # autoscale policy, pause/resume, recording decisions and their outcomes
 
 
 _C = Capability
@@ -115,7 +116,8 @@ CAPABILITIES: Mapping[ResourceKind, frozenset[Capability]] = {
     ResourceKind.PACK: frozenset({_C.READ, _C.SPAWN, _C.STOP, _C.DELETE, _C.MIGRATE, _C.LOGS,
                                   _C.EXEC_ENV, _C.YIP_SEND, _C.YIP_RECV}),
     ResourceKind.NODE: frozenset({_C.READ, _C.CORDON, _C.DRAIN}),
-    ResourceKind.OPERATOR: frozenset({_C.READ, _C.DRILLS, _C.REBALANCE, _C.KEYS, _C.POLICIES, _C.TOKENS}),
+    ResourceKind.OPERATOR: frozenset({_C.READ, _C.DRILLS, _C.REBALANCE, _C.KEYS, _C.POLICIES, _C.TOKENS,
+                                      _C.AUTOSCALE}),
     ResourceKind.AUDIT: frozenset({_C.READ}),
 }
 NAMED_KINDS = frozenset({ResourceKind.PACK, ResourceKind.NODE})

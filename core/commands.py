@@ -294,10 +294,62 @@ class KeyringOp(Command):
         return {"op": dict(self.op)}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetAutoscalePolicy(Command):
+    """Replace the autoscale policy; ``policy`` is its nested TOML form (``core.autoscale_policy``)."""
+
+    TYPE = "SetAutoscalePolicy"
+    policy: Mapping[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {"policy": dict(self.policy)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetAutoscalePaused(Command):
+    """Pause (no action is taken, decisions are still recorded) or resume the autoscaler."""
+
+    TYPE = "SetAutoscalePaused"
+    paused: bool
+    reason: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        return {"paused": self.paused, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordAutoscaleDecision(Command):
+    """Keep one evaluation (``Decision.to_dict``) taken by the controller ``controller``."""
+
+    TYPE = "RecordAutoscaleDecision"
+    decision: Mapping[str, Any]
+    controller: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"decision": dict(self.decision), "controller": self.controller}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetAutoscaleOutcome(Command):
+    """What came of acting on a recorded decision: done, failed (with the error) or skipped."""
+
+    TYPE = "SetAutoscaleOutcome"
+    decision_id: int
+    status: str
+    nodes: tuple[str, ...] = ()
+    error: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        return {"decision_id": self.decision_id, "status": self.status, "nodes": list(self.nodes),
+                "error": self.error}
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.TYPE: c for c in (Noop, RegisterNode, SetNodeState, RemoveNode, CreatePacks, PlacePacks,
                         StopPacks, ReportPacks, MigratePacks, Rebalance, DeletePacks,
-                        CreateToken, RevokeToken, ApplyPolicy, DeletePolicy, KeyringOp)
+                        CreateToken, RevokeToken, ApplyPolicy, DeletePolicy,
+                        SetAutoscalePolicy, SetAutoscalePaused, RecordAutoscaleDecision, SetAutoscaleOutcome,
+                        KeyringOp)
 }
 
 
@@ -385,6 +437,27 @@ def command_from_wire(d: Mapping[str, Any]) -> Command:
         if cls is KeyringOp:
             from canidae.core.keyring import parse_op
             return KeyringOp(**env, op=parse_op(d["op"]))
+        if cls is SetAutoscalePolicy:
+            if not isinstance(d["policy"], Mapping):
+                raise InvalidInput("policy must be an object")
+            return SetAutoscalePolicy(**env, policy=d["policy"])
+        if cls is SetAutoscalePaused:
+            if not isinstance(d["paused"], bool) or not isinstance(d.get("reason", ""), str):
+                raise InvalidInput("paused must be a boolean and reason a string")
+            return SetAutoscalePaused(**env, paused=d["paused"], reason=d.get("reason", ""))
+        if cls is RecordAutoscaleDecision:
+            if not isinstance(d["decision"], Mapping):
+                raise InvalidInput("decision must be an object")
+            return RecordAutoscaleDecision(**env, decision=d["decision"],
+                                           controller=validate_name("controller", d["controller"]))
+        if cls is SetAutoscaleOutcome:
+            did = d["decision_id"]
+            if isinstance(did, bool) or not isinstance(did, int) or did < 1:
+                raise InvalidInput("decision_id must be a positive integer")
+            if not isinstance(d.get("error", ""), str) or not isinstance(d["status"], str):
+                raise InvalidInput("status and error must be strings")
+            return SetAutoscaleOutcome(**env, decision_id=did, status=d["status"],
+                                       nodes=_str_tuple("node", d.get("nodes", [])), error=d.get("error", ""))
     except KeyError as e:
         raise InvalidInput(f"{cls.TYPE} is missing {e.args[0]!r}") from None
     except (TypeError, ValueError, IndexError) as e:
@@ -425,10 +498,14 @@ __all__ = [
     "PackReport",
     "PlacePacks",
     "Rebalance",
+    "RecordAutoscaleDecision",
     "RegisterNode",
     "RemoveNode",
     "ReportPacks",
     "RevokeToken",
+    "SetAutoscaleOutcome",
+    "SetAutoscalePaused",
+    "SetAutoscalePolicy",
     "SetNodeState",
     "StopPacks",
     "command_fields",

@@ -17,11 +17,13 @@ exits with ``exit_code``. Nothing else in the code base invents codes.
     ├── Unavailable                   unavailable        3   503
     │   ├── NoLeader                  no_leader          3   503
     │   └── Timeout                   timeout            3   504
+    ├── Overloaded                    overloaded         7   429
     ├── NotImplementedYet             not_implemented    1   501
     └── OperationFailed               failed             1   500
 
 Exit codes (the CLI contract): 0 ok; 1 operation failed; 2 usage or invalid input; 3 cluster
-unavailable; 4 not authenticated or denied; 5 not found; 6 conflict.
+unavailable; 4 not authenticated or denied; 5 not found; 6 conflict; 7 overloaded (the agents
+refused the request for load, the client retried as told by ``Retry-After``, and gave up).
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ EXIT_UNAVAILABLE = 3
 EXIT_DENIED = 4
 EXIT_NOT_FOUND = 5
 EXIT_CONFLICT = 6
+EXIT_OVERLOADED = 7
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 operation failed; 2 usage or invalid input; "
     "3 cluster unavailable (no leader, timeout, unreachable); 4 not authenticated or denied by policy; "
-    "5 not found; 6 conflict (exists, no capacity, wrong state)."
+    "5 not found; 6 conflict (exists, no capacity, wrong state); "
+    "7 overloaded (refused for load: Retry-After waited out, still refused)."
 )
 
 
@@ -124,6 +128,19 @@ class Timeout(Unavailable):
     code, http_status = "timeout", 504
 
 
+class Overloaded(CanidaeError):
+    """Refused for load before anything was done (safe to repeat). ``details``: ``class`` (the
+    request's priority class), ``reason`` (queue_full, queue_wait, pressure) and ``retry_after_s``
+    (also sent as the ``Retry-After`` header)."""
+
+    code, exit_code, http_status = "overloaded", EXIT_OVERLOADED, 429
+
+    @property
+    def retry_after_s(self) -> float:
+        v = self.details.get("retry_after_s")
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 1.0
+
+
 class NotImplementedYet(CanidaeError):
     code, exit_code, http_status = "not_implemented", EXIT_FAILED, 501
 
@@ -142,12 +159,12 @@ def _all_subclasses(cls: type[CanidaeError]) -> list[type[CanidaeError]]:
 _BY_CODE: dict[str, type[CanidaeError]] = {c.code: c for c in _all_subclasses(CanidaeError)}
 _BY_STATUS: dict[int, type[CanidaeError]] = {
     400: InvalidInput, 401: NotAuthenticated, 403: PermissionDenied, 404: NotFound,
-    409: Conflict, 413: PayloadTooLarge, 501: NotImplementedYet, 503: Unavailable, 504: Timeout,
+    409: Conflict, 413: PayloadTooLarge, 429: Overloaded, 501: NotImplementedYet, 503: Unavailable, 504: Timeout,
 }
 
 __all__ = [
     "CanidaeError", "InvalidInput", "PayloadTooLarge", "NotAuthenticated", "PermissionDenied",
     "NotFound", "Conflict", "AlreadyExists", "NoCapacity", "WrongState", "Unavailable", "NoLeader",
-    "Timeout", "NotImplementedYet", "OperationFailed", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE",
-    "EXIT_UNAVAILABLE", "EXIT_DENIED", "EXIT_NOT_FOUND", "EXIT_CONFLICT", "EXIT_CODES_HELP",
+    "Timeout", "Overloaded", "NotImplementedYet", "OperationFailed", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE",
+    "EXIT_UNAVAILABLE", "EXIT_DENIED", "EXIT_NOT_FOUND", "EXIT_CONFLICT", "EXIT_OVERLOADED", "EXIT_CODES_HELP",
 ]

@@ -1010,6 +1010,30 @@ def _lack_list(s: _Slot, cpu: int, mem: int, exclude: frozenset[str]) -> list[st
     return out
 
 
+# What ``_reasons`` says, and the one word a metric counts it under (the reason text itself names
+# nodes, zones and amounts: far too many values for a label).
+_UNPLACED_KINDS = (("lacked", "cpu", " cpu"), ("lacked", "memory", " MiB memory"), ("had no free pack slot", "slots", ""),
+                   ("were excluded", "excluded", ""), ("were ", "not_ready", ""), ("has no nodes", "no_nodes", ""),
+                   ("no node matches", "constraints", ""), ("matches", "constraints", ""), ("outside", "constraints", ""))
+
+
+UNPLACED_KINDS = ("cpu", "memory", "slots", "excluded", "not_ready", "no_nodes", "constraints", "other")
+
+
+def unplaced_kind(reason: str) -> str:
+    """The kind of a pending pack's reason: cpu, memory, slots, excluded, not_ready, no_nodes,
+    constraints or other; of several, the one named first (``_reasons`` names the most common
+    first)."""
+    best, kind = len(reason) + 1, "other"
+    for needle, name, tail in _UNPLACED_KINDS:
+        at = reason.find(needle)
+        while at >= 0 and tail and not reason[at:].split(",")[0].split(";")[0].endswith(tail):
+            at = reason.find(needle, at + 1)
+        if 0 <= at < best:
+            best, kind = at, name
+    return kind
+
+
 def _pins(c: Constraints) -> str:
     return " ".join(
         f"{k}={v}" for k in ("zone", "region", "cell", "node") if (v := getattr(c, k)) is not None
@@ -1028,4 +1052,4 @@ def require_placed(plan: Plan) -> Plan:
     return plan
 
 
-__all__ = ["REASON_REBALANCE", "WEIGHT_UNIT", "Scheduler", "require_placed"]
+__all__ = ["REASON_REBALANCE", "UNPLACED_KINDS", "WEIGHT_UNIT", "Scheduler", "require_placed", "unplaced_kind"]

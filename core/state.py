@@ -42,6 +42,7 @@ import xxhash
 
 from canidae.core.acl import Policy
 from canidae.core.audit import MASK
+from canidae.core.autoscale_state import AutoscaleState
 from canidae.core.commands import (
     ApplyPolicy,
     Command,
@@ -54,11 +55,15 @@ from canidae.core.commands import (
     Noop,
     PlacePacks,
     Rebalance,
+    RecordAutoscaleDecision,
     RegisterNode,
     RemoveNode,
     ReportPacks,
     ReportState,
     RevokeToken,
+    SetAutoscaleOutcome,
+    SetAutoscalePaused,
+    SetAutoscalePolicy,
     SetNodeState,
     StopPacks,
 )
@@ -80,6 +85,7 @@ EVENT_TYPES = (
     "PackCreated", "PackPending", "PackPlaced", "PackStarted", "PackCrashLooping", "PackRecovered", "PackMigrating",
     "PackMigrated", "PackStopping", "PackStopped", "PackFailed", "PackReasserted", "PackDeleted",
     "NodeJoined", "NodeReturned", "NodeDown", "NodeDraining", "NodeStateChanged", "NodeRemoved",
+    "AutoscalePolicySet", "AutoscalePaused", "AutoscaleResumed", "AutoscaleDecision", "AutoscaleOutcome",
 )  # why a resync tells an agent to stop a deleted pack
 
 # Packs in these states hold a reservation on their node.
@@ -168,6 +174,7 @@ class ClusterState:
         self.policies: dict[str, Policy] = {}
         self.acl_version = 0
         self.keyrings = Keyrings()  # wrapped keys per purpose, the admin token's hash (core.keyring)
+        self.autoscale = AutoscaleState()
         self._events: list[dict[str, Any]] = []
         self._sorted_names: list[str] | None = None
         self._handlers: dict[type[Command], Callable[[Any], dict[str, Any]]] = {
@@ -180,6 +187,9 @@ class ClusterState:
             CreateToken: self._apply_create_token, RevokeToken: self._apply_revoke_token,
             ApplyPolicy: self._apply_policy, DeletePolicy: self._apply_delete_policy,
             KeyringOp: self._apply_keyring_op,
+            SetAutoscalePolicy: self._apply_autoscale_policy, SetAutoscalePaused: self._apply_autoscale_paused,
+            RecordAutoscaleDecision: self._apply_autoscale_decision,
+            SetAutoscaleOutcome: self._apply_autoscale_outcome,
         }
 
     # ------------------------------------------------------------------ apply
@@ -373,6 +383,36 @@ class ClusterState:
             kid = t.key or first
             out[kid] = out.get(kid, 0) + 1
         return out
+
+    # --------------------------------------------------------------- autoscale
+
+    def _apply_autoscale_policy(self, cmd: SetAutoscalePolicy) -> dict[str, Any]:
+        policy = self.autoscale.set_policy(cmd.policy)
+        self._event(cmd, "AutoscalePolicySet")
+        return {"ok": True, "policy": policy.to_dict()}
+
+    def _apply_autoscale_paused(self, cmd: SetAutoscalePaused) -> dict[str, Any]:
+        changed = self.autoscale.set_paused(cmd.paused, cmd.by, cmd.reason, cmd.at)
+        if changed:
+            self._event(cmd, "AutoscalePaused" if cmd.paused else "AutoscaleResumed",
+                        detail={"reason": cmd.reason} if cmd.reason else None)
+        return {"ok": True, "paused": self.autoscale.paused, "changed": changed}
+
+    def _apply_autoscale_decision(self, cmd: RecordAutoscaleDecision) -> dict[str, Any]:
+        rec = self.autoscale.record(cmd.decision, cmd.controller, cmd.at)
+        d = rec["decision"]
+        self._event(cmd, "AutoscaleDecision", detail={
+            "id": rec["id"], "action": d["action"], "count": d["count"], "current": d["current"],
+            "desired": d["desired"], "reason": d["reason"]})
+        return {"ok": True, "id": rec["id"]}
+
+    def _apply_autoscale_outcome(self, cmd: SetAutoscaleOutcome) -> dict[str, Any]:
+        rec = self.autoscale.set_outcome(cmd.decision_id, cmd.status, cmd.nodes, cmd.error, cmd.at)
+        detail: dict[str, Any] = {"id": rec["id"], "status": cmd.status, "nodes": list(cmd.nodes)}
+        if cmd.error:
+            detail["error"] = cmd.error[:200]
+        self._event(cmd, "AutoscaleOutcome", detail=detail)
+        return {"ok": True, "id": rec["id"]}
 
     def find_token(self, secret_hash: str) -> TokenRecord | None:
         """The token whose secret hashes to ``secret_hash`` (revoked and expired ones included)."""
@@ -867,6 +907,7 @@ class ClusterState:
             "policies": [self.policies[k].to_dict() for k in sorted(self.policies)],
             "acl_version": self.acl_version,
             "keyrings": self.keyrings.to_dict(),
+            "autoscale": self.autoscale.to_snapshot(),
         }
 
     @staticmethod
@@ -903,6 +944,7 @@ class ClusterState:
             st.policies[policy.name] = policy
         st.acl_version = d.get("acl_version", 0)
         st.keyrings = Keyrings.from_dict(d.get("keyrings"))
+        st.autoscale = AutoscaleState.from_snapshot(d.get("autoscale"))
         st.node_log = {n: {} for n in st.node_rev}
         st.horizon = dict(st.node_rev)
         return st

@@ -5,6 +5,11 @@ or has no leader, and turns error answers back into the typed errors of ``canida
 (so the CLI exits with the documented code). Writes carry a request id that stays the same
 across failover retries, which makes a retry after an unknown outcome safe.
 
+An agent refusing a request for load answers 429 with ``Retry-After`` (``Overloaded``; nothing
+was done, so repeating it is safe). The client waits that long plus up to half again at random
+(``overload_wait``: the jitter keeps refused clients from coming back in step), at most
+``overload_retries`` times, then raises the ``Overloaded`` (CLI exit 7).
+
 Where to connect is resolved once, in ``resolve_target``: flags > ``CANIDAE_ADDR`` /
 ``CANIDAE_TOKEN`` > ``~/.config/canidae/config.toml`` (written by ``cluster up``).
 """
@@ -12,6 +17,7 @@ Where to connect is resolved once, in ``resolve_target``: flags > ``CANIDAE_ADDR
 from __future__ import annotations
 
 import os
+import random
 import time
 import tomllib
 import uuid
@@ -22,7 +28,15 @@ from urllib.parse import quote
 
 import httpx
 
-from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, Timeout, Unavailable
+from canidae.core.errors import (
+    CanidaeError,
+    InvalidInput,
+    NotAuthenticated,
+    NotFound,
+    Overloaded,
+    Timeout,
+    Unavailable,
+)
 from canidae.core.types import validate_name
 
 DEFAULT_CONFIG = os.path.join("~", ".config", "canidae", "config.toml")
@@ -68,6 +82,17 @@ def segment(kind: str, name: str) -> str:
     return quote(validate_name(kind, name), safe="")
 
 
+OVERLOAD_RETRIES = 3  # waits as told by Retry-After before an Overloaded is given up on
+MAX_OVERLOAD_WAIT_S = 30.0
+
+
+def overload_wait(err: Overloaded, rng: random.Random | None = None) -> float:
+    """How long to wait before repeating a request refused for load: its ``Retry-After`` and up to
+    half of it again at random, at most ``MAX_OVERLOAD_WAIT_S``."""
+    base = min(err.retry_after_s, MAX_OVERLOAD_WAIT_S)
+    return min(MAX_OVERLOAD_WAIT_S, base * (1.0 + 0.5 * (rng or random).random()))
+
+
 def decode_answer(addr: str, r: httpx.Response) -> Any:
     """The JSON of an answer, or its typed error. ``Unavailable`` means: try another agent."""
     try:
@@ -75,13 +100,19 @@ def decode_answer(addr: str, r: httpx.Response) -> Any:
     except ValueError:
         raise Unavailable(f"agent {addr} answered HTTP {r.status_code} without JSON") from None
     if r.status_code >= 400:
-        raise CanidaeError.from_wire(data, r.status_code)
+        err = CanidaeError.from_wire(data, r.status_code)
+        if isinstance(err, Overloaded) and "retry_after_s" not in err.details:
+            after = r.headers.get("retry-after", "")
+            if after.isascii() and after.isdigit():
+                err.details["retry_after_s"] = int(after)
+        raise err
     return data
 
 
 class Client:
-    def __init__(self, target: Target, timeout: float = 10.0) -> None:
+    def __init__(self, target: Target, timeout: float = 10.0, overload_retries: int = OVERLOAD_RETRIES) -> None:
         self.target = target
+        self.overload_retries = overload_retries
         self.addrs = list(target.addrs)
         self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=2.0),
                                  headers={"authorization": f"Bearer {target.token}"},
@@ -101,10 +132,12 @@ class Client:
         """Send to the first agent that answers; on unreachable / no leader try the next ones.
 
         ``retry_for`` keeps cycling through the agents for that many seconds (used for writes, which
-        carry a request id and so are safe to repeat).
+        carry a request id and so are safe to repeat). A 429 is waited out and repeated (see the
+        module docstring), reads and writes alike: the agent did nothing with the request.
         """
         deadline = time.monotonic() + retry_for
         last: CanidaeError = Unavailable("no agent reachable")
+        refused = 0
         while True:
             for i, addr in enumerate(list(self.addrs)):
                 try:
@@ -121,6 +154,14 @@ class Client:
                 except Unavailable as e:
                     last = e
                     continue
+                except Overloaded as e:
+                    refused += 1
+                    if refused > self.overload_retries:
+                        raise Overloaded(f"{e.message} (refused {refused} times, "
+                                         f"{self.overload_retries} retries)", e.details) from None
+                    time.sleep(overload_wait(e))
+                    deadline = max(deadline, time.monotonic() + 0.05)  # the wait is not the caller's retry budget
+                    break
                 if i:  # remember who answered
                     self.addrs.insert(0, self.addrs.pop(i))
                 return data
@@ -151,6 +192,10 @@ class Client:
         return self.request("POST", f"/v1/nodes/{segment('node', node_id)}/state",  # type: ignore[no-any-return]
                             json={"state": "draining", "reason": "drain", "plan": plan,
                                   "request_id": uuid.uuid4().hex}, retry_for=5.0)
+
+    def remove_node(self, node_id: str) -> dict[str, Any]:
+        """Forget a drained (or down) node whose agent has stopped."""
+        return self.request("DELETE", f"/v1/nodes/{segment('node', node_id)}")  # type: ignore[no-any-return]
 
     def migrate(self, name: str, to: str | None = None) -> dict[str, Any]:
         return self.request("POST", f"/v1/packs/{segment('pack', name)}/migrate",  # type: ignore[no-any-return]
@@ -297,6 +342,38 @@ class Client:
 
     def policy(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/v1/acl/policies/{segment('policy', name)}")  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ autoscale
+
+    def autoscale_status(self, last: int = 10) -> dict[str, Any]:
+        return self.request("GET", "/v1/autoscale", params={"last": last})  # type: ignore[no-any-return]
+
+    def autoscale_records(self, since: int = 0) -> dict[str, Any]:
+        """Whole recorded decisions after id ``since``, oldest first (``records``, ``last_id``)."""
+        return self.request("GET", "/v1/autoscale/decisions", params={"since": since})  # type: ignore[no-any-return]
+
+    def autoscale_decision(self, decision_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/v1/autoscale/decisions/{int(decision_id)}")["record"]  # type: ignore[no-any-return]
+
+    def set_autoscale_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/v1/autoscale/policy",  # type: ignore[no-any-return]
+                            json={"policy": policy, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+
+    def set_autoscale_paused(self, paused: bool, reason: str = "") -> dict[str, Any]:
+        return self.request("POST", "/v1/autoscale/pause" if paused else "/v1/autoscale/resume",  # type: ignore[no-any-return]
+                            json={"reason": reason, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+
+    def record_autoscale_decision(self, decision: dict[str, Any], controller: str) -> int:
+        """Keep one evaluation in the cluster; returns its id."""
+        answer = self.request("POST", "/v1/autoscale/decisions", retry_for=5.0,
+                              json={"decision": decision, "controller": controller, "request_id": uuid.uuid4().hex})
+        return int(answer["id"])
+
+    def set_autoscale_outcome(self, decision_id: int, status: str, nodes: list[str] | None = None,
+                              error: str = "") -> dict[str, Any]:
+        return self.request("POST", f"/v1/autoscale/decisions/{int(decision_id)}/outcome",  # type: ignore[no-any-return]
+                            json={"status": status, "nodes": nodes or [], "error": error,
+                                  "request_id": uuid.uuid4().hex}, retry_for=5.0)
 
     def delete_policy(self, name: str) -> dict[str, Any]:
         return self.request("DELETE", f"/v1/acl/policies/{segment('policy', name)}")  # type: ignore[no-any-return]

@@ -13,7 +13,11 @@ the leader, and requests a client agent passes on. It
 * retries once on a fresh connection when a kept-alive one turns out closed by the other side
   (the request never reached the server, or its answer was cut: either way safe to repeat);
 * turns answers back into the typed errors of ``canidae.core.errors``; ``Unavailable`` from a
-  server (no leader, unreachable) moves on to the next one.
+  server (no leader, unreachable) moves on to the next one;
+* waits out a 429 (``Overloaded``) as its ``Retry-After`` says, with jitter, within the call's
+  deadline and at most ``OVERLOAD_RETRIES`` times (agent-internal routes are never refused, so
+  this concerns the reads and writes it makes for others). ``pass_on`` hands a 429 back to the
+  caller unchanged: the caller waits, not the agent in the middle.
 
 ``AgentHops`` carries small JSON requests to one given agent (yips and exec calls routed to the
 node that holds a pack) on kept-alive raw HTTP/1.1 streams, which cost a fraction of a general
@@ -42,8 +46,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from canidae.agent.client.calls import decode_answer
-from canidae.core.errors import CanidaeError, Timeout, Unavailable
+from canidae.agent.client.calls import OVERLOAD_RETRIES, decode_answer, overload_wait
+from canidae.core.errors import CanidaeError, Overloaded, Timeout, Unavailable
 
 HOP = "x-canidae-hop"
 DEFAULT_KEEP_ALIVE_S = 30.0  # agents' HTTP server keeps idle connections this long (config: keep_alive_s)
@@ -104,6 +108,7 @@ class ServerLink:
         per_try = attempt_s if attempt_s is not None else min(total, self.attempt_s)
         deadline = time.monotonic() + total
         last: CanidaeError = Unavailable("no server reachable")
+        refused = 0
         while True:
             for api in self.order(prefer):
                 left = deadline - time.monotonic()
@@ -126,6 +131,14 @@ class ServerLink:
                 except Unavailable as e:
                     last = e
                     continue
+                except Overloaded as e:
+                    refused += 1
+                    wait = overload_wait(e)
+                    if refused > OVERLOAD_RETRIES or time.monotonic() + wait >= deadline:
+                        raise
+                    await asyncio.sleep(wait)
+                    last = e
+                    break
                 if isinstance(data, dict) and isinstance(data.get("leader_api"), str):
                     self.leader_hint = data["leader_api"]
                 return data

@@ -12,6 +12,7 @@ own replica (``local_assignments``), a client agent long-polls the servers.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -39,6 +40,8 @@ from canidae.core.metrics import (
 from canidae.core.sampling import check_rate, is_sampled, sample_packs, sample_rate
 from canidae.core.sketch import Sketch
 from canidae.core.types import NodeState
+
+MIB = 1024 * 1024
 
 log = logging.getLogger("canidae.node")
 
@@ -82,6 +85,9 @@ class NodeRuntime:
         self.summary_extras: SummaryExtras | None = None
         self.sample_rate: float | None = None  # handed out by the leader in each heartbeat reply
         self.heartbeats = 0
+        self._last_gauges: dict[str, float] = {}  # of the latest metrics summary, for /v1/metrics
+        self.summary_seconds = 0.0  # CPU spent building metrics summaries (the cost of collection)
+        self.summary_bytes = 0  # of the summaries sent with heartbeats
         self._heartbeat_ms = Sketch()  # round trips of this interval's heartbeats
 
     def start(self) -> None:
@@ -110,7 +116,11 @@ class NodeRuntime:
                 count, digest = rec.summary()
                 body: dict[str, Any] = {"running": count, "digest": digest, "corrected": rec.corrected}
                 try:
+                    t_sum = time.thread_time()  # CPU time: wall time would count waiting for the cores
                     body["metrics"] = self.metrics_summary().to_wire()
+                    self.summary_seconds += time.thread_time() - t_sum
+                    # The summary's size as sent (compact JSON), for the cost of metrics per heartbeat.
+                    self.summary_bytes += len(json.dumps(body["metrics"], separators=(",", ":")))
                 except Exception:  # metrics must never cost the heartbeat (and so the node's packs)
                     log.exception("metrics summary")
                 t0 = time.perf_counter()
@@ -181,6 +191,7 @@ class NodeRuntime:
             "cpu_capacity_m": float(cap.cpu), "mem_capacity_mib": float(cap.mem),
             "yips_per_s": yips / interval if interval else 0.0,
         }
+        self._last_gauges = gauges
         counters = {"yips_queued": self.usage.yips_queued, "yips_delivered": self.usage.yips_delivered,
                     "restarts": self.usage.restarts, "heartbeats": self.heartbeats}
         sketches: dict[str, Sketch] = {}
@@ -201,13 +212,36 @@ class NodeRuntime:
             states[a["state"]] = states.get(a["state"], 0) + 1
         out = [Reading("node_packs", "gauge", "Packs this node holds, by the state the cluster gives them.",
                        n, {"state": st}) for st, n in sorted(states.items())]
+        boxes = [len(b.items) for b in self.mailboxes.boxes.values()]
+        g = self._last_gauges
+        cap = self.cfg.capacity
         return out + [
+            Reading("yips_mailbox_depth", "gauge", "Unacknowledged yips in this node's open mailboxes.", sum(boxes)),
+            Reading("yips_mailbox_depth_max", "gauge", "Unacknowledged yips in this node's fullest mailbox.",
+                    max(boxes, default=0)),
+            Reading("yips_mailbox_bytes", "gauge", "Payload bytes of the unacknowledged yips in this node's "
+                    "mailboxes.", sum(b.size for b in self.mailboxes.boxes.values())),
+            # Used: what the packs' member processes used over the last heartbeat interval (/proc).
+            Reading("node_cpu_used_cores", "gauge", "CPU this node's packs used over the last interval.",
+                    g.get(GAUGE_CPU_USED, 0.0) / 1000.0),
+            Reading("node_cpu_reserved_cores", "gauge", "CPU this node's packs reserve.",
+                    g.get(GAUGE_CPU_RESERVED, 0.0) / 1000.0),
+            Reading("node_cpu_capacity_cores", "gauge", "CPU this node offers to packs.", cap.cpu / 1000.0),
+            Reading("node_memory_used_bytes", "gauge", "Resident memory of this node's packs at the last reading.",
+                    g.get(GAUGE_MEM_USED, 0.0) * MIB),
+            Reading("node_memory_reserved_bytes", "gauge", "Memory this node's packs reserve.",
+                    g.get(GAUGE_MEM_RESERVED, 0.0) * MIB),
+            Reading("node_memory_capacity_bytes", "gauge", "Memory this node offers to packs.", cap.mem * MIB),
             Reading("node_packs_running", "gauge", "Packs this node's drivers run.", self.reconciler.summary()[0]),
             Reading("yips_queued", "counter", "Yips taken into this node's mailboxes.", self.usage.yips_queued),
             Reading("yips_delivered", "counter", "Yips handed to readers by this node's mailboxes.",
                     self.usage.yips_delivered),
             Reading("pack_restarts", "counter", "Member restarts seen on this node.", self.usage.restarts),
             Reading("heartbeats", "counter", "Heartbeats this node's leader acknowledged.", self.heartbeats),
+            Reading("metrics_summary_seconds", "counter", "CPU time spent measuring and building the metrics "
+                    "summaries sent with heartbeats.", self.summary_seconds),
+            Reading("metrics_summary_bytes", "counter", "Bytes (compact JSON) of the metrics summaries sent with "
+                    "heartbeats.", self.summary_bytes),
             Reading("metrics_sample_rate", "gauge", "Share of packs whose metrics this node sends.",
                     self.sample_rate or 1.0),
         ]

@@ -32,12 +32,13 @@ from typing import Any
 
 import httpx
 import tomli_w
+
 from canidae.agent.client import Client, Target
-from canidae.agent.config import AgentConfig, ServerPeer, write_config
+from canidae.agent.config import AgentConfig, ServerPeer, load_config, write_config
 from canidae.agent.identity import Identity
-from canidae.agent.secretbox import Keyring, key_file
 from canidae.agent.ops import netns
 from canidae.agent.ops.waiting import Abandon, wait_until
+from canidae.agent.secretbox import Keyring, key_file
 from canidae.core.errors import AlreadyExists, InvalidInput, NotFound, Timeout
 from canidae.core.types import Resources, Role
 
@@ -410,7 +411,7 @@ class LocalCluster:
     def __enter__(self) -> LocalCluster:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ------------------------------------------------------------------ the agents
@@ -494,6 +495,60 @@ class LocalCluster:
             return
         a["pid"] = start_agent(a["config"], os.path.join(os.path.dirname(a["config"]), "stdout.log"),
                                self.env, a.get("prefix", ()))
+        self.save()
+
+    # ------------------------------------------------------------------ growing and shrinking
+
+    def add_client(self, timeout: float = 30.0, capacity: Resources | None = None) -> str:
+        """Start one more client agent on 127.0.0.1 (the next free ``cN``), configured like the
+        existing agents (same servers, identity, keys, capacity unless given), and wait until its
+        node is registered. Returns its node id. For autoscaling demos and tests."""
+        identity = Identity.load(os.path.join(self.data_dir, IDENTITY_FILE))
+        template = load_config(self.agents[-1]["config"])
+        taken = {a["id"] for a in self.agents} | set(os.listdir(os.path.join(self.data_dir, "agents")))
+        n = 1
+        while f"c{n}" in taken:
+            n += 1
+        cid = f"c{n}"
+        port = next(p for p in range(20_000 + (os.getpid() * 7 + n * 13) % 9_000, 32_000) if _port_free(p))
+        zones = sorted({load_config(a["config"]).zone for a in self.agents})
+        data = os.path.join(self.data_dir, "agents", cid)
+        cfg = replace(template, node_id=cid, role=Role.CLIENT, api=f"127.0.0.1:{port}", raft="",
+                      zone=zones[n % len(zones)], data_dir=data, token=identity.node_credential(cid, Role.CLIENT),
+                      cluster_password="", capacity=capacity or template.capacity,
+                      log_file=os.path.join(data, "agent.log"))
+        os.makedirs(data, mode=0o700, exist_ok=True)
+        path = os.path.join(data, "agent.toml")
+        write_config(cfg, path)
+        _cluster_keyring([load_config(a["config"]).data_dir for a in self.agents]).save(key_file(data))
+        agent: dict[str, Any] = {"id": cid, "role": "client", "api": cfg.api, "raft": "", "pid": 0,
+                                 "config": path, "log": cfg.log_file}
+        self.agents.append(agent)
+        agent["pid"] = start_agent(path, os.path.join(data, "stdout.log"), self.env)
+        self.save()
+        with self.client() as c:
+            def registered() -> bool:
+                if not self.alive(agent):
+                    raise Abandon(Timeout(f"agent {cid} exited during start; see {cfg.log_file}"))
+                try:
+                    return c.node(cid, stale=True)["state"] == "ready"
+                except NotFound:
+                    return False
+            wait_until(registered, timeout, f"new client agent {cid} registered")
+        return cid
+
+    def stop_agent(self, ident: str, timeout: float = 10.0) -> None:
+        """Stop one agent gracefully (SIGTERM, then SIGKILL of its group after ``timeout``) and drop
+        it from this handle; its data dir stays (its logs are worth reading)."""
+        a = self.agent(ident)
+        if self.alive(a):
+            os.kill(a["pid"], signal.SIGTERM)
+            try:
+                wait_until(lambda: not self.alive(a), timeout, f"agent {ident} stopped")
+            except Timeout:
+                os.killpg(a["pid"], signal.SIGKILL)
+                wait_until(lambda: not self.alive(a), 5, f"agent {ident} gone after SIGKILL")
+        self.agents.remove(a)
         self.save()
 
 

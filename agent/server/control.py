@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from canidae.agent.client.link import ServerLink
@@ -35,15 +36,17 @@ from canidae.core.commands import (
     PlacePacks,
     Rebalance,
     RegisterNode,
-    ReportState,
+    RemoveNode,
     ReportPacks,
+    ReportState,
     SetNodeState,
     StopPacks,
 )
-from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound
+from canidae.core.errors import CanidaeError, InvalidInput, NoLeader, NotFound, WrongState
 from canidae.core.metrics import NodeSummary, aggregate, render_rows
-from canidae.core.sampling import sample_rate
 from canidae.core.ring import HashRing, bounded_caps
+from canidae.core.sampling import sample_rate
+from canidae.core.scheduler import UNPLACED_KINDS, unplaced_kind
 from canidae.core.state import HOLDING, ClusterState, PackRecord, running_digest
 from canidae.core.types import Node, NodeState, PackSpec, PackState, validate_name
 
@@ -78,6 +81,12 @@ class ControlPlane:
         self.summaries: dict[str, NodeSummary] = {}  # the latest metrics summary of each node
         # The cluster's keys (sealing secrets, hashing token secrets): given by the composition root.
         self.keys = ClusterKeys(cfg.data_dir, cfg.region, cfg.token, cfg.cluster_password)
+        # Metric hooks the composition root may set before ``start`` (seconds; called off the loop).
+        self.observe_commit: Callable[[float], None] | None = None  # Raft: propose to commit and apply
+        self.observe_store_commit: Callable[[float], None] | None = None  # event store: write + fdatasync
+        # What placement did in the entries this replica applied (every replica counts the same).
+        self.placements = 0
+        self.unplaced: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -86,11 +95,13 @@ class ControlPlane:
         self.applied_signal = asyncio.Event()
         os.makedirs(self.cfg.data_dir, exist_ok=True)
         self.store = history.open_store(self.cfg.data_dir, loop)  # before the replica: it may replay at once
+        self.store.on_commit = self.observe_store_commit
         self.replica = Replica(
             self.cfg.raft, self.cfg.raft_peers(), os.path.join(self.cfg.data_dir, "raft"),
             self.cfg.cluster_password, self.cfg.raft_settings, ClusterState, self._on_applied,
             before_snapshot=lambda: self.store.flush(timeout=10.0) if self.store is not None else None)
-        self.proposer = Proposer(self.replica, loop, timeout_s=self.cfg.request_timeout_s)
+        self.proposer = Proposer(self.replica, loop, timeout_s=self.cfg.request_timeout_s,
+                                 on_commit=self.observe_commit)
 
     def stop(self) -> None:
         if self.replica is not None:
@@ -100,6 +111,13 @@ class ControlPlane:
 
     def _on_applied(self, events: list[dict[str, Any]]) -> None:
         # Tick thread: the store only buffers (its writer thread does the I/O); hand over to the loop.
+        for ev in events:
+            kind = ev.get("type")
+            if kind == "PackPlaced":
+                self.placements += 1
+            elif kind == "PackPending":
+                why = unplaced_kind(str((ev.get("detail") or {}).get("reason", "")))
+                self.unplaced[why] = self.unplaced.get(why, 0) + 1
         if self.store is not None:
             self.store.append(events, live=self.live_view)
         if self.loop is not None and self.applied_signal is not None:
@@ -197,6 +215,11 @@ class ControlPlane:
                             self.proposer.batches),
                     Reading("group_commit_commands", "counter", "Commands proposed by group commit.",
                             self.proposer.commands)]
+        out.append(Reading("scheduler_placements", "counter", "Packs placed on a node (new, moved or retried) "
+                           "by the entries this server applied.", self.placements))
+        for kind in UNPLACED_KINDS:
+            out.append(Reading("scheduler_unplaced", "counter", "Packs left pending because nothing fitted, by "
+                               "the kind of reason.", self.unplaced.get(kind, 0), {"reason": kind}))
         with self.replica.lock:
             state = self.replica.state
             packs = state.counts()
@@ -290,6 +313,19 @@ class ControlPlane:
         if plan:
             return await self._plan(cmd)
         return await self.propose(cmd)
+
+    async def remove_node(self, node_id: str, rid: str, by: str = "operator") -> dict[str, Any]:
+        """Forget a node that was drained or is down (its agent stopped first: a running agent
+        whose node is removed would register again). Refused while it may still run packs."""
+        st = await self.read_state(False)
+        with self.replica.lock:  # type: ignore[union-attr]
+            node = st.nodes.get(node_id)
+            if node is None:
+                raise NotFound(f"no node {node_id!r}")
+            if node.state not in (NodeState.DRAINING, NodeState.DOWN):
+                raise WrongState(f"node {node_id} is {node.state.value}: drain it (or let it be declared down) "
+                                 "before removing it")
+        return await self.propose(RemoveNode(id=rid, **self.stamp(), node_id=node_id, by=by))
 
     async def _plan(self, cmd: Command) -> dict[str, Any]:
         """What ``cmd`` would do, computed by applying it to a copy of the current state."""
@@ -493,7 +529,7 @@ class ControlPlane:
             try:
                 # Wake at least every half second: a server that lost its leader ends the poll.
                 await asyncio.wait_for(signal.wait(), timeout=max(0.0, min(0.5, deadline - time.monotonic())))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if self.replica.leader_address() is None:
                     raise NoLeader("this server lost its leader: ask another") from None
 
@@ -641,4 +677,4 @@ def dry_place(st: ClusterState, name: str) -> tuple[str | None, list[str]]:
     return ring.lookup(name), pref
 
 
-__all__ = ["ControlPlane", "now_ms", "ring_view", "dry_place"]
+__all__ = ["ControlPlane", "dry_place", "now_ms", "ring_view"]

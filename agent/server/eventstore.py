@@ -55,314 +55,56 @@ the projections are the newest readable snapshot plus the events after it. Reten
 segments, oldest first, older than ``retain_ms`` or while the store is over ``retain_bytes``;
 the active segment is never removed, and a snapshot at or after the last removed event is
 written first, so the projections can always be rebuilt.
+
+The store by module: this one owns the writer (buffering, group commit, publishing) and opening
+(recovery of torn tails, loading indexes); ``eventrecords`` the record format and durable-file
+helpers; ``eventsegments`` the layout and the in-memory segment; ``eventprojections`` the
+projections and their comparison with the live state; ``eventqueries`` (a base class) every read;
+``eventmaintenance`` (a base class) sealing, snapshots and retention.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import os
-import re
-import struct
 import threading
 import time
-import zlib
 from array import array
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable
+from typing import Any
 
 import zstandard
 
+from canidae.agent.server.eventmaintenance import EventMaintenance
+from canidae.agent.server.eventprojections import Projections
+from canidae.agent.server.eventqueries import EventQueries
+from canidae.agent.server.eventrecords import (
+    CorruptRecord,
+    decode_record,
+    encode_big,
+    encode_record,
+    frames,
+    fsync_dir,
+    iter_records,
+    write_file,
+)
+from canidae.agent.server.eventsegments import (
+    BLOCK_BYTES,
+    OFFSET_BITS,
+    SEG_RE,
+    Rebase,
+    Segment,
+)
+
 log = logging.getLogger("canidae.eventstore")
 
-HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
-MAX_RECORD = 16 << 20
-BLOCK_BYTES = 64 << 10
-OFFSET_BITS = 32
-OFFSET_MASK = (1 << OFFSET_BITS) - 1
-SEG_RE = re.compile(r"^seg-(\d{8})\.(log|zst|idx)$")
-SNAP_RE = re.compile(r"^snap-(\d{20})\.zst$")
-SNAPSHOTS_KEPT = 2
-BLOCK_CACHE = 64
 MAX_GROUP = 20_000  # events per group commit at most
 
-HOLDING = frozenset({"placed", "running", "stopping"})
-
-# Event type -> the pack state it leaves behind, and whether the event's node becomes the pack's
-# node (True), the node is cleared (None) or kept (False). Mirrors canidae.core.state.
-PACK_TRANSITIONS: dict[str, tuple[str, bool | None]] = {
-    "PackCreated": ("created", None),
-    "PackPending": ("pending", None),
-    "PackPlaced": ("placed", True),
-    "PackMigrating": ("placed", True),
-    "PackStarted": ("running", True),
-    "PackMigrated": ("running", True),
-    "PackStopping": ("stopping", False),
-    "PackStopped": ("stopped", False),
-    "PackFailed": ("failed", False),
-}
-NODE_TRANSITIONS: dict[str, str] = {
-    "NodeJoined": "ready", "NodeReturned": "ready", "NodeDown": "down", "NodeDraining": "draining",
-}
-
-_encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-try:
-    # JSONEncoder.encode builds a new C encoder on every call; that alone was half the writer's time.
-    from json.encoder import c_make_encoder as _c_make_encoder
-    from json.encoder import encode_basestring_ascii as _ascii
-
-    _c_encode = _c_make_encoder(None, _encoder.default, _ascii, None, ":", ",", True, False, True)
-
-    def _dumps(event: dict[str, Any]) -> str:
-        return "".join(_c_encode(event, 0))
-except (ImportError, TypeError):  # no C accelerator: the pure-Python encoder gives the same text
-    _dumps = _encoder.encode
 
 
-class CorruptRecord(Exception):
-    """A record that fails its checks; ``offset`` is where it starts."""
-
-    def __init__(self, offset: int, why: str) -> None:
-        super().__init__(f"{why} at offset {offset}")
-        self.offset = offset
-        self.why = why
-
-
-SLICE = 2000
-
-
-def encode_big(doc: dict[str, Any]) -> bytes:
-    """JSON of ``doc`` with its large lists and dicts encoded in slices (and not sorted as a
-    whole): one C call over a 100,000-entry document holds the GIL for tens of milliseconds, and
-    the writer thread needs the GIL to acknowledge events. Snapshots and segment indexes are
-    local files, so only their value matters, not a canonical byte order."""
-    parts = []
-    for key in sorted(doc):
-        v = doc[key]
-        if isinstance(v, list) and len(v) > SLICE:
-            text = "[" + ",".join(_dumps(v[i:i + SLICE])[1:-1] for i in range(0, len(v), SLICE)) + "]"
-        elif isinstance(v, dict) and len(v) > SLICE:
-            items = list(v.items())
-            text = "{" + ",".join(_dumps(dict(items[i:i + SLICE]))[1:-1]
-                                  for i in range(0, len(items), SLICE)) + "}"
-        else:
-            text = _dumps(v)
-        parts.append(_dumps(key) + ":" + text)
-    return ("{" + ",".join(parts) + "}").encode()
-
-
-def encode_record(event: dict[str, Any]) -> bytes:
-    payload = _dumps(event).encode()
-    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def decode_record(buf: bytes | memoryview, pos: int) -> tuple[dict[str, Any], int]:
-    """The event at ``pos`` in ``buf`` and where the next record starts; ``CorruptRecord`` if bad."""
-    if pos + HEADER.size > len(buf):
-        raise CorruptRecord(pos, "torn header")
-    n, crc = HEADER.unpack_from(buf, pos)
-    end = pos + HEADER.size + n
-    if n > MAX_RECORD or end > len(buf):
-        raise CorruptRecord(pos, "torn record")
-    payload = bytes(buf[pos + HEADER.size:end])
-    if zlib.crc32(payload) != crc:
-        raise CorruptRecord(pos, "checksum mismatch")
-    try:
-        ev = json.loads(payload)
-    except ValueError:
-        raise CorruptRecord(pos, "unparsable record") from None
-    if not isinstance(ev, dict) or not isinstance(ev.get("seq"), int):
-        raise CorruptRecord(pos, "record without a sequence number")
-    return ev, end
-
-
-def iter_records(buf: bytes | memoryview, pos: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(offset, event) for every record of ``buf`` from ``pos``; raises ``CorruptRecord`` at a bad one."""
-    while pos < len(buf):
-        ev, nxt = decode_record(buf, pos)
-        yield pos, ev
-        pos = nxt
-
-
-# ------------------------------------------------------------------------------------- projections
-
-
-class Projections:
-    """The state and node of every pack, the state of every node, as of event ``seq``."""
-
-    __slots__ = ("seq", "packs", "on_node", "nodes")
-
-    def __init__(self) -> None:
-        self.seq = 0
-        # Records are immutable tuples, replaced on change: a snapshot needs only a shallow copy
-        # of the dict under the store's lock, never a walk over every pack.
-        self.packs: dict[str, tuple[str, str | None]] = {}  # name -> (state, node)
-        self.on_node: dict[str, dict[str, None]] = {}       # node -> packs whose node it is (any state)
-        self.nodes: dict[str, str] = {}                     # node -> state
-
-    def _move(self, name: str, old: str | None, new: str | None) -> None:
-        if old is not None:
-            names = self.on_node.get(old)
-            if names is not None:
-                names.pop(name, None)
-                if not names:
-                    del self.on_node[old]
-        if new is not None:
-            self.on_node.setdefault(new, {})[name] = None
-
-    def apply(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("type")
-        pack = ev.get("pack")
-        self.seq = ev["seq"]
-        if pack is not None:
-            if kind == "PackDeleted":
-                old = self.packs.pop(pack, None)
-                if old is not None:
-                    self._move(pack, old[1], None)
-                return
-            tr = PACK_TRANSITIONS.get(kind)  # type: ignore[arg-type]
-            if tr is None:
-                return
-            old = self.packs.get(pack)
-            old_node = old[1] if old is not None else None
-            if tr[1] is None:
-                node = None
-            elif tr[1] and ev.get("node") is not None:
-                node = ev["node"]
-            else:
-                node = old_node
-            self.packs[pack] = (tr[0], node)
-            if node != old_node:
-                self._move(pack, old_node, node)
-            return
-        node = ev.get("node")
-        if node is None:
-            return
-        if kind in NODE_TRANSITIONS:
-            self.nodes[node] = NODE_TRANSITIONS[kind]  # type: ignore[index]
-        elif kind == "NodeStateChanged":
-            state = (ev.get("detail") or {}).get("state")
-            if isinstance(state, str):
-                self.nodes[node] = state
-        elif kind == "NodeRemoved":
-            # The state machine detaches the packs left on a removed node without a pack event.
-            self.nodes.pop(node, None)
-            for name in list(self.on_node.get(node, ())):
-                self.packs[name] = (self.packs[name][0], None)
-                self._move(name, node, None)
-
-    def view(self, pack: str | None = None) -> dict[str, Any]:
-        names = [pack] if pack is not None else sorted(self.packs)
-        packs = {n: {"state": self.packs[n][0], "node": self.packs[n][1]} for n in names if n in self.packs}
-        per_node = {n: sorted(p for p in names_ if self.packs[p][0] in HOLDING)
-                    for n, names_ in sorted(self.on_node.items())}
-        return {"seq": self.seq, "packs": packs,
-                "nodes": {n: {"state": self.nodes.get(n), "packs": per_node.get(n, [])}
-                          for n in sorted(set(self.nodes) | set(per_node))}}
-
-    def to_doc(self) -> dict[str, Any]:
-        return _doc(self.seq, self.packs, self.nodes)
-
-    @staticmethod
-    def from_doc(doc: dict[str, Any]) -> Projections:
-        if doc.get("version") != 1:
-            raise ValueError(f"unsupported snapshot version {doc.get('version')!r}")
-        p = Projections()
-        p.seq = int(doc["seq"])
-        for name, state, node in doc["packs"]:
-            p.packs[name] = (state, node)
-            p._move(name, None, node)
-        p.nodes = {n: s for n, s in doc["nodes"]}
-        return p
-
-    @staticmethod
-    def from_live(seq: int, packs: dict[str, dict[str, Any]], nodes: dict[str, str]) -> Projections:
-        return Projections.from_doc({"version": 1, "seq": seq,
-                                     "packs": [[n, v["state"], v.get("node")] for n, v in packs.items()],
-                                     "nodes": list(nodes.items())})
-
-
-def _doc(seq: int, packs: dict[str, tuple[str, str | None]], nodes: dict[str, str]) -> dict[str, Any]:
-    # Not sorted: one sort of 100,000 names is a single long hold of the GIL (see encode_big).
-    return {"version": 1, "seq": seq, "packs": [[n, r[0], r[1]] for n, r in packs.items()],
-            "nodes": [[n, s] for n, s in nodes.items()]}
-
-
-# ------------------------------------------------------------------------------------- segments
-
-
-class _Segment:
-    """One segment's metadata and open files. Changed only under the store's lock."""
-
-    __slots__ = ("no", "sealed", "full", "size", "disk_bytes", "first_seq", "last_seq", "first_at",
-                 "last_at", "count", "block_raw", "block_seq", "block_comp", "packs", "gaps", "rfd", "wfd")
-
-    def __init__(self, no: int) -> None:
-        self.no = no
-        self.sealed = False
-        self.full = False        # the writer moved on and published its last record: it may be sealed
-        self.size = 0            # raw bytes of records (durable)
-        self.disk_bytes = 0      # bytes on disk (the .zst and .idx once sealed)
-        self.first_seq = 0
-        self.last_seq = 0
-        self.first_at = 0
-        self.last_at = 0
-        self.count = 0
-        self.block_raw: list[int] = []   # raw offset where each block starts
-        self.block_seq: list[int] = []   # first seq of each block
-        self.block_comp: list[tuple[int, int]] = []  # sealed: (offset, length) of each zstd frame
-        self.packs: dict[str, list[int]] | None = {}  # active: pack -> raw offsets (for the .idx)
-        self.gaps: list[list[int]] = []
-        self.rfd = -1
-        self.wfd = -1
-
-    def meta(self) -> dict[str, Any]:
-        return {"no": self.no, "sealed": self.sealed, "first_seq": self.first_seq, "last_seq": self.last_seq,
-                "first_at": self.first_at, "last_at": self.last_at, "events": self.count,
-                "raw_bytes": self.size, "disk_bytes": self.disk_bytes}
-
-
-class _Rebase:
-    __slots__ = ("seq", "view")
-
-    def __init__(self, seq: int, view: dict[str, Any]) -> None:
-        self.seq = seq
-        self.view = view
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` durably: temporary name, fsync, rename (the caller fsyncs the dir)."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _frames(data: bytes, dctx: zstandard.ZstdDecompressor) -> Iterator[tuple[int, int, bytes]]:
-    """(offset, length, decompressed bytes) of each zstd frame in ``data``."""
-    pos = 0
-    while pos < len(data):
-        obj = dctx.decompressobj()
-        out = obj.decompress(data[pos:])
-        if not obj.eof:
-            raise CorruptRecord(pos, "truncated zstd frame")
-        length = len(data) - pos - len(obj.unused_data)
-        yield pos, length, out
-        pos += length
-
-
-class EventStore:
+class EventStore(EventQueries, EventMaintenance):
     """A segmented, checksummed, indexed event log with projections. Thread-safe.
 
     ``on_durable(seq)`` (optional) is called on the writer thread after each group commit.
@@ -402,11 +144,13 @@ class EventStore:
         self._settled_seq = 0  # durable, and the sealing and snapshot it caused are done
         self.commits = 0  # group commits (one fdatasync per segment written)
         self.appended = 0  # events accepted by append since this store was opened
+        # Told the seconds each group commit took to write and fdatasync (a metric); writer thread.
+        self.on_commit: Callable[[float], None] | None = None
         self._closing = False
         self._stopped = False
         self.error: str | None = None
-        self._segments: list[_Segment] = []
-        self._by_no: dict[int, _Segment] = {}
+        self._segments: list[Segment] = []
+        self._by_no: dict[int, Segment] = {}
         self._index: dict[str, array[int]] = {}
         self._gaps: list[list[int]] = []
         self._proj = Projections()
@@ -459,7 +203,7 @@ class EventStore:
                     log.exception("event store: live view for a re-base failed")
                     view = None
                 if view is not None:
-                    self._pending.append(_Rebase(new[-1]["seq"], view))
+                    self._pending.append(Rebase(new[-1]["seq"], view))
             self._cond.notify_all()
         return len(new)
 
@@ -534,7 +278,7 @@ class EventStore:
     def __enter__(self) -> EventStore:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ------------------------------------------------------------------ the writer thread
@@ -564,7 +308,10 @@ class EventStore:
         """Write ``batch`` durably (retrying on I/O errors), publish it, acknowledge it."""
         while True:
             try:
+                t0 = time.monotonic()
                 chunks = self._write(batch)
+                if self.on_commit is not None:
+                    self.on_commit(time.monotonic() - t0)
                 break
             except OSError as e:
                 # Nothing is acknowledged before fsync succeeds: cut what was half written, retry.
@@ -601,58 +348,20 @@ class EventStore:
 
     # ------------------------------------------------------------------ the maintenance thread
 
-    def _maintain_loop(self) -> None:
-        """Seal full segments, write snapshots, apply retention: off the writer's path, so that a
-        16 MiB compression never delays an acknowledgment (zstd runs without the GIL)."""
-        next_retention = time.monotonic() + self.retention_every_s
-        while True:
-            with self._maint_cond:
-                while not self._maint_wanted and not self._maint_stop and time.monotonic() < next_retention:
-                    self._maint_cond.wait(timeout=max(0.01, next_retention - time.monotonic()))
-                wanted, self._maint_wanted = self._maint_wanted, False
-                stop = self._maint_stop
-            if wanted or stop:
-                target = self.durable_seq
-                try:
-                    self._maintain()
-                except Exception:
-                    log.exception("event store: sealing or snapshot failed")
-                with self._cond:
-                    self._settled_seq = max(self._settled_seq, target)
-                    self._cond.notify_all()
-            if stop:
-                return
-            if time.monotonic() >= next_retention:
-                next_retention = time.monotonic() + self.retention_every_s
-                try:
-                    self.apply_retention()
-                except Exception:
-                    log.exception("event store: retention failed")
 
-    def _maintain(self) -> None:
-        with self._maint:
-            # Only segments the writer has finished publishing: one it has just rolled away from
-            # may still be receiving its last records' index entries.
-            for seg in [s for s in self._segments[:-1] if s.full and not s.sealed]:
-                self._seal(seg)
-            # A snapshot costs in proportion to the packs, a replay on start to the events since
-            # the last one: with many packs, snapshot less often.
-            every = max(self.snapshot_every, len(self._proj.packs))
-            if self._proj.seq - self._snap_seq >= every:
-                self._write_snapshot()
 
-    def _write(self, batch: list[Any]) -> list[tuple[_Segment, list[int], int]]:
+    def _write(self, batch: list[Any]) -> list[tuple[Segment, list[int], int]]:
         """Encode and write the events of ``batch``, rolling segments at ``segment_bytes``.
 
         Returns, per segment written, the raw offset of each record and the new end.
         """
         seg = self._segments[-1]
         size = seg.size
-        chunks: list[tuple[_Segment, list[int], int]] = []
+        chunks: list[tuple[Segment, list[int], int]] = []
         recs: list[bytes] = []
         offsets: list[int] = []
         for item in batch:
-            if isinstance(item, _Rebase):
+            if isinstance(item, Rebase):
                 continue
             rec = encode_record(item)
             if size >= self.segment_bytes and (recs or seg.count):
@@ -667,7 +376,7 @@ class EventStore:
         chunks.append((seg, offsets, size))
         return chunks
 
-    def _write_out(self, seg: _Segment, recs: list[bytes]) -> None:
+    def _write_out(self, seg: Segment, recs: list[bytes]) -> None:
         if not recs:
             return
         view = memoryview(b"".join(recs))
@@ -677,7 +386,7 @@ class EventStore:
         if self.fsync:
             os.fdatasync(seg.wfd)
 
-    def _publish(self, batch: list[Any], chunks: list[tuple[_Segment, list[int], int]]) -> int:
+    def _publish(self, batch: list[Any], chunks: list[tuple[Segment, list[int], int]]) -> int:
         places = ((seg, off) for seg, offsets, _ in chunks for off in offsets)
         index_event = self._index_event
         index = self._index
@@ -685,7 +394,7 @@ class EventStore:
             last = self.durable_seq
             apply = self._proj.apply
             for item in batch:
-                if item.__class__ is _Rebase:
+                if item.__class__ is Rebase:
                     self._proj = Projections.from_live(item.seq, item.view.get("packs", {}),
                                                        item.view.get("nodes", {}))
                     apply = self._proj.apply
@@ -705,7 +414,7 @@ class EventStore:
         return last
 
     @staticmethod
-    def _index_event(seg: _Segment, off: int, ev: dict[str, Any], prev: int,
+    def _index_event(seg: Segment, off: int, ev: dict[str, Any], prev: int,
                      index: dict[str, array[int]] | None) -> list[int] | None:
         """Account one record at ``off`` of ``seg``: blocks, time range, pack offsets (and the
         global ``index`` when given); returns the gap before it, if any."""
@@ -723,8 +432,7 @@ class EventStore:
             seg.block_raw.append(off)
             seg.block_seq.append(seq)
         seg.last_seq = seq
-        if at > seg.last_at:
-            seg.last_at = at
+        seg.last_at = max(seg.last_at, at)
         seg.count += 1
         pack = ev.get("pack")
         if isinstance(pack, str):
@@ -742,76 +450,28 @@ class EventStore:
     def _path(self, no: int, ext: str) -> str:
         return os.path.join(self.dir, f"seg-{no:08d}.{ext}")
 
-    def _new_segment(self, no: int) -> _Segment:
-        seg = _Segment(no)
+    def _new_segment(self, no: int) -> Segment:
+        seg = Segment(no)
         path = self._path(no, "log")
         seg.wfd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         seg.rfd = os.open(path, os.O_RDONLY)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         with self._lock:
             self._segments.append(seg)
             self._by_no[no] = seg
         return seg
 
     @staticmethod
-    def _close_fds(seg: _Segment) -> None:
+    def _close_fds(seg: Segment) -> None:
         for fd in (seg.rfd, seg.wfd):
             if fd >= 0:
                 os.close(fd)
         seg.rfd = seg.wfd = -1
 
-    def _seal(self, seg: _Segment) -> None:
-        """Compress a full segment into blocks, write its index, then drop the .log."""
-        raw = os.pread(seg.rfd, seg.size, 0) if seg.size else b""
-        frames, comp, off = [], [], 0
-        for i, start in enumerate(seg.block_raw):
-            end = seg.block_raw[i + 1] if i + 1 < len(seg.block_raw) else seg.size
-            frame = self._cctx.compress(raw[start:end])
-            frames.append(frame)
-            comp.append((off, len(frame)))
-            off += len(frame)
-        idx = {"version": 1, "no": seg.no, "first_seq": seg.first_seq, "last_seq": seg.last_seq,
-               "first_at": seg.first_at, "last_at": seg.last_at, "count": seg.count, "raw_bytes": seg.size,
-               "blocks": [[r, s, c[0], c[1]] for r, s, c in zip(seg.block_raw, seg.block_seq, comp)],
-               "gaps": seg.gaps, "packs": seg.packs or {}}
-        idx_bytes = self._cctx.compress(encode_big(idx))
-        _write_file(self._path(seg.no, "idx"), idx_bytes)
-        _write_file(self._path(seg.no, "zst"), b"".join(frames))
-        _fsync_dir(self.dir)
-        rfd = os.open(self._path(seg.no, "zst"), os.O_RDONLY)
-        with self._lock:
-            self._close_fds(seg)
-            seg.rfd = rfd
-            seg.sealed = True
-            seg.block_comp = comp
-            seg.packs = None
-            seg.disk_bytes = off + len(idx_bytes)
-        os.unlink(self._path(seg.no, "log"))
-        _fsync_dir(self.dir)
 
-    def _snapshots(self) -> list[int]:
-        return sorted(int(m.group(1)) for m in map(SNAP_RE.match, os.listdir(self.dir)) if m)
 
-    def _snap_path(self, seq: int) -> str:
-        return os.path.join(self.dir, f"snap-{seq:020d}.zst")
 
-    def _write_snapshot(self) -> None:
-        with self._lock:  # shallow copies only: the writer waits for this lock to publish
-            proj = self._proj
-            seq, packs, nodes = proj.seq, dict(proj.packs), dict(proj.nodes)
-        doc = _doc(seq, packs, nodes)
-        _write_file(self._snap_path(doc["seq"]), self._cctx.compress(encode_big(doc)))
-        _fsync_dir(self.dir)
-        self._snap_seq = doc["seq"]
-        self._snap_due = False
-        for old in self._snapshots()[:-SNAPSHOTS_KEPT]:
-            os.unlink(self._snap_path(old))
 
-    def _read_snapshot(self, seq: int) -> Projections:
-        with open(self._snap_path(seq), "rb") as f:
-            return Projections.from_doc(json.loads(self._dctx.decompress(f.read())))
-
-    # ------------------------------------------------------------------ opening and recovery
 
     def _open(self) -> None:
         found: dict[int, set[str]] = {}
@@ -850,9 +510,9 @@ class EventStore:
         self.open_stats.update(segments=len(self._segments), truncated_bytes=truncated)
         self._load_projections()
 
-    def _load_log(self, no: int) -> tuple[_Segment, int]:
+    def _load_log(self, no: int) -> tuple[Segment, int]:
         """Scan a .log, index it, and cut it at the first torn or corrupt record."""
-        seg = _Segment(no)
+        seg = Segment(no)
         path = self._path(no, "log")
         with open(path, "rb") as f:
             data = f.read()
@@ -883,7 +543,7 @@ class EventStore:
         seg.rfd = os.open(path, os.O_RDONLY)
         return seg, cut
 
-    def _load_sealed(self, no: int, has_idx: bool) -> _Segment | None:
+    def _load_sealed(self, no: int, has_idx: bool) -> Segment | None:
         doc = None
         if has_idx:
             try:
@@ -901,7 +561,7 @@ class EventStore:
                 log.error("event store: sealed segment %d is unreadable (%s); moved aside", no, e)
                 os.replace(self._path(no, "zst"), self._path(no, "zst") + ".corrupt")
                 return None
-        seg = _Segment(no)
+        seg = Segment(no)
         seg.sealed = seg.full = True
         seg.packs = None
         seg.first_seq, seg.last_seq = doc["first_seq"], doc["last_seq"]
@@ -930,11 +590,11 @@ class EventStore:
         """Re-create a lost .idx from its .zst (each frame is one block)."""
         with open(self._path(no, "zst"), "rb") as f:
             data = f.read()
-        seg = _Segment(no)
+        seg = Segment(no)
         prev = max((s.last_seq for s in self._segments), default=0)
         raw_off = 0
         blocks = []
-        for comp_off, comp_len, raw in _frames(data, self._dctx):
+        for comp_off, comp_len, raw in frames(data, self._dctx):
             pos = 0
             first = None
             while pos < len(raw):
@@ -950,398 +610,9 @@ class EventStore:
         doc = {"version": 1, "no": no, "first_seq": seg.first_seq, "last_seq": seg.last_seq,
                "first_at": seg.first_at, "last_at": seg.last_at, "count": seg.count, "raw_bytes": raw_off,
                "blocks": blocks, "gaps": seg.gaps, "packs": seg.packs or {}}
-        _write_file(self._path(no, "idx"), self._cctx.compress(encode_big(doc)))
-        _fsync_dir(self.dir)
+        write_file(self._path(no, "idx"), self._cctx.compress(encode_big(doc)))
+        fsync_dir(self.dir)
         return doc
-
-    def _load_projections(self) -> None:
-        """Projections = the newest usable snapshot + the events after it."""
-        proj = None
-        for seq in reversed(self._snapshots()):
-            if seq > self.durable_seq or seq < self._retained_from() - 1:
-                continue  # ahead of a log cut short by damage, or behind what retention kept
-            try:
-                proj = self._read_snapshot(seq)
-                break
-            except (OSError, ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
-                log.warning("event store: snapshot %d unreadable (%s); trying an older one", seq, e)
-        if proj is None:
-            proj = Projections()
-        self._snap_seq = proj.seq
-        replayed = 0
-        for ev in self._scan(proj.seq):
-            proj.apply(ev)
-            replayed += 1
-        self._proj = proj
-        self.open_stats.update(snapshot_seq=self._snap_seq, replayed=replayed)
-
-    def _retained_from(self) -> int:
-        """The first seq still on disk; 1 unless retention removed segments (numbering starts at 1)."""
-        with self._lock:
-            if not self._segments or self._segments[0].no == 1:
-                return 1
-            first = next((s for s in self._segments if s.count), None)
-            return first.first_seq if first is not None else self.durable_seq + 1
-
-    # ------------------------------------------------------------------ reading
-
-    def _block(self, seg: _Segment, i: int, end: int | None = None) -> bytes:
-        """The raw bytes of block ``i`` of ``seg`` (up to ``end`` for the active one). Under _lock."""
-        if seg.sealed:
-            key = (seg.no, i)
-            data = self._blocks.get(key)
-            if data is None:
-                off, length = seg.block_comp[i]
-                data = self._dctx.decompress(os.pread(seg.rfd, length, off))
-                self._blocks[key] = data
-                if len(self._blocks) > BLOCK_CACHE:
-                    self._blocks.popitem(last=False)
-            else:
-                self._blocks.move_to_end(key)
-            if end is not None and seg.block_raw[i] + len(data) > end:
-                data = data[:max(0, end - seg.block_raw[i])]
-            return data
-        start = seg.block_raw[i]
-        stop = seg.block_raw[i + 1] if i + 1 < len(seg.block_raw) else seg.size
-        if end is not None:
-            stop = min(stop, end)
-        return os.pread(seg.rfd, max(0, stop - start), start)
-
-    def _read_at(self, pos: int) -> dict[str, Any] | None:
-        """The event at index position ``pos``; None when retention removed it. Under _lock."""
-        seg = self._by_no.get(pos >> OFFSET_BITS)
-        if seg is None:
-            return None
-        off = pos & OFFSET_MASK
-        if seg.sealed:
-            i = bisect.bisect_right(seg.block_raw, off) - 1
-            return decode_record(self._block(seg, i), off - seg.block_raw[i])[0]
-        buf = os.pread(seg.rfd, 512, off)
-        if len(buf) >= HEADER.size:
-            need = HEADER.size + HEADER.unpack_from(buf, 0)[0]
-            if need > len(buf):
-                buf += os.pread(seg.rfd, need - len(buf), off + len(buf))
-        return decode_record(buf, 0)[0]
-
-    def _scan(self, after_seq: int = 0, upto_seq: int | None = None) -> Iterator[dict[str, Any]]:
-        """Every event with after_seq < seq (<= upto_seq), in order, as of the call.
-
-        The lock is held per block, not for the whole scan, so the writer keeps publishing.
-        """
-        with self._lock:
-            plan = [(s.no, s.size) for s in self._segments if s.count and s.last_seq > after_seq
-                    and (upto_seq is None or s.first_seq <= upto_seq)]
-        for no, end in plan:
-            i = -1
-            while True:
-                with self._lock:
-                    seg = self._by_no.get(no)
-                    if seg is None:
-                        break
-                    if i < 0:
-                        i = max(0, bisect.bisect_right(seg.block_seq, after_seq + 1) - 1)
-                    if i >= len(seg.block_raw) or seg.block_raw[i] >= end:
-                        break
-                    data = self._block(seg, i, end)
-                for _, ev in iter_records(data):
-                    seq = ev["seq"]
-                    if upto_seq is not None and seq > upto_seq:
-                        return
-                    if seq > after_seq:
-                        yield ev
-                i += 1
-
-    def _scan_back(self) -> Iterator[dict[str, Any]]:
-        """Every event, newest first, as of the call."""
-        with self._lock:
-            plan = [(s.no, s.size) for s in reversed(self._segments) if s.count]
-        for no, end in plan:
-            i = None
-            while True:
-                with self._lock:
-                    seg = self._by_no.get(no)
-                    if seg is None:
-                        break
-                    if i is None:
-                        i = bisect.bisect_left(seg.block_raw, end) - 1
-                    if i < 0:
-                        break
-                    data = self._block(seg, i, end)
-                yield from reversed([ev for _, ev in iter_records(data)])
-                i -= 1
-
-    def knows(self, pack: str) -> bool:
-        """Whether the history mentions ``pack`` (retained events or the projections)."""
-        with self._lock:
-            return pack in self._index or pack in self._proj.packs
-
-    def pack_history(self, pack: str, since_ms: int | None = None) -> list[dict[str, Any]]:
-        """The retained events of one pack, oldest first (only ``at >= since_ms`` if given)."""
-        out = []
-        with self._lock:
-            for pos in self._index.get(pack, ()):
-                ev = self._read_at(pos)
-                if ev is not None and (since_ms is None or ev.get("at", 0) >= since_ms):
-                    out.append(ev)
-        return out
-
-    def tail(self, after_seq: int = 0, pack: str | None = None, node: str | None = None,
-             type: str | Iterable[str] | None = None, limit: int = 1000,
-             last: int | None = None) -> list[dict[str, Any]]:
-        """Events matching the filters, oldest first: those after ``after_seq`` (at most ``limit``),
-        or with ``last`` the newest ``last`` ones. ``node`` also matches a move away from it;
-        ``type`` is one type, a comma-separated list or an iterable of types."""
-        types = None
-        if type is not None:
-            types = set(type.split(",")) if isinstance(type, str) else set(type)
-
-        def match(ev: dict[str, Any]) -> bool:
-            if types is not None and ev.get("type") not in types:
-                return False
-            if pack is not None and ev.get("pack") != pack:
-                return False
-            if node is not None and ev.get("node") != node and (ev.get("detail") or {}).get("source") != node:
-                return False
-            return True
-
-        out: list[dict[str, Any]] = []
-        if pack is not None:
-            with self._lock:
-                positions = self._index.get(pack, array("Q"))
-                seq_of = {no: s.last_seq for no, s in self._by_no.items()}
-                order = reversed(positions) if last is not None else iter(positions)
-                for pos in order:
-                    if last is None and seq_of.get(pos >> OFFSET_BITS, 0) <= after_seq:
-                        continue
-                    ev = self._read_at(pos)
-                    if ev is None or (last is None and ev["seq"] <= after_seq) or not match(ev):
-                        continue
-                    out.append(ev)
-                    if len(out) >= (last if last is not None else limit):
-                        break
-            return out[::-1] if last is not None else out
-        if last is not None:
-            for ev in self._scan_back():
-                if match(ev):
-                    out.append(ev)
-                    if len(out) >= last:
-                        break
-            return out[::-1]
-        for ev in self._scan(after_seq):
-            if match(ev):
-                out.append(ev)
-                if len(out) >= limit:
-                    break
-        return out
-
-    def gaps(self, after_seq: int = 0, upto_seq: int | None = None) -> list[list[int]]:
-        """Ranges of seq numbers this store never received (overlapping the given range)."""
-        with self._lock:
-            return [list(g) for g in self._gaps
-                    if g[1] > after_seq and (upto_seq is None or g[0] <= upto_seq)]
-
-    def retained_from(self) -> int:
-        return self._retained_from()
-
-    def projections(self, pack: str | None = None) -> dict[str, Any]:
-        """The maintained projections: ``{"seq", "packs": {name: {"state", "node"}},
-        "nodes": {id: {"state", "packs"}}}`` (packs per node: those holding a reservation)."""
-        with self._lock:
-            return self._proj.view(pack)
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            segs = [s.meta() for s in self._segments]
-            return {"last_seq": self.durable_seq, "retained_from": self._retained_from(),
-                    "events": sum(s["events"] for s in segs), "segments": len(segs),
-                    "sealed": sum(1 for s in segs if s["sealed"]),
-                    "raw_bytes": sum(s["raw_bytes"] for s in segs),
-                    "disk_bytes": sum(s["disk_bytes"] for s in segs),
-                    "packs_indexed": len(self._index), "gaps": [list(g) for g in self._gaps],
-                    "snapshot_seq": self._snap_seq, "projection_seq": self._proj.seq, "commits": self.commits,
-                    "error": self.error, "open": dict(self.open_stats), "segment_list": segs}
-
-    # ------------------------------------------------------------------ verification
-
-    def verify(self, live: dict[str, dict[str, Any]], live_nodes: dict[str, str] | None = None,
-               upto_seq: int | None = None, full: bool = False, pack: str | None = None) -> list[str]:
-        """Differences between the live state and projections rebuilt from the log (empty: agree)."""
-        return self.verify_report(live, live_nodes, upto_seq, full, pack)["differences"]  # type: ignore[no-any-return]
-
-    def verify_report(self, live: dict[str, dict[str, Any]], live_nodes: dict[str, str] | None = None,
-                      upto_seq: int | None = None, full: bool = False, pack: str | None = None
-                      ) -> dict[str, Any]:
-        """Check every record (checksums, order, index), rebuild the projections up to
-        ``upto_seq`` (default: the last durable event) from the newest snapshot at or below it
-        (``full``: from the first event, when retention has removed nothing) and compare them with
-        ``live`` (``{pack: {"state", "node"}}``) and ``live_nodes`` (``{node: state}``)."""
-        upto = self.durable_seq if upto_seq is None else upto_seq
-        differences: list[str] = []
-        notes: list[str] = []
-        retained_from = self._retained_from()
-        base: Projections | None = None
-        base_name = "the first event"
-        if not (full and retained_from <= 1):
-            if full:
-                notes.append(f"events before seq {retained_from} were removed by retention: replayed from "
-                             "a snapshot")
-            for seq in reversed(self._snapshots()):
-                if retained_from - 1 <= seq <= upto:
-                    try:
-                        base = self._read_snapshot(seq)
-                        base_name = f"snapshot {seq}"
-                        break
-                    except (OSError, ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
-                        differences.append(f"snapshot {seq} is unreadable: {e}")
-            if base is None and retained_from > 1:
-                differences.append(f"no snapshot covers the events removed before seq {retained_from}")
-        proj = base or Projections()
-        replayed = checked = 0
-        per_pack: dict[str, int] = {}
-        prev = 0
-        with self._lock:
-            plan = [(s.no, s.size, s.sealed, len(s.block_raw)) for s in self._segments]
-        vanished = False
-        for no, end, sealed, nblocks in plan:
-            for i in range(nblocks):
-                with self._lock:
-                    seg = self._by_no.get(no)
-                    if seg is None:
-                        vanished = True  # removed by retention while we read
-                        break
-                    if seg.block_raw[i] >= end:
-                        break
-                    try:
-                        data = self._block(seg, i, end)
-                    except (OSError, zstandard.ZstdError) as e:
-                        differences.append(f"segment {no} block {i}: unreadable: {e}")
-                        continue
-                    block_start = seg.block_raw[i]
-                    block_seq = seg.block_seq[i]
-                try:
-                    for off, ev in iter_records(data):
-                        seq = ev["seq"]
-                        if off == 0 and seq != block_seq:
-                            differences.append(f"segment {no} block {i}: starts at seq {seq}, its index says "
-                                               f"{block_seq}")
-                        if seq <= prev:
-                            differences.append(f"segment {no} offset {block_start + off}: seq {seq} "
-                                               f"after {prev}")
-                        prev = seq
-                        checked += 1
-                        if isinstance(ev.get("pack"), str):
-                            per_pack[ev["pack"]] = per_pack.get(ev["pack"], 0) + 1
-                        if proj.seq < seq <= upto:
-                            proj.apply(ev)
-                            replayed += 1
-                except CorruptRecord as e:
-                    differences.append(f"segment {no} block {i}: {e}")
-        ends = {no: end for no, end, _, _ in plan}
-        with self._lock:
-            # Only positions inside what was scanned: the writer may have appended since.
-            for name in [] if vanished else set(per_pack) | set(self._index):
-                held = sum(1 for pos in self._index.get(name, ())
-                           if (pos & OFFSET_MASK) < ends.get(pos >> OFFSET_BITS, -1))
-                if held != per_pack.get(name, 0):
-                    differences.append(f"index of pack {name}: {held} positions, the log has "
-                                       f"{per_pack.get(name, 0)} records")
-            gaps = [list(g) for g in self._gaps if g[0] <= upto]
-        if proj.seq < upto and not any(g[1] >= upto for g in gaps):
-            differences.append(f"the log ends at seq {proj.seq}, before seq {upto}")
-        if gaps:
-            notes.append("events never received: " + ", ".join(f"{a}..{b}" for a, b in gaps[:20]))
-        differences.extend(_compare(proj, live, live_nodes, pack))
-        return {"ok": not differences, "differences": differences[:1000],
-                "difference_count": len(differences),
-                "seq": upto, "base": base_name, "replayed": replayed, "records_checked": checked,
-                "retained_from": retained_from, "gaps": gaps, "notes": notes,
-                "packs": len(live) if pack is None else 1}
-
-    # ------------------------------------------------------------------ retention
-
-    def apply_retention(self, now_ms: int | None = None) -> dict[str, Any]:
-        """Remove the oldest sealed segments that are older than ``retain_ms`` (by their newest
-        event) or while the store exceeds ``retain_bytes``; never the active segment."""
-        now = int(time.time() * 1000) if now_ms is None else now_ms
-        with self._maint:
-            with self._lock:
-                total = sum(s.disk_bytes for s in self._segments)
-                remove: list[_Segment] = []
-                for seg in self._segments[:-1]:
-                    if not seg.sealed:
-                        break
-                    too_old = self.retain_ms is not None and seg.last_at < now - self.retain_ms
-                    too_big = self.retain_bytes is not None and total > self.retain_bytes
-                    if not (too_old or too_big):
-                        break
-                    remove.append(seg)
-                    total -= seg.disk_bytes
-            if not remove:
-                return {"removed_segments": 0, "removed_events": 0, "retained_from": self._retained_from()}
-            last_removed = max(s.last_seq for s in remove)
-            if self._snap_seq < last_removed:
-                self._write_snapshot()  # the projections must not depend on what goes
-            dropped: set[str] = set()
-            for seg in remove:
-                try:
-                    with open(self._path(seg.no, "idx"), "rb") as f:
-                        dropped.update(json.loads(self._dctx.decompress(f.read()))["packs"])
-                except (OSError, ValueError, KeyError, zstandard.ZstdError):
-                    dropped.update(self._index)  # slower, same result
-            limit = (max(s.no for s in remove) + 1) << OFFSET_BITS
-            with self._lock:
-                for seg in remove:
-                    self._segments.remove(seg)
-                    del self._by_no[seg.no]
-                    self._close_fds(seg)
-                for key in [k for k in self._blocks if k[0] < limit >> OFFSET_BITS]:
-                    del self._blocks[key]
-                for name in dropped:
-                    arr = self._index.get(name)
-                    if arr is None:
-                        continue
-                    del arr[:bisect.bisect_left(arr, limit)]
-                    if not arr:
-                        del self._index[name]
-                first = self._retained_from()
-                self._gaps = [g for g in self._gaps if g[1] >= first]
-            for seg in remove:
-                for ext in ("zst", "idx"):
-                    try:
-                        os.unlink(self._path(seg.no, ext))
-                    except FileNotFoundError:
-                        pass
-            _fsync_dir(self.dir)
-            log.info("event store: retention removed %d segment(s), %d events", len(remove),
-                     sum(s.count for s in remove))
-            return {"removed_segments": len(remove), "removed_events": sum(s.count for s in remove),
-                    "retained_from": first}
-
-
-def _compare(proj: Projections, live: dict[str, dict[str, Any]], live_nodes: dict[str, str] | None,
-             pack: str | None) -> list[str]:
-    out = []
-    names = [pack] if pack is not None else sorted(set(proj.packs) | set(live))
-    for name in names:
-        h = proj.packs.get(name)
-        v = live.get(name)
-        if h is None and v is None:
-            continue
-        if h is None:
-            out.append(f"pack {name}: {v['state']} on {v.get('node') or '-'} in the live state, "  # type: ignore[index]
-                       "absent from the history")
-        elif v is None:
-            out.append(f"pack {name}: {h[0]} on {h[1] or '-'} in the history, absent from the live state")
-        elif h[0] != v["state"] or h[1] != v.get("node"):
-            out.append(f"pack {name}: history says {h[0]} on {h[1] or '-'}, live state says {v['state']} "
-                       f"on {v.get('node') or '-'}")
-    if live_nodes is not None and pack is None:
-        for node in sorted(set(proj.nodes) | set(live_nodes)):
-            h_state, v_state = proj.nodes.get(node), live_nodes.get(node)
-            if h_state != v_state:
-                out.append(f"node {node}: history says {h_state or 'absent'}, "
-                           f"live state says {v_state or 'absent'}")
-    return out
 
 
 __all__ = ["CorruptRecord", "EventStore", "Projections", "decode_record", "encode_record", "iter_records"]

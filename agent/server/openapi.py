@@ -30,7 +30,10 @@ def openapi_document() -> dict[str, Any]:
             "401": {"description": "missing or wrong token"},
             "403": {"description": "the credential may not do this (a node acts only for itself)"},
             "404": {"description": "not found"}, "409": {"description": "conflict"},
-            "413": {"description": "body too large"}, "503": {"description": "no leader / unavailable"}}}
+            "413": {"description": "body too large"},
+            "429": {"description": "overloaded: refused for load before anything was done; retry after the "
+                                   "Retry-After header's seconds"},
+            "503": {"description": "no leader / unavailable"}}}
         if body:
             o["requestBody"] = {"required": body_required, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{body}"}}}}

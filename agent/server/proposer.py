@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pysyncobj import FAIL_REASON
@@ -48,8 +49,12 @@ _FAIL_MESSAGES = {
 
 class Proposer:
     def __init__(self, replica: Replica, loop: asyncio.AbstractEventLoop, *, max_in_flight: int = 4,
-                 max_batch: int = 4000, timeout_s: float = 5.0, split_bytes: int | None = None) -> None:
+                 max_batch: int = 4000, timeout_s: float = 5.0, split_bytes: int | None = None,
+                 on_commit: Callable[[float], None] | None = None) -> None:
         self.replica = replica
+        # Told the seconds from proposing each entry to its commit and apply here (a metric);
+        # called on pysyncobj's tick thread.
+        self.on_commit = on_commit
         self.loop = loop
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
@@ -136,8 +141,12 @@ class Proposer:
             self._watching = True
             self.loop.call_later(WATCH_S, self._watch)
 
+        proposed_at = time.monotonic()
+
         def callback(result: Any, error: int) -> None:
             # Runs on pysyncobj's tick thread.
+            if error == FAIL_REASON.SUCCESS and self.on_commit is not None:
+                self.on_commit(time.monotonic() - proposed_at)
             self.loop.call_soon_threadsafe(self._on_done, batch_id, handle, result, error)
 
         self.replica.apply_entry(data, callback=callback)

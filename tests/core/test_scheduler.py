@@ -436,3 +436,22 @@ def test_rebalance_keeps_constraints() -> None:
     assert moves == []
     with pytest.raises(InvalidInput, match="no spec for pack"):
         sched.rebalance_plan({"ghost": "n1"}, {}, newcomers=["new-z2"])
+
+
+def test_unplaced_reasons_are_counted_under_one_kind_each():
+    from canidae.core.scheduler import UNPLACED_KINDS, unplaced_kind
+    cases = {
+        "zone z1: 3 nodes lacked 500m cpu, 2 nodes lacked 64 MiB memory": "cpu",
+        "zone z1: 4 nodes lacked 64 MiB memory, 1 node lacked 500m cpu": "memory",
+        "zone a: 2 nodes were down; zone b: 1 node had no free pack slot": "not_ready",
+        "zone b: 1 node had no free pack slot": "slots",
+        "zone a: 2 nodes were excluded": "excluded",
+        "the cluster has no nodes": "no_nodes",
+        "no zone matches zone=zz": "constraints",
+        "node n3 is in z/r/c, outside zone=q": "constraints",
+        "rebalance: zone z: 1 node were cordoned": "not_ready",
+        "something new": "other",
+    }
+    for reason, kind in cases.items():
+        assert unplaced_kind(reason) == kind, reason
+        assert kind in UNPLACED_KINDS

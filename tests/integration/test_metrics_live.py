@@ -189,3 +189,65 @@ def test_top_once_and_json_read_the_aggregated_view(cluster):
     assert p.returncode == 0, p.stderr
     lines = p.stdout
     assert "sampled at 100%" in lines and lines.index("c1") < lines.index("s1") < lines.index("s3")
+
+
+def total(fams, name, **labels):
+    """The sum of a family's samples named ``name`` with ``labels`` (0 when there is none)."""
+    fam = fams.get(name.removesuffix("_total").removesuffix("_count").removesuffix("_sum"))
+    if fam is None:
+        return 0
+    return sum(s.value for s in fam.samples if s.name == name
+               and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_commit_latency_scheduler_mailboxes_node_usage_and_admission_are_measured_and_move(cluster):
+    leader = cluster.leader()
+    before = families(cluster, leader)
+    everyone = {a["id"]: families(cluster, a["id"]) for a in cluster.agents}
+    with cluster.client() as c:
+        c.create_packs([{"name": "sched", "cpu": 7, "mem": 3}], count=5)
+        # Fits nowhere (each node offers 1,000 cores): pending, counted under the kind "cpu".
+        c.create_packs([{"name": "too-big", "cpu": 2_000_000}])
+        wait_until(lambda: all(c.pack(f"sched-{i}")["state"] == "running" for i in range(5)), 15, "packs running")
+        c.create_packs([{"name": "inbox"}])
+        c.wait_running(["inbox"], 10)
+        for i in range(4):
+            yip_send(c, "inbox", text=f"unread {i}")
+        c.delete_packs(["too-big"])
+    after = families(cluster, leader)
+    # Raft commit latency and event store commits: histograms in seconds that moved.
+    assert after["canidae_raft_commit_seconds"].type == "histogram"
+    assert total(after, "canidae_raft_commit_seconds_count") > total(before, "canidae_raft_commit_seconds_count")
+    assert 0 < total(after, "canidae_raft_commit_seconds_sum") < total(after, "canidae_raft_commit_seconds_count") * 5
+    assert total(after, "canidae_event_store_commit_seconds_count") > \
+        total(before, "canidae_event_store_commit_seconds_count")
+    # The scheduler: placements, and the pack that fitted nowhere under its reason's kind only.
+    assert total(after, "canidae_scheduler_placements_total") >= total(before, "canidae_scheduler_placements_total") + 6
+    assert total(after, "canidae_scheduler_unplaced_total", reason="cpu") == \
+        total(before, "canidae_scheduler_unplaced_total", reason="cpu") + 1
+    assert {s.labels["reason"] for s in after["canidae_scheduler_unplaced"].samples} >= {"cpu", "memory", "other"}
+    # Every agent: mailbox depth (the 4 unread yips sit on the node that holds "inbox"), and what
+    # its packs use against what they reserve and what the node offers.
+    depth = reserved = system = 0.0
+    with cluster.client() as c:
+        node = c.pack("inbox")["node"]
+    for a in cluster.agents:
+        f = wait_until(lambda a=a: (lambda f: f if a["id"] != node or total(f, "canidae_yips_mailbox_depth") >= 4
+                                    else None)(families(cluster, a["id"])), 10, "the mailbox depth")
+        depth += total(f, "canidae_yips_mailbox_depth")
+        assert total(f, "canidae_yips_mailbox_depth_max") <= total(f, "canidae_yips_mailbox_depth")
+        assert total(f, "canidae_node_cpu_capacity_cores") == 1000
+        assert total(f, "canidae_node_memory_capacity_bytes") == 1_048_576 * 1024 * 1024
+        assert total(f, "canidae_node_cpu_used_cores") >= 0 and total(f, "canidae_node_memory_used_bytes") >= 0
+        reserved += total(f, "canidae_node_cpu_reserved_cores")
+        # Admission: each scrape is a bulk request admitted; nothing was refused.
+        assert total(f, "canidae_admission_admitted_total", **{"class": "bulk"}) > \
+            total(everyone[a["id"]], "canidae_admission_admitted_total", **{"class": "bulk"})
+        assert total(f, "canidae_admission_rejected_total") == 0
+        system += total(f, "canidae_admission_admitted_total", **{"class": "system"})
+    assert depth >= 4
+    assert system > 0  # heartbeats and reports, on the leader
+    # Reserved CPU reaches the metrics with the next heartbeat summary: at least the 5 x 7m.
+    assert reserved >= 0.035 or wait_until(
+        lambda: sum(total(families(cluster, a["id"]), "canidae_node_cpu_reserved_cores")
+                    for a in cluster.agents) >= 0.035, 10, "reserved CPU in the metrics")

@@ -201,3 +201,32 @@ def test_report_draws_svg_and_refuses_png(capsys: pytest.CaptureFixture[str], tm
     assert code == 2 and "is not a run saved by" in err
     code, _, err = run_cli(capsys, "scale-test", "report", str(tmp_path / "missing.json"))
     assert code == 5 and "no file" in err
+
+
+def test_autoscale_day_drives_the_real_decisions_and_is_drawn(capsys: pytest.CaptureFixture[str],
+                                                              tmp_path: Path) -> None:
+    run_file = tmp_path / "run.json"
+    small = ["scale-test", "run", "--mode", "sim", "--packs", "500", "--nodes", "10", "--rounds", "2",
+             "--no-chaos", "--seed", "3", "--autoscale"]
+    doc = run_json(capsys, *small, "--out", str(run_file))
+    a = doc["autoscale"]
+    f = a["figures"]
+    # A day of 10 s evaluations; the fleet follows the load both ways, never below the oracle's
+    # peak by much and never far above its node-hours.
+    assert f["steps"] == 8640 and f["hours"] == 24.0
+    assert f["adds"] > 0 and f["removes"] > 0 and f["decisions_per_day"] == f["adds"] + f["removes"]
+    assert 1.0 <= f["node_hours_ratio"] < 1.5 and f["peak_nodes"] >= 1000
+    assert f["under_provisioned"] < 0.1
+    assert len(a["series"]) == 288 and {d["action"] for d in a["decisions"]} == {"add", "remove"}
+    assert all(d["reason"] for d in a["decisions"])
+    # The same seed gives the same day.
+    again = run_json(capsys, *small)
+    assert again["autoscale"]["figures"] == f and again["autoscale"]["decisions"] == a["decisions"]
+    svg = tmp_path / "run.svg"
+    run_json(capsys, "scale-test", "report", str(run_file), "--out", str(svg))
+    root = ET.fromstring(svg.read_text())
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = " ".join(t.text or "" for t in root.iter(f"{ns}text"))
+    assert "Autoscaling over a simulated day" in texts and "offered packs" in texts
+    code, _, err = run_cli(capsys, "scale-test", "run", "--mode", "live", "--autoscale")
+    assert code == 2 and "--autoscale is an option of --mode sim" in err
