@@ -103,8 +103,10 @@ def test_a_rotation_whose_server_died_part_way_is_carried_out_by_the_next_rotate
         started = on_s3.rotate_keys(["pack"], 60)["rotation"]  # s3 would wait a minute before activating
     kid = started["keys"]["pack"]
     lc.kill("s3")
+    lc.wait_leader(30)  # s3 may have led: the others elect one first
     with Client(Target(tuple(a["api"] for a in lc.servers() if a["id"] != "s3"), lc.token)) as c:
-        assert next(k for k in c.keys() if k["id"] == kid)["state"] == "prepublished"
+        state = wait_until(lambda: next(k for k in c.keys() if k["id"] == kid)["state"], 30, "the keys readable")
+        assert state == "prepublished"
         again = c.rotate_keys(["pack"], 0)["rotation"]
         assert again["keys"]["pack"] == kid and again["resumed"] == ["pack"]
         wait_until(lambda: next(k for k in c.keys() if k["id"] == kid)["state"] == "active", 30,
