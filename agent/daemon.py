@@ -40,17 +40,19 @@ from canidae.agent.config import AgentConfig
 from canidae.agent.datadir import make_private
 from canidae.agent.httpedge import Edge, error_response, read_json
 from canidae.agent.identity import Authenticator
+from canidae.agent.keyring import ClusterKeys
 from canidae.agent.node import audit_routes, exec_routes, status_routes, yips
 from canidae.agent.node.auditing import Auditor, Checkpointer
 from canidae.agent.node.auditlog import AuditLog
 from canidae.agent.node.runtime import NodeRuntime
 from canidae.agent.server import audit_routes as audit_heads_routes
 from canidae.agent.server import history
-from canidae.agent.server.access import TokenAccess, token_pepper
+from canidae.agent.server.access import TokenAccess
 from canidae.agent.server.acl_routes import acl_routes
 from canidae.agent.server.autoscale_routes import autoscale_routes
 from canidae.agent.server.control import ControlPlane
 from canidae.agent.server.failure import FailureDetector
+from canidae.agent.server.keys import KeyKeeper, keys_routes
 from canidae.agent.server.routes import DEFAULT_WAIT_S, INDEX_HEADER, cluster_routes
 from canidae.agent.telemetry import RequestMetrics, Telemetry
 from canidae.core.errors import CanidaeError, NotFound, Overloaded
@@ -59,6 +61,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 log = logging.getLogger("canidae.agent")
+KEYS_FETCH_S = 1.0
 
 
 class Agent:
@@ -71,15 +74,21 @@ class Agent:
                                idle=idle_s(cfg.keep_alive_s))
         self.plane: ControlPlane | None = ControlPlane(cfg, self.link) if cfg.role is Role.SERVER else None
         self.failure: FailureDetector | None = None
+        # The cluster's keys: a server's follow its replica (KeyKeeper), a client agent's are fetched.
+        self.keys = self.plane.keys if self.plane is not None else ClusterKeys(cfg.data_dir, cfg.region, cfg.token)
+        self.keeper = KeyKeeper(self.plane) if self.plane is not None else None
         self.node = NodeRuntime(
             cfg, self.link,
             hop_idle_s=idle_s(cfg.keep_alive_s),
             local_assignments=self.plane.assignments if self.plane is not None else None,
             local_resync=self.plane.resync if self.plane is not None else None,
-            locate_local=self.plane.locate_pack if self.plane is not None else None)
+            locate_local=self.plane.locate_pack if self.plane is not None else None, keys=self.keys)
         plane = self.plane
         # Servers find API tokens in their replica; client agents pass them on to a server.
-        self.access = None if plane is None else TokenAccess(lambda: plane.state, token_pepper(cfg.cluster_password))
+        self.access = None if plane is None else TokenAccess(lambda: plane.state, self.keys)
+        keys = self.keys
+        admin_hash = ((lambda: plane.state.keyrings.admin_hash or keys.admin_hash) if plane is not None
+                      else (lambda: keys.admin_hash))
         # CANIDAE_ADMISSION=off: every request is taken on (benchmarks compare; an operator's way out).
         self.admission = Admission(pressure_from_env(), enabled=os.environ.get("CANIDAE_ADMISSION") != "off")
         # Every agent audits what it is asked to change (and every refusal) in its own log, and
@@ -90,7 +99,8 @@ class Agent:
             self.auditor, lambda body: self.link.call("POST", "/v1/audit/checkpoints", json=body),
             cfg.audit.checkpoint_s)
         self.edge = Edge(Authenticator(cfg.admin_token_hash, cfg.identity_public_key,
-                                       find_token=self.access.find_token if self.access else None),
+                                       find_token=self.access.find_token if self.access else None,
+                                       current_admin_hash=admin_hash),
                          cfg.max_body_bytes, forward=None if self.plane is not None else self.forward,
                          access=self.access, admission=self.admission, audit=self.auditor)
         self.tasks: list[asyncio.Task[Any]] = []
@@ -117,7 +127,22 @@ class Agent:
             self.plane.start(asyncio.get_running_loop())
             self.failure = FailureDetector(self.plane)
             self.tasks.append(asyncio.create_task(self.failure.run()))
+        if self.keeper is not None:
+            self.tasks.append(asyncio.create_task(self.keeper.run()))
+        else:
+            self.tasks.append(asyncio.create_task(self._fetch_keys()))
         self.node.start()
+
+    async def _fetch_keys(self) -> None:
+        """A client agent's keys: the keyrings (wrapped) fetched from a server every second."""
+        while True:
+            try:
+                self.keys.update(await self.link.call("GET", "/v1/keys/sealed", timeout=2.0))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # servers unreachable or a damaged key: keep the keys held, try again
+                log.debug("cannot refresh the cluster keys: %s", e)
+            await asyncio.sleep(KEYS_FETCH_S)
 
     async def stop(self) -> None:
         if isinstance(self.admission.pressure, LoopLag):
@@ -179,6 +204,7 @@ class Agent:
         routes += audit_heads_routes.routes(self.plane, self.edge)
         routes += audit_routes.routes(self.audit_log, self.checkpointer, self.edge, self.cfg.node_id, self.link,
                                       self.node.hops, self._address_of if self.plane is not None else None)
+        routes += keys_routes(self.plane, self.edge, self.keeper)
         routes += autoscale_routes(self.plane, self.edge)
         routes += history.routes(self.plane, self.edge.endpoint)
         routes += exec_routes.routes(self.node, self.edge)

@@ -112,8 +112,11 @@ class Authenticator:
     credentials are remembered (a signature check costs about 50 us); failures never are."""
 
     def __init__(self, admin_hash: str, public_key: str,
-                 find_token: Callable[[str], Principal | None] | None = None) -> None:
+                 find_token: Callable[[str], Principal | None] | None = None,
+                 current_admin_hash: Callable[[], str] | None = None) -> None:
         self._admin_hash = admin_hash
+        # After a bootstrap token rotation the replicated hash replaces the configured one.
+        self._current_admin_hash = current_admin_hash
         self._find_token = find_token
         self._key = parse_public_key(public_key)
         self._admin = Principal(Kind.ADMIN, "admin", "")
@@ -124,7 +127,8 @@ class Authenticator:
             return None
         if credential.startswith(NODE_PREFIX):
             return self._node(credential)
-        if secrets.compare_digest(admin_token_hash(credential), self._admin_hash):
+        rotated = self._current_admin_hash() if self._current_admin_hash is not None else ""
+        if secrets.compare_digest(admin_token_hash(credential), rotated or self._admin_hash):
             return Principal(Kind.ADMIN, "admin", public_id(credential))
         if self._find_token is not None:
             # May raise NotAuthenticated naming why (revoked, expired): the caller says so.

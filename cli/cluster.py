@@ -1,4 +1,4 @@
-"""``canidae cluster up|down|status``: a local cluster of agents on loopback."""
+"""``canidae cluster up|down|status|rotate-raft-password``: a local cluster of agents on loopback."""
 
 from __future__ import annotations
 
@@ -63,6 +63,18 @@ def cluster_down(data_dir: DataDirOpt = None, json: JsonOption = False) -> None:
     result = localcluster.LocalCluster.open(_data_dir(data_dir)).stop()
     emit(result, json, lambda: console.print(
         f"stopped {len(result['stopped'])} agent(s)" + (f", killed {result['killed']}" if result["killed"] else "")))
+
+
+@app.command("rotate-raft-password", epilog="Example: canidae cluster rotate-raft-password")
+def cluster_rotate_raft_password(data_dir: DataDirOpt = None, timeout: TimeoutOption = 60.0,
+                                 json: JsonOption = False) -> None:
+    """Change the servers' Raft password (a new random one): every server is stopped, given it and
+    started again (a short outage of the servers; pysyncobj takes one password at a time)."""
+    from canidae.agent.ops.raftpassword import change_raft_password
+    result = change_raft_password(localcluster.LocalCluster.open(_data_dir(data_dir)), timeout=timeout)
+    emit(result, json, lambda: console.print(
+        f"Raft password changed on {', '.join(result['servers'])}; leader {result['leader']} "
+        f"after {result['outage_s']:.2f} s"))
 
 
 @app.command("status")

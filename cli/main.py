@@ -66,6 +66,7 @@ NOUNS: tuple[tuple[str, str], ...] = (
     ("drill", "canidae.cli.drill:app"),
     ("scale-test", "canidae.cli.scaletest:app"),
     ("metrics", "canidae.cli.metrics:metrics"),
+    ("keys", "canidae.cli.keys:app"),
     ("top", "canidae.cli.top:top"),
     ("events", "canidae.cli.events:app"),
     ("history", "canidae.cli.history:app"),

@@ -1,9 +1,10 @@
-"""``canidae token create|list|show|revoke|self``: API tokens and what they may do.
+"""``canidae token create|list|show|revoke|self|rotate-bootstrap``: API tokens and what they may do.
 
 A token has a public accessor id (``ca_...``: what logs, events and these commands name) and a
 secret (``cs_...``) shown once, by ``create``; give it to a program as ``CANIDAE_TOKEN``. What a
 token may do is the union of its policies (``canidae policy``), deny winning. ``self --can``
 asks the cluster whether the current token may do something, and why: exit 0 yes, 4 no.
+``rotate-bootstrap`` replaces the admin token (``canidae.agent.ops.admintoken``).
 """
 
 from __future__ import annotations
@@ -127,4 +128,24 @@ def token_self(
             console.print(decision["explanation"])
     if decision is not None and not decision["allowed"]:
         raise PermissionDenied(decision["explanation"], decision)
+    emit(out, json, human)
+
+
+@app.command("rotate-bootstrap", epilog="Example: canidae token rotate-bootstrap")
+def token_rotate_bootstrap(json: JsonOption = False) -> None:
+    """Replace the admin (bootstrap) token: a new one is made here and written to the CLI config
+    (and the cluster's identity.toml); every agent refuses the old one from then on."""
+    from canidae.agent.client import resolve_target
+    from canidae.agent.client.calls import config_path
+    from canidae.agent.ops.admintoken import rotate_admin_token
+    from canidae.cli.output import GLOBALS
+    target = resolve_target(",".join(GLOBALS.addr) or None, GLOBALS.token, str(GLOBALS.config_path))
+    out = rotate_admin_token(target, config_path(str(GLOBALS.config_path)))
+
+    def human() -> None:
+        console.print(f"admin token rotated (epoch {out['admin_epoch']}); written to {', '.join(out['written']) or 'nowhere'}")
+        if "token" in out:
+            console.print(f"new admin token: {out['token']}  (update CANIDAE_TOKEN: the old one is refused)")
+        for n in out["client_agents_not_confirmed"]:
+            console.print(f"note: client agent {n} has not confirmed the new token yet")
     emit(out, json, human)

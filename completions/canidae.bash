@@ -5,22 +5,23 @@
 # Subcommands of a command path.
 _canidae_children() {
     case "$1" in
-        "canidae") echo "agent audit autoscale cluster drill events fleet history metrics node pack place policy ring scale-test token top yip" ;;
+        "canidae") echo "agent audit autoscale cluster drill events fleet history keys metrics node pack place policy ring scale-test token top yip" ;;
         "canidae agent") echo "doctor init run" ;;
         "canidae audit") echo "checkpoint checkpoints export tail verify" ;;
         "canidae autoscale") echo "explain pause plan policy resume run status" ;;
         "canidae autoscale policy") echo "apply show" ;;
-        "canidae cluster") echo "down status up" ;;
+        "canidae cluster") echo "down rotate-raft-password status up" ;;
         "canidae drill") echo "failover node partition soak zone" ;;
         "canidae events") echo "tail" ;;
         "canidae fleet") echo "bootstrap remove status upgrade" ;;
         "canidae history") echo "verify" ;;
+        "canidae keys") echo "list retire rotate status" ;;
         "canidae node") echo "cordon drain list show uncordon" ;;
         "canidae pack") echo "create delete history kill list logs migrate place show spawn stop" ;;
         "canidae policy") echo "apply delete list show" ;;
         "canidae ring") echo "lookup rebalance show simulate" ;;
         "canidae scale-test") echo "report run" ;;
-        "canidae token") echo "create list revoke self show" ;;
+        "canidae token") echo "create list revoke rotate-bootstrap self show" ;;
         "canidae yip") echo "recv send" ;;
     esac
 }
@@ -51,6 +52,7 @@ _canidae_options() {
         "canidae autoscale status") echo "--help --json --last -h" ;;
         "canidae cluster") echo "--help -h" ;;
         "canidae cluster down") echo "--data-dir --help --json -h" ;;
+        "canidae cluster rotate-raft-password") echo "--data-dir --help --json --timeout -h" ;;
         "canidae cluster status") echo "--help --json -h" ;;
         "canidae cluster up") echo "--agents --base-port --clients --cpu --data-dir --help --json --max-packs --mem --servers --timeout --zones -h" ;;
         "canidae drill") echo "--help -h" ;;
@@ -68,6 +70,11 @@ _canidae_options() {
         "canidae fleet upgrade") echo "--accept-new --help --json --parallel --source --sudo-password-file --wheel --yes -h -y" ;;
         "canidae history") echo "--help -h" ;;
         "canidae history verify") echo "--full --help --json -h" ;;
+        "canidae keys") echo "--help -h" ;;
+        "canidae keys list") echo "--help --json -h" ;;
+        "canidae keys retire") echo "--help --json -h" ;;
+        "canidae keys rotate") echo "--by --help --json --no-wait --prepublish --purpose --timeout --wait -h" ;;
+        "canidae keys status") echo "--help --json -h" ;;
         "canidae metrics") echo "--by --cell --help --json --zone -h" ;;
         "canidae node") echo "--help -h" ;;
         "canidae node cordon") echo "--help --json -h" ;;
@@ -105,6 +112,7 @@ _canidae_options() {
         "canidae token create") echo "--help --json --name --policy --ttl -h" ;;
         "canidae token list") echo "--help --json -h" ;;
         "canidae token revoke") echo "--help --json -h" ;;
+        "canidae token rotate-bootstrap") echo "--help --json -h" ;;
         "canidae token self") echo "--can --help --json --kind -h" ;;
         "canidae token show") echo "--help --json -h" ;;
         "canidae top") echo "--cell --help --interval --json --once --sort --zone -h" ;;
@@ -168,6 +176,8 @@ _canidae_option_value() {
         "canidae autoscale run --usage") echo "choice:measured reserved" ;;
         "canidae autoscale status --last") echo "none" ;;
         "canidae cluster down --data-dir") echo "file" ;;
+        "canidae cluster rotate-raft-password --data-dir") echo "file" ;;
+        "canidae cluster rotate-raft-password --timeout") echo "none" ;;
         "canidae cluster up --base-port") echo "none" ;;
         "canidae cluster up --clients") echo "none" ;;
         "canidae cluster up --cpu") echo "none" ;;
@@ -231,6 +241,10 @@ _canidae_option_value() {
         "canidae fleet upgrade --source") echo "file" ;;
         "canidae fleet upgrade --sudo-password-file") echo "file" ;;
         "canidae fleet upgrade --wheel") echo "file" ;;
+        "canidae keys rotate --by") echo "none" ;;
+        "canidae keys rotate --prepublish") echo "none" ;;
+        "canidae keys rotate --purpose") echo "none" ;;
+        "canidae keys rotate --timeout") echo "none" ;;
         "canidae metrics --by") echo "choice:zone region cell node" ;;
         "canidae metrics --cell") echo "none" ;;
         "canidae metrics --zone") echo "zone" ;;
@@ -380,6 +394,7 @@ _canidae_argument() {
         "canidae fleet status 0") echo "file" ;;
         "canidae fleet upgrade 0") echo "file" ;;
         "canidae history verify 0") echo "pack" ;;
+        "canidae keys retire 0") echo "none" ;;
         "canidae node cordon 0") echo "node" ;;
         "canidae node drain 0") echo "node" ;;
         "canidae node show 0") echo "node" ;;

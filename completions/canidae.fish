@@ -5,7 +5,7 @@
 function __canidae_children
     switch $argv[1]
         case 'canidae'
-            printf '%s\n' agent audit autoscale cluster drill events fleet history metrics node pack place policy ring scale-test token top yip
+            printf '%s\n' agent audit autoscale cluster drill events fleet history keys metrics node pack place policy ring scale-test token top yip
         case 'canidae agent'
             printf '%s\n' doctor init run
         case 'canidae audit'
@@ -15,7 +15,7 @@ function __canidae_children
         case 'canidae autoscale policy'
             printf '%s\n' apply show
         case 'canidae cluster'
-            printf '%s\n' down status up
+            printf '%s\n' down rotate-raft-password status up
         case 'canidae drill'
             printf '%s\n' failover node partition soak zone
         case 'canidae events'
@@ -24,6 +24,8 @@ function __canidae_children
             printf '%s\n' bootstrap remove status upgrade
         case 'canidae history'
             printf '%s\n' verify
+        case 'canidae keys'
+            printf '%s\n' list retire rotate status
         case 'canidae node'
             printf '%s\n' cordon drain list show uncordon
         case 'canidae pack'
@@ -35,7 +37,7 @@ function __canidae_children
         case 'canidae scale-test'
             printf '%s\n' report run
         case 'canidae token'
-            printf '%s\n' create list revoke self show
+            printf '%s\n' create list revoke rotate-bootstrap self show
         case 'canidae yip'
             printf '%s\n' recv send
     end
@@ -72,6 +74,8 @@ function __canidae_valued
             printf '%s\n' -- --last
         case 'canidae cluster down'
             printf '%s\n' -- --data-dir
+        case 'canidae cluster rotate-raft-password'
+            printf '%s\n' -- --data-dir --timeout
         case 'canidae cluster up'
             printf '%s\n' -- --agents --base-port --clients --cpu --data-dir --max-packs --mem --servers --timeout --zones
         case 'canidae drill failover'
@@ -92,6 +96,8 @@ function __canidae_valued
             printf '%s\n' -- --sudo-password-file
         case 'canidae fleet upgrade'
             printf '%s\n' -- --parallel --source --sudo-password-file --wheel
+        case 'canidae keys rotate'
+            printf '%s\n' -- --by --prepublish --purpose --timeout
         case 'canidae metrics'
             printf '%s\n' -- --by --cell --zone
         case 'canidae node drain'
@@ -211,6 +217,7 @@ complete -c canidae -n '__canidae_at \'canidae\'' -a drill -d 'Inject real fault
 complete -c canidae -n '__canidae_at \'canidae\'' -a events -d 'Follow the cluster\'s event stream'
 complete -c canidae -n '__canidae_at \'canidae\'' -a fleet -d 'Set up agents on many hosts at once, over SSH'
 complete -c canidae -n '__canidae_at \'canidae\'' -a history -d 'Check the recorded event history against the live cluster state'
+complete -c canidae -n '__canidae_at \'canidae\'' -a keys -d 'List, rotate and retire the cluster\'s keys (token, pack, secrets, audit)'
 complete -c canidae -n '__canidae_at \'canidae\'' -a metrics -d 'Print cluster metrics merged by the leader from every node\'s heartbeat summary'
 complete -c canidae -n '__canidae_at \'canidae\'' -a node -d 'List and inspect nodes'
 complete -c canidae -n '__canidae_at \'canidae\'' -a pack -d 'Create, place, run, move and stop packs'
@@ -369,6 +376,7 @@ complete -c canidae -n '__canidae_at \'canidae autoscale status\'' -l last -x -d
 
 # canidae cluster
 complete -c canidae -n '__canidae_at \'canidae cluster\'' -a down -d 'Stop exactly the agents started by \'cluster up\' (SIGTERM, then SIGKILL after 10 s)'
+complete -c canidae -n '__canidae_at \'canidae cluster\'' -a rotate-raft-password -d 'Change the servers\' Raft password (a new random one)'
 complete -c canidae -n '__canidae_at \'canidae cluster\'' -a status -d 'Show the leader, its term and commit index, and each server\'s health'
 complete -c canidae -n '__canidae_at \'canidae cluster\'' -a up -d 'Start agents on loopback as daemons, wait for a leader, and write the client config (0600)'
 complete -c canidae -n '__canidae_at \'canidae cluster\'' -l help -s h -d 'Show this message and exit'
@@ -377,6 +385,12 @@ complete -c canidae -n '__canidae_at \'canidae cluster\'' -l help -s h -d 'Show 
 complete -c canidae -n '__canidae_at \'canidae cluster down\'' -l data-dir -r -F -d 'Where state, logs and events are kept'
 complete -c canidae -n '__canidae_at \'canidae cluster down\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae cluster down\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae cluster rotate-raft-password
+complete -c canidae -n '__canidae_at \'canidae cluster rotate-raft-password\'' -l data-dir -r -F -d 'Where state, logs and events are kept'
+complete -c canidae -n '__canidae_at \'canidae cluster rotate-raft-password\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae cluster rotate-raft-password\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae cluster rotate-raft-password\'' -l timeout -x -d 'Give up waiting after this many seconds'
 
 # canidae cluster status
 complete -c canidae -n '__canidae_at \'canidae cluster status\'' -l help -s h -d 'Show this message and exit'
@@ -533,6 +547,35 @@ complete -c canidae -n '__canidae_at \'canidae history verify\'' -l full -d 'Rep
 complete -c canidae -n '__canidae_at \'canidae history verify\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae history verify\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae history verify\' 0' -x -a '(__canidae_names pack)' -d 'PACK'
+
+# canidae keys
+complete -c canidae -n '__canidae_at \'canidae keys\'' -a list -d 'Every key'
+complete -c canidae -n '__canidae_at \'canidae keys\'' -a retire -d 'Retire a retiring key'
+complete -c canidae -n '__canidae_at \'canidae keys\'' -a rotate -d 'Rotate keys'
+complete -c canidae -n '__canidae_at \'canidae keys\'' -a status -d 'Per purpose the active key, rotations under way, retiring keys and what still needs them, and how many sealed secrets are rewrapped under the active key (n of m)'
+complete -c canidae -n '__canidae_at \'canidae keys\'' -l help -s h -d 'Show this message and exit'
+
+# canidae keys list
+complete -c canidae -n '__canidae_at \'canidae keys list\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae keys list\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae keys retire
+complete -c canidae -n '__canidae_at \'canidae keys retire\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae keys retire\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae keys rotate
+complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l by -x -d 'Activate region after region (in name order) instead of everywhere at once'
+complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l no-wait -d 'Wait until the work is done, or return once it is accepted'
+complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l prepublish -x -d 'How long the new key is published everywhere before it signs (5s, 10m, 1h'
+complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l purpose -x -d 'Rotate this keyring only (token, pack, secrets, audit'
+complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l timeout -x -d 'Give up waiting after this many seconds'
+complete -c canidae -n '__canidae_at \'canidae keys rotate\'' -l wait -d 'Wait until the work is done, or return once it is accepted'
+
+# canidae keys status
+complete -c canidae -n '__canidae_at \'canidae keys status\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae keys status\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 
 # canidae metrics
 complete -c canidae -n '__canidae_at \'canidae metrics\'' -l by -x -a 'zone region cell node' -d 'Deepest level of the tree shown'
@@ -837,6 +880,7 @@ complete -c canidae -n '__canidae_at \'canidae scale-test run\'' -l zones -x -d 
 complete -c canidae -n '__canidae_at \'canidae token\'' -a create -d 'Create a token'
 complete -c canidae -n '__canidae_at \'canidae token\'' -a list -d 'List tokens (revoked and expired ones included)'
 complete -c canidae -n '__canidae_at \'canidae token\'' -a revoke -d 'Revoke a token'
+complete -c canidae -n '__canidae_at \'canidae token\'' -a rotate-bootstrap -d 'Replace the admin (bootstrap) token'
 complete -c canidae -n '__canidae_at \'canidae token\'' -a self -d 'Who the current token is'
 complete -c canidae -n '__canidae_at \'canidae token\'' -a show -d 'Show one token (never its secret)'
 complete -c canidae -n '__canidae_at \'canidae token\'' -l help -s h -d 'Show this message and exit'
@@ -855,6 +899,10 @@ complete -c canidae -n '__canidae_at \'canidae token list\'' -l json -d 'Print o
 # canidae token revoke
 complete -c canidae -n '__canidae_at \'canidae token revoke\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae token revoke\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+
+# canidae token rotate-bootstrap
+complete -c canidae -n '__canidae_at \'canidae token rotate-bootstrap\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae token rotate-bootstrap\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 
 # canidae token self
 complete -c canidae -n '__canidae_at \'canidae token self\'' -l can -x -d 'Ask whether the token may CAP (spawn, stop, read, cordon ...) on RESOURCE (a pack or node name'

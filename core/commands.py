@@ -237,12 +237,15 @@ class CreateToken(Command):
     name: str
     policies: tuple[str, ...]
     expires_at: int | None = None
+    key: str = ""  # the token keyring's key the hash is made with ("": the first one)
 
     def payload(self) -> dict[str, Any]:
         d: dict[str, Any] = {"accessor": self.accessor, "secret_hash": self.secret_hash, "name": self.name,
                              "policies": list(self.policies)}
         if self.expires_at is not None:
             d["expires_at"] = self.expires_at
+        if self.key:
+            d["key"] = self.key
         return d
 
 
@@ -291,6 +294,18 @@ class CommitAuditCheckpoint(Command):
 
     def payload(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "public_key": self.public_key, "checkpoint": dict(self.checkpoint)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyringOp(Command):
+    """A change of the cluster's keyrings (``canidae.core.keyring``: publish, activate, retire,
+    rewrap, admin); ``op`` is its wire form, validated by ``keyring.parse_op``."""
+
+    TYPE = "KeyringOp"
+    op: Mapping[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {"op": dict(self.op)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -347,7 +362,8 @@ COMMAND_TYPES: dict[str, type[Command]] = {
     c.TYPE: c for c in (Noop, RegisterNode, SetNodeState, RemoveNode, CreatePacks, PlacePacks,
                         StopPacks, ReportPacks, MigratePacks, Rebalance, DeletePacks,
                         CreateToken, RevokeToken, ApplyPolicy, DeletePolicy, CommitAuditCheckpoint,
-                        SetAutoscalePolicy, SetAutoscalePaused, RecordAutoscaleDecision, SetAutoscaleOutcome)
+                        SetAutoscalePolicy, SetAutoscalePaused, RecordAutoscaleDecision, SetAutoscaleOutcome,
+                        KeyringOp)
 }
 
 
@@ -422,7 +438,8 @@ def command_from_wire(d: Mapping[str, Any]) -> Command:
             if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int)):
                 raise InvalidInput("expires_at must be an integer (ms)")
             return CreateToken(**env, accessor=str(d["accessor"]), secret_hash=str(d["secret_hash"]),
-                               name=validate_name("token", d["name"]), policies=tuple(policies), expires_at=expires)
+                               name=validate_name("token", d["name"]), policies=tuple(policies), expires_at=expires,
+                               key=str(d.get("key", "")))
         if cls is RevokeToken:
             return RevokeToken(**env, accessor=str(d["accessor"]))
         if cls is ApplyPolicy:
@@ -436,6 +453,9 @@ def command_from_wire(d: Mapping[str, Any]) -> Command:
                 raise InvalidInput("checkpoint must be an object and public_key a string")
             return CommitAuditCheckpoint(**env, node_id=validate_name("node", d["node_id"]),
                                          public_key=d["public_key"], checkpoint=d["checkpoint"])
+        if cls is KeyringOp:
+            from canidae.core.keyring import parse_op
+            return KeyringOp(**env, op=parse_op(d["op"]))
         if cls is SetAutoscalePolicy:
             if not isinstance(d["policy"], Mapping):
                 raise InvalidInput("policy must be an object")
@@ -492,6 +512,7 @@ __all__ = [
     "CreateToken",
     "DeletePacks",
     "DeletePolicy",
+    "KeyringOp",
     "MigratePacks",
     "Noop",
     "PackReport",

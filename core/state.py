@@ -52,6 +52,7 @@ from canidae.core.commands import (
     CreateToken,
     DeletePacks,
     DeletePolicy,
+    KeyringOp,
     MigratePacks,
     Noop,
     PlacePacks,
@@ -69,6 +70,7 @@ from canidae.core.commands import (
     StopPacks,
 )
 from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NoCapacity, NotFound, WrongState
+from canidae.core.keyring import Keyrings, sealed_key_id
 from canidae.core.scheduler import Scheduler
 from canidae.core.tokens import TokenKind, TokenRecord
 from canidae.core.types import NO_CONSTRAINTS, Node, NodeState, PackSpec, PackState, Resources
@@ -181,6 +183,7 @@ class ClusterState:
         self.policies: dict[str, Policy] = {}
         self.acl_version = 0
         self.audit = AuditHeads()  # every agent's signed audit chain heads
+        self.keyrings = Keyrings()  # wrapped keys per purpose, the admin token's hash (core.keyring)
         self.autoscale = AutoscaleState()
         self._events: list[dict[str, Any]] = []
         self._sorted_names: list[str] | None = None
@@ -194,6 +197,7 @@ class ClusterState:
             CreateToken: self._apply_create_token, RevokeToken: self._apply_revoke_token,
             ApplyPolicy: self._apply_policy, DeletePolicy: self._apply_delete_policy,
             CommitAuditCheckpoint: self._apply_audit_checkpoint,
+            KeyringOp: self._apply_keyring_op,
             SetAutoscalePolicy: self._apply_autoscale_policy, SetAutoscalePaused: self._apply_autoscale_paused,
             RecordAutoscaleDecision: self._apply_autoscale_decision,
             SetAutoscaleOutcome: self._apply_autoscale_outcome,
@@ -325,7 +329,7 @@ class ClusterState:
         if cmd.secret_hash in self.token_hashes:
             raise AlreadyExists("a token with this secret exists")
         rec = TokenRecord(cmd.accessor, cmd.secret_hash, cmd.name, TokenKind.CLIENT, cmd.policies,
-                          created_at_ms=cmd.at, expires_at_ms=cmd.expires_at)
+                          created_at_ms=cmd.at, expires_at_ms=cmd.expires_at, key=cmd.key)
         self.tokens[rec.accessor] = rec
         self.token_hashes[rec.secret_hash] = rec.accessor
         self.acl_version = self.applied
@@ -356,6 +360,45 @@ class ClusterState:
     def _apply_audit_checkpoint(self, cmd: CommitAuditCheckpoint) -> dict[str, Any]:
         self._node(cmd.node_id)
         return self.audit.commit(cmd.node_id, cmd.public_key, Checkpoint.from_dict(cmd.checkpoint), cmd.at)
+
+    def _apply_keyring_op(self, cmd: KeyringOp) -> dict[str, Any]:
+        op = cmd.op
+        if op["op"] == "rewrap":
+            return self._rewrap(op["packs"])
+        in_use = self.keys_in_use(cmd.at) if op["op"] == "retire" else {}
+        return self.keyrings.apply(op, cmd.at, in_use)
+
+    def _rewrap(self, packs: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
+        """Pack secrets sealed again under another key: each variable's value is replaced only if
+        it is still the one that was resealed (a pack changed or made again meanwhile is skipped:
+        the next pass sees it), by one sealed with a key that is not retired. The generation does
+        not change, so nothing restarts."""
+        done = 0
+        for name, values in packs.items():
+            rec = self.packs.get(name)
+            if rec is None or dict(rec.spec.secrets) != {var: v[0] for var, v in values.items()}:
+                continue
+            if any(self.keyrings.opening(sealed_key_id(v[1])) is None for v in values.values()):
+                raise InvalidInput(f"rewrap of {name}: a value is sealed with a key that is not in the keyring")
+            rec.spec = replace(rec.spec, secrets=tuple(sorted((var, v[1]) for var, v in values.items())))
+            done += 1
+        return {"ok": True, "rewrapped": done}
+
+    def keys_in_use(self, now_ms: int) -> dict[str, int]:
+        """Per key id, what still needs it: sealed secret values, live API tokens' hashes."""
+        out: dict[str, int] = {}
+        for rec in self.packs.values():
+            for _, v in rec.spec.secrets:
+                kid = sealed_key_id(v)
+                out[kid] = out.get(kid, 0) + 1
+        first = next(iter(k.id for k in self.keyrings.of("token")), "")
+        for t in self.tokens.values():
+            if t.revoked or (t.expires_at_ms is not None and now_ms >= t.expires_at_ms):
+                continue
+            kid = t.key or first
+            out[kid] = out.get(kid, 0) + 1
+        return out
+
     # --------------------------------------------------------------- autoscale
 
     def _apply_autoscale_policy(self, cmd: SetAutoscalePolicy) -> dict[str, Any]:
@@ -883,6 +926,7 @@ class ClusterState:
             "policies": [self.policies[k].to_dict() for k in sorted(self.policies)],
             "acl_version": self.acl_version, "packs_index": self.packs_index,
             "audit": self.audit.to_snapshot(),
+            "keyrings": self.keyrings.to_dict(),
             "autoscale": self.autoscale.to_snapshot(),
         }
 
@@ -920,6 +964,7 @@ class ClusterState:
             st.policies[policy.name] = policy
         st.acl_version = d.get("acl_version", 0)
         st.audit = AuditHeads.from_snapshot(d.get("audit", {}))
+        st.keyrings = Keyrings.from_dict(d.get("keyrings"))
         st.autoscale = AutoscaleState.from_snapshot(d.get("autoscale"))
         st.packs_index = d.get("packs_index", 0)
         st.node_log = {n: {} for n in st.node_rev}

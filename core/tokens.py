@@ -77,6 +77,7 @@ class TokenRecord:
     expires_at_ms: int | None = None
     revoked: bool = False
     pack: str = ""  # pack tokens: the pack they speak for
+    key: str = ""   # the token keyring's key ``secret_hash`` is made with ("": the first one)
 
     def __post_init__(self) -> None:
         if not isinstance(self.accessor, str) or not ACCESSOR_RE.match(self.accessor):
@@ -104,6 +105,8 @@ class TokenRecord:
                              "expires_at_ms": self.expires_at_ms, "revoked": self.revoked}
         if self.pack:
             d["pack"] = self.pack
+        if self.key:
+            d["key"] = self.key
         if with_hash:
             d["secret_hash"] = self.secret_hash
         return d
@@ -113,7 +116,8 @@ class TokenRecord:
         try:
             return TokenRecord(d["accessor"], d["secret_hash"], d["name"], TokenKind(d["kind"]),
                                tuple(d.get("policies", ())), d.get("created_at_ms", 0),
-                               d.get("expires_at_ms"), bool(d.get("revoked", False)), d.get("pack", ""))
+                               d.get("expires_at_ms"), bool(d.get("revoked", False)), d.get("pack", ""),
+                               str(d.get("key", "")))
         except KeyError as e:
             raise InvalidInput(f"token record is missing {e.args[0]!r}") from None
         except (TypeError, ValueError) as e:

@@ -411,6 +411,32 @@ class Client:
     def delete_policy(self, name: str) -> dict[str, Any]:
         return self.request("DELETE", f"/v1/acl/policies/{segment('policy', name)}")  # type: ignore[no-any-return]
 
+    # ------------------------------------------------------------ keys
+
+    def keys(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/keys")["keys"]  # type: ignore[no-any-return]
+
+    def keys_status(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/keys/status")  # type: ignore[no-any-return]
+
+    def rotate_keys(self, purposes: list[str] | None = None, prepublish_s: float | None = None,
+                    by_region: bool = False) -> dict[str, Any]:
+        """Start a rotation (answered at once with the new key ids; ``keys_status`` follows it)."""
+        body: dict[str, Any] = {"by_region": by_region}
+        if purposes:
+            body["purposes"] = purposes
+        if prepublish_s is not None:
+            body["prepublish_s"] = prepublish_s
+        return self.request("POST", "/v1/keys/rotate", json=body)  # type: ignore[no-any-return]
+
+    def retire_key(self, key_id: str) -> dict[str, Any]:
+        return self.request("POST", "/v1/keys/retire",  # type: ignore[no-any-return]
+                            json={"id": key_id, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+
+    def rotate_admin_hash(self, new_hash: str) -> dict[str, Any]:
+        return self.request("POST", "/v1/acl/bootstrap",  # type: ignore[no-any-return]
+                            json={"hash": new_hash, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+
     # ------------------------------------------------------------ event history
 
     def pack_events(self, name: str, since_ms: int | None = None) -> dict[str, Any]:

@@ -62,12 +62,11 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from canidae.agent.keyring import ClusterKeys
 from canidae.agent.node import confine, packlogs
 from canidae.agent.node.drivers import Report
 from canidae.agent.node.isolation import Isolation, Limits, Sandbox
-from canidae.agent.secretbox import Keyring, key_file
 from canidae.core.errors import InvalidInput, NotFound
-from canidae.core.packtoken import pack_token
 
 log = logging.getLogger("canidae.exec")
 
@@ -226,7 +225,8 @@ class Run:
     """One generation of one pack on this node."""
 
     __slots__ = ("name", "generation", "spec", "slot", "uid", "gid", "dir", "work", "logs", "sandbox", "limits",
-                 "rlimits", "members", "state", "reason", "oom_seen", "all_exited", "started_at", "crashloop")
+                 "rlimits", "members", "state", "reason", "oom_seen", "all_exited", "started_at", "crashloop",
+                 "token", "opened")
 
     def __init__(self, name: str, generation: int, spec: dict[str, Any], pack_dir: str) -> None:
         self.name, self.generation, self.spec = name, generation, spec
@@ -246,6 +246,12 @@ class Run:
         self.all_exited: asyncio.Event | None = None
         self.started_at = time.time()
         self.crashloop = False  # reported to the cluster as crash-looping, not yet recovered
+        # The run's pack token, signed once at its start: every member (and every restart of one)
+        # gets the same, valid as long as the run and its key are.
+        self.token = ""
+        # Its secrets opened at its start (memory only): a member restarted after the key that
+        # sealed them was rotated and retired still gets them.
+        self.opened: dict[str, str] | None = None
 
     @property
     def policy(self) -> str:
@@ -269,7 +275,7 @@ class ExecDriver:
         self.isolation: Isolation | None = None
         self.pack_users = False
         self.namespaces = False
-        self._keyring: Keyring | None = None
+        self.keys = ClusterKeys(data_dir, "", token)  # the node runtime gives the agent's own
         self.uid_base = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -596,7 +602,9 @@ class ExecDriver:
         env = {"PATH": f"{DEFAULT_PATH}:{os.path.dirname(sys.executable)}", "HOME": run.work, "LANG": "C.UTF-8"}
         env.update(run.spec.get("env") or {})
         env.update(self._open_secrets(run))
-        token = pack_token(self.token, run.name, run.generation, self.node_id)
+        if not run.token:
+            run.token = self.keys.pack_token(run.name, run.generation, self.node_id)
+        token = run.token
         env.update(CANIDAE_PACK=run.name, CANIDAE_MEMBER=str(index), CANIDAE_MEMBERS=str(len(run.members)),
                    CANIDAE_NODE=self.node_id, CANIDAE_GENERATION=str(run.generation), CANIDAE_ADDR=self.api,
                    CANIDAE_MAILBOX=f"http://{self.api}/v1/yips/{run.name}", CANIDAE_TOKEN=token,
@@ -614,9 +622,9 @@ class ExecDriver:
         if not sealed:
             return {}
         try:
-            if self._keyring is None:
-                self._keyring = Keyring.load(key_file(self.data_dir))
-            return {k: self._keyring.open(k, v) for k, v in sealed.items()}
+            if run.opened is None:
+                run.opened = {k: self.keys.open(k, v) for k, v in sealed.items()}
+            return run.opened
         except InvalidInput as e:
             raise CannotStart(e.message) from None
 

@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 
 from canidae.agent.client.link import DEFAULT_KEEP_ALIVE_S, AgentHops, ServerLink, idle_s
 from canidae.agent.config import AgentConfig
+from canidae.agent.keyring import ClusterKeys
 from canidae.agent.node.drivers import VirtualDriver
 from canidae.agent.node.exec_driver import ExecDriver
 from canidae.agent.node.mailbox import MailboxStore
@@ -60,9 +61,12 @@ POLL_WAIT_S = 3
 class NodeRuntime:
     def __init__(self, cfg: AgentConfig, link: ServerLink, *, hop_idle_s: float = idle_s(DEFAULT_KEEP_ALIVE_S),
                  local_assignments: LocalAssignments | None = None,
-                 local_resync: LocalResync | None = None, locate_local: LocatePack | None = None) -> None:
+                 local_resync: LocalResync | None = None, locate_local: LocatePack | None = None,
+                 keys: ClusterKeys | None = None) -> None:
         self.cfg = cfg
         self.link = link
+        # The cluster's keys (pack tokens, pack secrets): the composition root's, kept current by it.
+        self.keys = keys or ClusterKeys(cfg.data_dir, cfg.region, cfg.token)
         self.hops = AgentHops(cfg.token, hop_idle_s)
         self._local_assignments = local_assignments
         self._local_resync = local_resync
@@ -70,6 +74,7 @@ class NodeRuntime:
         self.reconciler.add_driver(VirtualDriver(self.reconciler.report))
         self.exec_driver = ExecDriver(self.reconciler.report, data_dir=cfg.data_dir, node_id=cfg.node_id,
                                       token=cfg.token, api=cfg.api)
+        self.exec_driver.keys = self.keys
         self.reconciler.add_driver(self.exec_driver)
         self.mailboxes = MailboxStore(os.path.join(cfg.data_dir, "mailboxes"))
         self.router = PackRouter(cfg.node_id, lambda pack: self.reconciler.desired.get(pack), link, self.hops,

@@ -38,7 +38,6 @@ from canidae.agent.node.packroute import PackRouter
 from canidae.core.errors import (CanidaeError, InvalidInput, NotAuthenticated, NotFound, PermissionDenied,
                                  Unavailable, WrongState)
 from canidae.core.packtoken import PREFIX as PACK_TOKEN_PREFIX
-from canidae.core.packtoken import verify
 from canidae.core.types import validate_name
 from starlette.requests import Request
 from starlette.routing import Route
@@ -55,7 +54,7 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.05, 0.5  # a relay's pause before it asks an unre
 def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
     router = node.router
     store: MailboxStore = node.mailboxes
-    key, me = node.cfg.token, node.cfg.node_id  # pack tokens are signed with this agent's own secret
+    keys, me = node.keys, node.cfg.node_id  # pack tokens are signed with this agent's own key (agent.keyring)
     usage = node.usage
     limit = edge.limit
     endpoint = edge.endpoint
@@ -68,7 +67,7 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
         header = request.headers.get("authorization", "")
         given = header[7:] if header.lower().startswith("bearer ") else ""
         if given.startswith(PACK_TOKEN_PREFIX):
-            run = verify(key, me, given)
+            run = keys.verify_pack_token(me, given)
             if run is None or router.generation_here(run.pack) != run.generation:
                 edge.failures.record(request, True)
                 raise NotAuthenticated("pack token not valid here: it is taken only by the agent of its pack's node, "

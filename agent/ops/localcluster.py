@@ -442,16 +442,18 @@ class LocalCluster:
         return Client(Target(tuple(a["api"] for a in self.servers()), self.token), timeout=timeout)
 
     def pack_token(self, pack: str) -> str:
-        """The token the agent of ``pack``'s node gives the members of its current run (signed with
-        that agent's own credential, read from its config): for tests and benchmarks that act as a pack."""
-        import tomllib
-
-        from canidae.core.packtoken import pack_token
+        """A token for the members of ``pack``'s current run, as the agent of its node signs one
+        (its own credential and region from its config, the cluster's pack key, its key file):
+        for tests and benchmarks that act as a pack."""
+        from canidae.agent.config import load_config
+        from canidae.agent.keyring import ClusterKeys
         with self.client() as c:
             p = c.pack(pack)
-        with open(self.agent(p["node"])["config"], "rb") as f:
-            key = tomllib.load(f)["token"]
-        return pack_token(key, pack, p["generation"], p["node"])
+            rings = c.request("GET", "/v1/keys/sealed")
+        cfg = load_config(self.agent(p["node"])["config"])
+        keys = ClusterKeys(cfg.data_dir, cfg.region, cfg.token)
+        keys.update(rings)
+        return keys.pack_token(pack, p["generation"], p["node"])
 
     def health(self, agent: str | dict[str, Any]) -> dict[str, Any] | None:
         """An agent's ``/v1/health``, or None when it does not answer."""

@@ -2,8 +2,8 @@
 
 A server holds the token records and policies in its replica of the cluster state
 (``canidae.core.state``). ``TokenAccess.find_token`` maps a bearer secret to its token (by the
-HMAC of the secret under the cluster's pepper, derived from the Raft password that only servers
-hold) and refuses, naming why, a revoked or expired one. ``decide`` evaluates one request with a
+HMAC of the secret under each key of the ``token`` keyring that still verifies, the key the
+record names: ``canidae.agent.keyring``) and refuses, naming why, a revoked or expired one. ``decide`` evaluates one request with a
 ``DecisionCache`` keyed by (accessor, policy version); the policy version is the state's revision
 of the last token or policy change, so a change is in force at the next request after this
 replica applied it, and every request checks the current token record before the cache.
@@ -14,13 +14,12 @@ Everything runs on the agent's event loop thread.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections.abc import Callable
 from typing import Any
 
 from canidae.agent.identity import Kind, Principal
+from canidae.agent.keyring import ClusterKeys, token_pepper
 from canidae.core.acl import (
     SECRET_RE,
     Capability,
@@ -32,14 +31,9 @@ from canidae.core.acl import (
 )
 from canidae.core.errors import NotAuthenticated
 from canidae.core.state import ClusterState
-from canidae.core.tokens import TokenRecord, hash_secret
+from canidae.core.tokens import TokenRecord
 
 MAX_POLICY_SETS = 10_000
-
-
-def token_pepper(cluster_password: str) -> bytes:
-    """The key of token secret hashes: the same on every server, in no snapshot or log."""
-    return hmac.new(cluster_password.encode(), b"canidae api token pepper v1", hashlib.sha256).digest()
 
 
 def wall_ms() -> int:
@@ -49,20 +43,27 @@ def wall_ms() -> int:
 class TokenAccess:
     """Finds API tokens in the local replica and decides their requests, with a decision cache."""
 
-    def __init__(self, state: Callable[[], ClusterState], pepper: bytes, *, clock: Callable[[], int] = wall_ms,
+    def __init__(self, state: Callable[[], ClusterState], keys: ClusterKeys, *, clock: Callable[[], int] = wall_ms,
                  cache: DecisionCache | None = None) -> None:
-        self._state, self._pepper, self._clock = state, pepper, clock
+        self._state, self.keys, self._clock = state, keys, clock
         self.cache = cache or DecisionCache()
         self._sets: dict[str, tuple[int, PolicySet]] = {}  # accessor -> (policy version, its compiled policies)
 
-    def hash(self, secret: str) -> str:
-        return hash_secret(secret, self._pepper)
+    def hash(self, secret: str) -> tuple[str, str]:
+        """(key id, hash) of a new token's secret, under the active token key."""
+        return self.keys.token_hash(secret)
 
     def find_token(self, secret: str) -> Principal | None:
         if not SECRET_RE.fullmatch(secret):
             return None
-        rec = self._state().find_token(self.hash(secret))
-        if rec is None:
+        st = self._state()
+        first = self.keys.first_token_key()
+        for kid, h in self.keys.token_hashes(secret):
+            rec = st.find_token(h)
+            # The record names the key its hash was made with: a hash under another key is no match.
+            if rec is not None and (rec.key or first) == (kid or first):
+                break
+        else:
             return None
         check_token(rec, self._clock())
         return Principal(Kind.TOKEN, rec.name, rec.accessor)

@@ -96,9 +96,10 @@ def acl_routes(plane: ControlPlane | None, edge: Edge, access: TokenAccess | Non
             raise InvalidInput("ttl_s must be an integer number of seconds, at most ten years")
         stamp = agent.stamp()
         accessor, secret = format_accessor(secrets.token_bytes(16)), format_secret(secrets.token_bytes(32))
+        key, secret_hash = access.hash(secret)
         answer = await agent.propose(CreateToken(
-            id=request_id(request, body), **stamp, by=who.public_id, accessor=accessor,
-            secret_hash=access.hash(secret), name=name, policies=tuple(policies),
+            id=request_id(request, body), **stamp, by=who.public_id, accessor=accessor, key=key,
+            secret_hash=secret_hash, name=name, policies=tuple(policies),
             expires_at=stamp["at"] + ttl * 1000 if ttl is not None else None))
         missing = [p for p in policies if p not in agent.state.policies and p not in (MANAGEMENT.name, READ_ONLY.name)]
         return {**answer, "secret": secret, "policies_not_found": missing}

@@ -21,7 +21,7 @@ from typing import Any
 
 from canidae.agent.client.link import ServerLink
 from canidae.agent.config import AgentConfig
-from canidae.agent.secretbox import Keyring, key_file, seal_all
+from canidae.agent.keyring import ClusterKeys
 from canidae.agent.server import history
 from canidae.agent.server.eventstore import EventStore
 from canidae.agent.server.proposer import Proposer
@@ -80,7 +80,8 @@ class ControlPlane:
         self.running_on: dict[str, int] = {}  # what each agent says it runs
         self.convergence = Convergence()
         self.summaries: dict[str, NodeSummary] = {}  # the latest metrics summary of each node
-        self._keyring: Keyring | None = None
+        # The cluster's keys (sealing secrets, hashing token secrets): given by the composition root.
+        self.keys = ClusterKeys(cfg.data_dir, cfg.region, cfg.token, cfg.cluster_password)
         # Metric hooks the composition root may set before ``start`` (seconds; called off the loop).
         self.observe_commit: Callable[[float], None] | None = None  # Raft: propose to commit and apply
         self.observe_store_commit: Callable[[float], None] | None = None  # event store: write + fdatasync
@@ -341,9 +342,7 @@ class ControlPlane:
 
     def seal_secrets(self, plain: dict[str, str]) -> dict[str, str]:
         """Seal a spec's secrets before they are proposed: the log never holds a plain one."""
-        if self._keyring is None:  # read once; an agent that never seals needs no key file
-            self._keyring = Keyring.load(key_file(self.cfg.data_dir))
-        return seal_all(self._keyring, plain)
+        return self.keys.seal_all(plain)
 
     async def create_packs(self, specs: list[PackSpec], count: int, place: bool, rid: str,
                            keep_pending: bool = True, by: str = "api") -> dict[str, Any]:

@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 
 from canidae.agent.httpedge import Edge
 from canidae.agent.identity import Authenticator, Identity, admin_token_hash
+from canidae.agent.keyring import ClusterKeys
 from canidae.agent.node import yips
 from canidae.agent.node.mailbox import MAX_MESSAGE, SENDER_SHARE, Mailbox, MailboxStore
 from canidae.agent.node.usage import PackUsage
@@ -136,7 +137,8 @@ def app(tmp_path: Path) -> tuple[Starlette, MailboxStore]:
     """The yip routes of one node that holds pack ``inbox``, on a durable store."""
     store = MailboxStore(str(tmp_path / "mailboxes"), max_yips=10, max_bytes=10_000)
     node: Any = SimpleNamespace(router=OneNode(), mailboxes=store, cfg=SimpleNamespace(token=NODE_KEY, node_id="n1"),
-                                reconciler=SimpleNamespace(rev=1), usage=PackUsage())
+                                reconciler=SimpleNamespace(rev=1), usage=PackUsage(),
+                                keys=ClusterKeys(str(tmp_path), "r1", NODE_KEY))  # no keyring: the first token form
     auth = Authenticator(admin_token_hash(TOKEN), Identity.new().public_key)
     return Starlette(routes=yips.routes(node, Edge(auth, 1 << 20))), store
 

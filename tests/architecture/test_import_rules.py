@@ -2,14 +2,16 @@
 
     core          -> core
     agent.config, agent.identity, agent.secretbox, agent.datadir, agent.telemetry -> core
+    agent.keyring -> core, agent.secretbox
     agent.admission -> core, agent.telemetry
     agent.httpedge -> core, agent.identity, agent.admission
     agent.client  -> core, agent.client
     agent.server  -> core, agent.config, agent.identity, agent.httpedge, agent.telemetry, agent.secretbox,
-                     agent.client, agent.server
+                     agent.keyring, agent.client, agent.server
     agent.node    -> core, agent.config, agent.identity, agent.httpedge, agent.telemetry, agent.secretbox,
-                     agent.client, agent.node
-    agent.ops     -> core, agent.config, agent.identity, agent.secretbox, agent.client, agent.ops  (the doctor
+                     agent.keyring, agent.client, agent.node
+    agent.ops     -> core, agent.config, agent.identity, agent.secretbox, agent.keyring, agent.client, agent.ops
+                     (the doctor
                      also probes agent.node.isolation and agent.node.confine)
     agent.daemon  -> everything in agent (the composition root)
     cli           -> core, cli, agent.config, agent.identity, agent.secretbox, agent.client, agent.ops
@@ -39,16 +41,17 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "canidae.agent.admission": ("canidae.core", "canidae.agent.telemetry"),
     "canidae.agent.client": ("canidae.core", "canidae.agent.client"),
     "canidae.agent.secretbox": ("canidae.core",),
+    "canidae.agent.keyring": ("canidae.core", "canidae.agent.secretbox"),
     "canidae.agent.datadir": ("canidae.core",),
     "canidae.agent.telemetry": ("canidae.core",),
     "canidae.agent.server": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.httpedge",
                              "canidae.agent.telemetry", "canidae.agent.secretbox", "canidae.agent.client",
-                             "canidae.agent.server"),
+                             "canidae.agent.server", "canidae.agent.keyring"),
     "canidae.agent.node": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.httpedge",
                            "canidae.agent.telemetry", "canidae.agent.secretbox", "canidae.agent.client",
-                           "canidae.agent.node"),
+                           "canidae.agent.node", "canidae.agent.keyring"),
     "canidae.agent.ops": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.secretbox",
-                          "canidae.agent.client", "canidae.agent.ops"),
+                          "canidae.agent.client", "canidae.agent.ops", "canidae.agent.keyring"),
     "canidae.agent.daemon": ("canidae.core", "canidae.agent"),
     "canidae.cli": ("canidae.core", "canidae.cli", "canidae.agent.config", "canidae.agent.identity",
                     "canidae.agent.secretbox", "canidae.agent.client", "canidae.agent.ops"),

@@ -26,7 +26,7 @@ CONTRACT_NOUNS = {
     "node": {"list", "show", "drain", "cordon", "uncordon"},
     "pack": {"create", "place", "spawn", "list", "show", "migrate", "stop", "kill", "logs", "history"},
     "yip": {"send", "recv"},
-    "token": {"create", "list", "show", "revoke", "self"},
+    "token": {"create", "list", "show", "revoke", "self", "rotate-bootstrap"},
     "policy": {"apply", "list", "show", "delete"},
     "ring": {"show", "lookup", "simulate"},
     "drill": {"failover", "node", "zone", "partition"},
@@ -36,10 +36,10 @@ CONTRACT_NOUNS = {
     "fleet": {"bootstrap", "status"},
     "autoscale": {"plan"},
     "audit": {"tail", "verify", "export", "checkpoint", "checkpoints"},
+    "keys": {"list", "status", "rotate", "retire"},
 }
 CONTRACT_COMMANDS = {"place", "metrics", "top"}
-# DESIGN.md's contract also names keys:
-# they join the tree (and this table) when they are built, never before.
+# Every noun of DESIGN.md's contract is built; a noun joins the tree (and this table) only once it is.
 
 
 def walk(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
