@@ -431,11 +431,11 @@ class Client:
 
     def retire_key(self, key_id: str) -> dict[str, Any]:
         return self.request("POST", "/v1/keys/retire",  # type: ignore[no-any-return]
-                            json={"id": key_id, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                            json={"id": key_id, "request_id": new_request_id()}, retry_for=5.0)
 
     def rotate_admin_hash(self, new_hash: str) -> dict[str, Any]:
         return self.request("POST", "/v1/acl/bootstrap",  # type: ignore[no-any-return]
-                            json={"hash": new_hash, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+                            json={"hash": new_hash, "request_id": new_request_id()}, retry_for=5.0)
 
     # ------------------------------------------------------------ event history
 
