@@ -170,11 +170,24 @@ def test_a_crash_loop_is_reported_by_spawn_and_visible_in_list_show_and_events(c
     lines = out.splitlines()
     assert lines and all(json.loads(line)["type"] == "PackCrashLooping" for line in lines)
     cli("pack", "delete", "web")
+    # A delete is acknowledged once committed; the agent stops the members right after. The
+    # second run needs the port back, so wait for that (on a busy machine it takes a moment).
+    wait_until(lambda: port_free(port) and port_free(port + 1), 30, "the old members' ports released")
     # the fix the README gives: one port per member, from CANIDAE_MEMBER
     script = f'exec python3 -m http.server --bind 127.0.0.1 $(({port} + CANIDAE_MEMBER))'
     cli("pack", "spawn", "web", "--members", "2", "--node", "c1", "--check", "1", "--", "sh", "-c", script)
     assert cli.json("pack", "show", "web")["pack"]["crashlooping"] is False
     cli("pack", "delete", "web")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def test_failure_reasons_say_what_happened(cli: Cli) -> None:
