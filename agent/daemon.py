@@ -159,9 +159,13 @@ class Agent:
             return error_response(NotFound(f"no route {request.method} {request.url.path}"))
 
         async def method_not_allowed(request: Request, exc: Exception) -> Response:
+            # Every route on the path, not only the first one the router tried (GET and POST of
+            # one path are separate routes).
+            allowed = sorted({m for r in routes if r.methods and r.path_regex.match(request.url.path)
+                              for m in r.methods})
             return JSONResponse({"error": {"code": "method_not_allowed",
                                            "message": f"{request.method} is not allowed on {request.url.path}"}},
-                                status_code=405)
+                                status_code=405, headers={"Allow": ", ".join(allowed)})
 
         app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
         return RequestMetrics(app, self.telemetry)

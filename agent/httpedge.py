@@ -24,8 +24,11 @@ wraps it with what every route needs, in one place:
 * typed errors (``canidae.core.errors``) become ``{"error": {"code", "message"}}`` with their
   HTTP status; anything else is logged and answered 500, never taking the agent down.
 
-The parsing helpers (``read_json``, ``expect_object``, ``query_int`` ...) refuse bad input with
-``InvalidInput`` (400) and oversized bodies with ``PayloadTooLarge`` (413). This module decides
+A body is read by ``read_body`` and decoded as a struct of the wire schema
+(``canidae.agent.client.schema``, passed in: this module imports no schema), which refuses bad
+input with ``InvalidInput`` (400) naming the field; oversized bodies are ``PayloadTooLarge``
+(413). Answers are encoded with msgspec. The other parsing helpers (``query_int`` ...) refuse
+bad query parameters the same way. This module decides
 nothing about what a request means; its only state is the count of refused credentials.
 """
 
@@ -38,8 +41,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -54,6 +58,7 @@ from canidae.core.errors import (
     PayloadTooLarge,
     PermissionDenied,
 )
+from canidae.core.types import NAME_RE, NAME_RULE
 
 log = logging.getLogger("canidae.api")
 
@@ -79,8 +84,8 @@ def error_response(err: CanidaeError) -> JSONResponse:
     return JSONResponse(err.to_wire(), status_code=err.http_status, headers=headers)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """Read and parse the body, refusing more than ``limit`` bytes (413) and non-JSON (400)."""
+async def read_raw(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes (413) and nesting deeper than ``MAX_NESTING`` (400)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
@@ -94,18 +99,58 @@ async def read_json(request: Request, limit: int) -> Any:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
+    # Only a body with more than MAX_NESTING opening brackets can be nested that deep.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING:
+        try:
+            deep = nested_deeper(json.loads(raw), MAX_NESTING)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"malformed JSON body: {e}") from None
+        except RecursionError:  # 100,000 "[" used to end here as a 500
+            deep = True
+        if deep:
+            raise InvalidInput(f"JSON body nested deeper than {MAX_NESTING} levels")
+    return raw
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """Read and parse a body of no fixed form (an empty one is ``{}``); see ``read_raw``."""
+    raw = await read_raw(request, limit)
     if not raw:
         return {}
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidInput(f"malformed JSON body: {e}") from None
-    except RecursionError:  # 100,000 "[" used to end here as a 500
-        raise InvalidInput(f"JSON body nested deeper than {MAX_NESTING} levels") from None
-    # Only a body with more than MAX_NESTING opening brackets can be nested that deep.
-    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and nested_deeper(body, MAX_NESTING):
-        raise InvalidInput(f"JSON body nested deeper than {MAX_NESTING} levels")
-    return body
+
+
+T = TypeVar("T")
+
+
+async def read_body(request: Request, limit: int, type: type[T]) -> T:
+    """Read the body and decode it as ``type`` (a struct of ``canidae.agent.client.schema``): the
+    one place a body is validated. An empty body is ``{}``; a refusal names the field."""
+    raw = await read_raw(request, limit)
+    try:
+        return msgspec.json.decode(raw or b"{}", type=type)
+    except msgspec.ValidationError as e:
+        raise InvalidInput(validation_message(str(e))) from None
+    except msgspec.DecodeError as e:
+        raise InvalidInput(f"malformed JSON body: {e}") from None
+
+
+def validation_message(text: str) -> str:
+    """msgspec's "Expected `int` >= 1 - at `$.spec.members`" as "spec.members: expected `int` >= 1"."""
+    what, sep, where = text.partition(" - at `")
+    if what.startswith("Expected `str` matching regex"):  # say the rule, not the regex
+        what = (f"must be {NAME_RULE}" if NAME_RE.pattern[1:-1] in what.replace("\\\\", "\\")
+                else "does not match " + what.removeprefix("Expected `str` matching regex ").replace("\\\\Z", "$"))
+    what = what[:1].lower() + what[1:]
+    if not sep:
+        return f"invalid body: {what}"
+    where = where.rstrip("`")
+    if where.startswith("key` in `"):
+        return f"{where[9:].removeprefix('$.')} (a key): {what}"
+    return f"{where.removeprefix('$.').removeprefix('$') or 'body'}: {what}"
 
 
 MAX_NESTING = 400
@@ -156,8 +201,11 @@ def query_int(request: Request, key: str, default: int, lo: int, hi: int) -> int
     return int(v)
 
 
-def request_id(request: Request, body: Mapping[str, Any] | None = None) -> str:
-    rid = (body or {}).get("request_id") or request.headers.get("x-request-id") or uuid.uuid4().hex
+def request_id(request: Request, given: Mapping[str, Any] | str | None = None) -> str:
+    """The request id a body gives (``given``: the body, or its decoded ``request_id``), else the
+    ``x-request-id`` header's, else a new one."""
+    rid = (given.get("request_id") if isinstance(given, Mapping) else given) or request.headers.get(
+        "x-request-id") or uuid.uuid4().hex
     if not isinstance(rid, str) or not 1 <= len(rid) <= 128 or not rid.isprintable():
         raise InvalidInput("request_id must be 1-128 printable characters")
     return rid
@@ -296,7 +344,7 @@ class Edge:
                     result = await fn(request)
                 if isinstance(result, Response):
                     return result
-                return JSONResponse(result)
+                return Response(msgspec.json.encode(result), media_type="application/json")
             except CanidaeError as e:
                 return error_response(e)
             except Exception as e:  # a bug must answer 500, never take the agent down

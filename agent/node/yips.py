@@ -32,7 +32,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from canidae.agent.client.link import HOP
-from canidae.agent.httpedge import Edge, expect_object, query_int, read_json
+from canidae.agent.client import schema
+from canidae.agent.httpedge import Edge, query_int, read_body, read_json
 from canidae.agent.node.mailbox import Mailbox, MailboxStore, new_id, parse_body
 from canidae.agent.node.packroute import PackRouter
 from canidae.core.errors import (CanidaeError, InvalidInput, NotAuthenticated, NotFound, PermissionDenied,
@@ -223,10 +224,8 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
         pack = validate_name("pack", request.path_params["pack"])
         who, auth, _ = principal(request)
         may_read(who, pack)
-        body = expect_object(await read_json(request, limit), {"through"}, {"through"})
-        through = body["through"]
-        if isinstance(through, bool) or not isinstance(through, int) or through < 0:
-            raise InvalidInput("through must be a non-negative integer (a yip's seq)")
+        through = (await read_body(request, limit, schema.YipAck)).through
+        body = {"through": through}
 
         async def local() -> Any:
             box = mailbox(pack)
