@@ -19,8 +19,8 @@ import time
 
 import httpx
 import pytest
-from starlette.routing import Route
 import schemathesis
+from harness import local_cluster
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -30,11 +30,11 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from starlette.routing import Route
 
 from canidae.agent.client.openapi import openapi_document
 from canidae.agent.config import load_config
 from canidae.agent.daemon import Agent
-from harness import local_cluster
 
 EXAMPLES = 8  # per operation and generation mode (about 60-80 s in all on 2 shared cores)
 CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]
