@@ -28,7 +28,7 @@ Stale = {"stale": Flag}
 
 PATH_PARAMS: dict[str, Any] = {
     "node": s.Name, "name": s.Name, "pack": s.Name, "accessor": s.Accessor,
-    "action": Literal["stop", "place", "migrate"],
+    "action": Literal["stop", "place", "migrate"], "id": s.DecisionId,
 }
 
 
@@ -62,6 +62,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op("POST", "/v1/nodes", "register a node (a client agent registers itself)", s.WriteAnswer,
        s.RegisterNode, body_required=True),
     Op("GET", "/v1/nodes/{node}", "show a node", s.NodeShow, query=Stale),
+    Op("DELETE", "/v1/nodes/{node}", "remove a node from the cluster", s.WriteAnswer),
     Op("POST", "/v1/nodes/{node}/state", "cordon, uncordon, drain or down a node (plan: what it would do)",
        s.WriteAnswer, s.SetNodeState, body_required=True),
     Op("POST", "/v1/nodes/{node}/heartbeat", "an agent's heartbeat", s.HeartbeatAnswer, s.Heartbeat),
@@ -108,6 +109,19 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "/v1/acl/policies", "list policies", s.PolicyList),
     Op("GET", "/v1/acl/policies/{name}", "show a policy, its rules and the tokens using it", s.PolicyShow),
     Op("DELETE", "/v1/acl/policies/{name}", "delete a policy", s.InForce),
+    Op("GET", "/v1/autoscale", "the autoscaler's policy, pause and last decisions", None,
+       query={"last": Annotated[int, Meta(ge=0, le=1000)]}),
+    Op("POST", "/v1/autoscale/policy", "set the autoscale policy", s.WriteAnswer, s.AutoscalePolicyIn,
+       body_required=True),
+    Op("POST", "/v1/autoscale/pause", "pause the autoscaler", s.WriteAnswer, s.AutoscalePause),
+    Op("POST", "/v1/autoscale/resume", "resume the autoscaler", s.WriteAnswer, s.AutoscalePause),
+    Op("POST", "/v1/autoscale/decisions", "record a decision (the controller)", s.WriteAnswer, s.AutoscaleRecord,
+       body_required=True),
+    Op("GET", "/v1/autoscale/decisions", "decisions after since=ID", s.DecisionList,
+       query={"since": Uint62, "limit": Annotated[int, Meta(ge=1, le=1000)]}),
+    Op("GET", "/v1/autoscale/decisions/{id}", "one decision", s.DecisionShow),
+    Op("POST", "/v1/autoscale/decisions/{id}/outcome", "record what came of a decision", s.WriteAnswer,
+       s.AutoscaleOutcome, body_required=True),
     Op("GET", "/v1/exec/info", "this agent's isolation mechanism, settings and clock", s.ExecInfo),
     Op("GET", "/v1/exec/packs/{pack}", "the processes of a pack on its node", s.ExecStatus),
     Op("GET", "/v1/exec/packs/{pack}/logs", "members' output (wait=S long-polls)", s.ExecLogs,

@@ -454,6 +454,44 @@ class PolicyShow(View):
     tokens: list[str]
 
 
+# ----------------------------------------------------------------------------- autoscale
+
+DecisionId = Annotated[str, Meta(pattern=r"^[0-9]{1,12}\Z", description="a decision id")]
+
+
+class AutoscalePolicyIn(Request):
+    """The policy as its TOML file reads (checked whole by ``canidae.core.autoscale_policy``)."""
+    policy: dict[str, Any]
+    request_id: RequestId | None = None
+
+
+class AutoscalePause(Request):
+    reason: Annotated[str, Meta(max_length=1024)] = ""
+    request_id: RequestId | None = None
+
+
+class AutoscaleRecord(Request):
+    decision: dict[str, Any]
+    controller: Name
+    request_id: RequestId | None = None
+
+
+class AutoscaleOutcome(Request):
+    status: Annotated[str, Meta(max_length=64)]
+    nodes: Annotated[list[Name], Meta(max_length=MAX_SERIES)] = []
+    error: Annotated[str, Meta(max_length=4096)] = ""
+    request_id: RequestId | None = None
+
+
+class DecisionList(View):
+    records: list[dict[str, Any]]
+    last_id: int
+
+
+class DecisionShow(View):
+    record: dict[str, Any] | None
+
+
 # ----------------------------------------------------------------------------- exec and yips
 
 SignalName = Annotated[str, Meta(pattern=r"^(SIG)?(TERM|KILL|INT|HUP|QUIT|USR1|USR2|STOP|CONT)\Z",
