@@ -25,7 +25,7 @@ wraps it with what every route needs, in one place:
   HTTP status; anything else is logged and answered 500, never taking the agent down.
 
 A body is read by ``read_body`` and decoded as a struct of the wire schema
-(``canidae.agent.client.schema``, passed in: this module imports no schema), which refuses bad
+(``canidae.agent.client.schema``), which refuses bad
 input with ``InvalidInput`` (400) naming the field; oversized bodies are ``PayloadTooLarge``
 (413). Answers are encoded with msgspec. The other parsing helpers (``query_int`` ...) refuse
 bad query parameters the same way. This module decides
@@ -48,6 +48,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from canidae.agent.admission import Admission, long_poll
+from canidae.agent.client import schema
 from canidae.agent.identity import Authenticator, Kind, Principal
 from canidae.core.acl import SECRET_RE, Capability, Decision, ResourceKind
 from canidae.core.errors import (
@@ -58,7 +59,6 @@ from canidae.core.errors import (
     PayloadTooLarge,
     PermissionDenied,
 )
-from canidae.core.types import NAME_RE, NAME_RULE
 
 log = logging.getLogger("canidae.api")
 
@@ -129,28 +129,7 @@ T = TypeVar("T")
 async def read_body(request: Request, limit: int, type: type[T]) -> T:
     """Read the body and decode it as ``type`` (a struct of ``canidae.agent.client.schema``): the
     one place a body is validated. An empty body is ``{}``; a refusal names the field."""
-    raw = await read_raw(request, limit)
-    try:
-        return msgspec.json.decode(raw or b"{}", type=type)
-    except msgspec.ValidationError as e:
-        raise InvalidInput(validation_message(str(e))) from None
-    except msgspec.DecodeError as e:
-        raise InvalidInput(f"malformed JSON body: {e}") from None
-
-
-def validation_message(text: str) -> str:
-    """msgspec's "Expected `int` >= 1 - at `$.spec.members`" as "spec.members: expected `int` >= 1"."""
-    what, sep, where = text.partition(" - at `")
-    if what.startswith("Expected `str` matching regex"):  # say the rule, not the regex
-        what = (f"must be {NAME_RULE}" if NAME_RE.pattern[1:-1] in what.replace("\\\\", "\\")
-                else "does not match " + what.removeprefix("Expected `str` matching regex ").replace("\\\\Z", "$"))
-    what = what[:1].lower() + what[1:]
-    if not sep:
-        return f"invalid body: {what}"
-    where = where.rstrip("`")
-    if where.startswith("key` in `"):
-        return f"{where[9:].removeprefix('$.')} (a key): {what}"
-    return f"{where.removeprefix('$.').removeprefix('$') or 'body'}: {what}"
+    return schema.decode(await read_raw(request, limit) or b"{}", type)
 
 
 MAX_NESTING = 400

@@ -18,12 +18,16 @@ share it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Literal, TypeVar
 
+import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from canidae.core.errors import InvalidInput
 from canidae.core.types import (
     MAX_AMOUNT,
+    NAME_RULE,
     Constraints,
     Driver,
     Level,
@@ -563,3 +567,50 @@ class YipAcked(View):
     node: str
     acknowledged: int
     unread: int
+
+
+# ----------------------------------------------------------------------------- decoding
+
+T = TypeVar("T")
+
+
+def decode(raw: bytes, type: type[T]) -> T:
+    """JSON ``raw`` as ``type``; ``InvalidInput`` naming the field when it is not one."""
+    try:
+        return msgspec.json.decode(raw, type=type)
+    except msgspec.ValidationError as e:
+        where, what = refusal(str(e))
+        raise InvalidInput(f"{where or 'invalid body'}: {what}") from None
+    except msgspec.DecodeError as e:
+        raise InvalidInput(f"malformed JSON body: {e}") from None
+
+
+def convert(value: Any, type: type[T], what: str) -> T:
+    """A parsed document (a TOML file's tables) as ``type``; ``InvalidInput`` "{what}: field 'x' ..."."""
+    try:
+        return msgspec.convert(value, type=type)
+    except msgspec.ValidationError as e:
+        where, why = refusal(str(e))
+        raise InvalidInput(f"{what}: field {where!r}: {why}" if where else f"{what}: {why}") from None
+
+
+def refusal(text: str) -> tuple[str, str]:
+    """msgspec's "Expected `int` >= 1 - at `$.spec.members`" as ("spec.members", "expected `int` >= 1");
+    an unknown or missing field is named as the field itself."""
+    what, sep, where = text.partition(" - at `")
+    where = where.rstrip("`")
+    if where.startswith("key` in `"):
+        where, what = where[9:], "a key: " + what[:1].lower() + what[1:]
+    path = where.removeprefix("$").removeprefix(".") if sep else ""
+    for lead in ("Object contains unknown field `", "Object missing required field `"):
+        if what.startswith(lead):
+            name = what[len(lead):].rstrip("`")
+            path = f"{path}.{name}" if path else name
+            what = "is not a field" if "unknown" in lead else "is missing"
+    m = re.search(r"[Ee]xpected `str` matching regex '(.*)'", what)
+    if m:  # say the rule, not the regex
+        pattern = m.group(1).replace("\\\\", "\\")
+        shown = pattern.removesuffix("\\Z") + "$"
+        rule = f"must be {NAME_RULE}" if pattern == NAME_PATTERN else f"must match {shown}"
+        what = what[:m.start()] + rule + what[m.end():]
+    return path, what[:1].lower() + what[1:]
