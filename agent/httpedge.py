@@ -48,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from canidae.agent.admission import Admission, long_poll
-from canidae.agent.client import schema
+from canidae.agent.client.schema import decode
 from canidae.agent.identity import Authenticator, Kind, Principal
 from canidae.core.acl import SECRET_RE, Capability, Decision, ResourceKind
 from canidae.core.errors import (
@@ -129,7 +129,7 @@ T = TypeVar("T")
 async def read_body(request: Request, limit: int, type: type[T]) -> T:
     """Read the body and decode it as ``type`` (a struct of ``canidae.agent.client.schema``): the
     one place a body is validated. An empty body is ``{}``; a refusal names the field."""
-    return schema.decode(await read_raw(request, limit) or b"{}", type)
+    return decode(await read_raw(request, limit) or b"{}", type)
 
 
 MAX_NESTING = 400
