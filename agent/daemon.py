@@ -130,7 +130,8 @@ class Agent:
     async def forward(self, request: Request) -> Response:
         """A client agent passes cluster requests on to a server, unchanged, with the caller's own
         credential (never its own: the server decides what the caller may do)."""
-        body = await read_json(request, self.cfg.max_body_bytes) if request.method == "POST" else None
+        # DELETE /v1/packs has a body too (the names): pass on every body given.
+        body = await read_json(request, self.cfg.max_body_bytes) if request.method in ("POST", "DELETE") else None
         try:
             status, content = await self.link.pass_on(request.method, request.url.path,
                                                       params=dict(request.query_params), body=body,

@@ -152,19 +152,6 @@ def nested_deeper(value: Any, limit: int) -> bool:
     return False
 
 
-def expect_object(body: Any, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
-                  ) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidInput(f"unknown field {unknown[0]!r}")
-    missing = sorted(set(required) - set(body))
-    if missing:
-        raise InvalidInput(f"missing field {missing[0]!r}")
-    return body
-
-
 def query_bool(request: Request, key: str) -> bool:
     v = request.query_params.get(key)
     return v is not None and v.lower() in ("1", "true", "yes", "")

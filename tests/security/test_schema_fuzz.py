@@ -117,6 +117,17 @@ def test_every_route_the_agent_serves_is_in_the_document_and_no_other(cluster):
         assert served == documented, sorted(served ^ documented)
 
 
+def test_a_client_agent_passes_on_a_delete_with_its_body(cluster):
+    """DELETE /v1/packs names the packs in its body: a client agent hands it on whole."""
+    client = next(a for a in cluster.agents if a["role"] == "client")
+    base, auth = f"http://{client['api']}", {"authorization": f"Bearer {cluster.token}"}
+    created = httpx.post(f"{base}/v1/packs", headers=auth, timeout=10, json={"spec": {"name": "via-client"},
+                                                                             "place": False})
+    assert created.status_code == 200, created.text
+    deleted = httpx.request("DELETE", f"{base}/v1/packs", headers=auth, timeout=10, json={"names": ["via-client"]})
+    assert deleted.status_code == 200, deleted.text
+
+
 def test_a_wrong_method_names_the_methods_the_path_takes(cluster):
     base = f"http://{cluster.agents[0]['api']}"
     r = httpx.put(f"{base}/v1/packs", headers={"authorization": f"Bearer {cluster.token}"}, timeout=10)
