@@ -533,15 +533,19 @@ YipId = Annotated[str, Meta(min_length=1, max_length=64, description="1-64 print
 
 class YipIn(Request):
     """One yip: exactly one of ``text`` or ``data`` (any JSON), and an optional ``id`` (a resend
-    with the same id is queued once)."""
+    with the same id is queued once). ``from``: its sender, in a batch an agent hands on."""
     text: Text | UnsetType = UNSET
     data: Any | UnsetType = UNSET
     id: YipId | None = None
+    sender: Annotated[str, Meta(min_length=1, max_length=64)] | None = msgspec.field(default=None, name="from")
 
 
 class YipSend(YipIn):
-    """One yip, or a batch of them (``yips``, 1..1000)."""
+    """One yip, or a batch of them (``yips``, 1..1000). ``relayed`` and ``groups`` (how many yips
+    each send request holds) are for an agent handing on the yips of others."""
     yips: Annotated[list[YipIn], Meta(min_length=1, max_length=1000)] | None = None
+    relayed: bool = False
+    groups: Annotated[list[Annotated[int, Meta(ge=1, le=1000)]], Meta(max_length=1000)] | None = None
 
 
 class YipAck(Request):
