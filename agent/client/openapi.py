@@ -4,7 +4,8 @@
 request struct and the response struct (``canidae.agent.client.schema``). ``openapi_document``
 turns it into the document served at ``/v1/openapi.json``: schemas by
 ``msgspec.json.schema_components``, path parameters with their patterns, and the error answers
-every route may give (400, 401, 403, 404, 405 with ``Allow``, 409, 413, 503). A test checks that
+every route may give (400, 401, 403, 404, 405 with ``Allow``, 409, 413, 429 with ``Retry-After``,
+503, 504). A test checks that
 the routes the agent registers and the operations listed here are the same set.
 """
 
@@ -182,6 +183,9 @@ def openapi_document() -> dict[str, Any]:
     allow_header = {"Allow": {"description": "the methods the path takes", "schema": {"type": "string"}}}
     answers = {code: {**error, "description": what} for code, what in ERRORS.items()}
     answers["405"] = {**error, "description": "the path does not take this method", "headers": allow_header}
+    answers["429"] = {**error, "description": "overloaded: refused for load before anything was done; retry "
+                                              "after the Retry-After header's seconds",
+                      "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "string"}}}}
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         ok: dict[str, Any] = {"description": "ok", "content": {
