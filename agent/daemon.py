@@ -181,7 +181,8 @@ class Agent:
     async def forward(self, request: Request) -> Response:
         """A client agent passes cluster requests on to a server, unchanged, with the caller's own
         credential (never its own: the server decides what the caller may do)."""
-        body = await read_json(request, self.cfg.max_body_bytes) if request.method == "POST" else None
+        # DELETE /v1/packs has a body too (the names): pass on every body given.
+        body = await read_json(request, self.cfg.max_body_bytes) if request.method in ("POST", "DELETE") else None
         try:
             status, content, index = await self.link.pass_on(
                 request.method, request.url.path, params=dict(request.query_params), body=body,
@@ -215,9 +216,13 @@ class Agent:
             return error_response(NotFound(f"no route {request.method} {request.url.path}"))
 
         async def method_not_allowed(request: Request, exc: Exception) -> Response:
+            # Every route on the path, not only the first one the router tried (GET and POST of
+            # one path are separate routes).
+            allowed = sorted({m for r in routes if r.methods and r.path_regex.match(request.url.path)
+                              for m in r.methods})
             return JSONResponse({"error": {"code": "method_not_allowed",
                                            "message": f"{request.method} is not allowed on {request.url.path}"}},
-                                status_code=405)
+                                status_code=405, headers={"Allow": ", ".join(allowed)})
 
         app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
         return RequestMetrics(app, self.telemetry)

@@ -27,8 +27,11 @@ wraps it with what every route needs, in one place:
   handler runs (a log that cannot be written refuses a state change up front) and recorded,
   durably, before the answer is sent.
 
-The parsing helpers (``read_json``, ``expect_object``, ``query_int`` ...) refuse bad input with
-``InvalidInput`` (400) and oversized bodies with ``PayloadTooLarge`` (413). This module decides
+A body is read by ``read_body`` and decoded as a struct of the wire schema
+(``canidae.agent.client.schema``), which refuses bad
+input with ``InvalidInput`` (400) naming the field; oversized bodies are ``PayloadTooLarge``
+(413). Answers are encoded with msgspec. The other parsing helpers (``query_int`` ...) refuse
+bad query parameters the same way. This module decides
 nothing about what a request means; its only state is the count of refused credentials.
 """
 
@@ -41,12 +44,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from canidae.agent.admission import Admission, long_poll
+from canidae.agent.client.schema import decode
 from canidae.agent.identity import Authenticator, Kind, Principal
 from canidae.core.acl import SECRET_RE, Capability, Decision, ResourceKind
 from canidae.core.errors import (
@@ -90,8 +95,8 @@ def error_response(err: CanidaeError) -> JSONResponse:
     return JSONResponse(err.to_wire(), status_code=err.http_status, headers=headers)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """Read and parse the body, refusing more than ``limit`` bytes (413) and non-JSON (400)."""
+async def read_raw(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes (413) and nesting deeper than ``MAX_NESTING`` (400)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
@@ -105,6 +110,23 @@ async def read_json(request: Request, limit: int) -> Any:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
+    # Only a body with more than MAX_NESTING opening brackets can be nested that deep.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING:
+        try:
+            deep = nested_deeper(json.loads(raw), MAX_NESTING)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"malformed JSON body: {e}") from None
+        except RecursionError:  # 100,000 "[" used to end here as a 500
+            deep = True
+        if deep:
+            raise InvalidInput(f"JSON body nested deeper than {MAX_NESTING} levels")
+    request.state.raw_body = raw  # what the audit record shows of the request (decoded, redacted)
+    return raw
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """Read and parse a body of no fixed form (an empty one is ``{}``); see ``read_raw``."""
+    raw = await read_raw(request, limit)
     if not raw:
         request.state.body = {}
         return {}
@@ -112,13 +134,17 @@ async def read_json(request: Request, limit: int) -> Any:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidInput(f"malformed JSON body: {e}") from None
-    except RecursionError:  # 100,000 "[" used to end here as a 500
-        raise InvalidInput(f"JSON body nested deeper than {MAX_NESTING} levels") from None
-    # Only a body with more than MAX_NESTING opening brackets can be nested that deep.
-    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and nested_deeper(body, MAX_NESTING):
-        raise InvalidInput(f"JSON body nested deeper than {MAX_NESTING} levels")
-    request.state.body = body  # what the audit record shows of the request (redacted)
+    request.state.body = body
     return body
+
+
+T = TypeVar("T")
+
+
+async def read_body(request: Request, limit: int, type: type[T]) -> T:
+    """Read the body and decode it as ``type`` (a struct of ``canidae.agent.client.schema``): the
+    one place a body is validated. An empty body is ``{}``; a refusal names the field."""
+    return decode(await read_raw(request, limit) or b"{}", type)
 
 
 MAX_NESTING = 400
@@ -141,19 +167,6 @@ def nested_deeper(value: Any, limit: int) -> bool:
     return False
 
 
-def expect_object(body: Any, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
-                  ) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidInput(f"unknown field {unknown[0]!r}")
-    missing = sorted(set(required) - set(body))
-    if missing:
-        raise InvalidInput(f"missing field {missing[0]!r}")
-    return body
-
-
 def query_bool(request: Request, key: str) -> bool:
     v = request.query_params.get(key)
     return v is not None and v.lower() in ("1", "true", "yes", "")
@@ -169,8 +182,11 @@ def query_int(request: Request, key: str, default: int, lo: int, hi: int) -> int
     return int(v)
 
 
-def request_id(request: Request, body: Mapping[str, Any] | None = None) -> str:
-    rid = (body or {}).get("request_id") or request.headers.get("x-request-id") or uuid.uuid4().hex
+def request_id(request: Request, given: Mapping[str, Any] | str | None = None) -> str:
+    """The request id a body gives (``given``: the body, or its decoded ``request_id``), else the
+    ``x-request-id`` header's, else a new one."""
+    rid = (given.get("request_id") if isinstance(given, Mapping) else given) or request.headers.get(
+        "x-request-id") or uuid.uuid4().hex
     if not isinstance(rid, str) or not 1 <= len(rid) <= 128 or not rid.isprintable():
         raise InvalidInput("request_id must be 1-128 printable characters")
     request.state.request_id = rid  # the audit record names the id the command carried
@@ -321,7 +337,7 @@ class Edge:
                     result = await fn(request)
                 if isinstance(result, Response):
                     return result
-                return JSONResponse(result)
+                return Response(msgspec.json.encode(result), media_type="application/json")
             except CanidaeError as e:
                 return error_response(e)
             except Exception as e:  # a bug must answer 500, never take the agent down

@@ -2,7 +2,7 @@
 given on the command line (an option overrides the file only when it is given), checked with the
 same rules whichever way a field came in. A bad field is an ``InvalidInput`` (exit 2) naming it.
 
-The file holds the wire form of a spec (``PACK_SPEC_FIELDS``)::
+The file holds the wire form of a spec (``canidae.agent.client.schema.SpecIn``)::
 
     driver = "exec"                 # default: exec when there is a command, else virtual
     command = ["python3", "-m", "http.server"]
@@ -26,13 +26,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from canidae.agent.client.schema import SpecIn, convert
 from canidae.core.errors import InvalidInput
-from canidae.core.types import (
-    CONSTRAINT_FIELDS, NETWORKS, PACK_SPEC_FIELDS, SEALED_PREFIX, Driver, PackSpec, RestartPolicy,
-    validate_env_name, validate_name,
-)
-
-SPREAD_LEVELS = ("zone", "region", "cell")
+from canidae.core.types import SEALED_PREFIX, Driver, PackSpec
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:
@@ -90,68 +86,11 @@ def _field(name: str, why: str) -> InvalidInput:
     return InvalidInput(f"pack spec: field {name!r} {why}")
 
 
-def _int(spec: dict[str, Any], key: str, lo: int, hi: int | None = None) -> None:
-    if key not in spec:
-        return
-    v = spec[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-        limits = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise _field(key, f"must be an integer {limits}, got {v!r}")
-
-
-def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise _field(key, f"must be one of {', '.join(allowed)}, got {value!r}")
-
-
 def check_spec(spec: dict[str, Any]) -> PackSpec:
-    """Check every field of ``spec`` (the rules of the API and of the options); return it typed."""
-    unknown = sorted(set(spec) - set(PACK_SPEC_FIELDS))
-    if unknown:
-        raise _field(unknown[0], f"is not a pack spec field (fields: {', '.join(PACK_SPEC_FIELDS[1:])})")
-    _int(spec, "cpu", 0)
-    _int(spec, "mem", 0)
-    _int(spec, "members", 1, 64)
-    if "driver" in spec:
-        _choice(spec["driver"], "driver", tuple(d.value for d in Driver))
-    if "restart" in spec:
-        _choice(spec["restart"], "restart", tuple(r.value for r in RestartPolicy))
-    command = spec.get("command")
-    if command is not None and (not isinstance(command, list) or not all(isinstance(a, str) for a in command)):
-        raise _field("command", f"must be a list of strings, got {command!r}")
-    env = spec.get("env")
-    if env is not None and (not isinstance(env, dict)
-                            or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
-        raise _field("env", "must be a table of strings (KEY = \"VALUE\")")
-    secrets = spec.get("secrets")
-    if secrets is not None and (not isinstance(secrets, dict)
-                                or not all(isinstance(k, str) and isinstance(v, str) for k, v in secrets.items())):
-        raise _field("secrets", "must be a table of strings (KEY = \"VALUE\")")
-    for table, what in (("env", "env variable"), ("secrets", "secret")):
-        for key in spec.get(table) or {}:
-            try:
-                validate_env_name(what, key)
-            except InvalidInput as e:
-                raise _field(f"{table}.{key}", e.message) from None
-    if "network" in spec:
-        _choice(spec["network"], "network", tuple(NETWORKS))
-    constraints = spec.get("constraints")
-    if constraints is not None:
-        if not isinstance(constraints, dict):
-            raise _field("constraints", "must be a table")
-        bad = sorted(set(constraints) - set(CONSTRAINT_FIELDS))
-        if bad:
-            raise _field(f"constraints.{bad[0]}", f"is not a constraint (constraints: {', '.join(CONSTRAINT_FIELDS)})")
-        for key, value in constraints.items():
-            if key == "spread":
-                _choice(value, "constraints.spread", SPREAD_LEVELS)
-            else:
-                try:
-                    validate_name(key, value)
-                except InvalidInput as e:
-                    raise _field(f"constraints.{key}", e.message) from None
-    if spec.get("driver") == Driver.EXEC.value and not command:
+    """Check every field of ``spec`` with the rules of the API (the wire schema's ``SpecIn``: the
+    same struct the agent decodes a request into); return it typed."""
+    typed = convert(spec, SpecIn, "pack spec")
+    if typed.driver == Driver.EXEC.value and not typed.command:
         raise _field("command", "is needed by the exec driver (after '--', or command = [...] in the file)")
     # Secrets are sealed by the agent that takes the request: check the rest with placeholders.
-    sealed = {k: SEALED_PREFIX for k in spec.get("secrets") or {}}
-    return PackSpec.from_dict({**spec, "secrets": sealed} if sealed else spec)
+    return typed.to_core({k: SEALED_PREFIX for k in typed.secrets})

@@ -249,12 +249,6 @@ class Constraints:
 NO_CONSTRAINTS = Constraints()
 
 
-# The fields of a pack spec (wire form, spec files) and of its constraints table.
-PACK_SPEC_FIELDS = ("name", "driver", "command", "members", "cpu", "mem", "restart", "env", "secrets", "network",
-                    "constraints")
-CONSTRAINT_FIELDS = ("zone", "region", "cell", "node", "spread", "group")
-
-
 @dataclass(frozen=True, slots=True)
 class PackSpec:
     """What a user asks for: a named workload with members, a reservation and constraints."""
@@ -366,7 +360,7 @@ class Plan:
 __all__ = [
     "NAME_RE", "NAME_RULE", "MAX_AMOUNT", "validate_name", "ENV_NAME_RE", "LOADER_VARS", "SEALED_PREFIX", "NETWORKS",
     "validate_env_name", "Level", "NodeState", "Role", "Driver", "RestartPolicy",
-    "PackState", "PACK_SPEC_FIELDS", "CONSTRAINT_FIELDS", "Resources", "Location", "Node", "Constraints",
+    "PackState", "Resources", "Location", "Node", "Constraints",
     "NO_CONSTRAINTS", "PackSpec",
     "Placement", "Unplaced", "Migration", "Plan",
 ]

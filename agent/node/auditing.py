@@ -195,7 +195,7 @@ class Auditor:
     def _request_id(request: Request) -> str:
         rid = getattr(request.state, "request_id", None)
         if not rid:
-            body = getattr(request.state, "body", None)
+            body = request_body(request)
             rid = (body.get("request_id") if isinstance(body, dict) else None) or request.headers.get("x-request-id")
             if not isinstance(rid, str) or not rid or len(rid) > 128:
                 rid = uuid.uuid4().hex
@@ -216,7 +216,7 @@ class Auditor:
             code = str(err.get("code", "")) if isinstance(err, dict) else str(status)
         outcome = Outcome.DENIED if denied else Outcome.OK if status < 400 else Outcome.FAILED
         who = getattr(request.state, "principal", None)
-        body = getattr(request.state, "body", None)
+        body = request_body(request)
         detail: dict[str, Any] = {"status": status, "method": request.method, "path": text(request.url.path)[:1024]}
         if who is not None:
             accessor, detail["principal"] = who.public_id, f"{who.kind.value} {who.name}"
@@ -250,6 +250,23 @@ class Auditor:
         n, self.denials.dropped = self.denials.dropped, 0
         await self.log.append({"at_ms": self.clock(), "agent": self.agent, "action": "audit.denials_dropped",
                                "outcome": Outcome.OK.value, "detail": {"denials_dropped": n}})
+
+
+def request_body(request: Request) -> Any:
+    """The request's JSON body as the edge read it, or None: parsed by ``read_json``, or the raw
+    bytes a typed route decoded (``read_body``), parsed again here only for the record."""
+    body = getattr(request.state, "body", None)
+    if body is not None:
+        return body
+    raw = getattr(request.state, "raw_body", None)
+    if not raw:
+        return None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    request.state.body = body
+    return body
 
 
 def _target(request: Request, body: Any, answer: Any) -> str:

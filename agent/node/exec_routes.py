@@ -17,7 +17,8 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from canidae.agent.httpedge import Edge, expect_object, query_int, read_json
+from canidae.agent.client import schema
+from canidae.agent.httpedge import Edge, query_int, read_body
 from canidae.agent.node import packlogs
 from canidae.core.errors import InvalidInput
 from canidae.core.types import validate_name
@@ -84,15 +85,13 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
 
     async def kill(request: Request) -> Any:
         pack = validate_name("pack", request.path_params["pack"])
-        body = expect_object(await read_json(request, limit), {"signal"})
-        name = str(body.get("signal", "KILL")).upper().removeprefix("SIG")
-        if name not in SIGNALS:
-            raise InvalidInput(f"signal must be one of {', '.join(sorted(SIGNALS))}")
+        body = await read_body(request, limit, schema.Kill)
+        name = body.signal.removeprefix("SIG")
 
         async def local() -> Any:
             return driver.kill(pack, signal.Signals[f"SIG{name}"])
         return await router.route(request, pack, local, method="POST", path=f"/v1/exec/packs/{pack}/kill",
-                                  json=body)
+                                  json={"signal": name})
 
     async def status(request: Request) -> Any:
         pack = validate_name("pack", request.path_params["pack"])

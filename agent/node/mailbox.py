@@ -34,6 +34,9 @@ import time
 import uuid
 from typing import Any
 
+from msgspec import UNSET
+
+from canidae.agent.client.schema import YipSend
 from canidae.agent.node.mailboxlog import (
     COMPACT_MIN_BYTES,
     Journal,
@@ -318,34 +321,21 @@ class MailboxStore:
         self.syncer.close()
 
 
-def parse_body(body: Any, relayed: bool = False) -> list[tuple[dict[str, Any], str | None, str | None]]:
-    """The yips of a send request: ``{"text"|"data", "id"?}`` or ``{"yips": [...]}`` (a batch).
-
-    Returns (payload, id, sender) per yip. ``relayed``: an agent passing on yips it took from
-    several senders names each yip's sender in ``from`` (only the admin token may do that).
+def parse_body(body: YipSend, relayed: bool = False) -> list[tuple[dict[str, Any], str | None, str | None]]:
+    """The yips of a decoded send request (``canidae.agent.client.schema.YipSend``): one yip, or
+    a batch (``yips``). Returns (payload, id, sender) per yip. ``relayed``: an agent passing on
+    yips it took from several senders names each yip's sender in ``from`` (only then is it taken).
     """
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object")
-    items = body.get("yips") if "yips" in body else [body]
-    if not isinstance(items, list) or not items or len(items) > 1000:
-        raise InvalidInput("yips must be a list of 1..1000 yips")
-    allowed = {"text", "data", "id", "from"} if relayed else {"text", "data", "id"}
+    own = body.text is not UNSET or body.data is not UNSET or body.id is not None or body.sender is not None
+    if body.yips is not None and own:
+        raise InvalidInput("give one yip (text or data) or a batch (yips), not both")
+    items = body.yips if body.yips is not None else [body]
     out = []
     for item in items:
-        if not isinstance(item, dict):
-            raise InvalidInput("each yip must be an object")
-        unknown = sorted(set(item) - allowed)
-        if unknown:
-            raise InvalidInput(f"unknown field {unknown[0]!r} in a yip")
-        if ("text" in item) == ("data" in item):
+        if (item.text is UNSET) == (item.data is UNSET):
             raise InvalidInput("a yip holds exactly one of 'text' or 'data'")
-        if "text" in item and not isinstance(item["text"], str):
-            raise InvalidInput("text must be a string")
-        yid = item.get("id")
-        if yid is not None and (not isinstance(yid, str) or not 1 <= len(yid) <= 64 or not yid.isprintable()):
-            raise InvalidInput("a yip id is 1-64 printable characters")
-        sender = item.get("from")
-        if sender is not None and (not isinstance(sender, str) or not 1 <= len(sender) <= 64):
-            raise InvalidInput("from must name the sender")
-        out.append(({k: item[k] for k in ("text", "data") if k in item}, yid, sender))
+        if item.sender is not None and not relayed:
+            raise InvalidInput("from: only an agent handing on yips names their senders")
+        payload = {"text": item.text} if item.text is not UNSET else {"data": item.data}
+        out.append((payload, item.id, item.sender))
     return out

@@ -32,7 +32,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from canidae.agent.client.link import HOP
-from canidae.agent.httpedge import Edge, expect_object, query_int, read_json
+from canidae.agent.client import schema
+from canidae.agent.httpedge import Edge, query_int, read_body
 from canidae.agent.node.mailbox import Mailbox, MailboxStore, new_id, parse_body
 from canidae.agent.node.packroute import PackRouter
 from canidae.core.errors import (CanidaeError, InvalidInput, NotAuthenticated, NotFound, PermissionDenied,
@@ -105,14 +106,13 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
     async def send(request: Request) -> Any:
         pack = validate_name("pack", request.path_params["pack"])
         who, auth, kind = principal(request)
-        body = await read_json(request, limit)
-        relayed = (kind != "pack" and request.headers.get(HOP) is not None and isinstance(body, dict)
-                   and body.get("relayed") is True)
+        body = await read_body(request, limit, schema.YipSend)
+        relayed = kind != "pack" and request.headers.get(HOP) is not None and body.relayed
         if kind == "agent" and not relayed:
             raise PermissionDenied(f"the credential of {who} only hands on yips other senders sent")
-        if relayed:
-            body = {k: v for k, v in body.items() if k != "relayed"}
-        groups = body.pop("groups", None) if relayed else None
+        if not relayed and (body.relayed or body.groups is not None):
+            raise InvalidInput("relayed and groups are for an agent handing on yips")
+        groups = body.groups if relayed else None
         items = parse_body(body, relayed=relayed)
         if not relayed:
             # Every yip has its id from here on: a relayed batch that must be resent is queued once.
@@ -222,10 +222,8 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
         pack = validate_name("pack", request.path_params["pack"])
         who, auth, _ = principal(request)
         may_read(who, pack)
-        body = expect_object(await read_json(request, limit), {"through"}, {"through"})
-        through = body["through"]
-        if isinstance(through, bool) or not isinstance(through, int) or through < 0:
-            raise InvalidInput("through must be a non-negative integer (a yip's seq)")
+        through = (await read_body(request, limit, schema.YipAck)).through
+        body = {"through": through}
 
         async def local() -> Any:
             box = mailbox(pack)
@@ -241,12 +239,11 @@ def routes(node: NodeRuntime, edge: Edge) -> list[Route]:
     ]
 
 
-def parse_groups(groups: Any, count: int) -> list[int]:
+def parse_groups(groups: list[int] | None, count: int) -> list[int]:
     """The sizes of the send requests in a relayed batch of ``count`` yips (absent: one yip each)."""
     if groups is None:
         return [1] * count
-    if (not isinstance(groups, list) or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0
-                                                 for g in groups) or sum(groups) != count):
+    if sum(groups) != count:
         raise InvalidInput("groups must be positive yip counts that add up to the number of yips")
     return groups
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from canidae.agent.httpedge import Edge, expect_object, principal_of, read_json, request_id
+from canidae.agent.client import schema
+from canidae.agent.httpedge import Edge, principal_of, read_body, request_id
 from canidae.agent.identity import Kind
 from canidae.agent.server.access import TokenAccess
 from canidae.core.acl import (
@@ -79,26 +80,17 @@ def acl_routes(plane: ControlPlane | None, edge: Edge, access: TokenAccess | Non
 
     async def create_token(request: Request) -> Any:
         assert access is not None
-        body = expect_object(await read_json(request, limit), {"name", "policies", "ttl_s", "request_id"},
-                             {"name", "policies"})
-        name = validate_name("token", body["name"])
-        policies = body["policies"]
-        if not isinstance(policies, list) or not policies or not all(isinstance(p, str) for p in policies):
-            raise InvalidInput("policies must be a non-empty list of policy names")
-        for p in policies:
-            validate_name("policy", p)
+        body = await read_body(request, limit, schema.CreateToken)
+        name, policies, ttl = body.name, body.policies, body.ttl_s
         who = principal_of(request)
         if MANAGEMENT.name in policies and who.kind is Kind.TOKEN:
             # A token that may make tokens must not mint itself more rights than it has.
             edge.require(request, OPERATOR, "", Capability.KEYS)
-        ttl = body.get("ttl_s")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl * 1000 <= MAX_TTL_MS):
-            raise InvalidInput("ttl_s must be an integer number of seconds, at most ten years")
         stamp = agent.stamp()
         accessor, secret = format_accessor(secrets.token_bytes(16)), format_secret(secrets.token_bytes(32))
         key, secret_hash = access.hash(secret)
         answer = await agent.propose(CreateToken(
-            id=request_id(request, body), **stamp, by=who.public_id, accessor=accessor, key=key,
+            id=request_id(request, body.request_id), **stamp, by=who.public_id, accessor=accessor, key=key,
             secret_hash=secret_hash, name=name, policies=tuple(policies),
             expires_at=stamp["at"] + ttl * 1000 if ttl is not None else None))
         missing = [p for p in policies if p not in agent.state.policies and p not in (MANAGEMENT.name, READ_ONLY.name)]
@@ -161,9 +153,9 @@ def acl_routes(plane: ControlPlane | None, edge: Edge, access: TokenAccess | Non
         return out
 
     async def apply_policy(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit), {"policy", "request_id"}, {"policy"})
-        policy = Policy.from_toml_dict(body["policy"])  # refused here, with its message, before the log
-        answer = await agent.propose(ApplyPolicy(id=request_id(request, body), **agent.stamp(),
+        body = await read_body(request, limit, schema.ApplyPolicy)
+        policy = Policy.from_toml_dict(body.policy)  # refused here, with its message, before the log
+        answer = await agent.propose(ApplyPolicy(id=request_id(request, body.request_id), **agent.stamp(),
                                                  policy=policy.to_dict(), by=principal_of(request).public_id))
         return {**answer, **await in_force_everywhere(agent)}
 

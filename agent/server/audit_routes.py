@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from starlette.requests import Request
 from starlette.routing import Route
 
-from canidae.agent.httpedge import Edge, expect_object, principal_of, read_json, request_id
+from canidae.agent.client import schema
+from canidae.agent.httpedge import Edge, principal_of, read_body, request_id
 from canidae.core.acl import Capability, ResourceKind
 from canidae.core.audit import Checkpoint
 from canidae.core.audit_heads import public_key_bytes
@@ -42,19 +43,16 @@ def routes(plane: ControlPlane | None, edge: Edge) -> list[Route]:
     agent: Any = plane  # None on a client agent: the edge forwards before a handler runs
 
     async def commit(request: Request) -> Any:
-        body = expect_object(await read_json(request, edge.limit), {"node", "public_key", "checkpoint", "request_id"},
-                             {"node", "public_key", "checkpoint"})
-        node = validate_name("node", body["node"])
+        body = await read_body(request, edge.limit, schema.AuditCheckpointIn)
+        node = body.node
         who = principal_of(request)
         if not who.may_act_for_node(node):
             raise PermissionDenied(f"the credential of {who.describe()} may not commit node {node}'s audit head")
-        if not isinstance(body["public_key"], str) or not isinstance(body["checkpoint"], dict):
-            raise InvalidInput("public_key must be a string and checkpoint an object")
-        cp = Checkpoint.from_dict(body["checkpoint"])
-        check_signature(body["public_key"], cp)
-        rid = request_id(request, body) if "request_id" in body else f"audit-{cp.key_id}-{cp.seq}-{cp.at_ms}"
+        cp = Checkpoint.from_dict(body.checkpoint)
+        check_signature(body.public_key, cp)
+        rid = request_id(request, body.request_id) if body.request_id else f"audit-{cp.key_id}-{cp.seq}-{cp.at_ms}"
         return await agent.propose(CommitAuditCheckpoint(id=rid, **agent.stamp(), by=who.public_id, node_id=node,
-                                                         public_key=body["public_key"], checkpoint=cp.to_dict()))
+                                                         public_key=body.public_key, checkpoint=cp.to_dict()))
 
     async def listing(request: Request) -> Any:
         node = validate_name("node", request.query_params.get("agent", ""))

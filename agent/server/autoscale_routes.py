@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from canidae.agent.httpedge import Edge, expect_object, principal_of, query_int, read_json, request_id
+from canidae.agent.client import schema
+from canidae.agent.httpedge import Edge, principal_of, query_int, read_body, request_id
 from canidae.core.acl import Capability, ResourceKind
 from canidae.core.autoscale_policy import Policy
 from canidae.core.autoscale_state import DECISIONS_KEPT
@@ -26,7 +27,6 @@ from canidae.core.commands import (
     SetAutoscalePolicy,
 )
 from canidae.core.errors import InvalidInput
-from canidae.core.types import validate_name
 
 if TYPE_CHECKING:
     from canidae.agent.server.control import ControlPlane
@@ -57,21 +57,16 @@ def autoscale_routes(plane: ControlPlane | None, edge: Edge) -> list[Route]:
         return {"record": st.autoscale.get(int(text))}
 
     async def set_policy(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit), {"policy", "request_id"}, {"policy"})
-        if not isinstance(body["policy"], dict):
-            raise InvalidInput("policy must be an object (the TOML document as JSON)")
-        policy = Policy.from_dict(body["policy"])  # refused here, with its message, before the log
+        body = await read_body(request, limit, schema.AutoscalePolicyIn)
+        policy = Policy.from_dict(body.policy)  # refused here, with its message, before the log
         return await agent.propose(SetAutoscalePolicy(
-            id=request_id(request, body), **agent.stamp(), policy=policy.to_dict(),
+            id=request_id(request, body.request_id), **agent.stamp(), policy=policy.to_dict(),
             by=principal_of(request).public_id))
 
     async def pause(request: Request, paused: bool) -> Any:
-        body = expect_object(await read_json(request, limit), {"reason", "request_id"})
-        reason = body.get("reason", "")
-        if not isinstance(reason, str):
-            raise InvalidInput("reason must be a string")
+        body = await read_body(request, limit, schema.AutoscalePause)
         return await agent.propose(SetAutoscalePaused(
-            id=request_id(request, body), **agent.stamp(), paused=paused, reason=reason,
+            id=request_id(request, body.request_id), **agent.stamp(), paused=paused, reason=body.reason,
             by=principal_of(request).public_id))
 
     async def pause_route(request: Request) -> Any:
@@ -81,29 +76,19 @@ def autoscale_routes(plane: ControlPlane | None, edge: Edge) -> list[Route]:
         return await pause(request, False)
 
     async def record(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit), {"decision", "controller", "request_id"},
-                             {"decision", "controller"})
-        if not isinstance(body["decision"], dict):
-            raise InvalidInput("decision must be an object")
+        body = await read_body(request, limit, schema.AutoscaleRecord)
         return await agent.propose(RecordAutoscaleDecision(
-            id=request_id(request, body), **agent.stamp(), decision=body["decision"],
-            controller=validate_name("controller", body["controller"]), by=principal_of(request).public_id))
+            id=request_id(request, body.request_id), **agent.stamp(), decision=body.decision,
+            controller=body.controller, by=principal_of(request).public_id))
 
     async def outcome(request: Request) -> Any:
         text = request.path_params["id"]
         if not text.isdigit() or len(text) > 12 or int(text) < 1:
             raise InvalidInput(f"{text!r} is not a decision id (a positive integer)")
-        body = expect_object(await read_json(request, limit), {"status", "nodes", "error", "request_id"},
-                             {"status"})
-        nodes = body.get("nodes", [])
-        if not isinstance(nodes, list):
-            raise InvalidInput("nodes must be a list of node names")
-        error = body.get("error", "")
-        if not isinstance(body["status"], str) or not isinstance(error, str):
-            raise InvalidInput("status and error must be strings")
+        body = await read_body(request, limit, schema.AutoscaleOutcome)
         return await agent.propose(SetAutoscaleOutcome(
-            id=request_id(request, body), **agent.stamp(), decision_id=int(text), status=body["status"],
-            nodes=tuple(validate_name("node", n) for n in nodes), error=error,
+            id=request_id(request, body.request_id), **agent.stamp(), decision_id=int(text), status=body.status,
+            nodes=tuple(body.nodes), error=body.error,
             by=principal_of(request).public_id))
 
     o = ResourceKind.OPERATOR

@@ -49,7 +49,7 @@ from canidae.core.ringbounded import bounded_caps
 from canidae.core.sampling import sample_rate
 from canidae.core.scheduler import UNPLACED_KINDS, unplaced_kind
 from canidae.core.state import HOLDING, ClusterState, PackRecord, running_digest
-from canidae.core.types import Node, NodeState, PackSpec, PackState, validate_name
+from canidae.core.types import Node, NodeState, PackSpec, PackState
 
 log = logging.getLogger("canidae.server")
 
@@ -583,19 +583,9 @@ class ControlPlane:
             return {"rev": st.node_rev[node_id], "resync": True, "node_state": st.nodes[node_id].state.value,
                     "packs": [assignment(r) for r in held], "gone": gone}
 
-    async def report_packs(self, node_id: str, reports: Any, rid: str) -> dict[str, Any]:
-        if not isinstance(reports, list) or not reports or len(reports) > 100_000:
-            raise InvalidInput("reports must be a non-empty list")
-        parsed = []
-        for r in reports:
-            if not isinstance(r, list) or len(r) != 4:
-                raise InvalidInput("each report is [name, generation, state, reason]")
-            if isinstance(r[1], bool) or not isinstance(r[1], int) or not 0 <= r[1] <= MAX_GENERATION:
-                raise InvalidInput(f"a report's generation must be an integer 0..{MAX_GENERATION}")
-            try:
-                parsed.append(PackReport(validate_name("pack", r[0]), r[1], ReportState(r[2]), str(r[3])))
-            except (ValueError, TypeError) as e:
-                raise InvalidInput(f"invalid report: {e}") from None
+    async def report_packs(self, node_id: str, reports: list[tuple[str, int, str, str]], rid: str) -> dict[str, Any]:
+        """``reports`` as decoded by the wire schema (``canidae.agent.client.schema.Reports``)."""
+        parsed = [PackReport(name, generation, ReportState(state), reason) for name, generation, state, reason in reports]
         return await self.propose(ReportPacks(id=rid, **self.stamp(), node_id=node_id, reports=tuple(parsed),
                                               by=f"agent:{node_id}"))
 

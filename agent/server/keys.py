@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from canidae.agent.httpedge import Edge, expect_object, principal_of, read_json, request_id
+from canidae.agent.client import schema
+from canidae.agent.httpedge import Edge, principal_of, read_body, request_id
 from canidae.agent.keyring import new_record, seed_keys
 from canidae.agent.server.acl_routes import in_force_everywhere
 from canidae.core.acl import Capability, ResourceKind
@@ -217,16 +218,14 @@ def keys_routes(plane: ControlPlane | None, edge: Edge, keeper: KeyKeeper | None
         return _status(agent, keeper)  # type: ignore[arg-type]
 
     async def rotate(request: Request) -> Any:
-        body = expect_object(await read_json(request, edge.limit), {"purposes", "prepublish_s", "by_region"})
-        purposes = body.get("purposes") or list(PURPOSES)
+        body = await read_body(request, edge.limit, schema.KeysRotateIn)
+        purposes = body.purposes or list(PURPOSES)
         if not isinstance(purposes, list) or not all(p in PURPOSES for p in purposes) or len(set(purposes)) != len(purposes):
             raise InvalidInput(f"purposes must be a list of distinct purposes: {', '.join(PURPOSES)}")
-        pre = body.get("prepublish_s", MIN_PREPUBLISH_S)
-        if isinstance(pre, bool) or not isinstance(pre, (int, float)) or not 0 <= pre <= MAX_PREPUBLISH_S:
+        pre = MIN_PREPUBLISH_S if body.prepublish_s is None else body.prepublish_s
+        if not 0 <= pre <= MAX_PREPUBLISH_S:
             raise InvalidInput(f"prepublish_s must be a number of seconds 0..{int(MAX_PREPUBLISH_S)}")
-        by_region = body.get("by_region", False)
-        if not isinstance(by_region, bool):
-            raise InvalidInput("by_region must be true or false")
+        by_region = body.by_region
         await agent.read_state(False)
         assert keeper is not None
         with agent.replica.lock:
@@ -245,8 +244,8 @@ def keys_routes(plane: ControlPlane | None, edge: Edge, keeper: KeyKeeper | None
         return {"ok": True, "rotation": rotation}
 
     async def retire(request: Request) -> Any:
-        body = expect_object(await read_json(request, edge.limit), {"id", "request_id"}, {"id"})
-        kid = body["id"]
+        body = await read_body(request, edge.limit, schema.KeyRetireIn)
+        kid = body.id
         if not isinstance(kid, str) or not KEY_ID_RE.match(kid):
             raise InvalidInput("id must be a key id (8 hex digits)")
         st = await agent.read_state(False)
@@ -255,7 +254,7 @@ def keys_routes(plane: ControlPlane | None, edge: Edge, keeper: KeyKeeper | None
         if rec is None:
             from canidae.core.errors import NotFound
             raise NotFound(f"no key {kid}")
-        answer = await agent.propose(KeyringOp(id=request_id(request, body), **agent.stamp(),
+        answer = await agent.propose(KeyringOp(id=request_id(request, body.request_id), **agent.stamp(),
                                                by=principal_of(request).public_id or "admin",
                                                op={"op": "retire", "purpose": rec.purpose, "id": kid}))
         return {**answer, **await in_force_everywhere(agent)}
@@ -266,9 +265,10 @@ def keys_routes(plane: ControlPlane | None, edge: Edge, keeper: KeyKeeper | None
             return st.keyrings.to_dict()
 
     async def bootstrap(request: Request) -> Any:
-        body = expect_object(await read_json(request, edge.limit), {"hash", "request_id"}, {"hash"})
-        op = parse_op({"op": "admin", "hash": body["hash"]})  # refused here (400), never in the log
-        answer = await agent.propose(KeyringOp(id=request_id(request, body), **agent.stamp(), by="admin", op=op))
+        body = await read_body(request, edge.limit, schema.AdminHashIn)
+        op = parse_op({"op": "admin", "hash": body.hash})  # refused here (400), never in the log
+        answer = await agent.propose(KeyringOp(id=request_id(request, body.request_id), **agent.stamp(), by="admin",
+                                               op=op))
         return {**answer, **await in_force_everywhere(agent)}
 
     read = (ResourceKind.OPERATOR, Capability.READ, None)

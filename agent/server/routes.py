@@ -12,31 +12,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
+from canidae.agent.client import schema
+from canidae.agent.client.openapi import document_bytes
 from canidae.agent.httpedge import (
     HANDLER,
     Edge,
-    expect_object,
     principal_of,
     query_bool,
     query_int,
-    read_json,
+    read_body,
     request_id,
 )
-from canidae.agent.server.openapi import openapi_document
 from canidae.core.acl import Capability, ResourceKind
-from canidae.core.commands import MAX_SERIES
 from canidae.core.errors import InvalidInput, NotFound, PermissionDenied
 from canidae.core.types import (
-    CONSTRAINT_FIELDS,
-    PACK_SPEC_FIELDS,
     NodeState,
     PackSpec,
     PackState,
-    Role,
     validate_env_name,
     validate_name,
 )
@@ -45,32 +42,12 @@ if TYPE_CHECKING:
     from canidae.agent.server.control import ControlPlane
 
 
-SPEC_FIELDS = set(PACK_SPEC_FIELDS)
-
-
-def parse_spec(d: Any, seal: Callable[[dict[str, str]], dict[str, str]]) -> PackSpec:
-    """A spec of a request; its plain ``secrets`` are checked, then sealed by ``seal``."""
-    spec = expect_object(d, SPEC_FIELDS, {"name"})
-    validate_name("pack", spec["name"])
-    for k in ("members", "cpu", "mem"):
-        if k in spec and (isinstance(spec[k], bool) or not isinstance(spec[k], int)):
-            raise InvalidInput(f"{k} must be an integer")
-    if "command" in spec and (not isinstance(spec["command"], list)
-                              or not all(isinstance(a, str) for a in spec["command"])):
-        raise InvalidInput("command must be a list of strings")
-    if "env" in spec and (not isinstance(spec["env"], dict)
-                          or not all(isinstance(k, str) and isinstance(v, str) for k, v in spec["env"].items())):
-        raise InvalidInput("env must be an object of strings")
-    if "secrets" in spec:
-        plain = spec["secrets"]
-        if not isinstance(plain, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in plain.items()):
-            raise InvalidInput("secrets must be an object of strings")
-        for k in plain:
-            validate_env_name("secret", k)
-        spec = {**spec, "secrets": seal(plain) if plain else {}}
-    if "constraints" in spec:
-        expect_object(spec["constraints"], set(CONSTRAINT_FIELDS))
-    return PackSpec.from_dict(spec)
+def parse_spec(spec: schema.SpecIn, seal: Callable[[dict[str, str]], dict[str, str]]) -> PackSpec:
+    """Core's spec of a decoded request spec; its plain ``secrets`` are sealed by ``seal`` (the
+    loader variables a spec may not set are refused first, by core, before anything is sealed)."""
+    for k in spec.secrets:
+        validate_env_name("secret", k)
+    return spec.to_core(seal(spec.secrets) if spec.secrets else None)
 
 
 def by(request: Request) -> str:
@@ -119,9 +96,10 @@ def blocking_query(request: Request) -> tuple[int | None, float]:
     return query_int(request, "index", 0, 0, 2**62), float(query_int(request, "wait", DEFAULT_WAIT_S, 0, MAX_WAIT_S))
 
 
-def with_index(result: dict[str, Any]) -> JSONResponse:
+def with_index(result: dict[str, Any]) -> Response:
     """A read that carries a modify index: in the body (``index``) and in ``X-Canidae-Index``."""
-    return JSONResponse(result, headers={INDEX_HEADER: str(result["index"])})
+    return Response(msgspec.json.encode(result), media_type="application/json",
+                    headers={INDEX_HEADER: str(result["index"])})
 
 
 def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[Route]:
@@ -146,37 +124,31 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
                                      stale=query_bool(request, "stale"))
 
     async def register_node(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit), {"node", "request_id"}, {"node"})
+        body = await read_body(request, limit, schema.RegisterNode)
         who = principal_of(request)
-        if not who.is_admin:  # a client agent registers itself, as a client, and nothing else
-            node = body["node"]
-            if not isinstance(node, dict) or node.get("id") != who.name or node.get("role", "client") != Role.CLIENT:
+        # a client agent registers itself, as a client, and nothing else
+        if not who.is_admin and (body.node.id != who.name or body.node.role != "client"):
                 raise PermissionDenied(f"the credential of {who.describe()} may only register client node {who.name}")
-        return await agent.register_node(body["node"], request_id(request, body))
+        return await agent.register_node(msgspec.to_builtins(body.node), request_id(request, body.request_id))
 
     async def set_node_state(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit), {"state", "reason", "request_id", "plan"}, {"state"})
-        try:
-            state = NodeState(body["state"])
-        except ValueError:
-            raise InvalidInput("state must be ready, cordoned, draining or down") from None
+        body = await read_body(request, limit, schema.SetNodeState)
+        state = NodeState(body.state)
         edge.require(request, ResourceKind.NODE, request.path_params["node"],
                      Capability.CORDON if state in (NodeState.READY, NodeState.CORDONED) else Capability.DRAIN)
-        if not isinstance(body.get("plan", False), bool):
-            raise InvalidInput("plan must be true or false")
         return await agent.set_node_state(validate_name("node", request.path_params["node"]), state,
-                                          str(body.get("reason", "")), request_id(request, body),
-                                          plan=bool(body.get("plan", False)), by=by(request))
+                                          body.reason, request_id(request, body.request_id),
+                                          plan=body.plan, by=by(request))
 
     async def remove_node(request: Request) -> Any:
         node = validate_name("node", request.path_params["node"])
         edge.require(request, ResourceKind.NODE, node, Capability.DRAIN)
-        body = expect_object(await read_json(request, limit), {"request_id"}) if await request.body() else {}
-        return await agent.remove_node(node, request_id(request, body), by=by(request))
+        body = await read_body(request, limit, schema.WriteIn)
+        return await agent.remove_node(node, request_id(request, body.request_id), by=by(request))
 
     async def heartbeat(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit), {"rev", "running", "digest", "corrected", "metrics"})
-        return await agent.heartbeat(validate_name("node", request.path_params["node"]), body)
+        body = await read_body(request, limit, schema.Heartbeat)
+        return await agent.heartbeat(validate_name("node", request.path_params["node"]), msgspec.to_builtins(body))
 
     async def assignments(request: Request) -> Any:
         node = validate_name("node", request.path_params["node"])
@@ -186,52 +158,31 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
 
     async def resync(request: Request) -> Any:
         node = validate_name("node", request.path_params["node"])
-        body = expect_object(await read_json(request, limit), {"running"}, {"running"})
-        return await agent.resync(node, body["running"])
+        body = await read_body(request, limit, schema.Resync)
+        return await agent.resync(node, body.running)
 
     async def reports(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit), {"reports", "request_id"}, {"reports"})
-        return await agent.report_packs(validate_name("node", request.path_params["node"]), body["reports"],
-                                        request_id(request, body))
+        body = await read_body(request, limit, schema.Reports)
+        return await agent.report_packs(validate_name("node", request.path_params["node"]), body.reports,
+                                        request_id(request, body.request_id))
 
     async def create_packs(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit),
-                             {"spec", "specs", "count", "place", "keep_pending", "request_id"})
-        if ("spec" in body) == ("specs" in body):
+        body = await read_body(request, limit, schema.CreatePacks)
+        if (body.spec is None) == (body.specs is None):
             raise InvalidInput("give exactly one of 'spec' or 'specs'")
-        specs = [parse_spec(body["spec"], agent.seal_secrets)] if "spec" in body else None
-        if specs is None:
-            if not isinstance(body["specs"], list) or not body["specs"]:
-                raise InvalidInput("specs must be a non-empty list")
-            specs = [parse_spec(s, agent.seal_secrets) for s in body["specs"]]
-        if isinstance(body.get("count"), int) and body.get("count"):
-            names = [f"{specs[0].name}-{i}" for i in range(min(int(body["count"]), MAX_SERIES))]
-        else:
-            names = [s.name for s in specs]
+        given = [body.spec] if body.spec is not None else body.specs or []
+        names = [f"{given[0].name}-{i}" for i in range(body.count)] if body.count else [s.name for s in given]
         for name in names:
             edge.require(request, ResourceKind.PACK, name, Capability.SPAWN)
-        count = body.get("count", 0)
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_SERIES:
-            raise InvalidInput(f"count must be an integer 0..{MAX_SERIES}")
-        place = body.get("place", True)
-        keep_pending = body.get("keep_pending", True)
-        if not isinstance(place, bool) or not isinstance(keep_pending, bool):
-            raise InvalidInput("place and keep_pending must be true or false")
-        return await agent.create_packs(specs, count, place, request_id(request, body), keep_pending=keep_pending,
-                                        by=by(request))
+        specs = [parse_spec(s, agent.seal_secrets) for s in given]
+        return await agent.create_packs(specs, body.count, body.place, request_id(request, body.request_id),
+                                        keep_pending=body.keep_pending, by=by(request))
 
     async def delete_packs(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit), {"names", "force", "request_id"}, {"names"})
-        names = body["names"]
-        if not isinstance(names, list) or not names or len(names) > 100_000:
-            raise InvalidInput("names must be a non-empty list of pack names")
-        force = body.get("force", False)
-        if not isinstance(force, bool):
-            raise InvalidInput("force must be true or false")
-        for n in names:
-            edge.require(request, ResourceKind.PACK, validate_name("pack", n), Capability.DELETE)
-        return await agent.delete_packs([validate_name("pack", n) for n in names], force, request_id(request, body),
-                                        by=by(request))
+        body = await read_body(request, limit, schema.DeletePacks)
+        for n in body.names:
+            edge.require(request, ResourceKind.PACK, n, Capability.DELETE)
+        return await agent.delete_packs(body.names, body.force, request_id(request, body.request_id), by=by(request))
 
     async def list_packs(request: Request) -> Any:
         node = request.query_params.get("node")
@@ -263,23 +214,19 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
             raise NotFound(f"no action {action!r} for packs")
         edge.require(request, ResourceKind.PACK, name, {"stop": Capability.STOP, "place": Capability.SPAWN,
                                                          "migrate": Capability.MIGRATE}[action])
-        body = expect_object(await read_json(request, limit), {"request_id", "to"} if action == "migrate"
-                             else {"request_id", "keep_pending"} if action == "place" else {"request_id"})
+        body = await read_body(request, limit, schema.PackActionIn)
+        if body.to is not None and action != "migrate":
+            raise InvalidInput(f"to: only migrate takes a node, not {action}")
+        if body.keep_pending is not None and action != "place":
+            raise InvalidInput(f"keep_pending: only place takes it, not {action}")
         if action == "migrate":
-            to = body.get("to")
-            return await agent.migrate_pack(name, validate_name("node", to) if to is not None else None,
-                                            request_id(request, body), by=by(request))
-        keep_pending = body.get("keep_pending", True)
-        if not isinstance(keep_pending, bool):
-            raise InvalidInput("keep_pending must be true or false")
-        return await agent.pack_action(name, action, request_id(request, body), keep_pending=keep_pending,
-                                       by=by(request))
+            return await agent.migrate_pack(name, body.to, request_id(request, body.request_id), by=by(request))
+        return await agent.pack_action(name, action, request_id(request, body.request_id),
+                                       keep_pending=body.keep_pending is not False, by=by(request))
 
     async def rebalance(request: Request) -> Any:
-        body = expect_object(await read_json(request, limit), {"plan", "request_id"})
-        if not isinstance(body.get("plan", False), bool):
-            raise InvalidInput("plan must be true or false")
-        return await agent.rebalance(bool(body.get("plan", False)), request_id(request, body), by=by(request))
+        body = await read_body(request, limit, schema.Rebalance)
+        return await agent.rebalance(body.plan, request_id(request, body.request_id), by=by(request))
 
     async def pack_history(request: Request) -> Any:
         since = query_int(request, "since", 0, 0, 1 << 62)  # ms since the epoch; 0: everything
@@ -301,7 +248,7 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         return await agent.metrics_tree(metrics_query(request))
 
     async def openapi(request: Request) -> Any:
-        return openapi_document()
+        return Response(document_bytes(), media_type="application/json")
 
     P, N, O = ResourceKind.PACK, ResourceKind.NODE, ResourceKind.OPERATOR
     read = Capability.READ

@@ -4,7 +4,8 @@
     agent.config, agent.identity, agent.secretbox, agent.datadir, agent.telemetry -> core
     agent.keyring -> core, agent.secretbox
     agent.admission -> core, agent.telemetry
-    agent.httpedge -> core, agent.identity, agent.admission
+    agent.httpedge -> core, agent.identity, agent.admission, agent.client.schema (bodies are decoded by the wire
+                      schema)
     agent.client  -> core, agent.client
     agent.server  -> core, agent.config, agent.identity, agent.httpedge, agent.telemetry, agent.secretbox,
                      agent.keyring, agent.client, agent.server
@@ -37,7 +38,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "canidae.agent": ("canidae.core",),
     "canidae.agent.config": ("canidae.core",),
     "canidae.agent.identity": ("canidae.core",),
-    "canidae.agent.httpedge": ("canidae.core", "canidae.agent.identity", "canidae.agent.admission"),
+    "canidae.agent.httpedge": ("canidae.core", "canidae.agent.identity", "canidae.agent.admission",
+                               "canidae.agent.client.schema"),
     "canidae.agent.admission": ("canidae.core", "canidae.agent.telemetry"),
     "canidae.agent.client": ("canidae.core", "canidae.agent.client"),
     "canidae.agent.secretbox": ("canidae.core",),

@@ -78,8 +78,9 @@ def test_a_client_credential_cannot_act_as_another_node(cluster):
                                ("POST", "/v1/nodes/c2/reports", {"reports": [["x", 1, "running", ""]]})]:
         r = call(cluster, cred, method, path, json=body)
         assert r.status_code == 403, (path, r.text)
-    node = {"id": "c2", "role": "client", "address": "127.0.0.1:1",
-            "location": {"zone": "z1", "region": "r1", "cell": "c1"}, "capacity": {"cpu": 1, "mem": 1, "packs": 1}}
+    # A well-formed registration (the wire form of Node.to_dict), so the credential is what refuses it.
+    node = {"id": "c2", "role": "client", "address": "127.0.0.1:1", "zone": "z1", "region": "r1", "cell": "c1",
+            "capacity": {"cpu": 1, "mem": 1, "packs": 1}}
     for forged in (node, {**node, "id": "c1", "role": "server"}, {**node, "id": "new"}):
         assert call(cluster, cred, "POST", "/v1/nodes", json={"node": forged}).status_code == 403
     with cluster.client() as c:
