@@ -6,12 +6,18 @@ or has no leader, and turns error answers back into the typed errors of ``canida
 across failover retries, which makes a retry after an unknown outcome safe.
 
 Where to connect is resolved once, in ``resolve_target``: flags > ``CANIDAE_ADDR`` /
-``CANIDAE_TOKEN`` > ``~/.config/canidae/config.toml`` (written by ``cluster up``).
+``CANIDAE_TOKEN`` / ``CANIDAE_CA`` > ``~/.config/canidae/config.toml`` (written by ``cluster up``).
+Agents speak HTTPS, verified against the cluster CA named by the config (``ca``) or
+``CANIDAE_CA`` (a file) or ``CANIDAE_CA_PEM`` (its text: what pack members get); plain HTTP only
+for a cluster whose config says ``insecure_http = true`` (or ``CANIDAE_INSECURE_HTTP=1``, or
+addresses written ``http://host:port``). An agent whose certificate the CA did not sign is
+refused: ``Unavailable`` saying so, exit code 3.
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 import time
 import tomllib
 import uuid
@@ -22,6 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
+from canidae.agent.client.tls import client_context, tls_problem
 from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound, Timeout, Unavailable
 from canidae.core.types import validate_name
 
@@ -32,6 +39,16 @@ DEFAULT_CONFIG = os.path.join("~", ".config", "canidae", "config.toml")
 class Target:
     addrs: tuple[str, ...]
     token: str
+    ca: str = ""                # the cluster CA: a PEM file or PEM text ("": the system's store)
+    insecure_http: bool = False  # plain HTTP (a loopback cluster made with --insecure-http)
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.insecure_http else "https"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx verifies the agents' certificates with."""
+        return True if self.insecure_http else client_context(self.ca)
 
 
 def config_path(explicit: str | None = None) -> str:
@@ -52,13 +69,20 @@ def resolve_target(addr: str | None = None, token: str | None = None, config: st
     cfg = read_cli_config(config_path(config))
     raw = addr or os.environ.get("CANIDAE_ADDR") or ",".join(cfg.get("addr", []) if isinstance(
         cfg.get("addr"), list) else [cfg.get("addr", "")])
-    addrs = tuple(a.strip().removeprefix("http://") for a in raw.split(",") if a.strip())
+    given = [a.strip() for a in raw.split(",") if a.strip()]
+    addrs = tuple(a.removeprefix("http://").removeprefix("https://") for a in given)
     tok = token or os.environ.get("CANIDAE_TOKEN") or cfg.get("token", "")
     if not addrs:
         raise Unavailable("no cluster configured: run 'canidae cluster up', or set CANIDAE_ADDR / --addr")
     if not tok:
         raise NotAuthenticated("no token: set CANIDAE_TOKEN or --token (cluster up writes one to the config)")
-    return Target(addrs, str(tok))
+    schemes = {a.partition("://")[0] for a in given if "://" in a}
+    if len(schemes) > 1:
+        raise InvalidInput("the agent addresses mix http:// and https://: a cluster speaks one of them")
+    env_insecure = os.environ.get("CANIDAE_INSECURE_HTTP", "").lower() in ("1", "true", "yes")
+    insecure = schemes == {"http"} or (not schemes and (env_insecure or cfg.get("insecure_http") is True))
+    ca = os.environ.get("CANIDAE_CA") or os.environ.get("CANIDAE_CA_PEM") or str(cfg.get("ca", ""))
+    return Target(addrs, str(tok), ca=ca, insecure_http=insecure)
 
 
 def segment(kind: str, name: str) -> str:
@@ -83,12 +107,23 @@ class Client:
     def __init__(self, target: Target, timeout: float = 10.0) -> None:
         self.target = target
         self.addrs = list(target.addrs)
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=2.0),
+        self.scheme = target.scheme
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=2.0), verify=target.verify(),
                                  headers={"authorization": f"Bearer {target.token}"},
                                  limits=httpx.Limits(max_keepalive_connections=8))
 
     def close(self) -> None:
         self.http.close()
+
+    def _ca_name(self) -> str:
+        ca = self.target.ca
+        if not ca:
+            return "none configured, the system's store"
+        return "given as text" if ca.lstrip().startswith("-----BEGIN") else ca
+
+    def url(self, addr: str, path: str) -> str:
+        """The URL of ``path`` on agent ``addr`` (https, unless the cluster speaks plain HTTP)."""
+        return f"{self.scheme}://{addr}{path}"
 
     def __enter__(self) -> Client:
         return self
@@ -105,15 +140,20 @@ class Client:
         """
         deadline = time.monotonic() + retry_for
         last: CanidaeError = Unavailable("no agent reachable")
+        untrusted: CanidaeError | None = None  # a TLS failure does not pass by waiting
         while True:
             for i, addr in enumerate(list(self.addrs)):
                 try:
-                    r = self.http.request(method, f"http://{addr}{path}", json=json, params=params,
+                    r = self.http.request(method, f"{self.scheme}://{addr}{path}", json=json, params=params,
                                           timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
                 except httpx.TimeoutException:
                     last = Timeout(f"agent {addr} did not answer in time")
                     continue
                 except httpx.HTTPError as e:
+                    problem = tls_problem(e)
+                    if problem:
+                        untrusted = last = Unavailable(f"agent {addr}: {problem} (the cluster CA: {self._ca_name()})")
+                        continue
                     last = Unavailable(f"agent {addr} unreachable ({type(e).__name__})")
                     continue
                 try:
@@ -124,6 +164,8 @@ class Client:
                 if i:  # remember who answered
                     self.addrs.insert(0, self.addrs.pop(i))
                 return data
+            if untrusted is not None:
+                raise untrusted
             if time.monotonic() >= deadline:
                 raise last
             time.sleep(0.05)

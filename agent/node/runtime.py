@@ -60,13 +60,13 @@ class NodeRuntime:
                  local_resync: LocalResync | None = None, locate_local: LocatePack | None = None) -> None:
         self.cfg = cfg
         self.link = link
-        self.hops = AgentHops(cfg.token, hop_idle_s)
+        self.hops = AgentHops(cfg.token, hop_idle_s, ca=cfg.peer_ca)
         self._local_assignments = local_assignments
         self._local_resync = local_resync
         self.reconciler = Reconciler(self._fetch_assignments, self._resync, self._send_reports)
         self.reconciler.add_driver(VirtualDriver(self.reconciler.report))
         self.exec_driver = ExecDriver(self.reconciler.report, data_dir=cfg.data_dir, node_id=cfg.node_id,
-                                      token=cfg.token, api=cfg.api)
+                                      token=cfg.token, api=cfg.api, ca_pem=_read_text(cfg.peer_ca))
         self.reconciler.add_driver(self.exec_driver)
         self.mailboxes = MailboxStore(os.path.join(cfg.data_dir, "mailboxes"))
         self.router = PackRouter(cfg.node_id, lambda pack: self.reconciler.desired.get(pack), link, self.hops,
@@ -229,3 +229,10 @@ class NodeRuntime:
         rid = f"rep-{uuid.uuid4().hex}"
         await self.link.call("POST", f"/v1/nodes/{self.cfg.node_id}/reports",
                              json={"reports": reports, "request_id": rid})
+
+
+def _read_text(path: str | None) -> str | None:
+    if path is None:
+        return None
+    with open(path) as f:
+        return f.read()

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import httpx
+from canidae.agent.client.tls import client_context
 from canidae.agent.config import AgentConfig
 from canidae.agent.node.confine import available as confinement_available
 from canidae.agent.node.isolation import Isolation
@@ -36,8 +37,8 @@ def _check(name: str, status: str, detail: str) -> dict[str, str]:
     return {"check": name, "status": status, "detail": detail}
 
 
-def _get(http: httpx.Client, api: str, path: str) -> Any:
-    r = http.get(f"http://{api}{path}")
+def _get(http: httpx.Client, api: str, path: str, scheme: str = "https") -> Any:
+    r = http.get(f"{scheme}://{api}{path}")
     r.raise_for_status()
     return r.json()
 
@@ -74,12 +75,13 @@ def _kernel_clock_synced() -> bool | None:
 
 def run_checks(cfg: AgentConfig, config_path: str) -> list[dict[str, str]]:
     checks: list[dict[str, str]] = []
-    with httpx.Client(timeout=2.0, headers={"authorization": f"Bearer {cfg.token}"}) as http:
+    verify = True if cfg.peer_ca is None else client_context(cfg.peer_ca)
+    with httpx.Client(timeout=2.0, headers={"authorization": f"Bearer {cfg.token}"}, verify=verify) as http:
         info = None
         try:
-            h = _get(http, cfg.api, "/v1/health")
+            h = _get(http, cfg.api, "/v1/health", cfg.scheme)
             if h.get("node") == cfg.node_id:
-                info = _get(http, cfg.api, "/v1/exec/info")
+                info = _get(http, cfg.api, "/v1/exec/info", cfg.scheme)
         except (httpx.HTTPError, ValueError):
             pass
         checks += _isolation(cfg, info)
@@ -210,7 +212,7 @@ def _clock_and_peers(cfg: AgentConfig, http: httpx.Client) -> list[dict[str, str
             continue
         t0 = time.time() * 1000
         try:
-            info = _get(http, s.api, "/v1/exec/info")
+            info = _get(http, s.api, "/v1/exec/info", cfg.scheme)
         except (httpx.HTTPError, ValueError) as e:
             out.append(_check(f"peer {s.id}", "fail", f"API {s.api} unreachable or refusing the token "
                                                      f"({type(e).__name__})"))

@@ -348,7 +348,7 @@ class Soak:
         with self._http() as http:
             for s in self.cluster.servers():
                 try:
-                    st = http.get(f"http://{s['api']}/v1/status").json()
+                    st = http.get(self.cluster.url(s, "/v1/status")).json()
                     out[s["id"]] = {**{k: st.get(k) for k in keys},
                                     "peers": {p["id"]: p["connected"] for p in st.get("peers", []) if not p["self"]}}
                 except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
@@ -644,7 +644,7 @@ class Soak:
 
     def _agent_running(self, http: httpx.Client, a: dict[str, Any]) -> dict[str, int] | None:
         try:
-            r = http.get(f"http://{a['api']}/v1/agent/running")
+            r = http.get(self.cluster.url(a, "/v1/agent/running"))
         except httpx.HTTPError:
             return None
         if r.status_code != 200:
@@ -653,13 +653,14 @@ class Soak:
 
     def _digest(self, http: httpx.Client, a: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            r = http.get(f"http://{a['api']}/v1/digest")
+            r = http.get(self.cluster.url(a, "/v1/digest"))
             return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
         except (httpx.HTTPError, ValueError):
             return None
 
     def _http(self) -> httpx.Client:
-        return httpx.Client(timeout=3.0, headers={"authorization": f"Bearer {self.cluster.token}"})
+        return httpx.Client(timeout=3.0, headers={"authorization": f"Bearer {self.cluster.token}"},
+                            verify=self.cluster.verify)
 
     def _unsettled(self, c: Client, http: httpx.Client) -> list[str]:
         """What keeps the cluster from being settled now ([] when it is)."""

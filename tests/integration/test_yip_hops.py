@@ -162,7 +162,8 @@ def test_the_keep_alive_setting_is_checked_when_an_agent_starts(tmp_path):
 
     path = str(tmp_path / "agent.toml")
     write_config(AgentConfig(node_id="a1", role=Role.CLIENT, api="127.0.0.1:1", data_dir=str(tmp_path / "d"),
-                             token=new_secret(), servers=(ServerPeer("s1", "127.0.0.1:2", "127.0.0.1:3"),)), path)
+                             token=new_secret(), servers=(ServerPeer("s1", "127.0.0.1:2", "127.0.0.1:3"),),
+                             insecure_http=True), path)
     p = subprocess.run([sys.executable, "-m", "canidae", "agent", "run", "--config", path],
                        env={**os.environ, "CANIDAE_KEEP_ALIVE_S": "later"}, capture_output=True, text=True,
                        timeout=60)
