@@ -467,10 +467,13 @@ class LocalCluster:
     def pids(self) -> dict[str, int]:
         return {a["id"]: a["pid"] for a in self.agents if self.alive(a)}
 
-    def target(self, agents: Sequence[str] | None = None) -> Target:
-        """Where the CLI's client reaches this cluster: the servers (or ``agents``), with its CA."""
-        apis = tuple(self.agent(a)["api"] for a in agents) if agents else tuple(a["api"] for a in self.servers())
-        return Target(apis, self.token, ca=self.ca or "", insecure_http=self.ca is None)
+    def target(self, agents: Sequence[str] | None = None, *, apis: Sequence[str] | None = None,
+               token: str | None = None) -> Target:
+        """Where a ``Client`` reaches this cluster, checking its CA: the servers, or the agents
+        named (``agents``) or at ``apis``; with the admin token unless ``token``."""
+        if apis is None:
+            apis = [self.agent(a)["api"] for a in agents] if agents else [a["api"] for a in self.servers()]
+        return Target(tuple(apis), token or self.token, ca=self.ca or "", insecure_http=self.ca is None)
 
     def client(self, timeout: float = 10.0) -> Client:
         return Client(self.target(), timeout=timeout)

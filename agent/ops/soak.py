@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
-from canidae.agent.client import Client, Target
+from canidae.agent.client import Client
 from canidae.agent.ops import netns
 from canidae.agent.ops.localcluster import LocalCluster
 from canidae.agent.ops.waiting import wait_until
@@ -436,7 +436,7 @@ class Soak:
         rng.shuffle(addrs)
         process, n = index, 0
         kinds, weights = zip(*self.o.mix)
-        with Client(Target(tuple(addrs), self.cluster.token), timeout=self.o.attempt_s) as c:
+        with Client(self.cluster.target(apis=addrs), timeout=self.o.attempt_s) as c:
             while not self.stop.is_set():
                 kind = rng.choices(kinds, weights)[0]
                 op: Op | None
@@ -728,7 +728,7 @@ class Soak:
                                   "the most advanced replica's local copy is checked instead")
         with self._http() as http:
             best = max(self.cluster.servers(), key=lambda s: (self._digest(http, s) or {}).get("applied", -1))
-        with Client(Target((best["api"],), self.cluster.token), timeout=5.0) as c:
+        with Client(self.cluster.target(apis=[best["api"]]), timeout=5.0) as c:
             return list(c.iter_packs(stale=True))
 
     def _observe(self) -> tuple[FinalObservations, list[str], dict[str, int], dict[str, dict[str, Any]]]:
