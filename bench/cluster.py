@@ -3,6 +3,10 @@ failover, memory and idle CPU. Prints a table (and one JSON document with --json
 
     python bench/cluster.py                 # everything, ~3 minutes on 2 cores
     python bench/cluster.py --only failover --failover-runs 10
+    python bench/cluster.py --only sequential --only concurrent --tls-vs-plain   # what TLS costs
+
+The cluster speaks TLS, as every cluster does by default; ``--tls-vs-plain`` runs the sequential
+and concurrent spawns again on a cluster made with ``insecure_http`` and prints both side by side.
 
 Figures are client-side and include the HTTP round trip. Nothing here is a test: it never fails
 on a slow figure, it reports it.
@@ -68,17 +72,19 @@ def bench_sequential(cluster: LocalCluster, n: int) -> dict[str, Any]:
             "max_ms": round(max(lat), 3)}
 
 
-async def _concurrent(apis: list[str], token: str, total: int, workers: int, prefix: str = "") -> tuple[float, list[float]]:
+async def _concurrent(cluster: LocalCluster, apis: list[str], total: int, workers: int,
+                      prefix: str = "") -> tuple[float, list[float]]:
     lat: list[float] = []
     counter = iter(range(total))
     limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
-    async with httpx.AsyncClient(headers={"authorization": f"Bearer {token}"}, limits=limits, timeout=30) as http:
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {cluster.token}"}, limits=limits, timeout=30,
+                                 verify=cluster.verify) as http:
         async def worker(k: int) -> None:
             api = apis[0]
             for i in counter:
                 body = {"spec": {"name": f"conc-{prefix}{i}"}, "request_id": uuid.uuid4().hex}
                 t0 = time.perf_counter()
-                r = await http.post(f"http://{api}/v1/packs", json=body)
+                r = await http.post(f"{cluster.scheme}://{api}/v1/packs", json=body)
                 lat.append((time.perf_counter() - t0) * 1000)
                 if r.status_code != 200:
                     raise RuntimeError(r.text)
@@ -119,8 +125,8 @@ def bench_concurrent(cluster: LocalCluster, total: int, workers: int, seconds: f
     leader = cluster.agent(cluster.wait_leader())["api"]
     if shutil.which("wrk"):
         env = {"CANIDAE_TOKEN": cluster.token, "RUN": f"c{workers}x"}
-        return run_wrk(f"http://{leader}", os.path.join(HERE, "spawn.lua"), env, workers, seconds)
-    elapsed, lat = asyncio.run(_concurrent([leader], cluster.token, total, workers, f"{workers}x-"))
+        return run_wrk(f"{cluster.scheme}://{leader}", os.path.join(HERE, "spawn.lua"), env, workers, seconds)
+    elapsed, lat = asyncio.run(_concurrent(cluster, [leader], total, workers, f"{workers}x-"))
     return {"tool": "httpx (wrk not installed)", "requests": total, "clients": workers,
             "per_s": round(total / elapsed, 1), "p50_ms": round(pct(lat, 50), 3), "p99_ms": round(pct(lat, 99), 3)}
 
@@ -174,6 +180,24 @@ def bench_idle_cpu(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
             "cpu_percent": {k: round((after[k] - before[k]) / hz / seconds * 100, 2) for k in before}}
 
 
+def compare_plain(out: dict[str, Any], only: set[str], args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
+    """The sequential and concurrent spawns again on a plain-HTTP cluster; both sides in one table."""
+    plain: dict[str, Any] = {}
+    cluster = LocalCluster.start(ClusterLayout(servers=3, base_port=None), data_dir, insecure_http=True)
+    try:
+        if "sequential" in only:
+            plain["sequential_spawn"] = bench_sequential(cluster, args.sequential)
+        if "concurrent" in only:
+            plain["concurrent_spawn"] = bench_concurrent(cluster, args.concurrent, args.clients, args.seconds)
+    finally:
+        cluster.close()
+    rows = {}
+    for key in plain:
+        rows[key] = {f"{k}_{side}": v[k] for side, v in (("tls", out[key]), ("plain", plain[key]))
+                     for k in ("p50_ms", "p99_ms", "per_s") if k in v}
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["sequential", "concurrent", "bulk", "failover", "idle"], action="append")
@@ -185,6 +209,8 @@ def main() -> None:
     ap.add_argument("--bulk-per-request", type=int, default=10_000)
     ap.add_argument("--failover-runs", type=int, default=10)
     ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--tls-vs-plain", action="store_true",
+                    help="also run the sequential and concurrent spawns on a plain-HTTP cluster (--insecure-http)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     only = set(args.only or ["idle", "sequential", "concurrent", "bulk", "failover"])
@@ -206,6 +232,8 @@ def main() -> None:
         finally:
             cluster.close()
             assert not any(pid_alive(a["pid"], a["config"]) for a in cluster.agents)
+        if args.tls_vs_plain:
+            out["tls_vs_plain"] = compare_plain(out, only, args, os.path.join(tmp, "plain"))
     if args.json:
         print(json.dumps(out, indent=1))
         return

@@ -29,14 +29,14 @@ _canidae_options() {
         "canidae") echo "--addr --config --help --json --token --version -h" ;;
         "canidae agent") echo "--help -h" ;;
         "canidae agent doctor") echo "--config --help --json -c -h" ;;
-        "canidae agent init") echo "--cell --client --cpu --data-dir --force --help --identity --json --listen --max-packs --mem --name --out --peer --raft --region --server --zone -h -o" ;;
+        "canidae agent init") echo "--ca --cell --client --cpu --data-dir --force --help --identity --insecure-http --json --listen --max-packs --mem --name --out --peer --raft --region --san --server --zone -h -o" ;;
         "canidae agent run") echo "--config --data-dir --help --listen --name -c -h" ;;
         "canidae autoscale") echo "--help -h" ;;
         "canidae autoscale plan") echo "--help --json --policy --usage -h" ;;
         "canidae cluster") echo "--help -h" ;;
         "canidae cluster down") echo "--data-dir --help --json -h" ;;
         "canidae cluster status") echo "--help --json -h" ;;
-        "canidae cluster up") echo "--agents --base-port --clients --cpu --data-dir --help --json --max-packs --mem --servers --timeout --zones -h" ;;
+        "canidae cluster up") echo "--agents --base-port --clients --cpu --data-dir --help --insecure-http --json --max-packs --mem --servers --timeout --zones -h" ;;
         "canidae drill") echo "--help -h" ;;
         "canidae drill failover") echo "--clients --data-dir --expect-failover --help --json --kill --packs --rounds --seed --timeout --yes -h -y" ;;
         "canidae drill node") echo "--clients --data-dir --expect-failover --help --json --packs --rounds --seed --timeout --yes -h -y" ;;
@@ -105,6 +105,7 @@ _canidae_option_value() {
         "canidae --token") echo "none" ;;
         "canidae agent doctor --config") echo "file" ;;
         "canidae agent doctor -c") echo "file" ;;
+        "canidae agent init --ca") echo "file" ;;
         "canidae agent init --cell") echo "none" ;;
         "canidae agent init --cpu") echo "none" ;;
         "canidae agent init --data-dir") echo "file" ;;
@@ -118,6 +119,7 @@ _canidae_option_value() {
         "canidae agent init --peer") echo "none" ;;
         "canidae agent init --raft") echo "none" ;;
         "canidae agent init --region") echo "none" ;;
+        "canidae agent init --san") echo "none" ;;
         "canidae agent init --zone") echo "zone" ;;
         "canidae agent run --config") echo "file" ;;
         "canidae agent run -c") echo "file" ;;

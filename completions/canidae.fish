@@ -45,7 +45,7 @@ function __canidae_valued
         case 'canidae agent doctor'
             printf '%s\n' -- --config -c
         case 'canidae agent init'
-            printf '%s\n' -- --cell --cpu --data-dir --identity --listen --max-packs --mem --name --out --peer --raft --region --zone -o
+            printf '%s\n' -- --ca --cell --cpu --data-dir --identity --listen --max-packs --mem --name --out --peer --raft --region --san --zone -o
         case 'canidae agent run'
             printf '%s\n' -- --config --data-dir --listen --name -c
         case 'canidae autoscale plan'
@@ -205,7 +205,7 @@ complete -c canidae -n '__canidae_at \'canidae\'' -l version -d 'Print the versi
 
 # canidae agent
 complete -c canidae -n '__canidae_at \'canidae agent\'' -a doctor -d 'Check that this host can run its agent'
-complete -c canidae -n '__canidae_at \'canidae agent\'' -a init -d 'Write an agent config (TOML, mode 0600) for this host, with its own node credential'
+complete -c canidae -n '__canidae_at \'canidae agent\'' -a init -d 'Write an agent config (TOML, mode 0600) for this host, with its own node credential and TLS certificate'
 complete -c canidae -n '__canidae_at \'canidae agent\'' -a run -d 'Run the agent in the foreground until SIGTERM or SIGINT (systemd-friendly'
 complete -c canidae -n '__canidae_at \'canidae agent\'' -l help -s h -d 'Show this message and exit'
 
@@ -215,6 +215,7 @@ complete -c canidae -n '__canidae_at \'canidae agent doctor\'' -l help -s h -d '
 complete -c canidae -n '__canidae_at \'canidae agent doctor\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 
 # canidae agent init
+complete -c canidae -n '__canidae_at \'canidae agent init\'' -l ca -r -F -d 'Where the cluster\'s TLS CA is kept (ca.pem, and ca.key mode 0600), made when missing'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l cell -x -d 'Cell of this node, within its region'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l client -d 'Be a Raft voter holding cluster state, or only run packs'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l cpu -x -d 'CPU offered to packs (default'
@@ -222,6 +223,7 @@ complete -c canidae -n '__canidae_at \'canidae agent init\'' -l data-dir -r -F -
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l force -d 'Overwrite an existing file'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l identity -r -F -d 'The cluster\'s identity (signing key, Raft password, admin token'
+complete -c canidae -n '__canidae_at \'canidae agent init\'' -l insecure-http -d 'Serve plain HTTP, no certificate'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l listen -x -d 'Address of the agent API'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l max-packs -x -d 'Packs this node takes at most'
@@ -231,6 +233,7 @@ complete -c canidae -n '__canidae_at \'canidae agent init\'' -l out -s o -r -F -
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l peer -x -d 'A server of the cluster, e.g'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l raft -x -d 'Raft address (servers)'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l region -x -d 'Region of this node, within its zone'
+complete -c canidae -n '__canidae_at \'canidae agent init\'' -l san -x -d 'Another IP or DNS name the agent is reached by, for its certificate'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l server -d 'Be a Raft voter holding cluster state, or only run packs'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l zone -x -a '(__canidae_names zone)' -d 'Zone of this node'
 
@@ -272,6 +275,7 @@ complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l clients -x -d 'C
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l cpu -x -d 'CPU each agent offers (default'
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l data-dir -r -F -d 'Where state, logs and events are kept'
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l insecure-http -d 'Plain HTTP instead of TLS'
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l max-packs -x -d 'Packs each agent takes at most'
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l mem -x -d 'Memory each agent offers'
