@@ -166,7 +166,7 @@ def _ensure_secret_keys(data_dir: str) -> str:
 
 @app.command("doctor", help=(
     "Check that this host can run its agent: pack isolation (cgroup v2, cgroup v1 or rlimits), per-pack "
-    "users, rlimits, ports, the data dir, the clock and the peers.\n\n"
+    "users, rlimits, ports, the data dir, the TLS files, the clock and the peers.\n\n"
     "With the agent running, it reports the isolation the agent chose at start; otherwise the one it would "
     "choose. Exits 1 when a check fails (warnings do not)."))
 def agent_doctor(config: ConfigFileOpt = Path("agent.toml"), json: JsonOption = False) -> None:

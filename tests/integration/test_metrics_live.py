@@ -150,7 +150,8 @@ def cli(cluster, *args):
     import os
     import subprocess
     import sys
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CANIDAE_")}, "COLUMNS": "200"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CANIDAE_")}, "COLUMNS": "200",
+           "CANIDAE_CA": cluster.ca}
     addr = ",".join(a["api"] for a in cluster.agents if a["role"] == "server")
     return subprocess.run([sys.executable, "-m", "canidae", "--addr", addr, "--token", cluster.token, *args],
                           capture_output=True, text=True, env=env, timeout=60)

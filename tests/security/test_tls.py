@@ -57,6 +57,9 @@ def test_the_cluster_speaks_tls_with_its_own_ca_and_keeps_the_ca_key_with_the_op
         # No agent, client or server, holds the CA's key.
         assert not os.path.exists(os.path.join(os.path.dirname(a["config"]), certs.CA_KEY))
         assert certs.CA_KEY not in os.listdir(os.path.dirname(cfg.tls_cert))
+    p = canidae("agent", "doctor", "--config", cluster.agent("c1")["config"], "--json")
+    tls = {c["check"]: c for c in json.loads(p.stdout)["checks"]}["tls"]
+    assert tls["status"] == "ok" and "127.0.0.1" in tls["detail"], tls
 
 
 def test_plain_http_to_a_tls_agent_gets_no_answer_and_changes_nothing(cluster):
@@ -125,6 +128,9 @@ def test_an_agent_whose_certificate_another_ca_signed_is_refused_by_the_others(c
     cluster.restart("c2")
     try:
         wait_until(lambda: _answers(c2.api), 20, "c2 serving its rogue certificate")
+        p = canidae("agent", "doctor", "--config", cluster.agent("c2")["config"], "--json")
+        tls = {c["check"]: c for c in json.loads(p.stdout)["checks"]}["tls"]
+        assert p.returncode == 1 and tls["status"] == "fail" and "not issued by the CA" in tls["detail"], tls
 
         async def hop(api: str) -> object:
             hops = AgentHops(c2.token, ca=cluster.ca)

@@ -147,6 +147,7 @@ def test_the_cli_worked_example(cluster: LocalCluster, tmp_path, capsys: pytest.
         return rc, out, err
 
     monkeypatch.setenv("CANIDAE_TOKEN", cluster.token)
+    monkeypatch.setenv("CANIDAE_CA", cluster.ca)
     policy = tmp_path / "ci.toml"
     policy.write_text('name = "ci"\n\n[pack."ci-*"]\naccess = "read"\ncapabilities = ["spawn", "stop"]\n')
     assert canidae("policy", "apply", str(policy))[0] == 0
