@@ -73,8 +73,10 @@ class Agent:
         plane = self.plane
         # Servers find API tokens in their replica; client agents pass them on to a server.
         self.access = None if plane is None else TokenAccess(lambda: plane.state, token_pepper(cfg.cluster_password))
+        revoked = plane.is_revoked if plane is not None else (lambda node: node in self.node.revoked_nodes)
         self.edge = Edge(Authenticator(cfg.admin_token_hash, cfg.identity_public_key,
-                                       find_token=self.access.find_token if self.access else None),
+                                       find_token=self.access.find_token if self.access else None,
+                                       revoked=revoked),
                          cfg.max_body_bytes, forward=None if self.plane is not None else self.forward,
                          access=self.access)
         self.tasks: list[asyncio.Task[Any]] = []

@@ -37,7 +37,7 @@ import tomli_w
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from canidae.core.errors import InvalidInput
+from canidae.core.errors import InvalidInput, NotAuthenticated
 from canidae.core.tokens import format_accessor, format_secret, hash_secret
 from canidae.core.types import NAME_RE, Role, validate_name
 
@@ -112,9 +112,13 @@ class Authenticator:
     credentials are remembered (a signature check costs about 50 us); failures never are."""
 
     def __init__(self, admin_hash: str, public_key: str,
-                 find_token: Callable[[str], Principal | None] | None = None) -> None:
+                 find_token: Callable[[str], Principal | None] | None = None,
+                 revoked: Callable[[str], bool] | None = None) -> None:
         self._admin_hash = admin_hash
         self._find_token = find_token
+        # Whether a client agent's node credential is revoked (``canidae node revoke``): a server
+        # asks its replica, a client agent the list of its last heartbeat reply.
+        self._revoked = revoked
         self._key = parse_public_key(public_key)
         self._admin = Principal(Kind.ADMIN, "admin", "")
         self._known: dict[str, Principal] = {}
@@ -132,6 +136,12 @@ class Authenticator:
         return None
 
     def _node(self, credential: str) -> Principal | None:
+        who = self._checked(credential)
+        if who is not None and who.kind is Kind.NODE and self._revoked is not None and self._revoked(who.name):
+            raise NotAuthenticated(f"the node credential of {who.name} is revoked")
+        return who
+
+    def _checked(self, credential: str) -> Principal | None:
         hit = self._known.get(credential)
         if hit is not None:
             return hit

@@ -13,7 +13,7 @@ _canidae_children() {
         "canidae events") echo "tail" ;;
         "canidae fleet") echo "bootstrap status" ;;
         "canidae history") echo "verify" ;;
-        "canidae node") echo "cordon drain list show uncordon" ;;
+        "canidae node") echo "cordon drain list revoke show uncordon" ;;
         "canidae pack") echo "create delete history kill list logs migrate place show spawn stop" ;;
         "canidae policy") echo "apply delete list show" ;;
         "canidae ring") echo "lookup rebalance show simulate" ;;
@@ -55,6 +55,7 @@ _canidae_options() {
         "canidae node cordon") echo "--help --json -h" ;;
         "canidae node drain") echo "--deadline --help --json --no-wait --plan --timeout --wait --yes -h -y" ;;
         "canidae node list") echo "--help --json --stale --zone -h" ;;
+        "canidae node revoke") echo "--help --json --reason --yes -h -y" ;;
         "canidae node show") echo "--help --json --stale -h" ;;
         "canidae node uncordon") echo "--help --json -h" ;;
         "canidae pack") echo "--help -h" ;;
@@ -192,6 +193,7 @@ _canidae_option_value() {
         "canidae node drain --deadline") echo "none" ;;
         "canidae node drain --timeout") echo "none" ;;
         "canidae node list --zone") echo "zone" ;;
+        "canidae node revoke --reason") echo "none" ;;
         "canidae pack create --cell") echo "none" ;;
         "canidae pack create --count") echo "none" ;;
         "canidae pack create -n") echo "none" ;;
@@ -332,6 +334,7 @@ _canidae_argument() {
         "canidae history verify 0") echo "pack" ;;
         "canidae node cordon 0") echo "node" ;;
         "canidae node drain 0") echo "node" ;;
+        "canidae node revoke 0") echo "node" ;;
         "canidae node show 0") echo "node" ;;
         "canidae node uncordon 0") echo "node" ;;
         "canidae pack create 0") echo "none" ;;

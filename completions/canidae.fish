@@ -21,7 +21,7 @@ function __canidae_children
         case 'canidae history'
             printf '%s\n' verify
         case 'canidae node'
-            printf '%s\n' cordon drain list show uncordon
+            printf '%s\n' cordon drain list revoke show uncordon
         case 'canidae pack'
             printf '%s\n' create delete history kill list logs migrate place show spawn stop
         case 'canidae policy'
@@ -74,6 +74,8 @@ function __canidae_valued
             printf '%s\n' -- --deadline --timeout
         case 'canidae node list'
             printf '%s\n' -- --zone
+        case 'canidae node revoke'
+            printf '%s\n' -- --reason
         case 'canidae pack create'
             printf '%s\n' -- --cell --count --cpu --driver --env --file --group --mem --members --network --node --region --restart --secret --spread --zone -e -f -n
         case 'canidae pack delete'
@@ -411,6 +413,7 @@ complete -c canidae -n '__canidae_at \'canidae metrics\'' -l zone -x -a '(__cani
 complete -c canidae -n '__canidae_at \'canidae node\'' -a cordon -d 'Stop placing new packs on a node'
 complete -c canidae -n '__canidae_at \'canidae node\'' -a drain -d 'Move every pack off a node and stop placing new ones there'
 complete -c canidae -n '__canidae_at \'canidae node\'' -a list -d 'List nodes'
+complete -c canidae -n '__canidae_at \'canidae node\'' -a revoke -d 'Revoke a client agent\'s node credential (a stolen or lost agent config)'
 complete -c canidae -n '__canidae_at \'canidae node\'' -a show -d 'Show one node and the packs it runs'
 complete -c canidae -n '__canidae_at \'canidae node\'' -a uncordon -d 'Let a cordoned node take new packs again'
 complete -c canidae -n '__canidae_at \'canidae node\'' -l help -s h -d 'Show this message and exit'
@@ -435,6 +438,13 @@ complete -c canidae -n '__canidae_at \'canidae node list\'' -l help -s h -d 'Sho
 complete -c canidae -n '__canidae_at \'canidae node list\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae node list\'' -l stale -d 'Read the contacted agent\'s local copy of the state'
 complete -c canidae -n '__canidae_at \'canidae node list\'' -l zone -x -a '(__canidae_names zone)' -d 'Only this zone'
+
+# canidae node revoke
+complete -c canidae -n '__canidae_at \'canidae node revoke\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae node revoke\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae node revoke\'' -l reason -x -d 'Why (kept with the node\'s NodeDown event)'
+complete -c canidae -n '__canidae_at \'canidae node revoke\'' -l yes -s y -d 'Act without asking (for scripts)'
+complete -c canidae -n '__canidae_at \'canidae node revoke\' 0' -x -a '(__canidae_names node)' -d 'NODE'
 
 # canidae node show
 complete -c canidae -n '__canidae_at \'canidae node show\'' -l help -s h -d 'Show this message and exit'

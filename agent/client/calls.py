@@ -189,6 +189,11 @@ class Client:
                             json={"state": state, "reason": reason, "request_id": uuid.uuid4().hex},
                             retry_for=5.0)
 
+    def revoke_node(self, node_id: str, reason: str = "") -> dict[str, Any]:
+        """Refuse a client agent's node credential cluster-wide from the next request on."""
+        return self.request("POST", f"/v1/nodes/{segment('node', node_id)}/revoke",  # type: ignore[no-any-return]
+                            json={"reason": reason, "request_id": uuid.uuid4().hex}, retry_for=5.0)
+
     def drain(self, node_id: str, plan: bool = False) -> dict[str, Any]:
         return self.request("POST", f"/v1/nodes/{segment('node', node_id)}/state",  # type: ignore[no-any-return]
                             json={"state": "draining", "reason": "drain", "plan": plan,

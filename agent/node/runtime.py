@@ -76,6 +76,9 @@ class NodeRuntime:
         self.usage = PackUsage()
         self.summary_extras: SummaryExtras | None = None
         self.sample_rate: float | None = None  # handed out by the leader in each heartbeat reply
+        # Client agents whose credentials are revoked, as of the last heartbeat reply: a client
+        # agent (no replica of its own) refuses them on its own routes (yips, exec) from then on.
+        self.revoked_nodes: frozenset[str] = frozenset()
         self.heartbeats = 0
         self._heartbeat_ms = Sketch()  # round trips of this interval's heartbeats
 
@@ -120,6 +123,9 @@ class NodeRuntime:
                     reply = await self._heartbeat(body, interval)
                 self.heartbeats += 1
                 self._heartbeat_ms.add(max((time.perf_counter() - t0) * 1000.0, 0.001))
+                revoked = reply.get("revoked")
+                if isinstance(revoked, list) and all(isinstance(n, str) for n in revoked):
+                    self.revoked_nodes = frozenset(revoked)
                 rate = reply.get("sample_rate")
                 if rate is not None:
                     try:

@@ -80,6 +80,8 @@ def openapi_document() -> dict[str, Any]:
                                 "properties": {"names": {"type": "array", "minItems": 1, "maxItems": 100_000,
                                                          "items": name},
                                                "force": {"type": "boolean"}, "request_id": rid}},
+                "NodeRevoke": {"type": "object", "additionalProperties": False,
+                               "properties": {"reason": {"type": "string"}, "request_id": rid}},
                 "NodeState": {"type": "object", "required": ["state"], "additionalProperties": False,
                               "properties": {"state": {"enum": ["ready", "cordoned", "draining", "down"]},
                                              "reason": {"type": "string"}, "plan": {"type": "boolean"},
@@ -111,6 +113,8 @@ def openapi_document() -> dict[str, Any]:
             "/v1/nodes": {"get": op("list nodes", query=stale), "post": op("register a node", "RegisterNode")},
             "/v1/nodes/{node}": {"get": op("show a node", params=["node"], query=stale)},
             "/v1/nodes/{node}/state": {"post": op("cordon/uncordon/drain a node", "NodeState", ["node"])},
+            "/v1/nodes/{node}/revoke": {"post": op("revoke a client agent's node credential (admin token only); "
+                                                   "the node is down", "NodeRevoke", ["node"], body_required=False)},
             "/v1/nodes/{node}/heartbeat": {"post": op("agent heartbeat", "Heartbeat", ["node"], body_required=False)},
             "/v1/nodes/{node}/assignments": {"get": op("packs assigned to a node (wait=S long-polls, up to 30)", params=["node"],
                                                                query={"after": uint(2**62)})},
