@@ -107,6 +107,11 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
         raise InvalidInput(f"identity_public_key is not an Ed25519 public key: {e}") from None
 
 
+def revoked_message(node: str) -> str:
+    """What an agent answers a revoked node credential (the node's own agent knows it by this)."""
+    return f"the node credential of {node} is revoked"
+
+
 class Authenticator:
     """Maps bearer credentials to principals, in constant time for the admin token. Checked node
     credentials are remembered (a signature check costs about 50 us); failures never are."""
@@ -138,7 +143,7 @@ class Authenticator:
     def _node(self, credential: str) -> Principal | None:
         who = self._checked(credential)
         if who is not None and who.kind is Kind.NODE and self._revoked is not None and self._revoked(who.name):
-            raise NotAuthenticated(f"the node credential of {who.name} is revoked")
+            raise NotAuthenticated(revoked_message(who.name))
         return who
 
     def _checked(self, credential: str) -> Principal | None:
@@ -215,4 +220,4 @@ class Identity:
         os.replace(tmp, path)
 
 
-__all__ = ["Authenticator", "Identity", "Kind", "Principal", "admin_token_hash", "public_id"]
+__all__ = ["Authenticator", "Identity", "Kind", "Principal", "admin_token_hash", "public_id", "revoked_message"]

@@ -3,10 +3,11 @@ failover, memory and idle CPU. Prints a table (and one JSON document with --json
 
     python bench/cluster.py                 # everything, ~3 minutes on 2 cores
     python bench/cluster.py --only failover --failover-runs 10
-    python bench/cluster.py --only sequential --only concurrent --tls-vs-plain   # what TLS costs
+    python bench/cluster.py --only idle --idle-seconds 1 --tls-vs-plain --sequential 500 --seconds 5
 
-The cluster speaks TLS, as every cluster does by default; ``--tls-vs-plain`` runs the sequential
-and concurrent spawns again on a cluster made with ``insecure_http`` and prints both side by side.
+The cluster speaks TLS, as every cluster does by default; ``--tls-vs-plain`` then runs the
+sequential and concurrent spawns on a TLS cluster and a plain-HTTP one (``insecure_http``)
+alternately, three rounds, and prints the medians side by side: what TLS costs.
 
 Figures are client-side and include the HTTP round trip. Nothing here is a test: it never fails
 on a slow figure, it reports it.
@@ -59,14 +60,14 @@ def cpu_ticks(pid: int) -> int:
     return int(parts[11]) + int(parts[12])
 
 
-def bench_sequential(cluster: LocalCluster, n: int) -> dict[str, Any]:
+def bench_sequential(cluster: LocalCluster, n: int, prefix: str = "") -> dict[str, Any]:
     lat = []
     with cluster.client() as c:
         leader = cluster.agent(cluster.wait_leader())["api"]
         c.addrs.insert(0, c.addrs.pop(c.addrs.index(leader)))
         for i in range(n):
             t0 = time.perf_counter()
-            c.create_packs([{"name": f"seq-{i}"}])
+            c.create_packs([{"name": f"seq-{prefix}{i}"}])
             lat.append((time.perf_counter() - t0) * 1000)
     return {"requests": n, "p50_ms": round(pct(lat, 50), 3), "p99_ms": round(pct(lat, 99), 3),
             "max_ms": round(max(lat), 3)}
@@ -124,7 +125,7 @@ def bench_concurrent(cluster: LocalCluster, total: int, workers: int, seconds: f
     """
     leader = cluster.agent(cluster.wait_leader())["api"]
     if shutil.which("wrk"):
-        env = {"CANIDAE_TOKEN": cluster.token, "RUN": f"c{workers}x"}
+        env = {"CANIDAE_TOKEN": cluster.token, "RUN": f"c{workers}x{uuid.uuid4().hex[:6]}-"}
         return run_wrk(f"{cluster.scheme}://{leader}", os.path.join(HERE, "spawn.lua"), env, workers, seconds)
     elapsed, lat = asyncio.run(_concurrent(cluster, [leader], total, workers, f"{workers}x-"))
     return {"tool": "httpx (wrk not installed)", "requests": total, "clients": workers,
@@ -180,22 +181,34 @@ def bench_idle_cpu(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
             "cpu_percent": {k: round((after[k] - before[k]) / hz / seconds * 100, 2) for k in before}}
 
 
-def compare_plain(out: dict[str, Any], only: set[str], args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
-    """The sequential and concurrent spawns again on a plain-HTTP cluster; both sides in one table."""
-    plain: dict[str, Any] = {}
-    cluster = LocalCluster.start(ClusterLayout(servers=3, base_port=None), data_dir, insecure_http=True)
+def compare_plain(args: argparse.Namespace, data_dir: str, rounds: int = 3) -> dict[str, Any]:
+    """What TLS costs: a TLS cluster and a plain-HTTP one (``insecure_http``) up side by side,
+    sequential spawns and the concurrent run alternated between them ``rounds`` times (so that a
+    shared machine's load swings hit both alike); the median of each figure per side."""
+    tls = LocalCluster.start(ClusterLayout(servers=3, base_port=None), os.path.join(data_dir, "tls"))
+    plain = LocalCluster.start(ClusterLayout(servers=3, base_port=None), os.path.join(data_dir, "plain"),
+                               insecure_http=True)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {"tls": {}, "plain": {}}
     try:
-        if "sequential" in only:
-            plain["sequential_spawn"] = bench_sequential(cluster, args.sequential)
-        if "concurrent" in only:
-            plain["concurrent_spawn"] = bench_concurrent(cluster, args.concurrent, args.clients, args.seconds)
+        for r in range(rounds):
+            for side, cluster in (("tls", tls), ("plain", plain)) if r % 2 == 0 else (("plain", plain), ("tls", tls)):
+                seq = bench_sequential(cluster, args.sequential, prefix=f"r{r}-")
+                conc = bench_concurrent(cluster, args.concurrent, args.clients, args.seconds)
+                runs[side].setdefault("sequential_spawn", []).append(seq)
+                runs[side].setdefault("concurrent_spawn", []).append(conc)
     finally:
-        cluster.close()
-    rows = {}
-    for key in plain:
-        rows[key] = {f"{k}_{side}": v[k] for side, v in (("tls", out[key]), ("plain", plain[key]))
-                     for k in ("p50_ms", "p99_ms", "per_s") if k in v}
-    return rows
+        tls.close()
+        plain.close()
+    out: dict[str, Any] = {"rounds": rounds}
+    for key in ("sequential_spawn", "concurrent_spawn"):
+        row = {}
+        for side in ("tls", "plain"):
+            for fig in ("p50_ms", "p99_ms", "per_s"):
+                values = [x[fig] for x in runs[side][key] if fig in x]
+                if values:
+                    row[f"{fig}_{side}"] = round(statistics.median(values), 3)
+        out[key] = row
+    return out
 
 
 def main() -> None:
@@ -210,7 +223,7 @@ def main() -> None:
     ap.add_argument("--failover-runs", type=int, default=10)
     ap.add_argument("--idle-seconds", type=float, default=10.0)
     ap.add_argument("--tls-vs-plain", action="store_true",
-                    help="also run the sequential and concurrent spawns on a plain-HTTP cluster (--insecure-http)")
+                    help="also compare TLS with plain HTTP (--insecure-http): sequential and concurrent spawns")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     only = set(args.only or ["idle", "sequential", "concurrent", "bulk", "failover"])
@@ -233,7 +246,7 @@ def main() -> None:
             cluster.close()
             assert not any(pid_alive(a["pid"], a["config"]) for a in cluster.agents)
         if args.tls_vs_plain:
-            out["tls_vs_plain"] = compare_plain(out, only, args, os.path.join(tmp, "plain"))
+            out["tls_vs_plain"] = compare_plain(args, os.path.join(tmp, "compare"))
     if args.json:
         print(json.dumps(out, indent=1))
         return

@@ -63,7 +63,13 @@ from canidae.core.commands import (
     StopPacks,
 )
 from canidae.core.errors import (
-    AlreadyExists, CanidaeError, Conflict, InvalidInput, NoCapacity, NotFound, WrongState,
+    AlreadyExists,
+    CanidaeError,
+    Conflict,
+    InvalidInput,
+    NoCapacity,
+    NotFound,
+    WrongState,
 )
 from canidae.core.scheduler import Scheduler
 from canidae.core.tokens import TokenKind, TokenRecord

@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from canidae.agent.client.link import DEFAULT_KEEP_ALIVE_S, AgentHops, ServerLink, idle_s
 from canidae.agent.config import AgentConfig
+from canidae.agent.identity import revoked_message
 from canidae.agent.node.drivers import VirtualDriver
 from canidae.agent.node.exec_driver import ExecDriver
 from canidae.agent.node.mailbox import MailboxStore
@@ -27,7 +28,7 @@ from canidae.agent.node.packroute import PackRouter
 from canidae.agent.node.reconcile import Reconciler
 from canidae.agent.node.usage import PackProcs, PackUsage, from_specs, reserved
 from canidae.agent.telemetry import Reading
-from canidae.core.errors import CanidaeError, InvalidInput, NotFound
+from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound
 from canidae.core.metrics import (
     GAUGE_CPU_RESERVED,
     GAUGE_CPU_USED,
@@ -79,6 +80,7 @@ class NodeRuntime:
         # Client agents whose credentials are revoked, as of the last heartbeat reply: a client
         # agent (no replica of its own) refuses them on its own routes (yips, exec) from then on.
         self.revoked_nodes: frozenset[str] = frozenset()
+        self.revoked = False  # this node's own credential: refused by the servers
         self.heartbeats = 0
         self._heartbeat_ms = Sketch()  # round trips of this interval's heartbeats
 
@@ -144,6 +146,12 @@ class NodeRuntime:
             except NotFound:
                 registered = False
                 continue
+            except NotAuthenticated as e:
+                if e.message == revoked_message(self.cfg.node_id) and not self.revoked:
+                    self.revoked = True
+                    log.error("the servers refuse this node's credential: %s; its packs run elsewhere", e.message)
+                    await self.reconciler.stop_everything("this node's credential is revoked")
+                log.debug("heartbeat: %s", e.message)
             except CanidaeError as e:
                 log.debug("heartbeat: %s", e.message)
             except Exception:

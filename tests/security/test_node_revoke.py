@@ -83,6 +83,9 @@ def test_a_stolen_client_config_is_refused_everywhere_once_revoked(cluster):
         assert c.node("c1")["state"] == "down"
         moved = c.wait_running(on_c1, 30, generations={n: 2 for n in on_c1})
         assert all(p["node"] != "c1" and p["state"] == "running" for p in moved.values()), moved
+    # c1's own agent hears its credential is refused and stops what it ran: no pack runs twice.
+    wait_until(lambda: call(cluster, cluster.token, "GET", "/v1/agent/running", "c1").json()["running"] == {},
+               10, "c1's agent running nothing")
     assert call(cluster, other, "POST", "/v1/nodes/c2/heartbeat", "s1", json=heartbeat).status_code == 200
     assert canidae(cluster, "node", "show", "c2").returncode == 0
     # Revoking again is harmless (the same answer, nothing moves).
