@@ -15,6 +15,7 @@ Certificates are issued by ``canidae.agent.certs``.
 from __future__ import annotations
 
 import functools
+import re
 import ssl
 
 
@@ -58,7 +59,8 @@ def tls_problem(exc: BaseException) -> str | None:
             return f"TLS failed: {e.reason or e}"
         text = str(e)
         if "CERTIFICATE_VERIFY_FAILED" in text:
-            return "TLS certificate not trusted: " + text.rpartition("certificate verify failed:")[2].strip(" )")
+            why = re.sub(r"\s*\(_ssl\.c:\d+\)?", "", text.rpartition("certificate verify failed:")[2]).strip(" )")
+            return f"TLS certificate not trusted: {why}"
         if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
             return "TLS failed: the other side does not speak TLS (an agent made with --insecure-http?)"
         e = e.__cause__ or e.__context__

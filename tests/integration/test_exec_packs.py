@@ -23,12 +23,14 @@ from packprocs import environ_of, kill_leftovers, member_python, processes_under
 AGENT_ENV = {"CANIDAE_EXEC_BACKOFF_S": "0.05", "CANIDAE_EXEC_GRACE_S": "2", "CANIDAE_EXEC_LOG_CHECK_S": "0.2"}
 
 RX = """
-import json, os, time, urllib.request
+import json, os, ssl, time, urllib.request
 box, tok, last = os.environ["CANIDAE_MAILBOX"], os.environ["CANIDAE_TOKEN"], 0
+# The mailbox is HTTPS, checked against the cluster CA the agent gives its members.
+tls = ssl.create_default_context(cadata=os.environ["CANIDAE_CA_PEM"]) if "CANIDAE_CA_PEM" in os.environ else None
 while True:
     req = urllib.request.Request(f"{box}?after={last}&ack={last}&wait=20", headers={"Authorization": "Bearer " + tok})
     try:
-        got = json.load(urllib.request.urlopen(req, timeout=30))
+        got = json.load(urllib.request.urlopen(req, timeout=30, context=tls))
     except Exception as e:
         print("error", e, flush=True)
         time.sleep(0.1)

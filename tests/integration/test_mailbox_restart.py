@@ -58,7 +58,7 @@ def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
 
         def stream() -> None:
             nonlocal streamed
-            with httpx.Client(timeout=5, headers=tx) as http:
+            with httpx.Client(timeout=5, headers=tx, verify=c.verify) as http:
                 while not cut.is_set():
                     try:
                         r = http.post(url, json={"text": f"s{streamed}", "id": f"s{streamed}"})
