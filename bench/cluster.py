@@ -207,6 +207,8 @@ def compare_plain(args: argparse.Namespace, data_dir: str, rounds: int = 3) -> d
                 values = [x[fig] for x in runs[side][key] if fig in x]
                 if values:
                     row[f"{fig}_{side}"] = round(statistics.median(values), 3)
+            if any("errors" in x for x in runs[side][key]):
+                row[f"errors_{side}"] = sum(x.get("errors", 0) for x in runs[side][key])
         out[key] = row
     return out
 
