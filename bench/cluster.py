@@ -213,6 +213,20 @@ def compare_plain(args: argparse.Namespace, data_dir: str, rounds: int = 3) -> d
     return out
 
 
+def compare_startup(rounds: int, data_dir: str) -> dict[str, Any]:
+    """Seconds to start 3 servers + 1 client agent until all are registered, TLS and plain HTTP
+    alternated ``rounds`` times (what TLS adds to every test that starts a cluster); medians."""
+    took: dict[str, list[float]] = {"tls": [], "plain": []}
+    for r in range(rounds):
+        for side in ("tls", "plain") if r % 2 == 0 else ("plain", "tls"):
+            t0 = time.perf_counter()
+            cluster = LocalCluster.start(ClusterLayout(servers=3, clients=1, base_port=None),
+                                         os.path.join(data_dir, f"{side}{r}"), insecure_http=side == "plain")
+            took[side].append(time.perf_counter() - t0)
+            cluster.close()
+    return {"rounds": rounds, **{f"start_s_{side}": round(statistics.median(v), 3) for side, v in took.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["sequential", "concurrent", "bulk", "failover", "idle"], action="append")
@@ -249,6 +263,7 @@ def main() -> None:
             assert not any(pid_alive(a["pid"], a["config"]) for a in cluster.agents)
         if args.tls_vs_plain:
             out["tls_vs_plain"] = compare_plain(args, os.path.join(tmp, "compare"))
+            out["tls_vs_plain_startup"] = compare_startup(3, os.path.join(tmp, "startup"))
     if args.json:
         print(json.dumps(out, indent=1))
         return
