@@ -5,6 +5,10 @@ positive integer``). ``write_config`` writes the TOML (with tomli-w) with mode 0
 holds this agent's own credential (``token``) and, on servers, the cluster password. It never
 holds the admin token, only its hash, nor the key that issues credentials, only its public half
 (``canidae.agent.identity``).
+
+TLS (``canidae.agent.certs``): the ``[tls]`` table names the cluster CA's certificate (``ca``), this
+agent's certificate (``cert``) and key (``key``); all three are required unless ``insecure_http =
+true``, which serves plain HTTP and is refused for any address that is not loopback.
 """
 
 from __future__ import annotations
@@ -89,6 +93,19 @@ class AgentConfig:
     # (each drops its own pooled connections to the others well before: ``client.link.idle_s``).
     keep_alive_s: float = 30.0
     log_file: str = ""
+    tls_ca: str = ""    # the cluster CA's certificate: the agents this one calls must show one it signed
+    tls_cert: str = ""  # this agent's certificate and key, served on its API
+    tls_key: str = ""
+    insecure_http: bool = False  # plain HTTP: throwaway loopback clusters only
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.insecure_http else "https"
+
+    @property
+    def peer_ca(self) -> str | None:
+        """What this agent's links to other agents trust: the CA file, or None for plain HTTP."""
+        return None if self.insecure_http else self.tls_ca
 
     @property
     def location(self) -> Location:
@@ -148,7 +165,7 @@ def _keep_alive(value: Any) -> float:
 _TOP_KEYS = {"node_id", "role", "api", "raft", "zone", "region", "cell", "data_dir", "token",
              "identity_public_key", "admin_token_hash",
              "cluster_password", "servers", "capacity", "weight", "raft_settings", "heartbeat",
-             "max_body_bytes", "request_timeout_s", "keep_alive_s", "log_file", "audit"}
+             "max_body_bytes", "request_timeout_s", "keep_alive_s", "log_file", "audit", "tls", "insecure_http"}
 
 
 def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
@@ -193,6 +210,17 @@ def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
     if unknown_rs:
         raise InvalidInput(f"unknown configuration key 'raft_settings.{unknown_rs[0]}'")
     hb = d.get("heartbeat", {})
+    tls = d.get("tls", {})
+    if not isinstance(tls, Mapping):
+        raise InvalidInput("tls must be a table (ca, cert, key)")
+    unknown_tls = sorted(set(tls) - {"ca", "cert", "key"})
+    if unknown_tls:
+        raise InvalidInput(f"unknown configuration key 'tls.{unknown_tls[0]}'")
+    insecure = d.get("insecure_http", False)
+    if isinstance(insecure, str) and insecure.lower() in ("1", "true", "0", "false"):
+        insecure = insecure.lower() in ("1", "true")
+    if not isinstance(insecure, bool):
+        raise InvalidInput(f"insecure_http must be true or false, got {insecure!r}")
     cfg = AgentConfig(
         audit=_audit_settings(d.get("audit", {})),
         node_id=node_id, role=role,
@@ -214,6 +242,8 @@ def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
         request_timeout_s=_pos_float("request_timeout_s", d.get("request_timeout_s", 5.0)),
         keep_alive_s=_keep_alive(d.get("keep_alive_s", 30.0)),
         log_file=str(d.get("log_file", "")),
+        tls_ca=str(tls.get("ca", "")), tls_cert=str(tls.get("cert", "")), tls_key=str(tls.get("key", "")),
+        insecure_http=insecure,
     )
     if not cfg.token:
         raise InvalidInput("token is required (this agent's node credential: 'agent init' issues it)")
@@ -232,6 +262,7 @@ def config_from_mapping(d: Mapping[str, Any]) -> AgentConfig:
         raise InvalidInput("servers must list at least one server")
     if cfg.heartbeat_ttl_s <= cfg.heartbeat_interval_s:
         raise InvalidInput("heartbeat.ttl_s must be greater than heartbeat.interval_s")
+    _check_transport(cfg)
     return cfg
 
 
@@ -248,6 +279,25 @@ def _audit_settings(a: Any) -> AuditSettings:
         segment_bytes=_pos_int("audit.segment_bytes", a.get("segment_bytes", d.segment_bytes)),
         denials_per_s=_pos_float("audit.denials_per_s", a.get("denials_per_s", d.denials_per_s)),
         denial_burst=_pos_int("audit.denial_burst", a.get("denial_burst", d.denial_burst)))
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def _check_transport(cfg: AgentConfig) -> None:
+    """TLS unless ``insecure_http``, and that only where nobody else can listen: on loopback."""
+    if cfg.insecure_http:
+        outside = [a for a in [cfg.api, *cfg.server_apis] if not _is_loopback(a)]
+        if outside:
+            raise InvalidInput(f"insecure_http is for loopback clusters only, but {outside[0]} is not loopback: "
+                               f"give the agent a certificate (tls.ca, tls.cert, tls.key; 'agent init' issues one)")
+        return
+    for key in ("ca", "cert", "key"):
+        if not getattr(cfg, f"tls_{key}"):
+            raise InvalidInput(f"tls.{key} is required ('agent init' issues the agent's certificate), "
+                               f"or insecure_http = true for a throwaway loopback cluster")
 
 
 ENV_KEYS = {  # CANIDAE_* environment variables that override the file
@@ -297,6 +347,10 @@ def config_to_mapping(cfg: AgentConfig) -> dict[str, Any]:
         d["cluster_password"] = cfg.cluster_password
     if cfg.log_file:
         d["log_file"] = cfg.log_file
+    if cfg.insecure_http:
+        d["insecure_http"] = True
+    if cfg.tls_ca or cfg.tls_cert or cfg.tls_key:
+        d["tls"] = {"ca": cfg.tls_ca, "cert": cfg.tls_cert, "key": cfg.tls_key}
     return d
 
 

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from canidae.agent.admission import Admission, LoopLag, pressure_from_env
+from canidae.agent.certs import server_ssl_options
 from canidae.agent.client.link import ServerLink, idle_s
 from canidae.agent.config import AgentConfig
 from canidae.agent.datadir import make_private
@@ -71,7 +72,7 @@ class Agent:
         # Every agent of a cluster serves with the same keep-alive timeout, so this agent's pooled
         # connections to the others are dropped well before those close them.
         self.link = ServerLink(cfg.server_apis, cfg.token, timeout_s=cfg.request_timeout_s,
-                               idle=idle_s(cfg.keep_alive_s))
+                               idle=idle_s(cfg.keep_alive_s), ca=cfg.peer_ca)
         self.plane: ControlPlane | None = ControlPlane(cfg, self.link) if cfg.role is Role.SERVER else None
         self.failure: FailureDetector | None = None
         # The cluster's keys: a server's follow its replica (KeyKeeper), a client agent's are fetched.
@@ -86,6 +87,7 @@ class Agent:
         plane = self.plane
         # Servers find API tokens in their replica; client agents pass them on to a server.
         self.access = None if plane is None else TokenAccess(lambda: plane.state, self.keys)
+        revoked = plane.is_revoked if plane is not None else (lambda node: node in self.node.revoked_nodes)
         keys = self.keys
         admin_hash = ((lambda: plane.state.keyrings.admin_hash or keys.admin_hash) if plane is not None
                       else (lambda: keys.admin_hash))
@@ -100,7 +102,7 @@ class Agent:
             cfg.audit.checkpoint_s)
         self.edge = Edge(Authenticator(cfg.admin_token_hash, cfg.identity_public_key,
                                        find_token=self.access.find_token if self.access else None,
-                                       current_admin_hash=admin_hash),
+                                       current_admin_hash=admin_hash, revoked=revoked),
                          cfg.max_body_bytes, forward=None if self.plane is not None else self.forward,
                          access=self.access, admission=self.admission, audit=self.auditor)
         self.tasks: list[asyncio.Task[Any]] = []
@@ -263,13 +265,17 @@ def run_agent(cfg: AgentConfig) -> int:
     # generation threshold (700) makes the collector walk them far too often under load.
     gc.set_threshold(50_000, 20, 50)
     host, _, port = cfg.api.rpartition(":")
+    # TLS with this agent's certificate, unless the cluster was made with --insecure-http (loopback only).
+    tls = {} if cfg.insecure_http else server_ssl_options(cfg.tls_cert, cfg.tls_key)
+    if cfg.insecure_http:
+        log.warning("serving plain HTTP on %s (insecure_http): for a throwaway loopback cluster only", cfg.api)
     agent = Agent(cfg)
 
     async def main() -> None:
         server = uvicorn.Server(uvicorn.Config(agent.app(), host=host, port=int(port), log_level="warning",
                                                access_log=False, lifespan="off", loop="asyncio",
                                                timeout_keep_alive=cfg.keep_alive_s,  # type: ignore[arg-type]
-                                               timeout_graceful_shutdown=2))
+                                               timeout_graceful_shutdown=2, **tls))
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -277,7 +283,7 @@ def run_agent(cfg: AgentConfig) -> int:
             loop.add_signal_handler(sig, stop.set)
         await agent.start()
         serve = asyncio.create_task(server.serve())
-        log.info("agent %s (%s) serving the API on %s", cfg.node_id, cfg.role.value, cfg.api)
+        log.info("agent %s (%s) serving the API on %s://%s", cfg.node_id, cfg.role.value, cfg.scheme, cfg.api)
         done, _ = await asyncio.wait([serve, asyncio.create_task(stop.wait())],
                                      return_when=asyncio.FIRST_COMPLETED)
         if serve in done and serve.exception() is not None:

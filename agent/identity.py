@@ -37,7 +37,7 @@ import tomli_w
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from canidae.core.errors import InvalidInput
+from canidae.core.errors import InvalidInput, NotAuthenticated
 from canidae.core.tokens import format_accessor, format_secret, hash_secret
 from canidae.core.types import NAME_RE, Role, validate_name
 
@@ -107,17 +107,26 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
         raise InvalidInput(f"identity_public_key is not an Ed25519 public key: {e}") from None
 
 
+def revoked_message(node: str) -> str:
+    """What an agent answers a revoked node credential (the node's own agent knows it by this)."""
+    return f"the node credential of {node} is revoked"
+
+
 class Authenticator:
     """Maps bearer credentials to principals, in constant time for the admin token. Checked node
     credentials are remembered (a signature check costs about 50 us); failures never are."""
 
     def __init__(self, admin_hash: str, public_key: str,
                  find_token: Callable[[str], Principal | None] | None = None,
-                 current_admin_hash: Callable[[], str] | None = None) -> None:
+                 current_admin_hash: Callable[[], str] | None = None,
+                 revoked: Callable[[str], bool] | None = None) -> None:
         self._admin_hash = admin_hash
         # After a bootstrap token rotation the replicated hash replaces the configured one.
         self._current_admin_hash = current_admin_hash
         self._find_token = find_token
+        # Whether a client agent's node credential is revoked (``canidae node revoke``): a server
+        # asks its replica, a client agent the list of its last heartbeat reply.
+        self._revoked = revoked
         self._key = parse_public_key(public_key)
         self._admin = Principal(Kind.ADMIN, "admin", "")
         self._known: dict[str, Principal] = {}
@@ -136,6 +145,12 @@ class Authenticator:
         return None
 
     def _node(self, credential: str) -> Principal | None:
+        who = self._checked(credential)
+        if who is not None and who.kind is Kind.NODE and self._revoked is not None and self._revoked(who.name):
+            raise NotAuthenticated(revoked_message(who.name))
+        return who
+
+    def _checked(self, credential: str) -> Principal | None:
         hit = self._known.get(credential)
         if hit is not None:
             return hit
@@ -209,4 +224,4 @@ class Identity:
         os.replace(tmp, path)
 
 
-__all__ = ["Authenticator", "Identity", "Kind", "Principal", "admin_token_hash", "public_id"]
+__all__ = ["Authenticator", "Identity", "Kind", "Principal", "admin_token_hash", "public_id", "revoked_message"]

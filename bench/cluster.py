@@ -3,6 +3,11 @@ failover, memory and idle CPU. Prints a table (and one JSON document with --json
 
     python bench/cluster.py                 # everything, ~3 minutes on 2 cores
     python bench/cluster.py --only failover --failover-runs 10
+    python bench/cluster.py --only idle --idle-seconds 1 --tls-vs-plain --sequential 500 --seconds 5
+
+The cluster speaks TLS, as every cluster does by default; ``--tls-vs-plain`` then runs the
+sequential and concurrent spawns on a TLS cluster and a plain-HTTP one (``insecure_http``)
+alternately, three rounds, and prints the medians side by side: what TLS costs.
 
 Figures are client-side and include the HTTP round trip. Nothing here is a test: it never fails
 on a slow figure, it reports it.
@@ -55,30 +60,32 @@ def cpu_ticks(pid: int) -> int:
     return int(parts[11]) + int(parts[12])
 
 
-def bench_sequential(cluster: LocalCluster, n: int) -> dict[str, Any]:
+def bench_sequential(cluster: LocalCluster, n: int, prefix: str = "") -> dict[str, Any]:
     lat = []
     with cluster.client() as c:
         leader = cluster.agent(cluster.wait_leader())["api"]
         c.addrs.insert(0, c.addrs.pop(c.addrs.index(leader)))
         for i in range(n):
             t0 = time.perf_counter()
-            c.create_packs([{"name": f"seq-{i}"}])
+            c.create_packs([{"name": f"seq-{prefix}{i}"}])
             lat.append((time.perf_counter() - t0) * 1000)
     return {"requests": n, "p50_ms": round(pct(lat, 50), 3), "p99_ms": round(pct(lat, 99), 3),
             "max_ms": round(max(lat), 3)}
 
 
-async def _concurrent(apis: list[str], token: str, total: int, workers: int, prefix: str = "") -> tuple[float, list[float]]:
+async def _concurrent(cluster: LocalCluster, apis: list[str], total: int, workers: int,
+                      prefix: str = "") -> tuple[float, list[float]]:
     lat: list[float] = []
     counter = iter(range(total))
     limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
-    async with httpx.AsyncClient(headers={"authorization": f"Bearer {token}"}, limits=limits, timeout=30) as http:
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {cluster.token}"}, limits=limits, timeout=30,
+                                 verify=cluster.verify) as http:
         async def worker(k: int) -> None:
             api = apis[0]
             for i in counter:
                 body = {"spec": {"name": f"conc-{prefix}{i}"}, "request_id": uuid.uuid4().hex}
                 t0 = time.perf_counter()
-                r = await http.post(f"http://{api}/v1/packs", json=body)
+                r = await http.post(f"{cluster.scheme}://{api}/v1/packs", json=body)
                 lat.append((time.perf_counter() - t0) * 1000)
                 if r.status_code != 200:
                     raise RuntimeError(r.text)
@@ -118,9 +125,9 @@ def bench_concurrent(cluster: LocalCluster, total: int, workers: int, seconds: f
     """
     leader = cluster.agent(cluster.wait_leader())["api"]
     if shutil.which("wrk"):
-        env = {"CANIDAE_TOKEN": cluster.token, "RUN": f"c{workers}x"}
-        return run_wrk(f"http://{leader}", os.path.join(HERE, "spawn.lua"), env, workers, seconds)
-    elapsed, lat = asyncio.run(_concurrent([leader], cluster.token, total, workers, f"{workers}x-"))
+        env = {"CANIDAE_TOKEN": cluster.token, "RUN": f"c{workers}x{uuid.uuid4().hex[:6]}-"}
+        return run_wrk(f"{cluster.scheme}://{leader}", os.path.join(HERE, "spawn.lua"), env, workers, seconds)
+    elapsed, lat = asyncio.run(_concurrent(cluster, [leader], total, workers, f"{workers}x-"))
     return {"tool": "httpx (wrk not installed)", "requests": total, "clients": workers,
             "per_s": round(total / elapsed, 1), "p50_ms": round(pct(lat, 50), 3), "p99_ms": round(pct(lat, 99), 3)}
 
@@ -174,6 +181,52 @@ def bench_idle_cpu(cluster: LocalCluster, seconds: float) -> dict[str, Any]:
             "cpu_percent": {k: round((after[k] - before[k]) / hz / seconds * 100, 2) for k in before}}
 
 
+def compare_plain(args: argparse.Namespace, data_dir: str, rounds: int = 3) -> dict[str, Any]:
+    """What TLS costs: a TLS cluster and a plain-HTTP one (``insecure_http``) up side by side,
+    sequential spawns and the concurrent run alternated between them ``rounds`` times (so that a
+    shared machine's load swings hit both alike); the median of each figure per side."""
+    tls = LocalCluster.start(ClusterLayout(servers=3, base_port=None), os.path.join(data_dir, "tls"))
+    plain = LocalCluster.start(ClusterLayout(servers=3, base_port=None), os.path.join(data_dir, "plain"),
+                               insecure_http=True)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {"tls": {}, "plain": {}}
+    try:
+        for r in range(rounds):
+            for side, cluster in (("tls", tls), ("plain", plain)) if r % 2 == 0 else (("plain", plain), ("tls", tls)):
+                seq = bench_sequential(cluster, args.sequential, prefix=f"r{r}-")
+                conc = bench_concurrent(cluster, args.concurrent, args.clients, args.seconds)
+                runs[side].setdefault("sequential_spawn", []).append(seq)
+                runs[side].setdefault("concurrent_spawn", []).append(conc)
+    finally:
+        tls.close()
+        plain.close()
+    out: dict[str, Any] = {"rounds": rounds}
+    for key in ("sequential_spawn", "concurrent_spawn"):
+        row = {}
+        for side in ("tls", "plain"):
+            for fig in ("p50_ms", "p99_ms", "per_s"):
+                values = [x[fig] for x in runs[side][key] if fig in x]
+                if values:
+                    row[f"{fig}_{side}"] = round(statistics.median(values), 3)
+            if any("errors" in x for x in runs[side][key]):
+                row[f"errors_{side}"] = sum(x.get("errors", 0) for x in runs[side][key])
+        out[key] = row
+    return out
+
+
+def compare_startup(rounds: int, data_dir: str) -> dict[str, Any]:
+    """Seconds to start 3 servers + 1 client agent until all are registered, TLS and plain HTTP
+    alternated ``rounds`` times (what TLS adds to every test that starts a cluster); medians."""
+    took: dict[str, list[float]] = {"tls": [], "plain": []}
+    for r in range(rounds):
+        for side in ("tls", "plain") if r % 2 == 0 else ("plain", "tls"):
+            t0 = time.perf_counter()
+            cluster = LocalCluster.start(ClusterLayout(servers=3, clients=1, base_port=None),
+                                         os.path.join(data_dir, f"{side}{r}"), insecure_http=side == "plain")
+            took[side].append(time.perf_counter() - t0)
+            cluster.close()
+    return {"rounds": rounds, **{f"start_s_{side}": round(statistics.median(v), 3) for side, v in took.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["sequential", "concurrent", "bulk", "failover", "idle"], action="append")
@@ -185,6 +238,8 @@ def main() -> None:
     ap.add_argument("--bulk-per-request", type=int, default=10_000)
     ap.add_argument("--failover-runs", type=int, default=10)
     ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--tls-vs-plain", action="store_true",
+                    help="also compare TLS with plain HTTP (--insecure-http): sequential and concurrent spawns")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     only = set(args.only or ["idle", "sequential", "concurrent", "bulk", "failover"])
@@ -206,6 +261,9 @@ def main() -> None:
         finally:
             cluster.close()
             assert not any(pid_alive(a["pid"], a["config"]) for a in cluster.agents)
+        if args.tls_vs_plain:
+            out["tls_vs_plain"] = compare_plain(args, os.path.join(tmp, "compare"))
+            out["tls_vs_plain_startup"] = compare_startup(3, os.path.join(tmp, "startup"))
     if args.json:
         print(json.dumps(out, indent=1))
         return

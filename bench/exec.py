@@ -44,10 +44,11 @@ from canidae.agent.client.execcalls import exec_info  # noqa: E402
 from canidae.agent.node.isolation import parent_name  # noqa: E402
 
 RECEIVER = r"""
-import json, sys, time, httpx
-url, token = sys.argv[1], sys.argv[2]
+import json, ssl, sys, time, httpx
+url, token, ca = sys.argv[1], sys.argv[2], sys.argv[3]
 lat, last, got, t_first, done = [], 0, 0, None, False
-with httpx.Client(headers={"authorization": "Bearer " + token}, timeout=60) as http:
+verify = ssl.create_default_context(cafile=ca) if ca else True
+with httpx.Client(headers={"authorization": "Bearer " + token}, timeout=60, verify=verify) as http:
     print("ready", flush=True)
     while not done:
         r = http.get(url, params={"after": last, "ack": last, "wait": 30, "max": 1000}).json()
@@ -138,26 +139,26 @@ def bench_yips(c: LocalCluster, n_latency: int, seconds: float) -> dict[str, Any
             cl.create_packs([{"name": name, "driver": "exec", "command": ["sleep", "600"],
                               "constraints": {"node": node}}])
         cl.wait_running(["ya", "yb"], 30)
-    s1, s2 = c.agent("s1")["api"], c.agent("s2")["api"]
     ya, yb = c.pack_token("ya"), c.pack_token("yb")  # taken by the agents of their nodes (s1, s2)
-    url_send, url_recv = f"http://{s1}/v1/yips/yb", f"http://{s2}/v1/yips/yb"
+    url_send, url_recv = c.url("s1", "/v1/yips/yb"), c.url("s2", "/v1/yips/yb")
     out: dict[str, Any] = {}
-    with httpx.Client() as http:  # the floor: one plain request to one agent
+    with httpx.Client(verify=c.verify) as http:  # the floor: one plain request to one agent
         floor = []
         for _ in range(300):
             t0 = time.perf_counter()
-            http.get(f"http://{s1}/v1/health")
+            http.get(c.url("s1", "/v1/health"))
             floor.append((time.perf_counter() - t0) * 1000)
     out["request_floor"] = {"p50_ms": pct(floor, 50), "p99_ms": pct(floor, 99)}
 
     def receiver() -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, "-c", RECEIVER, url_recv, yb], stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen([sys.executable, "-c", RECEIVER, url_recv, yb, c.ca or ""], stdout=subprocess.PIPE,
+                             text=True)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         return p
 
     # Latency: one sender, one yip at a time.
     rx = receiver()
-    with httpx.Client(headers={"authorization": f"Bearer {ya}"}, timeout=10) as http:
+    with httpx.Client(headers={"authorization": f"Bearer {ya}"}, timeout=10, verify=c.verify) as http:
         for _ in range(50):  # warm the connections on both hops
             http.post(url_send, json={"text": "warm"}).raise_for_status()
         for _ in range(n_latency):
@@ -169,7 +170,7 @@ def bench_yips(c: LocalCluster, n_latency: int, seconds: float) -> dict[str, Any
     # Throughput: concurrent single-yip senders, then batches, while the receiver drains the mailbox.
     async def flood(batch: int, concurrency: int) -> None:
         deadline = time.monotonic() + seconds
-        async with httpx.AsyncClient(headers={"authorization": f"Bearer {ya}"}, timeout=10,
+        async with httpx.AsyncClient(headers={"authorization": f"Bearer {ya}"}, timeout=10, verify=c.verify,
                                      limits=httpx.Limits(max_connections=concurrency)) as http:
             async def worker() -> None:
                 body = {"text": "x"} if batch == 1 else {"yips": [{"text": "x"}] * batch}
@@ -191,7 +192,7 @@ def bench_yips(c: LocalCluster, n_latency: int, seconds: float) -> dict[str, Any
                     f'wrk.headers["Content-Type"] = "application/json"\n'
                     f'wrk.headers["Authorization"] = "Bearer {ya}"\n')
         subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds:g}s", "-s", lua, url], capture_output=True, check=True)
-        with httpx.Client(headers={"authorization": f"Bearer {ya}"}) as http:
+        with httpx.Client(headers={"authorization": f"Bearer {ya}"}, verify=c.verify) as http:
             while http.post(url, json={"text": "end"}).status_code == 409:
                 time.sleep(0.01)
 

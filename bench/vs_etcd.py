@@ -216,7 +216,8 @@ def main() -> None:
     with EtcdCluster.start() as ec:
         res["etcd"] = measure(etcd_target(ec), args, tag)
     with tempfile.TemporaryDirectory(prefix="canidae-vs-etcd-") as tmp, \
-            LocalCluster.start(ClusterLayout(servers=3, base_port=None), os.path.join(tmp, "c")) as cc:
+            LocalCluster.start(ClusterLayout(servers=3, base_port=None), os.path.join(tmp, "c"),
+                               insecure_http=True) as cc:  # like for like: this etcd serves plain HTTP
         res["canidae"] = measure(canidae_target(cc), args, tag)
     res["machine"]["load_after"] = os.getloadavg()[0]
     if args.json:

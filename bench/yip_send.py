@@ -51,9 +51,9 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, max(0, int(round(p / 100 * (len(values) - 1)))))]
 
 
-def sequential(url: str, token: str, n: int) -> dict[str, Any]:
+def sequential(url: str, token: str, n: int, verify: Any = True) -> dict[str, Any]:
     ms: list[float] = []
-    with httpx.Client(headers={"authorization": f"Bearer {token}"}, timeout=10) as http:
+    with httpx.Client(headers={"authorization": f"Bearer {token}"}, timeout=10, verify=verify) as http:
         for _ in range(50):  # warm the connection and the agent
             http.post(url, json={"text": "warm"}).raise_for_status()
         last = http.get(url, params={"after": 0, "max": 1000}).json()["yips"][-1]["seq"]
@@ -97,7 +97,7 @@ def concurrent(url: str, admin: str, cluster: LocalCluster, senders: int, second
 
     def receiver() -> None:
         last = 0
-        with httpx.Client(headers={"authorization": f"Bearer {admin}"}, timeout=10) as http:
+        with httpx.Client(headers={"authorization": f"Bearer {admin}"}, timeout=10, verify=cluster.verify) as http:
             while not done.is_set():
                 got = http.get(url, params={"after": last, "ack": last, "wait": 1, "max": 1000}).json()
                 received[0] += len(got["yips"])
@@ -190,8 +190,8 @@ def main() -> int:
         with c.client() as cl:
             cl.create_packs([{"name": "inbox", "driver": "virtual", "constraints": {"node": "s1"}}])
             cl.wait_running(["inbox"], 30)
-        url = f"http://{c.agent('s1')['api']}/v1/yips/inbox"
-        out["sequential"] = sequential(url, c.token, args.sends)
+        url = c.url("s1", "/v1/yips/inbox")
+        out["sequential"] = sequential(url, c.token, args.sends, c.verify)
         if shutil.which("wrk") and args.seconds > 0:
             out["concurrent"] = concurrent(url, c.token, c, args.concurrency, args.seconds, tmp)
     finally:

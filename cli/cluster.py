@@ -10,7 +10,7 @@ from rich.table import Table
 
 from canidae.agent.ops import localcluster
 from canidae.cli.connect import client
-from canidae.cli.output import GLOBALS, JsonOption, TimeoutOption, console, emit
+from canidae.cli.output import GLOBALS, JsonOption, TimeoutOption, console, emit, err_console
 from canidae.cli.params import DataDirOpt
 from canidae.core.errors import CanidaeError
 from canidae.core.types import Resources
@@ -41,19 +41,30 @@ def cluster_up(
                                      help="CPU each agent offers (default: room for many virtual packs).")] = 1_000_000,
     mem: Annotated[int, typer.Option("--mem", metavar="MIB", min=1, help="Memory each agent offers.")] = 1_048_576,
     max_packs: Annotated[int, typer.Option("--max-packs", min=1, help="Packs each agent takes at most.")] = 50_000,
+    insecure_http: Annotated[bool, typer.Option(
+        "--insecure-http", help="Plain HTTP instead of TLS: for a throwaway cluster on this host only.")] = False,
     timeout: TimeoutOption = 30.0,
     json: JsonOption = False,
 ) -> None:
-    """Start agents on loopback as daemons, wait for a leader, and write the client config (0600)."""
+    """Start agents on loopback as daemons, wait for a leader, and write the client config (0600).
+
+    Every agent serves TLS with a certificate from a new cluster CA (ca.pem and ca.key in the data
+    dir); the client config names ca.pem, and the CLI checks every agent against it.
+    """
     layout = localcluster.ClusterLayout(servers=servers, clients=clients, base_port=base_port, zones=zones,
                                         capacity=Resources(cpu, mem, max_packs))
+    if insecure_http:
+        err_console.print("warning: --insecure-http: the agents speak plain HTTP (no TLS); anyone on this host "
+                          "can read their traffic", markup=False)
     result = localcluster.LocalCluster.start(layout, _data_dir(data_dir), cli_config=str(GLOBALS.config_path),
-                                             timeout=timeout).info
+                                             timeout=timeout, insecure_http=insecure_http).info
 
     def human() -> None:
         console.print(f"cluster up in {result['ready_s']:.2f} s: {servers} server(s), {clients} client(s); "
                       f"leader {result['leader']}")
         console.print(f"data dir {result['data_dir']}; client config {result['config']}")
+        console.print(f"TLS: agents' certificates from the cluster CA {result['ca']}" if result["tls"]
+                      else "plain HTTP (--insecure-http)")
     emit(result, json, human)
 
 

@@ -135,7 +135,7 @@ def fleet_bootstrap(
     if result["leader"] is not None:
         from canidae.agent.ops.localcluster import write_cli_config
         write_cli_config(str(GLOBALS.config_path), [h.api for h in inv.servers], identity.admin_token,
-                         inv.state_dir)
+                         inv.state_dir, ca=bs.ca_file(inv))
         result["config"] = str(GLOBALS.config_path)
 
     def human() -> None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from canidae.agent.client import Client, Target
+from canidae.agent.client import Client
 from canidae.cli.connect import client
 from canidae.cli.output import PACK_METAVAR, JsonOption, console, emit, err_console
 from canidae.core.errors import InvalidInput, OperationFailed, Unavailable
@@ -134,12 +135,12 @@ def history_verify(
     """
     with client(timeout=120.0) as c:
         servers = _servers(c)
-        token = c.target.token
+        target = c.target
     reports: list[dict[str, Any]] = []
     unreachable: list[str] = []
     for ident, api in servers:
         try:
-            with Client(Target((api,), token), timeout=120.0) as one:
+            with Client(replace(target, addrs=(api,)), timeout=120.0) as one:
                 reports.append({"server": ident, **one.history_verify(full=full, pack=pack_name)})
         except Unavailable as e:
             unreachable.append(ident)

@@ -1,4 +1,4 @@
-"""``canidae node list|show|cordon|uncordon|drain``."""
+"""``canidae node list|show|cordon|uncordon|drain|revoke``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,25 @@ def node_cordon(node_name: NodeArg, json: JsonOption = False) -> None:
 def node_uncordon(node_name: NodeArg, json: JsonOption = False) -> None:
     """Let a cordoned node take new packs again."""
     _set_state(node_name, "ready", json)
+
+
+@app.command("revoke")
+def node_revoke(node_name: NodeArg,
+                reason: Annotated[str, typer.Option("--reason", metavar="TEXT",
+                                                    help="Why (kept with the node's NodeDown event).")] = "",
+                yes: YesOption = False, json: JsonOption = False) -> None:
+    """Revoke a client agent's node credential (a stolen or lost agent config): from the next
+    request every server refuses it, and client agents from their next heartbeat (half a second);
+    the node is declared down and its packs move.
+
+    For good: the node id is retired; bring the host back with 'agent init' under a new name.
+    A server's credential cannot be revoked (exit 6). Needs the admin token (exit 4 otherwise).
+    """
+    confirm(f"Revoke the credential of node {node_name} and declare it down, for good?", yes)
+    with client() as c:
+        result = c.revoke_node(node_name, reason)
+    emit(result, json, lambda: console.print(
+        f"node {node_name}: credential revoked; {len(result['moved'])} pack(s) moved"))
 
 
 @app.command("drain")

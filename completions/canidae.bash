@@ -16,7 +16,7 @@ _canidae_children() {
         "canidae fleet") echo "bootstrap remove status upgrade" ;;
         "canidae history") echo "verify" ;;
         "canidae keys") echo "list retire rotate status" ;;
-        "canidae node") echo "cordon drain list show uncordon" ;;
+        "canidae node") echo "cordon drain list revoke show uncordon" ;;
         "canidae pack") echo "create delete history kill list logs migrate place show spawn stop" ;;
         "canidae policy") echo "apply delete list show" ;;
         "canidae ring") echo "lookup rebalance show simulate" ;;
@@ -32,7 +32,7 @@ _canidae_options() {
         "canidae") echo "--addr --config --help --json --token --version -h" ;;
         "canidae agent") echo "--help -h" ;;
         "canidae agent doctor") echo "--config --help --json -c -h" ;;
-        "canidae agent init") echo "--cell --client --cpu --data-dir --force --help --identity --json --listen --max-packs --mem --name --out --peer --raft --region --server --zone -h -o" ;;
+        "canidae agent init") echo "--ca --cell --client --cpu --data-dir --force --help --identity --insecure-http --json --listen --max-packs --mem --name --out --peer --raft --region --san --server --zone -h -o" ;;
         "canidae agent run") echo "--config --data-dir --help --listen --name -c -h" ;;
         "canidae audit") echo "--help -h" ;;
         "canidae audit checkpoint") echo "--agent --help --json -h" ;;
@@ -54,7 +54,7 @@ _canidae_options() {
         "canidae cluster down") echo "--data-dir --help --json -h" ;;
         "canidae cluster rotate-raft-password") echo "--data-dir --help --json --timeout -h" ;;
         "canidae cluster status") echo "--help --json -h" ;;
-        "canidae cluster up") echo "--agents --base-port --clients --cpu --data-dir --help --json --max-packs --mem --servers --timeout --zones -h" ;;
+        "canidae cluster up") echo "--agents --base-port --clients --cpu --data-dir --help --insecure-http --json --max-packs --mem --servers --timeout --zones -h" ;;
         "canidae drill") echo "--help -h" ;;
         "canidae drill failover") echo "--clients --data-dir --expect-failover --help --json --kill --packs --rounds --seed --timeout --yes -h -y" ;;
         "canidae drill node") echo "--clients --data-dir --expect-failover --help --json --packs --rounds --seed --timeout --yes -h -y" ;;
@@ -80,6 +80,7 @@ _canidae_options() {
         "canidae node cordon") echo "--help --json -h" ;;
         "canidae node drain") echo "--deadline --help --json --no-wait --plan --timeout --wait --yes -h -y" ;;
         "canidae node list") echo "--help --json --stale --zone -h" ;;
+        "canidae node revoke") echo "--help --json --reason --yes -h -y" ;;
         "canidae node show") echo "--help --json --stale -h" ;;
         "canidae node uncordon") echo "--help --json -h" ;;
         "canidae pack") echo "--help -h" ;;
@@ -131,6 +132,7 @@ _canidae_option_value() {
         "canidae --token") echo "none" ;;
         "canidae agent doctor --config") echo "file" ;;
         "canidae agent doctor -c") echo "file" ;;
+        "canidae agent init --ca") echo "file" ;;
         "canidae agent init --cell") echo "none" ;;
         "canidae agent init --cpu") echo "none" ;;
         "canidae agent init --data-dir") echo "file" ;;
@@ -144,6 +146,7 @@ _canidae_option_value() {
         "canidae agent init --peer") echo "none" ;;
         "canidae agent init --raft") echo "none" ;;
         "canidae agent init --region") echo "none" ;;
+        "canidae agent init --san") echo "none" ;;
         "canidae agent init --zone") echo "zone" ;;
         "canidae agent run --config") echo "file" ;;
         "canidae agent run -c") echo "file" ;;
@@ -251,6 +254,7 @@ _canidae_option_value() {
         "canidae node drain --deadline") echo "none" ;;
         "canidae node drain --timeout") echo "none" ;;
         "canidae node list --zone") echo "zone" ;;
+        "canidae node revoke --reason") echo "none" ;;
         "canidae pack create --cell") echo "none" ;;
         "canidae pack create --count") echo "none" ;;
         "canidae pack create -n") echo "none" ;;
@@ -397,6 +401,7 @@ _canidae_argument() {
         "canidae keys retire 0") echo "none" ;;
         "canidae node cordon 0") echo "node" ;;
         "canidae node drain 0") echo "node" ;;
+        "canidae node revoke 0") echo "node" ;;
         "canidae node show 0") echo "node" ;;
         "canidae node uncordon 0") echo "node" ;;
         "canidae pack create 0") echo "none" ;;

@@ -27,7 +27,7 @@ function __canidae_children
         case 'canidae keys'
             printf '%s\n' list retire rotate status
         case 'canidae node'
-            printf '%s\n' cordon drain list show uncordon
+            printf '%s\n' cordon drain list revoke show uncordon
         case 'canidae pack'
             printf '%s\n' create delete history kill list logs migrate place show spawn stop
         case 'canidae policy'
@@ -51,7 +51,7 @@ function __canidae_valued
         case 'canidae agent doctor'
             printf '%s\n' -- --config -c
         case 'canidae agent init'
-            printf '%s\n' -- --cell --cpu --data-dir --identity --listen --max-packs --mem --name --out --peer --raft --region --zone -o
+            printf '%s\n' -- --ca --cell --cpu --data-dir --identity --listen --max-packs --mem --name --out --peer --raft --region --san --zone -o
         case 'canidae agent run'
             printf '%s\n' -- --config --data-dir --listen --name -c
         case 'canidae audit checkpoint'
@@ -104,6 +104,8 @@ function __canidae_valued
             printf '%s\n' -- --deadline --timeout
         case 'canidae node list'
             printf '%s\n' -- --zone
+        case 'canidae node revoke'
+            printf '%s\n' -- --reason
         case 'canidae pack create'
             printf '%s\n' -- --cell --count --cpu --driver --env --file --group --mem --members --network --node --region --restart --secret --spread --zone -e -f -n
         case 'canidae pack delete'
@@ -237,7 +239,7 @@ complete -c canidae -n '__canidae_at \'canidae\'' -l version -d 'Print the versi
 
 # canidae agent
 complete -c canidae -n '__canidae_at \'canidae agent\'' -a doctor -d 'Check that this host can run its agent'
-complete -c canidae -n '__canidae_at \'canidae agent\'' -a init -d 'Write an agent config (TOML, mode 0600) for this host, with its own node credential'
+complete -c canidae -n '__canidae_at \'canidae agent\'' -a init -d 'Write an agent config (TOML, mode 0600) for this host, with its own node credential and TLS certificate'
 complete -c canidae -n '__canidae_at \'canidae agent\'' -a run -d 'Run the agent in the foreground until SIGTERM or SIGINT (systemd-friendly'
 complete -c canidae -n '__canidae_at \'canidae agent\'' -l help -s h -d 'Show this message and exit'
 
@@ -247,6 +249,7 @@ complete -c canidae -n '__canidae_at \'canidae agent doctor\'' -l help -s h -d '
 complete -c canidae -n '__canidae_at \'canidae agent doctor\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 
 # canidae agent init
+complete -c canidae -n '__canidae_at \'canidae agent init\'' -l ca -r -F -d 'Where the cluster\'s TLS CA is kept (ca.pem, and ca.key mode 0600), made when missing'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l cell -x -d 'Cell of this node, within its region'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l client -d 'Be a Raft voter holding cluster state, or only run packs'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l cpu -x -d 'CPU offered to packs (default'
@@ -254,6 +257,7 @@ complete -c canidae -n '__canidae_at \'canidae agent init\'' -l data-dir -r -F -
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l force -d 'Overwrite an existing file'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l help -s h -d 'Show this message and exit'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l identity -r -F -d 'The cluster\'s identity (signing key, Raft password, admin token'
+complete -c canidae -n '__canidae_at \'canidae agent init\'' -l insecure-http -d 'Serve plain HTTP, no certificate'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l listen -x -d 'Address of the agent API'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l max-packs -x -d 'Packs this node takes at most'
@@ -263,6 +267,7 @@ complete -c canidae -n '__canidae_at \'canidae agent init\'' -l out -s o -r -F -
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l peer -x -d 'A server of the cluster, e.g'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l raft -x -d 'Raft address (servers)'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l region -x -d 'Region of this node, within its zone'
+complete -c canidae -n '__canidae_at \'canidae agent init\'' -l san -x -d 'Another IP or DNS name the agent is reached by, for its certificate'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l server -d 'Be a Raft voter holding cluster state, or only run packs'
 complete -c canidae -n '__canidae_at \'canidae agent init\'' -l zone -x -a '(__canidae_names zone)' -d 'Zone of this node'
 
@@ -402,6 +407,7 @@ complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l clients -x -d 'C
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l cpu -x -d 'CPU each agent offers (default'
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l data-dir -r -F -d 'Where state, logs and events are kept'
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l insecure-http -d 'Plain HTTP instead of TLS'
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l max-packs -x -d 'Packs each agent takes at most'
 complete -c canidae -n '__canidae_at \'canidae cluster up\'' -l mem -x -d 'Memory each agent offers'
@@ -588,6 +594,7 @@ complete -c canidae -n '__canidae_at \'canidae metrics\'' -l zone -x -a '(__cani
 complete -c canidae -n '__canidae_at \'canidae node\'' -a cordon -d 'Stop placing new packs on a node'
 complete -c canidae -n '__canidae_at \'canidae node\'' -a drain -d 'Move every pack off a node and stop placing new ones there'
 complete -c canidae -n '__canidae_at \'canidae node\'' -a list -d 'List nodes'
+complete -c canidae -n '__canidae_at \'canidae node\'' -a revoke -d 'Revoke a client agent\'s node credential (a stolen or lost agent config)'
 complete -c canidae -n '__canidae_at \'canidae node\'' -a show -d 'Show one node and the packs it runs'
 complete -c canidae -n '__canidae_at \'canidae node\'' -a uncordon -d 'Let a cordoned node take new packs again'
 complete -c canidae -n '__canidae_at \'canidae node\'' -l help -s h -d 'Show this message and exit'
@@ -612,6 +619,13 @@ complete -c canidae -n '__canidae_at \'canidae node list\'' -l help -s h -d 'Sho
 complete -c canidae -n '__canidae_at \'canidae node list\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
 complete -c canidae -n '__canidae_at \'canidae node list\'' -l stale -d 'Read the contacted agent\'s local copy of the state'
 complete -c canidae -n '__canidae_at \'canidae node list\'' -l zone -x -a '(__canidae_names zone)' -d 'Only this zone'
+
+# canidae node revoke
+complete -c canidae -n '__canidae_at \'canidae node revoke\'' -l help -s h -d 'Show this message and exit'
+complete -c canidae -n '__canidae_at \'canidae node revoke\'' -l json -d 'Print one JSON document to stdout (diagnostics go to stderr)'
+complete -c canidae -n '__canidae_at \'canidae node revoke\'' -l reason -x -d 'Why (kept with the node\'s NodeDown event)'
+complete -c canidae -n '__canidae_at \'canidae node revoke\'' -l yes -s y -d 'Act without asking (for scripts)'
+complete -c canidae -n '__canidae_at \'canidae node revoke\' 0' -x -a '(__canidae_names node)' -d 'NODE'
 
 # canidae node show
 complete -c canidae -n '__canidae_at \'canidae node show\'' -l help -s h -d 'Show this message and exit'

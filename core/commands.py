@@ -261,6 +261,20 @@ class RevokeToken(Command):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RevokeNode(Command):
+    """A client agent's node credential is refused from the next request on, and the node is down
+    (its packs move). For good: the node id is retired (a host comes back under a new name)."""
+
+    TYPE = "RevokeNode"
+    LEADER_ONLY = True
+    node_id: str
+    reason: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ApplyPolicy(Command):
     """Create or replace a policy; ``policy`` is its TOML form (``canidae.core.acl.Policy``)."""
 
@@ -361,7 +375,7 @@ class SetAutoscaleOutcome(Command):
 COMMAND_TYPES: dict[str, type[Command]] = {
     c.TYPE: c for c in (Noop, RegisterNode, SetNodeState, RemoveNode, CreatePacks, PlacePacks,
                         StopPacks, ReportPacks, MigratePacks, Rebalance, DeletePacks,
-                        CreateToken, RevokeToken, ApplyPolicy, DeletePolicy, CommitAuditCheckpoint,
+                        CreateToken, RevokeToken, RevokeNode, ApplyPolicy, DeletePolicy, CommitAuditCheckpoint,
                         SetAutoscalePolicy, SetAutoscalePaused, RecordAutoscaleDecision, SetAutoscaleOutcome,
                         KeyringOp)
 }
@@ -442,6 +456,8 @@ def command_from_wire(d: Mapping[str, Any]) -> Command:
                                key=str(d.get("key", "")))
         if cls is RevokeToken:
             return RevokeToken(**env, accessor=str(d["accessor"]))
+        if cls is RevokeNode:
+            return RevokeNode(**env, node_id=validate_name("node", d["node_id"]), reason=str(d.get("reason", "")))
         if cls is ApplyPolicy:
             if not isinstance(d["policy"], Mapping):
                 raise InvalidInput("policy must be an object")
@@ -522,6 +538,7 @@ __all__ = [
     "RegisterNode",
     "RemoveNode",
     "ReportPacks",
+    "RevokeNode",
     "RevokeToken",
     "SetAutoscaleOutcome",
     "SetAutoscalePaused",

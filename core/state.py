@@ -62,6 +62,7 @@ from canidae.core.commands import (
     RemoveNode,
     ReportPacks,
     ReportState,
+    RevokeNode,
     RevokeToken,
     SetAutoscaleOutcome,
     SetAutoscalePaused,
@@ -69,11 +70,19 @@ from canidae.core.commands import (
     SetNodeState,
     StopPacks,
 )
-from canidae.core.errors import AlreadyExists, CanidaeError, InvalidInput, NoCapacity, NotFound, WrongState
+from canidae.core.errors import (
+    AlreadyExists,
+    CanidaeError,
+    Conflict,
+    InvalidInput,
+    NoCapacity,
+    NotFound,
+    WrongState,
+)
 from canidae.core.keyring import Keyrings, sealed_key_id
 from canidae.core.scheduler import Scheduler
 from canidae.core.tokens import TokenKind, TokenRecord
-from canidae.core.types import NO_CONSTRAINTS, Node, NodeState, PackSpec, PackState, Resources
+from canidae.core.types import NO_CONSTRAINTS, Node, NodeState, PackSpec, PackState, Resources, Role
 
 DEDUP_WINDOW = 20_000       # request ids remembered for idempotent retries
 PENDING_RETRY_LIMIT = 5_000  # pending packs retried per capacity change (bounds apply time)
@@ -185,6 +194,8 @@ class ClusterState:
         self.audit = AuditHeads()  # every agent's signed audit chain heads
         self.keyrings = Keyrings()  # wrapped keys per purpose, the admin token's hash (core.keyring)
         self.autoscale = AutoscaleState()
+        # Client agents whose node credential is revoked (node id -> when): refused by every agent.
+        self.revoked_nodes: dict[str, int] = {}
         self._events: list[dict[str, Any]] = []
         self._sorted_names: list[str] | None = None
         self._handlers: dict[type[Command], Callable[[Any], dict[str, Any]]] = {
@@ -195,6 +206,7 @@ class ClusterState:
             MigratePacks: self._apply_migrate_packs, Rebalance: self._apply_rebalance,
             DeletePacks: self._apply_delete_packs,
             CreateToken: self._apply_create_token, RevokeToken: self._apply_revoke_token,
+            RevokeNode: self._apply_revoke_node,
             ApplyPolicy: self._apply_policy, DeletePolicy: self._apply_delete_policy,
             CommitAuditCheckpoint: self._apply_audit_checkpoint,
             KeyringOp: self._apply_keyring_op,
@@ -343,6 +355,23 @@ class ClusterState:
             self.tokens[rec.accessor] = rec = replace(rec, revoked=True)
             self.acl_version = self.applied
         return {"ok": True, "token": rec.to_dict(with_hash=False)}
+
+    def _apply_revoke_node(self, cmd: RevokeNode) -> dict[str, Any]:
+        """Refuse a client agent's credential from now on and declare its node down (its packs
+        move: its agent can no longer heartbeat or report). A server's credential is not revocable:
+        a server holds the Raft password and the whole state."""
+        node = self.nodes.get(cmd.node_id)
+        if node is not None and node.role is Role.SERVER:
+            raise Conflict(f"{cmd.node_id} is a server: its credential cannot be revoked (take it out of the "
+                           f"Raft group and rotate the cluster's identity)")
+        moved: list[dict[str, Any]] = []
+        if cmd.node_id not in self.revoked_nodes:
+            self.revoked_nodes[cmd.node_id] = cmd.at
+            if node is not None and node.state is not NodeState.DOWN:
+                down = SetNodeState(id=cmd.id, at=cmd.at, term=cmd.term, by=cmd.by, node_id=cmd.node_id,
+                                    state=NodeState.DOWN, reason=f"credential revoked: {cmd.reason or 'by an operator'}")
+                moved = self._apply_set_node_state(down)["moved"]
+        return {"ok": True, "node_id": cmd.node_id, "revoked_at": self.revoked_nodes[cmd.node_id], "moved": moved}
 
     def _apply_policy(self, cmd: ApplyPolicy) -> dict[str, Any]:
         policy = Policy.from_toml_dict(cmd.policy)
@@ -928,6 +957,7 @@ class ClusterState:
             "audit": self.audit.to_snapshot(),
             "keyrings": self.keyrings.to_dict(),
             "autoscale": self.autoscale.to_snapshot(),
+            **({"revoked_nodes": dict(sorted(self.revoked_nodes.items()))} if self.revoked_nodes else {}),
         }
 
     @staticmethod
@@ -967,6 +997,7 @@ class ClusterState:
         st.keyrings = Keyrings.from_dict(d.get("keyrings"))
         st.autoscale = AutoscaleState.from_snapshot(d.get("autoscale"))
         st.packs_index = d.get("packs_index", 0)
+        st.revoked_nodes = dict(d.get("revoked_nodes", {}))
         st.node_log = {n: {} for n in st.node_rev}
         st.horizon = dict(st.node_rev)
         return st

@@ -11,20 +11,27 @@ was done, so repeating it is safe). The client waits that long plus up to half a
 ``overload_retries`` times, then raises the ``Overloaded`` (CLI exit 7).
 
 Where to connect is resolved once, in ``resolve_target``: flags > ``CANIDAE_ADDR`` /
-``CANIDAE_TOKEN`` > ``~/.config/canidae/config.toml`` (written by ``cluster up``).
+``CANIDAE_TOKEN`` / ``CANIDAE_CA`` > ``~/.config/canidae/config.toml`` (written by ``cluster up``).
+Agents speak HTTPS, verified against the cluster CA named by the config (``ca``) or
+``CANIDAE_CA`` (a file) or ``CANIDAE_CA_PEM`` (its text: what pack members get); plain HTTP only
+for a cluster whose config says ``insecure_http = true`` (or ``CANIDAE_INSECURE_HTTP=1``, or
+addresses written ``http://host:port``). An agent whose certificate the CA did not sign is
+refused: ``Unavailable`` saying so, exit code 3.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import ssl
 import time
 import tomllib
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-from canidae.agent.client.http11 import Answer, Connections
+from canidae.agent.client.http11 import Answer, Connections, Untrusted
+from canidae.agent.client.tls import client_context
 from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, Overloaded, Timeout, Unavailable
 from canidae.core.names import validate_name
 
@@ -35,6 +42,26 @@ MAX_WAIT_S = 60  # the longest blocking read a server takes (``?index=N&wait=S``
 class Target(NamedTuple):
     addrs: tuple[str, ...]
     token: str
+    ca: str = ""                # the cluster CA: a PEM file or PEM text ("": the system's store)
+    insecure_http: bool = False  # plain HTTP (a loopback cluster made with --insecure-http)
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.insecure_http else "https"
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client verifies the agents' certificates with (True: plain HTTP)."""
+        return True if self.insecure_http else client_context(self.ca)
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The verifying context of the agents' TLS, or None for a plain-HTTP cluster."""
+        return None if self.insecure_http else client_context(self.ca)
+
+    def ca_name(self) -> str:
+        """The cluster CA as an error message names it."""
+        if not self.ca:
+            return "none configured, the system's store"
+        return "given as text" if self.ca.lstrip().startswith("-----BEGIN") else self.ca
 
 
 def new_request_id() -> str:
@@ -60,13 +87,20 @@ def resolve_target(addr: str | None = None, token: str | None = None, config: st
     cfg = read_cli_config(config_path(config))
     raw = addr or os.environ.get("CANIDAE_ADDR") or ",".join(cfg.get("addr", []) if isinstance(
         cfg.get("addr"), list) else [cfg.get("addr", "")])
-    addrs = tuple(a.strip().removeprefix("http://") for a in raw.split(",") if a.strip())
+    given = [a.strip() for a in raw.split(",") if a.strip()]
+    addrs = tuple(a.removeprefix("http://").removeprefix("https://") for a in given)
     tok = token or os.environ.get("CANIDAE_TOKEN") or cfg.get("token", "")
     if not addrs:
         raise Unavailable("no cluster configured: run 'canidae cluster up', or set CANIDAE_ADDR / --addr")
     if not tok:
         raise NotAuthenticated("no token: set CANIDAE_TOKEN or --token (cluster up writes one to the config)")
-    return Target(addrs, str(tok))
+    schemes = {a.partition("://")[0] for a in given if "://" in a}
+    if len(schemes) > 1:
+        raise InvalidInput("the agent addresses mix http:// and https://: a cluster speaks one of them")
+    env_insecure = os.environ.get("CANIDAE_INSECURE_HTTP", "").lower() in ("1", "true", "yes")
+    insecure = schemes == {"http"} or (not schemes and (env_insecure or cfg.get("insecure_http") is True))
+    ca = os.environ.get("CANIDAE_CA") or os.environ.get("CANIDAE_CA_PEM") or str(cfg.get("ca", ""))
+    return Target(addrs, str(tok), ca=ca, insecure_http=insecure)
 
 
 def segment(kind: str, name: str) -> str:
@@ -109,11 +143,16 @@ class Client:
         self.target = target
         self.overload_retries = overload_retries
         self.addrs = list(target.addrs)
+        self.scheme = target.scheme
         self.http = Connections({"authorization": f"Bearer {target.token}", "accept": "application/json"},
-                                timeout=timeout)
+                                timeout=timeout, tls=target.tls(), ca_name=target.ca_name())
 
     def close(self) -> None:
         self.http.close()
+
+    def url(self, addr: str, path: str) -> str:
+        """The URL of ``path`` on agent ``addr`` (https, unless the cluster speaks plain HTTP)."""
+        return f"{self.scheme}://{addr}{path}"
 
     def __enter__(self) -> Client:
         return self
@@ -137,10 +176,14 @@ class Client:
         deadline = time.monotonic() + retry_for
         last: CanidaeError = Unavailable("no agent reachable")
         refused = 0
+        untrusted: CanidaeError | None = None  # a TLS failure does not pass by waiting
         while True:
             for i, addr in enumerate(list(self.addrs)):
                 try:
                     data = self.ask(addr, method, path, json=json, params=params, timeout=timeout)
+                except Untrusted as e:
+                    untrusted = last = e
+                    continue
                 except Unavailable as e:  # unreachable, no answer in time, no leader there
                     last = e
                     continue
@@ -155,6 +198,8 @@ class Client:
                 if i:  # remember who answered
                     self.addrs.insert(0, self.addrs.pop(i))
                 return data
+            if untrusted is not None:
+                raise untrusted
             if time.monotonic() >= deadline:
                 raise last
             time.sleep(0.05)
@@ -177,6 +222,11 @@ class Client:
         return self.request("POST", f"/v1/nodes/{segment('node', node_id)}/state",  # type: ignore[no-any-return]
                             json={"state": state, "reason": reason, "request_id": new_request_id()},
                             retry_for=5.0)
+
+    def revoke_node(self, node_id: str, reason: str = "") -> dict[str, Any]:
+        """Refuse a client agent's node credential cluster-wide from the next request on."""
+        return self.request("POST", f"/v1/nodes/{segment('node', node_id)}/revoke",  # type: ignore[no-any-return]
+                            json={"reason": reason, "request_id": new_request_id()}, retry_for=5.0)
 
     def drain(self, node_id: str, plan: bool = False) -> dict[str, Any]:
         return self.request("POST", f"/v1/nodes/{segment('node', node_id)}/state",  # type: ignore[no-any-return]

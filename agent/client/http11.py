@@ -16,20 +16,28 @@ from __future__ import annotations
 import http.client
 import json as jsonlib
 import socket
+import ssl
 from typing import Any
 from urllib.parse import urlencode
 
+from canidae.agent.client.tls import tls_problem
 from canidae.core.errors import Timeout, Unavailable
 
 
+class Untrusted(Unavailable):
+    """The agent's TLS certificate was not trusted (or it does not speak TLS): waiting does not help."""
+
+
 class Answer:
-    """What an agent answered: the status and the body (``json()`` parses it)."""
+    """What an agent answered: the status, the headers (lower-case names) and the body (``json()``
+    parses it)."""
 
-    __slots__ = ("content", "status_code")
+    __slots__ = ("content", "headers", "status_code")
 
-    def __init__(self, status_code: int, content: bytes) -> None:
+    def __init__(self, status_code: int, content: bytes, headers: dict[str, str] | None = None) -> None:
         self.status_code = status_code
         self.content = content
+        self.headers = headers or {}
 
     def json(self) -> Any:
         return jsonlib.loads(self.content)
@@ -49,10 +57,13 @@ class Connections:
 
     MAX_IDLE = 8  # kept connections per agent
 
-    def __init__(self, headers: dict[str, str], timeout: float, connect_timeout: float = 2.0) -> None:
+    def __init__(self, headers: dict[str, str], timeout: float, connect_timeout: float = 2.0,
+                 tls: ssl.SSLContext | None = None, ca_name: str = "") -> None:
         self.headers = headers
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.tls = tls  # None: plain HTTP (a loopback cluster made with --insecure-http)
+        self.ca_name = ca_name
         self._idle: dict[str, list[http.client.HTTPConnection]] = {}
 
     def close(self) -> None:
@@ -89,6 +100,9 @@ class Connections:
             except (OSError, http.client.HTTPException) as e:
                 if conn is not None:
                     conn.close()
+                problem = tls_problem(e) if self.tls is not None else None
+                if problem:
+                    raise Untrusted(f"agent {addr}: {problem} (the cluster CA: {self.ca_name})") from None
                 if fresh or attempt:
                     raise Unavailable(f"agent {addr} unreachable ({type(e).__name__})") from None
                 continue  # a kept connection the agent had closed: once more, on a fresh one
@@ -96,13 +110,14 @@ class Connections:
                 conn.close()
             else:
                 idle.append(conn)
-            return Answer(r.status, content)
+            return Answer(r.status, content, {k.lower(): v for k, v in r.getheaders()})
         raise AssertionError("unreachable")
 
     def _connect(self, addr: str) -> http.client.HTTPConnection:
         host, _, port = addr.rpartition(":")
-        conn = http.client.HTTPConnection(host.strip("[]") or addr, int(port) if port.isdigit() else 80,
-                                          timeout=self.connect_timeout)
+        name, number = host.strip("[]") or addr, int(port) if port.isdigit() else 80
+        conn = (http.client.HTTPConnection(name, number, timeout=self.connect_timeout) if self.tls is None else
+                http.client.HTTPSConnection(name, number, timeout=self.connect_timeout, context=self.tls))
         conn.connect()
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
         return conn

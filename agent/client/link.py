@@ -23,6 +23,10 @@ the leader, and requests a client agent passes on. It
 node that holds a pack) on kept-alive raw HTTP/1.1 streams, which cost a fraction of a general
 client's overhead on the yip path.
 
+Both speak TLS verified against the cluster CA (``ca``: its certificate file; see
+``canidae.agent.client.tls``): an agent whose certificate the CA did not sign is not reached at
+all. ``ca=None`` is plain HTTP, for a loopback cluster made with ``--insecure-http``.
+
 Both reuse connections, and a peer closes a connection it has kept idle for its keep-alive
 timeout (the agent config's ``keep_alive_s``, or ``CANIDAE_KEEP_ALIVE_S``; the same on every agent
 of a cluster). A
@@ -47,6 +51,7 @@ from urllib.parse import urlencode
 
 import httpx
 from canidae.agent.client.calls import OVERLOAD_RETRIES, decode_answer, overload_wait
+from canidae.agent.client.tls import client_context, tls_problem
 from canidae.core.errors import CanidaeError, Overloaded, Timeout, Unavailable
 
 HOP = "x-canidae-hop"
@@ -61,20 +66,21 @@ def idle_s(keep_alive: float) -> float:
 
 class ServerLink:
     def __init__(self, servers: list[str], token: str, *, timeout_s: float = 5.0, attempt_s: float = 1.0,
-                 scheme: str = "http", idle: float = idle_s(DEFAULT_KEEP_ALIVE_S)) -> None:
+                 ca: str | None = None, idle: float = idle_s(DEFAULT_KEEP_ALIVE_S)) -> None:
         self.servers = list(servers)
         self.timeout_s = timeout_s
         self.attempt_s = attempt_s
-        self.scheme = scheme
+        self.scheme = "http" if ca is None else "https"
+        verify = True if ca is None else client_context(ca)
         self.leader_hint: str | None = None
         timeouts = httpx.Timeout(timeout_s, connect=min(1.0, attempt_s))
         headers = {"authorization": f"Bearer {token}"}
         self.http = httpx.AsyncClient(
-            timeout=timeouts, headers=headers,
+            timeout=timeouts, headers=headers, verify=verify,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=idle))
         # The second try of a request whose pooled connection failed: a connection of its own
         # (httpx would hand out another pooled one, which may be just as stale).
-        self.fresh = httpx.AsyncClient(timeout=timeouts, headers=headers,
+        self.fresh = httpx.AsyncClient(timeout=timeouts, headers=headers, verify=verify,
                                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=0))
 
     async def close(self) -> None:
@@ -122,7 +128,7 @@ class ServerLink:
                         self.leader_hint = None
                     continue
                 except httpx.HTTPError as e:
-                    last = Unavailable(f"server {api} unreachable: {type(e).__name__}")
+                    last = Unavailable(f"server {api} unreachable: {tls_problem(e) or type(e).__name__}")
                     if self.leader_hint == api:
                         self.leader_hint = None
                     continue
@@ -167,7 +173,7 @@ class ServerLink:
                     last = Timeout(f"server {api} did not answer in time")
                     continue
                 except httpx.HTTPError as e:
-                    last = Unavailable(f"server {api} unreachable: {type(e).__name__}")
+                    last = Unavailable(f"server {api} unreachable: {tls_problem(e) or type(e).__name__}")
                     continue
                 if r.status_code == 503:
                     continue
@@ -182,8 +188,9 @@ class AgentHops:
 
     MAX_IDLE = 16
 
-    def __init__(self, token: str, idle: float = idle_s(DEFAULT_KEEP_ALIVE_S)) -> None:
+    def __init__(self, token: str, idle: float = idle_s(DEFAULT_KEEP_ALIVE_S), ca: str | None = None) -> None:
         self.token = token
+        self.ssl = None if ca is None else client_context(ca)
         self.idle_s = idle
         self.idle: dict[str, list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]]] = {}
 
@@ -201,7 +208,8 @@ class AgentHops:
         except asyncio.TimeoutError:
             raise Timeout(f"node at {address} did not answer within {timeout:g} s") from None
         except (OSError, asyncio.IncompleteReadError, ValueError) as e:
-            raise Unavailable(f"node at {address} unreachable: {type(e).__name__}: {e}") from None
+            why = tls_problem(e) or f"{type(e).__name__}: {e}"
+            raise Unavailable(f"node at {address} unreachable: {why}") from None
         try:
             data = jsonlib.loads(raw)
         except ValueError:
@@ -228,7 +236,8 @@ class AgentHops:
         for fresh in (conn is None, True):
             if conn is None:
                 host, _, port = address.rpartition(":")
-                conn = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+                conn = await asyncio.wait_for(asyncio.open_connection(
+                    host, int(port), ssl=self.ssl, server_hostname=host.strip("[]") if self.ssl else None), timeout)
             reader, writer = conn
             try:
                 writer.write(head + body)

@@ -65,6 +65,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "/v1/nodes/{node}", "show a node", s.NodeShow, query=Stale),
     Op("DELETE", "/v1/nodes/{node}", "forget a node that is draining or down (its agent stopped first)",
        s.WriteAnswer, s.WriteIn),
+    Op("POST", "/v1/nodes/{node}/revoke", "refuse a client agent's node credential cluster-wide (admin token only)",
+       s.WriteAnswer, s.RevokeNodeIn),
     Op("POST", "/v1/nodes/{node}/state", "cordon, uncordon, drain or down a node (plan: what it would do)",
        s.WriteAnswer, s.SetNodeState, body_required=True),
     Op("POST", "/v1/nodes/{node}/heartbeat", "an agent's heartbeat", s.HeartbeatAnswer, s.Heartbeat),

@@ -153,6 +153,11 @@ class WriteIn(Request):
     request_id: RequestId | None = None
 
 
+class RevokeNodeIn(Request):
+    reason: Annotated[str, Meta(max_length=200)] = ""
+    request_id: RequestId | None = None
+
+
 class AuditCheckpointIn(Request):
     """An agent's signed audit chain head, committed through Raft (``canidae.core.audit.Checkpoint``)."""
     node: Name

@@ -264,9 +264,12 @@ class ExecDriver:
     name = "exec"
 
     def __init__(self, report: Report, *, data_dir: str, node_id: str, token: str, api: str,
-                 settings: ExecSettings | None = None) -> None:
+                 settings: ExecSettings | None = None, ca_pem: str | None = None) -> None:
         self._report = report
         self.node_id, self.token, self.api = node_id, token, api
+        # The cluster CA's certificate (public), given to members as text: their mailbox is HTTPS.
+        # None: the agent serves plain HTTP (--insecure-http).
+        self.ca_pem = ca_pem
         self.settings = settings or ExecSettings.from_env(os.environ)
         self.root = os.path.join(os.path.abspath(data_dir), "exec", "packs")
         self.data_dir = os.path.abspath(data_dir)
@@ -607,8 +610,13 @@ class ExecDriver:
         token = run.token
         env.update(CANIDAE_PACK=run.name, CANIDAE_MEMBER=str(index), CANIDAE_MEMBERS=str(len(run.members)),
                    CANIDAE_NODE=self.node_id, CANIDAE_GENERATION=str(run.generation), CANIDAE_ADDR=self.api,
-                   CANIDAE_MAILBOX=f"http://{self.api}/v1/yips/{run.name}", CANIDAE_TOKEN=token,
-                   CANIDAE_PACK_TOKEN=token, CANIDAE_CONFIG=os.path.join(run.work, ".canidae.toml"))
+                   CANIDAE_MAILBOX=f"{'http' if self.ca_pem is None else 'https'}://{self.api}/v1/yips/{run.name}",
+                   CANIDAE_TOKEN=token, CANIDAE_PACK_TOKEN=token,
+                   CANIDAE_CONFIG=os.path.join(run.work, ".canidae.toml"))
+        if self.ca_pem is not None:
+            env.update(CANIDAE_CA_PEM=self.ca_pem)
+        else:
+            env.update(CANIDAE_INSECURE_HTTP="1")
         return env
 
     def _confinement(self, run: Run) -> confine.Confinement:

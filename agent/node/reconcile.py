@@ -178,6 +178,16 @@ class Reconciler:
         await self._converge(set(self.desired) | set(gone), gone)
         await self._forget({g["name"] for g in data["gone"] if g["reason"] == DELETED_REASON})
 
+    async def stop_everything(self, reason: str) -> None:
+        """Stop every pack this node runs, on the one instruction that covers them all: the servers
+        refuse this node's own credential (``canidae node revoke``), so the node is down and its
+        packs run elsewhere, and no other instruction can reach it any more."""
+        self.desired = {}
+        running = {name for d in self.drivers.values() for name in d.running()}
+        if running:
+            log.error("stopping %d pack(s): %s", len(running), reason)
+        await self._converge(running, dict.fromkeys(running, reason))
+
     async def _forget(self, names: set[str]) -> None:
         """Deleted packs: each driver removes what is left of them here (after they stop)."""
         for name in sorted(names):

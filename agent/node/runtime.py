@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 
 from canidae.agent.client.link import DEFAULT_KEEP_ALIVE_S, AgentHops, ServerLink, idle_s
 from canidae.agent.config import AgentConfig
+from canidae.agent.identity import revoked_message
 from canidae.agent.keyring import ClusterKeys
 from canidae.agent.node.drivers import VirtualDriver
 from canidae.agent.node.exec_driver import ExecDriver
@@ -29,7 +30,7 @@ from canidae.agent.node.packroute import PackRouter
 from canidae.agent.node.reconcile import Reconciler
 from canidae.agent.node.usage import PackProcs, PackUsage, from_specs, reserved
 from canidae.agent.telemetry import Reading
-from canidae.core.errors import CanidaeError, InvalidInput, NotFound
+from canidae.core.errors import CanidaeError, InvalidInput, NotAuthenticated, NotFound
 from canidae.core.metrics import (
     GAUGE_CPU_RESERVED,
     GAUGE_CPU_USED,
@@ -67,13 +68,13 @@ class NodeRuntime:
         self.link = link
         # The cluster's keys (pack tokens, pack secrets): the composition root's, kept current by it.
         self.keys = keys or ClusterKeys(cfg.data_dir, cfg.region, cfg.token)
-        self.hops = AgentHops(cfg.token, hop_idle_s)
+        self.hops = AgentHops(cfg.token, hop_idle_s, ca=cfg.peer_ca)
         self._local_assignments = local_assignments
         self._local_resync = local_resync
         self.reconciler = Reconciler(self._fetch_assignments, self._resync, self._send_reports)
         self.reconciler.add_driver(VirtualDriver(self.reconciler.report))
         self.exec_driver = ExecDriver(self.reconciler.report, data_dir=cfg.data_dir, node_id=cfg.node_id,
-                                      token=cfg.token, api=cfg.api)
+                                      token=cfg.token, api=cfg.api, ca_pem=_read_text(cfg.peer_ca))
         self.exec_driver.keys = self.keys
         self.reconciler.add_driver(self.exec_driver)
         self.mailboxes = MailboxStore(os.path.join(cfg.data_dir, "mailboxes"))
@@ -84,6 +85,10 @@ class NodeRuntime:
         self.usage = PackUsage()
         self.summary_extras: SummaryExtras | None = None
         self.sample_rate: float | None = None  # handed out by the leader in each heartbeat reply
+        # Client agents whose credentials are revoked, as of the last heartbeat reply: a client
+        # agent (no replica of its own) refuses them on its own routes (yips, exec) from then on.
+        self.revoked_nodes: frozenset[str] = frozenset()
+        self.revoked = False  # this node's own credential: refused by the servers
         self.heartbeats = 0
         self._last_gauges: dict[str, float] = {}  # of the latest metrics summary, for /v1/metrics
         self.summary_seconds = 0.0  # CPU spent building metrics summaries (the cost of collection)
@@ -135,6 +140,9 @@ class NodeRuntime:
                     reply = await self._heartbeat(body, interval)
                 self.heartbeats += 1
                 self._heartbeat_ms.add(max((time.perf_counter() - t0) * 1000.0, 0.001))
+                revoked = reply.get("revoked")
+                if isinstance(revoked, list) and all(isinstance(n, str) for n in revoked):
+                    self.revoked_nodes = frozenset(revoked)
                 rate = reply.get("sample_rate")
                 if rate is not None:
                     try:
@@ -153,6 +161,12 @@ class NodeRuntime:
             except NotFound:
                 registered = False
                 continue
+            except NotAuthenticated as e:
+                if e.message == revoked_message(self.cfg.node_id) and not self.revoked:
+                    self.revoked = True
+                    log.error("the servers refuse this node's credential: %s; its packs run elsewhere", e.message)
+                    await self.reconciler.stop_everything("this node's credential is revoked")
+                log.debug("heartbeat: %s", e.message)
             except CanidaeError as e:
                 log.debug("heartbeat: %s", e.message)
             except Exception:
@@ -268,3 +282,10 @@ class NodeRuntime:
         rid = f"rep-{uuid.uuid4().hex}"
         await self.link.call("POST", f"/v1/nodes/{self.cfg.node_id}/reports",
                              json={"reports": reports, "request_id": rid})
+
+
+def _read_text(path: str | None) -> str | None:
+    if path is None:
+        return None
+    with open(path) as f:
+        return f.read()

@@ -22,6 +22,8 @@ import time
 from typing import Any
 
 import httpx
+from canidae.agent import certs
+from canidae.agent.client.tls import client_context
 from canidae.agent.config import AgentConfig
 from canidae.agent.node.confine import available as confinement_available
 from canidae.agent.node.isolation import Isolation
@@ -36,8 +38,8 @@ def _check(name: str, status: str, detail: str) -> dict[str, str]:
     return {"check": name, "status": status, "detail": detail}
 
 
-def _get(http: httpx.Client, api: str, path: str) -> Any:
-    r = http.get(f"http://{api}{path}")
+def _get(http: httpx.Client, api: str, path: str, scheme: str = "https") -> Any:
+    r = http.get(f"{scheme}://{api}{path}")
     r.raise_for_status()
     return r.json()
 
@@ -73,13 +75,16 @@ def _kernel_clock_synced() -> bool | None:
 
 
 def run_checks(cfg: AgentConfig, config_path: str) -> list[dict[str, str]]:
-    checks: list[dict[str, str]] = []
-    with httpx.Client(timeout=2.0, headers={"authorization": f"Bearer {cfg.token}"}) as http:
+    checks: list[dict[str, str]] = _tls(cfg)
+    if any(c["status"] == "fail" for c in checks):
+        return checks  # no call can be checked without the files
+    verify = True if cfg.peer_ca is None else client_context(cfg.peer_ca)
+    with httpx.Client(timeout=2.0, headers={"authorization": f"Bearer {cfg.token}"}, verify=verify) as http:
         info = None
         try:
-            h = _get(http, cfg.api, "/v1/health")
+            h = _get(http, cfg.api, "/v1/health", cfg.scheme)
             if h.get("node") == cfg.node_id:
-                info = _get(http, cfg.api, "/v1/exec/info")
+                info = _get(http, cfg.api, "/v1/exec/info", cfg.scheme)
         except (httpx.HTTPError, ValueError):
             pass
         checks += _isolation(cfg, info)
@@ -88,6 +93,34 @@ def run_checks(cfg: AgentConfig, config_path: str) -> list[dict[str, str]]:
         checks += _data_dir(cfg, config_path)
         checks += _clock_and_peers(cfg, http)
     return checks
+
+
+def _tls(cfg: AgentConfig) -> list[dict[str, str]]:
+    """The agent's TLS files: there, the key private, the certificate the CA's and for its address."""
+    if cfg.insecure_http:
+        return [_check("tls", "warn", "insecure_http: the API is plain HTTP (a throwaway loopback cluster only)")]
+    try:
+        with open(cfg.tls_ca, "rb") as f:
+            ca_pem = f.read()
+        with open(cfg.tls_cert, "rb") as f:
+            cert_pem = f.read()
+        key_mode = os.stat(cfg.tls_key).st_mode & 0o077
+    except OSError as e:
+        return [_check("tls", "fail", f"cannot read {e.filename}: {e.strerror}")]
+    try:
+        names = certs.subject_names(cert_pem)
+        signed = certs.signed_by(cert_pem, certs.ClusterCA(ca_pem, b""))
+    except ValueError as e:
+        return [_check("tls", "fail", f"{cfg.tls_cert} or {cfg.tls_ca} is not a PEM certificate: {e}")]
+    host = cfg.api.rpartition(":")[0].strip("[]")
+    if not signed:
+        return [_check("tls", "fail", f"{cfg.tls_cert} was not issued by the CA in {cfg.tls_ca}")]
+    if host not in ("0.0.0.0", "::") and host not in names:
+        return [_check("tls", "fail", f"the certificate is for {', '.join(names)}, not {host}: "
+                                      f"the other agents will refuse it")]
+    if key_mode:
+        return [_check("tls", "fail", f"{cfg.tls_key} is readable by others (chmod 600 it)")]
+    return [_check("tls", "ok", f"HTTPS with a certificate of the cluster CA for {', '.join(names)}")]
 
 
 def _isolation(cfg: AgentConfig, info: dict[str, Any] | None) -> list[dict[str, str]]:
@@ -210,7 +243,7 @@ def _clock_and_peers(cfg: AgentConfig, http: httpx.Client) -> list[dict[str, str
             continue
         t0 = time.time() * 1000
         try:
-            info = _get(http, s.api, "/v1/exec/info")
+            info = _get(http, s.api, "/v1/exec/info", cfg.scheme)
         except (httpx.HTTPError, ValueError) as e:
             out.append(_check(f"peer {s.id}", "fail", f"API {s.api} unreachable or refusing the token "
                                                      f"({type(e).__name__})"))

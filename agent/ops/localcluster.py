@@ -2,7 +2,9 @@
 drills, soak, scale tests, benchmarks and tests.
 
 Starting one makes the cluster's identity (``identity.toml`` in the data dir, mode 0600: the key
-that issues node credentials, the Raft password, the admin token), writes an agent.toml per agent
+that issues node credentials, the Raft password, the admin token) and its TLS CA (``ca.pem``,
+``ca.key`` 0600, both in the data dir; ``canidae.agent.certs``), issues each agent a certificate
+for its address (in the agent's own dir: ``ca.pem``, ``agent.pem``, ``agent.key`` 0600), writes an agent.toml per agent
 under the data dir (each with its own node credential, never the admin token), starts each agent as a
 background daemon (its own session, pid file and log file), waits for a leader and for every
 agent to register, and writes the CLI config (address list and admin token, mode 0600). The
@@ -13,6 +15,10 @@ while its command line still names that agent's config, so a reused pid is never
 By default every agent binds 127.0.0.1. In network namespaces (``canidae.agent.ops.netns``) each
 agent has an address of its own and a command prefix that starts it there (``AgentHost``);
 restarts reuse the prefix.
+
+``insecure_http=True`` starts the agents on plain HTTP instead (loopback only; the agents refuse
+it elsewhere): for throwaway clusters. Every URL of an agent comes from ``url``, every check of
+its certificate from ``verify``.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ from typing import Any
 
 import httpx
 import tomli_w
-
+from canidae.agent import certs
 from canidae.agent.client import Client, Target
+from canidae.agent.client.tls import client_context
 from canidae.agent.config import AgentConfig, ServerPeer, load_config, write_config
 from canidae.agent.identity import Identity
 from canidae.agent.ops import netns
@@ -208,17 +215,20 @@ def _wait_exec(proc: subprocess.Popen[bytes], cfg_path: str, timeout: float = 5.
     wait_until(in_place, timeout, f"the agent of {cfg_path} started in place", interval=0.002)
 
 
-def wait_ready(agents: list[dict[str, Any]], token: str, n_nodes: int, timeout: float) -> str:
-    """Wait until a leader has quorum and every agent has registered; return the leader's id."""
+def wait_ready(agents: list[dict[str, Any]], token: str, n_nodes: int, timeout: float, ca: str | None = None) -> str:
+    """Wait until a leader has quorum and every agent has registered; return the leader's id.
+    ``ca``: the cluster CA the agents' certificates are checked with (None: plain HTTP)."""
     servers = [a for a in agents if a["role"] == "server"]
-    with httpx.Client(timeout=1.0, headers={"authorization": f"Bearer {token}"}) as http:
+    scheme = "http" if ca is None else "https"
+    with httpx.Client(timeout=1.0, headers={"authorization": f"Bearer {token}"},
+                      verify=True if ca is None else client_context(ca)) as http:
         def leader() -> str | None:
             for a in agents:
                 if not pid_alive(a["pid"], a["config"]):
                     raise Abandon(Timeout(f"agent {a['id']} exited during start; see {a['log']}"))
             for s in servers:
                 try:
-                    st = http.get(f"http://{s['api']}/v1/status", params={"stale": 1}).json()
+                    st = http.get(f"{scheme}://{s['api']}/v1/status", params={"stale": 1}).json()
                 except (httpx.HTTPError, ValueError):
                     continue
                 if st.get("raft_state") == "leader" and st.get("has_quorum") and st.get("nodes", 0) >= n_nodes:
@@ -228,12 +238,16 @@ def wait_ready(agents: list[dict[str, Any]], token: str, n_nodes: int, timeout: 
                           interval=0.05)
 
 
-def write_cli_config(path: str, addrs: list[str], token: str, data_dir: str) -> None:
+def write_cli_config(path: str, addrs: list[str], token: str, data_dir: str, ca: str | None = None) -> None:
+    """The CLI's config (0600): where the agents are, the admin token, and the CA their
+    certificates are checked with (``ca=None``: the cluster speaks plain HTTP)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    doc: dict[str, Any] = {"addr": addrs, "token": token, "data_dir": data_dir}
+    doc.update({"insecure_http": True} if ca is None else {"ca": ca})
     with os.fdopen(fd, "wb") as f:
-        tomli_w.dump({"addr": addrs, "token": token, "data_dir": data_dir}, f)
+        tomli_w.dump(doc, f)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
@@ -258,20 +272,23 @@ class LocalCluster:
     network: netns.NetnsNetwork | None = None  # the agents' namespaces, when they run in some
     started_here: bool = False
     temporary: bool = False  # its data dir is ours to remove
+    ca: str | None = None  # the cluster CA's certificate file; None: the agents speak plain HTTP
 
     # ------------------------------------------------------------------ start, open, stop
 
     @classmethod
     def start(cls, layout: ClusterLayout, data_dir: str | None = None, *, cli_config: str | None = None,
               timeout: float = 30.0, env: dict[str, str] | None = None, namespaces: bool = False,
-              configure: Callable[[AgentConfig], AgentConfig] | None = None) -> LocalCluster:
+              configure: Callable[[AgentConfig], AgentConfig] | None = None,
+              insecure_http: bool = False) -> LocalCluster:
         """Start ``layout``'s agents as daemons in ``data_dir`` (None: a new temporary dir), wait
         for a leader and every agent, and write the CLI config (``cli_config``, else in the dir).
 
         ``namespaces``: every agent in a network namespace of its own, on an address of its own
         (the caller checks ``netns.unavailable_reason``). ``configure`` may change each agent's
         config before it is written (tests: a longer heartbeat TTL). ``env`` is added to the
-        agents' environment. On failure, whatever was started is stopped again.
+        agents' environment. ``insecure_http``: plain HTTP instead of TLS (loopback only). On
+        failure, whatever was started is stopped again.
         """
         layout.validate()
         if data_dir is not None and running_agents(os.path.abspath(data_dir)):
@@ -289,14 +306,15 @@ class LocalCluster:
                 network.create()
                 addrs = network.add_nodes(agent_ids(layout))
                 hosts = {n: AgentHost(addr, network.prefix(n)) for n, addr in addrs.items()}
-            cluster = cls._launch(layout, root, env, hosts, configure)
+            cluster = cls._launch(layout, root, env, hosts, configure, insecure_http)
             cluster.network, cluster.temporary, cluster.env = network, temporary, env
             t0 = time.monotonic()
-            leader = wait_ready(cluster.agents, cluster.token, len(cluster.agents), timeout)
+            leader = wait_ready(cluster.agents, cluster.token, len(cluster.agents), timeout, cluster.ca)
             config = cli_config or os.path.join(root, "cli.toml")
-            write_cli_config(config, [a["api"] for a in cluster.servers()], cluster.token, root)
+            write_cli_config(config, [a["api"] for a in cluster.servers()], cluster.token, root, cluster.ca)
             cluster.info = {"data_dir": root, "agents": cluster.agents, "leader": leader, "config": config,
-                            "ready_s": round(time.monotonic() - t0, 3)}
+                            "ready_s": round(time.monotonic() - t0, 3), "tls": cluster.ca is not None,
+                            "ca": cluster.ca}
             return cluster
         except BaseException:
             if cluster is not None:
@@ -310,22 +328,31 @@ class LocalCluster:
 
     @classmethod
     def _launch(cls, layout: ClusterLayout, root: str, env: dict[str, str] | None, hosts: Mapping[str, AgentHost],
-                configure: Callable[[AgentConfig], AgentConfig] | None) -> LocalCluster:
+                configure: Callable[[AgentConfig], AgentConfig] | None, insecure_http: bool = False) -> LocalCluster:
         identity = Identity.new()
         token = identity.admin_token
         cfgs = plan_configs(layout, root, identity, {n: h.address for n, h in hosts.items()})
+        cfgs = [with_tls(c, None) for c in cfgs] if insecure_http else \
+            [with_tls(c, certs.AgentTLS.in_dir(c.data_dir)) for c in cfgs]
         if configure is not None:
             cfgs = [configure(c) for c in cfgs]
         busy = [port for c in cfgs for port in _loopback_ports_of(c) if not _port_free(port)]
         if busy:
             raise AlreadyExists(f"port {busy[0]} on 127.0.0.1 is busy; choose another --base-port")
-        cluster = cls(root, [], token, env=env, started_here=True)
         os.makedirs(root, mode=0o700, exist_ok=True)
         identity.write(os.path.join(root, IDENTITY_FILE))  # the operator's: the admin token is in it
+        ca, authority = None, None
+        if not insecure_http:  # a new CA with each new identity; its key stays in the data dir
+            authority = certs.ClusterCA.new()
+            authority.write(root)
+            ca = os.path.join(root, certs.CA_CERT)
+        cluster = cls(root, [], token, env=env, started_here=True, ca=ca)
         ring = _cluster_keyring([c.data_dir for c in cfgs])
         for c in cfgs:
             os.makedirs(c.data_dir, mode=0o700, exist_ok=True)
             os.chmod(c.data_dir, 0o700)
+            if authority is not None and not c.insecure_http:
+                certs.write_agent_files(authority, c.node_id, certs.names_for(c.api), c.data_dir)
             path = os.path.join(c.data_dir, "agent.toml")
             write_config(c, path)
             ring.save(key_file(c.data_dir))
@@ -348,14 +375,16 @@ class LocalCluster:
         st = read_cluster_state(root)
         if st is None:
             raise NotFound(f"no cluster started by 'cluster up' in {root}")
-        return cls(root, st["agents"], st["token"])
+        return cls(root, st["agents"], st["token"], ca=st.get("ca"))
 
     def save(self) -> None:
-        """Write ``cluster.json`` (mode 0600: it holds the token) with the agents' current pids."""
+        """Write ``cluster.json`` (mode 0600: it holds the token) with the agents' current pids and
+        the CA file their certificates are checked with (null: plain HTTP)."""
         path = os.path.join(self.data_dir, STATE_FILE)
         fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"data_dir": self.data_dir, "agents": self.agents, "token": self.token}, f, indent=1)
+            json.dump({"data_dir": self.data_dir, "agents": self.agents, "token": self.token, "ca": self.ca,
+                       "insecure_http": self.ca is None}, f, indent=1)
         os.replace(path + ".tmp", path)
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any]:
@@ -438,8 +467,29 @@ class LocalCluster:
     def pids(self) -> dict[str, int]:
         return {a["id"]: a["pid"] for a in self.agents if self.alive(a)}
 
+    def target(self, agents: Sequence[str] | None = None, *, apis: Sequence[str] | None = None,
+               token: str | None = None) -> Target:
+        """Where a ``Client`` reaches this cluster, checking its CA: the servers, or the agents
+        named (``agents``) or at ``apis``; with the admin token unless ``token``."""
+        if apis is None:
+            apis = [self.agent(a)["api"] for a in agents] if agents else [a["api"] for a in self.servers()]
+        return Target(tuple(apis), token or self.token, ca=self.ca or "", insecure_http=self.ca is None)
+
     def client(self, timeout: float = 10.0) -> Client:
-        return Client(Target(tuple(a["api"] for a in self.servers()), self.token), timeout=timeout)
+        return Client(self.target(), timeout=timeout)
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.ca is None else "https"
+
+    @property
+    def verify(self) -> Any:
+        """What an httpx client checks the agents' certificates with (``httpx.get(..., verify=...)``)."""
+        return True if self.ca is None else client_context(self.ca)
+
+    def url(self, agent: str | dict[str, Any], path: str = "") -> str:
+        """``path`` on one agent's API, with the cluster's scheme."""
+        return f"{self.scheme}://{self._get(agent)['api']}{path}"
 
     def pack_token(self, pack: str) -> str:
         """A token for the members of ``pack``'s current run, as the agent of its node signs one
@@ -458,7 +508,7 @@ class LocalCluster:
     def health(self, agent: str | dict[str, Any]) -> dict[str, Any] | None:
         """An agent's ``/v1/health``, or None when it does not answer."""
         try:
-            return httpx.get(f"http://{self._get(agent)['api']}/v1/health", timeout=0.5,  # type: ignore[no-any-return]
+            return httpx.get(self.url(agent, "/v1/health"), timeout=0.5, verify=self.verify,  # type: ignore[no-any-return]
                              headers={"authorization": f"Bearer {self.token}"}).json()
         except (httpx.HTTPError, ValueError):
             return None
@@ -518,6 +568,10 @@ class LocalCluster:
                       cluster_password="", capacity=capacity or template.capacity,
                       log_file=os.path.join(data, "agent.log"))
         os.makedirs(data, mode=0o700, exist_ok=True)
+        if self.ca is not None:  # the cluster speaks TLS: a certificate from its CA, as at start
+            authority = certs.ClusterCA.load(self.ca, os.path.join(self.data_dir, certs.CA_KEY))
+            certs.write_agent_files(authority, cid, certs.names_for(cfg.api), data)
+            cfg = with_tls(cfg, certs.AgentTLS.in_dir(data))
         path = os.path.join(data, "agent.toml")
         write_config(cfg, path)
         _cluster_keyring([load_config(a["config"]).data_dir for a in self.agents]).save(key_file(data))
@@ -550,6 +604,13 @@ class LocalCluster:
                 wait_until(lambda: not self.alive(a), 5, f"agent {ident} gone after SIGKILL")
         self.agents.remove(a)
         self.save()
+
+
+def with_tls(cfg: AgentConfig, files: certs.AgentTLS | None) -> AgentConfig:
+    """``cfg`` serving TLS with ``files``, or plain HTTP (``None``)."""
+    if files is None:
+        return replace(cfg, insecure_http=True, tls_ca="", tls_cert="", tls_key="")
+    return replace(cfg, insecure_http=False, tls_ca=files.ca, tls_cert=files.cert, tls_key=files.key)
 
 
 def _cluster_keyring(data_dirs: list[str]) -> Keyring:
@@ -588,4 +649,4 @@ def default_data_dir() -> str:
 
 __all__ = ["AgentHost", "ClusterLayout", "LocalCluster", "agent_ids", "default_data_dir", "find_base_port",
            "kill_pack_leftovers", "pid_alive", "plan_configs", "read_cluster_state", "running_agents", "start_agent",
-           "wait_ready", "write_cli_config"]
+           "wait_ready", "with_tls", "write_cli_config"]

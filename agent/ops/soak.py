@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
-from canidae.agent.client import Client, Target
+from canidae.agent.client import Client
 from canidae.agent.ops import netns
 from canidae.agent.ops.localcluster import LocalCluster
 from canidae.agent.ops.waiting import wait_until
@@ -348,7 +348,7 @@ class Soak:
         with self._http() as http:
             for s in self.cluster.servers():
                 try:
-                    st = http.get(f"http://{s['api']}/v1/status").json()
+                    st = http.get(self.cluster.url(s, "/v1/status")).json()
                     out[s["id"]] = {**{k: st.get(k) for k in keys},
                                     "peers": {p["id"]: p["connected"] for p in st.get("peers", []) if not p["self"]}}
                 except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
@@ -436,7 +436,7 @@ class Soak:
         rng.shuffle(addrs)
         process, n = index, 0
         kinds, weights = zip(*self.o.mix)
-        with Client(Target(tuple(addrs), self.cluster.token), timeout=self.o.attempt_s) as c:
+        with Client(self.cluster.target(apis=addrs), timeout=self.o.attempt_s) as c:
             while not self.stop.is_set():
                 kind = rng.choices(kinds, weights)[0]
                 op: Op | None
@@ -644,7 +644,7 @@ class Soak:
 
     def _agent_running(self, http: httpx.Client, a: dict[str, Any]) -> dict[str, int] | None:
         try:
-            r = http.get(f"http://{a['api']}/v1/agent/running")
+            r = http.get(self.cluster.url(a, "/v1/agent/running"))
         except httpx.HTTPError:
             return None
         if r.status_code != 200:
@@ -653,13 +653,14 @@ class Soak:
 
     def _digest(self, http: httpx.Client, a: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            r = http.get(f"http://{a['api']}/v1/digest")
+            r = http.get(self.cluster.url(a, "/v1/digest"))
             return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
         except (httpx.HTTPError, ValueError):
             return None
 
     def _http(self) -> httpx.Client:
-        return httpx.Client(timeout=3.0, headers={"authorization": f"Bearer {self.cluster.token}"})
+        return httpx.Client(timeout=3.0, headers={"authorization": f"Bearer {self.cluster.token}"},
+                            verify=self.cluster.verify)
 
     def _unsettled(self, c: Client, http: httpx.Client) -> list[str]:
         """What keeps the cluster from being settled now ([] when it is)."""
@@ -727,7 +728,7 @@ class Soak:
                                   "the most advanced replica's local copy is checked instead")
         with self._http() as http:
             best = max(self.cluster.servers(), key=lambda s: (self._digest(http, s) or {}).get("applied", -1))
-        with Client(Target((best["api"],), self.cluster.token), timeout=5.0) as c:
+        with Client(self.cluster.target(apis=[best["api"]]), timeout=5.0) as c:
             return list(c.iter_packs(stale=True))
 
     def _observe(self) -> tuple[FinalObservations, list[str], dict[str, int], dict[str, dict[str, Any]]]:

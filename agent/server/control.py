@@ -39,6 +39,7 @@ from canidae.core.commands import (
     RemoveNode,
     ReportPacks,
     ReportState,
+    RevokeNode,
     SetNodeState,
     StopPacks,
 )
@@ -330,6 +331,12 @@ class ControlPlane:
                 raise WrongState(f"node {node_id} is {node.state.value}: drain it (or let it be declared down) "
                                  "before removing it")
         return await self.propose(RemoveNode(id=rid, **self.stamp(), node_id=node_id, by=by))
+    async def revoke_node(self, node_id: str, reason: str, rid: str, by: str = "operator") -> dict[str, Any]:
+        """Refuse a client agent's node credential cluster-wide from the next request on."""
+        return await self.propose(RevokeNode(id=rid, **self.stamp(), node_id=node_id, reason=reason, by=by))
+
+    def is_revoked(self, node_id: str) -> bool:
+        return self.replica is not None and node_id in self.replica.state.revoked_nodes
 
     async def _plan(self, cmd: Command) -> dict[str, Any]:
         """What ``cmd`` would do, computed by applying it to a copy of the current state."""
@@ -469,7 +476,9 @@ class ControlPlane:
             self.running_on[node_id] = body["running"]
         self.convergence.heard(node_id, body.get("digest"), body.get("corrected"))
         return {"state": node.state.value, "rev": rev, "leader_api": self.cfg.api,
-                "resync": self.convergence.take_resync(node_id), "sample_rate": sample_rate(len(st.packs))}
+                "resync": self.convergence.take_resync(node_id), "sample_rate": sample_rate(len(st.packs)),
+                # What client agents refuse on their own routes (yips, exec) from now on.
+                "revoked": sorted(st.revoked_nodes)}
 
     async def metrics_tree(self, params: dict[str, Any]) -> dict[str, Any]:
         """The latest summaries of live nodes merged into one tree (``canidae.core.metrics``), as

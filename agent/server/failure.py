@@ -63,7 +63,7 @@ class FailureDetector:
         self.stopping = False
         self._applied_s = 0.0
         self._mass_since: float | None = None
-        self.hops = AgentHops(plane.cfg.token)
+        self.hops = AgentHops(plane.cfg.token, ca=plane.cfg.peer_ca)
         self.kept_by_probe = 0  # silent nodes that answered the probe and so were not declared down
 
     async def run(self) -> None:

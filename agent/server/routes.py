@@ -146,6 +146,14 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         body = await read_body(request, limit, schema.WriteIn)
         return await agent.remove_node(node, request_id(request, body.request_id), by=by(request))
 
+    async def revoke_node(request: Request) -> Any:
+        body = await read_body(request, limit, schema.RevokeNodeIn)
+        who = principal_of(request)
+        if not who.is_admin:  # an operator's act: not an API token's, whatever its policies
+            raise PermissionDenied(f"only the admin token may revoke a node credential, not {who.describe()}")
+        return await agent.revoke_node(validate_name("node", request.path_params["node"]),
+                                       body.reason, request_id(request, body.request_id), by=by(request))
+
     async def heartbeat(request: Request) -> Any:
         body = await read_body(request, limit, schema.Heartbeat)
         return await agent.heartbeat(validate_name("node", request.path_params["node"]), msgspec.to_builtins(body))
@@ -265,6 +273,7 @@ def cluster_routes(plane: ControlPlane | None, edge: Edge, health: Any) -> list[
         Route("/v1/nodes/{node}", endpoint(show_node, nodes="read", need=(N, read, "node")), methods=["GET"]),
         Route("/v1/nodes/{node}", endpoint(remove_node, need=HANDLER), methods=["DELETE"]),
         Route("/v1/nodes/{node}/state", endpoint(set_node_state, need=HANDLER), methods=["POST"]),
+        Route("/v1/nodes/{node}/revoke", endpoint(revoke_node, need=HANDLER), methods=["POST"]),
         Route("/v1/nodes/{node}/heartbeat", endpoint(heartbeat, nodes="self"), methods=["POST"]),
         Route("/v1/nodes/{node}/assignments", endpoint(assignments, nodes="self"), methods=["GET"]),
         Route("/v1/nodes/{node}/assignments", endpoint(resync, nodes="self"), methods=["POST"]),

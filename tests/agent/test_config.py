@@ -19,6 +19,7 @@ identity_public_key = "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik"
 admin_token_hash = "abababababababababababababababababababababababababababababababab"
 cluster_password = "p"
 servers = [{id = "s1", api = "127.0.0.1:7100", raft = "127.0.0.1:7200"}]
+insecure_http = true
 """
 
 
@@ -64,7 +65,8 @@ def test_bad_address_and_missing_password(tmp_path):
 def test_written_config_is_private_and_round_trips(tmp_path):
     cfg = AgentConfig(node_id="s1", role=Role.SERVER, api="127.0.0.1:7100", raft="127.0.0.1:7200", token="t",
                       identity_public_key="O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik", admin_token_hash="ab" * 32,
-                      cluster_password="p", servers=(ServerPeer("s1", "127.0.0.1:7100", "127.0.0.1:7200"),))
+                      cluster_password="p", servers=(ServerPeer("s1", "127.0.0.1:7100", "127.0.0.1:7200"),),
+                      tls_ca="/c/ca.pem", tls_cert="/c/s1.pem", tls_key="/c/s1.key")
     path = str(tmp_path / "out" / "agent.toml")
     write_config(cfg, path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

@@ -137,7 +137,7 @@ def test_the_keep_alive_timeout_comes_from_the_config_or_the_environment_and_the
     ident = Identity.new()
     write_config(AgentConfig(node_id="a1", role=Role.CLIENT, token=ident.node_credential("a1", Role.CLIENT),
                              identity_public_key=ident.public_key, admin_token_hash=ident.admin_hash,
-                             servers=(ServerPeer("s1", "127.0.0.1:2", "127.0.0.1:3"),)), path)
+                             servers=(ServerPeer("s1", "127.0.0.1:2", "127.0.0.1:3"),), insecure_http=True), path)
     assert load_config(path).keep_alive_s == 30.0
     assert load_config(path, env={"CANIDAE_KEEP_ALIVE_S": "1.5"}).keep_alive_s == 1.5
     assert idle_s(1.5) < 1.5

@@ -1,7 +1,7 @@
 """The house rules of imports, checked on the source (every import, also those inside functions).
 
     core          -> core
-    agent.config, agent.identity, agent.secretbox, agent.datadir, agent.telemetry -> core
+    agent.config, agent.identity, agent.secretbox, agent.datadir, agent.telemetry, agent.certs -> core
     agent.keyring -> core, agent.secretbox
     agent.admission -> core, agent.telemetry
     agent.httpedge -> core, agent.identity, agent.admission, agent.client.schema (bodies are decoded by the wire
@@ -11,11 +11,10 @@
                      agent.keyring, agent.client, agent.server
     agent.node    -> core, agent.config, agent.identity, agent.httpedge, agent.telemetry, agent.secretbox,
                      agent.keyring, agent.client, agent.node
-    agent.ops     -> core, agent.config, agent.identity, agent.secretbox, agent.keyring, agent.client, agent.ops
-                     (the doctor
-                     also probes agent.node.isolation and agent.node.confine)
+    agent.ops     -> core, agent.config, agent.identity, agent.secretbox, agent.keyring, agent.certs, agent.client,
+                     agent.ops (the doctor also probes agent.node.isolation and agent.node.confine)
     agent.daemon  -> everything in agent (the composition root)
-    cli           -> core, cli, agent.config, agent.identity, agent.secretbox, agent.client, agent.ops
+    cli           -> core, cli, agent.config, agent.identity, agent.secretbox, agent.certs, agent.client, agent.ops
                      (``canidae agent run`` starts agent.daemon; ``agent init`` writes the cluster's keys)
 
 and no import cycle between modules. ARCHITECTURE.md explains why.
@@ -46,6 +45,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "canidae.agent.keyring": ("canidae.core", "canidae.agent.secretbox"),
     "canidae.agent.datadir": ("canidae.core",),
     "canidae.agent.telemetry": ("canidae.core",),
+    "canidae.agent.certs": ("canidae.core",),
     "canidae.agent.server": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.httpedge",
                              "canidae.agent.telemetry", "canidae.agent.secretbox", "canidae.agent.client",
                              "canidae.agent.server", "canidae.agent.keyring"),
@@ -53,10 +53,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
                            "canidae.agent.telemetry", "canidae.agent.secretbox", "canidae.agent.client",
                            "canidae.agent.node", "canidae.agent.keyring"),
     "canidae.agent.ops": ("canidae.core", "canidae.agent.config", "canidae.agent.identity", "canidae.agent.secretbox",
-                          "canidae.agent.client", "canidae.agent.ops", "canidae.agent.keyring"),
+                          "canidae.agent.certs", "canidae.agent.client", "canidae.agent.ops", "canidae.agent.keyring"),
     "canidae.agent.daemon": ("canidae.core", "canidae.agent"),
     "canidae.cli": ("canidae.core", "canidae.cli", "canidae.agent.config", "canidae.agent.identity",
-                    "canidae.agent.secretbox", "canidae.agent.client", "canidae.agent.ops"),
+                    "canidae.agent.secretbox", "canidae.agent.certs", "canidae.agent.client", "canidae.agent.ops"),
 }
 EXCEPTIONS = {
     ("canidae.agent.ops.doctor", "canidae.agent.node.isolation"),  # probes isolation as the node runtime will

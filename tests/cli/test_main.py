@@ -23,7 +23,7 @@ from canidae.core.types import Driver
 CONTRACT_NOUNS = {
     "cluster": {"up", "down", "status"},
     "agent": {"run", "init", "doctor"},
-    "node": {"list", "show", "drain", "cordon", "uncordon"},
+    "node": {"list", "show", "drain", "cordon", "uncordon", "revoke"},
     "pack": {"create", "place", "spawn", "list", "show", "migrate", "stop", "kill", "logs", "history"},
     "yip": {"send", "recv"},
     "token": {"create", "list", "show", "revoke", "self", "rotate-bootstrap"},

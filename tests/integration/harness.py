@@ -27,10 +27,13 @@ def pick_base_port(servers: int, clients: int) -> int:
 def local_cluster(data_dir: str, servers: int = 3, clients: int = 0, *,
                   capacity: Resources = Resources(1_000_000, 1_048_576, 50_000), env: dict[str, str] | None = None,
                   configure: Callable[[AgentConfig], AgentConfig] | None = None,
-                  namespaces: bool = False) -> LocalCluster:
+                  namespaces: bool = False, insecure_http: bool = False) -> LocalCluster:
+    """A cluster speaking TLS, as every cluster does unless made with ``insecure_http`` (loopback
+    only): raw requests take their URL from ``cluster.url`` and ``verify=cluster.verify``."""
     layout = ClusterLayout(servers=servers, clients=clients, base_port=pick_base_port(servers, clients),
                            capacity=capacity)
-    return LocalCluster.start(layout, data_dir, timeout=30, env=env, configure=configure, namespaces=namespaces)
+    return LocalCluster.start(layout, data_dir, timeout=30, env=env, configure=configure, namespaces=namespaces,
+                              insecure_http=insecure_http)
 
 
 @contextmanager

@@ -53,12 +53,12 @@ def test_bulk_spawn_list_paging_and_stop(cluster):
 
 def test_writes_through_any_agent_including_a_client(cluster):
     client_api = cluster.agent("c1")["api"]
-    from canidae.agent.client import Client, Target
-    with Client(Target((client_api,), cluster.token)) as c:
+    from canidae.agent.client import Client
+    with Client(cluster.target(apis=[client_api])) as c:
         c.create_packs([{"name": "via-client"}])
         assert c.pack("via-client")["node"]
     for s in ("s1", "s2", "s3"):
-        with Client(Target((cluster.agent(s)["api"],), cluster.token)) as c:
+        with Client(cluster.target([s])) as c:
             assert c.pack("via-client")["name"] == "via-client"
 
 
@@ -90,20 +90,21 @@ BAD_BODIES = [
 def test_bad_input_gets_4xx_changes_nothing_and_agent_stays_up(cluster):
     api = cluster.agent("s1")["api"]
     auth = {"authorization": f"Bearer {cluster.token}", "content-type": "application/json"}
-    with httpx.Client(timeout=5) as http:
+    api = f"{cluster.scheme}://{api}"
+    with httpx.Client(timeout=5, verify=cluster.verify) as http:
         for body, status in BAD_BODIES:
-            r = http.post(f"http://{api}/v1/packs", content=body, headers=auth)
+            r = http.post(f"{api}/v1/packs", content=body, headers=auth)
             assert r.status_code == status, body
             err = r.json()["error"]
             assert err["code"] and err["message"]
         big = b'{"spec": {"name": "x", "env": {"k": "' + b"v" * (9 * 1024 * 1024) + b'"}}}'
-        r = http.post(f"http://{api}/v1/packs", content=big, headers=auth)
+        r = http.post(f"{api}/v1/packs", content=big, headers=auth)
         assert r.status_code == 413
-        assert http.post(f"http://{api}/v1/packs", json={"spec": {"name": "x"}}).status_code == 401
-        assert http.post(f"http://{api}/v1/packs", json={"spec": {"name": "x"}},
+        assert http.post(f"{api}/v1/packs", json={"spec": {"name": "x"}}).status_code == 401
+        assert http.post(f"{api}/v1/packs", json={"spec": {"name": "x"}},
                          headers={"authorization": "Bearer wrong"}).status_code == 401
-        assert http.get(f"http://{api}/v1/packs").status_code == 401
-        assert http.get(f"http://{api}/v1/health").status_code == 200
-        r = http.get(f"http://{api}/v1/packs", headers=auth)
+        assert http.get(f"{api}/v1/packs").status_code == 401
+        assert http.get(f"{api}/v1/health").status_code == 200
+        r = http.get(f"{api}/v1/packs", headers=auth)
         assert r.status_code == 200 and r.json()["total"] == 0
-        assert http.get(f"http://{api}/v1/openapi.json", headers=auth).json()["openapi"].startswith("3.")
+        assert http.get(f"{api}/v1/openapi.json", headers=auth).json()["openapi"].startswith("3.")

@@ -33,7 +33,7 @@ def cluster(tmp_path):
 
 
 def agent_running(cluster: LocalCluster, ident: str) -> dict[str, int]:
-    r = httpx.get(f"http://{cluster.agent(ident)['api']}/v1/agent/running",
+    r = httpx.get(cluster.url(ident, "/v1/agent/running"), verify=cluster.verify,
                   headers={"authorization": f"Bearer {cluster.token}"}, timeout=5)
     r.raise_for_status()
     return dict(r.json()["running"])

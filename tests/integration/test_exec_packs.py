@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from canidae.agent.client import Client, Target
+from canidae.agent.client import Client
 from canidae.agent.client.execcalls import exec_info, pack_processes
 from canidae.agent.node.isolation import parent_name
 from harness import LocalCluster, local_cluster, wait_until
@@ -23,12 +23,14 @@ from packprocs import environ_of, kill_leftovers, member_python, processes_under
 AGENT_ENV = {"CANIDAE_EXEC_BACKOFF_S": "0.05", "CANIDAE_EXEC_GRACE_S": "2", "CANIDAE_EXEC_LOG_CHECK_S": "0.2"}
 
 RX = """
-import json, os, time, urllib.request
+import json, os, ssl, time, urllib.request
 box, tok, last = os.environ["CANIDAE_MAILBOX"], os.environ["CANIDAE_TOKEN"], 0
+# The mailbox is HTTPS, checked against the cluster CA the agent gives its members.
+tls = ssl.create_default_context(cadata=os.environ["CANIDAE_CA_PEM"]) if "CANIDAE_CA_PEM" in os.environ else None
 while True:
     req = urllib.request.Request(f"{box}?after={last}&ack={last}&wait=20", headers={"Authorization": "Bearer " + tok})
     try:
-        got = json.load(urllib.request.urlopen(req, timeout=30))
+        got = json.load(urllib.request.urlopen(req, timeout=30, context=tls))
     except Exception as e:
         print("error", e, flush=True)
         time.sleep(0.1)
@@ -39,12 +41,14 @@ while True:
 """
 
 TX = """
-import json, os, time, urllib.request
-req = urllib.request.Request(f"http://{os.environ['CANIDAE_ADDR']}/v1/yips/rx", method="POST",
+import json, os, ssl, time, urllib.request
+# The mailbox is HTTPS, checked against the cluster CA the agent gives its members.
+tls = ssl.create_default_context(cadata=os.environ["CANIDAE_CA_PEM"]) if "CANIDAE_CA_PEM" in os.environ else None
+req = urllib.request.Request(os.environ["CANIDAE_MAILBOX"].rpartition("/")[0] + "/rx", method="POST",
                              data=json.dumps({"text": "ping from tx"}).encode(),
                              headers={"Authorization": "Bearer " + os.environ["CANIDAE_TOKEN"],
                                       "Content-Type": "application/json"})
-print("sent", json.load(urllib.request.urlopen(req, timeout=10)), flush=True)
+print("sent", json.load(urllib.request.urlopen(req, timeout=10, context=tls)), flush=True)
 time.sleep(600)
 """
 
@@ -71,7 +75,7 @@ def cluster(tmp_path_factory):
 
 def cli(c: LocalCluster, *args: str, addr: str | None = None, env: dict[str, str] | None = None,
         check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "HOME": os.path.join(c.data_dir, "home"), "CANIDAE_TOKEN": c.token,
+    full = {**os.environ, "HOME": os.path.join(c.data_dir, "home"), "CANIDAE_TOKEN": c.token, "CANIDAE_CA": c.ca or "",
             "CANIDAE_ADDR": addr or ",".join(a["api"] for a in c.agents if a["role"] == "server"), **(env or {})}
     p = subprocess.run([sys.executable, "-m", "canidae", *args], capture_output=True, text=True, env=full,
                        timeout=timeout)
@@ -175,7 +179,8 @@ def test_yips_between_packs_on_two_nodes_and_mailbox_rules(cluster):
     p = cli(cluster, "yip", "recv", "--pack", "tx", env={"CANIDAE_TOKEN": tx_token},
             addr=cluster.agent("s3")["api"], check=False)
     assert p.returncode == 4 and "taken only by the agent of its pack's node" in p.stderr
-    r = httpx.get(f"http://{cluster.agent('s3')['api']}/v1/yips/rx", headers={"authorization": "Bearer pk.rx.forged"})
+    r = httpx.get(cluster.url("s3", "/v1/yips/rx"), headers={"authorization": "Bearer pk.rx.forged"},
+                  verify=cluster.verify)
     assert r.status_code == 401
 
     # Inside a pack: 'canidae yip recv' with the member's own environment; ids make duplicates droppable.
@@ -196,7 +201,7 @@ def test_yips_between_packs_on_two_nodes_and_mailbox_rules(cluster):
         c.request("POST", "/v1/yips/inbox", json={"yips": [{"text": str(i)} for i in range(500)]})
     p = cli(cluster, "yip", "send", "inbox", "one more from admin", check=False)
     assert p.returncode == 6 and "admin already holds 500 yips" in p.stderr
-    r = httpx.post(f"http://{cluster.agent('s2')['api']}/v1/yips/inbox", timeout=10,
+    r = httpx.post(cluster.url("s2", "/v1/yips/inbox"), timeout=10, verify=cluster.verify,
                    json={"yips": [{"text": str(i)} for i in range(500)]}, headers={"authorization": f"Bearer {tx_token}"})
     assert r.status_code == 200
     p = cli(cluster, "yip", "send", "inbox", "one too many", env={"CANIDAE_TOKEN": tx_token}, addr=tx_node,
@@ -210,7 +215,7 @@ def test_agent_doctor_reports_the_running_agents_isolation(cluster):
     report = json.loads(p.stdout)
     checks = {c["check"]: c for c in report["checks"]}
     assert "chosen by the running agent" in checks["isolation"]["detail"]
-    with Client(Target((cluster.agent("s2")["api"],), cluster.token)) as c:
+    with Client(cluster.target(["s2"])) as c:
         assert checks["isolation"]["detail"].startswith(exec_info(c)["exec"]["mechanism"])
     assert checks["api port"]["status"] == "ok" and checks["peer s1"]["status"] == "ok"
     assert "clock vs s3" in checks
@@ -265,12 +270,13 @@ def test_concurrent_sends_through_another_agent_each_get_their_own_answer(cluste
 
     def send(i: int) -> tuple[int, Any]:
         who = "tx2" if i % 2 else "admin"
-        r = httpx.post(f"http://{via}/v1/yips/busy", json={"text": f"m{i}", "id": f"id-{i}"},
-                       headers={"authorization": f"Bearer {senders[who]}"}, timeout=10)
+        r = httpx.post(f"{cluster.scheme}://{via}/v1/yips/busy", json={"text": f"m{i}", "id": f"id-{i}"},
+                       headers={"authorization": f"Bearer {senders[who]}"}, timeout=10, verify=cluster.verify)
         return r.status_code, r.json()
 
     for filler in ("f1", "f2"):  # 960 unread yips, from two senders: one holds at most half a mailbox
-        r = httpx.post(f"http://{via}/v1/yips/busy", json={"yips": [{"text": "filler"}] * 480}, timeout=10,
+        r = httpx.post(f"{cluster.scheme}://{via}/v1/yips/busy", json={"yips": [{"text": "filler"}] * 480},
+                       timeout=10, verify=cluster.verify,
                        headers={"authorization": f"Bearer {cluster.pack_token(filler)}"})
         assert r.status_code == 200
     with cluster.client() as c:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from canidae.agent.client import Client, Target
+from canidae.agent.client import Client
 from harness import LocalCluster, local_cluster, wait_until
 
 SERVERS = ["s1", "s2", "s3"]
@@ -32,7 +32,7 @@ def cluster(tmp_path):
 
 def cli(cluster: LocalCluster, home: Any, *args: str, check: bool = True,
         timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HOME": str(home), "CANIDAE_TOKEN": cluster.token,
+    env = {**os.environ, "HOME": str(home), "CANIDAE_TOKEN": cluster.token, "CANIDAE_CA": cluster.ca or "",
            "CANIDAE_ADDR": ",".join(a["api"] for a in cluster.agents if a["role"] == "server")}
     p = subprocess.run([sys.executable, "-m", "canidae", *args], capture_output=True, text=True, env=env,
                        timeout=timeout)
@@ -43,7 +43,7 @@ def cli(cluster: LocalCluster, home: Any, *args: str, check: bool = True,
 
 def on(cluster: LocalCluster, ident: str, timeout: float = 10.0) -> Client:
     """A client that talks to one server only."""
-    return Client(Target((cluster.agent(ident)["api"],), cluster.token), timeout=timeout)
+    return Client(cluster.target([ident]), timeout=timeout)
 
 
 def history(cluster: LocalCluster, ident: str, name: str) -> list[dict[str, Any]]:
@@ -106,7 +106,7 @@ def test_history_is_the_same_on_every_server_and_survives_restarts(cluster, tmp_
     assert {json.loads(x)["type"] for x in started.splitlines()} == {"PackStarted"}
     with on(cluster, "s1") as c:
         cursor = c.events(last=1)["last_seq"]
-    env = {**os.environ, "HOME": str(home), "CANIDAE_TOKEN": cluster.token,
+    env = {**os.environ, "HOME": str(home), "CANIDAE_TOKEN": cluster.token, "CANIDAE_CA": cluster.ca or "",
            "CANIDAE_ADDR": cluster.agent("s2")["api"]}
     follower = subprocess.Popen([sys.executable, "-m", "canidae", "events", "tail", "--follow", "--json",
                                  "--after", str(cursor), "--pack", "followed", "--count", "3"],

@@ -30,7 +30,7 @@ def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
                               "constraints": {"node": "c1"}},
                              {"name": "tx", "constraints": {"node": "c1"}}])  # a sender: its token is taken on c1
             cl.wait_running(["keeper", "tx"], 30)
-        url = f"http://{c.agent('c1')['api']}/v1/yips/keeper"
+        url = c.url("c1", "/v1/yips/keeper")
         admin = {"authorization": f"Bearer {c.token}"}
         tx = {"authorization": f"Bearer {c.pack_token('tx')}"}
         keeper = {"authorization": f"Bearer {c.pack_token('keeper')}"}
@@ -40,7 +40,7 @@ def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
             for y in answer["yips"]:
                 queued[(sender, y["id"])] = y["seq"]
 
-        with httpx.Client(timeout=10) as http:
+        with httpx.Client(timeout=10, verify=c.verify) as http:
             batch = {"yips": [{"text": f"a{i}", "id": f"a{i}"} for i in range(10)]}
             r = http.post(url, json=batch, headers=admin)
             told("admin", r.raise_for_status().json())
@@ -58,7 +58,7 @@ def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
 
         def stream() -> None:
             nonlocal streamed
-            with httpx.Client(timeout=5, headers=tx) as http:
+            with httpx.Client(timeout=5, headers=tx, verify=c.verify) as http:
                 while not cut.is_set():
                     try:
                         r = http.post(url, json={"text": f"s{streamed}", "id": f"s{streamed}"})
@@ -80,7 +80,7 @@ def test_unacknowledged_yips_survive_a_sigkill_of_the_packs_agent(tmp_path):
         c.restart("c1")
 
         expected = {k: seq for k, seq in queued.items() if k not in acknowledged}
-        with httpx.Client(timeout=10) as http:
+        with httpx.Client(timeout=10, verify=c.verify) as http:
             def read_all() -> list[dict[str, Any]] | None:
                 r = http.get(url, params={"after": 0, "max": 1000}, headers=keeper)
                 return r.json()["yips"] if r.status_code == 200 else None

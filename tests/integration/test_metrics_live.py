@@ -20,7 +20,7 @@ def cluster(tmp_path_factory):
 
 
 def scrape(cluster, ident, **params):
-    r = httpx.get(f"http://{cluster.agent(ident)['api']}/v1/metrics", params=params,
+    r = httpx.get(cluster.url(ident, "/v1/metrics"), params=params, verify=cluster.verify,
                   headers={"authorization": f"Bearer {cluster.token}"}, timeout=5.0)
     return r
 
@@ -95,7 +95,7 @@ def test_json_format_and_bad_format(cluster):
     assert doc["canidae_node_packs_running"]["samples"][0]["value"] >= 0
     bad = scrape(cluster, "c1", format="xml")
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input"
-    anon = httpx.get(f"http://{cluster.agent('c1')['api']}/v1/metrics", timeout=5.0)
+    anon = httpx.get(cluster.url("c1", "/v1/metrics"), timeout=5.0, verify=cluster.verify)
     assert anon.status_code == 401
 
 
@@ -137,10 +137,12 @@ def test_a_heartbeat_with_a_bad_summary_is_refused_and_changes_nothing(cluster):
     h = {"authorization": f"Bearer {cluster.token}"}
     bad = {"running": 0, "metrics": {"v": 1, "node": "s2", "zone": "z1", "region": "r1", "cell": "c1",
                                      "at_ms": 1, "counters": {"BAD NAME": 1}}}
-    r = httpx.post(f"http://{api}/v1/nodes/c1/heartbeat", json=bad, headers=h, timeout=5.0)
+    r = httpx.post(f"{cluster.scheme}://{api}/v1/nodes/c1/heartbeat", json=bad, headers=h, timeout=5.0,
+                   verify=cluster.verify)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input"
     wrong_node = {"running": 0, "metrics": {**bad["metrics"], "counters": {}}}
-    r = httpx.post(f"http://{api}/v1/nodes/c1/heartbeat", json=wrong_node, headers=h, timeout=5.0)
+    r = httpx.post(f"{cluster.scheme}://{api}/v1/nodes/c1/heartbeat", json=wrong_node, headers=h, timeout=5.0,
+                   verify=cluster.verify)
     assert r.status_code == 400 and "not c1" in r.json()["error"]["message"]
 
 
@@ -148,7 +150,8 @@ def cli(cluster, *args):
     import os
     import subprocess
     import sys
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CANIDAE_")}, "COLUMNS": "200"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CANIDAE_")}, "COLUMNS": "200",
+           "CANIDAE_CA": cluster.ca}
     addr = ",".join(a["api"] for a in cluster.agents if a["role"] == "server")
     return subprocess.run([sys.executable, "-m", "canidae", "--addr", addr, "--token", cluster.token, *args],
                           capture_output=True, text=True, env=env, timeout=60)

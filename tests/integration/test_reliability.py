@@ -18,7 +18,7 @@ import zlib
 import httpx
 import pytest
 
-from canidae.agent.client import Client, Target
+from canidae.agent.client import Client
 from canidae.core.errors import AlreadyExists, CanidaeError
 from harness import LocalCluster, local_cluster, wait_until
 
@@ -36,8 +36,8 @@ def _digests(cluster: LocalCluster, ids: list[str]) -> dict[str, tuple[int, str]
     out = {}
     for i in ids:
         a = cluster.agent(i)
-        d = httpx.get(f"http://{a['api']}/v1/digest", headers={"authorization": f"Bearer {cluster.token}"},
-                      timeout=5).json()
+        d = httpx.get(cluster.url(a, "/v1/digest"), headers={"authorization": f"Bearer {cluster.token}"},
+                      timeout=5, verify=cluster.verify).json()
         out[i] = (d["applied"], d["digest"])
     return out
 
@@ -100,7 +100,7 @@ def test_sigkill_leader_during_1000_concurrent_spawns_loses_nothing(cluster):
     cluster.restart(victim)
     _replicas_identical(cluster, ["s1", "s2", "s3"], timeout=30)
     for s in ("s1", "s2", "s3"):
-        with Client(Target((cluster.agent(s)["api"],), cluster.token)) as c:
+        with Client(cluster.target([s])) as c:
             have = {p["name"]: p for p in c.iter_packs(stale=True)}
         missing = set(acked) - set(have)
         assert not missing, f"{s} lost {len(missing)} acknowledged spawns"
@@ -142,7 +142,7 @@ def test_isolated_leader_acknowledges_nothing_and_steps_down(cluster):
         cluster.kill(f, signal.SIGSTOP)
     try:
         api = cluster.agent(leader)["api"]
-        with Client(Target((api,), cluster.token), timeout=3.0) as c:
+        with Client(cluster.target(apis=[api]), timeout=3.0) as c:
             with pytest.raises(CanidaeError) as exc:
                 c.create_packs([{"name": "during"}], retry_for=0)
             assert exc.value.exit_code == 3

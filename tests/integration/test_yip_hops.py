@@ -61,12 +61,12 @@ async def send_all(cluster: LocalCluster, prefix: str, per_sender: int) -> tuple
         packs = remote_packs(node)
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=0)
         async with httpx.AsyncClient(headers={"authorization": f"Bearer {cluster.token}"}, timeout=20,
-                                     limits=limits) as http:
+                                     limits=limits, verify=cluster.verify) as http:
             async def one(i: int) -> None:
                 pack, yid = packs[i % len(packs)], f"{prefix}-{node}-{i}"
                 sent[yid] = pack
                 try:
-                    r = await http.post(f"http://{api}/v1/yips/{pack}", json={"text": yid, "id": yid})
+                    r = await http.post(f"{cluster.scheme}://{api}/v1/yips/{pack}", json={"text": yid, "id": yid})
                 except httpx.HTTPError as e:
                     failures.append(f"{yid}: {type(e).__name__}")
                     return
@@ -78,8 +78,8 @@ async def send_all(cluster: LocalCluster, prefix: str, per_sender: int) -> tuple
 
 
 def mailbox(cluster: LocalCluster, pack: str) -> list[str]:
-    with httpx.Client(headers={"authorization": f"Bearer {cluster.token}"}, timeout=10) as http:
-        r = http.get(f"http://{cluster.agent('s1')['api']}/v1/yips/{pack}", params={"after": 0, "max": 1000})
+    with httpx.Client(headers={"authorization": f"Bearer {cluster.token}"}, timeout=10, verify=cluster.verify) as http:
+        r = http.get(cluster.url("s1", f"/v1/yips/{pack}"), params={"after": 0, "max": 1000})
         return [y["id"] for y in r.raise_for_status().json()["yips"]]
 
 
@@ -121,9 +121,9 @@ def test_a_relay_retries_while_the_node_restarts_and_says_503_once_the_node_is_d
         with cluster.client() as c:
             c.create_packs([{"name": "far", "constraints": {"node": "c2"}}])
             c.wait_running(["far"], 30)
-        url = f"http://{cluster.agent('c1')['api']}/v1/yips/far"
+        url = cluster.url("c1", "/v1/yips/far")
         admin = {"authorization": f"Bearer {cluster.token}"}
-        with httpx.Client(headers=admin, timeout=60) as http:
+        with httpx.Client(headers=admin, timeout=60, verify=cluster.verify) as http:
             assert http.post(url, json={"text": "before", "id": "before"}).status_code == 200
 
             # c2 restarts: a yip sent meanwhile waits for it instead of failing.
@@ -162,7 +162,8 @@ def test_the_keep_alive_setting_is_checked_when_an_agent_starts(tmp_path):
 
     path = str(tmp_path / "agent.toml")
     write_config(AgentConfig(node_id="a1", role=Role.CLIENT, api="127.0.0.1:1", data_dir=str(tmp_path / "d"),
-                             token=new_secret(), servers=(ServerPeer("s1", "127.0.0.1:2", "127.0.0.1:3"),)), path)
+                             token=new_secret(), servers=(ServerPeer("s1", "127.0.0.1:2", "127.0.0.1:3"),),
+                             insecure_http=True), path)
     p = subprocess.run([sys.executable, "-m", "canidae", "agent", "run", "--config", path],
                        env={**os.environ, "CANIDAE_KEEP_ALIVE_S": "later"}, capture_output=True, text=True,
                        timeout=60)

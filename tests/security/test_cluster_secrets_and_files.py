@@ -40,6 +40,7 @@ def cluster(tmp_path_factory):
 
 def cli(c: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **AGENT_ENV, "HOME": os.path.join(c.data_dir, "home"), "CANIDAE_TOKEN": c.token,
+           "CANIDAE_CA": c.ca or "",
            "CANIDAE_ADDR": ",".join(a["api"] for a in c.agents if a["role"] == "server")}
     p = subprocess.run([sys.executable, "-m", "canidae", *args], capture_output=True, text=True, env=env, timeout=60)
     if check and p.returncode != 0:
@@ -84,7 +85,7 @@ def test_a_secret_reaches_only_its_members_and_is_never_stored_or_shown_in_the_c
     answers = [cli(cluster, "pack", "show", "vault", "--json").stdout,
                cli(cluster, "pack", "list", "--json").stdout,
                cli(cluster, "pack", "history", "vault", "--json").stdout,
-               httpx.get(f"http://{cluster.agent('s1')['api']}/v1/packs/vault",
+               httpx.get(cluster.url("s1", "/v1/packs/vault"), verify=cluster.verify,
                          headers={"authorization": f"Bearer {cluster.token}"}).text]
     for text in answers:
         assert value not in text and "from-a-file" not in text and "sealed:" not in text
@@ -145,11 +146,13 @@ def test_loader_variables_are_refused_before_anything_is_created(cluster, var):
     p = cli(cluster, "pack", "spawn", "loader", "-e", f"{var}=/tmp/evil.so", "--", "sleep", "30", check=False)
     assert p.returncode == 2 and p.stdout == ""
     assert len(p.stderr.strip().splitlines()) == 1 and var in p.stderr and "refused" in p.stderr
-    r = httpx.post(f"http://{cluster.agent('c1')['api']}/v1/packs", headers={"authorization": f"Bearer {cluster.token}"},
+    r = httpx.post(cluster.url("c1", "/v1/packs"), headers={"authorization": f"Bearer {cluster.token}"},
+                   verify=cluster.verify,
                    json={"spec": {"name": "loader", "driver": "exec", "command": ["sleep", "30"],
                                   "env": {var: "/tmp/evil.so"}}})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input" and var in r.json()["error"]["message"]
-    r = httpx.post(f"http://{cluster.agent('s1')['api']}/v1/packs", headers={"authorization": f"Bearer {cluster.token}"},
+    r = httpx.post(cluster.url("s1", "/v1/packs"), headers={"authorization": f"Bearer {cluster.token}"},
+                   verify=cluster.verify,
                    json={"spec": {"name": "loader", "secrets": {var: "x"}}})
     assert r.status_code == 400 and var in r.json()["error"]["message"]
     assert cli(cluster, "pack", "show", "loader", check=False).returncode == 5

@@ -31,7 +31,7 @@ def stolen(cluster, ident: str) -> dict:
 
 
 def call(cluster, credential: str, method: str, path: str, at: str = "s1", **kw) -> httpx.Response:
-    return httpx.request(method, f"http://{cluster.agent(at)['api']}{path}",
+    return httpx.request(method, cluster.url(at, path), verify=cluster.verify,
                          headers={"authorization": f"Bearer {credential}"}, timeout=10, **kw)
 
 
@@ -105,8 +105,8 @@ def test_a_client_credential_cannot_forge_a_pack_token(cluster):
         c.create_packs([{"name": "victim", "constraints": {"node": "c2"}}])
         c.wait_running(["victim"], 10)
         gen = c.pack("victim")["generation"]
-    with httpx.Client(timeout=10) as http:
-        http.post(f"http://{cluster.agent('s1')['api']}/v1/yips/victim", json={"text": "secret"},
+    with httpx.Client(timeout=10, verify=cluster.verify) as http:
+        http.post(cluster.url("s1", "/v1/yips/victim"), json={"text": "secret"},
                   headers={"authorization": f"Bearer {cluster.token}"}).raise_for_status()
     c1 = stolen(cluster, "c1")["token"]
     c2_api = cluster.agent("c2")["api"]
@@ -117,10 +117,11 @@ def test_a_client_credential_cannot_forge_a_pack_token(cluster):
             r = call(cluster, forged, "GET", "/v1/yips/victim", at=at)
             assert r.status_code == 401, (node, at, r.text)
     # The agent's own credential cannot read a mailbox either; it may only hand on yips.
-    r = httpx.get(f"http://{c2_api}/v1/yips/victim", headers={"authorization": f"Bearer {c1}"}, timeout=10)
+    r = httpx.get(f"https://{c2_api}/v1/yips/victim", headers={"authorization": f"Bearer {c1}"}, timeout=10,
+                  verify=cluster.verify)
     assert r.status_code == 403
-    r = httpx.post(f"http://{c2_api}/v1/yips/victim", json={"text": "x"},
-                   headers={"authorization": f"Bearer {c1}"}, timeout=10)
+    r = httpx.post(f"https://{c2_api}/v1/yips/victim", json={"text": "x"},
+                   headers={"authorization": f"Bearer {c1}"}, timeout=10, verify=cluster.verify)
     assert r.status_code == 403
 
 
@@ -132,7 +133,7 @@ def test_a_pack_token_ends_with_its_run(cluster):
         gen = c.pack("short")["generation"]
         token = pack_token(c2, "short", gen, "c2")
         at = cluster.agent("c2")["api"]
-        read = lambda tok: httpx.get(f"http://{at}/v1/yips/short", timeout=10,  # noqa: E731
+        read = lambda tok: httpx.get(f"https://{at}/v1/yips/short", timeout=10, verify=cluster.verify,  # noqa: E731
                                      headers={"authorization": f"Bearer {tok}"})
         assert read(token).status_code == 200
         assert read(pack_token(c2, "short", gen + 1, "c2")).status_code == 401  # a run not on yet
@@ -149,7 +150,7 @@ def test_a_pack_token_ends_with_its_run(cluster):
 
 def test_health_without_a_credential_says_only_up(cluster):
     for a in cluster.agents:
-        r = httpx.get(f"http://{a['api']}/v1/health", timeout=5)
+        r = httpx.get(cluster.url(a, "/v1/health"), timeout=5, verify=cluster.verify)
         assert r.status_code == 200 and r.json() == {"ok": True}
     full = call(cluster, cluster.token, "GET", "/v1/health").json()
     assert full["raft"]["state"] == "leader" and "pid" in full

@@ -24,7 +24,7 @@ def cluster(tmp_path_factory):
 
 
 def api(cluster, method, path, **kw):
-    return httpx.request(method, f"http://{cluster.agents[0]['api']}{path}",
+    return httpx.request(method, cluster.url(cluster.agents[0], path), verify=cluster.verify,
                          headers={"authorization": f"Bearer {cluster.token}"}, timeout=10, **kw)
 
 

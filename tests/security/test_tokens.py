@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from harness import LocalCluster, local_cluster, wait_until
 
-from canidae.agent.client import Client, Target
+from canidae.agent.client import Client
 from canidae.core.errors import NotAuthenticated, PermissionDenied
 
 CI_POLICY = {"name": "ci", "description": "CI runners: their own ci-* packs only",
@@ -31,12 +31,12 @@ def apis(lc: LocalCluster) -> list[str]:
 
 
 def admin(lc: LocalCluster) -> Client:
-    return Client(Target(tuple(a["api"] for a in lc.servers()), lc.token))
+    return Client(lc.target())
 
 
-def as_token(api: str, secret: str) -> Client:
+def as_token(lc: LocalCluster, api: str, secret: str) -> Client:
     """A client that talks to one agent only (so a refusal is that agent's)."""
-    return Client(Target((api,), secret))
+    return Client(lc.target(apis=[api], token=secret))
 
 
 def test_a_ci_token_spawns_ci_packs_only_and_is_told_what_it_lacks(cluster: LocalCluster) -> None:
@@ -46,7 +46,7 @@ def test_a_ci_token_spawns_ci_packs_only_and_is_told_what_it_lacks(cluster: Loca
     secret, accessor = made["secret"], made["token"]["accessor"]
     assert secret.startswith("cs_") and "secret_hash" not in made["token"]
     for api in apis(cluster):  # servers decide from their replica; the client agent passes it on
-        with as_token(api, secret) as ci:
+        with as_token(cluster, api, secret) as ci:
             name = f"ci-{api.rsplit(':', 1)[1]}"
             assert ci.create_packs([{"name": name}])["ok"]
             assert ci.pack(name)["name"] == name
@@ -67,13 +67,13 @@ def test_revocation_is_in_force_on_every_agent_at_the_next_request(cluster: Loca
         secret = c.create_token("short-lived", ["ci"])["secret"]
         accessor = next(t["accessor"] for t in c.tokens() if t["name"] == "short-lived")
     for api in apis(cluster):
-        with as_token(api, secret) as t:  # warm every agent's decision cache
+        with as_token(cluster, api, secret) as t:  # warm every agent's decision cache
             assert t.token_self(can="spawn", name="ci-warm")["decision"]["allowed"]
     with admin(cluster) as c:
         answer = c.revoke_token(accessor)
     assert answer["token"]["revoked"] and answer["in_force_on_all_servers"], answer
     for api in apis(cluster):
-        with as_token(api, secret) as t, pytest.raises(NotAuthenticated, match="revoked"):
+        with as_token(cluster, api, secret) as t, pytest.raises(NotAuthenticated, match="revoked"):
             t.create_packs([{"name": "ci-after-revoke"}])
 
 
@@ -82,7 +82,7 @@ def test_an_expired_token_is_refused(cluster: LocalCluster) -> None:
         c.apply_policy(CI_POLICY)
         secret = c.create_token("one-second", ["ci"], ttl_s=1)["secret"]
     server = cluster.servers()[0]["api"]
-    with as_token(server, secret) as t:
+    with as_token(cluster, server, secret) as t:
         def refused() -> bool:
             try:
                 t.token_self()
@@ -96,7 +96,7 @@ def test_a_read_only_token_lists_but_cannot_stop(cluster: LocalCluster) -> None:
     with admin(cluster) as c:
         c.create_packs([{"name": "ro-target"}])
         secret = c.create_token("auditor", ["read-only"])["secret"]
-    with as_token(apis(cluster)[-1], secret) as ro:
+    with as_token(cluster, apis(cluster)[-1], secret) as ro:
         assert "ro-target" in {p["name"] for p in ro.packs()["packs"]}
         with pytest.raises(PermissionDenied, match="'stop' on pack 'ro-target'"):
             ro.pack_action("ro-target", "stop")
@@ -109,7 +109,7 @@ def test_policy_changes_are_in_force_at_the_next_request_despite_the_cache(clust
         c.apply_policy({"name": "grow", "pack": {"a-*": {"capabilities": ["spawn"]}}})
         secret = c.create_token("grower", ["grow"])["secret"]
     server = cluster.servers()[1]["api"]
-    with as_token(server, secret) as t:
+    with as_token(cluster, server, secret) as t:
         assert not t.token_self(can="spawn", name="b-1")["decision"]["allowed"]
         with admin(cluster) as c:
             c.apply_policy({"name": "grow", "pack": {"*": {"capabilities": ["spawn"]}}})
@@ -123,13 +123,13 @@ def test_policy_changes_are_in_force_at_the_next_request_despite_the_cache(clust
 def test_tokens_cannot_call_agent_routes_and_unknown_secrets_are_refused(cluster: LocalCluster) -> None:
     with admin(cluster) as c:
         secret = c.create_token("everything", ["management"])["secret"]
-    with as_token(cluster.servers()[0]["api"], secret) as t:
+    with as_token(cluster, cluster.servers()[0]["api"], secret) as t:
         assert t.packs()["packs"] is not None
         with pytest.raises(PermissionDenied, match="for agents"):
             t.request("POST", "/v1/nodes/c1/heartbeat", json={})
     bogus = "cs_" + "A" * 43
     for api in apis(cluster):
-        with as_token(api, bogus) as t, pytest.raises(NotAuthenticated):
+        with as_token(cluster, api, bogus) as t, pytest.raises(NotAuthenticated):
             t.packs()
 
 
@@ -147,6 +147,7 @@ def test_the_cli_worked_example(cluster: LocalCluster, tmp_path, capsys: pytest.
         return rc, out, err
 
     monkeypatch.setenv("CANIDAE_TOKEN", cluster.token)
+    monkeypatch.setenv("CANIDAE_CA", cluster.ca)
     policy = tmp_path / "ci.toml"
     policy.write_text('name = "ci"\n\n[pack."ci-*"]\naccess = "read"\ncapabilities = ["spawn", "stop"]\n')
     assert canidae("policy", "apply", str(policy))[0] == 0

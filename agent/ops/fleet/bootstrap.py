@@ -11,7 +11,10 @@ stderr) or ``unreachable``.
 
 The operator's side lives in the inventory's state dir: the cluster identity (made on the first
 run, then reused, so every run issues the same credentials), the cluster's secret keys (the same
-file on every agent) and ``failed.json``, the hosts ``--limit @failed`` retries.
+file on every agent), the cluster's TLS CA (``ca.pem``, ``ca.key``: the key never leaves this
+machine), each host's certificate (``certs/HOST.pem`` and ``.key``, issued once for the host's
+address and copied to its install dir with the CA's certificate) and ``failed.json``, the hosts
+``--limit @failed`` retries. The bootstrap's own calls to the agents check their certificates.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any
 import httpx
 import tomli_w
 
+from canidae.agent import certs
+from canidae.agent.client.tls import client_context
 from canidae.agent.config import config_to_mapping
 from canidae.agent.identity import Identity
 from canidae.agent.ops.fleet import remote
@@ -89,6 +94,38 @@ def open_state(inv: Inventory) -> tuple[Identity, bytes]:
         return Identity.load(ident_path), f.read()
 
 
+def open_ca(inv: Inventory) -> certs.ClusterCA:
+    """The fleet's TLS CA, made on the first run (the key mode 0600, in the state dir)."""
+    os.makedirs(inv.state_dir, mode=0o700, exist_ok=True)
+    return certs.ClusterCA.open_or_create(inv.state_dir, inv.name)[0]
+
+
+def ca_file(inv: Inventory) -> str:
+    return os.path.join(inv.state_dir, certs.CA_CERT)
+
+
+def host_cert(inv: Inventory, ca: certs.ClusterCA, h: Host) -> tuple[bytes, bytes]:
+    """``h``'s certificate and key, issued once for its address and kept in the state dir (so that
+    a re-run finds the host unchanged); issued again when its address changed."""
+    d = os.path.join(inv.state_dir, "certs")
+    cert_path, key_path = os.path.join(d, f"{h.name}.pem"), os.path.join(d, f"{h.name}.key")
+    names = certs.names_for(h.api)
+    try:
+        with open(cert_path, "rb") as f:
+            cert = f.read()
+        with open(key_path, "rb") as f:
+            key = f.read()
+        if sorted(certs.subject_names(cert)) == sorted(names) and certs.signed_by(cert, ca):
+            return cert, key
+    except (FileNotFoundError, ValueError):
+        pass
+    cert, key = ca.issue(h.name, names)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    certs.write_private(key_path, key)
+    certs.write_private(cert_path, cert, 0o644)
+    return cert, key
+
+
 def read_failed(inv: Inventory) -> list[str]:
     try:
         with open(os.path.join(inv.state_dir, FAILED_FILE)) as f:
@@ -116,6 +153,16 @@ class Bootstrap:
     say: Callable[[str], None] = lambda line: None
     sudo: SudoPassword = field(default_factory=SudoPassword)
     _passwords: dict[str, str] = field(default_factory=dict, repr=False)  # host -> the sudo password it takes
+    ca: certs.ClusterCA | None = None  # None: the state dir's (made on the first run)
+
+    def __post_init__(self) -> None:
+        if self.ca is None:
+            self.ca = open_ca(self.inv)
+
+    def _http(self) -> httpx.AsyncClient:
+        """The bootstrap's own client of the agents: the admin token, the fleet's CA checked."""
+        return httpx.AsyncClient(timeout=1.0, headers={"authorization": f"Bearer {self.identity.admin_token}"},
+                                 verify=client_context(ca_file(self.inv)))
 
     async def run(self, hosts: list[Host]) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -230,8 +277,11 @@ class Bootstrap:
         capacity = Resources(int(probe["cpus"]) * 1000, max(1, int(probe["mem_mib"])), 1000)
         cfg = agent_config(self.inv, h, self.identity, capacity)
         toml = tomli_w.dumps(config_to_mapping(cfg)).encode()
+        assert self.ca is not None
+        cert, key = host_cert(self.inv, self.ca, h)
         systemd = bool(probe["systemd"])
-        digest = config_hash(toml, self.secret_keys, self.wheels.digest, "systemd" if systemd else "detached")
+        digest = config_hash(toml, self.secret_keys, self.wheels.digest, "systemd" if systemd else "detached",
+                             self.ca.cert_pem + cert + key)
         out.hash = digest
         if running and probe["hash"] == digest:
             out.status = "unchanged"
@@ -247,6 +297,9 @@ class Bootstrap:
         out.changed.append("configure")
         await self._write(link, h, "configure", h.config_path, toml)
         await self._write(link, h, "configure", key_file(h.data_dir), self.secret_keys)
+        await self._write(link, h, "configure", cfg.tls_key, key)
+        await self._write(link, h, "configure", cfg.tls_cert, cert, 0o644)
+        await self._write(link, h, "configure", cfg.tls_ca, self.ca.cert_pem, 0o644)
         out.changed.append("start")
         if systemd:
             await self._write(link, h, "start", remote.unit_path(h), remote.systemd_unit(h).encode(), 0o644)
@@ -303,11 +356,10 @@ class Bootstrap:
 
     async def _wait_up(self, link: Link, h: Host) -> None:
         deadline = time.monotonic() + UP_TIMEOUT_S
-        headers = {"authorization": f"Bearer {self.identity.admin_token}"}
-        async with httpx.AsyncClient(timeout=1.0, headers=headers) as http:
+        async with self._http() as http:
             while True:
                 try:
-                    r = await http.get(f"http://{h.api}/v1/health")
+                    r = await http.get(f"https://{h.api}/v1/health")
                     if r.status_code == 200:
                         return
                 except httpx.HTTPError:
@@ -324,7 +376,7 @@ class Bootstrap:
 
     async def server_status(self, http: httpx.AsyncClient, api: str) -> dict[str, Any] | None:
         try:
-            r = await http.get(f"http://{api}/v1/status", params={"stale": 1})
+            r = await http.get(f"https://{api}/v1/status", params={"stale": 1})
             return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
         except (httpx.HTTPError, ValueError):
             return None
@@ -332,8 +384,7 @@ class Bootstrap:
     async def wait_leader(self) -> str:
         """The id of a server that leads with quorum, waiting up to ``LEADER_TIMEOUT_S``."""
         deadline = time.monotonic() + LEADER_TIMEOUT_S
-        headers = {"authorization": f"Bearer {self.identity.admin_token}"}
-        async with httpx.AsyncClient(timeout=1.0, headers=headers) as http:
+        async with self._http() as http:
             while True:
                 for s in self.inv.servers:
                     st = await self.server_status(http, s.api)
@@ -346,8 +397,7 @@ class Bootstrap:
     async def wait_registered(self, n: int) -> bool:
         """Whether the leader counts at least ``n`` nodes within ``LEADER_TIMEOUT_S``."""
         deadline = time.monotonic() + LEADER_TIMEOUT_S
-        headers = {"authorization": f"Bearer {self.identity.admin_token}"}
-        async with httpx.AsyncClient(timeout=1.0, headers=headers) as http:
+        async with self._http() as http:
             while time.monotonic() < deadline:
                 for s in self.inv.servers:
                     st = await self.server_status(http, s.api)
@@ -368,13 +418,15 @@ def plan(inv: Inventory, hosts: list[Host]) -> list[dict[str, Any]]:
             "install_dir": h.install_dir,
             "steps": (["sudo"] if h.user != "root" else []) + [
                 "probe (python >= 3.11, setpriv, ports, clock)", "skip if the config hash matches and it runs",
-                "copy wheels + install venv (when the wheels differ)", "write agent.toml + secret.keys (0600)",
+                "copy wheels + install venv (when the wheels differ)",
+                "write agent.toml, secret.keys, agent.key (0600), agent.pem and ca.pem",
                 "start (systemd unit, or detached with a pid file)", "wait for its API, record the hash"],
         })
     return rows
 
 
-__all__ = ["Bootstrap", "HostOutcome", "open_state", "plan", "read_failed", "write_failed"]
+__all__ = ["Bootstrap", "HostOutcome", "ca_file", "host_cert", "open_ca", "open_state", "plan", "read_failed",
+           "write_failed"]
 
 
 async def status(inv: Inventory, token: str, timeout: float = 2.0) -> list[dict[str, Any]]:
@@ -382,7 +434,7 @@ async def status(inv: Inventory, token: str, timeout: float = 2.0) -> list[dict[
     async def one(http: httpx.AsyncClient, h: Host) -> dict[str, Any]:
         row: dict[str, Any] = {"host": h.name, "role": h.role.value, "api": h.api, "up": False}
         try:
-            r = await http.get(f"http://{h.api}/v1/health")
+            r = await http.get(f"https://{h.api}/v1/health")
             body = r.json()
         except (httpx.HTTPError, ValueError) as e:
             return {**row, "error": str(e) or type(e).__name__}
@@ -392,5 +444,6 @@ async def status(inv: Inventory, token: str, timeout: float = 2.0) -> list[dict[
         return {**row, "up": True, "node": body.get("node"), "agent_role": body.get("role"),
                 "version": body.get("version"), "uptime_s": body.get("uptime_s"),
                 "raft_state": raft.get("state") if raft else None}
-    async with httpx.AsyncClient(timeout=timeout, headers={"authorization": f"Bearer {token}"}) as http:
+    async with httpx.AsyncClient(timeout=timeout, headers={"authorization": f"Bearer {token}"},
+                                 verify=client_context(ca_file(inv))) as http:
         return list(await asyncio.gather(*(one(http, h) for h in inv.hosts)))

@@ -298,22 +298,26 @@ def _abs_dir(fail: Any, key: str, value: Any) -> str:
 
 def agent_config(inv: Inventory, host: Host, identity: Identity, capacity: Resources) -> AgentConfig:
     """The agent config of ``host``: its own node credential, the cluster's public key and admin
-    token hash, the Raft password on servers only; validated as ``agent run`` will."""
+    token hash, the Raft password on servers only, its TLS files (in its install dir); validated
+    as ``agent run`` will."""
     cfg = AgentConfig(
         node_id=host.name, role=host.role, api=host.api, raft=host.raft, zone=host.zone, region=host.region,
         cell=host.cell, data_dir=host.data_dir, token=identity.node_credential(host.name, host.role),
         identity_public_key=identity.public_key, admin_token_hash=identity.admin_hash,
         cluster_password=identity.cluster_password if host.role is Role.SERVER else "",
         servers=inv.server_peers(), capacity=host.capacity or capacity,
-        log_file=os.path.join(host.install_dir, "agent.log"))
+        log_file=os.path.join(host.install_dir, "agent.log"),
+        tls_ca=os.path.join(host.install_dir, "ca.pem"), tls_cert=os.path.join(host.install_dir, "agent.pem"),
+        tls_key=os.path.join(host.install_dir, "agent.key"))
     return config_from_mapping(config_to_mapping(cfg))
 
 
-def config_hash(agent_toml: bytes, secret_keys: bytes, wheels_digest: str, supervisor: str) -> str:
-    """What a host's agent is: its config, the cluster's secret keys, the wheels it runs and how it
-    is supervised. A re-run compares it with the one recorded on the host."""
+def config_hash(agent_toml: bytes, secret_keys: bytes, wheels_digest: str, supervisor: str,
+                tls: bytes = b"") -> str:
+    """What a host's agent is: its config, the cluster's secret keys, the wheels it runs, how it
+    is supervised and its TLS files. A re-run compares it with the one recorded on the host."""
     h = hashlib.sha256()
-    for part in (agent_toml, secret_keys, wheels_digest.encode(), supervisor.encode()):
+    for part in (agent_toml, secret_keys, wheels_digest.encode(), supervisor.encode(), tls):
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
     return h.hexdigest()

@@ -174,7 +174,7 @@ def run_load(
                 api, token = senders[1][senders[0][sender]], cluster.pack_token(sender)
             else:
                 api, token = apis[i % len(apis)], cluster.token
-            r = run_wrk(api, script, window, connections, token)
+            r = run_wrk(f"{cluster.scheme}://{api}", script, window, connections, token)
             for v, n in r.pop("hist").items():
                 merged[v] = merged.get(v, 0) + n
             r["t"] = round(time.monotonic() - t_start, 3)

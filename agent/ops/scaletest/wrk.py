@@ -79,10 +79,11 @@ end
 )
 
 
-def run_wrk(api: str, script: str, seconds: float, connections: int, token: str) -> dict[str, Any]:
-    """One wrk run against ``api``: requests, errors and the latency histogram (µs -> count)."""
+def run_wrk(url: str, script: str, seconds: float, connections: int, token: str) -> dict[str, Any]:
+    """One wrk run against ``url`` (an agent's https:// or http:// base): requests, errors and the
+    latency histogram (µs -> count). wrk does not check certificates: it measures, it trusts nothing."""
     secs = max(1, round(seconds))
-    cmd = [WRK, "-t1", f"-c{connections}", f"-d{secs}s", "--timeout", "5s", "-s", script, f"http://{api}"]
+    cmd = [WRK, "-t1", f"-c{connections}", f"-d{secs}s", "--timeout", "5s", "-s", script, url]
     # The token goes through the environment: a command line is visible to every user of the machine.
     out = subprocess.run(
         cmd,
