@@ -1,5 +1,7 @@
 """The wire of the blocking ``Client``: HTTP/1.1 over the standard library's ``http.client``.
 
+HTTPS verified against the cluster CA (``canidae.agent.client.tls.client_context``) unless the
+cluster speaks plain HTTP; an untrusted certificate is ``Untrusted`` (waiting does not help).
 Kept-alive connections per agent address (a request holds one of its own: a ``Client`` may be
 shared by threads), a connect timeout and a per-request read timeout.
 A request sent on a kept connection that the agent had closed meanwhile (idle keep-alive) is
