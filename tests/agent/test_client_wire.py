@@ -62,7 +62,7 @@ def server() -> Iterator[str]:
 
 
 def test_requests_carry_the_token_query_and_body(server: str) -> None:
-    with Client(Target((server,), "tok")) as c:
+    with Client(Target((server,), "tok", insecure_http=True)) as c:
         got = c.request("GET", "/x", params={"a": 1, "b": True, "skip": None})
         assert got == {"path": "/x?a=1&b=true", "auth": "Bearer tok"}
         assert c.request("POST", "/y", json={"k": [1, "é"]}) == {"echo": {"k": [1, "é"]}}
@@ -80,7 +80,7 @@ def test_a_kept_connection_the_server_dropped_is_retried_on_a_fresh_one(server: 
 
 
 def test_an_answer_that_does_not_come_in_time_is_a_timeout(server: str) -> None:
-    with Client(Target((server,), "t")) as c:
+    with Client(Target((server,), "t", insecure_http=True)) as c:
         with pytest.raises(Timeout):
             c.request("GET", "/hold", timeout=0.3)
         RELEASE.set()
@@ -88,13 +88,13 @@ def test_an_answer_that_does_not_come_in_time_is_a_timeout(server: str) -> None:
 
 
 def test_a_closed_port_is_unavailable() -> None:
-    with Client(Target(("127.0.0.1:1",), "t")) as c, pytest.raises(Unavailable):
+    with Client(Target(("127.0.0.1:1",), "t", insecure_http=True)) as c, pytest.raises(Unavailable):
         c.request("GET", "/x")
 
 
 def test_threads_sharing_a_client_never_share_a_connection(server: str) -> None:
     errors: list[BaseException] = []
-    with Client(Target((server,), "t")) as c:
+    with Client(Target((server,), "t", insecure_http=True)) as c:
         def work(i: int) -> None:
             try:
                 for j in range(20):

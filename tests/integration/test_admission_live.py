@@ -22,7 +22,10 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("admission")
     pressure = root / "pressure"
     pressure.write_text("0")
-    c = local_cluster(str(root / "cluster"), servers=1, clients=1, env={"CANIDAE_PRESSURE_FILE": str(pressure)})
+    # Plain HTTP: these tests are about admission, not the transport (TLS is the default of every other
+    # test cluster and is tested in tests/security/test_tls.py); their raw requests speak http://.
+    c = local_cluster(str(root / "cluster"), servers=1, clients=1, env={"CANIDAE_PRESSURE_FILE": str(pressure)},
+                      insecure_http=True)
     c.pressure_file = pressure
     try:
         yield c

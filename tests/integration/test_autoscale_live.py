@@ -15,7 +15,7 @@ import pytest
 from harness import for_the_cli, local_cluster
 from packprocs import processes_under
 
-from canidae.agent.client import Client, Target
+from canidae.agent.client import Client
 from canidae.agent.ops.autoscaler import AutoscaleController, CommandProvider, LocalProvider, read_inputs
 from canidae.agent.ops.localcluster import LocalCluster
 from canidae.agent.ops.waiting import wait_until
@@ -201,7 +201,7 @@ def test_the_command_provider_acts_and_its_failures_are_recorded(tmp_path: Path,
             secret = c.create_token("viewer", ["read-only"])["secret"]
             node_cred = tomllib.loads(Path(cluster.agent("c1")["config"]).read_text())["token"]
         for cred, can_read in ((secret, True), (node_cred, False)):
-            with Client(Target(tuple(a["api"] for a in cluster.servers()), cred)) as other:
+            with Client(cluster.target(token=cred)) as other:
                 if can_read:
                     assert other.autoscale_status()["paused"] is False
                 else:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from harness import LocalCluster, local_cluster, wait_until
 
-from canidae.agent.client import Client, Target
+from canidae.agent.client import Client
 from canidae.core.errors import NotFound
 
 WAIT_S = 30  # what a parked read asks for; a wake on a change comes well before it
@@ -28,12 +28,14 @@ WOKE_WITHIN_S = 15  # generous on a loaded machine, and still far from WAIT_S
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with local_cluster(str(tmp_path_factory.mktemp("blocking")), servers=3, clients=1) as lc:
+    # Plain HTTP: these tests are about blocking reads, not the transport (TLS is the default of every other
+    # test cluster and is tested in tests/security/test_tls.py); their raw requests speak http://.
+    with local_cluster(str(tmp_path_factory.mktemp("blocking")), servers=3, clients=1, insecure_http=True) as lc:
         yield lc
 
 
 def client_of(cluster: LocalCluster, ident: str) -> Client:
-    return Client(Target((cluster.agent(ident)["api"],), cluster.token))
+    return Client(cluster.target([ident]))
 
 
 def follower(cluster: LocalCluster) -> str:

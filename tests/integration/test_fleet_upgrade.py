@@ -26,11 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
-import httpx
 import pytest
 from fleetrig import HOSTS, ROOT, Fleet, by_host, fleet_rig, pack_processes
 
-from canidae.agent.client.calls import Client, Target
+from canidae.agent.client.calls import Client, resolve_target
+from canidae.core.errors import CanidaeError
 from canidae.agent.ops.waiting import wait_until
 
 pytestmark = pytest.mark.netns
@@ -61,7 +61,8 @@ class Watch:
 
     def __init__(self, fleet: Fleet, token: str) -> None:
         self.apis = [f"{fleet.addrs[s]}:7100" for s in SERVERS]
-        self.token = token
+        # The fleet's CLI config names its CA: the servers speak TLS.
+        self.target = resolve_target(",".join(self.apis), token, str(fleet.cli_config))
         self.stop = threading.Event()
         self.leader_seen: list[float] = []
         self.acked: list[str] = []
@@ -80,12 +81,12 @@ class Watch:
             t.join(timeout=180)
 
     def _poll(self) -> None:
-        with httpx.Client(timeout=1.0, headers={"authorization": f"Bearer {self.token}"}) as http:
+        with Client(self.target, timeout=1.0) as c:
             while not self.stop.is_set():
                 for api in self.apis:
                     try:
-                        st = http.get(f"http://{api}/v1/status", params={"stale": 1}).json()
-                    except (httpx.HTTPError, ValueError):
+                        st = c.ask(api, "GET", "/v1/status", params={"stale": 1})
+                    except CanidaeError:
                         continue
                     if st.get("raft_state") == "leader" and st.get("has_quorum"):
                         self.leader_seen.append(time.monotonic())
@@ -94,7 +95,7 @@ class Watch:
 
     def _write(self) -> None:
         i = 0
-        with Client(Target(tuple(self.apis), self.token), timeout=5.0) as c:
+        with Client(self.target, timeout=5.0) as c:
             while not self.stop.is_set():
                 name, rid = f"during-{i}", uuid.uuid4().hex
                 i += 1
@@ -122,7 +123,7 @@ def test_rolling_upgrade_keeps_a_leader_then_remove_a_client(fleet: Fleet, tmp_p
     with open(fleet.cli_config, "rb") as f:
         token = tomllib.load(f)["token"]
     apis = tuple(f"{fleet.addrs[s]}:7100" for s in SERVERS)
-    c = Client(Target(apis, token), timeout=5.0)
+    c = Client(resolve_target(",".join(apis), token, str(fleet.cli_config)), timeout=5.0)
     for host in ("c1", "c2"):  # pinned: a drain of their node leaves them pending until it is back
         for k in range(2):
             out = json.loads(fleet.cli("--json", "pack", "spawn", f"job-{host}-{k}", "--node", host, "--check", "0",

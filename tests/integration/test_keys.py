@@ -18,7 +18,7 @@ import httpx
 import pytest
 from harness import LocalCluster, local_cluster, wait_until
 
-from canidae.agent.client import Client, Target
+from canidae.agent.client import Client
 from canidae.agent.config import load_config
 from canidae.agent.keyring import ClusterKeys
 from canidae.core.errors import WrongState
@@ -28,7 +28,9 @@ REGIONS = {"s1": "r1", "s2": "r2", "s3": "r3", "c1": "r2"}
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    lc = local_cluster(str(tmp_path_factory.mktemp("keys")), servers=3, clients=1,
+    # Plain HTTP: these tests are about keys, not the transport (TLS is the default of every other
+    # test cluster and is tested in tests/security/test_tls.py); their raw requests speak http://.
+    lc = local_cluster(str(tmp_path_factory.mktemp("keys")), servers=3, clients=1, insecure_http=True,
                        configure=lambda c: dataclasses.replace(c, region=REGIONS[c.node_id]))
     try:
         with lc.client() as c:
@@ -93,7 +95,7 @@ def test_rotating_every_keyring_by_region_under_load_fails_no_request(cluster: L
     def client_loop(i: int) -> None:
         token = lc.token if i % 2 else api_token  # spawns: the admin token or an API token
         n = 0
-        with Client(Target((apis[i % len(apis)],), token), timeout=20) as cl:
+        with Client(lc.target(apis=[apis[i % len(apis)]], token=token), timeout=20) as cl:
             while not done.is_set():
                 n += 1
                 try:
@@ -196,7 +198,7 @@ def test_old_tokens_hold_until_their_key_is_retired_and_a_needed_key_is_not(clus
     for token in (old_pack_token, new_pack_token):
         assert recv_status(pack_api, "holder", token) == 200
     for a in lc.agents:  # the API token made under the old key: every agent still takes it
-        with Client(Target((a["api"],), made["secret"])) as t:
+        with Client(lc.target(apis=[a["api"]], token=made["secret"])) as t:
             assert t.packs()["total"] >= 1
     with lc.client() as c:
         # a live API token still needs the old token key: refused, exit 6

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from harness import LocalCluster, local_cluster, wait_until
 
-from canidae.agent.client import Client, Target
+from canidae.agent.client import Client
 from canidae.agent.identity import Identity
 from canidae.agent.ops.admintoken import rotate_admin_token
 from canidae.agent.ops.raftpassword import change_raft_password
@@ -22,7 +22,9 @@ from canidae.agent.ops.raftpassword import change_raft_password
 
 @pytest.fixture()
 def cluster(tmp_path) -> LocalCluster:
-    lc = local_cluster(str(tmp_path / "cluster"), servers=3, clients=1)
+    # Plain HTTP: these tests are about key and password changes, not the transport (TLS is the default of every other
+    # test cluster and is tested in tests/security/test_tls.py); their raw requests speak http://.
+    lc = local_cluster(str(tmp_path / "cluster"), servers=3, clients=1, insecure_http=True)
     try:
         with lc.client() as c:
             wait_until(lambda: len(c.keys()) >= 4, 15, "the keyrings seeded")
@@ -41,7 +43,7 @@ def test_the_bootstrap_token_is_rotated_and_the_old_one_refused_everywhere(clust
     config = os.path.join(lc.data_dir, "cli.toml")
     for a in lc.agents:
         assert status_with(a["api"], old) == 200 and status_with(a["api"], old, "/v1/metrics") == 200
-    out = rotate_admin_token(Target(tuple(a["api"] for a in lc.servers()), old), config)
+    out = rotate_admin_token(lc.target(token=old), config)
     assert out["in_force_on_all_servers"] and out["client_agents_confirmed"] == ["c1"]
     with open(config, "rb") as f:
         new = tomllib.load(f)["token"]
@@ -89,7 +91,7 @@ def test_the_raft_password_is_changed_by_a_coordinated_restart(cluster: LocalClu
         c.wait_running(["after-change"], 30)
         st = c.status()
         assert st.get("leader")
-    with Client(Target(tuple(a["api"] for a in lc.servers()), api_token)) as t:
+    with Client(lc.target(token=api_token)) as t:
         assert t.pack("keep-3")["name"] == "keep-3"  # API tokens do not depend on the password
     # Every server took part again (each applied the last write).
     for a in lc.servers():
@@ -99,12 +101,12 @@ def test_the_raft_password_is_changed_by_a_coordinated_restart(cluster: LocalClu
 def test_a_rotation_whose_server_died_part_way_is_carried_out_by_the_next_rotate(cluster: LocalCluster) -> None:
     lc = cluster
     s3 = lc.agent("s3")
-    with Client(Target((s3["api"],), lc.token)) as on_s3:
+    with Client(lc.target(apis=[s3["api"]])) as on_s3:
         started = on_s3.rotate_keys(["pack"], 60)["rotation"]  # s3 would wait a minute before activating
     kid = started["keys"]["pack"]
     lc.kill("s3")
     lc.wait_leader(30)  # s3 may have led: the others elect one first
-    with Client(Target(tuple(a["api"] for a in lc.servers() if a["id"] != "s3"), lc.token)) as c:
+    with Client(lc.target(apis=[a["api"] for a in lc.servers() if a["id"] != "s3"])) as c:
         state = wait_until(lambda: next(k for k in c.keys() if k["id"] == kid)["state"], 30, "the keys readable")
         assert state == "prepublished"
         again = c.rotate_keys(["pack"], 0)["rotation"]

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from harness import LocalCluster, local_cluster, wait_until
 
-from canidae.agent.client import Client, Target
+from canidae.agent.client import Client
 from canidae.agent.config import AuditSettings
 from canidae.core.audit import chain, encode_record
 from canidae.core.errors import AuditUnavailable, NotAuthenticated, PermissionDenied
@@ -32,7 +32,9 @@ ENV_SECRET = "pw-ENV-SECRET-77a1"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    lc = local_cluster(str(tmp_path_factory.mktemp("audit")), servers=1, clients=1,
+    # Plain HTTP: these tests are about the audit trail, not the transport (TLS is the default of every other
+    # test cluster and is tested in tests/security/test_tls.py); their raw requests speak http://.
+    lc = local_cluster(str(tmp_path_factory.mktemp("audit")), servers=1, clients=1, insecure_http=True,
                        configure=lambda cfg: replace(cfg, audit=AuditSettings(checkpoint_s=0.5, denials_per_s=0.5,
                                                                                denial_burst=20)))
     try:
@@ -42,7 +44,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def on(lc: LocalCluster, ident: str, token: str | None = None) -> Client:
-    return Client(Target((lc.agent(ident)["api"],), token or lc.token), timeout=30)
+    return Client(lc.target([ident], token=token), timeout=30)
 
 
 def cli(lc: LocalCluster, *args: str, code: int = 0, addr: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -101,7 +103,7 @@ def test_changes_are_recorded_with_accessor_action_target_outcome_and_request_id
 def test_a_wrong_credential_is_recorded_and_a_flood_of_them_is_counted_not_written(cluster: LocalCluster) -> None:
     bad = "cs_" + "A" * 43
     api = cluster.agent("c1")["api"]
-    with Client(Target((api,), bad)) as c:
+    with Client(cluster.target(apis=[api], token=bad)) as c:
         with pytest.raises(NotAuthenticated):
             c.request("POST", "/v1/nodes/c1/state", json={"state": "cordoned"})
         for _ in range(400):  # beyond the burst: counted, not written
@@ -259,7 +261,7 @@ def test_verify_names_the_first_bad_record_edited_removed_or_cut(cluster: LocalC
 def test_a_request_that_cannot_be_audited_is_refused_before_it_is_done(tmp_path: Any) -> None:
     """Every record takes a new segment (segment_bytes 1); a directory where the next segments
     should be stands in for a disk that takes no more: the spawn is refused with 503 and not done."""
-    lc = local_cluster(str(tmp_path), servers=1, clients=0,
+    lc = local_cluster(str(tmp_path), servers=1, clients=0, insecure_http=True,
                        configure=lambda cfg: replace(cfg, audit=AuditSettings(segment_bytes=1, checkpoint_s=3600)))
     try:
         with on(lc, "s1") as c:

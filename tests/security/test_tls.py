@@ -86,8 +86,7 @@ def test_a_client_that_trusts_another_ca_is_refused_with_one_line_and_exit_3(clu
     other = str(tmp_path / certs.CA_CERT)
     with Client(cluster.target()) as good:
         assert good.status()["leader_api"]
-    from dataclasses import replace
-    with Client(replace(cluster.target(), ca=other)) as bad, pytest.raises(Unavailable, match="not trusted"):
+    with Client(cluster.target()._replace(ca=other)) as bad, pytest.raises(Unavailable, match="not trusted"):
         bad.status()
     p = canidae("pack", "list", env={"CANIDAE_CONFIG": os.path.join(cluster.data_dir, "cli.toml"),
                                      "HOME": str(tmp_path), "CANIDAE_CA": other})
