@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import secrets as pysecrets
 import threading
@@ -52,6 +53,9 @@ from canidae.core.tokens import hash_secret
 from canidae.core.types import SEALED_PREFIX
 
 ADMIN_FILE = "admin.hash"
+# The last keyrings taken, still wrapped (they open only with this data dir's key file): a
+# restarted agent checks and signs pack tokens from its first request, before its first update.
+RINGS_FILE = "keyrings.json"
 _KEK_INFO = b"canidae keyring kek v1"
 _NODE_KEY_DOMAIN = b"canidae pack token node key v1\0"
 
@@ -122,6 +126,12 @@ class ClusterKeys:
         self.rings = Keyrings()
         self.admin_hash = self._read_admin()
         self.updated = 0  # how many updates were taken
+        kept = self._read_rings()
+        if kept is not None:
+            try:
+                self.update(kept, keep=False)
+            except (InvalidInput, ValueError, KeyError, TypeError, OSError):
+                pass  # unreadable or from another key file: the first update brings the keys
 
     # ------------------------------------------------------------------ the key file
 
@@ -133,8 +143,9 @@ class ClusterKeys:
 
     # ------------------------------------------------------------------ updates
 
-    def update(self, doc: Mapping[str, Any]) -> None:
-        """Take the keyrings' replicated form (``Keyrings.to_dict``): unwrap what is new."""
+    def update(self, doc: Mapping[str, Any], keep: bool = True) -> None:
+        """Take the keyrings' replicated form (``Keyrings.to_dict``): unwrap what is new, and (with
+        ``keep``) keep it, wrapped, in the data dir for the next start."""
         rings = Keyrings.from_dict(doc)
         if rings.version == self.rings.version and self.updated:
             return
@@ -148,6 +159,8 @@ class ClusterKeys:
         with self._lock:
             self._keys, self.rings = keys, rings
             self.updated += 1
+        if keep:
+            self._write_private(RINGS_FILE, json.dumps(dict(doc), sort_keys=True))
         if rings.admin_hash and rings.admin_hash != self.admin_hash:
             self.admin_hash = rings.admin_hash
             self._write_admin(rings.admin_hash)
@@ -159,15 +172,28 @@ class ClusterKeys:
         except OSError:
             return ""
 
+    def _read_rings(self) -> Mapping[str, Any] | None:
+        try:
+            with open(os.path.join(self.data_dir, RINGS_FILE)) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
     def _write_admin(self, h: str) -> None:
-        path = os.path.join(self.data_dir, ADMIN_FILE)
+        # The replicated hash is in force whatever happens here; a failed write only means a
+        # restart before the next update would not know it yet.
+        self._write_private(ADMIN_FILE, h + "\n")
+
+    def _write_private(self, name: str, text: str) -> None:
+        path = os.path.join(self.data_dir, name)
         try:
             fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write(h + "\n")
+                f.write(text)
             os.replace(path + ".tmp", path)
         except OSError:
-            pass  # the replicated hash is still in force; only a restart before the next update would miss it
+            pass
 
     def _signing(self, purpose: str) -> _Key | None:
         with self._lock:

