@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -140,7 +139,7 @@ def history_verify(
     unreachable: list[str] = []
     for ident, api in servers:
         try:
-            with Client(replace(target, addrs=(api,)), timeout=120.0) as one:
+            with Client(target._replace(addrs=(api,)), timeout=120.0) as one:
                 reports.append({"server": ident, **one.history_verify(full=full, pack=pack_name)})
         except Unavailable as e:
             unreachable.append(ident)

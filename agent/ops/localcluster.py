@@ -560,7 +560,10 @@ class LocalCluster:
         while f"c{n}" in taken:
             n += 1
         cid = f"c{n}"
-        port = next(p for p in range(20_000 + (os.getpid() * 7 + n * 13) % 9_000, 32_000) if _port_free(p))
+        # The next free port above the cluster's own: a cluster's ports were chosen as one block
+        # (tests give each worker a range of its own), so a new agent stays in its cluster's block.
+        above = max(int(a["api"].rpartition(":")[2]) for a in self.agents) + 1
+        port = next(p for p in range(above, 65_536) if _port_free(p))
         zones = sorted({load_config(a["config"]).zone for a in self.agents})
         data = os.path.join(self.data_dir, "agents", cid)
         cfg = replace(template, node_id=cid, role=Role.CLIENT, api=f"127.0.0.1:{port}", raft="",

@@ -49,7 +49,7 @@ def on(lc: LocalCluster, ident: str, token: str | None = None) -> Client:
 
 def cli(lc: LocalCluster, *args: str, code: int = 0, addr: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CANIDAE_TOKEN": lc.token, "CANIDAE_ADDR": addr or lc.agent("s1")["api"],
-           "CANIDAE_CONFIG": os.path.join(lc.data_dir, "none.toml")}
+           "CANIDAE_CONFIG": os.path.join(lc.data_dir, "none.toml"), "CANIDAE_INSECURE_HTTP": "1"}
     p = subprocess.run([sys.executable, "-m", "canidae", *args], capture_output=True, text=True, env=env, timeout=120,
                        check=False)
     assert p.returncode == code, f"{args}: exit {p.returncode} (wanted {code}): {p.stdout}{p.stderr}"
@@ -158,7 +158,7 @@ def test_no_secret_reaches_the_audit_files(cluster: LocalCluster) -> None:
 
 def test_tail_follow_shows_a_new_record(cluster: LocalCluster) -> None:
     env = {**os.environ, "CANIDAE_TOKEN": cluster.token, "CANIDAE_ADDR": cluster.agent("s1")["api"],
-           "CANIDAE_CONFIG": os.path.join(cluster.data_dir, "none.toml")}
+           "CANIDAE_CONFIG": os.path.join(cluster.data_dir, "none.toml"), "CANIDAE_INSECURE_HTTP": "1"}
     p = subprocess.Popen([sys.executable, "-m", "canidae", "audit", "tail", "--follow", "--json", "-n", "0",
                           "--action", "pack.spawn"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env)
