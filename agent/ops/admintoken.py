@@ -18,12 +18,12 @@ import secrets
 import time
 from typing import Any
 
-import httpx
 import tomli_w
 
 from canidae.agent.client import Client, Target
 from canidae.agent.client.calls import read_cli_config
 from canidae.agent.identity import Identity, admin_token_hash
+from canidae.core.errors import CanidaeError
 from canidae.core.tokens import format_secret
 
 CLIENTS_WAIT_S = 10.0
@@ -39,22 +39,21 @@ def _write_toml(path: str, doc: dict[str, Any]) -> None:
 
 def _client_agents_take(target: Target, new: str, timeout: float) -> tuple[list[str], list[str]]:
     """(confirmed, not confirmed): client agents that answer an authenticated health with the new token."""
-    with Client(Target(target.addrs, new)) as c:
+    with Client(target._replace(token=new), timeout=1.0) as c:
         nodes = [n for n in c.nodes() if n.get("role") == "client" and n.get("state") != "down"]
-    pending = {n["id"]: n["address"] for n in nodes}
-    confirmed: list[str] = []
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for node, addr in list(pending.items()):
-            try:
-                r = httpx.get(f"http://{addr}/v1/health", headers={"authorization": f"Bearer {new}"}, timeout=1.0)
-                if r.status_code == 200 and r.json().get("node") == node:
-                    confirmed.append(node)
-                    del pending[node]
-            except (httpx.HTTPError, ValueError):
-                pass
-        if pending:
-            time.sleep(0.1)
+        pending = {n["id"]: n["address"] for n in nodes}
+        confirmed: list[str] = []
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for node, addr in list(pending.items()):
+                try:  # the agent itself, not failed over: only its own answer confirms it
+                    if c.ask(addr, "GET", "/v1/health").get("node") == node:
+                        confirmed.append(node)
+                        del pending[node]
+                except CanidaeError:
+                    pass
+            if pending:
+                time.sleep(0.1)
     return confirmed, sorted(pending)
 
 

@@ -159,7 +159,7 @@ class Bootstrap:
         if self.ca is None:
             self.ca = open_ca(self.inv)
 
-    def _http(self) -> httpx.AsyncClient:
+    def agent_http(self) -> httpx.AsyncClient:
         """The bootstrap's own client of the agents: the admin token, the fleet's CA checked."""
         return httpx.AsyncClient(timeout=1.0, headers={"authorization": f"Bearer {self.identity.admin_token}"},
                                  verify=client_context(ca_file(self.inv)))
@@ -356,7 +356,7 @@ class Bootstrap:
 
     async def _wait_up(self, link: Link, h: Host) -> None:
         deadline = time.monotonic() + UP_TIMEOUT_S
-        async with self._http() as http:
+        async with self.agent_http() as http:
             while True:
                 try:
                     r = await http.get(f"https://{h.api}/v1/health")
@@ -384,7 +384,7 @@ class Bootstrap:
     async def wait_leader(self) -> str:
         """The id of a server that leads with quorum, waiting up to ``LEADER_TIMEOUT_S``."""
         deadline = time.monotonic() + LEADER_TIMEOUT_S
-        async with self._http() as http:
+        async with self.agent_http() as http:
             while True:
                 for s in self.inv.servers:
                     st = await self.server_status(http, s.api)
@@ -397,7 +397,7 @@ class Bootstrap:
     async def wait_registered(self, n: int) -> bool:
         """Whether the leader counts at least ``n`` nodes within ``LEADER_TIMEOUT_S``."""
         deadline = time.monotonic() + LEADER_TIMEOUT_S
-        async with self._http() as http:
+        async with self.agent_http() as http:
             while time.monotonic() < deadline:
                 for s in self.inv.servers:
                     st = await self.server_status(http, s.api)

@@ -24,7 +24,7 @@ from typing import Any
 from canidae.agent.client.calls import Client, Target
 from canidae.agent.ops.drain import drain_if_known, stranded
 from canidae.agent.ops.fleet import remote
-from canidae.agent.ops.fleet.bootstrap import Bootstrap, StepFailed
+from canidae.agent.ops.fleet.bootstrap import Bootstrap, StepFailed, ca_file
 from canidae.agent.ops.fleet.inventory import Host
 from canidae.agent.ops.fleet.sshlink import HostKeyChanged, HostKeyUnknown, Link, Unreachable
 from canidae.core.errors import CanidaeError, InvalidInput, NotFound, OperationFailed
@@ -47,7 +47,8 @@ class Removal:
     done: list[str] = field(default_factory=list)
 
     def _client(self) -> Client:
-        return Client(Target(tuple(s.api for s in self.boot.inv.servers), self.boot.identity.admin_token),
+        return Client(Target(tuple(s.api for s in self.boot.inv.servers), self.boot.identity.admin_token,
+                             ca=ca_file(self.boot.inv)),
                       timeout=5.0)
 
     async def run(self) -> dict[str, Any]:

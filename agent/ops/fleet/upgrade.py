@@ -21,11 +21,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import httpx
 
 from canidae.agent.client.calls import Client, Target
 from canidae.agent.ops.drain import drain_if_known
-from canidae.agent.ops.fleet.bootstrap import Bootstrap, HostOutcome, StepFailed, status
+from canidae.agent.ops.fleet.bootstrap import Bootstrap, HostOutcome, StepFailed, ca_file, status
 from canidae.agent.ops.fleet.inventory import Host
 from canidae.core.errors import CanidaeError, OperationFailed
 from canidae.core.types import Role
@@ -44,7 +43,8 @@ class Upgrade:
         return self.boot.identity.admin_token
 
     def _client(self) -> Client:
-        return Client(Target(tuple(s.api for s in self.boot.inv.servers), self._token), timeout=5.0)
+        return Client(Target(tuple(s.api for s in self.boot.inv.servers), self._token, ca=ca_file(self.boot.inv)),
+                      timeout=5.0)
 
     async def run(self, hosts: list[Host]) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -122,7 +122,7 @@ class Upgrade:
         need = len(servers) // 2 + 1
         up: list[str] = []
         commit = 0
-        async with httpx.AsyncClient(timeout=2.0, headers={"authorization": f"Bearer {self._token}"}) as http:
+        async with self.boot.agent_http() as http:
             for s in servers:
                 st = await self.boot.server_status(http, s.api)
                 if st and st.get("raft_state") == "leader":
@@ -138,7 +138,7 @@ class Upgrade:
         """Wait until ``h`` is a Raft member again and has applied at least ``commit``."""
         deadline = time.monotonic() + REJOIN_TIMEOUT_S
         last: dict[str, Any] | None = None
-        async with httpx.AsyncClient(timeout=2.0, headers={"authorization": f"Bearer {self._token}"}) as http:
+        async with self.boot.agent_http() as http:
             while time.monotonic() < deadline:
                 last = await self.boot.server_status(http, h.api)
                 if last and last.get("raft_state") in ("leader", "follower") and \
