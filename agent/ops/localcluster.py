@@ -493,17 +493,15 @@ class LocalCluster:
 
     def pack_token(self, pack: str) -> str:
         """A token for the members of ``pack``'s current run, as the agent of its node signs one
-        (its own credential and region from its config, the cluster's pack key, its key file):
-        for tests and benchmarks that act as a pack."""
+        (its own credential and region from its config, and the keyrings that agent holds now, kept
+        in its data dir; none yet: the form agents take before the keyrings): for tests and
+        benchmarks that act as a pack. Keys newer than the agent's would be refused by it."""
         from canidae.agent.config import load_config
         from canidae.agent.keyring import ClusterKeys
         with self.client() as c:
             p = c.pack(pack)
-            rings = c.request("GET", "/v1/keys/sealed")
         cfg = load_config(self.agent(p["node"])["config"])
-        keys = ClusterKeys(cfg.data_dir, cfg.region, cfg.token)
-        keys.update(rings)
-        return keys.pack_token(pack, p["generation"], p["node"])
+        return ClusterKeys(cfg.data_dir, cfg.region, cfg.token).pack_token(pack, p["generation"], p["node"])
 
     def health(self, agent: str | dict[str, Any]) -> dict[str, Any] | None:
         """An agent's ``/v1/health``, or None when it does not answer."""

@@ -112,7 +112,8 @@ def _heartbeats_seen(cluster):
 
 
 def cli(cluster, *args, **kw):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CANIDAE_")}, "COLUMNS": "200"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CANIDAE_")}, "COLUMNS": "200",
+           "CANIDAE_INSECURE_HTTP": "1"}  # this module's cluster speaks plain HTTP (see the fixture)
     addr = cluster.agent("s1")["api"]
     return subprocess.Popen([sys.executable, "-m", "canidae", "--addr", addr, "--token", cluster.token, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
