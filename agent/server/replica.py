@@ -315,6 +315,9 @@ class Replica(SyncObj):  # type: ignore[misc]
         self.apply_seconds = 0.0
         self.leader_changes = 0  # times the leader this member knows of changed (to another, or none)
         self._known_leader: str | None = None
+        # Called on the tick thread when the leader this member knows of changes (the failure
+        # detector waits on it instead of polling while this member follows).
+        self.on_leader_change: Callable[[], None] | None = None
         self.state = state_factory()
         self._state_factory = state_factory
         self._on_applied = on_applied
@@ -512,6 +515,8 @@ class Replica(SyncObj):  # type: ignore[misc]
         if leader != self._known_leader:
             self._known_leader = leader
             self.leader_changes += 1
+            if self.on_leader_change is not None:
+                self.on_leader_change()
 
     def _forgive_own_stall(self, busy: float) -> None:
         now = monotonic()
