@@ -71,7 +71,9 @@ class Agent:
             hop_idle_s=idle_s(cfg.keep_alive_s),
             local_assignments=self.plane.assignments if self.plane is not None else None,
             local_resync=self.plane.resync if self.plane is not None else None,
-            locate_local=self.plane.locate_pack if self.plane is not None else None)
+            locate_local=self.plane.locate_pack if self.plane is not None else None,
+            local_reports=self.plane.report_packs if self.plane is not None else None,
+            leads=self.plane.is_leader if self.plane is not None else None)
         plane = self.plane
         # Servers find API tokens in their replica; client agents pass them on to a server.
         self.access = None if plane is None else TokenAccess(lambda: plane.state, token_pepper(cfg.cluster_password))
