@@ -207,7 +207,11 @@ def main() -> None:
     res: dict[str, Any] = {"machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
                            "load_avg": os.getloadavg()}
     data_dir = tempfile.mkdtemp(prefix="canidae-spawnprof-")
-    cluster = LocalCluster.start(ClusterLayout(servers=3, base_port=None), data_dir, timeout=60)
+    try:
+        cluster = LocalCluster.start(ClusterLayout(servers=3, base_port=None), data_dir, timeout=60)
+    except BaseException:
+        shutil.rmtree(data_dir, ignore_errors=True)  # start stopped what it had started
+        raise
     try:
         leader = cluster.wait_leader(timeout=30)
         pids = cluster.pids()
