@@ -49,6 +49,7 @@ log = logging.getLogger("canidae.node")
 LocalAssignments = Callable[[str, int, float], Awaitable[dict[str, Any]]]
 LocalResync = Callable[[str, dict[str, int]], Awaitable[dict[str, Any]]]
 LocatePack = Callable[[str], tuple[str | None, str, str]]
+LocalReports = Callable[[str, Any, str], Awaitable[dict[str, Any]]]
 # What the composition root adds to the node's summary: counters and latency sketches of the agent
 # itself (its API), taken once per heartbeat.
 SummaryExtras = Callable[[], tuple[dict[str, int], dict[str, Sketch]]]
@@ -63,7 +64,8 @@ class NodeRuntime:
     def __init__(self, cfg: AgentConfig, link: ServerLink, *, hop_idle_s: float = idle_s(DEFAULT_KEEP_ALIVE_S),
                  local_assignments: LocalAssignments | None = None,
                  local_resync: LocalResync | None = None, locate_local: LocatePack | None = None,
-                 keys: ClusterKeys | None = None) -> None:
+                 keys: ClusterKeys | None = None, local_reports: LocalReports | None = None,
+                 leads: Callable[[], bool] | None = None) -> None:
         self.cfg = cfg
         self.link = link
         # The cluster's keys (pack tokens, pack secrets): the composition root's, kept current by it.
@@ -71,6 +73,8 @@ class NodeRuntime:
         self.hops = AgentHops(cfg.token, hop_idle_s, ca=cfg.peer_ca)
         self._local_assignments = local_assignments
         self._local_resync = local_resync
+        self._local_reports = local_reports
+        self._leads = leads
         self.reconciler = Reconciler(self._fetch_assignments, self._resync, self._send_reports)
         self.reconciler.add_driver(VirtualDriver(self.reconciler.report))
         self.exec_driver = ExecDriver(self.reconciler.report, data_dir=cfg.data_dir, node_id=cfg.node_id,
@@ -280,6 +284,12 @@ class NodeRuntime:
         # Through the leader's API even from a server: there the reports join the leader's group
         # commit, where a follower's own proposal would travel as a log entry of its own.
         rid = f"rep-{uuid.uuid4().hex}"
+        if self._local_reports is not None and self._leads is not None and self._leads():
+            # The leader's own agent: straight into its group commit, not an HTTP request to
+            # itself (a client and a server request on the busiest process for every report).
+            # A failure (leadership lost meanwhile) is retried like any other, then over HTTP.
+            await self._local_reports(self.cfg.node_id, reports, rid)
+            return
         await self.link.call("POST", f"/v1/nodes/{self.cfg.node_id}/reports",
                              json={"reports": reports, "request_id": rid})
 

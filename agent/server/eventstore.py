@@ -193,6 +193,10 @@ class EventStore(EventQueries, EventMaintenance):
             if not new:
                 return 0
             gap = new[0]["seq"] > accepted + 1
+            # Only the first append of a group wakes the writer: it then gathers for
+            # ``group_window_s``, and waking it again for each later append (every Raft entry
+            # applied) cut that window short, making it one write and fdatasync per entry.
+            wake = not self._pending
             self._pending.extend(new)
             self._accepted = new[-1]["seq"]
             self.appended += len(new)
@@ -204,7 +208,8 @@ class EventStore(EventQueries, EventMaintenance):
                     view = None
                 if view is not None:
                     self._pending.append(Rebase(new[-1]["seq"], view))
-            self._cond.notify_all()
+            if wake:
+                self._cond.notify_all()
         return len(new)
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -51,6 +51,7 @@ CONVERGENCE_EVERY_S = 1.0  # how often the leader compares agents' digests with 
 APPLY_GRACE_FROM_S = 0.05  # applies longer than this (between two checks) extend every node's TTL
 PROBE_S = 1.5  # how long a silent node's own answer is waited for before it is declared down
 MASS_SILENCE_CAP_S = 10.0  # the longest a mass silence is put down to this leader's own trouble
+FOLLOWER_CHECK_S = 1.0  # a follower's detector wakes on a change of leader, or after this long
 
 
 class FailureDetector:
@@ -68,12 +69,27 @@ class FailureDetector:
 
     async def run(self) -> None:
         last_tick = last_convergence = time.monotonic()
+        changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if self.plane.replica is not None:
+            self.plane.replica.on_leader_change = lambda: loop.call_soon_threadsafe(changed.set)
         while not self.stopping:
-            await asyncio.sleep(self.period)
+            period = self.period
+            if self.was_leader or self.plane.is_leader():
+                await asyncio.sleep(period)
+            else:
+                # A follower has nothing to check until it leads: wait for a change of leader
+                # (at most FOLLOWER_CHECK_S) instead of waking ten times a second for nothing.
+                period = FOLLOWER_CHECK_S
+                changed.clear()
+                try:
+                    await asyncio.wait_for(changed.wait(), FOLLOWER_CHECK_S)
+                except TimeoutError:
+                    pass
             now = time.monotonic()
             # Our own stall: the loop could not run (nor take heartbeats) for this long.
-            stalled = now - last_tick > max(3 * self.period, self.plane.cfg.heartbeat_interval_s)
-            late = now - last_tick - self.period
+            stalled = now - last_tick > max(3 * period, self.plane.cfg.heartbeat_interval_s)
+            late = now - last_tick - period
             last_tick = now
             try:
                 self.check(now, stalled, late)

@@ -11,7 +11,7 @@ What this module owns, and why it is shaped as it is:
   (pysyncobj only forks for its own pickle serializer). pysyncobj's own bookkeeping (the last
   two log entries and the member set) is pickled beside it: those are its objects, not ours.
 * Durability pysyncobj lacks. It never fsyncs: its journal is an mmap and its term/vote file a
-  plain write-and-rename. With ``fsync`` on (the default) every journal append is msync'ed
+  plain write-and-rename. With ``fsync`` on (the default) every journal append is fdatasync'ed
   before the entry can be acknowledged (the leader counts itself only after ``add`` returns and
   followers answer only after it) and the term/vote file is fsync'ed with its directory, so an
   acknowledged write survives a machine crash, not only a process crash. Group commit amortises
@@ -95,7 +95,7 @@ def _fsync_dir(path: str) -> None:
 
 
 class _FsyncFileJournal(_journal.FileJournal):
-    """pysyncobj's file journal, made durable: every append is msync'ed before it returns.
+    """pysyncobj's file journal, made durable: every append is fdatasync'ed before it returns.
 
     A pysyncobj follower truncates its log and re-adds the same entries whenever the leader
     resends them (it does not skip entries it already holds, as Raft allows). Re-adding an entry
@@ -110,7 +110,6 @@ class _FsyncFileJournal(_journal.FileJournal):
 
     def add(self, command: bytes, idx: int, term: int) -> None:
         pos = len(self)
-        start = self._FileJournal__currentOffset  # type: ignore[attr-defined]
         super().add(command, idx, term)
         entry = (command, idx, term)
         if pos < len(self._durable) and self._durable[pos] == entry:
@@ -118,21 +117,29 @@ class _FsyncFileJournal(_journal.FileJournal):
         del self._durable[pos:]
         self._durable.append(entry)
         if not self._bulk:
-            self._flush_range(start, self._FileJournal__currentOffset)  # type: ignore[attr-defined]
+            self._sync()
 
-    def _flush_range(self, start: int, end: int) -> None:
-        """msync only the pages just written and the header page (which holds the end offset).
+    def _sync(self) -> None:
+        """fdatasync the journal file: what an append wrote through the mapping reaches the disk.
 
-        ``mmap.flush()`` of the whole mapping makes the kernel walk every page of a journal that
-        only grows; the two ranges that changed are all that must reach the disk.
+        Not ``mmap.flush()`` (msync): CPython 3.11 holds the GIL through msync, so every thread
+        of the agent (the HTTP loop included) stood still for each disk flush. On Linux msync
+        with MS_SYNC is an fsync of the file's range, and the pages of a shared mapping are the
+        file's page cache, so fdatasync of the file makes the same writes durable, releases the
+        GIL, and is one system call for both places an append changes (its entry and the header
+        page that holds the end offset). Only dirty pages are written: the size of the journal
+        does not matter. The file object is looked up on every call: pysyncobj reopens it when
+        it grows the journal.
         """
-        mm = self._FileJournal__journalFile._ResizableFile__mm  # type: ignore[attr-defined]
-        page = mmap.PAGESIZE
-        size = len(mm)
-        first = start - start % page
-        if first < size:
-            mm.flush(first, min(size, end) - first)
-        mm.flush(0, min(size, page))
+        f = self._FileJournal__journalFile._ResizableFile__f  # type: ignore[attr-defined]
+        os.fdatasync(f.fileno())
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802 (pysyncobj's name)
+        # A follower sets its commit index on every append-entries, heartbeats included, and
+        # pysyncobj then rewrites the meta file (fsync, rename, fsync of the directory) once a
+        # second although nothing changed: an idle follower's only disk writes. Unchanged: nothing.
+        if raftCommitIndex != self.getRaftCommitIndex():
+            super().setRaftCommitIndex(raftCommitIndex)
 
     def clear(self) -> None:
         super().clear()
@@ -308,6 +315,9 @@ class Replica(SyncObj):  # type: ignore[misc]
         self.apply_seconds = 0.0
         self.leader_changes = 0  # times the leader this member knows of changed (to another, or none)
         self._known_leader: str | None = None
+        # Called on the tick thread when the leader this member knows of changes (the failure
+        # detector waits on it instead of polling while this member follows).
+        self.on_leader_change: Callable[[], None] | None = None
         self.state = state_factory()
         self._state_factory = state_factory
         self._on_applied = on_applied
@@ -505,6 +515,8 @@ class Replica(SyncObj):  # type: ignore[misc]
         if leader != self._known_leader:
             self._known_leader = leader
             self.leader_changes += 1
+            if self.on_leader_change is not None:
+                self.on_leader_change()
 
     def _forgive_own_stall(self, busy: float) -> None:
         now = monotonic()
