@@ -37,7 +37,6 @@ longer fits fails loudly instead of silently losing a patch.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import pickle
 import struct
