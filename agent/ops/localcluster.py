@@ -491,17 +491,24 @@ class LocalCluster:
         """``path`` on one agent's API, with the cluster's scheme."""
         return f"{self.scheme}://{self._get(agent)['api']}{path}"
 
-    def pack_token(self, pack: str) -> str:
+    def pack_token(self, pack: str, timeout: float = 10.0) -> str:
         """A token for the members of ``pack``'s current run, as the agent of its node signs one
-        (its own credential and region from its config, and the keyrings that agent holds now, kept
-        in its data dir; none yet: the form agents take before the keyrings): for tests and
-        benchmarks that act as a pack. Keys newer than the agent's would be refused by it."""
+        (its own credential and region from its config, the cluster's current keyrings): for tests
+        and benchmarks that act as a pack. Waits until that agent holds those keyrings itself (it
+        keeps them in its data dir): a token under keys it has not fetched yet would be refused."""
         from canidae.agent.config import load_config
         from canidae.agent.keyring import ClusterKeys
+        from canidae.core.keyring import Keyrings
         with self.client() as c:
             p = c.pack(pack)
+            rings = c.request("GET", "/v1/keys/sealed")
         cfg = load_config(self.agent(p["node"])["config"])
-        return ClusterKeys(cfg.data_dir, cfg.region, cfg.token).pack_token(pack, p["generation"], p["node"])
+        version = Keyrings.from_dict(rings).version
+        wait_until(lambda: ClusterKeys(cfg.data_dir, cfg.region, cfg.token).rings.version >= version, timeout,
+                   f"the agent of {p['node']} holding the cluster's keyrings")
+        keys = ClusterKeys(cfg.data_dir, cfg.region, cfg.token)
+        keys.update(rings, keep=False)
+        return keys.pack_token(pack, p["generation"], p["node"])
 
     def health(self, agent: str | dict[str, Any]) -> dict[str, Any] | None:
         """An agent's ``/v1/health``, or None when it does not answer."""
