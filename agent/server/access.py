@@ -49,14 +49,27 @@ class TokenAccess:
         self.cache = cache or DecisionCache()
         self._sets: dict[str, tuple[int, PolicySet]] = {}  # accessor -> (policy version, its compiled policies)
 
+    def _keys_in_step(self, st: ClusterState) -> None:
+        # The keeper refreshes the keys from the replica once a period; a token made (or keys
+        # rotated) since must not be refused meanwhile, so a lookup first takes what the replica
+        # holds. Free when nothing changed (one version compared).
+        if st.keyrings.version != self.keys.rings.version or not self.keys.updated:
+            try:
+                doc = st.keyrings.to_dict()
+            except RuntimeError:  # the Raft thread changed the keyrings while they were read
+                return  # the keeper's next refresh (under the replica's lock) takes them
+            self.keys.update(doc)
+
     def hash(self, secret: str) -> tuple[str, str]:
         """(key id, hash) of a new token's secret, under the active token key."""
+        self._keys_in_step(self._state())
         return self.keys.token_hash(secret)
 
     def find_token(self, secret: str) -> Principal | None:
         if not SECRET_RE.fullmatch(secret):
             return None
         st = self._state()
+        self._keys_in_step(st)
         first = self.keys.first_token_key()
         for kid, h in self.keys.token_hashes(secret):
             rec = st.find_token(h)
