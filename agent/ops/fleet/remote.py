@@ -229,6 +229,7 @@ def systemd_start(host: Host) -> str:
 
 # What bootstrap leaves in a host's install dir: uninstall removes these and nothing else.
 INSTALLED = ("venv", "wheels", "data", "agent.toml", "agent.toml.tmp", "agent.log", "stdout.log", "agent.pid",
+             "ca.pem", "agent.pem", "agent.key",  # the agent's TLS files (inventory.agent_config)
              HASH_FILE, WHEELS_FILE)
 
 
