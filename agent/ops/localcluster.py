@@ -121,6 +121,29 @@ def pid_alive(pid: int, marker: str) -> bool:
         return False
 
 
+def pid_gone(pid: int, marker: str) -> bool:
+    """Whether the agent ``pid`` (its command line naming ``marker``) has certainly exited: gone,
+    a zombie, or the pid now another program's. A command line that reads empty or cannot be read
+    for an instant (the kernel gives nothing while the process's memory map is busy, e.g. forking
+    its first members) is not taken for an exit: a start must not be abandoned, and the other
+    agents stopped, on a misread."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(") ")[1].split()[0] == "Z":
+                return True
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, IndexError):
+        return False
+    return bool(cmd.strip()) and marker not in cmd
+
+
 def agent_ids(layout: ClusterLayout) -> list[str]:
     """The node ids of a layout's agents, servers first: s1.., then client agents c1..."""
     return [f"s{i + 1}" for i in range(layout.servers)] + [f"c{j + 1}" for j in range(layout.clients)]
@@ -224,7 +247,7 @@ def wait_ready(agents: list[dict[str, Any]], token: str, n_nodes: int, timeout: 
                       verify=True if ca is None else client_context(ca)) as http:
         def leader() -> str | None:
             for a in agents:
-                if not pid_alive(a["pid"], a["config"]):
+                if pid_gone(a["pid"], a["config"]):
                     raise Abandon(Timeout(f"agent {a['id']} exited during start; see {a['log']}"))
             for s in servers:
                 try:
@@ -590,7 +613,7 @@ class LocalCluster:
         self.save()
         with self.client() as c:
             def registered() -> bool:
-                if not self.alive(agent):
+                if pid_gone(agent["pid"], agent["config"]):
                     raise Abandon(Timeout(f"agent {cid} exited during start; see {cfg.log_file}"))
                 try:
                     return c.node(cid, stale=True)["state"] == "ready"
